@@ -1,0 +1,136 @@
+"""The ``nightcast`` command: retrain, score, demo."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from typing import Any
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
+    p.add_argument("--model-name", default="lstm")
+    p.add_argument("--series-col", default="series_id")
+    p.add_argument("--timestamp-col", default="timestamp")
+    p.add_argument("--target-col", default="target")
+    p.add_argument("--timestamp-format", help="strftime format of the timestamps (inferred when omitted)")
+
+
+def _add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--horizon", type=int, default=12)
+    p.add_argument("--lookback", type=int, default=48)
+    p.add_argument("--frequency", help="polars duration such as 1h, 1d, 1mo (inferred when omitted)")
+    p.add_argument("--max-epochs", type=int, default=20)
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=42)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nightcast", description="Batch LSTM forecasting on Prefect.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("retrain", help="train, evaluate and maybe promote a model")
+    p.add_argument("--data", required=True, help="CSV/Parquet file, glob or directory; local or s3://")
+    _add_common(p)
+    _add_training(p)
+    p = sub.add_parser("score", help="forecast from the champion as of a date")
+    p.add_argument("--data", required=True)
+    p.add_argument("--as-of", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
+    _add_common(p)
+    p = sub.add_parser("demo", help="retrain and score on the bundled sample, then print where it all went")
+    _add_common(p)
+    _add_training(p)
+    return parser
+
+
+def _retrain_params(args: argparse.Namespace, data: str) -> Any:
+    from schemas.params import CleanConfig, ColumnMap, ModelConfig, RetrainParams, TrainConfig, WindowConfig
+
+    return RetrainParams(
+        data=data, model_name=args.model_name,
+        columns=ColumnMap(series_col=args.series_col, timestamp_col=args.timestamp_col,
+                          target_col=args.target_col, timestamp_format=args.timestamp_format),
+        clean=CleanConfig(frequency=args.frequency),
+        window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
+        model=ModelConfig(hidden_size=args.hidden_size),
+        train=TrainConfig(max_epochs=args.max_epochs, seed=args.seed),
+    )
+
+
+def _score_params(args: argparse.Namespace, data: str, as_of: dt.date) -> Any:
+    from schemas.params import ColumnMap, ScoreParams
+
+    return ScoreParams(data=data, as_of=as_of, model_name=args.model_name,
+                       columns=ColumnMap(series_col=args.series_col, timestamp_col=args.timestamp_col,
+                                         target_col=args.target_col, timestamp_format=args.timestamp_format))
+
+
+def _print_retrain(out: dict) -> None:
+    from tasks.evaluate import format_metrics
+
+    print("\nTest-span metrics (LSTM and baselines on the same windows):")
+    print(format_metrics(out["metrics"]))
+    c = out["cleaning"]
+    print(f"\nrows read {out['rows']}, quarantined {out['quarantined_rows']}"
+          + (f" -> {out['quarantine']}" if out["quarantine"] else ""))
+    print(f"cleaning: {c['short_gaps_filled']} gap steps filled, {c['long_gap_steps']} long-gap steps flagged, "
+          f"{c['outliers']} outliers ({c['outlier_action']}), {c['off_grid_rows_dropped']} off-grid rows dropped")
+    if out["short_series"]:
+        print(f"series too short for lookback + horizon (not trained on): {out['short_series']}")
+    print(f"bundle   {out['bundle']}")
+    print(f"decision {out['decision']}")
+
+
+def _print_score(out: dict) -> None:
+    print(f"\nforecasts {out['forecasts']}  ({out['rows']} rows, {out['series']} series, "
+          f"model version {out['model_version']})")
+    for sid, why in out["skipped"].items():
+        print(f"  skipped {sid}: {why}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.store:
+        os.environ["NIGHTCAST_STORE"] = args.store
+    started = time.monotonic()
+    try:
+        from flows.retrain import retrain_flow
+        from flows.score import score_flow
+        from schemas.params import Settings
+
+        if args.command == "retrain":
+            _print_retrain(retrain_flow(_retrain_params(args, args.data)))
+        elif args.command == "score":
+            _print_score(score_flow(_score_params(args, args.data, args.as_of)))
+        else:
+            import polars as pl
+
+            from tasks.sample import make_sample
+            from tasks.storage import open_store
+
+            store = open_store(Settings().store)
+            sample = make_sample()
+            store.write_bytes("inputs/sample.csv", sample.write_csv().encode())
+            data = store.uri("inputs/sample.csv")
+            print(f"sample data ({sample.height} rows, {sample['series_id'].n_unique()} series) -> {data}")
+            _print_retrain(retrain_flow(_retrain_params(args, data)))
+            as_of = sample.select(pl.col("timestamp").str.to_datetime().max()).item().date()
+            _print_score(score_flow(_score_params(args, data, as_of)))
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line first, then the detail
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(f"error: {type(exc).__name__}: {lines[0]}", file=sys.stderr)
+        if len(lines) > 1:
+            print("\n".join(lines[1:]), file=sys.stderr)
+        return 1
+    print(f"\ndone in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""retrain: ingest → validate → clean → window → train → evaluate → register."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import numpy as np
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.params import RetrainParams
+from tasks.evaluate import compare_with_champion, evaluate_models, format_metrics
+from tasks.ingest import load_observations
+from tasks.prepare import Prepared, fingerprint, prepare_training
+from tasks.registry import (Decision, RegistryError, decide_promotion, library_versions, load_champion,
+                            new_version, read_champion, save_bundle, set_champion)
+from tasks.storage import Store
+from tasks.train import TrainResult, predict_scaled, train_model
+from tasks.validate import ValidationResult, validate_observations
+from flows.runtime import start_run
+
+_io = dict(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+_cpu = dict(cache_policy=NO_CACHE)
+
+ingest = task(load_observations, name="ingest", **_io)
+validate = task(validate_observations, name="validate", **_cpu)
+prepare = task(prepare_training, name="clean-and-window", **_cpu)
+train = task(train_model, name="train", timeout_seconds=6 * 3600, **_cpu)
+
+
+@task(name="save-quarantine", **_io)
+def save_quarantine(store: Store, checked: ValidationResult, run_stamp: str) -> str | None:
+    if checked.n_quarantined == 0:
+        return None
+    buf = io.BytesIO()
+    checked.quarantine.write_parquet(buf)
+    key = f"quarantine/{run_stamp}.parquet"
+    store.write_bytes(key, buf.getvalue())
+    return store.uri(key)
+
+
+@task(name="evaluate", **_cpu)
+def evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: TrainResult) -> dict:
+    logger = get_run_logger()
+    preds = predict_scaled(trained.net, prepared.index, prepared.index.splits["test"])
+    if len(preds) == 0:
+        raise ValueError("no test windows: the test span is shorter than the horizon for every series")
+    metrics = evaluate_models(prepared.index, prepared.state, {params.model_name: preds},
+                              np.datetime64(prepared.train_end, "us"), prepared.season_length)
+    try:
+        champion = load_champion(store, params.model_name) if read_champion(store, params.model_name) else None
+        champion_error = ""
+    except RegistryError as exc:
+        champion, champion_error = None, str(exc)
+        logger.warning("current champion is unusable, comparing with the baseline only: %s", exc)
+    comparison = compare_with_champion(champion, prepared, preds, params.promotion.metric)
+    if champion_error:
+        comparison["note"] = f"champion unusable ({champion_error})"
+    logger.info("test-span metrics (%d windows):\n%s", len(preds), format_metrics(metrics))
+    return {"metrics": metrics, "comparison": comparison}
+
+
+@task(name="register", **_io)
+def register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
+             trained: TrainResult, evaluation: dict) -> dict:
+    logger = get_run_logger()
+    fp = fingerprint(checked.valid)
+    version = new_version(fp)
+    comp = evaluation["comparison"]
+    if comp["comparable"]:
+        decision = decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"],
+                                    comp["champion"], comp["note"])
+    else:
+        decision = Decision(False, f"not promoted: {comp['note']}; the champion stays "
+                                   "(set promotion.beat_champion=false to replace it)")
+        if not params.promotion.beat_champion:
+            decision = decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"], None, comp["note"])
+    config = {"params": params.model_dump(mode="json"), "network_args": trained.network_args,
+              "calendar": prepared.calendar.to_json(), "season_length": prepared.season_length}
+    manifest = {
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "seed": params.train.seed,
+        "data": {"uri": params.data, "fingerprint": fp, "rows": checked.valid.height,
+                 "series": checked.valid["series_id"].n_unique(), "quarantined": checked.n_quarantined,
+                 "start": str(checked.valid["timestamp"].min()), "end": str(checked.valid["timestamp"].max())},
+        "spans": {"train_end": str(prepared.train_end), "val_end": str(prepared.val_end)},
+        "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
+        "cleaning": prepared.report.to_json(), "epochs": trained.epochs,
+        "best_val_loss": trained.best_val_loss, "libraries": library_versions(),
+    }
+    metrics_json = {"test": evaluation["metrics"].to_dicts(), "comparison": comp,
+                    "decision": {"promote": decision.promote, "reason": decision.reason}}
+    prefix = save_bundle(store, params.model_name, version, net=trained.net, config=config,
+                         preprocessing=prepared.preprocessing_json(), metrics=metrics_json,
+                         history_csv=trained.history.write_csv(), manifest=manifest)
+    logger.info("bundle written to %s", store.uri(prefix))
+    logger.info("promotion decision: %s", decision.reason)
+    if decision.promote:
+        set_champion(store, params.model_name, version, decision,
+                     {params.promotion.metric: comp["new"], "windows": comp["windows"]})
+    return {"version": version, "bundle": store.uri(prefix), "promoted": decision.promote,
+            "decision": decision.reason, "fingerprint": fp}
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(params: RetrainParams, store: str | None = None) -> dict:
+    """Train a new model on ``params.data`` and promote it if it wins on the test span."""
+    settings, st = start_run(store)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    raw = ingest(params.data, params.columns)
+    checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
+    quarantine = save_quarantine(st, checked, stamp)
+    prepared = prepare(checked, params)
+    trained = train(prepared.index, params.model, params.train, settings.progress)
+    evaluation = evaluate(st, params, prepared, trained)
+    registered = register(st, params, checked, prepared, trained, evaluation)
+    return {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
+            "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
+            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
+            "comparison": evaluation["comparison"]}

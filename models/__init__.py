@@ -1,0 +1,1 @@
+"""Networks, the Lightning module around them, and the baselines they must beat."""

@@ -1,0 +1,48 @@
+"""The LightningModule: loss, optimiser, schedule and logging around the network."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from models.network import LSTMForecaster
+
+_LOSSES = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}
+
+
+class ForecastModule(L.LightningModule):
+    def __init__(self, n_past: int, n_future: int, horizon: int, network: dict, train: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = LSTMForecaster(n_past, n_future, horizon, **network)
+        self.loss_fn = _LOSSES[train["loss"]]()
+        self.cfg = train
+
+    def forward(self, past: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        return self.net(past, future)
+
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        past, future, y = batch
+        loss = self.loss_fn(self(past, future), y)
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        if self.cfg["l1"] > 0:
+            loss = loss + self.cfg["l1"] * sum(p.abs().sum() for n, p in self.named_parameters() if "weight" in n)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's own union type
+        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.cfg["optimizer"]]
+        opt = opt_cls(self.parameters(), lr=self.cfg["learning_rate"], weight_decay=self.cfg["weight_decay"])
+        if self.cfg["lr_schedule"] == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, self.cfg["patience"] // 2))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        if self.cfg["lr_schedule"] == "cosine":
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.cfg["max_epochs"])}
+        return opt

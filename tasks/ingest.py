@@ -1,0 +1,88 @@
+"""Read observations (CSV or Parquet; a file, a glob or a directory; local or s3://)."""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from pathlib import Path
+
+import polars as pl
+
+from schemas.params import ColumnMap
+
+
+class IngestError(RuntimeError):
+    """The input could not be read at all."""
+
+
+def storage_options() -> dict[str, str] | None:
+    """polars/object_store options from the standard ``AWS_*`` environment."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    opts = {"aws_region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))}
+    if endpoint:
+        opts["aws_endpoint_url"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["aws_allow_http"] = "true"
+    return opts
+
+
+def _resolve(uri: str) -> tuple[list[str] | str, str]:
+    """Return (source, format) for a file, a glob or a (hive-partitioned) directory."""
+    if uri.startswith("s3://"):
+        source: list[str] | str = uri.rstrip("/") + "/**/*.parquet" if uri.endswith("/") else uri
+        name = source if isinstance(source, str) else source[0]
+        fmt = "csv" if name.endswith((".csv", ".csv.gz")) else "parquet"
+        return source, fmt
+    path = Path(uri).expanduser()
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix in (".csv", ".parquet") and p.is_file())
+    elif any(ch in uri for ch in "*?["):
+        files = sorted(globlib.glob(str(path), recursive=True))
+    elif path.is_file():
+        files = [str(path)]
+    else:
+        raise IngestError(f"input not found: {uri}")
+    if not files:
+        raise IngestError(f"no CSV or Parquet files under {uri}")
+    suffixes = {Path(f).suffix for f in files}
+    if len(suffixes) > 1:
+        raise IngestError(f"mixed file types under {uri}: {sorted(suffixes)}")
+    return files, "csv" if suffixes == {".csv"} else "parquet"
+
+
+def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFrame:
+    """Read the raw observations and rename the mapped columns to the canonical names.
+
+    CSV is read as text so that a bad value becomes a reported row, not a
+    failed read; typing happens in validation. Covariates keep their names.
+    """
+    source, fmt = _resolve(uri)
+    opts = storage_options() if uri.startswith("s3://") else None
+    try:
+        if fmt == "csv":
+            frame = pl.scan_csv(source, infer_schema=False, storage_options=opts).collect()
+        else:
+            frame = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts).collect()
+    except FileNotFoundError as exc:
+        raise IngestError(f"input not found: {uri}") from exc
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IngestError(f"cannot read {uri} as {fmt}: {first}") from exc
+    if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
+        raise IngestError(f"{uri} is empty: no header and no rows")
+
+    mapping = {
+        columns.series_col: "series_id",
+        columns.timestamp_col: "timestamp",
+        columns.target_col: "target",
+    }
+    missing = [src for src in mapping if src not in frame.columns]
+    if missing:
+        raise IngestError(
+            f"missing column(s) {missing} in {uri}; found {frame.columns}. "
+            "Map them with --series-col / --timestamp-col / --target-col."
+        )
+    clash = [dst for src, dst in mapping.items() if dst in frame.columns and dst != src]
+    if clash:
+        raise IngestError(f"column(s) {clash} exist in {uri} and are also mapping targets")
+    return frame.rename({k: v for k, v in mapping.items() if k != v})

@@ -1,0 +1,71 @@
+"""Validated observations → clean frame → fitted features → windows, for training."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from schemas.frames import CleanSeries
+from schemas.params import RetrainParams
+from tasks.clean import Calendar, CleanReport, clean_observations, decide_calendar, regularize, season_length_for
+from tasks.features import FeatureState, fit_features, transform_features
+from tasks.validate import ValidationResult
+from tasks.window import WindowIndex, make_windows, split_times
+
+
+@dataclass
+class Prepared:
+    clean: pl.DataFrame
+    report: CleanReport
+    calendar: Calendar
+    season_length: int
+    train_end: dt.datetime
+    val_end: dt.datetime
+    state: FeatureState
+    iqr_bounds: dict | None
+    index: WindowIndex
+
+    def preprocessing_json(self) -> dict:
+        return {"features": self.state.to_json(), "iqr_bounds": self.iqr_bounds}
+
+
+def fingerprint(frame: pl.DataFrame) -> str:
+    """SHA-256 of the validated data in a canonical order and text form."""
+    canon = frame.sort("series_id", "timestamp").select(sorted(frame.columns))
+    return hashlib.sha256(canon.write_csv().encode()).hexdigest()
+
+
+def prepare_training(valid: ValidationResult, params: RetrainParams) -> Prepared:
+    """Clean, split in time, fit scalers/encoders on the training span, index the windows."""
+    calendar = decide_calendar(valid.valid, params.clean)
+    season = params.clean.season_length or season_length_for(calendar)
+    placed, _ = regularize(valid.valid, calendar)
+    w = params.window
+    train_end, val_end = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
+    clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
+    CleanSeries.validate(clean, lazy=True)
+    state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
+                         w.past_covariates, w.future_covariates)
+    frame, _ = transform_features(clean, state)
+    index = make_windows(frame, state.past_columns, state.future_columns, w.lookback, w.horizon,
+                         train_end, val_end, w.stride)
+    return Prepared(clean, report, calendar, season, train_end, val_end, state, iqr, index)
+
+
+def index_with_state(clean: pl.DataFrame, state: FeatureState, lookback: int, horizon: int,
+                     train_end: dt.datetime, val_end: dt.datetime) -> WindowIndex:
+    """Windows over an already-clean frame with someone else's fitted features (the champion's)."""
+    frame, _ = transform_features(clean, state)
+    return make_windows(frame, state.past_columns, state.future_columns, lookback, horizon, train_end, val_end)
+
+
+def window_keys(index: WindowIndex, split: str = "test") -> pl.DataFrame:
+    """(series_id, origin timestamp, position) for each window of a split, to match windows across models."""
+    starts = index.splits[split]
+    origins = index.origin(starts)
+    return pl.DataFrame({"series_id": [index.series_ids[c] for c in index.series[origins]],
+                         "origin": index.timestamps[origins], "pos": np.arange(len(starts))})
