@@ -78,7 +78,7 @@ def _print_retrain(out: dict) -> None:
     print(f"cleaning: {c['short_gaps_filled']} gap steps filled, {c['long_gap_steps']} long-gap steps flagged, "
           f"{c['outliers']} outliers ({c['outlier_action']}), {c['off_grid_rows_dropped']} off-grid rows dropped")
     if out["short_series"]:
-        print(f"series too short for lookback + horizon (not trained on): {out['short_series']}")
+        print(f"not trained on (shorter than lookback + horizon, or no data in the training span): {out['short_series']}")
     print(f"bundle   {out['bundle']}")
     print(f"decision {out['decision']}")
 

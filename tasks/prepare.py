@@ -50,9 +50,11 @@ def prepare_training(valid: ValidationResult, params: RetrainParams) -> Prepared
     CleanSeries.validate(clean, lazy=True)
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates)
-    frame, _ = transform_features(clean, state)
+    frame, no_training_data = transform_features(clean, state)
     index = make_windows(frame, state.past_columns, state.future_columns, w.lookback, w.horizon,
                          train_end, val_end, w.stride)
+    # Series with no observation in the training span have no scaler: not trainable either.
+    index.short_series = sorted({*index.short_series, *no_training_data})
     return Prepared(clean, report, calendar, season, train_end, val_end, state, iqr, index)
 
 

@@ -50,7 +50,9 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
     module = ForecastModule(network_args["n_past"], network_args["n_future"], index.horizon,
                             network=model_cfg.model_dump(), train=train_cfg.model_dump())
     with tempfile.TemporaryDirectory(prefix="nightcast-train-") as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val_loss", mode="min", save_top_k=1, filename="best")
+        ckpt = ModelCheckpoint(dirpath=Path(tmp) / "ckpt", monitor="val_loss", mode="min", save_top_k=1, filename="best")
+        for name in ("lightning.pytorch", "lightning.fabric"):  # no GPU/TPU banners or tips
+            logging.getLogger(name).setLevel(logging.WARNING)
         trainer = L.Trainer(
             max_epochs=train_cfg.max_epochs, accelerator=accelerator, devices=1, deterministic=True,
             gradient_clip_val=train_cfg.gradient_clip or None, logger=CSVLogger(tmp, name="log"),
@@ -60,7 +62,7 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*number of training batches.*")
-            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+            warnings.filterwarnings("ignore", ".*LeafSpec.*")
             trainer.fit(module, _loader(index, "train", train_cfg.batch_size, True, train_cfg.seed),
                         _loader(index, "val", train_cfg.batch_size, False, train_cfg.seed))
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]

@@ -94,8 +94,8 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
                   "test": starts[first_t > ve]}
     codes = np.repeat(np.arange(len(ids), dtype=np.int32), counts)
     return WindowIndex(
-        past=np.ascontiguousarray(frame.select(past_columns).to_numpy(), dtype=np.float32),
-        future=np.ascontiguousarray(frame.select(future_columns).to_numpy(), dtype=np.float32)
+        past=np.require(frame.select(past_columns).to_numpy(), np.float32, ["C", "W"]),
+        future=np.require(frame.select(future_columns).to_numpy(), np.float32, ["C", "W"])
         if future_columns else np.zeros((frame.height, 0), np.float32),
         target=frame["target"].to_numpy().astype(np.float64),
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),

@@ -1,0 +1,104 @@
+"""Shared fixtures: small data, fast configs, a Prefect harness and a real S3 endpoint."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from schemas.params import ModelConfig, RetrainParams, TrainConfig, WindowConfig
+from tasks.sample import make_sample
+
+torch.set_num_threads(1)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def sample_raw() -> pl.DataFrame:
+    """A small version of the bundled sample: 3 series × 14 days hourly, with its defects."""
+    return make_sample(n_series=3, days=14, seed=3)
+
+
+@pytest.fixture()
+def sample_csv(tmp_path: Path, sample_raw: pl.DataFrame) -> str:
+    path = tmp_path / "obs.csv"
+    sample_raw.write_csv(path)
+    return str(path)
+
+
+def fast_params(data: str, **overrides: object) -> RetrainParams:
+    """Settings that train in about a second on the small sample and still beat seasonal naive."""
+    base = dict(
+        data=data,
+        window=WindowConfig(lookback=24, horizon=6),
+        model=ModelConfig(hidden_size=32, num_layers=1, dropout=0.0),
+        train=TrainConfig(max_epochs=15, patience=4, batch_size=64),
+    )
+    base.update(overrides)
+    return RetrainParams(**base)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (flows need an API to report to)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real S3 protocol endpoint: ``moto_server`` as a separate process over HTTP."""
+    port = _free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/moto-api/")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    """AWS variables pointing at the moto endpoint, and a fresh bucket."""
+    import uuid
+
+    import boto3
+
+    for k, v in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"nightcast-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    return bucket

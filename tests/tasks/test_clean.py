@@ -1,0 +1,103 @@
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from schemas.params import CleanConfig
+from tasks.clean import (Calendar, clean_observations, decide_calendar, infer_frequency, make_grid,
+                         next_steps, season_length_for)
+
+
+def _series(stamps, values, sid="a") -> pl.DataFrame:
+    return pl.DataFrame({"series_id": sid, "timestamp": pl.Series(stamps, dtype=pl.Datetime("us")),
+                         "target": pl.Series(values, dtype=pl.Float64)})
+
+
+def _hourly(n, start=dt.datetime(2024, 1, 1)):
+    return [start + dt.timedelta(hours=i) for i in range(n)]
+
+
+@pytest.mark.parametrize("step, freq", [(dt.timedelta(hours=1), "1h"), (dt.timedelta(minutes=30), "30m"),
+                                        (dt.timedelta(days=1), "1d"), (dt.timedelta(weeks=1), "1w")])
+def test_infer_frequency(step, freq):
+    stamps = [dt.datetime(2024, 1, 1) + i * step for i in range(20)]
+    assert infer_frequency(_series(stamps, list(range(20)))) == freq
+
+
+def test_infer_monthly():
+    stamps = [dt.datetime(2020 + i // 12, i % 12 + 1, 1) for i in range(30)]
+    assert infer_frequency(_series(stamps, list(range(30)))) == "1mo"
+
+
+def test_trading_days_get_a_business_calendar_without_weekends_or_holidays():
+    days = [d for d in (dt.datetime(2024, 1, 1) + dt.timedelta(days=i) for i in range(60)) if d.weekday() < 5]
+    holiday = dt.datetime(2024, 1, 15)
+    days = [d for d in days if d != holiday]
+    gap_day = dt.datetime(2024, 2, 6)  # missing from one series only: a real gap
+    frame = pl.concat([_series(days, np.arange(len(days)), "a"),
+                       _series([d for d in days if d != gap_day], np.arange(len(days) - 1), "b")])
+    cal = decide_calendar(frame, CleanConfig())
+    assert cal.kind == "business" and cal.holidays == ("2024-01-15",)
+    assert season_length_for(cal) == 5
+    clean, report, _ = clean_observations(frame, CleanConfig(), cal)
+    assert clean.filter(pl.col("timestamp").dt.weekday() >= 6).height == 0  # no invented weekends
+    assert clean.filter(pl.col("timestamp") == holiday).height == 0  # no invented holiday
+    b = clean.filter(pl.col("series_id") == "b")
+    assert b.filter(pl.col("timestamp") == gap_day)["observed"].to_list() == [False]
+    assert report.short_gaps_filled == 1
+    assert next_steps(dt.datetime(2024, 2, 9), cal, 2) == [dt.datetime(2024, 2, 12), dt.datetime(2024, 2, 13)]
+
+
+def test_short_gaps_interpolated_long_gaps_flagged():
+    y = np.arange(40, dtype=float)
+    keep = np.ones(40, bool)
+    keep[[5, 6]] = False  # short gap
+    keep[20:30] = False  # long gap
+    stamps = np.array(_hourly(40))[keep].tolist()
+    clean, report, _ = clean_observations(_series(stamps, y[keep]), CleanConfig(max_gap=3, outliers="none"),
+                                          Calendar("1h"))
+    assert clean.height == 40
+    assert clean["target"][5] == pytest.approx(5.0) and clean["target"][6] == pytest.approx(6.0)
+    assert clean["in_long_gap"].sum() == 10 and report.long_gap_steps == 10 and report.short_gaps_filled == 2
+    assert clean["target"].is_finite().all()
+
+
+def test_hampel_clips_spikes_and_counts_them():
+    rng = np.random.default_rng(0)
+    y = 10 + np.sin(np.arange(200) * 2 * np.pi / 24) + rng.normal(0, 0.1, 200)
+    y[[50, 120]] = [60.0, -40.0]
+    clean, report, _ = clean_observations(_series(_hourly(200), y), CleanConfig(), Calendar("1h"))
+    assert report.outliers == 2
+    assert clean["is_outlier"].arg_true().to_list() == [50, 120]
+    assert 5 < clean["target"][50] < 15 and 5 < clean["target"][120] < 15
+
+
+def test_drop_action_turns_outliers_into_filled_gaps():
+    y = np.full(100, 5.0) + np.sin(np.arange(100))
+    y[60] = 500.0
+    clean, _, _ = clean_observations(_series(_hourly(100), y), CleanConfig(outlier_action="drop"), Calendar("1h"))
+    assert clean["target"][60] == pytest.approx((y[59] + y[61]) / 2)
+
+
+def test_iqr_bounds_come_from_the_training_span_only():
+    y = np.concatenate([np.sin(np.arange(100)), np.sin(np.arange(100)) + 1000])  # level shift after training
+    stamps = _hourly(200)
+    cfg = CleanConfig(outliers="iqr", outlier_threshold=3.0)
+    _, _, bounds = clean_observations(_series(stamps, y), cfg, Calendar("1h"), train_end=stamps[99])
+    lo, hi = bounds["a"]
+    assert hi < 10  # fitted without the shifted values
+    _, _, bounds_later = clean_observations(_series(stamps, y * 0 + y[:100].tolist() * 2), cfg, Calendar("1h"),
+                                            train_end=stamps[99])
+    assert bounds_later["a"] == pytest.approx(bounds["a"])
+
+
+def test_off_grid_rows_are_counted_not_invented():
+    stamps = _hourly(10) + [dt.datetime(2024, 1, 1, 3, 30)]
+    clean, report, _ = clean_observations(_series(stamps, list(range(11))), CleanConfig(outliers="none"), Calendar("1h"))
+    assert report.off_grid_rows_dropped == 1 and clean.height == 10
+
+
+def test_grid_regular():
+    g = make_grid(dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2), Calendar("6h"))
+    assert g.len() == 5

@@ -1,0 +1,104 @@
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from schemas.params import RetrainParams, WindowConfig
+from tasks.features import fit_features, inverse_scale, transform_features
+from tasks.prepare import prepare_training
+from tasks.validate import validate_observations
+from tasks.window import WindowDataset, WindowError, make_windows, split_times
+
+
+def _clean(n=100, sids=("a", "b")) -> pl.DataFrame:
+    stamps = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=i) for i in range(n)]
+    return pl.concat([pl.DataFrame({
+        "series_id": sid, "timestamp": pl.Series(stamps, dtype=pl.Datetime("us")),
+        "target": np.arange(n, dtype=float) * (k + 1), "promo": ["on" if i % 7 == 0 else "off" for i in range(n)],
+        "temp": np.linspace(0, 1, n), "observed": True, "is_outlier": False, "in_long_gap": False,
+    }) for k, sid in enumerate(sids)])
+
+
+def test_scaler_and_encoders_are_fitted_on_the_training_span_only():
+    clean = _clean()
+    train_end = clean["timestamp"][59]
+    state = fit_features(clean, train_end, "standard", ["temp"], ["promo"], None, [])
+    # change everything after the training span: the fitted state must not move
+    later = clean.with_columns(pl.when(pl.col("timestamp") > train_end).then(pl.col("target") * 100 + 7)
+                               .otherwise("target").alias("target"),
+                               pl.when(pl.col("timestamp") > train_end).then(pl.lit("new-category"))
+                               .otherwise("promo").alias("promo"))
+    assert fit_features(later, train_end, "standard", ["temp"], ["promo"], None, []).to_json() == state.to_json()
+    assert state.target_stats["a"][0] == pytest.approx(29.5)  # mean of 0..59
+    assert state.categories == {"promo": ["off", "on"]}
+    frame, _ = transform_features(later, state)
+    assert frame.filter(pl.col("promo") == "new-category")["cat__promo=on"].sum() == 0  # unknown -> all zeros
+
+
+@pytest.mark.parametrize("scaler", ["standard", "minmax", "robust"])
+def test_inverse_scale_roundtrip(scaler):
+    clean = _clean()
+    state = fit_features(clean, clean["timestamp"][59], scaler, [], [], [], [])
+    frame, _ = transform_features(clean, state)
+    back = inverse_scale(frame["y"].to_numpy()[:, None].astype(float), frame["series_id"].to_list(), state)
+    np.testing.assert_allclose(back[:, 0], clean["target"].to_numpy(), rtol=1e-5, atol=1e-3)
+
+
+def test_splits_are_strictly_time_ordered():
+    clean = _clean(200)
+    state = fit_features(clean, clean["timestamp"][139], "standard", [], [], [], [])
+    frame, _ = transform_features(clean, state)
+    te, ve = split_times(clean, 0.15, 0.15, horizon=5)
+    idx = make_windows(frame, state.past_columns, [], 24, 5, te, ve)
+    ts = idx.timestamps
+    tr, va, tt = (idx.splits[k] for k in ("train", "val", "test"))
+    assert len(tr) and len(va) and len(tt)
+    assert ts[tr + 24 + 5 - 1].max() <= np.datetime64(te)  # train targets end by train_end
+    assert ts[va + 24].min() > np.datetime64(te) and ts[va + 28].max() <= np.datetime64(ve)
+    assert ts[tt + 24].min() > np.datetime64(ve)
+
+
+def test_windows_are_indices_memory_does_not_grow_with_lookback():
+    clean = _clean(400)
+    state = fit_features(clean, clean["timestamp"][250], "standard", [], [], [], [])
+    frame, _ = transform_features(clean, state)
+    te, ve = split_times(clean, 0.15, 0.15, horizon=6)
+    sizes = []
+    for lookback in (8, 64, 256):
+        idx = make_windows(frame, state.past_columns, [], lookback, 6, te, ve)
+        sizes.append(idx.past.nbytes + idx.future.nbytes + idx.target.nbytes)
+        ds = WindowDataset(idx, idx.splits["train"])
+        past, _, y = ds.__getitems__([0, 1])
+        assert past.shape == (2, lookback, 1) and y.shape == (2, 6)
+        s = idx.splits["train"][1]
+        np.testing.assert_allclose(past[1, :, 0].numpy(), idx.past[s:s + lookback, 0])
+    assert sizes[0] == sizes[1] == sizes[2]
+
+
+def test_long_gap_windows_excluded_and_short_series_reported():
+    clean = _clean(100).with_columns(
+        ((pl.col("series_id") == "a") & pl.col("timestamp").is_between(
+            dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 2, 5))).alias("in_long_gap"))
+    short = _clean(10, sids=("tiny",))
+    both = pl.concat([clean, short])
+    state = fit_features(both, both["timestamp"].max(), "standard", [], [], [], [])
+    frame, _ = transform_features(both, state)
+    idx = make_windows(frame, state.past_columns, [], 12, 4)
+    assert idx.short_series == ["tiny"]
+    gap = np.flatnonzero(frame.sort("series_id", "timestamp")["in_long_gap"].to_numpy())
+    for s in idx.splits["all"]:
+        assert not ((gap >= s) & (gap < s + 16)).any()
+
+
+def test_prepare_training_on_the_sample(sample_raw):
+    valid = validate_observations(sample_raw)
+    prepared = prepare_training(valid, RetrainParams(data="-", window=WindowConfig(lookback=24, horizon=6)))
+    assert prepared.calendar.frequency == "1h" and prepared.season_length == 24
+    assert prepared.report.outliers > 0 and prepared.report.short_gaps_filled > 0
+    assert prepared.state.past_columns[0] == "y"
+
+
+def test_series_too_short_for_any_span_is_a_clear_error():
+    with pytest.raises(WindowError, match="too few"):
+        split_times(_clean(10), 0.15, 0.15, horizon=6)

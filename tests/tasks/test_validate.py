@@ -1,0 +1,77 @@
+import polars as pl
+import pytest
+
+from tasks.validate import DataValidationError, validate_observations
+
+
+def _raw(n: int = 40, **cols) -> pl.DataFrame:
+    base = {"series_id": ["a"] * n,
+            "timestamp": [f"2024-01-{1 + i // 24:02d} {i % 24:02d}:00:00" for i in range(n)],
+            "target": [str(float(i)) for i in range(n)]}
+    base.update(cols)
+    return pl.DataFrame(base)
+
+
+def test_clean_input_passes_typed_and_sorted():
+    raw = _raw().reverse()  # unsorted input
+    out = validate_observations(raw)
+    assert out.n_quarantined == 0
+    assert out.valid.schema["timestamp"] == pl.Datetime("us") and out.valid.schema["target"] == pl.Float64
+    assert out.valid["timestamp"].is_sorted()
+
+
+@pytest.mark.parametrize("bad, rule", [("nan", "target:finite"), ("inf", "target:finite"),
+                                       ("-inf", "target:finite"), ("abc", "target:target_numeric")])
+def test_bad_target_rows_are_quarantined_with_their_rule(bad, rule):
+    raw = _raw().with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.lit(bad)).otherwise("target").alias("target"))
+    out = validate_observations(raw)
+    assert out.quarantine["_row"].to_list() == [5]
+    assert rule in out.quarantine["_rules"][0]
+    assert out.valid.height == 39
+
+
+def test_unparseable_timestamp_and_null_series_are_quarantined():
+    raw = _raw().with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("not a date")).otherwise("timestamp").alias("timestamp"),
+        pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise("series_id").alias("series_id"),
+    )
+    out = validate_observations(raw, max_bad_share=0.1)
+    rules = dict(zip(out.quarantine["_row"].to_list(), out.quarantine["_rules"].to_list()))
+    assert "timestamp:timestamp_parseable" in rules[3]
+    assert "series_id:not_nullable" in rules[7]
+
+
+def test_conflicting_duplicates_quarantined_exact_duplicates_dropped():
+    raw = _raw(10)
+    exact = raw.slice(2, 1)
+    conflict = raw.slice(4, 1).with_columns(pl.lit("99.0").alias("target"))
+    out = validate_observations(pl.concat([raw, exact, conflict]), max_bad_share=0.5)
+    assert out.exact_duplicates == 1
+    assert sorted(out.quarantine["_row"].to_list()) == [4, 11]  # both rows of the conflicting key
+    assert set(out.quarantine["_rules"]) == {"series_id+timestamp:multiple_fields_uniqueness"}
+
+
+def test_too_many_bad_rows_stop_with_column_rule_and_sample_rows():
+    raw = _raw(20).with_columns(pl.when(pl.int_range(pl.len()) < 5).then(pl.lit("oops")).otherwise("target").alias("target"))
+    with pytest.raises(DataValidationError) as err:
+        validate_observations(raw, max_bad_share=0.05)
+    msg = str(err.value)
+    assert "5 of 20 rows (25.0%)" in msg
+    assert "column 'target', rule target_numeric: 5 failure(s)" in msg
+    assert "'target': 'oops'" in msg and "rows [0, 1, 2]" in msg
+
+
+def test_wrong_type_of_whole_column_stops():
+    raw = _raw(10).with_columns(pl.lit(True).alias("target"))
+    with pytest.raises(DataValidationError, match="column 'target' has type Boolean"):
+        validate_observations(raw)
+
+
+def test_header_only_file_is_an_error():
+    with pytest.raises(DataValidationError, match="no rows"):
+        validate_observations(_raw(0))
+
+
+def test_covariates_typed_numeric_or_categorical():
+    out = validate_observations(_raw(4, temp=["1", "2.5", "3", "4"], promo=["on", "off", "on", "3"]))
+    assert out.numeric == ["temp"] and out.categorical == ["promo"]
