@@ -1,0 +1,28 @@
+# Two commands for a fresh clone: `make demo` and `make test`.
+# Both create .venv on first use (torch's CPU wheel first, then the pinned stack).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: demo test test-slow test-all clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/nightcast demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
+
+test-all: test test-slow
+
+clean:
+	rm -rf $(VENV) nightcast-store .pytest_cache

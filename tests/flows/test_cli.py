@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_failure_exits_non_zero_with_one_line_reason_first(tmp_path, capsys):
+    code = main(["retrain", "--data", str(tmp_path / "missing.csv"), "--store", str(tmp_path / "s")])
+    assert code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1  # Prefect's run log precedes it; ours is one line with the reason
+    assert errors[0].startswith("error: IngestError: input not found:") and "missing.csv" in errors[0]
+
+
+def test_bad_flag_value_is_rejected_by_argparse():
+    with pytest.raises(SystemExit) as exc:
+        main(["score", "--data", "x.csv", "--as-of", "yesterday"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_demo_from_the_command_line(tmp_path):
+    """`nightcast demo` as a user runs it: its own process, its own temporary Prefect server."""
+    exe = Path(sys.executable).with_name("nightcast")
+    env = {**os.environ, "NIGHTCAST_PROGRESS": "false"}
+    run = subprocess.run([str(exe), "demo", "--store", str(tmp_path / "store"), "--max-epochs", "4"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    for model in ("lstm", "seasonal_naive", "naive"):
+        assert f"\n{model} " in out
+    assert "decision " in out and "forecasts " in out
+    partitions = list((tmp_path / "store" / "forecasts" / "model=lstm").glob("as_of=*/forecasts.parquet"))
+    assert len(partitions) == 1
+    assert list((tmp_path / "store" / "models" / "lstm" / "versions").glob("*/manifest.json"))
