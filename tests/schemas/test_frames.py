@@ -1,0 +1,61 @@
+import datetime as dt
+
+import polars as pl
+import pytest
+from pandera.errors import SchemaErrors
+
+from schemas.frames import CleanSeries, Forecasts, RawObservations
+
+
+def _forecasts(**over) -> pl.DataFrame:
+    base = {"series_id": ["a", "a"], "timestamp": [dt.datetime(2024, 1, 1, 1), dt.datetime(2024, 1, 1, 2)],
+            "horizon": pl.Series([1, 2], dtype=pl.Int32), "forecast": [1.0, 2.0], "model": "lstm",
+            "model_version": "v1", "as_of": dt.date(2024, 1, 1)}
+    base.update(over)
+    return pl.DataFrame(base).with_columns(pl.col("timestamp").cast(pl.Datetime("us")))
+
+
+def test_forecasts_pass():
+    Forecasts.validate(_forecasts(), lazy=True)
+
+
+@pytest.mark.parametrize("over, check", [
+    ({"forecast": [1.0, float("nan")]}, "finite"),
+    ({"horizon": pl.Series([0, 1], dtype=pl.Int32)}, "greater_than_or_equal_to"),
+    ({"timestamp": [dt.datetime(2024, 1, 1, 1)] * 2}, "multiple_fields_uniqueness"),
+])
+def test_forecasts_fail(over, check):
+    with pytest.raises(SchemaErrors) as err:
+        Forecasts.validate(_forecasts(**over), lazy=True)
+    assert any(c.startswith(check) for c in err.value.failure_cases["check"].to_list())
+
+
+def test_forecasts_reject_extra_columns():
+    with pytest.raises(SchemaErrors):
+        Forecasts.validate(_forecasts().with_columns(pl.lit(1).alias("extra")), lazy=True)
+
+
+def _clean(**over) -> pl.DataFrame:
+    base = {"series_id": ["a", "a"], "timestamp": [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2)],
+            "target": [1.0, 2.0], "observed": [True, False], "is_outlier": [False, False],
+            "in_long_gap": [False, False]}
+    base.update(over)
+    return pl.DataFrame(base).with_columns(pl.col("timestamp").cast(pl.Datetime("us")))
+
+
+def test_clean_series_pass_and_fail():
+    CleanSeries.validate(_clean(), lazy=True)
+    with pytest.raises(SchemaErrors):
+        CleanSeries.validate(_clean(target=[1.0, None]), lazy=True)
+    with pytest.raises(SchemaErrors):
+        CleanSeries.validate(_clean(target=[1.0, float("inf")]), lazy=True)
+
+
+def test_raw_observations_pass_and_fail():
+    ok = pl.DataFrame({"series_id": ["a"], "timestamp": [dt.datetime(2024, 1, 1)], "target": [None],
+                       "_timestamp_raw": ["2024-01-01"], "_target_raw": [None]},
+                      schema_overrides={"target": pl.Float64, "_target_raw": pl.String,
+                                        "timestamp": pl.Datetime("us")})
+    RawObservations.validate(ok, lazy=True)  # a null target is a gap, not an error
+    with pytest.raises(SchemaErrors):
+        RawObservations.validate(ok.with_columns(pl.lit("").alias("series_id")), lazy=True)
