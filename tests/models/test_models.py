@@ -74,3 +74,21 @@ def test_loss_optimiser_and_schedule_variants_train(trained, train):
     prepared, _, _ = trained
     out = train_model(prepared.index, ModelConfig(hidden_size=8, num_layers=1, cell="gru"), train, progress=False)
     assert np.isfinite(out.best_val_loss)
+
+
+def test_known_future_covariates_reach_the_network(sample_raw):
+    from schemas.params import WindowConfig
+
+    params = fast_params("-", window=WindowConfig(lookback=24, horizon=6, future_covariates=["promo"]),
+                         train=TrainConfig(max_epochs=1))
+    prepared = prepare_training(validate_observations(sample_raw), params)
+    assert prepared.state.future_columns == ["cat__promo=off", "cat__promo=on"]
+    assert prepared.state.past_covariates == ["temperature"]
+    assert prepared.index.future.shape[1] == 2
+    out = train_model(prepared.index, params.model, params.train, progress=False)
+    assert out.network_args["n_future"] == 2
+    # the forecast depends on the future covariates it is given
+    starts = prepared.index.splits["test"][:8]
+    base = predict_scaled(out.net, prepared.index, starts)
+    prepared.index.future[:] = 1.0 - prepared.index.future
+    assert not np.allclose(base, predict_scaled(out.net, prepared.index, starts))
