@@ -1,4 +1,4 @@
-"""The ``nightcast`` command: retrain, score, demo."""
+"""The ``nightcast`` command: retrain, score, backfill, serve, demo."""
 
 from __future__ import annotations
 
@@ -31,27 +31,43 @@ def _add_training(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nightcast", description="Batch LSTM forecasting on Prefect.")
     sub = parser.add_subparsers(dest="command", required=True)
+    data_help = "CSV/Parquet file, glob or directory; local or s3:// (default: $NIGHTCAST_DATA, else the bundled sample)"
     p = sub.add_parser("retrain", help="train, evaluate and maybe promote a model")
-    p.add_argument("--data", required=True, help="CSV/Parquet file, glob or directory; local or s3://")
+    p.add_argument("--data", help=data_help)
     _add_common(p)
     _add_training(p)
     p = sub.add_parser("score", help="forecast from the champion as of a date")
-    p.add_argument("--data", required=True)
-    p.add_argument("--as-of", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--as-of", type=dt.date.fromisoformat, help="YYYY-MM-DD (default: the newest date in the data)")
     _add_common(p)
+    p = sub.add_parser("backfill", help="forecast every as_of date in a range (skips dates already written)")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--start", required=True, type=dt.date.fromisoformat, help="first as_of, YYYY-MM-DD")
+    p.add_argument("--end", required=True, type=dt.date.fromisoformat, help="last as_of, YYYY-MM-DD (inclusive)")
+    p.add_argument("--model", help="bundle version for every date (default: each date's champion)")
+    p.add_argument("--overwrite", action="store_true", help="re-score dates that already have forecasts")
+    p.add_argument("--max-parallel", type=int, default=2, help="dates scored at the same time (2)")
+    _add_common(p)
+    p = sub.add_parser("serve", help="serve every deployment in deployments/prefect.yaml from this process")
+    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
     p = sub.add_parser("demo", help="retrain and score on the bundled sample, then print where it all went")
     _add_common(p)
     _add_training(p)
     return parser
 
 
-def _retrain_params(args: argparse.Namespace, data: str) -> Any:
-    from schemas.params import CleanConfig, ColumnMap, ModelConfig, RetrainParams, TrainConfig, WindowConfig
+def _columns(args: argparse.Namespace) -> Any:
+    from schemas.params import ColumnMap
+
+    return ColumnMap(series_col=args.series_col, timestamp_col=args.timestamp_col,
+                     target_col=args.target_col, timestamp_format=args.timestamp_format)
+
+
+def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
+    from schemas.params import CleanConfig, ModelConfig, RetrainParams, TrainConfig, WindowConfig
 
     return RetrainParams(
-        data=data, model_name=args.model_name,
-        columns=ColumnMap(series_col=args.series_col, timestamp_col=args.timestamp_col,
-                          target_col=args.target_col, timestamp_format=args.timestamp_format),
+        data=data, model_name=args.model_name, columns=_columns(args),
         clean=CleanConfig(frequency=args.frequency),
         window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
         model=ModelConfig(hidden_size=args.hidden_size),
@@ -59,12 +75,10 @@ def _retrain_params(args: argparse.Namespace, data: str) -> Any:
     )
 
 
-def _score_params(args: argparse.Namespace, data: str, as_of: dt.date) -> Any:
-    from schemas.params import ColumnMap, ScoreParams
+def _score_params(args: argparse.Namespace, data: str | None, as_of: dt.date | None) -> Any:
+    from schemas.params import ScoreParams
 
-    return ScoreParams(data=data, as_of=as_of, model_name=args.model_name,
-                       columns=ColumnMap(series_col=args.series_col, timestamp_col=args.timestamp_col,
-                                         target_col=args.target_col, timestamp_format=args.timestamp_format))
+    return ScoreParams(data=data, as_of=as_of, model_name=args.model_name, columns=_columns(args))
 
 
 def _print_retrain(out: dict) -> None:
@@ -84,7 +98,7 @@ def _print_retrain(out: dict) -> None:
 
 
 def _print_score(out: dict) -> None:
-    print(f"\nforecasts {out['forecasts']}  ({out['rows']} rows, {out['series']} series, "
+    print(f"\nforecasts {out['forecasts']}  (as of {out['as_of']}, {out['rows']} rows, {out['series']} series, "
           f"model version {out['model_version']})")
     for sid, why in out["skipped"].items():
         print(f"  skipped {sid}: {why}")
@@ -105,6 +119,17 @@ def main(argv: list[str] | None = None) -> int:
             _print_retrain(retrain_flow(_retrain_params(args, args.data)))
         elif args.command == "score":
             _print_score(score_flow(_score_params(args, args.data, args.as_of)))
+        elif args.command == "backfill":
+            from flows.backfill import backfill_flow
+
+            out = backfill_flow(start=args.start, end=args.end, model=args.model, overwrite=args.overwrite,
+                                max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
+                                columns=_columns(args))
+            print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
+        elif args.command == "serve":
+            from flows.serve import serve
+
+            serve()
         else:
             import polars as pl
 
@@ -123,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line first, then the detail
+        from flows.runtime import failed_step
+
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        print(f"error: {type(exc).__name__}: {lines[0]}", file=sys.stderr)
+        where = f"step {step} failed: " if (step := failed_step(exc)) else ""
+        print(f"error: {where}{type(exc).__name__}: {lines[0]}", file=sys.stderr)
         if len(lines) > 1:
             print("\n".join(lines[1:]), file=sys.stderr)
         return 1

@@ -7,8 +7,8 @@ import io
 
 import numpy as np
 import polars as pl
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from schemas.params import RetrainParams
 from tasks.evaluate import compare_with_champion, evaluate_models, format_metrics
@@ -19,19 +19,15 @@ from tasks.registry import (Decision, RegistryError, decide_promotion, library_v
 from tasks.storage import Store
 from tasks.train import TrainResult, predict_scaled, train_model
 from tasks.validate import ValidationResult, validate_observations
-from flows.runtime import start_run
+from flows.runtime import artifact_key, start_run, step
 
-_io = dict(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-_cpu = dict(cache_policy=NO_CACHE)
-
-ingest = task(load_observations, name="ingest", **_io)
-validate = task(validate_observations, name="validate", **_cpu)
-prepare = task(prepare_training, name="clean-and-window", **_cpu)
-train = task(train_model, name="train", timeout_seconds=6 * 3600, **_cpu)
+ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
+validate = step(validate_observations, "validate", timeout_s=3600)
+prepare = step(prepare_training, "clean-and-window", timeout_s=3600)
+train = step(train_model, "train", timeout_s=6 * 3600)
 
 
-@task(name="save-quarantine", **_io)
-def save_quarantine(store: Store, checked: ValidationResult, run_stamp: str) -> str | None:
+def _save_quarantine(store: Store, checked: ValidationResult, run_stamp: str) -> str | None:
     if checked.n_quarantined == 0:
         return None
     buf = io.BytesIO()
@@ -41,8 +37,7 @@ def save_quarantine(store: Store, checked: ValidationResult, run_stamp: str) -> 
     return store.uri(key)
 
 
-@task(name="evaluate", **_cpu)
-def evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: TrainResult) -> dict:
+def _evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: TrainResult) -> dict:
     logger = get_run_logger()
     preds = predict_scaled(trained.net, prepared.index, prepared.index.splits["test"])
     if len(preds) == 0:
@@ -62,8 +57,7 @@ def evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: T
     return {"metrics": metrics, "comparison": comparison}
 
 
-@task(name="register", **_io)
-def register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
+def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
              trained: TrainResult, evaluation: dict) -> dict:
     logger = get_run_logger()
     fp = fingerprint(checked.valid)
@@ -100,13 +94,45 @@ def register(store: Store, params: RetrainParams, checked: ValidationResult, pre
         set_champion(store, params.model_name, version, decision,
                      {params.promotion.metric: comp["new"], "windows": comp["windows"]})
     return {"version": version, "bundle": store.uri(prefix), "promoted": decision.promote,
-            "decision": decision.reason, "fingerprint": fp}
+            "decision": decision.reason, "fingerprint": fp,
+            "files": [store.uri(k) for k in store.list(prefix + "/")]}
+
+
+save_quarantine = step(_save_quarantine, "save-quarantine", io=True)
+evaluate = step(_evaluate, "evaluate", timeout_s=3600)
+register = step(_register, "register", io=True)
+
+
+def publish_artifacts(params: RetrainParams, out: dict) -> None:
+    """A table of test-span metrics with the decision, and the bundle's storage keys, in the Prefect UI."""
+    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+            for r in out["metrics"].to_dicts()]
+    create_table_artifact(
+        key=artifact_key("retrain", params.model_name), table=rows,
+        description=(f"**{params.model_name} {out['version']}**: test-span metrics of the model and the "
+                     f"baselines on the same windows.\n\n**Decision:** {out['decision']}"))
+    files = "\n".join(f"- `{uri}`" for uri in out["files"])
+    create_markdown_artifact(
+        key=artifact_key("bundle", params.model_name),
+        description=f"model bundle {params.model_name} {out['version']}",
+        markdown=(f"# Bundle {params.model_name} / {out['version']}\n\n"
+                  f"- promoted: **{out['promoted']}** ({out['decision']})\n"
+                  f"- data fingerprint: `{out['fingerprint']}`\n"
+                  f"- quarantined rows: {out['quarantined_rows']}" + (f" → `{out['quarantine']}`" if out["quarantine"] else "")
+                  + f"\n\n## Files\n{files}\n"))
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(params: RetrainParams, store: str | None = None) -> dict:
-    """Train a new model on ``params.data`` and promote it if it wins on the test span."""
+def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = None) -> dict:
+    """Train a new model and promote it if it wins on the test span.
+
+    Args:
+        params: data, columns, cleaning, windows, network, training and the promotion rule.
+        store: object store root (local directory or s3://bucket/prefix); empty: $NIGHTCAST_STORE.
+    """
     settings, st = start_run(store)
+    if params.data is None:
+        params = params.model_copy(update={"data": settings.data})
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     raw = ingest(params.data, params.columns)
     checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
@@ -115,7 +141,9 @@ def retrain_flow(params: RetrainParams, store: str | None = None) -> dict:
     trained = train(prepared.index, params.model, params.train, settings.progress)
     evaluation = evaluate(st, params, prepared, trained)
     registered = register(st, params, checked, prepared, trained, evaluation)
-    return {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
-            "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
-            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
-            "comparison": evaluation["comparison"]}
+    out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
+           "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
+           "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
+           "comparison": evaluation["comparison"]}
+    publish_artifacts(params, out)
+    return out

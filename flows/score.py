@@ -2,37 +2,61 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+import datetime as dt
+
+import polars as pl
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 from schemas.params import ScoreParams
 from tasks.ingest import load_observations
-from tasks.registry import load_champion
+from tasks.registry import Bundle, load_champion
 from tasks.score import forecast_from_bundle, write_forecasts
+from tasks.storage import Store
 from tasks.validate import validate_observations
-from flows.runtime import start_run
+from flows.runtime import artifact_key, start_run, step
 
-_io = dict(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
+validate = step(validate_observations, "validate", timeout_s=3600)
+champion = step(load_champion, "load-champion", io=True)
 
-ingest = task(load_observations, name="ingest", **_io)
-validate = task(validate_observations, name="validate", cache_policy=NO_CACHE)
-champion = task(load_champion, name="load-champion", **_io)
-forecast = task(forecast_from_bundle, name="forecast", cache_policy=NO_CACHE)
-write = task(write_forecasts, name="write-forecasts", **_io)
+
+def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
+                       model_name: str) -> dict:
+    """Forecast as of one date and replace that date's partition; a summary row for the run."""
+    forecasts, report = forecast_from_bundle(bundle, observations, as_of)
+    key = write_forecasts(store, forecasts, model_name, as_of)
+    return {"as_of": as_of, "rows": forecasts.height, "series": report.series_scored,
+            "skipped": report.skipped, "model_version": bundle.version, "forecasts": store.uri(key)}
+
+
+score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=1800)
 
 
 @flow(name="score", log_prints=True)
-def score_flow(params: ScoreParams, store: str | None = None) -> dict:
-    """Forecast every series from the champion as of ``params.as_of``."""
-    _, st = start_run(store)
+def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) -> dict:
+    """Forecast every series from the champion as of ``params.as_of``.
+
+    Args:
+        params: data, as_of date (empty: the newest date in the data), model name and columns.
+        store: object store root (local directory or s3://bucket/prefix); empty: $NIGHTCAST_STORE.
+    """
+    settings, st = start_run(store)
     logger = get_run_logger()
     bundle = champion(st, params.model_name)
-    raw = ingest(params.data, params.columns)
+    raw = ingest(params.data or settings.data, params.columns)
     checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format)
-    forecasts, report = forecast(bundle, checked.valid, params.as_of)
-    for sid, why in report.skipped.items():
+    as_of = params.as_of or checked.valid["timestamp"].max().date()
+    out = score_date(st, bundle, checked.valid, as_of, params.model_name)
+    for sid, why in out["skipped"].items():
         logger.warning("series %s not scored: %s", sid, why)
-    key = write(st, forecasts, params.model_name, params.as_of)
-    logger.info("wrote %d forecasts for %d series to %s", forecasts.height, report.series_scored, st.uri(key))
-    return {"forecasts": st.uri(key), "rows": forecasts.height, "series": report.series_scored,
-            "skipped": report.skipped, "model_version": bundle.version, "quarantined_rows": checked.n_quarantined}
+    logger.info("wrote %d forecasts for %d series as of %s to %s",
+                out["rows"], out["series"], as_of, out["forecasts"])
+    skipped = "".join(f"\n- `{sid}`: {why}" for sid, why in out["skipped"].items())
+    create_markdown_artifact(
+        key=artifact_key("score", params.model_name), description=f"forecasts as of {as_of}",
+        markdown=(f"# Forecasts {params.model_name} as of {as_of}\n\n"
+                  f"- `{out['forecasts']}`\n- {out['rows']} rows, {out['series']} series, "
+                  f"model version `{bundle.version}`\n- quarantined input rows: {checked.n_quarantined}\n"
+                  + (f"\n## Not scored{skipped}\n" if skipped else "")))
+    return {**out, "quarantined_rows": checked.n_quarantined}

@@ -9,8 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+SAMPLE_DATA = "sample://"
+"""The bundled sample panel (``tasks.sample.make_sample``): the input when none is configured."""
+
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class Settings(BaseSettings):
@@ -23,6 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NIGHTCAST_", extra="ignore")
 
     store: str = Field("./nightcast-store", description="Local directory or s3://bucket/prefix")
+    data: str = Field(SAMPLE_DATA, description="Input used when a run names none (deployments, schedules)")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for small LSTMs on few cores)")
     progress: bool = Field(True, description="Show a training progress bar")
 
@@ -106,11 +113,14 @@ class PromotionRule(_Config):
     min_improvement: float = Field(0.0, ge=0, description="relative, e.g. 0.02 = 2% better")
 
 
+_DATA_HELP = "CSV/Parquet file, glob or directory; local or s3://; empty: $NIGHTCAST_DATA (the bundled sample)"
+
+
 class RetrainParams(_Config):
     """Everything ``retrain_flow`` needs besides the settings."""
 
-    data: str = Field(..., description="CSV/Parquet file, glob or directory; local or s3://")
-    model_name: str = Field("lstm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    data: str | None = Field(None, description=_DATA_HELP)
+    model_name: str = Field("lstm", pattern=_MODEL_NAME, description="registry name; forecasts go under model=<name>")
     columns: ColumnMap = ColumnMap()
     clean: CleanConfig = CleanConfig()
     window: WindowConfig = WindowConfig()
@@ -122,8 +132,40 @@ class RetrainParams(_Config):
 class ScoreParams(_Config):
     """Everything ``score_flow`` needs besides the settings."""
 
-    data: str = Field(..., description="CSV/Parquet file, glob or directory; local or s3://")
-    as_of: dt.date = Field(..., description="forecast from the data up to and including this date")
-    model_name: str = Field("lstm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    data: str | None = Field(None, description=_DATA_HELP)
+    as_of: dt.date | None = Field(
+        None, description="forecast from the data up to and including this date; empty: the newest date in the data")
+    model_name: str = Field("lstm", pattern=_MODEL_NAME)
     columns: ColumnMap = ColumnMap()
+
+
+class BackfillParams(_Config):
+    """Everything ``backfill_flow`` needs: one forecast partition per date in ``[start, end]``."""
+
+    start: dt.date = Field(..., description="first as_of date")
+    end: dt.date = Field(..., description="last as_of date (inclusive)")
+    data: str | None = Field(None, description=_DATA_HELP)
+    model_name: str = Field("lstm", pattern=_MODEL_NAME)
+    model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="bundle version to score every date with; empty: the champion of each date "
+                    "when the registry knows it, else the current champion")
+    overwrite: bool = Field(False, description="re-score dates whose partition already exists")
+    max_parallel: int = Field(2, ge=1, le=32, description="dates scored at the same time")
+    columns: ColumnMap = ColumnMap()
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "BackfillParams":
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        if (self.end - self.start).days >= MAX_BACKFILL_DAYS:
+            raise ValueError(f"{(self.end - self.start).days + 1} dates requested; at most {MAX_BACKFILL_DAYS} "
+                             "per backfill (split the range)")
+        return self
+
+    def dates(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+
+
+MAX_BACKFILL_DAYS = 3660
 

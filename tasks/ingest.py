@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from schemas.params import ColumnMap
+from schemas.params import SAMPLE_DATA, ColumnMap
 
 
 class IngestError(RuntimeError):
@@ -53,9 +53,15 @@ def _resolve(uri: str) -> tuple[list[str] | str, str]:
 def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFrame:
     """Read the raw observations and rename the mapped columns to the canonical names.
 
+    ``sample://`` is the bundled sample panel (the embedded default input).
+
     CSV is read as text so that a bad value becomes a reported row, not a
     failed read; typing happens in validation. Covariates keep their names.
     """
+    if uri == SAMPLE_DATA:
+        from tasks.sample import make_sample
+
+        return _rename(make_sample(), ColumnMap(), uri)
     source, fmt = _resolve(uri)
     opts = storage_options() if uri.startswith("s3://") else None
     try:
@@ -70,7 +76,10 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFram
         raise IngestError(f"cannot read {uri} as {fmt}: {first}") from exc
     if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
         raise IngestError(f"{uri} is empty: no header and no rows")
+    return _rename(frame, columns, uri)
 
+
+def _rename(frame: pl.DataFrame, columns: ColumnMap, uri: str) -> pl.DataFrame:
     mapping = {
         columns.series_col: "series_id",
         columns.timestamp_col: "timestamp",

@@ -144,9 +144,30 @@ def load_champion(store: Store, name: str) -> Bundle:
     return load_bundle(store, name, pointer["version"])
 
 
-def set_champion(store: Store, name: str, version: str, decision: Decision, metric: dict) -> dict:
+def champion_as_of(store: Store, name: str, day: dt.date) -> dict | None:
+    """The champion pointer in force at the end of ``day`` (UTC), from the promotion history.
+
+    ``None`` when the history has no promotion on or before that day.
+    """
+    limit = f"{day + dt.timedelta(days=1):%Y%m%d}T"  # history keys are UTC stamps: they sort by time
+    keys = [k for k in store.list(f"{_prefix(name)}/champions/")
+            if k.endswith(".json") and k.rsplit("/", 1)[-1] < limit]
+    if not keys:
+        return None
+    key = max(keys)
+    try:
+        pointer = json.loads(store.read_bytes(key))
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+            raise ValueError("no 'version' field")
+    except ValueError as exc:
+        raise RegistryError(f"promotion record {store.uri(key)} is corrupt: {exc}") from exc
+    return pointer
+
+
+def set_champion(store: Store, name: str, version: str, decision: Decision, metric: dict,
+                 now: dt.datetime | None = None) -> dict:
     """Point the champion at ``version`` (one atomic write) and record the promotion."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     pointer = {"name": name, "version": version, "promoted_at": now.isoformat(),
                "reason": decision.reason, "metric": metric}
     store.write_bytes(f"{_prefix(name)}/champions/{now:%Y%m%dT%H%M%S%fZ}.json", json.dumps(pointer).encode())

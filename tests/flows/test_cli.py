@@ -14,7 +14,8 @@ def test_failure_exits_non_zero_with_one_line_reason_first(tmp_path, capsys):
     assert code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1  # Prefect's run log precedes it; ours is one line with the reason
-    assert errors[0].startswith("error: IngestError: input not found:") and "missing.csv" in errors[0]
+    # ... and it names the step that failed
+    assert errors[0].startswith("error: step ingest failed: IngestError: input not found:") and "missing.csv" in errors[0]
 
 
 def test_bad_flag_value_is_rejected_by_argparse():

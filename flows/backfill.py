@@ -1,0 +1,139 @@
+"""backfill: one forecasts partition per ``as_of`` date in a range, idempotent and bounded.
+
+Each date is forecast from the data up to the end of that date only, with the
+bundle given, else the champion in force on that date, else the current
+champion. A date whose partition exists is skipped unless ``overwrite``; a
+partition is a single object written atomically, so a crashed or concurrent
+backfill leaves every partition either whole or absent, never mixed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.futures import wait
+
+from schemas.params import BackfillParams, ColumnMap
+from tasks.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
+from tasks.score import partition_key
+from tasks.storage import Store
+from flows.runtime import artifact_key, start_run, step
+from flows.score import forecast_and_write, ingest, validate
+
+score_date = step(forecast_and_write, "score-date", io=True, timeout_s=1800).with_options(
+    task_run_name="score-{as_of}")
+
+
+class BackfillError(RuntimeError):
+    """Some dates of a backfill failed; the others are written."""
+
+
+def plan_versions(store: Store, params: BackfillParams) -> dict[dt.date, str]:
+    """Which bundle version scores each date."""
+    dates = params.dates()
+    if params.model:
+        return dict.fromkeys(dates, params.model)
+    current = read_champion(store, params.model_name)
+    if current is None:
+        raise RegistryError(f"model {params.model_name!r} has no champion in {store.url}: "
+                            "run retrain first or pass model=<version>")
+    plan = {}
+    for day in dates:
+        then = champion_as_of(store, params.model_name, day)
+        plan[day] = (then or current)["version"]
+    return plan
+
+
+def _partition_done(store: Store, model_name: str, day: dt.date) -> bool:
+    return store.exists(f"{partition_key(model_name, day)}/forecasts.parquet")
+
+
+def format_summary(rows: list[dict]) -> str:
+    head = f"{'as_of':<12}{'status':<9}{'rows':>6}{'series':>8}  {'model_version':<34}detail"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['as_of']:<12}{r['status']:<9}{r['rows']:>6}{r['series']:>8}  "
+                     f"{r['model_version']:<34}{r['detail']}")
+    return "\n".join(lines)
+
+
+@flow(name="backfill", log_prints=True)
+def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwrite: bool = False,
+                  max_parallel: int = 2, data: str | None = None, model_name: str = "lstm",
+                  columns: ColumnMap = ColumnMap(), store: str | None = None) -> dict:
+    """Score every as_of date from start to end (inclusive), each with data up to that date only.
+
+    Args:
+        start: first as_of date.
+        end: last as_of date (inclusive).
+        model: bundle version to score every date with; empty: the champion of each date when the
+            registry knows it, otherwise the current champion.
+        overwrite: re-score dates whose forecasts partition already exists.
+        max_parallel: dates scored at the same time.
+        data: CSV/Parquet file, glob or directory, local or s3://; empty: $NIGHTCAST_DATA.
+        model_name: registry name; forecasts go under forecasts/model=<name>/.
+        columns: which input columns hold the series id, timestamp and target.
+        store: object store root; empty: $NIGHTCAST_STORE.
+    """
+    params = BackfillParams(start=start, end=end, model=model, overwrite=overwrite, max_parallel=max_parallel,
+                            data=data, model_name=model_name, columns=columns)
+    settings, st = start_run(store)
+    logger = get_run_logger()
+    plan = plan_versions(st, params)
+    rows: dict[dt.date, dict] = {}
+    todo = []
+    for day, version in plan.items():
+        if not params.overwrite and _partition_done(st, params.model_name, day):
+            rows[day] = {"status": "skipped", "rows": 0, "series": 0, "model_version": "",
+                         "detail": "partition exists (overwrite=false)"}
+        else:
+            todo.append(day)
+    logger.info("backfill %s..%s: %d dates, %d to score, %d already done, up to %d at a time",
+                params.start, params.end, len(plan), len(todo), len(plan) - len(todo), params.max_parallel)
+
+    bundles: dict[str, Bundle] = {}
+    if todo:
+        for version in sorted({plan[d] for d in todo}):
+            bundles[version] = load_bundle(st, params.model_name, version)
+        max_bad_share = next(iter(bundles.values())).config["params"]["clean"]["max_bad_share"]
+        raw = ingest(params.data or settings.data, params.columns)
+        observations = validate(raw, max_bad_share, params.columns.timestamp_format).valid
+
+    finished = 0
+    for i in range(0, len(todo), params.max_parallel):
+        batch = todo[i:i + params.max_parallel]
+        futures = {d: score_date.submit(st, bundles[plan[d]], observations, d, params.model_name) for d in batch}
+        wait(list(futures.values()))
+        for day, fut in futures.items():
+            finished += 1
+            result = fut.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                reason = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
+                rows[day] = {"status": "failed", "rows": 0, "series": 0, "model_version": plan[day],
+                             "detail": f"{type(result).__name__}: {reason}"}
+                logger.error("[%d/%d] %s failed: %s", finished, len(todo), day, rows[day]["detail"])
+            else:
+                skipped = len(result["skipped"])
+                rows[day] = {"status": "done", "rows": result["rows"], "series": result["series"],
+                             "model_version": result["model_version"],
+                             "detail": result["forecasts"] + (f" ({skipped} series skipped)" if skipped else "")}
+                logger.info("[%d/%d] %s done: %d rows, %d series", finished, len(todo), day,
+                            result["rows"], result["series"])
+
+    table = [{"as_of": d.isoformat(), **rows[d]} for d in sorted(rows)]
+    counts = {s: sum(r["status"] == s for r in table) for s in ("done", "skipped", "failed")}
+    summary = format_summary(table)
+    logger.info("backfill summary: %(done)d done, %(skipped)d skipped, %(failed)d failed\n", counts)
+    logger.info("\n%s", summary)
+    create_table_artifact(
+        key=artifact_key("backfill", params.model_name), table=table,
+        description=(f"backfill {params.model_name} {params.start}..{params.end}: {counts['done']} done, "
+                     f"{counts['skipped']} skipped, {counts['failed']} failed"))
+    out = {"dates": len(table), **counts, "table": table, "summary": summary}
+    if counts["failed"]:
+        failed = [f"{r['as_of']}: {r['detail']}" for r in table if r["status"] == "failed"]
+        raise BackfillError(f"{counts['failed']} of {len(table)} dates failed; the other dates are written, "
+                            "re-run to retry (done dates are skipped):\n" + "\n".join(failed))
+    return out

@@ -1,0 +1,61 @@
+"""Serve every deployment declared in ``deployments/prefect.yaml`` from one process.
+
+The YAML is the single declaration of names, schedules and default
+parameters: ``prefect deploy`` reads it for work pools, ``nightcast serve``
+reads it here for the embedded, one-machine shape.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DECLARATIONS = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
+
+
+def load_declarations(path: Path = DECLARATIONS) -> list[dict[str, Any]]:
+    """The ``deployments:`` entries of a prefect.yaml, checked for what serving needs."""
+    spec = yaml.safe_load(path.read_text()) or {}
+    entries = spec.get("deployments") or []
+    for d in entries:
+        missing = [k for k in ("name", "entrypoint") if not d.get(k)]
+        if missing:
+            raise ValueError(f"{path}: deployment {d.get('name', '?')!r} lacks {missing}")
+        for s in d.get("schedules") or []:
+            if "cron" in s and not s.get("timezone"):
+                raise ValueError(f"{path}: deployment {d['name']!r} has a cron schedule without a timezone")
+    return entries
+
+
+def load_flow(entrypoint: str) -> Any:
+    """``flows/retrain.py:retrain_flow`` → the flow object, imported as a module (no exec of paths)."""
+    file, _, attr = entrypoint.partition(":")
+    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    return getattr(module, attr)
+
+
+def build_deployments(path: Path = DECLARATIONS) -> list[Any]:
+    """``RunnerDeployment`` objects for ``prefect.serve``: same names, schedules and parameters."""
+    from prefect.schedules import Cron
+
+    out = []
+    for d in load_declarations(path):
+        schedules = [Cron(s["cron"], timezone=s["timezone"], active=s.get("active", True))
+                     for s in d.get("schedules") or []]
+        out.append(load_flow(d["entrypoint"]).to_deployment(
+            name=d["name"], description=d.get("description"), tags=d.get("tags"),
+            parameters=d.get("parameters") or {}, schedules=schedules))
+    return out
+
+
+def serve(limit: int | None = None) -> None:
+    """Register the deployments with the Prefect API and run their flow runs here until stopped."""
+    from prefect import serve as prefect_serve
+
+    deployments = build_deployments()
+    print(f"serving {len(deployments)} deployments from {DECLARATIONS}: "
+          + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments), flush=True)
+    prefect_serve(*deployments, limit=limit)
