@@ -1,0 +1,190 @@
+"""Backfill: one partition per date, no look-ahead, idempotent, bounded, never mixed."""
+
+import datetime as dt
+import io
+import threading
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from flows.backfill import BackfillError, backfill_flow, plan_versions
+from flows.retrain import retrain_flow
+from schemas.frames import Forecasts
+from schemas.params import BackfillParams, TrainConfig
+from tasks.registry import Decision, RegistryError, read_champion, set_champion
+from tasks.score import partition_key
+from tasks.storage import LocalStore, open_store
+from tests.conftest import fast_params
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DAYS = [dt.date(2026, 9, 10), dt.date(2026, 9, 11), dt.date(2026, 9, 12)]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, sample_raw, prefect_harness):
+    """A store with two bundle versions of the same model (different seeds)."""
+    root = tmp_path_factory.mktemp("bf")
+    csv = root / "in.csv"
+    sample_raw.write_csv(csv)
+    store = str(root / "store")
+    first = retrain_flow(fast_params(str(csv)), store=store)
+    second = retrain_flow(fast_params(str(csv), train=TrainConfig(max_epochs=15, patience=4, batch_size=64, seed=7)),
+                          store=store)
+    return store, str(csv), first["version"], second["version"]
+
+
+def _read(store, day, name="lstm") -> pl.DataFrame:
+    st = open_store(store)
+    keys = st.list(partition_key(name, day) + "/")
+    assert keys == [f"{partition_key(name, day)}/forecasts.parquet"]  # one whole object, nothing else
+    return pl.read_parquet(io.BytesIO(st.read_bytes(keys[0])))
+
+
+def _fresh_store(tmp_path, registry) -> str:
+    """A copy of the registry (models only), so each test starts with no forecasts."""
+    src, dst = LocalStore(registry[0]), LocalStore(tmp_path / "store")
+    for key in src.list("models/"):
+        dst.write_bytes(key, src.read_bytes(key))
+    return dst.url
+
+
+def test_backfill_writes_one_valid_partition_per_date(tmp_path, registry):
+    store = _fresh_store(tmp_path, registry)
+    out = backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store)
+    assert (out["done"], out["skipped"], out["failed"]) == (3, 0, 0)
+    champion = read_champion(open_store(store), "lstm")["version"]
+    for day in DAYS:
+        frame = _read(store, day)
+        Forecasts.validate(frame)
+        assert frame["as_of"].unique().to_list() == [day]
+        assert frame["model_version"].unique().to_list() == [champion]
+        # forecasts continue each series from its last observation on as_of (at most max_gap=3 hours stale)
+        assert frame["timestamp"].min() > dt.datetime.combine(day, dt.time(20))
+    assert "done" in out["summary"] and str(DAYS[1]) in out["summary"]
+
+
+def test_each_date_sees_only_data_up_to_that_date(tmp_path, registry, sample_raw):
+    full = _fresh_store(tmp_path / "a", registry)
+    backfill_flow(start=DAYS[0], end=DAYS[0], data=registry[1], store=full)
+    # The same date from an input that ends on that date: identical forecasts.
+    cut = tmp_path / "cut.csv"
+    end = dt.datetime.combine(DAYS[0] + dt.timedelta(days=1), dt.time())
+    sample_raw.filter(pl.col("timestamp").str.to_datetime(strict=False) < end).write_csv(cut)
+    truncated = _fresh_store(tmp_path / "b", registry)
+    backfill_flow(start=DAYS[0], end=DAYS[0], data=str(cut), store=truncated)
+    assert _read(full, DAYS[0]).equals(_read(truncated, DAYS[0]))
+
+
+def test_rerun_skips_done_dates_and_finishes_the_rest(tmp_path, registry):
+    store = _fresh_store(tmp_path, registry)
+    backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store)
+    st = open_store(store)
+    before = {d: st.read_bytes(f"{partition_key('lstm', d)}/forecasts.parquet") for d in DAYS}
+    st.delete(f"{partition_key('lstm', DAYS[1])}/forecasts.parquet")  # as if the run had crashed there
+    out = backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store)
+    assert (out["done"], out["skipped"]) == (1, 2)
+    statuses = {r["as_of"]: r["status"] for r in out["table"]}
+    assert statuses == {str(DAYS[0]): "skipped", str(DAYS[1]): "done", str(DAYS[2]): "skipped"}
+    for d in (DAYS[0], DAYS[2]):  # untouched, byte for byte
+        assert st.read_bytes(f"{partition_key('lstm', d)}/forecasts.parquet") == before[d]
+    assert _read(store, DAYS[1]).equals(pl.read_parquet(io.BytesIO(before[DAYS[1]])))  # deterministic
+
+
+def test_overwrite_rescores_with_the_model_given(tmp_path, registry):
+    store = _fresh_store(tmp_path, registry)
+    _, data, first, second = registry
+    backfill_flow(start=DAYS[0], end=DAYS[1], data=data, store=store, model=first)
+    out = backfill_flow(start=DAYS[0], end=DAYS[1], data=data, store=store, model=second, overwrite=True)
+    assert out["done"] == 2
+    for d in DAYS[:2]:
+        assert _read(store, d)["model_version"].unique().to_list() == [second]
+
+
+def test_dates_that_fail_are_reported_and_the_rest_are_written(tmp_path, registry):
+    store = _fresh_store(tmp_path, registry)
+    last = dt.date(2026, 9, 14)  # the sample's last date; the next two are unknown
+    with pytest.raises(BackfillError) as exc:
+        backfill_flow(start=last, end=last + dt.timedelta(days=2), data=registry[1], store=store, max_parallel=3)
+    msg = str(exc.value)
+    assert msg.startswith("2 of 3 dates failed")
+    assert "2026-09-15: ScoreError: unknown as_of 2026-09-15" in msg and "2026-09-16" in msg
+    _read(store, last)  # the good date is written
+    assert not open_store(store).list(partition_key("lstm", last + dt.timedelta(days=1)))
+
+
+def test_overlapping_backfills_never_mix_a_partition(tmp_path, registry):
+    store = _fresh_store(tmp_path, registry)
+    _, data, first, second = registry
+    errors = []
+
+    def run(version, start, end):
+        try:
+            backfill_flow(start=start, end=end, data=data, store=store, model=version, overwrite=True,
+                          max_parallel=3)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(first, DAYS[0], DAYS[2])),
+               threading.Thread(target=run, args=(second, DAYS[1], DAYS[2] + dt.timedelta(days=1)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for day in DAYS + [DAYS[2] + dt.timedelta(days=1)]:
+        frame = _read(store, day)  # exactly one object
+        Forecasts.validate(frame)
+        versions = frame["model_version"].unique().to_list()
+        assert len(versions) == 1 and versions[0] in (first, second)
+        series = frame["series_id"].n_unique()
+        assert frame.height == series * 6  # whole: every scored series has all 6 horizons
+
+
+def test_champion_of_each_date_from_the_promotion_history(tmp_path):
+    st = open_store(str(tmp_path / "s"))
+    promoted = Decision(True, "test")
+    set_champion(st, "m", "v-old", promoted, {}, now=dt.datetime(2026, 9, 5, 12, tzinfo=dt.timezone.utc))
+    set_champion(st, "m", "v-new", promoted, {}, now=dt.datetime(2026, 9, 8, 0, 30, tzinfo=dt.timezone.utc))
+    params = BackfillParams(start=dt.date(2026, 9, 3), end=dt.date(2026, 9, 9), model_name="m")
+    plan = plan_versions(st, params)
+    assert plan[dt.date(2026, 9, 3)] == "v-new"  # before any recorded promotion: the current champion
+    assert plan[dt.date(2026, 9, 5)] == "v-old"  # promoted during that day: in force at its end
+    assert plan[dt.date(2026, 9, 7)] == "v-old"
+    assert plan[dt.date(2026, 9, 8)] == "v-new"
+    assert set(plan_versions(st, params.model_copy(update={"model": "v-x"})).values()) == {"v-x"}
+
+
+def test_no_champion_is_a_clear_error(tmp_path):
+    with pytest.raises(RegistryError, match="has no champion"):
+        plan_versions(open_store(str(tmp_path)), BackfillParams(start=DAYS[0], end=DAYS[0]))
+
+
+@pytest.mark.parametrize("bad, rule", [
+    (dict(start=DAYS[1], end=DAYS[0]), "is before start"),
+    (dict(start=DAYS[0], end=DAYS[0], max_parallel=0), "greater than or equal to 1"),
+    (dict(start=DAYS[0], end=DAYS[0], model="../etc"), "should match pattern"),
+    (dict(start="2026-13-01", end=DAYS[0]), "month value is outside expected range"),
+])
+def test_bad_backfill_parameters_are_rejected(bad, rule):
+    with pytest.raises(ValidationError, match=rule):
+        BackfillParams(**bad)
+
+
+def test_runs_publish_artifacts(tmp_path, registry):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    store = _fresh_store(tmp_path, registry)
+    backfill_flow(start=DAYS[0], end=DAYS[0], data=registry[1], store=store)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["backfill-lstm", "retrain-lstm", "bundle-lstm"])))
+    by_key = {}
+    for a in found:
+        by_key.setdefault(a.key, []).append(a)
+    assert set(by_key) == {"backfill-lstm", "retrain-lstm", "bundle-lstm"}
+    assert any(str(DAYS[0]) in str(a.data) for a in by_key["backfill-lstm"])
+    assert any("mase" in str(a.data).lower() for a in by_key["retrain-lstm"])
+    assert any("manifest.json" in str(a.data) for a in by_key["bundle-lstm"])

@@ -1,0 +1,188 @@
+"""Real components as processes: ``prefect server start``, ``nightcast serve``, workers, PostgreSQL.
+
+Every test here is ``slow``: `make test-slow` (and CI) runs them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.conftest import _free_port, _wait_http
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+# Small, fast training for runs triggered through the API (same as tests.conftest.fast_params).
+FAST_RETRAIN = {"params": {"window": {"lookback": 24, "horizon": 6},
+                           "model": {"hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+                           "train": {"max_epochs": 15, "patience": 4, "batch_size": 64}}}
+
+
+@dataclass
+class Processes:
+    """Child processes started by a fixture, stopped in reverse order (workers before the server)."""
+
+    procs: list[tuple[str, subprocess.Popen, Path]] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path, cwd: Path = REPO) -> subprocess.Popen:
+        log = log_dir / f"{name}.log"
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((name, proc, log))
+        return proc
+
+    def log(self, name: str) -> str:
+        return next(p[2] for p in self.procs if p[0] == name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        for _, proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.procs.clear()
+
+
+@dataclass
+class Stack:
+    """A Prefect server, the S3 endpoint, and the environment every child process gets."""
+
+    api_url: str
+    ui_url: str
+    env: dict[str, str]
+    bucket: str
+    store: str
+    data: str
+    procs: Processes
+    logs: Path
+
+    def prefect(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run the ``prefect`` CLI against this server, as a user would."""
+        return subprocess.run([str(BIN / "prefect"), *args], env=self.env, cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def keys(self, prefix: str) -> list[str]:
+        s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"])
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"store/{prefix}")
+        return sorted(o["Key"].removeprefix("store/") for p in pages for o in p.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"])
+        return s3.get_object(Bucket=self.bucket, Key=f"store/{key}")["Body"].read()
+
+
+def start_stack(tmp: Path, moto_endpoint: str, sample_raw, db_url: str | None = None) -> Stack:
+    """Start ``prefect server start`` (SQLite in a temp PREFECT_HOME unless ``db_url``) and seed S3."""
+    import uuid
+
+    home = tmp / "prefect-home"
+    home.mkdir()
+    port = _free_port()
+    aws = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    bucket = f"nc-{uuid.uuid4().hex[:12]}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "NIGHTCAST_", "AWS_"))},
+        **aws,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "NIGHTCAST_STORE": f"s3://{bucket}/store",
+        "NIGHTCAST_DATA": f"s3://{bucket}/in/obs.csv",
+        "NIGHTCAST_PROGRESS": "false",
+    }
+    if db_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="in/obs.csv", Body=sample_raw.write_csv().encode())
+    procs = Processes()
+    procs.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env, tmp)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/health", timeout=120)
+    except RuntimeError:
+        procs.stop()
+        raise RuntimeError("prefect server did not start:\n" + (tmp / "server.log").read_text()[-3000:])
+    return Stack(env["PREFECT_API_URL"], f"http://127.0.0.1:{port}", env, bucket, f"s3://{bucket}/store",
+                 env["NIGHTCAST_DATA"], procs, tmp)
+
+
+@pytest.fixture(scope="module")
+def aws_for_tests(moto_endpoint: str) -> Iterator[None]:
+    """boto3 in the test process talks to the same moto endpoint."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def postgres_binaries() -> Path | None:
+    """Debian's PostgreSQL server binaries (``initdb``, ``pg_ctl``), when installed."""
+    found = shutil.which("pg_ctl")
+    if found and Path(found).with_name("initdb").exists():
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL cluster (initdb + pg_ctl on a free port), removed afterwards."""
+    bindir = postgres_binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="nightcast-pg-"))
+    data, port = root / "data", _free_port()
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the cluster as the postgres user
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "nightcast", "-A", "trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "start",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+asyncpg://nightcast@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
