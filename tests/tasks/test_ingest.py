@@ -58,3 +58,12 @@ def test_reads_s3_csv_through_moto(s3_env):
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).put_object(Bucket=s3_env, Key="in/o.csv", Body=body)
     out = load_observations(f"s3://{s3_env}/in/o.csv", ColumnMap(series_col="id", timestamp_col="ts", target_col="y"))
     assert out["target"].to_list() == ["1.0", "2.0"]  # CSV is read as text; validation types it
+
+
+def test_sample_uri_is_the_bundled_sample():
+    from schemas.params import SAMPLE_DATA, Settings
+
+    frame = load_observations(SAMPLE_DATA)
+    assert Settings().data == SAMPLE_DATA  # the embedded default input
+    assert {"series_id", "timestamp", "target"} <= set(frame.columns)
+    assert frame["series_id"].n_unique() == 5 and frame.height > 4000
