@@ -65,6 +65,14 @@ class CleanSeries(pa.DataFrameModel):
         strict = False
 
 
+FORECASTS_LAYOUT = "1"
+"""Version of the forecasts layout (this schema + the ``forecasts/model=/as_of=`` keys).
+
+Written into every partition's Parquet metadata as ``nightcast.forecasts_layout``;
+bumped on any change a downstream reader would notice.
+"""
+
+
 class Forecasts(pa.DataFrameModel):
     """What ``score`` writes: one row per series, timestamp and horizon step."""
 

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from schemas.frames import Forecasts
+from schemas.frames import FORECASTS_LAYOUT, Forecasts
 from schemas.params import CleanConfig
 from tasks.clean import Calendar, clean_observations, decide_calendar, next_steps
 from tasks.features import FeatureState, inverse_scale, transform_features
@@ -112,7 +112,9 @@ def write_forecasts(store: Store, forecasts: pl.DataFrame, model: str, as_of: dt
     """Replace the partition for (model, as_of) with one atomic object; nothing else is touched."""
     prefix = partition_key(model, as_of)
     buf = io.BytesIO()
-    forecasts.write_parquet(buf)
+    versions = forecasts["model_version"].unique().sort().to_list()
+    forecasts.write_parquet(buf, metadata={"nightcast.forecasts_layout": FORECASTS_LAYOUT,
+                                           "nightcast.model_version": ",".join(versions)})
     key = f"{prefix}/forecasts.parquet"
     store.write_bytes(key, buf.getvalue())
     for stale in store.list(prefix + "/"):

@@ -10,7 +10,7 @@ import pytest
 
 from flows.retrain import retrain_flow
 from flows.score import score_flow
-from schemas.frames import Forecasts
+from schemas.frames import FORECASTS_LAYOUT, Forecasts
 from schemas.params import PromotionRule, ScoreParams
 from tasks.registry import RegistryError
 from tasks.score import ScoreError
@@ -67,6 +67,9 @@ def test_score_writes_a_valid_partition_idempotently(trained_store, sample_raw):
     key = f"forecasts/model=lstm/as_of={as_of}/forecasts.parquet"
     frame = pl.read_parquet(io.BytesIO(store.read_bytes(key)))
     Forecasts.validate(frame, lazy=True)
+    meta = pl.read_parquet_metadata(io.BytesIO(store.read_bytes(key)))
+    assert meta["nightcast.forecasts_layout"] == FORECASTS_LAYOUT
+    assert meta["nightcast.model_version"] == first["model_version"]
     # site-2's 20-hour outage lies inside its last 24-hour window: skipped, with the reason
     assert first["skipped"] == {"site-2": "its last window contains a long gap"}
     assert frame.height == 2 * 6 and first["series"] == 2
