@@ -125,7 +125,7 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
     table = [{"as_of": d.isoformat(), **rows[d]} for d in sorted(rows)]
     counts = {s: sum(r["status"] == s for r in table) for s in ("done", "skipped", "failed")}
     summary = format_summary(table)
-    logger.info("backfill summary: %(done)d done, %(skipped)d skipped, %(failed)d failed\n", counts)
+    logger.info("backfill summary: %(done)d done, %(skipped)d skipped, %(failed)d failed", counts)
     logger.info("\n%s", summary)
     create_table_artifact(
         key=artifact_key("backfill", params.model_name), table=table,
