@@ -22,7 +22,7 @@ from tasks.storage import Store
 from flows.runtime import artifact_key, start_run, step
 from flows.score import forecast_and_write, ingest, validate
 
-score_date = step(forecast_and_write, "score-date", io=True, timeout_s=1800).with_options(
+score_date = step(forecast_and_write, "score-date", io=True).with_options(
     task_run_name="score-{as_of}")
 
 

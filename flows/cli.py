@@ -1,4 +1,4 @@
-"""The ``nightcast`` command: retrain, score, backfill, serve, demo."""
+"""The ``nightcast`` command: retrain, tune, score, backfill, serve, demo."""
 
 from __future__ import annotations
 
@@ -34,6 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     data_help = "CSV/Parquet file, glob or directory; local or s3:// (default: $NIGHTCAST_DATA, else the bundled sample)"
     p = sub.add_parser("retrain", help="train, evaluate and maybe promote a model")
     p.add_argument("--data", help=data_help)
+    _add_common(p)
+    _add_training(p)
+    p.add_argument("--no-tuned", action="store_true", help="ignore the saved tuned configuration of this model")
+    p = sub.add_parser("tune", help="search hyper-parameters (Optuna, rolling-origin folds); retrain uses the best")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
+    p.add_argument("--n-trials", type=int, default=20)
+    p.add_argument("--folds", type=int, default=3, help="rolling-origin folds (expanding window)")
+    p.add_argument("--fold-fraction", type=float, default=0.08, help="evaluation span of each fold, share of steps")
+    p.add_argument("--parallel", type=int, default=1, help="trials at once in this process")
+    p.add_argument("--storage", help="Optuna storage URL (default $NIGHTCAST_OPTUNA_STORAGE, a SQLite file)")
+    p.add_argument("--study", help="study name (default nightcast-<model-name>)")
+    p.add_argument("--space", help="JSON file: {\"model.hidden_size\": {\"choices\": [32, 64]}, ...}")
+    p.add_argument("--no-pruning", action="store_true")
     _add_common(p)
     _add_training(p)
     p = sub.add_parser("score", help="forecast from the champion as of a date")
@@ -72,7 +86,32 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
         window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
         model=ModelConfig(hidden_size=args.hidden_size),
         train=TrainConfig(max_epochs=args.max_epochs, seed=args.seed),
+        use_tuned=not getattr(args, "no_tuned", False),
     )
+
+
+def _tune_params(args: argparse.Namespace) -> Any:
+    import json
+    from pathlib import Path
+
+    from schemas.params import TuneParams
+
+    extra = {"space": json.loads(Path(args.space).read_text())} if args.space else {}
+    return TuneParams(base=_retrain_params(args, args.data), sampler=args.sampler, n_trials=args.n_trials,
+                      folds=args.folds, fold_fraction=args.fold_fraction, parallel=args.parallel,
+                      storage=args.storage, study_name=args.study, pruning=not args.no_pruning, **extra)
+
+
+def _print_tune(out: dict) -> None:
+    best = out["best"]
+    print(f"\nstudy {out['study_name']} ({best['storage']}): trials {best['trials']}")
+    print(f"best {best['metric']} {best['best_value']:.4f} over {len(best['folds'])} fold(s) "
+          f"(seasonal naive {best['seasonal_naive']:.4f}), trial {best['best_trial']}:")
+    for k, v in best["best_params"].items():
+        print(f"  {k} = {v}")
+    print("saved (retrain uses it unless --no-tuned):")
+    for uri in out["files"]:
+        print(f"  {uri}")
 
 
 def _score_params(args: argparse.Namespace, data: str | None, as_of: dt.date | None) -> Any:
@@ -119,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_retrain(retrain_flow(_retrain_params(args, args.data)))
         elif args.command == "score":
             _print_score(score_flow(_score_params(args, args.data, args.as_of)))
+        elif args.command == "tune":
+            from flows.tune import tune_flow
+
+            _print_tune(tune_flow(_tune_params(args)))
         elif args.command == "backfill":
             from flows.backfill import backfill_flow
 

@@ -18,6 +18,7 @@ from tasks.registry import (Decision, RegistryError, decide_promotion, library_v
                             new_version, read_champion, save_bundle, set_champion)
 from tasks.storage import Store
 from tasks.train import TrainResult, predict_scaled, train_model
+from tasks.tune import apply_overrides, best_key, load_tuned
 from tasks.validate import ValidationResult, validate_observations
 from flows.runtime import artifact_key, start_run, step
 
@@ -58,7 +59,7 @@ def _evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: 
 
 
 def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
-             trained: TrainResult, evaluation: dict) -> dict:
+             trained: TrainResult, evaluation: dict, tuned: dict | None = None) -> dict:
     logger = get_run_logger()
     fp = fingerprint(checked.valid)
     version = new_version(fp)
@@ -82,12 +83,22 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
         "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
         "cleaning": prepared.report.to_json(), "epochs": trained.epochs,
         "best_val_loss": trained.best_val_loss, "libraries": library_versions(),
+        "tuning": None if tuned is None else {k: tuned.get(k) for k in (
+            "study_name", "storage", "sampler", "metric", "best_value", "best_trial", "best_params", "trials")},
     }
+    extra = {}
+    if tuned is not None:  # the search that chose this configuration travels with the model
+        prefix = best_key(params.model_name).rsplit("/", 1)[0]
+        for fname in tuned.get("files", []):
+            try:
+                extra[f"tuning/{fname}"] = store.read_bytes(f"{prefix}/{fname}")
+            except FileNotFoundError:
+                logger.warning("tuning file %s is missing; the bundle goes without it", fname)
     metrics_json = {"test": evaluation["metrics"].to_dicts(), "comparison": comp,
                     "decision": {"promote": decision.promote, "reason": decision.reason}}
     prefix = save_bundle(store, params.model_name, version, net=trained.net, config=config,
                          preprocessing=prepared.preprocessing_json(), metrics=metrics_json,
-                         history_csv=trained.history.write_csv(), manifest=manifest)
+                         history_csv=trained.history.write_csv(), manifest=manifest, extra_files=extra)
     logger.info("bundle written to %s", store.uri(prefix))
     logger.info("promotion decision: %s", decision.reason)
     if decision.promote:
@@ -99,6 +110,7 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
 
 
 save_quarantine = step(_save_quarantine, "save-quarantine", io=True)
+read_tuned = step(load_tuned, "read-tuned", io=True)
 evaluate = step(_evaluate, "evaluate", timeout_s=3600)
 register = step(_register, "register", io=True)
 
@@ -133,6 +145,11 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     settings, st = start_run(store)
     if params.data is None:
         params = params.model_copy(update={"data": settings.data})
+    tuned = read_tuned(st, params.model_name) if params.use_tuned else None
+    if tuned is not None:
+        params = apply_overrides(params, tuned["best_params"])
+        get_run_logger().info("using the tuned configuration of study %s (best %s %.4f): %s",
+                              tuned["study_name"], tuned["metric"], tuned["best_value"], tuned["best_params"])
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     raw = ingest(params.data, params.columns)
     checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
@@ -140,7 +157,7 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     prepared = prepare(checked, params)
     trained = train(prepared.index, params.model, params.train, settings.progress)
     evaluation = evaluate(st, params, prepared, trained)
-    registered = register(st, params, checked, prepared, trained, evaluation)
+    registered = register(st, params, checked, prepared, trained, evaluation, tuned)
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],

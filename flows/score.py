@@ -30,7 +30,7 @@ def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame,
             "skipped": report.skipped, "model_version": bundle.version, "forecasts": store.uri(key)}
 
 
-score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=1800)
+score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=3600)
 
 
 @flow(name="score", log_prints=True)

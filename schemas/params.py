@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     data: str = Field(SAMPLE_DATA, description="Input used when a run names none (deployments, schedules)")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for small LSTMs on few cores)")
     progress: bool = Field(True, description="Show a training progress bar")
+    optuna_storage: str = Field("sqlite:///nightcast-optuna.db",
+                                description="Optuna study storage (any SQLAlchemy URL; PostgreSQL for many workers)")
 
 
 class _Config(BaseModel):
@@ -85,7 +87,9 @@ class ModelConfig(_Config):
     num_layers: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     bidirectional: bool = False
-    init: Literal["xavier", "orthogonal", "kaiming"] = "xavier"
+    init: Literal["xavier", "orthogonal", "kaiming"] = Field("xavier", description="kaiming is He initialisation")
+    pooling: Literal["last", "attention"] = Field(
+        "last", description="summarise the encoder by its last state, or by attention over all steps")
 
 
 class TrainConfig(_Config):
@@ -127,6 +131,7 @@ class RetrainParams(_Config):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     promotion: PromotionRule = PromotionRule()
+    use_tuned: bool = Field(True, description="apply this model's best tuned configuration when tuning saved one")
 
 
 class ScoreParams(_Config):
@@ -169,3 +174,96 @@ class BackfillParams(_Config):
 
 MAX_BACKFILL_DAYS = 3660
 
+
+
+class Dimension(_Config):
+    """One hyper-parameter: a list of ``choices``, or a numeric range ``low``..``high``.
+
+    Numeric ranges are sampled uniformly (``log``: log-uniformly), as integers when
+    ``integer``. The grid sampler uses the choices, or ``grid`` values when given,
+    else low, middle and high.
+    """
+
+    choices: list[bool | int | float | str] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    grid: list[int | float] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Dimension":
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either non-empty choices or low/high, not both")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a numeric dimension needs low < high")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scaled dimension needs low > 0")
+        return self
+
+    def grid_values(self) -> list:
+        if self.choices is not None:
+            return list(self.choices)
+        if self.grid:
+            return list(self.grid)
+        lo, hi = float(self.low), float(self.high)  # type: ignore[arg-type]
+        mid = (lo * hi) ** 0.5 if self.log else (lo + hi) / 2
+        vals = [lo, mid, hi]
+        return sorted({int(round(v)) for v in vals}) if self.integer else vals
+
+
+def default_search_space() -> dict[str, Dimension]:
+    """Layers, units, dropout, learning rate, batch size, L2, L1, lookback, cell, direction, pooling."""
+    return {
+        "model.num_layers": Dimension(choices=[1, 2, 3]),
+        "model.hidden_size": Dimension(choices=[16, 32, 64, 128]),
+        "model.dropout": Dimension(low=0.0, high=0.4, grid=[0.0, 0.2]),
+        "model.cell": Dimension(choices=["lstm", "gru"]),
+        "model.bidirectional": Dimension(choices=[False, True]),
+        "model.pooling": Dimension(choices=["last", "attention"]),
+        "train.learning_rate": Dimension(low=3e-4, high=1e-2, log=True),
+        "train.batch_size": Dimension(choices=[32, 64, 128]),
+        "train.weight_decay": Dimension(low=1e-6, high=1e-2, log=True),
+        "train.l1": Dimension(choices=[0.0, 1e-5, 1e-4]),
+        "window.lookback": Dimension(choices=[24, 48, 96]),
+    }
+
+
+class TuneParams(_Config):
+    """Everything ``tune_flow`` needs: the base run, the search space, the sampler, the folds."""
+
+    base: RetrainParams = Field(default_factory=RetrainParams,
+                                description="data, columns, cleaning and every value the search does not set")
+    space: dict[str, Dimension] = Field(default_factory=default_search_space,
+                                        description="dotted RetrainParams field -> range or choices")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="tpe: Bayesian; random; grid")
+    n_trials: int = Field(20, ge=1, le=10_000, description="trials this run adds to the study")
+    parallel: int = Field(1, ge=1, le=32, description="trials at once in this run (more: more workers)")
+    folds: int = Field(3, ge=1, le=20, description="rolling-origin folds (expanding window)")
+    fold_fraction: float = Field(0.08, gt=0, lt=0.5, description="each fold's evaluation span, share of time steps")
+    pruning: bool = Field(True, description="stop weak trials early (median rule on validation loss)")
+    storage: str | None = Field(None, description="Optuna RDB URL; empty: $NIGHTCAST_OPTUNA_STORAGE (SQLite)")
+    study_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                   description="empty: nightcast-<model_name>")
+    seed: int = Field(42, description="sampler seed")
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> "TuneParams":
+        bad = [k for k in self.space if not (k.startswith(("model.", "train.", "window.", "clean."))
+                                             and _is_field_path(RetrainParams, k))]
+        if bad:
+            raise ValueError(f"unknown search-space field(s) {bad}; use dotted model / train / window / clean "
+                             "fields such as 'model.hidden_size', 'train.learning_rate', 'window.lookback'")
+        return self
+
+
+def _is_field_path(model: type[BaseModel], path: str) -> bool:
+    head, _, rest = path.partition(".")
+    field = model.model_fields.get(head)
+    if field is None:
+        return False
+    if not rest:
+        return True
+    sub = field.annotation
+    return isinstance(sub, type) and issubclass(sub, BaseModel) and _is_field_path(sub, rest)

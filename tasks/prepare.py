@@ -39,13 +39,21 @@ def fingerprint(frame: pl.DataFrame) -> str:
     return hashlib.sha256(canon.write_csv().encode()).hexdigest()
 
 
-def prepare_training(valid: ValidationResult, params: RetrainParams) -> Prepared:
-    """Clean, split in time, fit scalers/encoders on the training span, index the windows."""
+def prepare_training(valid: ValidationResult, params: RetrainParams,
+                     cuts: tuple[dt.datetime, dt.datetime] | None = None) -> Prepared:
+    """Clean, split in time, fit scalers/encoders on the training span, index the windows.
+
+    ``cuts`` = (train_end, val_end) fixes the split (rolling-origin folds); by default
+    it comes from the validation and test fractions.
+    """
     calendar = decide_calendar(valid.valid, params.clean)
     season = params.clean.season_length or season_length_for(calendar)
-    placed, _ = regularize(valid.valid, calendar)
     w = params.window
-    train_end, val_end = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
+    if cuts is None:
+        placed, _ = regularize(valid.valid, calendar)
+        train_end, val_end = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
+    else:
+        train_end, val_end = cuts
     clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
     CleanSeries.validate(clean, lazy=True)
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,

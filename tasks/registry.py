@@ -78,8 +78,12 @@ def new_version(fingerprint: str, now: dt.datetime | None = None) -> str:
 
 
 def save_bundle(store: Store, name: str, version: str, *, net: torch.nn.Module, config: dict,
-                preprocessing: dict, metrics: dict, history_csv: str, manifest: dict) -> str:
-    """Write every file of a bundle, the manifest (with checksums) last. Returns the bundle prefix."""
+                preprocessing: dict, metrics: dict, history_csv: str, manifest: dict,
+                extra_files: dict[str, bytes] | None = None) -> str:
+    """Write every file of a bundle, the manifest (with checksums) last. Returns the bundle prefix.
+
+    ``extra_files`` (plots, tuning tables) are stored and checksummed like the rest.
+    """
     prefix = f"{_prefix(name)}/versions/{version}"
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
@@ -89,6 +93,7 @@ def save_bundle(store: Store, name: str, version: str, *, net: torch.nn.Module, 
         "preprocessing.json": json.dumps(preprocessing, indent=2).encode(),
         "metrics.json": json.dumps(metrics, indent=2).encode(),
         "history.csv": history_csv.encode(),
+        **(extra_files or {}),
     }
     for fname, data in files.items():
         store.write_bytes(f"{prefix}/{fname}", data)

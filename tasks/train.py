@@ -34,8 +34,11 @@ def _loader(index: WindowIndex, split: str, batch_size: int, shuffle: bool, seed
 
 
 def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                progress: bool = True, accelerator: str = "auto") -> TrainResult:
-    """Fit on the train windows, early-stop on validation loss, keep the best epoch's weights."""
+                progress: bool = True, accelerator: str = "auto", callbacks: list | None = None) -> TrainResult:
+    """Fit on the train windows, early-stop on validation loss, keep the best epoch's weights.
+
+    ``callbacks`` are extra Lightning callbacks (for example Optuna's pruning callback).
+    """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -56,7 +59,7 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
         trainer = L.Trainer(
             max_epochs=train_cfg.max_epochs, accelerator=accelerator, devices=1, deterministic=True,
             gradient_clip_val=train_cfg.gradient_clip or None, logger=CSVLogger(tmp, name="log"),
-            callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), ckpt],
+            callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), ckpt, *(callbacks or [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         )
         with warnings.catch_warnings():

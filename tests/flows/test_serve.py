@@ -7,9 +7,9 @@ from flows.serve import DECLARATIONS, build_deployments, load_declarations, load
 
 def test_declarations_name_real_flows_with_explicit_time_zones():
     decl = {d["name"]: d for d in load_declarations()}
-    assert set(decl) == {"nightly", "daily", "backfill"}
+    assert set(decl) == {"nightly", "daily", "backfill", "weekly"}
     flows = {name: load_flow(d["entrypoint"]).name for name, d in decl.items()}
-    assert flows == {"nightly": "retrain", "daily": "score", "backfill": "backfill"}
+    assert flows == {"nightly": "retrain", "daily": "score", "backfill": "backfill", "weekly": "tune"}
     for d in decl.values():
         assert d["work_pool"]["name"] == "nightcast"
         assert all(s["timezone"] for s in d["schedules"])
@@ -20,6 +20,7 @@ def test_serve_builds_the_same_schedules_and_parameters():
     built = {d.name: d for d in build_deployments()}
     assert [(s.schedule.cron, s.schedule.timezone) for s in built["nightly"].schedules] == [("0 2 * * *", "UTC")]
     assert [(s.schedule.cron, s.schedule.timezone) for s in built["daily"].schedules] == [("30 3 * * *", "UTC")]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in built["weekly"].schedules] == [("0 4 * * 0", "UTC")]
     assert built["backfill"].schedules == [] and built["backfill"].parameters == {"max_parallel": 2}
     # date parameters reach the UI's form as dates
     props = built["backfill"]._parameter_openapi_schema.properties

@@ -16,11 +16,17 @@ from tests.conftest import fast_params
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("init", ["xavier", "orthogonal", "kaiming"])
-def test_network_shapes(cell, bidirectional, init):
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+def test_network_shapes(cell, bidirectional, init, pooling):
     net = LSTMForecaster(n_past=4, n_future=2, horizon=5, hidden_size=8, num_layers=2, dropout=0.1,
-                         bidirectional=bidirectional, cell=cell, init=init)
+                         bidirectional=bidirectional, cell=cell, init=init, pooling=pooling)
     out = net(torch.randn(3, 10, 4), torch.randn(3, 5, 2))
     assert out.shape == (3, 5) and torch.isfinite(out).all()
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="pooling must be"):
+        LSTMForecaster(n_past=3, n_future=0, horizon=2, pooling="mean")
 
 
 def test_baselines():
@@ -74,6 +80,18 @@ def test_loss_optimiser_and_schedule_variants_train(trained, train):
     prepared, _, _ = trained
     out = train_model(prepared.index, ModelConfig(hidden_size=8, num_layers=1, cell="gru"), train, progress=False)
     assert np.isfinite(out.best_val_loss)
+
+
+def test_attention_pooling_trains_and_round_trips(trained):
+    prepared, _, _ = trained
+    cfg = ModelConfig(hidden_size=16, num_layers=2, bidirectional=True, pooling="attention", init="kaiming")
+    out = train_model(prepared.index, cfg, TrainConfig(max_epochs=3, batch_size=128), progress=False)
+    assert out.network_args["pooling"] == "attention" and np.isfinite(out.best_val_loss)
+    clone = LSTMForecaster(**out.network_args)
+    clone.load_state_dict(out.net.state_dict())
+    starts = prepared.index.splits["test"][:10]
+    np.testing.assert_array_equal(predict_scaled(out.net, prepared.index, starts),
+                                  predict_scaled(clone, prepared.index, starts))
 
 
 def test_known_future_covariates_reach_the_network(sample_raw):

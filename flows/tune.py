@@ -1,0 +1,101 @@
+"""tune: an Optuna study over rolling-origin folds; the best configuration is saved for retrain.
+
+Each trial is a Prefect task run. Trials talk to the study through its storage
+(SQLite by default, PostgreSQL for many workers), so several runs of this flow,
+on several workers, can add trials to the same study at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import wait
+
+from schemas.params import TuneParams
+from tasks.storage import Store
+from tasks.tune import (TUNING_PREFIX, best_key, grid_size, open_study, plots, redact, rolling_origin_folds,
+                        run_trial, summarize, trials_table)
+from flows.runtime import artifact_key, start_run, step
+from flows.score import ingest, validate
+
+plan_folds = step(rolling_origin_folds, "plan-folds")
+trial_task = step(run_trial, "trial")  # submitted to threads: a Prefect timeout could not interrupt it
+
+
+def _save_outputs(store: Store, model_name: str, best: dict, files: dict[str, bytes]) -> list[str]:
+    """Trials table and plots first, best.json last: retrain never sees a best.json without them."""
+    prefix = best_key(model_name).rsplit("/", 1)[0]
+    keys = []
+    for name, data in files.items():
+        store.write_bytes(f"{prefix}/{name}", data)
+        keys.append(f"{prefix}/{name}")
+    store.write_bytes(best_key(model_name), json.dumps({**best, "files": sorted(files)}, indent=2).encode())
+    return [*keys, best_key(model_name)]
+
+
+save_outputs = step(_save_outputs, "save-tuning", io=True)
+
+
+@flow(name="tune", log_prints=True)
+def tune_flow(params: TuneParams = TuneParams(), store: str | None = None) -> dict:
+    """Search hyper-parameters with Optuna; save the best configuration where retrain picks it up.
+
+    Args:
+        params: the base run (data, columns, cleaning, defaults), the search space, the sampler
+            (tpe, random, grid), trials, folds, pruning and the study storage.
+        store: object store root; empty: $NIGHTCAST_STORE.
+    """
+    settings, st = start_run(store)
+    logger = get_run_logger()
+    base = params.base if params.base.data else params.base.model_copy(update={"data": settings.data})
+    storage = params.storage or settings.optuna_storage
+    study_name = params.study_name or f"nightcast-{base.model_name}"
+    raw = ingest(base.data, base.columns)
+    checked = validate(raw, base.clean.max_bad_share, base.columns.timestamp_format)
+    folds = plan_folds(checked, base, params.folds, params.fold_fraction)
+    study = open_study(params, storage, study_name)
+    n = params.n_trials
+    if params.sampler == "grid":
+        left = grid_size(params) - sum(t.state.is_finished() for t in study.trials)
+        if left < n:
+            logger.info("grid has %d unexplored point(s); running %d trial(s), not %d", max(left, 0), max(left, 0), n)
+        n = max(min(n, left), 0)
+    logger.info("study %s on %s: %d trial(s) with the %s sampler, %d fold(s), up to %d at a time",
+                study_name, redact(storage), n, params.sampler, len(folds), params.parallel)
+
+    results = []
+    for i in range(0, n, params.parallel):
+        batch = [trial_task.submit(params, base, checked, folds, storage, study_name)
+                 for _ in range(min(params.parallel, n - i))]
+        wait(batch)
+        for fut in batch:
+            r = fut.result()
+            results.append(r)
+            value = f"{r['value']:.4f}" if r["value"] is not None else r.get("detail", "")
+            logger.info("[%d/%d] trial %d %s %s %s", len(results), n, r["number"], r["state"], value, r["params"])
+
+    study = open_study(params, storage, study_name)
+    best = summarize(study, params, storage, folds)
+    table = trials_table(study)
+    files = {"trials.csv": table.write_csv().encode(), **plots(study)}
+    keys = save_outputs(st, base.model_name, best, files)
+    logger.info("best %s %.4f (trial %d): %s -> %s", best["metric"], best["best_value"], best["best_trial"],
+                best["best_params"], st.uri(best_key(base.model_name)))
+
+    create_table_artifact(
+        key=artifact_key("tune", base.model_name),
+        table=[{k: v for k, v in r.items() if k != "params"} | {f"{k}": str(v) for k, v in r["params"].items()}
+               for r in results],
+        description=f"trials of this run in study {study_name}; best {best['metric']} {best['best_value']:.4f}")
+    create_markdown_artifact(
+        key=artifact_key("tuned", base.model_name), description=f"best configuration of {base.model_name}",
+        markdown=(f"# Tuned {base.model_name}\n\n- study `{study_name}` on `{best['storage']}`, "
+                  f"sampler {params.sampler}, trials {best['trials']}\n"
+                  f"- best {best['metric']} **{best['best_value']:.4f}** over {len(folds)} fold(s) "
+                  f"(seasonal naive {best['seasonal_naive']:.4f})\n\n"
+                  + "".join(f"- `{k}` = {v}\n" for k, v in best["best_params"].items())
+                  + "\n## Files\n" + "".join(f"- `{st.uri(k)}`\n" for k in keys)))
+    return {"study_name": study_name, "trials": results, "best": best, "table": table,
+            "files": [st.uri(k) for k in keys], "prefix": f"models/{base.model_name}/{TUNING_PREFIX}"}

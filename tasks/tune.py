@@ -1,0 +1,291 @@
+"""Hyper-parameter search: rolling-origin folds, an Optuna study, one trial at a time.
+
+The objective of a trial is the mean error (the promotion metric, MASE by
+default) over ``k`` expanding-window folds, all inside the span *before* the
+final test span, which tuning never sees. Each fold cleans, scales and
+encodes from its own training span (``prepare_training`` with the fold's cut
+points), so nothing leaks from a fold's evaluation data into its model.
+
+Trials use Optuna's ask/tell interface against a storage URL, so any number
+of processes (Prefect workers) can add trials to one study when the storage is
+an RDB such as PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from schemas.params import RetrainParams, TuneParams, WindowConfig
+from tasks.clean import decide_calendar, regularize
+from tasks.validate import ValidationResult
+from tasks.window import WindowError, split_times
+
+TUNING_PREFIX = "tuning"
+
+
+class TuneError(ValueError):
+    """The data or the search space cannot support the requested tuning."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Train ≤ ``train_end`` < validation ≤ ``val_end`` < evaluation ≤ ``end``."""
+
+    train_end: dt.datetime
+    val_end: dt.datetime
+    end: dt.datetime
+
+    def to_json(self) -> dict[str, str]:
+        return {"train_end": str(self.train_end), "val_end": str(self.val_end), "end": str(self.end)}
+
+
+def rolling_origin_folds(valid: ValidationResult, base: RetrainParams, k: int, fraction: float) -> list[Fold]:
+    """``k`` expanding-window folds that end where the final test span begins.
+
+    Each fold evaluates on a block of ``fraction`` of the time steps (at least
+    one horizon), validates on the block before it and trains on all before that.
+    """
+    calendar = decide_calendar(valid.valid, base.clean)
+    placed, _ = regularize(valid.valid, calendar)
+    w: WindowConfig = base.window
+    _, final_val_end = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
+    stamps = placed["timestamp"].unique().sort()
+    stamps = stamps.filter(stamps <= final_val_end)
+    n = stamps.len()
+    block = max(int(n * fraction), w.horizon)
+    first_train = n - (k + 1) * block
+    if first_train < w.lookback + w.horizon + 1:
+        raise TuneError(f"{n} time steps before the final test span are too few for {k} folds of {block} steps "
+                        f"plus a training span of at least lookback + horizon + 1 = {w.lookback + w.horizon + 1}; "
+                        "use fewer folds or a smaller fold_fraction")
+    folds = []
+    for j in range(k):
+        end_i = n - 1 - (k - 1 - j) * block
+        folds.append(Fold(stamps[end_i - 2 * block], stamps[end_i - block], stamps[end_i]))
+    return folds
+
+
+def apply_overrides(base: RetrainParams, values: dict[str, Any]) -> RetrainParams:
+    """``{"model.hidden_size": 32, ...}`` applied to a copy of ``base`` (validated again)."""
+    data = base.model_dump()
+    for path, value in values.items():
+        node = data
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise TuneError(f"unknown field {path!r}")
+        node[leaf] = value
+    return RetrainParams.model_validate(data)
+
+
+def suggest(trial: Any, params: TuneParams) -> dict[str, Any]:
+    """One value per search-space dimension, from the trial's sampler."""
+    out: dict[str, Any] = {}
+    for name, d in params.space.items():
+        if d.choices is not None:
+            out[name] = trial.suggest_categorical(name, d.choices)
+        elif d.integer:
+            out[name] = trial.suggest_int(name, int(d.low), int(d.high), log=d.log)  # type: ignore[arg-type]
+        else:
+            out[name] = trial.suggest_float(name, float(d.low), float(d.high), log=d.log)  # type: ignore[arg-type]
+    return out
+
+
+def make_sampler(params: TuneParams, seed: int) -> Any:
+    import optuna
+
+    if params.sampler == "grid":
+        return optuna.samplers.GridSampler({k: d.grid_values() for k, d in params.space.items()}, seed=seed)
+    if params.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, params.n_trials // 3)))
+
+
+def make_pruner(params: TuneParams) -> Any:
+    import optuna
+
+    if not params.pruning:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+def grid_size(params: TuneParams) -> int:
+    return int(np.prod([len(d.grid_values()) for d in params.space.values()]))
+
+
+def open_study(params: TuneParams, storage: str, study_name: str) -> Any:
+    """Create or load the study; several processes may do this at once."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True,
+                               sampler=make_sampler(params, params.seed), pruner=make_pruner(params))
+
+
+def score_fold(valid: ValidationResult, run: RetrainParams, fold: Fold, progress: bool = False,
+               callbacks: list | None = None) -> dict[str, float]:
+    """Train on the fold's training span and score its evaluation block: model and seasonal naive."""
+    from tasks.evaluate import evaluate_models
+    from tasks.prepare import prepare_training
+    from tasks.train import predict_scaled, train_model
+
+    upto = ValidationResult(valid.valid.filter(pl.col("timestamp") <= fold.end), valid.quarantine, valid.n_rows,
+                            valid.exact_duplicates, valid.categorical, valid.numeric)
+    prepared = prepare_training(upto, run, cuts=(fold.train_end, fold.val_end))
+    trained = train_model(prepared.index, run.model, run.train, progress, callbacks=callbacks)
+    test = prepared.index.splits["test"]
+    if len(test) == 0:
+        raise WindowError(f"fold ending {fold.end}: no evaluation windows")
+    preds = predict_scaled(trained.net, prepared.index, test)
+    metrics = evaluate_models(prepared.index, prepared.state, {"model": preds},
+                              np.datetime64(fold.train_end, "us"), prepared.season_length)
+    overall = {r["model"]: r for r in metrics.filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
+    metric = run.promotion.metric
+    return {"model": float(overall["model"][metric]), "seasonal_naive": float(overall["seasonal_naive"][metric]),
+            "epochs": trained.epochs}
+
+
+def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, folds: list[Fold],
+              storage: str, study_name: str, progress: bool = False) -> dict[str, Any]:
+    """Run one trial of the study: suggest, score over the folds, record. Never raises for a bad trial."""
+    import optuna
+
+    study = open_study(params, storage, study_name)
+    if params.sampler != "grid":  # the grid's order must not change between trials: it is keyed by trial number
+        # a fresh seed per trial: sequential runs stay reproducible, parallel workers rarely collide
+        study.sampler = make_sampler(params, params.seed + len(study.trials))
+    seen: dict[str, Any] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        seen["trial"] = trial
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            seen["params"] = values = suggest(trial, params)
+            run = apply_overrides(base, values)
+            scores = []
+            for j, fold in enumerate(folds):
+                callbacks = []
+                if params.pruning and j == 0:  # prune on validation loss while the first fold trains
+                    from optuna_integration import PyTorchLightningPruningCallback
+
+                    callbacks.append(PyTorchLightningPruningCallback(trial, monitor="val_loss"))
+                scores.append(score_fold(valid, run, fold, progress, callbacks))
+                mean = float(np.mean([x["model"] for x in scores]))
+                # after fold 0's epochs, the running mean over folds (at steps past any epoch number)
+                trial.report(mean, step=run.train.max_epochs + j)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after fold {j + 1}: mean {mean:.4f}")
+        except optuna.TrialPruned as exc:
+            seen["detail"] = str(exc)
+            raise
+        except Exception as exc:  # recorded on the trial; the study goes on
+            seen["detail"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            trial.set_user_attr("error", seen["detail"][:500])
+            raise
+        trial.set_user_attr("fold_scores", [s["model"] for s in scores])
+        trial.set_user_attr("seasonal_naive", float(np.mean([s["seasonal_naive"] for s in scores])))
+        return float(np.mean([s["model"] for s in scores]))
+
+    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+    frozen = study.trials[seen["trial"].number]  # trial numbers index the study's trials
+    return {"number": frozen.number, "state": frozen.state.name, "value": frozen.value,
+            "params": seen.get("params", {}), "detail": seen.get("detail", "")}
+
+
+def trials_table(study: Any) -> pl.DataFrame:
+    """One row per trial: number, state, value, each parameter, worker, duration."""
+    rows = []
+    for t in study.trials:
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                     if t.datetime_complete and t.datetime_start else None,
+                     "worker": t.user_attrs.get("worker"), "error": t.user_attrs.get("error"),
+                     **{f"param:{k}": str(v) for k, v in t.params.items()}})
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def plots(study: Any) -> dict[str, bytes]:
+    """Optimisation history and parameter importances as PNG (importances need 2+ complete trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    out: dict[str, bytes] = {}
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    makers = {"optimization_history.png": ovm.plot_optimization_history}
+    if len(complete) >= 2:
+        makers["param_importances.png"] = ovm.plot_param_importances
+    import warnings
+
+    for name, make in makers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+            try:
+                ax = make(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances when every trial has the same parameters
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(8, 5)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        out[name] = buf.getvalue()
+    return out
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for logs and artifacts."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: show only the scheme
+        return url.split("://", 1)[0] + "://…"
+
+
+def best_key(model_name: str) -> str:
+    from tasks.storage import safe_key_part
+
+    return f"models/{safe_key_part(model_name)}/{TUNING_PREFIX}/best.json"
+
+
+def summarize(study: Any, params: TuneParams, storage: str, folds: list[Fold]) -> dict[str, Any]:
+    """What retrain picks up: the best trial's values for the searched fields, and how they were found."""
+    import optuna
+
+    states = [t.state.name for t in study.trials]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        errors = sorted({t.user_attrs.get("error", "pruned") for t in study.trials})[:5]
+        raise TuneError(f"no trial of study {study.study_name!r} completed ({len(states)} trials): {errors}")
+    best = study.best_trial
+    return {
+        "study_name": study.study_name, "storage": redact(storage), "sampler": params.sampler,
+        "metric": params.base.promotion.metric, "best_value": best.value, "best_trial": best.number,
+        "best_params": best.params, "seasonal_naive": best.user_attrs.get("seasonal_naive"),
+        "fold_scores": best.user_attrs.get("fold_scores"), "folds": [f.to_json() for f in folds],
+        "trials": {s: states.count(s) for s in sorted(set(states))},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def load_tuned(store: Any, model_name: str) -> dict | None:
+    """The saved best configuration for a model, ``None`` when it was never tuned."""
+    try:
+        return json.loads(store.read_bytes(best_key(model_name)))
+    except FileNotFoundError:
+        return None

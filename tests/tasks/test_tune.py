@@ -1,0 +1,144 @@
+"""Tuning: rolling-origin folds, the search space, the three samplers, pruning, failed trials."""
+
+import optuna
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+import tasks.tune as tune
+from schemas.params import Dimension, ModelConfig, TrainConfig, TuneParams, WindowConfig
+from tasks.clean import decide_calendar, regularize
+from tasks.prepare import prepare_training
+from tasks.tune import (TuneError, apply_overrides, grid_size, open_study, rolling_origin_folds, run_trial,
+                        trials_table)
+from tasks.validate import ValidationResult, validate_observations
+from tasks.window import split_times
+from tests.conftest import fast_params
+
+
+@pytest.fixture(scope="module")
+def checked(sample_raw):
+    return validate_observations(sample_raw)
+
+
+def _tiny(**kw) -> TuneParams:
+    base = fast_params("-", train=TrainConfig(max_epochs=2, patience=2, batch_size=128),
+                       model=ModelConfig(hidden_size=8, num_layers=1, dropout=0.0))
+    args = dict(base=base, n_trials=2, folds=1, fold_fraction=0.08, seed=1,
+                space={"model.hidden_size": Dimension(choices=[8, 16])})
+    args.update(kw)
+    return TuneParams(**args)
+
+
+def _storage(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def test_folds_expand_and_stay_before_the_final_test_span(checked):
+    base = fast_params("-")
+    folds = rolling_origin_folds(checked, base, 3, 0.08)
+    assert len(folds) == 3
+    for f in folds:
+        assert f.train_end < f.val_end < f.end
+    assert folds[0].train_end < folds[1].train_end < folds[2].train_end  # expanding window
+    assert folds[0].end < folds[1].end < folds[2].end
+    placed, _ = regularize(checked.valid, decide_calendar(checked.valid, base.clean))
+    _, final_val_end = split_times(placed, base.window.val_fraction, base.window.test_fraction, base.window.horizon)
+    assert folds[-1].end == final_val_end  # the final test span is never touched
+    assert folds[1].train_end == folds[0].val_end  # blocks of equal length, back to back
+
+
+def test_each_fold_fits_its_scaler_on_its_own_training_span(checked):
+    base = fast_params("-")
+    folds = rolling_origin_folds(checked, base, 2, 0.08)
+    centers = []
+    for f in folds:
+        upto = ValidationResult(checked.valid.filter(pl.col("timestamp") <= f.end), checked.quarantine,
+                                checked.n_rows, checked.exact_duplicates, checked.categorical, checked.numeric)
+        prepared = prepare_training(upto, base, cuts=(f.train_end, f.val_end))
+        train = prepared.clean.filter(pl.col("timestamp") <= f.train_end, pl.col("series_id") == "site-1",
+                                      pl.col("observed"))
+        center = prepared.state.target_stats["site-1"][0]
+        assert center == pytest.approx(train["target"].mean())  # the training span, and only it
+        assert len(prepared.index.splits["test"]) > 0
+        centers.append(center)
+    assert centers[0] != centers[1]
+
+
+def test_too_many_folds_is_a_clear_error(checked):
+    with pytest.raises(TuneError, match="too few for 20 folds"):
+        rolling_origin_folds(checked, fast_params("-"), 20, 0.08)
+
+
+@pytest.mark.parametrize("space, rule", [
+    ({"model.hiden_size": {"choices": [1]}}, "unknown search-space field"),
+    ({"data": {"choices": ["x"]}}, "unknown search-space field"),
+    ({"train.learning_rate": {"low": 1e-2, "high": 1e-3}}, "low < high"),
+    ({"train.learning_rate": {"low": 0.0, "high": 1e-3, "log": True}}, "low > 0"),
+    ({"model.cell": {"choices": []}}, "non-empty choices"),
+])
+def test_bad_search_spaces_are_rejected(space, rule):
+    with pytest.raises(ValidationError, match=rule):
+        TuneParams(space=space)
+
+
+def test_default_space_covers_the_issue_list():
+    assert set(TuneParams().space) == {
+        "model.num_layers", "model.hidden_size", "model.dropout", "model.cell", "model.bidirectional",
+        "model.pooling", "train.learning_rate", "train.batch_size", "train.weight_decay", "train.l1",
+        "window.lookback"}
+
+
+def test_overrides_are_validated():
+    base = fast_params("-")
+    run = apply_overrides(base, {"model.pooling": "attention", "window.lookback": 12, "train.l1": 1e-5})
+    assert (run.model.pooling, run.window.lookback, run.train.l1) == ("attention", 12, 1e-5)
+    assert base.model.pooling == "last"  # a copy
+    with pytest.raises(ValidationError):
+        apply_overrides(base, {"model.dropout": 2.0})
+
+
+def test_grid_sampler_visits_each_point_once(tmp_path, checked):
+    params = _tiny(sampler="grid", pruning=False, space={"model.hidden_size": Dimension(choices=[8, 16]),
+                                          "model.cell": Dimension(choices=["lstm", "gru"])})
+    assert grid_size(params) == 4
+    folds = rolling_origin_folds(checked, params.base, 1, 0.08)
+    results = [run_trial(params, params.base, checked, folds, _storage(tmp_path), "g") for _ in range(4)]
+    assert [r["state"] for r in results] == ["COMPLETE"] * 4
+    seen = {(r["params"]["model.hidden_size"], r["params"]["model.cell"]) for r in results}
+    assert seen == {(8, "lstm"), (8, "gru"), (16, "lstm"), (16, "gru")}
+
+
+@pytest.mark.parametrize("sampler, cls", [("random", optuna.samplers.RandomSampler),
+                                          ("tpe", optuna.samplers.TPESampler)])
+def test_random_and_tpe_samplers_run_complete_trials(tmp_path, checked, sampler, cls):
+    params = _tiny(sampler=sampler, space={"train.learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
+                                           "model.pooling": Dimension(choices=["last", "attention"])})
+    assert isinstance(tune.make_sampler(params, 0), cls)
+    folds = rolling_origin_folds(checked, params.base, 2, 0.05)
+    results = [run_trial(params, params.base, checked, folds, _storage(tmp_path), "s") for _ in range(2)]
+    assert all(r["state"] == "COMPLETE" and r["value"] > 0 for r in results)
+    assert all(1e-3 <= r["params"]["train.learning_rate"] <= 1e-2 for r in results)
+    study = open_study(params, _storage(tmp_path), "s")
+    assert len(study.trials[0].user_attrs["fold_scores"]) == 2  # the objective is the mean over the folds
+    table = trials_table(study)
+    assert table.height == 2 and "param:train.learning_rate" in table.columns
+
+
+def test_pruning_stops_a_trial_from_lightnings_validation_loss(tmp_path, checked, monkeypatch):
+    monkeypatch.setattr(tune, "make_pruner", lambda params: optuna.pruners.ThresholdPruner(upper=-1.0))
+    params = _tiny(base=fast_params("-", train=TrainConfig(max_epochs=10, patience=10, batch_size=128)))
+    folds = rolling_origin_folds(checked, params.base, 1, 0.08)
+    result = run_trial(params, params.base, checked, folds, _storage(tmp_path), "p")
+    assert result["state"] == "PRUNED"
+    trial = open_study(params, _storage(tmp_path), "p").trials[0]
+    assert list(trial.intermediate_values) == [0]  # val_loss of epoch 0, then training stopped
+
+
+def test_a_configuration_that_cannot_train_is_a_failed_trial(tmp_path, checked):
+    params = _tiny(space={"window.lookback": Dimension(choices=[5000])})
+    folds = rolling_origin_folds(checked, params.base, 1, 0.08)
+    result = run_trial(params, params.base, checked, folds, _storage(tmp_path), "f")
+    assert result["state"] == "FAIL" and "WindowError" in result["detail"]
+    trial = open_study(params, _storage(tmp_path), "f").trials[0]
+    assert "WindowError" in trial.user_attrs["error"]
