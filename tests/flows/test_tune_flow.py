@@ -1,0 +1,72 @@
+"""tune_flow end to end: trials as Prefect tasks, outputs in the store, retrain picks the best up."""
+
+import json
+
+import pytest
+
+from flows.retrain import retrain_flow
+from flows.tune import tune_flow
+from schemas.params import Dimension, ModelConfig, TrainConfig, TuneParams
+from tasks.registry import load_bundle
+from tasks.storage import open_store
+from tests.conftest import fast_params
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, sample_raw, prefect_harness):
+    root = tmp_path_factory.mktemp("tune")
+    csv = root / "in.csv"
+    sample_raw.write_csv(csv)
+    base = fast_params(str(csv), train=TrainConfig(max_epochs=6, patience=3, batch_size=64),
+                       model=ModelConfig(hidden_size=8, num_layers=1, dropout=0.0))
+    params = TuneParams(base=base, sampler="random", n_trials=4, folds=2, fold_fraction=0.05, parallel=2,
+                        storage=f"sqlite:///{root / 'optuna.db'}",
+                        space={"model.hidden_size": Dimension(choices=[8, 32]),
+                               "train.learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
+                               "model.pooling": Dimension(choices=["last", "attention"])})
+    store = str(root / "store")
+    return params, store, tune_flow(params, store=store)
+
+
+def test_tune_runs_the_trials_and_saves_the_best_configuration(tuned):
+    params, store, out = tuned
+    assert len(out["trials"]) == 4
+    assert {t["state"] for t in out["trials"]} <= {"COMPLETE", "PRUNED", "FAIL"}
+    st = open_store(store)
+    best = json.loads(st.read_bytes("models/lstm/tuning/best.json"))
+    assert best["study_name"] == "nightcast-lstm" and best["sampler"] == "random" and best["metric"] == "mase"
+    assert set(best["best_params"]) == set(params.space) and len(best["fold_scores"]) == 2
+    assert best["best_value"] == min(t["value"] for t in out["trials"] if t["state"] == "COMPLETE")
+    keys = set(st.list("models/lstm/tuning/"))
+    assert {"models/lstm/tuning/trials.csv", "models/lstm/tuning/optimization_history.png"} <= keys
+    assert st.read_bytes("models/lstm/tuning/optimization_history.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_retrain_uses_the_tuned_configuration_and_carries_the_search(tuned):
+    params, store, out = tuned
+    best = out["best"]["best_params"]
+    run = retrain_flow(params.base, store=store)
+    bundle = load_bundle(open_store(store), "lstm", run["version"])
+    used = bundle.config["params"]
+    assert used["model"]["hidden_size"] == best["model.hidden_size"]
+    assert used["model"]["pooling"] == best["model.pooling"]
+    assert used["train"]["learning_rate"] == pytest.approx(best["train.learning_rate"])
+    assert bundle.manifest["tuning"]["study_name"] == "nightcast-lstm"
+    assert "tuning/optimization_history.png" in bundle.manifest["files"]  # checksummed with the rest
+    # use_tuned=false ignores it
+    plain = retrain_flow(params.base.model_copy(update={"use_tuned": False}), store=store)
+    plain_cfg = load_bundle(open_store(store), "lstm", plain["version"])
+    assert plain_cfg.config["params"]["model"]["hidden_size"] == params.base.model.hidden_size
+    assert plain_cfg.manifest["tuning"] is None
+
+
+def test_a_grid_study_stops_when_the_grid_is_exhausted(tmp_path, tuned):
+    params, store, _ = tuned
+    grid = params.model_copy(update={"sampler": "grid", "n_trials": 5, "parallel": 1, "pruning": False,
+                                     "study_name": "grid", "space": {"model.hidden_size": Dimension(choices=[8, 16])}})
+    first = tune_flow(grid, store=str(tmp_path / "s"))
+    assert sorted(t["params"]["model.hidden_size"] for t in first["trials"]) == [8, 16]
+    again = tune_flow(grid, store=str(tmp_path / "s"))
+    assert again["trials"] == [] and again["best"]["trials"] == {"COMPLETE": 2}
