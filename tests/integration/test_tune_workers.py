@@ -20,15 +20,16 @@ def test_two_workers_share_one_study(tmp_path, moto_endpoint, sample_raw, postgr
         assert stack.prefect("work-pool", "create", "nightcast", "--type", "process").returncode == 0
         deployed = stack.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
         assert deployed.returncode == 0, deployed.stdout[-3000:]
+        env = {**stack.env, "PREFECT_WORKER_QUERY_SECONDS": "1"}  # pick runs up promptly
         for name in ("w1", "w2"):  # one run at a time each: two concurrent runs need both workers
             stack.procs.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", "nightcast",
-                                     "--name", name, "--limit", "1"], stack.env, stack.logs)
+                                     "--name", name, "--limit", "1"], env, stack.logs)
         fast = FAST_RETRAIN["params"]
         params = {"params": {
-            "base": {**fast, "train": {**fast["train"], "max_epochs": 4}},
+            "base": {**fast, "train": {**fast["train"], "max_epochs": 8, "patience": 8}},
             "space": {"model.hidden_size": {"choices": [8, 16, 32]},
                       "train.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
-            "sampler": "random", "n_trials": 2, "folds": 1, "fold_fraction": 0.08, "pruning": False,
+            "sampler": "random", "n_trials": 3, "folds": 2, "fold_fraction": 0.08, "pruning": False,
             "storage": study_url, "study_name": "shared"}}
         for _ in range(2):
             run = stack.prefect("deployment", "run", "tune/weekly", "--params", json.dumps(params))
@@ -47,7 +48,7 @@ def test_two_workers_share_one_study(tmp_path, moto_endpoint, sample_raw, postgr
         stack.procs.stop()
 
     study = optuna.load_study(study_name="shared", storage=study_url)
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
     spans = {}
     for t in study.trials:  # each worker's first start and last end
         a, b = spans.get(t.user_attrs["worker"], (t.datetime_start, t.datetime_complete))
