@@ -132,6 +132,10 @@ def _print_retrain(out: dict) -> None:
           f"{c['outliers']} outliers ({c['outlier_action']}), {c['off_grid_rows_dropped']} off-grid rows dropped")
     if out["short_series"]:
         print(f"not trained on (shorter than lookback + horizon, or no data in the training span): {out['short_series']}")
+    if out.get("intervals"):
+        iv = out["intervals"]
+        print(f"\n{iv['level']:.0%} conformal intervals: test coverage {iv['test']['coverage']:.1%} "
+              f"over {iv['test']['points']} points, mean width {iv['test']['mean_width']:.3f}")
     print(f"bundle   {out['bundle']}")
     print(f"decision {out['decision']}")
 

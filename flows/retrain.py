@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from schemas.params import RetrainParams
 from tasks.evaluate import compare_with_champion, evaluate_models, format_metrics
 from tasks.ingest import load_observations
+from tasks.intervals import coverage, fit_conformal
 from tasks.prepare import Prepared, fingerprint, prepare_training
 from tasks.registry import (Decision, RegistryError, decide_promotion, library_versions, load_champion,
                             new_version, read_champion, save_bundle, set_champion)
@@ -55,7 +56,15 @@ def _evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: 
     if champion_error:
         comparison["note"] = f"champion unusable ({champion_error})"
     logger.info("test-span metrics (%d windows):\n%s", len(preds), format_metrics(metrics))
-    return {"metrics": metrics, "comparison": comparison}
+    intervals = None
+    if params.intervals.method == "conformal":
+        index, val = prepared.index, prepared.index.splits["val"]
+        half = fit_conformal(index, predict_scaled(trained.net, index, val), val, params.intervals.level)
+        test = coverage(index, prepared.state, preds, index.splits["test"], half)
+        intervals = {"method": "conformal", "level": params.intervals.level, "half_widths": half, "test": test}
+        logger.info("%.0f%% conformal intervals: test coverage %.1f%% over %d points, mean width %.3f",
+                    100 * params.intervals.level, 100 * test["coverage"], test["points"], test["mean_width"])
+    return {"metrics": metrics, "comparison": comparison, "intervals": intervals}
 
 
 def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
@@ -95,9 +104,11 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
             except FileNotFoundError:
                 logger.warning("tuning file %s is missing; the bundle goes without it", fname)
     metrics_json = {"test": evaluation["metrics"].to_dicts(), "comparison": comp,
+                    "intervals": evaluation["intervals"],
                     "decision": {"promote": decision.promote, "reason": decision.reason}}
     prefix = save_bundle(store, params.model_name, version, net=trained.net, config=config,
-                         preprocessing=prepared.preprocessing_json(), metrics=metrics_json,
+                         preprocessing={**prepared.preprocessing_json(), "conformal": evaluation["intervals"]},
+                         metrics=metrics_json,
                          history_csv=trained.history.write_csv(), manifest=manifest, extra_files=extra)
     logger.info("bundle written to %s", store.uri(prefix))
     logger.info("promotion decision: %s", decision.reason)
@@ -161,6 +172,6 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
-           "comparison": evaluation["comparison"]}
+           "comparison": evaluation["comparison"], "intervals": evaluation["intervals"]}
     publish_artifacts(params, out)
     return out

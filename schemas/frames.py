@@ -65,7 +65,7 @@ class CleanSeries(pa.DataFrameModel):
         strict = False
 
 
-FORECASTS_LAYOUT = "1"
+FORECASTS_LAYOUT = "2"
 """Version of the forecasts layout (this schema + the ``forecasts/model=/as_of=`` keys).
 
 Written into every partition's Parquet metadata as ``nightcast.forecasts_layout``;
@@ -80,6 +80,8 @@ class Forecasts(pa.DataFrameModel):
     timestamp: pl.Datetime = pa.Field(nullable=False)
     horizon: pl.Int32 = pa.Field(ge=1)
     forecast: float = pa.Field(nullable=False)
+    lower: float = pa.Field(nullable=True)  # prediction interval; null when the model has none
+    upper: float = pa.Field(nullable=True)
     model: str = pa.Field(nullable=False)
     model_version: str = pa.Field(nullable=False)
     as_of: pl.Date = pa.Field(nullable=False)
@@ -87,6 +89,12 @@ class Forecasts(pa.DataFrameModel):
     @pa.check("forecast", name="finite")
     def forecast_finite(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(pl.col(data.key).is_finite())
+
+    @pa.dataframe_check(name="lower_le_forecast_le_upper")
+    def interval_contains_forecast(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(
+            pl.col("lower").is_null() | pl.col("upper").is_null()
+            | ((pl.col("lower") <= pl.col("forecast")) & (pl.col("forecast") <= pl.col("upper"))))
 
     class Config:
         unique = ["series_id", "timestamp"]

@@ -108,6 +108,14 @@ class TrainConfig(_Config):
     seed: int = 42
 
 
+class IntervalConfig(_Config):
+    """Prediction intervals around every forecast."""
+
+    method: Literal["conformal", "none"] = Field(
+        "conformal", description="split-conformal from the validation windows' residuals, per horizon step")
+    level: float = Field(0.8, gt=0, lt=1, description="target coverage, e.g. 0.8 for a P10-P90 band")
+
+
 class PromotionRule(_Config):
     """When a newly trained model replaces the champion."""
 
@@ -131,6 +139,7 @@ class RetrainParams(_Config):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     promotion: PromotionRule = PromotionRule()
+    intervals: IntervalConfig = IntervalConfig()
     use_tuned: bool = Field(True, description="apply this model's best tuned configuration when tuning saved one")
 
 

@@ -14,6 +14,7 @@ from schemas.frames import FORECASTS_LAYOUT, Forecasts
 from schemas.params import CleanConfig
 from tasks.clean import Calendar, clean_observations, decide_calendar, next_steps
 from tasks.features import FeatureState, inverse_scale, transform_features
+from tasks.intervals import bounds
 from tasks.registry import Bundle
 from tasks.storage import Store, safe_key_part
 
@@ -80,15 +81,23 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.d
         scaled = net(torch.from_numpy(np.stack(pasts).astype(np.float32)),
                      torch.from_numpy(np.stack(futures).astype(np.float32))).numpy()
     values = inverse_scale(scaled.astype(np.float64), ids, state)
+    conformal = bundle.preprocessing.get("conformal")
+    if conformal:
+        lower, upper = bounds(scaled, conformal["half_widths"], ids, state)
+    else:
+        lower = upper = np.full(values.shape, np.nan)
     out = pl.DataFrame({
         "series_id": np.repeat(ids, horizon),
         "timestamp": pl.Series([t for row in stamps for t in row], dtype=pl.Datetime("us")),
         "horizon": np.tile(np.arange(1, horizon + 1, dtype=np.int32), len(ids)),
         "forecast": values.ravel(),
+        "lower": lower.ravel(),
+        "upper": upper.ravel(),
         "model": bundle.name,
         "model_version": bundle.version,
         "as_of": as_of,
-    }).with_columns(pl.col("horizon").cast(pl.Int32), pl.col("as_of").cast(pl.Date))
+    }).with_columns(pl.col("horizon").cast(pl.Int32), pl.col("as_of").cast(pl.Date),
+                    pl.col("lower", "upper").fill_nan(None))
     Forecasts.validate(out, lazy=True)
     report.series_scored = len(ids)
     return out, report

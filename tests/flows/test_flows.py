@@ -54,7 +54,12 @@ def test_retrain_registers_bundle_and_champion(trained_store):
     assert overall["n"].n_unique() == 1
     config = json.loads(store.read_bytes(f"{prefix}/config.json"))
     assert config["calendar"]["frequency"] == "1h" and config["params"]["window"]["horizon"] == 6
-    assert "target_stats" in json.loads(store.read_bytes(f"{prefix}/preprocessing.json"))["features"]
+    preprocessing = json.loads(store.read_bytes(f"{prefix}/preprocessing.json"))
+    assert "target_stats" in preprocessing["features"]
+    # 80% conformal intervals, calibrated on validation windows, coverage measured on the test span
+    iv = out["intervals"]
+    assert iv["level"] == 0.8 and len(iv["half_widths"]) == 6 and preprocessing["conformal"] == iv
+    assert 0.5 < iv["test"]["coverage"] <= 1.0 and iv["test"]["points"] == overall["n"][0]
 
 
 def test_score_writes_a_valid_partition_idempotently(trained_store, sample_raw):
@@ -67,6 +72,7 @@ def test_score_writes_a_valid_partition_idempotently(trained_store, sample_raw):
     key = f"forecasts/model=lstm/as_of={as_of}/forecasts.parquet"
     frame = pl.read_parquet(io.BytesIO(store.read_bytes(key)))
     Forecasts.validate(frame, lazy=True)
+    assert frame["lower"].null_count() == 0 and (frame["lower"] < frame["upper"]).all()
     meta = pl.read_parquet_metadata(io.BytesIO(store.read_bytes(key)))
     assert meta["nightcast.forecasts_layout"] == FORECASTS_LAYOUT
     assert meta["nightcast.model_version"] == first["model_version"]
