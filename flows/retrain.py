@@ -14,6 +14,7 @@ from schemas.params import RetrainParams
 from tasks.evaluate import compare_with_champion, evaluate_models, format_metrics
 from tasks.ingest import load_observations
 from tasks.intervals import coverage, fit_conformal
+from tasks.plots import forecast_vs_actual_png, learning_curve_png
 from tasks.prepare import Prepared, fingerprint, prepare_training
 from tasks.registry import (Decision, RegistryError, decide_promotion, library_versions, load_champion,
                             new_version, read_champion, save_bundle, set_champion)
@@ -64,7 +65,7 @@ def _evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: 
         intervals = {"method": "conformal", "level": params.intervals.level, "half_widths": half, "test": test}
         logger.info("%.0f%% conformal intervals: test coverage %.1f%% over %d points, mean width %.3f",
                     100 * params.intervals.level, 100 * test["coverage"], test["points"], test["mean_width"])
-    return {"metrics": metrics, "comparison": comparison, "intervals": intervals}
+    return {"metrics": metrics, "comparison": comparison, "intervals": intervals, "test_preds": preds}
 
 
 def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
@@ -95,7 +96,13 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
         "tuning": None if tuned is None else {k: tuned.get(k) for k in (
             "study_name", "storage", "sampler", "metric", "best_value", "best_trial", "best_params", "trials")},
     }
-    extra = {}
+    index = prepared.index
+    extra = {  # diagnostics travel with the model
+        "plots/learning_curve.png": learning_curve_png(trained.history),
+        "plots/forecast_vs_actual.png": forecast_vs_actual_png(
+            index, prepared.state, evaluation["test_preds"], index.splits["test"],
+            (evaluation["intervals"] or {}).get("half_widths")),
+    }
     if tuned is not None:  # the search that chose this configuration travels with the model
         prefix = best_key(params.model_name).rsplit("/", 1)[0]
         for fname in tuned.get("files", []):

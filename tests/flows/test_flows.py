@@ -54,6 +54,8 @@ def test_retrain_registers_bundle_and_champion(trained_store):
     assert overall["n"].n_unique() == 1
     config = json.loads(store.read_bytes(f"{prefix}/config.json"))
     assert config["calendar"]["frequency"] == "1h" and config["params"]["window"]["horizon"] == 6
+    for plot in ("plots/learning_curve.png", "plots/forecast_vs_actual.png"):  # diagnostics, checksummed
+        assert plot in manifest["files"] and store.read_bytes(f"{prefix}/{plot}")[:4] == b"\x89PNG"
     preprocessing = json.loads(store.read_bytes(f"{prefix}/preprocessing.json"))
     assert "target_stats" in preprocessing["features"]
     # 80% conformal intervals, calibrated on validation windows, coverage measured on the test span
