@@ -79,6 +79,23 @@ class WindowConfig(_Config):
     future_covariates: list[str] = Field(default_factory=list, description="known in advance for the horizon")
 
 
+class FeatureConfig(_Config):
+    """Derived features, each fitted on the training span (see ``tasks.features``)."""
+
+    calendar: list[Literal["hour", "dow", "month", "doy"]] = Field(
+        default_factory=list, description="cyclical sin/cos of these timestamp parts, as known-future inputs")
+    seasonal_lags: list[int] = Field(
+        default_factory=list, description="the target this many steps back (e.g. [24, 168] for hourly data)")
+    pca_components: int | None = Field(
+        None, ge=1, description="compress the numeric past covariates to this many principal components")
+
+    @model_validator(mode="after")
+    def _positive_lags(self) -> "FeatureConfig":
+        if any(n < 1 for n in self.seasonal_lags):
+            raise ValueError(f"seasonal_lags must be >= 1 step, got {self.seasonal_lags}")
+        return self
+
+
 class ModelConfig(_Config):
     """The network: an RNN encoder and a direct multi-step head."""
 
@@ -136,6 +153,7 @@ class RetrainParams(_Config):
     columns: ColumnMap = ColumnMap()
     clean: CleanConfig = CleanConfig()
     window: WindowConfig = WindowConfig()
+    features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     promotion: PromotionRule = PromotionRule()
@@ -193,7 +211,7 @@ class Dimension(_Config):
     else low, middle and high.
     """
 
-    choices: list[bool | int | float | str] | None = None
+    choices: list[bool | int | float | str | list | None] | None = None
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -259,7 +277,7 @@ class TuneParams(_Config):
 
     @model_validator(mode="after")
     def _known_fields(self) -> "TuneParams":
-        bad = [k for k in self.space if not (k.startswith(("model.", "train.", "window.", "clean."))
+        bad = [k for k in self.space if not (k.startswith(("model.", "train.", "window.", "clean.", "features."))
                                              and _is_field_path(RetrainParams, k))]
         if bad:
             raise ValueError(f"unknown search-space field(s) {bad}; use dotted model / train / window / clean "

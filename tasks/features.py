@@ -1,4 +1,12 @@
-"""Scale targets per series, scale numeric covariates, one-hot categorical ones.
+"""Scale targets per series, scale numeric covariates, one-hot categorical ones; derived features.
+
+Derived features, all switchable from ``FeatureConfig``:
+
+- calendar: hour, day of week, month, day of year as sin/cos pairs from the
+  timestamp. Known for any future step, so they are known-future inputs.
+- seasonal lags: the scaled target ``L`` steps back, per series, as extra
+  input channels (they reach past the lookback, e.g. a week back for hourly data).
+- PCA: the scaled numeric past covariates compressed to ``k`` components.
 
 Every statistic is fitted on the training span only and kept as plain JSON
 (``FeatureState``), so scoring applies exactly what training fitted.
@@ -7,6 +15,7 @@ Every statistic is fitted on the training span only and kept as plain JSON
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
@@ -24,6 +33,9 @@ class FeatureState:
     future_covariates: list[str]
     past_columns: list[str] = field(default_factory=list)  # encoded model inputs, target first
     future_columns: list[str] = field(default_factory=list)
+    calendar: list[str] = field(default_factory=list)  # hour / dow / month / doy
+    lags: list[int] = field(default_factory=list)  # seasonal lags of the scaled target, in steps
+    pca: dict | None = None  # {"inputs": [num__...], "mean": [...], "components": [[...], ...]}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -47,10 +59,20 @@ def _encoded(name: str, state: FeatureState) -> list[str]:
     return [f"num__{name}"]
 
 
+_PERIODS = {"hour": (lambda t: t.dt.hour(), 24), "dow": (lambda t: t.dt.weekday() - 1, 7),
+            "month": (lambda t: t.dt.month() - 1, 12), "doy": (lambda t: t.dt.ordinal_day() - 1, 366)}
+
+
+def calendar_columns(parts: list[str]) -> list[str]:
+    return [f"cal__{p}_{f}" for p in parts for f in ("sin", "cos")]
+
+
 def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
                  numeric: list[str], categorical: list[str],
-                 past_covariates: list[str] | None, future_covariates: list[str]) -> FeatureState:
-    """Fit scalers and encoders on rows up to ``train_end`` (observed values only)."""
+                 past_covariates: list[str] | None, future_covariates: list[str],
+                 calendar: list[str] | None = None, lags: list[int] | None = None,
+                 pca_components: int | None = None) -> FeatureState:
+    """Fit scalers, encoders (and PCA) on rows up to ``train_end`` (observed values only)."""
     known = set(numeric) | set(categorical)
     past = list(past_covariates) if past_covariates is not None else sorted(known - set(future_covariates))
     unknown = [c for c in [*past, *future_covariates] if c not in known]
@@ -65,9 +87,21 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
         center, scale = train.select(_stats(pl.col(c), scaler)).row(0)
         numeric_stats[c] = [float(center or 0.0), float(scale) if scale and scale > _EPS else 1.0]
     categories = {c: sorted(train[c].drop_nulls().unique().to_list()) for c in used if c in categorical}
-    state = FeatureState(scaler, target_stats, numeric_stats, categories, past, list(future_covariates))
-    state.past_columns = ["y"] + [e for c in [*past, *future_covariates] for e in _encoded(c, state)]
-    state.future_columns = [e for c in future_covariates for e in _encoded(c, state)]
+    state = FeatureState(scaler, target_stats, numeric_stats, categories, past, list(future_covariates),
+                         calendar=list(calendar or []), lags=sorted(set(lags or [])))
+    cal = calendar_columns(state.calendar)
+    encoded_past = [e for c in [*past, *future_covariates] for e in _encoded(c, state)]
+    numeric_past = [f"num__{c}" for c in past if c in numeric_stats]
+    if pca_components and len(numeric_past) > pca_components:
+        from sklearn.decomposition import PCA
+
+        scaled, _ = transform_features(train, state)  # no PCA yet: the scaled inputs
+        fit = PCA(n_components=pca_components, random_state=0).fit(scaled.select(numeric_past).to_numpy())
+        state.pca = {"inputs": numeric_past, "mean": fit.mean_.tolist(), "components": fit.components_.tolist(),
+                     "explained_variance_ratio": fit.explained_variance_ratio_.tolist()}
+        encoded_past = [e for e in encoded_past if e not in numeric_past] + [f"pca__{i}" for i in range(pca_components)]
+    state.past_columns = ["y"] + encoded_past + [f"lag__{n}" for n in state.lags] + cal
+    state.future_columns = [e for c in future_covariates for e in _encoded(c, state)] + cal
     return state
 
 
@@ -87,7 +121,22 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
         else:
             c, s = state.numeric_stats[name]
             exprs.append(((pl.col(name) - c) / s).fill_null(0.0).cast(pl.Float32).alias(f"num__{name}"))
-    return frame.with_columns(exprs).drop("_c", "_s"), unknown
+    for part in state.calendar:
+        fn, period = _PERIODS[part]
+        angle = fn(pl.col("timestamp")).cast(pl.Float64) * (2 * math.pi / period)
+        exprs += [angle.sin().cast(pl.Float32).alias(f"cal__{part}_sin"),
+                  angle.cos().cast(pl.Float32).alias(f"cal__{part}_cos")]
+    frame = frame.with_columns(exprs).drop("_c", "_s")
+    if state.lags:  # on the regular grid, a shift of n rows is n steps back; the first n rows get 0
+        frame = frame.sort("series_id", "timestamp").with_columns(
+            pl.col("y").shift(n).over("series_id").fill_null(0.0).alias(f"lag__{n}") for n in state.lags)
+    if state.pca:
+        import numpy as np
+
+        x = frame.select(state.pca["inputs"]).to_numpy().astype(np.float64) - np.asarray(state.pca["mean"])
+        z = x @ np.asarray(state.pca["components"]).T
+        frame = frame.with_columns(pl.Series(f"pca__{i}", z[:, i], dtype=pl.Float32) for i in range(z.shape[1]))
+    return frame, unknown
 
 
 def inverse_scale(values, series_ids: list[str], state: FeatureState):  # noqa: ANN001 - numpy arrays

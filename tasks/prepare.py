@@ -56,8 +56,9 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
         train_end, val_end = cuts
     clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
     CleanSeries.validate(clean, lazy=True)
+    f = params.features
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
-                         w.past_covariates, w.future_covariates)
+                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components)
     frame, no_training_data = transform_features(clean, state)
     index = make_windows(frame, state.past_columns, state.future_columns, w.lookback, w.horizon,
                          train_end, val_end, w.stride)

@@ -109,7 +109,8 @@ def _future_covariates(observations: pl.DataFrame, state: FeatureState, sid: str
         return np.zeros((len(when), 0), np.float32)
     rows = (pl.DataFrame({"timestamp": pl.Series(when, dtype=pl.Datetime("us"))})
             .join(observations.filter(pl.col("series_id") == sid), on="timestamp", how="left"))
-    missing = rows.filter(pl.any_horizontal(pl.col(state.future_covariates).is_null()))["timestamp"]
+    missing = (rows.filter(pl.any_horizontal(pl.col(state.future_covariates).is_null()))["timestamp"]
+               if state.future_covariates else pl.Series([], dtype=pl.Datetime("us")))
     if missing.len():
         raise ScoreError(f"series {sid!r}: known-future covariates {state.future_covariates} are missing "
                          f"for {missing.len()} forecast step(s), first {missing[0]}; add those rows to the input")

@@ -92,7 +92,10 @@ def suggest(trial: Any, params: TuneParams) -> dict[str, Any]:
     """One value per search-space dimension, from the trial's sampler."""
     out: dict[str, Any] = {}
     for name, d in params.space.items():
-        if d.choices is not None:
+        if d.choices is not None and any(isinstance(c, list) for c in d.choices):
+            # Optuna's categorical values are scalars: lists travel as JSON text
+            out[name] = json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in d.choices]))
+        elif d.choices is not None:
             out[name] = trial.suggest_categorical(name, d.choices)
         elif d.integer:
             out[name] = trial.suggest_int(name, int(d.low), int(d.high), log=d.log)  # type: ignore[arg-type]
@@ -105,7 +108,9 @@ def make_sampler(params: TuneParams, seed: int) -> Any:
     import optuna
 
     if params.sampler == "grid":
-        return optuna.samplers.GridSampler({k: d.grid_values() for k, d in params.space.items()}, seed=seed)
+        grid = {k: [json.dumps(v) if isinstance(v, list) else v for v in d.grid_values()]
+                for k, d in params.space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if params.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, params.n_trials // 3)))
@@ -273,10 +278,12 @@ def summarize(study: Any, params: TuneParams, storage: str, folds: list[Fold]) -
         errors = sorted({t.user_attrs.get("error", "pruned") for t in study.trials})[:5]
         raise TuneError(f"no trial of study {study.study_name!r} completed ({len(states)} trials): {errors}")
     best = study.best_trial
+    lists = {k for k, d in params.space.items() if d.choices and any(isinstance(c, list) for c in d.choices)}
+    best_params = {k: json.loads(v) if k in lists else v for k, v in best.params.items()}
     return {
         "study_name": study.study_name, "storage": redact(storage), "sampler": params.sampler,
         "metric": params.base.promotion.metric, "best_value": best.value, "best_trial": best.number,
-        "best_params": best.params, "seasonal_naive": best.user_attrs.get("seasonal_naive"),
+        "best_params": best_params, "seasonal_naive": best.user_attrs.get("seasonal_naive"),
         "fold_scores": best.user_attrs.get("fold_scores"), "folds": [f.to_json() for f in folds],
         "trials": {s: states.count(s) for s in sorted(set(states))},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),

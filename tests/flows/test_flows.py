@@ -175,3 +175,20 @@ def test_retrain_then_score_on_s3(s3_env, sample_raw):
     lazy = pl.scan_parquet(f"s3://{s3_env}/nightcast/forecasts/model=lstm/as_of={as_of}/forecasts.parquet",
                            storage_options=storage_options())
     assert lazy.collect().height == frame.height
+
+
+def test_derived_features_train_and_score_end_to_end(tmp_path, sample_raw, sample_csv):
+    from schemas.params import FeatureConfig
+
+    store = str(tmp_path / "s")
+    params = fast_params(sample_csv, features=FeatureConfig(calendar=["hour", "dow"], seasonal_lags=[24]),
+                         promotion=PromotionRule(beat_seasonal_naive=False))
+    out = retrain_flow(params, store=store)
+    state = json.loads(open_store(store).read_bytes(
+        f"models/lstm/versions/{out['version']}/preprocessing.json"))["features"]
+    assert "lag__24" in state["past_columns"] and "cal__hour_sin" in state["future_columns"]
+    scored = score_flow(ScoreParams(data=sample_csv, as_of=_last_date(sample_raw)), store=store)
+    frame = pl.read_parquet(io.BytesIO(open_store(store).read_bytes(
+        f"forecasts/model=lstm/as_of={_last_date(sample_raw)}/forecasts.parquet")))
+    Forecasts.validate(frame)
+    assert scored["rows"] == frame.height > 0  # calendar inputs for the horizon came from the timestamps alone

@@ -1,0 +1,80 @@
+"""Calendar, seasonal-lag and PCA features: values, training-span fitting, and the score path."""
+
+import datetime as dt
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from schemas.params import FeatureConfig, TuneParams
+from tasks.features import FeatureState, fit_features, transform_features
+from tasks.tune import apply_overrides
+from tests.conftest import fast_params
+
+
+def _clean(n=200) -> pl.DataFrame:
+    rng = np.random.default_rng(0)
+    stamps = pl.Series([dt.datetime(2024, 1, 1) + dt.timedelta(hours=i) for i in range(n)], dtype=pl.Datetime("us"))
+    base = rng.normal(size=n)
+    return pl.DataFrame({
+        "series_id": "a", "timestamp": stamps, "target": np.arange(n, dtype=float),
+        "x1": base, "x2": base * 2 + rng.normal(0, 0.01, n), "x3": rng.normal(size=n),
+        "observed": True, "is_outlier": False, "in_long_gap": False})
+
+
+def test_calendar_features_are_cyclical_and_known_in_the_future():
+    clean = _clean()
+    state = fit_features(clean, clean["timestamp"][99], "standard", [], [], [], [], calendar=["hour", "dow"])
+    assert state.future_columns == ["cal__hour_sin", "cal__hour_cos", "cal__dow_sin", "cal__dow_cos"]
+    assert set(state.future_columns) <= set(state.past_columns)
+    frame, _ = transform_features(clean, state)
+    six = frame.filter(pl.col("timestamp").dt.hour() == 6).row(0, named=True)
+    assert six["cal__hour_sin"] == pytest.approx(1.0) and six["cal__hour_cos"] == pytest.approx(0.0, abs=1e-6)
+    # a future timestamp with no observation still gets its calendar features
+    future = pl.DataFrame({"series_id": ["a"], "timestamp": pl.Series([dt.datetime(2030, 1, 7, 18)],
+                                                                     dtype=pl.Datetime("us")), "target": [None]},
+                          schema_overrides={"target": pl.Float64})
+    row = transform_features(future, state)[0].row(0, named=True)
+    assert row["cal__hour_sin"] == pytest.approx(-1.0)  # 18:00
+    assert row["cal__dow_sin"] == pytest.approx(0.0, abs=1e-6)  # a Monday
+
+
+def test_seasonal_lags_look_back_exactly_n_steps_per_series():
+    clean = pl.concat([_clean(50), _clean(50).with_columns(pl.lit("b").alias("series_id"),
+                                                           (pl.col("target") + 1000).alias("target"))])
+    state = fit_features(clean, clean["timestamp"][30], "standard", [], [], [], [], lags=[24, 3])
+    assert state.lags == [3, 24] and state.past_columns[-2:] == ["lag__3", "lag__24"]
+    frame, _ = transform_features(clean, state)
+    for sid in ("a", "b"):
+        part = frame.filter(pl.col("series_id") == sid).sort("timestamp")
+        y = part["y"].to_numpy()
+        np.testing.assert_allclose(part["lag__24"].to_numpy()[24:], y[:-24], rtol=1e-6)
+        assert (part["lag__3"].to_numpy()[:3] == 0).all()  # no history yet: 0 (the scaled mean)
+
+
+def test_pca_is_fitted_on_the_training_span_and_compresses():
+    clean = _clean()
+    train_end = clean["timestamp"][99]
+    state = fit_features(clean, train_end, "standard", ["x1", "x2", "x3"], [], None, [], pca_components=2)
+    assert [c for c in state.past_columns if c.startswith(("num__", "pca__"))] == ["pca__0", "pca__1"]
+    assert state.pca["explained_variance_ratio"][0] > 0.6  # x1 and x2 move together
+    later = clean.with_columns(pl.when(pl.col("timestamp") > train_end).then(pl.col("x3") * 50)
+                               .otherwise("x3").alias("x3"))
+    assert fit_features(later, train_end, "standard", ["x1", "x2", "x3"], [], None, [],
+                        pca_components=2).pca == state.pca  # nothing after the training span moves it
+    frame, _ = transform_features(clean, state)
+    assert frame.select("pca__0", "pca__1").null_count().sum_horizontal().item() == 0
+    again = FeatureState.from_json(json.loads(json.dumps(state.to_json())))  # survives the bundle's JSON
+    np.testing.assert_allclose(transform_features(clean, again)[0]["pca__0"], frame["pca__0"])
+
+
+def test_features_are_reachable_from_config_and_the_search_space():
+    with pytest.raises(ValueError, match="seasonal_lags must be >= 1"):
+        FeatureConfig(seasonal_lags=[0])
+    params = TuneParams(space={"features.calendar": {"choices": [[], ["hour", "dow"]]},
+                               "features.seasonal_lags": {"choices": [[], [24]]},
+                               "features.pca_components": {"choices": [None, 2]}})
+    run = apply_overrides(fast_params("-"), {"features.calendar": ["hour"], "features.seasonal_lags": [24]})
+    assert run.features.calendar == ["hour"] and run.features.seasonal_lags == [24]
+    assert params.space["features.calendar"].grid_values() == [[], ["hour", "dow"]]
