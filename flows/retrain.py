@@ -21,6 +21,7 @@ from tasks.registry import (Decision, RegistryError, decide_promotion, library_v
 from tasks.storage import Store
 from tasks.train import TrainResult, predict_scaled, train_model
 from tasks.tune import apply_overrides, best_key, load_tuned
+from tasks.warm import incompatibility, plan_warm_start
 from tasks.validate import ValidationResult, validate_observations
 from flows.runtime import artifact_key, start_run, step
 
@@ -68,8 +69,36 @@ def _evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: 
     return {"metrics": metrics, "comparison": comparison, "intervals": intervals, "test_preds": preds}
 
 
+def _warm_start(store: Store, params: RetrainParams, prepared: Prepared) -> tuple[dict | None, dict]:
+    """The champion's weights to start from, or ``None``; and what was decided, for the manifest."""
+    logger = get_run_logger()
+    if params.warm_start.policy == "never":
+        return None, {"used": False, "reason": "policy never"}
+    try:
+        champion = load_champion(store, params.model_name) if read_champion(store, params.model_name) else None
+    except RegistryError as exc:
+        logger.warning("warm start not possible, training from scratch: %s", exc)
+        return None, {"used": False, "reason": f"champion unusable: {exc}"}
+    plan = plan_warm_start(params.warm_start, champion.manifest if champion else None,
+                           dt.datetime.now(dt.timezone.utc))
+    if not plan.warm:
+        logger.info("training from scratch: %s", plan.reason)
+        return None, {"used": False, "reason": plan.reason}
+    index = prepared.index
+    network_args = {"n_past": index.past.shape[1], "n_future": index.future.shape[1], "horizon": index.horizon,
+                    **params.model.model_dump()}
+    why = incompatibility(champion.config, champion.preprocessing["features"], network_args,
+                          prepared.state.to_json(), prepared.calendar.frequency)
+    if why:
+        logger.warning("warm start not possible, training from scratch: %s", why)
+        return None, {"used": False, "reason": why}
+    logger.info("warm start from champion %s (%s)", champion.version, plan.reason)
+    return champion.state_dict, {"used": True, "from": champion.version, "reason": plan.reason,
+                                 "full_trained_at": plan.full_trained_at}
+
+
 def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
-             trained: TrainResult, evaluation: dict, tuned: dict | None = None) -> dict:
+             trained: TrainResult, evaluation: dict, tuned: dict | None = None, warm: dict | None = None) -> dict:
     logger = get_run_logger()
     fp = fingerprint(checked.valid)
     version = new_version(fp)
@@ -93,6 +122,7 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
         "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
         "cleaning": prepared.report.to_json(), "epochs": trained.epochs,
         "best_val_loss": trained.best_val_loss, "libraries": library_versions(),
+        "warm_start": warm,
         "tuning": None if tuned is None else {k: tuned.get(k) for k in (
             "study_name", "storage", "sampler", "metric", "best_value", "best_trial", "best_params", "trials")},
     }
@@ -129,6 +159,7 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
 
 save_quarantine = step(_save_quarantine, "save-quarantine", io=True)
 read_tuned = step(load_tuned, "read-tuned", io=True)
+warm_start = step(_warm_start, "warm-start", io=True)
 evaluate = step(_evaluate, "evaluate", timeout_s=3600)
 register = step(_register, "register", io=True)
 
@@ -173,12 +204,13 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
     quarantine = save_quarantine(st, checked, stamp)
     prepared = prepare(checked, params)
-    trained = train(prepared.index, params.model, params.train, settings.progress)
+    init_state, warm = warm_start(st, params, prepared)
+    trained = train(prepared.index, params.model, params.train, settings.progress, init_state=init_state)
     evaluation = evaluate(st, params, prepared, trained)
-    registered = register(st, params, checked, prepared, trained, evaluation, tuned)
+    registered = register(st, params, checked, prepared, trained, evaluation, tuned, warm)
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
-           "comparison": evaluation["comparison"], "intervals": evaluation["intervals"]}
+           "comparison": evaluation["comparison"], "intervals": evaluation["intervals"], "warm_start": warm}
     publish_artifacts(params, out)
     return out

@@ -133,6 +133,14 @@ class IntervalConfig(_Config):
     level: float = Field(0.8, gt=0, lt=1, description="target coverage, e.g. 0.8 for a P10-P90 band")
 
 
+class WarmStartConfig(_Config):
+    """Fine-tune from the champion's weights instead of training from scratch."""
+
+    policy: Literal["never", "always", "periodic"] = Field(
+        "never", description="periodic: warm start, but train from scratch every full_retrain_days")
+    full_retrain_days: int = Field(7, ge=1)
+
+
 class PromotionRule(_Config):
     """When a newly trained model replaces the champion."""
 
@@ -158,6 +166,7 @@ class RetrainParams(_Config):
     train: TrainConfig = TrainConfig()
     promotion: PromotionRule = PromotionRule()
     intervals: IntervalConfig = IntervalConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
     use_tuned: bool = Field(True, description="apply this model's best tuned configuration when tuning saved one")
 
 

@@ -79,4 +79,5 @@ def window_keys(index: WindowIndex, split: str = "test") -> pl.DataFrame:
     starts = index.splits[split]
     origins = index.origin(starts)
     return pl.DataFrame({"series_id": [index.series_ids[c] for c in index.series[origins]],
-                         "origin": index.timestamps[origins], "pos": np.arange(len(starts))})
+                         "origin": index.timestamps[origins], "pos": np.arange(len(starts))},
+                        schema={"series_id": pl.String, "origin": pl.Datetime("us"), "pos": pl.Int64})

@@ -34,10 +34,12 @@ def _loader(index: WindowIndex, split: str, batch_size: int, shuffle: bool, seed
 
 
 def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                progress: bool = True, accelerator: str = "auto", callbacks: list | None = None) -> TrainResult:
+                progress: bool = True, accelerator: str = "auto", callbacks: list | None = None,
+                init_state: dict | None = None) -> TrainResult:
     """Fit on the train windows, early-stop on validation loss, keep the best epoch's weights.
 
-    ``callbacks`` are extra Lightning callbacks (for example Optuna's pruning callback).
+    ``callbacks`` are extra Lightning callbacks (for example Optuna's pruning callback);
+    ``init_state`` is a state dict to start from (warm start) instead of a fresh initialisation.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -52,6 +54,8 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
                     "horizon": index.horizon, **model_cfg.model_dump()}
     module = ForecastModule(network_args["n_past"], network_args["n_future"], index.horizon,
                             network=model_cfg.model_dump(), train=train_cfg.model_dump())
+    if init_state is not None:
+        module.net.load_state_dict(init_state)
     with tempfile.TemporaryDirectory(prefix="nightcast-train-") as tmp:
         ckpt = ModelCheckpoint(dirpath=Path(tmp) / "ckpt", monitor="val_loss", mode="min", save_top_k=1, filename="best")
         for name in ("lightning.pytorch", "lightning.fabric"):  # no GPU/TPU banners or tips
