@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-slow test-all clean
+.PHONY: demo test test-slow test-all bench-accuracy clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,8 @@ test-slow: $(VENV)/.installed
 
 test-all: test test-slow
 
+bench-accuracy: $(VENV)/.installed
+	$(PY) bench/accuracy.py
+
 clean:
-	rm -rf $(VENV) nightcast-store .pytest_cache
+	rm -rf $(VENV) nightcast-store nightcast-optuna.db .pytest_cache
