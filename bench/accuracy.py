@@ -15,7 +15,7 @@ AutoTheta (``statsforecast``, optional) are refitted at every origin.
 Rows:
 - ``nightcast default``: the default network, window and training settings.
 - ``nightcast tuned``: TPE over ``--trials`` trials (default space without the lookback,
-  at most 2 layers of 64 units), 2 rolling-origin folds inside the span before the test
+  at most 2 layers of 64 units, plus a one-season lag), 2 rolling-origin folds inside the span before the test
   span (the test span is never seen by tuning), median pruning.
 - ``+ calendar`` / ``+ lags`` / ``+ pca`` (synthetic panel): the default with one feature
   group switched on, to show whether it helps.
@@ -103,12 +103,14 @@ def base_params(name: str, quick: bool) -> tuple[RetrainParams, int]:
                          clean=CleanConfig(frequency=freq, season_length=season), train=train), season
 
 
-def space() -> dict[str, Dimension]:
-    """The default search space, minus the lookback (every row must share the same windows) and
-    capped at 2 layers of 64 units so that the whole benchmark runs in minutes on 2 cores."""
+def space(season: int) -> dict[str, Dimension]:
+    """The default search space, minus the lookback (every row must share the same windows),
+    capped at 2 layers of 64 units so that the whole benchmark runs in minutes on 2 cores,
+    plus a seasonal lag of one season."""
     out = {k: v for k, v in TuneParams().space.items() if k != "window.lookback"}
     out["model.num_layers"] = Dimension(choices=[1, 2])
     out["model.hidden_size"] = Dimension(choices=[16, 32, 64])
+    out["features.seasonal_lags"] = Dimension(choices=[[], [season]])
     return out
 
 
@@ -138,8 +140,9 @@ def _neural(prepared, run: RetrainParams, starts: np.ndarray) -> np.ndarray:  # 
     return inverse_scale(scaled.astype(np.float64), sids, prepared.state)
 
 
-def _tune(checked, params: RetrainParams, trials: int, name: str, workdir: str) -> tuple[RetrainParams, dict]:  # noqa: ANN001
-    tp = TuneParams(base=params, space=space(), sampler="tpe", n_trials=trials, folds=2, fold_fraction=0.08,
+def _tune(checked, params: RetrainParams, trials: int, name: str, workdir: str,  # noqa: ANN001
+          season: int) -> tuple[RetrainParams, dict]:
+    tp = TuneParams(base=params, space=space(season), sampler="tpe", n_trials=trials, folds=2, fold_fraction=0.08,
                     storage=f"sqlite:///{workdir}/bench.db", study_name=name.replace(" ", "-"), pruning=True)
     folds = rolling_origin_folds(checked, params, tp.folds, tp.fold_fraction)
     for _ in range(trials):
@@ -169,7 +172,7 @@ def run_dataset(name: str, frame: pl.DataFrame, trials: int, quick: bool, workdi
         assert np.array_equal(prep.index.timestamps, index.timestamps)  # same rows, same windows
         forecasts[f"nightcast {label}"] = _neural(prep, run, starts)
     started = time.monotonic()
-    tuned_run, best = _tune(checked, params, trials, name, workdir)
+    tuned_run, best = _tune(checked, params, trials, name, workdir, season)
     tuned_prep = prepare_training(checked, tuned_run)
     forecasts["nightcast tuned"] = _neural(tuned_prep, tuned_run, starts)
     best["seconds"] = time.monotonic() - started

@@ -11,7 +11,7 @@ class LSTMForecaster(nn.Module):
 
     def __init__(self, n_past: int, n_future: int, horizon: int, hidden_size: int = 64,
                  num_layers: int = 2, dropout: float = 0.1, bidirectional: bool = False,
-                 cell: str = "lstm", init: str = "xavier", pooling: str = "last") -> None:
+                 cell: str = "lstm", init: str = "xavier", pooling: str = "last", level: str = "none") -> None:
         super().__init__()
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.encoder = rnn(n_past, hidden_size, num_layers=num_layers, batch_first=True,
@@ -20,6 +20,9 @@ class LSTMForecaster(nn.Module):
         if pooling not in ("last", "attention"):
             raise ValueError(f"pooling must be 'last' or 'attention', not {pooling!r}")
         self.pooling = pooling
+        if level not in ("none", "last"):
+            raise ValueError(f"level must be 'none' or 'last', not {level!r}")
+        self.level = level  # "last": the head predicts the change from the last observed (scaled) value
         # additive attention over the encoder's outputs: score_t = v·tanh(W·h_t)
         self.attention = (nn.Sequential(nn.Linear(enc, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1, bias=False))
                           if pooling == "attention" else None)
@@ -49,4 +52,7 @@ class LSTMForecaster(nn.Module):
             z = (weights * out).sum(dim=1)
         if self.n_future:
             z = torch.cat([z, future.flatten(1)], dim=1)  # (B, enc + H·F_future)
-        return self.head(z)
+        out = self.head(z)
+        if self.level == "last":  # a skip connection: trends and level shifts need not be learned as values
+            out = out + past[:, -1, :1]
+        return out

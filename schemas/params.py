@@ -107,6 +107,8 @@ class ModelConfig(_Config):
     init: Literal["xavier", "orthogonal", "kaiming"] = Field("xavier", description="kaiming is He initialisation")
     pooling: Literal["last", "attention"] = Field(
         "last", description="summarise the encoder by its last state, or by attention over all steps")
+    level: Literal["none", "last"] = Field(
+        "none", description="last: predict the change from the last observed value (helps trending series)")
 
 
 class TrainConfig(_Config):
@@ -258,6 +260,7 @@ def default_search_space() -> dict[str, Dimension]:
         "model.cell": Dimension(choices=["lstm", "gru"]),
         "model.bidirectional": Dimension(choices=[False, True]),
         "model.pooling": Dimension(choices=["last", "attention"]),
+        "model.level": Dimension(choices=["none", "last"]),
         "train.learning_rate": Dimension(low=3e-4, high=1e-2, log=True),
         "train.batch_size": Dimension(choices=[32, 64, 128]),
         "train.weight_decay": Dimension(low=1e-6, high=1e-2, log=True),

@@ -110,3 +110,14 @@ def test_known_future_covariates_reach_the_network(sample_raw):
     base = predict_scaled(out.net, prepared.index, starts)
     prepared.index.future[:] = 1.0 - prepared.index.future
     assert not np.allclose(base, predict_scaled(out.net, prepared.index, starts))
+
+
+def test_level_last_adds_the_last_observed_value_back():
+    net = LSTMForecaster(n_past=2, n_future=0, horizon=3, hidden_size=4, num_layers=1, level="last")
+    torch.nn.init.zeros_(net.head[-1].weight)
+    torch.nn.init.zeros_(net.head[-1].bias)  # the head now predicts "no change"
+    past = torch.randn(5, 7, 2)
+    out = net(past, torch.zeros(5, 3, 0))
+    torch.testing.assert_close(out, past[:, -1, :1].expand(5, 3))
+    with pytest.raises(ValueError, match="level must be"):
+        LSTMForecaster(n_past=2, n_future=0, horizon=3, level="mean")

@@ -85,7 +85,7 @@ def test_bad_search_spaces_are_rejected(space, rule):
 def test_default_space_covers_the_issue_list():
     assert set(TuneParams().space) == {
         "model.num_layers", "model.hidden_size", "model.dropout", "model.cell", "model.bidirectional",
-        "model.pooling", "train.learning_rate", "train.batch_size", "train.weight_decay", "train.l1",
+        "model.pooling", "model.level", "train.learning_rate", "train.batch_size", "train.weight_decay", "train.l1",
         "window.lookback"}
 
 
