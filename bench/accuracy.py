@@ -163,9 +163,9 @@ def run_dataset(name: str, frame: pl.DataFrame, trials: int, quick: bool, workdi
     forecasts: dict[str, np.ndarray] = {"nightcast default": _neural(prepared, params, starts)}
     variants = {}
     if name == "synthetic panel":
+        # PCA needs several numeric covariates; the sample panel has one (temperature), so no PCA row here
         variants = {"+ calendar": FeatureConfig(calendar=["hour", "dow"]),
-                    "+ lags": FeatureConfig(seasonal_lags=[168]),
-                    "+ pca": FeatureConfig(pca_components=1)}
+                    "+ lags": FeatureConfig(seasonal_lags=[168])}
     for label, feats in variants.items():
         run = params.model_copy(update={"features": feats})
         prep = prepare_training(checked, run)
@@ -193,10 +193,12 @@ def render(tables: dict[str, tuple[pl.DataFrame, dict]], trials: int, seconds: f
             lines.append(f"| {name} | {r['model']} | {r['mase']:.3f} | {r['smape']:.2f} | {r['rmse']:.3f} | {r['n']} |")
         m = {r["model"]: r for r in t.iter_rows(named=True)}
         tuned, default, snaive = m["nightcast tuned"], m["nightcast default"], m["seasonal naive"]
-        cut = 1 - tuned["rmse"] / default["rmse"]
+        cut = 1 - tuned["rmse"] / default["rmse"]  # > 0: tuned is better
         verdict = [f"tuned {'beats' if tuned['mase'] < snaive['mase'] else 'does NOT beat'} seasonal naive "
                    f"(MASE {tuned['mase']:.3f} vs {snaive['mase']:.3f})",
-                   f"tuned RMSE {cut:+.0%} vs default ({'meets' if cut >= 0.2 else 'misses'} the 20% target)"]
+                   (f"tuned RMSE {cut:.0%} lower than default" if cut >= 0 else
+                    f"tuned RMSE {-cut:.0%} HIGHER than default")
+                   + f" ({'meets' if cut >= 0.2 else 'misses'} the 20% cut target)"]
         for ref in ("AutoETS", "AutoTheta"):
             if ref in m:
                 verdict.append(f"{'beats' if tuned['mase'] < m[ref]['mase'] else 'loses to'} {ref}")
