@@ -16,10 +16,10 @@ from tasks.ingest import load_observations
 from tasks.intervals import coverage, fit_conformal
 from tasks.plots import forecast_vs_actual_png, learning_curve_png
 from tasks.prepare import Prepared, fingerprint, prepare_training
-from tasks.registry import (Decision, RegistryError, decide_promotion, library_versions, load_champion,
+from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_champion,
                             new_version, read_champion, save_bundle, set_champion)
 from tasks.storage import Store
-from tasks.train import TrainResult, predict_scaled, train_model
+from tasks.train import TrainResult, network_args_for, predict_scaled, train_model
 from tasks.tune import apply_overrides, best_key, load_tuned
 from tasks.warm import incompatibility, plan_warm_start
 from tasks.validate import ValidationResult, validate_observations
@@ -41,19 +41,24 @@ def _save_quarantine(store: Store, checked: ValidationResult, run_stamp: str) ->
     return store.uri(key)
 
 
-def _evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: TrainResult) -> dict:
+def _current_champion(store: Store, name: str) -> tuple[Bundle | None, str]:
+    """The current champion, loaded once per run (``None`` when there is none), and why it is unusable."""
+    try:
+        return (load_champion(store, name) if read_champion(store, name) else None), ""
+    except RegistryError as exc:
+        get_run_logger().warning("current champion is unusable (no warm start; compared with the baseline "
+                                 "only): %s", exc)
+        return None, str(exc)
+
+
+def _evaluate(params: RetrainParams, prepared: Prepared, trained: TrainResult, champion: Bundle | None,
+              champion_error: str) -> dict:
     logger = get_run_logger()
     preds = predict_scaled(trained.net, prepared.index, prepared.index.splits["test"])
     if len(preds) == 0:
         raise ValueError("no test windows: the test span is shorter than the horizon for every series")
     metrics = evaluate_models(prepared.index, prepared.state, {params.model_name: preds},
                               np.datetime64(prepared.train_end, "us"), prepared.season_length)
-    try:
-        champion = load_champion(store, params.model_name) if read_champion(store, params.model_name) else None
-        champion_error = ""
-    except RegistryError as exc:
-        champion, champion_error = None, str(exc)
-        logger.warning("current champion is unusable, comparing with the baseline only: %s", exc)
     comparison = compare_with_champion(champion, prepared, preds, params.promotion.metric)
     if champion_error:
         comparison["note"] = f"champion unusable ({champion_error})"
@@ -69,25 +74,22 @@ def _evaluate(store: Store, params: RetrainParams, prepared: Prepared, trained: 
     return {"metrics": metrics, "comparison": comparison, "intervals": intervals, "test_preds": preds}
 
 
-def _warm_start(store: Store, params: RetrainParams, prepared: Prepared) -> tuple[dict | None, dict]:
+def _warm_start(params: RetrainParams, prepared: Prepared, champion: Bundle | None,
+                champion_error: str) -> tuple[dict | None, dict]:
     """The champion's weights to start from, or ``None``; and what was decided, for the manifest."""
     logger = get_run_logger()
     if params.warm_start.policy == "never":
         return None, {"used": False, "reason": "policy never"}
-    try:
-        champion = load_champion(store, params.model_name) if read_champion(store, params.model_name) else None
-    except RegistryError as exc:
-        logger.warning("warm start not possible, training from scratch: %s", exc)
-        return None, {"used": False, "reason": f"champion unusable: {exc}"}
+    if champion_error:
+        logger.warning("warm start not possible, training from scratch: %s", champion_error)
+        return None, {"used": False, "reason": f"champion unusable: {champion_error}"}
     plan = plan_warm_start(params.warm_start, champion.manifest if champion else None,
                            dt.datetime.now(dt.timezone.utc))
     if not plan.warm:
         logger.info("training from scratch: %s", plan.reason)
         return None, {"used": False, "reason": plan.reason}
-    index = prepared.index
-    network_args = {"n_past": index.past.shape[1], "n_future": index.future.shape[1], "horizon": index.horizon,
-                    **params.model.model_dump()}
-    why = incompatibility(champion.config, champion.preprocessing["features"], network_args,
+    why = incompatibility(champion.config, champion.preprocessing["features"],
+                          network_args_for(prepared.index, params.model),
                           prepared.state.to_json(), prepared.calendar.frequency)
     if why:
         logger.warning("warm start not possible, training from scratch: %s", why)
@@ -159,7 +161,8 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
 
 save_quarantine = step(_save_quarantine, "save-quarantine", io=True)
 read_tuned = step(load_tuned, "read-tuned", io=True)
-warm_start = step(_warm_start, "warm-start", io=True)
+current_champion = step(_current_champion, "load-champion", io=True)
+warm_start = step(_warm_start, "warm-start")
 evaluate = step(_evaluate, "evaluate", timeout_s=3600)
 register = step(_register, "register", io=True)
 
@@ -204,9 +207,10 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
     quarantine = save_quarantine(st, checked, stamp)
     prepared = prepare(checked, params)
-    init_state, warm = warm_start(st, params, prepared)
+    champion, champion_error = current_champion(st, params.model_name)
+    init_state, warm = warm_start(params, prepared, champion, champion_error)
     trained = train(prepared.index, params.model, params.train, settings.progress, init_state=init_state)
-    evaluation = evaluate(st, params, prepared, trained)
+    evaluation = evaluate(params, prepared, trained, champion, champion_error)
     registered = register(st, params, checked, prepared, trained, evaluation, tuned, warm)
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(),

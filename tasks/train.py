@@ -33,6 +33,12 @@ def _loader(index: WindowIndex, split: str, batch_size: int, shuffle: bool, seed
                       collate_fn=collate_batch, generator=torch.Generator().manual_seed(seed))
 
 
+def network_args_for(index: WindowIndex, model_cfg: ModelConfig) -> dict:
+    """What ``LSTMForecaster(**network_args)`` needs for these windows and this config."""
+    return {"n_past": index.past.shape[1], "n_future": index.future.shape[1], "horizon": index.horizon,
+            **model_cfg.model_dump()}
+
+
 def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConfig,
                 progress: bool = True, accelerator: str = "auto", callbacks: list | None = None,
                 init_state: dict | None = None) -> TrainResult:
@@ -50,8 +56,7 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             raise WindowError(f"no {split} windows: series are too short for lookback={index.lookback} + "
                               f"horizon={index.horizon} in the {split} span")
     L.seed_everything(train_cfg.seed, workers=True, verbose=False)
-    network_args = {"n_past": index.past.shape[1], "n_future": index.future.shape[1],
-                    "horizon": index.horizon, **model_cfg.model_dump()}
+    network_args = network_args_for(index, model_cfg)
     module = ForecastModule(network_args["n_past"], network_args["n_future"], index.horizon,
                             network=model_cfg.model_dump(), train=train_cfg.model_dump())
     if init_state is not None:
