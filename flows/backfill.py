@@ -17,7 +17,7 @@ from prefect.futures import wait
 
 from schemas.params import BackfillParams, ColumnMap
 from tasks.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
-from tasks.score import partition_key
+from tasks.score import forecasts_key
 from tasks.storage import Store
 from flows.runtime import artifact_key, start_run, step
 from flows.score import forecast_and_write, ingest, validate
@@ -44,10 +44,6 @@ def plan_versions(store: Store, params: BackfillParams) -> dict[dt.date, str]:
         then = champion_as_of(store, params.model_name, day)
         plan[day] = (then or current)["version"]
     return plan
-
-
-def _partition_done(store: Store, model_name: str, day: dt.date) -> bool:
-    return store.exists(f"{partition_key(model_name, day)}/forecasts.parquet")
 
 
 def format_summary(rows: list[dict]) -> str:
@@ -85,7 +81,7 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
     rows: dict[dt.date, dict] = {}
     todo = []
     for day, version in plan.items():
-        if not params.overwrite and _partition_done(st, params.model_name, day):
+        if not params.overwrite and st.exists(forecasts_key(params.model_name, day)):
             rows[day] = {"status": "skipped", "rows": 0, "series": 0, "model_version": "",
                          "detail": "partition exists (overwrite=false)"}
         else:

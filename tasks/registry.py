@@ -126,20 +126,24 @@ def load_bundle(store: Store, name: str, version: str) -> Bundle:
                   json.loads(blobs["metrics.json"]), manifest, state)
 
 
-def read_champion(store: Store, name: str) -> dict | None:
-    """The champion pointer, ``None`` when there is none; ``RegistryError`` when it is corrupt."""
-    key = f"{_prefix(name)}/champion.json"
-    try:
-        raw = store.read_bytes(key)
-    except FileNotFoundError:
-        return None
+def _read_pointer(store: Store, key: str, what: str) -> dict:
+    """A champion pointer or promotion record: JSON with a ``version``; ``RegistryError`` when corrupt."""
+    raw = store.read_bytes(key)
     try:
         pointer = json.loads(raw)
         if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
             raise ValueError("no 'version' field")
     except ValueError as exc:
-        raise RegistryError(f"champion pointer {store.uri(key)} is corrupt: {exc}") from exc
+        raise RegistryError(f"{what} {store.uri(key)} is corrupt: {exc}") from exc
     return pointer
+
+
+def read_champion(store: Store, name: str) -> dict | None:
+    """The champion pointer, ``None`` when there is none; ``RegistryError`` when it is corrupt."""
+    try:
+        return _read_pointer(store, f"{_prefix(name)}/champion.json", "champion pointer")
+    except FileNotFoundError:
+        return None
 
 
 def load_champion(store: Store, name: str) -> Bundle:
@@ -159,14 +163,7 @@ def champion_as_of(store: Store, name: str, day: dt.date) -> dict | None:
             if k.endswith(".json") and k.rsplit("/", 1)[-1] < limit]
     if not keys:
         return None
-    key = max(keys)
-    try:
-        pointer = json.loads(store.read_bytes(key))
-        if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
-            raise ValueError("no 'version' field")
-    except ValueError as exc:
-        raise RegistryError(f"promotion record {store.uri(key)} is corrupt: {exc}") from exc
-    return pointer
+    return _read_pointer(store, max(keys), "promotion record")
 
 
 def set_champion(store: Store, name: str, version: str, decision: Decision, metric: dict,

@@ -33,6 +33,11 @@ def partition_key(model: str, as_of: dt.date) -> str:
     return f"forecasts/model={safe_key_part(model)}/as_of={as_of.isoformat()}"
 
 
+def forecasts_key(model: str, as_of: dt.date) -> str:
+    """The one object of a partition: it exists only when the partition is complete."""
+    return f"{partition_key(model, as_of)}/forecasts.parquet"
+
+
 def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
                          created_at: dt.datetime | None = None) -> tuple[pl.DataFrame, ScoreReport]:
     """Clean the history up to ``as_of`` as training did, take each series' last window, forecast."""
@@ -125,7 +130,7 @@ def write_forecasts(store: Store, forecasts: pl.DataFrame, model: str, as_of: dt
     versions = forecasts["model_version"].unique().sort().to_list()
     forecasts.write_parquet(buf, metadata={"nightcast.forecasts_layout": FORECASTS_LAYOUT,
                                            "nightcast.model_version": ",".join(versions)})
-    key = f"{prefix}/forecasts.parquet"
+    key = forecasts_key(model, as_of)
     store.write_bytes(key, buf.getvalue())
     for stale in store.list(prefix + "/"):
         if stale != key:
