@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from schemas.params import RetrainParams, TuneParams, WindowConfig
+from schemas.params import Dimension, RetrainParams, TuneParams, WindowConfig
 from tasks.clean import decide_calendar, regularize
 from tasks.validate import ValidationResult
 from tasks.window import WindowError, split_times
@@ -88,15 +88,25 @@ def apply_overrides(base: RetrainParams, values: dict[str, Any]) -> RetrainParam
     return RetrainParams.model_validate(data)
 
 
+def _json_valued(d: Dimension) -> bool:
+    """Optuna's categorical values are scalars: a dimension with list choices travels as JSON text."""
+    return d.choices is not None and any(isinstance(c, list) for c in d.choices)
+
+
+def _encode(d: Dimension, values: list) -> list:
+    return [json.dumps(v) for v in values] if _json_valued(d) else list(values)
+
+
+def _decode(d: Dimension, value: Any) -> Any:
+    return json.loads(value) if _json_valued(d) else value
+
+
 def suggest(trial: Any, params: TuneParams) -> dict[str, Any]:
     """One value per search-space dimension, from the trial's sampler."""
     out: dict[str, Any] = {}
     for name, d in params.space.items():
-        if d.choices is not None and any(isinstance(c, list) for c in d.choices):
-            # Optuna's categorical values are scalars: lists travel as JSON text
-            out[name] = json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in d.choices]))
-        elif d.choices is not None:
-            out[name] = trial.suggest_categorical(name, d.choices)
+        if d.choices is not None:
+            out[name] = _decode(d, trial.suggest_categorical(name, _encode(d, d.choices)))
         elif d.integer:
             out[name] = trial.suggest_int(name, int(d.low), int(d.high), log=d.log)  # type: ignore[arg-type]
         else:
@@ -108,8 +118,7 @@ def make_sampler(params: TuneParams, seed: int) -> Any:
     import optuna
 
     if params.sampler == "grid":
-        grid = {k: [json.dumps(v) if isinstance(v, list) else v for v in d.grid_values()]
-                for k, d in params.space.items()}
+        grid = {k: _encode(d, d.grid_values()) for k, d in params.space.items()}
         return optuna.samplers.GridSampler(grid, seed=seed)
     if params.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -278,8 +287,7 @@ def summarize(study: Any, params: TuneParams, storage: str, folds: list[Fold]) -
         errors = sorted({t.user_attrs.get("error", "pruned") for t in study.trials})[:5]
         raise TuneError(f"no trial of study {study.study_name!r} completed ({len(states)} trials): {errors}")
     best = study.best_trial
-    lists = {k for k, d in params.space.items() if d.choices and any(isinstance(c, list) for c in d.choices)}
-    best_params = {k: json.loads(v) if k in lists else v for k, v in best.params.items()}
+    best_params = {k: _decode(params.space[k], v) if k in params.space else v for k, v in best.params.items()}
     return {
         "study_name": study.study_name, "storage": redact(storage), "sampler": params.sampler,
         "metric": params.base.promotion.metric, "best_value": best.value, "best_trial": best.number,

@@ -142,3 +142,13 @@ def test_a_configuration_that_cannot_train_is_a_failed_trial(tmp_path, checked):
     assert result["state"] == "FAIL" and "WindowError" in result["detail"]
     trial = open_study(params, _storage(tmp_path), "f").trials[0]
     assert "WindowError" in trial.user_attrs["error"]
+
+
+def test_list_valued_choices_work_with_the_grid_sampler(tmp_path, checked):
+    params = _tiny(sampler="grid", pruning=False, space={"features.seasonal_lags": Dimension(choices=[[], [3]])})
+    folds = rolling_origin_folds(checked, params.base, 1, 0.08)
+    results = [run_trial(params, params.base, checked, folds, _storage(tmp_path), "l") for _ in range(2)]
+    assert [r["state"] for r in results] == ["COMPLETE", "COMPLETE"]
+    assert sorted(r["params"]["features.seasonal_lags"] for r in results) == [[], [3]]
+    best = tune.summarize(open_study(params, _storage(tmp_path), "l"), params, _storage(tmp_path), folds)
+    assert best["best_params"]["features.seasonal_lags"] in ([], [3])  # decoded back to a list
