@@ -136,7 +136,7 @@ def _stats_forecasts(index, starts: np.ndarray, season: int) -> dict[str, np.nda
 def _neural(prepared, run: RetrainParams, starts: np.ndarray) -> np.ndarray:  # noqa: ANN001
     trained = train_model(prepared.index, run.model, run.train, progress=False)
     scaled = predict_scaled(trained.net, prepared.index, starts)
-    sids = [prepared.index.series_ids[c] for c in prepared.index.series[prepared.index.origin(starts)]]
+    sids = prepared.index.series_of(starts)
     return inverse_scale(scaled.astype(np.float64), sids, prepared.state)
 
 

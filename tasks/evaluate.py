@@ -63,7 +63,7 @@ def evaluate_models(index: WindowIndex, state: FeatureState, scaled_preds: dict[
                     train_end: np.datetime64, season: int, split: str = "test") -> pl.DataFrame:
     """Metrics for each neural model (scaled predictions, inverted here) and both baselines."""
     starts = index.splits[split]
-    sids = [index.series_ids[c] for c in index.series[index.origin(starts)]]
+    sids = index.series_of(starts)
     forecasts = {name: inverse_scale(p.astype(np.float64), sids, state) for name, p in scaled_preds.items()}
     forecasts.update(baseline_forecasts(index, starts, season))
     return score_forecasts(index, starts, forecasts, mase_scales(index, train_end, season))
@@ -113,7 +113,7 @@ def compare_with_champion(champion, prepared, new_test_preds: np.ndarray, metric
         return {**result, "comparable": False, "note": "champion shares no test windows with the new model"}
     mine, theirs = common["pos"].to_numpy(), common["pos_c"].to_numpy()
     starts = index.splits["test"][mine]
-    sids = [index.series_ids[c] for c in index.series[index.origin(starts)]]
+    sids = index.series_of(starts)
     champ_scaled = predict_scaled(champion.network(), c_index, c_index.splits["test"][theirs])
     forecasts = {
         "new": inverse_scale(new_test_preds[mine].astype(np.float64), sids, prepared.state),

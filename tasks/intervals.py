@@ -50,7 +50,7 @@ def bounds(scaled_preds: np.ndarray, half_widths: list[float], series_ids: list[
 def coverage(index: WindowIndex, state: FeatureState, scaled_preds: np.ndarray, starts: np.ndarray,
              half_widths: list[float]) -> dict[str, float]:
     """Share of observed targets inside the interval, and the mean width, on the windows ``starts``."""
-    sids = [index.series_ids[c] for c in index.series[index.origin(starts)]]
+    sids = index.series_of(starts)
     lo, hi = bounds(scaled_preds, half_widths, sids, state)
     tidx = index.target_index(starts)
     y, seen = index.target[tidx], index.observed[tidx]

@@ -78,6 +78,6 @@ def window_keys(index: WindowIndex, split: str = "test") -> pl.DataFrame:
     """(series_id, origin timestamp, position) for each window of a split, to match windows across models."""
     starts = index.splits[split]
     origins = index.origin(starts)
-    return pl.DataFrame({"series_id": [index.series_ids[c] for c in index.series[origins]],
+    return pl.DataFrame({"series_id": index.series_of(starts),
                          "origin": index.timestamps[origins], "pos": np.arange(len(starts))},
                         schema={"series_id": pl.String, "origin": pl.Datetime("us"), "pos": pl.Int64})

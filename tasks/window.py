@@ -39,6 +39,10 @@ class WindowIndex:
         """Index of the last input step of each window."""
         return starts + self.lookback - 1
 
+    def series_of(self, starts: np.ndarray) -> list[str]:
+        """The series id of each window."""
+        return [self.series_ids[c] for c in self.series[self.origin(starts)]]
+
     def target_index(self, starts: np.ndarray) -> np.ndarray:
         """(n, H) indices of each window's target steps."""
         return starts[:, None] + self.lookback + np.arange(self.horizon)

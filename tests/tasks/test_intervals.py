@@ -47,7 +47,7 @@ def test_bounds_are_in_target_units_and_contain_the_forecast(fitted):
     prepared, net = fitted
     index, test = prepared.index, prepared.index.splits["test"][:10]
     preds = predict_scaled(net, index, test)
-    sids = [index.series_ids[c] for c in index.series[index.origin(test)]]
+    sids = index.series_of(test)
     lo, hi = bounds(preds, [0.5] * index.horizon, sids, prepared.state)
     scale = np.array([prepared.state.target_stats[s][1] for s in sids])[:, None]
     np.testing.assert_allclose(hi - lo, np.broadcast_to(2 * 0.5 * scale, hi.shape))  # 0.5 scaled units a side
