@@ -11,9 +11,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from schemas.params import RetrainParams
-from tasks.evaluate import compare_with_champion, evaluate_models, format_metrics
+from tasks.evaluate import (NETWORK, baseline_forecasts, compare_with_champion, evaluate_models, format_metrics,
+                            mase_scales, network_forecasts, select_methods, selection_summary, serve)
+from tasks.features import scale_values
 from tasks.ingest import load_observations
-from tasks.intervals import coverage, fit_conformal
+from tasks.intervals import by_method, coverage, fit_conformal
 from tasks.plots import forecast_vs_actual_png, learning_curve_png
 from tasks.prepare import Prepared, fingerprint, prepare_training
 from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_champion,
@@ -53,25 +55,47 @@ def _current_champion(store: Store, name: str) -> tuple[Bundle | None, str]:
 
 def _evaluate(params: RetrainParams, prepared: Prepared, trained: TrainResult, champion: Bundle | None,
               champion_error: str) -> dict:
+    """Choose each series' method on validation; report network, baselines and served on test."""
     logger = get_run_logger()
-    preds = predict_scaled(trained.net, prepared.index, prepared.index.splits["test"])
+    index, state, season = prepared.index, prepared.state, prepared.season_length
+    val, test = index.splits["val"], index.splits["test"]
+    preds = predict_scaled(trained.net, index, test)
     if len(preds) == 0:
         raise ValueError("no test windows: the test span is shorter than the horizon for every series")
-    metrics = evaluate_models(prepared.index, prepared.state, {params.model_name: preds},
-                              np.datetime64(prepared.train_end, "us"), prepared.season_length)
-    comparison = compare_with_champion(champion, prepared, preds, params.promotion.metric)
+    train_end = np.datetime64(prepared.train_end, "us")
+    val_scaled = predict_scaled(trained.net, index, val)
+    val_fc = {NETWORK: network_forecasts(index, state, val, val_scaled), **baseline_forecasts(index, val, season)}
+    selection = select_methods(index, val, val_fc, mase_scales(index, train_end, season))
+    counts = selection_summary(selection)
+    metrics = evaluate_models(index, state, {NETWORK: preds}, train_end, season, selection=selection)
+    comparison = compare_with_champion(champion, prepared, preds, params.promotion.metric, selection)
     if champion_error:
         comparison["note"] = f"champion unusable ({champion_error})"
+    logger.info("served per series (chosen on validation windows): %s", counts)
     logger.info("test-span metrics (%d windows):\n%s", len(preds), format_metrics(metrics))
     intervals = None
     if params.intervals.method == "conformal":
-        index, val = prepared.index, prepared.index.splits["val"]
-        half = fit_conformal(index, predict_scaled(trained.net, index, val), val, params.intervals.level)
-        test = coverage(index, prepared.state, preds, index.splits["test"], half)
-        intervals = {"method": "conformal", "level": params.intervals.level, "half_widths": half, "test": test}
+        intervals = _conformal(params, prepared, val, val_fc, test, preds, selection)
         logger.info("%.0f%% conformal intervals: test coverage %.1f%% over %d points, mean width %.3f",
-                    100 * params.intervals.level, 100 * test["coverage"], test["points"], test["mean_width"])
-    return {"metrics": metrics, "comparison": comparison, "intervals": intervals, "test_preds": preds}
+                    100 * params.intervals.level, 100 * intervals["test"]["coverage"], intervals["test"]["points"],
+                    intervals["test"]["mean_width"])
+    return {"metrics": metrics, "comparison": comparison, "intervals": intervals, "test_preds": preds,
+            "selection": selection, "served_counts": counts}
+
+
+def _conformal(params: RetrainParams, prepared: Prepared, val: np.ndarray, val_fc: dict[str, np.ndarray],
+               test: np.ndarray, test_scaled: np.ndarray, selection: dict[str, str]) -> dict:
+    """Half-widths per method from its validation residuals; coverage of the served forecasts on test."""
+    index, state = prepared.index, prepared.state
+    val_sids, test_sids = index.series_of(val), index.series_of(test)
+    widths = {m: fit_conformal(index, scale_values(f, val_sids, state), val, params.intervals.level)
+              for m, f in val_fc.items()}
+    test_fc = {NETWORK: network_forecasts(index, state, test, test_scaled),
+               **baseline_forecasts(index, test, prepared.season_length)}
+    served, methods = serve(index, test, test_fc, selection)
+    report = coverage(index, state, scale_values(served, test_sids, state), test, by_method(widths, methods))
+    return {"method": "conformal", "level": params.intervals.level, "half_widths": widths[NETWORK],
+            "by_method": widths, "test": report}
 
 
 def _warm_start(params: RetrainParams, prepared: Prepared, champion: Bundle | None,
@@ -122,7 +146,8 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
                  "start": str(checked.valid["timestamp"].min()), "end": str(checked.valid["timestamp"].max())},
         "spans": {"train_end": str(prepared.train_end), "val_end": str(prepared.val_end)},
         "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
-        "cleaning": prepared.report.to_json(), "epochs": trained.epochs,
+        "cleaning": prepared.report.to_json(), "epochs": trained.epochs, "steps": trained.steps,
+        "training_budget": trained.budget, "served": evaluation["served_counts"],
         "best_val_loss": trained.best_val_loss, "libraries": library_versions(),
         "warm_start": warm,
         "tuning": None if tuned is None else {k: tuned.get(k) for k in (
@@ -142,11 +167,13 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
                 extra[f"tuning/{fname}"] = store.read_bytes(f"{prefix}/{fname}")
             except FileNotFoundError:
                 logger.warning("tuning file %s is missing; the bundle goes without it", fname)
-    metrics_json = {"test": evaluation["metrics"].to_dicts(), "comparison": comp,
+    metrics_json = {"test": _summary_rows(evaluation["metrics"]), "comparison": comp,
+                    "served": evaluation["served_counts"],
                     "intervals": evaluation["intervals"],
                     "decision": {"promote": decision.promote, "reason": decision.reason}}
     prefix = save_bundle(store, params.model_name, version, net=trained.net, config=config,
-                         preprocessing={**prepared.preprocessing_json(), "conformal": evaluation["intervals"]},
+                         preprocessing={**prepared.preprocessing_json(), "conformal": evaluation["intervals"],
+                                        "selection": evaluation["selection"]},
                          metrics=metrics_json,
                          history_csv=trained.history.write_csv(), manifest=manifest, extra_files=extra)
     logger.info("bundle written to %s", store.uri(prefix))
@@ -157,6 +184,13 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
     return {"version": version, "bundle": store.uri(prefix), "promoted": decision.promote,
             "decision": decision.reason, "fingerprint": fp,
             "files": [store.uri(k) for k in store.list(prefix + "/")]}
+
+
+def _summary_rows(metrics: pl.DataFrame, worst: int = 20) -> list[dict]:
+    """The overall rows, plus the served forecasts' worst series by MASE (not one row per series)."""
+    overall = metrics.filter(pl.col("series_id") == "ALL")
+    bad = metrics.filter((pl.col("model") == "served") & (pl.col("series_id") != "ALL")).sort("mase", descending=True)
+    return pl.concat([overall, bad.head(worst)]).to_dicts()
 
 
 save_quarantine = step(_save_quarantine, "save-quarantine", io=True)
@@ -170,11 +204,12 @@ register = step(_register, "register", io=True)
 def publish_artifacts(params: RetrainParams, out: dict) -> None:
     """A table of test-span metrics with the decision, and the bundle's storage keys, in the Prefect UI."""
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-            for r in out["metrics"].to_dicts()]
+            for r in _summary_rows(out["metrics"])]
     create_table_artifact(
         key=artifact_key("retrain", params.model_name), table=rows,
-        description=(f"**{params.model_name} {out['version']}**: test-span metrics of the model and the "
-                     f"baselines on the same windows.\n\n**Decision:** {out['decision']}"))
+        description=(f"**{params.model_name} {out['version']}**: test-span metrics of the network alone, the "
+                     f"baselines and the served per-series choice ({out['served']}) on the same windows, then "
+                     f"the served forecasts' worst series.\n\n**Decision:** {out['decision']}"))
     files = "\n".join(f"- `{uri}`" for uri in out["files"])
     create_markdown_artifact(
         key=artifact_key("bundle", params.model_name),
@@ -207,6 +242,8 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
     quarantine = save_quarantine(st, checked, stamp)
     prepared = prepare(checked, params)
+    # the bundle records the lookback actually used (it may have been derived from the data)
+    params = params.model_copy(update={"window": params.window.model_copy(update={"lookback": prepared.index.lookback})})
     champion, champion_error = current_champion(st, params.model_name)
     init_state, warm = warm_start(params, prepared, champion, champion_error)
     trained = train(prepared.index, params.model, params.train, settings.progress, init_state=init_state)
@@ -215,6 +252,7 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
-           "comparison": evaluation["comparison"], "intervals": evaluation["intervals"], "warm_start": warm}
+           "comparison": evaluation["comparison"], "intervals": evaluation["intervals"], "warm_start": warm,
+           "served": evaluation["served_counts"]}
     publish_artifacts(params, out)
     return out

@@ -24,7 +24,10 @@ class ForecastModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
         past, future, y = batch
-        loss = self.loss_fn(self(past, future), y)
+        pred, scale = self.net(past, future, return_scale=True)
+        # errors in the units the network sees: per window when it normalises windows, so
+        # every series and level weighs the same (a scaled MAE, close to what MASE measures)
+        loss = self.loss_fn(pred / scale, y / scale)
         self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(y))
         return loss
 
@@ -44,5 +47,6 @@ class ForecastModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, self.cfg["patience"] // 2))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
         if self.cfg["lr_schedule"] == "cosine":
-            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.cfg["max_epochs"])}
+            t_max = max(1, self.trainer.max_epochs) if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 50
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, t_max)}
         return opt

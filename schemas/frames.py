@@ -65,12 +65,16 @@ class CleanSeries(pa.DataFrameModel):
         strict = False
 
 
-FORECASTS_LAYOUT = "2"
+FORECASTS_LAYOUT = "3"
 """Version of the forecasts layout (this schema + the ``forecasts/model=/as_of=`` keys).
 
 Written into every partition's Parquet metadata as ``nightcast.forecasts_layout``;
-bumped on any change a downstream reader would notice.
+bumped on any change a downstream reader would notice. 3 added ``method`` (which
+forecaster produced the series: ``lstm``, ``seasonal_naive`` or ``naive``); layout 2
+partitions read through ``tasks.score.read_forecasts`` get ``method = "lstm"``.
 """
+
+FORECAST_METHODS = ("lstm", "seasonal_naive", "naive")
 
 
 class Forecasts(pa.DataFrameModel):
@@ -82,6 +86,7 @@ class Forecasts(pa.DataFrameModel):
     forecast: float = pa.Field(nullable=False)
     lower: float = pa.Field(nullable=True)  # prediction interval; null when the model has none
     upper: float = pa.Field(nullable=True)
+    method: str = pa.Field(nullable=False, isin=list(FORECAST_METHODS))  # who made this series' forecast
     model: str = pa.Field(nullable=False)
     model_version: str = pa.Field(nullable=False)
     as_of: pl.Date = pa.Field(nullable=False)

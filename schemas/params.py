@@ -70,7 +70,8 @@ class CleanConfig(_Config):
 class WindowConfig(_Config):
     """Lookback, horizon and the time-ordered train / validation / test split."""
 
-    lookback: int = Field(48, ge=1)
+    lookback: int | None = Field(
+        None, ge=1, description="input steps; empty: from the season and horizon (2 horizons, up to 3 seasons)")
     horizon: int = Field(12, ge=1)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
@@ -108,20 +109,28 @@ class ModelConfig(_Config):
     pooling: Literal["last", "attention"] = Field(
         "last", description="summarise the encoder by its last state, or by attention over all steps")
     level: Literal["none", "last"] = Field(
-        "none", description="last: predict the change from the last observed value (helps trending series)")
+        "none", description="last: add the last scaled value to the output (first-generation skip; prefer skip)")
+    norm: Literal["window", "none"] = Field(
+        "window", description="window: normalise each input window by its own level and spread (survives trends)")
+    skip: Literal["seasonal", "last", "none"] = Field(
+        "seasonal", description="predict a correction to seasonal naive (or the last value): untrained = baseline")
 
 
 class TrainConfig(_Config):
     """Loss, optimiser and the training loop."""
 
-    loss: Literal["mse", "mae", "huber"] = "mse"
+    loss: Literal["mse", "mae", "huber"] = Field("mae", description="mae fits MASE/sMAPE; in window-scaled units")
     optimizer: Literal["adam", "adamw"] = "adamw"
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     l1: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
-    max_epochs: int = Field(20, ge=1)
-    patience: int = Field(4, ge=1, description="early stopping on validation loss")
+    max_steps: int | None = Field(
+        None, ge=1, description="optimiser steps over windows sampled across series; empty: sized to the data")
+    steps_per_epoch: int = Field(50, ge=1, description="steps between validation checks (one sampled 'epoch')")
+    max_epochs: int = Field(1000, ge=1, description="cap on sampled epochs (max_steps usually stops first)")
+    val_windows: int = Field(4096, ge=16, description="validation windows checked each epoch (a fixed sample)")
+    patience: int = Field(6, ge=1, description="early stopping: epochs without a better validation loss")
     gradient_clip: float = Field(1.0, ge=0)
     lr_schedule: Literal["plateau", "cosine", "none"] = "plateau"
     seed: int = 42

@@ -1,4 +1,13 @@
-"""Score the LSTM and the baselines on exactly the same test windows."""
+"""Score the network and the baselines on the same windows; choose what each series is served.
+
+Every function works on stacked arrays over all windows at once (``np.bincount``
+per series): no loop over series or windows.
+
+Selection happens on the **validation** windows only: per series, the method
+with the lowest mean scaled absolute error there (the network, seasonal naive or
+naive) is what that series is served. The test span only reports how the network
+alone, each baseline and the served combination did.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +19,61 @@ from tasks.features import FeatureState, inverse_scale
 from tasks.window import WindowIndex
 
 METRICS = ("rmse", "mae", "smape", "mase")
+NETWORK = "lstm"  # the method name of the network's forecasts (whatever the cell)
+BASELINES = ("seasonal_naive", "naive")
+METHODS = (NETWORK, *BASELINES)
+SERVED = "served"  # the metrics row of the per-series choice
 
 
 def mase_scales(index: WindowIndex, train_end: np.datetime64, season: int) -> np.ndarray:
-    """Per-series mean |y_t − y_{t−m}| over the training span (the MASE denominator)."""
-    scales = np.ones(len(index.series_ids))
-    for i in range(len(index.series_ids)):
-        a, b = index.offsets[i], index.offsets[i + 1]
-        y = index.target[a:b][index.timestamps[a:b] <= train_end]
-        m = season if len(y) > season else 1
-        d = np.abs(y[m:] - y[:-m]) if len(y) > m else np.array([])
-        scales[i] = d.mean() if d.size and d.mean() > 1e-12 else 1.0
-    return scales
+    """Per-series mean |y_t − y_{t−m}| over the training span (the MASE denominator).
+
+    Series with no more than ``season`` training steps use m = 1; 1.0 when undefined.
+    """
+    n_series = len(index.series_ids)
+
+    def diffs(m: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(index.target) <= m:
+            return np.zeros(n_series), np.zeros(n_series)
+        same = (index.series[m:] == index.series[:-m]) & (index.timestamps[m:] <= train_end)
+        d = np.abs(index.target[m:] - index.target[:-m])[same]
+        codes = index.series[m:][same]
+        return (np.bincount(codes, weights=d, minlength=n_series),
+                np.bincount(codes, minlength=n_series).astype(float))
+
+    train_len = np.bincount(index.series[index.timestamps <= train_end], minlength=n_series)
+    s_sum, s_n = diffs(season)
+    o_sum, o_n = diffs(1)
+    use_season = train_len > season
+    total, n = np.where(use_season, s_sum, o_sum), np.where(use_season, s_n, o_n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / n
+    return np.where((n > 0) & (mean > 1e-12), mean, 1.0)
 
 
 def baseline_forecasts(index: WindowIndex, starts: np.ndarray, season: int) -> dict[str, np.ndarray]:
     origins = index.origin(starts)
     series_start = index.offsets[index.series[origins]]
-    return {"naive": naive(index.target, origins, index.horizon),
-            "seasonal_naive": seasonal_naive(index.target, origins, index.horizon, season, series_start)}
+    return {"seasonal_naive": seasonal_naive(index.target, origins, index.horizon, season, series_start),
+            "naive": naive(index.target, origins, index.horizon)}
+
+
+def network_forecasts(index: WindowIndex, state: FeatureState, starts: np.ndarray,
+                      scaled: np.ndarray) -> np.ndarray:
+    """The network's (n, H) scaled predictions in the target's units."""
+    return inverse_scale(scaled.astype(np.float64), index.series_of(starts), state)
+
+
+def _errors(index: WindowIndex, starts: np.ndarray, pred: np.ndarray,
+            scales: np.ndarray) -> dict[str, np.ndarray]:
+    tidx = index.target_index(starts)
+    actual, mask = index.target[tidx], index.observed[tidx]
+    sid = index.series[index.origin(starts)]
+    err = pred - actual
+    denom = np.abs(actual) + np.abs(pred)
+    smape = np.where(denom > 0, 2 * np.abs(err) / np.where(denom > 0, denom, 1), 0.0)
+    return {"sq": err ** 2, "abs": np.abs(err), "smape": smape, "scaled": np.abs(err) / scales[sid][:, None],
+            "mask": mask, "sid": np.broadcast_to(sid[:, None], err.shape)}
 
 
 def score_forecasts(index: WindowIndex, starts: np.ndarray, forecasts: dict[str, np.ndarray],
@@ -37,35 +82,88 @@ def score_forecasts(index: WindowIndex, starts: np.ndarray, forecasts: dict[str,
 
     Only real observations count (filled gap steps are masked out).
     """
-    tidx = index.target_index(starts)
-    actual, mask = index.target[tidx], index.observed[tidx]
-    sid = index.series[index.origin(starts)]
-    rows = []
+    n_series = len(index.series_ids)
+    frames = []
     for name, pred in forecasts.items():
-        err = pred - actual
-        denom = np.abs(actual) + np.abs(pred)
-        smape = np.where(denom > 0, 2 * np.abs(err) / np.where(denom > 0, denom, 1), 0.0)
-        scaled = np.abs(err) / scales[sid][:, None]
-        for code in [*np.unique(sid), None]:
-            sel = mask & ((sid == code)[:, None] if code is not None else True)
-            n = int(sel.sum())
-            if n == 0:
-                continue
-            rows.append({
-                "model": name, "series_id": index.series_ids[code] if code is not None else "ALL",
-                "rmse": float(np.sqrt(np.mean(err[sel] ** 2))), "mae": float(np.mean(np.abs(err[sel]))),
-                "smape": float(100 * np.mean(smape[sel])), "mase": float(np.mean(scaled[sel])), "n": n,
-            })
-    return pl.DataFrame(rows)
+        e = _errors(index, starts, pred, scales)
+        m, codes = e["mask"], e["sid"][e["mask"]]
+        sums = {k: np.bincount(codes, weights=e[k][m], minlength=n_series) for k in ("sq", "abs", "smape", "scaled")}
+        n = np.bincount(codes, minlength=n_series)
+        totals = {k: v.sum() for k, v in sums.items()}
+        keep = n > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = pl.DataFrame({
+                "model": name, "series_id": np.asarray(index.series_ids, dtype=object)[keep].astype(str),
+                "rmse": np.sqrt(sums["sq"][keep] / n[keep]), "mae": sums["abs"][keep] / n[keep],
+                "smape": 100 * sums["smape"][keep] / n[keep], "mase": sums["scaled"][keep] / n[keep],
+                "n": n[keep].astype(np.int64)})
+        if n.sum() == 0:
+            continue
+        total_n = int(n.sum())
+        overall = pl.DataFrame({"model": [name], "series_id": ["ALL"], "rmse": [float(np.sqrt(totals["sq"] / total_n))],
+                                "mae": [totals["abs"] / total_n], "smape": [100 * totals["smape"] / total_n],
+                                "mase": [totals["scaled"] / total_n], "n": [total_n]})
+        frames += [per, overall]
+    if not frames:
+        return pl.DataFrame(schema={"model": pl.String, "series_id": pl.String, **{k: pl.Float64 for k in METRICS},
+                                    "n": pl.Int64})
+    return pl.concat(frames)
+
+
+def select_methods(index: WindowIndex, starts: np.ndarray, forecasts: dict[str, np.ndarray],
+                   scales: np.ndarray, margin: float = 0.1) -> dict[str, str]:
+    """Per series, the method to serve, from these (validation) windows only.
+
+    Validation windows overlap and are few per series, so one series' errors are noisy
+    evidence. The method with the lowest mean scaled absolute error over *all* series is
+    the default; a series switches to another method only when that method beats the
+    default on the series' own windows by more than ``margin`` (relative). A series with
+    no observed window here keeps the default.
+    """
+    order = [m for m in (*BASELINES, *[m for m in forecasts if m not in BASELINES]) if m in forecasts]
+    n_series = len(index.series_ids)
+    err = np.full((len(order), n_series), np.inf)
+    overall = np.full(len(order), np.inf)
+    for i, name in enumerate(order):
+        e = _errors(index, starts, forecasts[name], scales)
+        m = e["mask"]
+        total = np.bincount(e["sid"][m], weights=e["scaled"][m], minlength=n_series)
+        n = np.bincount(e["sid"][m], minlength=n_series)
+        err[i] = np.where(n > 0, total / np.maximum(n, 1), np.inf)
+        if n.sum():
+            overall[i] = total.sum() / n.sum()
+    default = int(np.argmin(overall)) if np.isfinite(overall).any() else 0  # baselines win ties
+    best = np.argmin(err, axis=0)
+    clear = err[best, np.arange(n_series)] < (1 - margin) * err[default]
+    choice = np.where(clear, best, default)
+    return dict(zip(index.series_ids, np.asarray(order)[choice].tolist()))
+
+
+def serve(index: WindowIndex, starts: np.ndarray, forecasts: dict[str, np.ndarray],
+          selection: dict[str, str], default: str = "seasonal_naive") -> tuple[np.ndarray, np.ndarray]:
+    """Each window's forecast from its series' selected method: (n, H) values and (n,) method names."""
+    names = list(forecasts)
+    code_of = {m: i for i, m in enumerate(names)}
+    pick = np.array([code_of.get(selection.get(s, default), code_of.get(default, 0)) for s in index.series_ids],
+                    dtype=np.int64)  # one lookup per series, not per window
+    chosen = pick[index.series[index.origin(starts)]] if len(starts) else np.zeros(0, np.int64)
+    stacked = np.stack([forecasts[m] for m in names])  # (methods, n, H)
+    values = stacked[chosen, np.arange(len(starts))] if len(starts) else np.zeros((0, index.horizon))
+    return values, np.asarray(names, dtype=object)[chosen]
 
 
 def evaluate_models(index: WindowIndex, state: FeatureState, scaled_preds: dict[str, np.ndarray],
-                    train_end: np.datetime64, season: int, split: str = "test") -> pl.DataFrame:
-    """Metrics for each neural model (scaled predictions, inverted here) and both baselines."""
+                    train_end: np.datetime64, season: int, split: str = "test",
+                    selection: dict[str, str] | None = None) -> pl.DataFrame:
+    """Metrics for each neural model (scaled predictions, inverted here), both baselines and,
+    given a ``selection``, the served combination (the first neural model where chosen)."""
     starts = index.splits[split]
-    sids = index.series_of(starts)
-    forecasts = {name: inverse_scale(p.astype(np.float64), sids, state) for name, p in scaled_preds.items()}
+    forecasts = {name: network_forecasts(index, state, starts, p) for name, p in scaled_preds.items()}
     forecasts.update(baseline_forecasts(index, starts, season))
+    if selection is not None and scaled_preds:
+        first = next(iter(scaled_preds))
+        by_method = {NETWORK: forecasts[first], **{b: forecasts[b] for b in BASELINES}}
+        forecasts[SERVED] = serve(index, starts, by_method, selection)[0]
     return score_forecasts(index, starts, forecasts, mase_scales(index, train_end, season))
 
 
@@ -78,34 +176,44 @@ def format_metrics(metrics: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def compare_with_champion(champion, prepared, new_test_preds: np.ndarray, metric: str) -> dict:  # noqa: ANN001
-    """New model vs champion vs seasonal naive on the test windows both models can forecast.
+def selection_summary(selection: dict[str, str]) -> dict[str, int]:
+    """How many series each method serves."""
+    out = {m: 0 for m in METHODS}
+    for m in selection.values():
+        out[m] = out.get(m, 0) + 1
+    return out
+
+
+def compare_with_champion(champion, prepared, new_test_preds: np.ndarray, metric: str,  # noqa: ANN001
+                          selection: dict[str, str]) -> dict:
+    """The new served forecasts vs the champion's served forecasts vs seasonal naive, on the test
+    windows both models can forecast.
 
     Returns the three metric values, the number of common windows and a note.
     ``comparable`` is False when the champion cannot forecast these windows.
     """
     from tasks.prepare import index_with_state, window_keys
     from tasks.train import predict_scaled
-    from tasks.features import FeatureState
 
     index, season = prepared.index, prepared.season_length
-    overall = evaluate_models(index, prepared.state, {"new": new_test_preds},
-                              np.datetime64(prepared.train_end, "us"), season).filter(pl.col("series_id") == "ALL")
+    train_end = np.datetime64(prepared.train_end, "us")
+    overall = evaluate_models(index, prepared.state, {NETWORK: new_test_preds}, train_end, season,
+                              selection=selection).filter(pl.col("series_id") == "ALL")
     pick = {r["model"]: r[metric] for r in overall.iter_rows(named=True)}
-    result = {"new": pick["new"], "seasonal_naive": pick["seasonal_naive"], "champion": None,
+    result = {"new": pick[SERVED], "seasonal_naive": pick["seasonal_naive"], "champion": None,
               "champion_version": None, "comparable": True, "windows": len(index.splits["test"]), "note": ""}
     if champion is None:
         result["note"] = "no champion yet"
         return result
     result["champion_version"] = champion.version
-    w = champion.config["params"]["window"]
-    if w["horizon"] != index.horizon:
+    args = champion.config["network_args"]
+    if args["horizon"] != index.horizon:
         return {**result, "comparable": False,
-                "note": f"champion horizon {w['horizon']} differs from {index.horizon}"}
+                "note": f"champion horizon {args['horizon']} differs from {index.horizon}"}
     try:
         state = FeatureState.from_json(champion.preprocessing["features"])
-        c_index = index_with_state(prepared.clean, state, w["lookback"], w["horizon"],
-                                   prepared.train_end, prepared.val_end)
+        c_index = index_with_state(prepared.clean, state, args, prepared.train_end, prepared.val_end,
+                                   champion.config["params"]["window"]["lookback"])
     except Exception as exc:  # any mismatch in layout means "not comparable", said plainly
         return {**result, "comparable": False, "note": f"champion cannot read this data: {exc}"}
     common = window_keys(index).join(window_keys(c_index), on=["series_id", "origin"], suffix="_c")
@@ -113,15 +221,15 @@ def compare_with_champion(champion, prepared, new_test_preds: np.ndarray, metric
         return {**result, "comparable": False, "note": "champion shares no test windows with the new model"}
     mine, theirs = common["pos"].to_numpy(), common["pos_c"].to_numpy()
     starts = index.splits["test"][mine]
-    sids = index.series_of(starts)
-    champ_scaled = predict_scaled(champion.network(), c_index, c_index.splits["test"][theirs])
-    forecasts = {
-        "new": inverse_scale(new_test_preds[mine].astype(np.float64), sids, prepared.state),
-        "champion": inverse_scale(champ_scaled.astype(np.float64), sids, state),
-        "seasonal_naive": baseline_forecasts(index, starts, season)["seasonal_naive"],
-    }
-    table = score_forecasts(index, starts, forecasts,
-                            mase_scales(index, np.datetime64(prepared.train_end, "us"), season))
+    c_starts = c_index.splits["test"][theirs]
+    base = baseline_forecasts(index, starts, season)
+    new = serve(index, starts, {NETWORK: network_forecasts(index, prepared.state, starts, new_test_preds[mine]),
+                                **base}, selection)[0]
+    champ_net = network_forecasts(c_index, state, c_starts, predict_scaled(champion.network(), c_index, c_starts))
+    champ_selection = champion.preprocessing.get("selection") or {}  # first-generation bundles: the network
+    champ = serve(index, starts, {NETWORK: champ_net, **base}, champ_selection, default=NETWORK)[0]
+    table = score_forecasts(index, starts, {"new": new, "champion": champ, "seasonal_naive": base["seasonal_naive"]},
+                            mase_scales(index, train_end, season))
     vals = {r["model"]: r[metric] for r in table.filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
     return {**result, **vals, "windows": common.height,
             "note": f"compared on {common.height} common test windows"}

@@ -146,3 +146,12 @@ def inverse_scale(values, series_ids: list[str], state: FeatureState):  # noqa: 
     c = np.array([state.target_stats[s][0] for s in series_ids])[:, None]
     s = np.array([state.target_stats[s][1] for s in series_ids])[:, None]
     return values * s + c
+
+
+def scale_values(values, series_ids: list[str], state: FeatureState):  # noqa: ANN001 - numpy arrays
+    """Apply the target scaling (the inverse of ``inverse_scale``) to rows of ``values``."""
+    import numpy as np
+
+    c = np.array([state.target_stats[s][0] for s in series_ids])[:, None]
+    s = np.array([state.target_stats[s][1] for s in series_ids])[:, None]
+    return (values - c) / s

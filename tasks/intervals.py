@@ -39,16 +39,26 @@ def fit_conformal(index: WindowIndex, scaled_preds: np.ndarray, starts: np.ndarr
     return out
 
 
-def bounds(scaled_preds: np.ndarray, half_widths: list[float], series_ids: list[str],
+def bounds(scaled_preds: np.ndarray, half_widths, series_ids: list[str],  # noqa: ANN001
            state: FeatureState) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds in the target's units for (n, H) scaled predictions."""
-    q = np.asarray(half_widths, dtype=np.float64)[None, :]
+    """Lower and upper bounds in the target's units for (n, H) scaled predictions.
+
+    ``half_widths``: (H,) for every row, or (n, H) row by row (each row's served method).
+    """
+    q = np.asarray(half_widths, dtype=np.float64)
+    q = q[None, :] if q.ndim == 1 else q
     p = scaled_preds.astype(np.float64)
     return inverse_scale(p - q, series_ids, state), inverse_scale(p + q, series_ids, state)
 
 
+def by_method(half_widths: dict[str, list[float]], methods: np.ndarray) -> np.ndarray:
+    """(n, H) half-widths: row i gets those of ``methods[i]``."""
+    table = {m: np.asarray(w, dtype=np.float64) for m, w in half_widths.items()}
+    return np.stack([table[m] for m in methods]) if len(methods) else np.zeros((0, len(next(iter(table.values())))))
+
+
 def coverage(index: WindowIndex, state: FeatureState, scaled_preds: np.ndarray, starts: np.ndarray,
-             half_widths: list[float]) -> dict[str, float]:
+             half_widths) -> dict[str, float]:  # noqa: ANN001 - (H,) or (n, H)
     """Share of observed targets inside the interval, and the mean width, on the windows ``starts``."""
     sids = index.series_of(starts)
     lo, hi = bounds(scaled_preds, half_widths, sids, state)

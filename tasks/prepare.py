@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ from schemas.params import RetrainParams
 from tasks.clean import Calendar, CleanReport, clean_observations, decide_calendar, regularize, season_length_for
 from tasks.features import FeatureState, fit_features, transform_features
 from tasks.validate import ValidationResult
-from tasks.window import WindowIndex, make_windows, split_times
+from tasks.window import WindowIndex, auto_lookback, make_windows, min_history, split_times
 
 
 @dataclass
@@ -33,10 +34,26 @@ class Prepared:
         return {"features": self.state.to_json(), "iqr_bounds": self.iqr_bounds}
 
 
+class _Hasher(io.RawIOBase):
+    """A write-only file that feeds SHA-256: the frame is hashed as it is serialised, never held twice."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # noqa: ANN001 - bytes-like
+        self.sha.update(b)
+        return len(b)
+
+
 def fingerprint(frame: pl.DataFrame) -> str:
-    """SHA-256 of the validated data in a canonical order and text form."""
+    """SHA-256 of the validated data in a canonical order (columns by name, rows by key), as Arrow IPC."""
     canon = frame.sort("series_id", "timestamp").select(sorted(frame.columns))
-    return hashlib.sha256(canon.write_csv().encode()).hexdigest()
+    sink = _Hasher()
+    canon.write_ipc(sink, compression="uncompressed")
+    return sink.sha.hexdigest()
 
 
 def prepare_training(valid: ValidationResult, params: RetrainParams,
@@ -60,18 +77,22 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components)
     frame, no_training_data = transform_features(clean, state)
-    index = make_windows(frame, state.past_columns, state.future_columns, w.lookback, w.horizon,
-                         train_end, val_end, w.stride)
+    lookback = w.lookback or auto_lookback(season, w.horizon)
+    index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon,
+                         train_end, val_end, w.stride, min_input=min_history(lookback, season), season=season)
     # Series with no observation in the training span have no scaler: not trainable either.
     index.short_series = sorted({*index.short_series, *no_training_data})
     return Prepared(clean, report, calendar, season, train_end, val_end, state, iqr, index)
 
 
-def index_with_state(clean: pl.DataFrame, state: FeatureState, lookback: int, horizon: int,
-                     train_end: dt.datetime, val_end: dt.datetime) -> WindowIndex:
+def index_with_state(clean: pl.DataFrame, state: FeatureState, network_args: dict,
+                     train_end: dt.datetime, val_end: dt.datetime, lookback: int) -> WindowIndex:
     """Windows over an already-clean frame with someone else's fitted features (the champion's)."""
     frame, _ = transform_features(clean, state)
-    return make_windows(frame, state.past_columns, state.future_columns, lookback, horizon, train_end, val_end)
+    season = int(network_args.get("season", 1))
+    min_input = min_history(lookback, season) if network_args.get("mask") else None
+    return make_windows(frame, state.past_columns, state.future_columns, lookback, network_args["horizon"],
+                        train_end, val_end, min_input=min_input, season=season)
 
 
 def window_keys(index: WindowIndex, split: str = "test") -> pl.DataFrame:

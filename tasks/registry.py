@@ -181,6 +181,12 @@ def decide_promotion(rule: PromotionRule, new: float, seasonal_naive: float,
                      champion: float | None, champion_note: str = "") -> Decision:
     """Apply the promotion rule to metrics measured on the same test windows (lower is better)."""
     need = 1.0 - rule.min_improvement
+    if champion is None:
+        # the first model of a name is always served: its per-series choice already fell back to the
+        # baselines wherever the network lost on validation, so downstream never goes blank
+        vs = "beats" if new < seasonal_naive else "does not beat"
+        return Decision(True, f"promoted: first servable model ({rule.metric} {new:.4f} served; {vs} seasonal "
+                              f"naive {seasonal_naive:.4f} on the test span)")
     reasons = []
     if rule.beat_seasonal_naive:
         if not new < seasonal_naive * need:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-import torch
 
 from schemas.frames import FORECASTS_LAYOUT, Forecasts
 from schemas.params import CleanConfig
-from tasks.clean import Calendar, clean_observations, decide_calendar, next_steps
-from tasks.features import FeatureState, inverse_scale, transform_features
+from tasks.clean import Calendar, clean_observations, decide_calendar
+from tasks.evaluate import NETWORK
+from tasks.features import FeatureState, inverse_scale, scale_values, transform_features
 from tasks.intervals import bounds
+from tasks.train import predict_scaled
+from tasks.window import make_windows, min_history
 from tasks.registry import Bundle
 from tasks.storage import Store, safe_key_part
 
@@ -27,6 +30,7 @@ class ScoreError(ValueError):
 class ScoreReport:
     series_scored: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # series_id -> why
+    methods: dict[str, int] = field(default_factory=dict)  # method -> series served by it
 
 
 def partition_key(model: str, as_of: dt.date) -> str:
@@ -40,10 +44,19 @@ def forecasts_key(model: str, as_of: dt.date) -> str:
 
 def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
                          created_at: dt.datetime | None = None) -> tuple[pl.DataFrame, ScoreReport]:
-    """Clean the history up to ``as_of`` as training did, take each series' last window, forecast."""
+    """Clean the history up to ``as_of`` as training did; forecast every series with its served method.
+
+    The network forecasts the series it knows from its last window; each series is served
+    what the bundle chose for it on validation (first-generation bundles: the network).
+    Series the network cannot forecast (unseen in training, too short, a long gap in the
+    window) still get a baseline when their own history allows one, so the output never
+    goes blank. All steps run on stacked frames and arrays, never per series.
+    """
     cfg = bundle.config
     clean_cfg = CleanConfig(**cfg["params"]["clean"])
     lookback, horizon = cfg["params"]["window"]["lookback"], cfg["params"]["window"]["horizon"]
+    args = cfg["network_args"]
+    season = int(cfg.get("season_length") or args.get("season", 1))
     cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
     first, last = observations["timestamp"].min(), observations["timestamp"].max()
     if as_of < first.date() or as_of > last.date():
@@ -56,71 +69,176 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.d
     clean, _, _ = clean_observations(history, clean_cfg, calendar,
                                      iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
     state = FeatureState.from_json(bundle.preprocessing["features"])
-    frame, unknown = transform_features(clean, state)
-    report = ScoreReport(skipped={s: "series not seen in training" for s in unknown})
-    global_last = frame["timestamp"].max()
-    pasts, futures, ids, stamps = [], [], [], []
-    for (sid,), part in frame.sort("timestamp").partition_by("series_id", as_dict=True).items():
-        tail = part.tail(lookback)
-        if tail.height < lookback:
-            report.skipped[sid] = f"only {tail.height} steps of history, lookback is {lookback}"
-            continue
-        if tail["in_long_gap"].any():
-            report.skipped[sid] = "its last window contains a long gap"
-            continue
-        last_seen = tail["timestamp"][-1]
-        behind = sum(t <= global_last for t in next_steps(last_seen, calendar, clean_cfg.max_gap + 1))
-        if behind > clean_cfg.max_gap:
-            report.skipped[sid] = (f"stale: last observation {last_seen} is more than "
-                                   f"{clean_cfg.max_gap} steps before {global_last}")
-            continue
-        when = next_steps(last_seen, calendar, horizon)
-        pasts.append(tail.select(state.past_columns).to_numpy())
-        futures.append(_future_covariates(observations, state, sid, when))
-        ids.append(sid)
-        stamps.append(when)
-    if not ids:
-        raise ScoreError(f"no series could be scored for as_of {as_of}: {report.skipped}")
-    net = bundle.network()
-    with torch.no_grad():
-        scaled = net(torch.from_numpy(np.stack(pasts).astype(np.float32)),
-                     torch.from_numpy(np.stack(futures).astype(np.float32))).numpy()
-    values = inverse_scale(scaled.astype(np.float64), ids, state)
-    conformal = bundle.preprocessing.get("conformal")
-    if conformal:
-        lower, upper = bounds(scaled, conformal["half_widths"], ids, state)
-    else:
-        lower = upper = np.full(values.shape, np.nan)
-    out = pl.DataFrame({
+    keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
+    clean = clean.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(keep)
+    report = ScoreReport()
+    series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
+    for r in series.filter(pl.col("skip").is_not_null()).select("series_id", "skip").iter_rows():
+        report.skipped[r[0]] = r[1]
+    live = series.filter(pl.col("skip").is_null())
+    if live.height == 0:
+        raise ScoreError(f"no series could be scored for as_of {as_of}: {_first(report.skipped)}")
+    future = future_steps(live.select("series_id", "last_seen"), calendar, horizon)
+    base = _baselines(clean.filter(pl.col("series_id").is_in(live["series_id"].implode())), live, season, horizon)
+    net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
+    out, methods = _choose(live, base, net, bundle.preprocessing.get("selection"), horizon)
+    conformal = bundle.preprocessing.get("conformal") or {}
+    widths = conformal.get("by_method") or ({NETWORK: conformal["half_widths"]} if conformal else {})
+    ids = live["series_id"].to_list()
+    lower, upper = _intervals(out, methods, widths, state, ids)
+    frame = pl.DataFrame({
         "series_id": np.repeat(ids, horizon),
-        "timestamp": pl.Series([t for row in stamps for t in row], dtype=pl.Datetime("us")),
+        "timestamp": future.sort("series_id", "horizon")["timestamp"],
         "horizon": np.tile(np.arange(1, horizon + 1, dtype=np.int32), len(ids)),
-        "forecast": values.ravel(),
-        "lower": lower.ravel(),
-        "upper": upper.ravel(),
-        "model": bundle.name,
-        "model_version": bundle.version,
-        "as_of": as_of,
+        "forecast": out.ravel(), "lower": lower.ravel(), "upper": upper.ravel(),
+        "method": np.repeat(methods, horizon),
+        "model": bundle.name, "model_version": bundle.version, "as_of": as_of,
     }).with_columns(pl.col("horizon").cast(pl.Int32), pl.col("as_of").cast(pl.Date),
                     pl.col("lower", "upper").fill_nan(None))
-    Forecasts.validate(out, lazy=True)
+    Forecasts.validate(frame, lazy=True)
     report.series_scored = len(ids)
-    return out, report
+    report.methods = {m: int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
+    return frame, report
 
 
-def _future_covariates(observations: pl.DataFrame, state: FeatureState, sid: str,
-                       when: list[dt.datetime]) -> np.ndarray:
-    if not state.future_columns:
-        return np.zeros((len(when), 0), np.float32)
-    rows = (pl.DataFrame({"timestamp": pl.Series(when, dtype=pl.Datetime("us"))})
-            .join(observations.filter(pl.col("series_id") == sid), on="timestamp", how="left"))
-    missing = (rows.filter(pl.any_horizontal(pl.col(state.future_covariates).is_null()))["timestamp"]
-               if state.future_covariates else pl.Series([], dtype=pl.Datetime("us")))
-    if missing.len():
-        raise ScoreError(f"series {sid!r}: known-future covariates {state.future_covariates} are missing "
-                         f"for {missing.len()} forecast step(s), first {missing[0]}; add those rows to the input")
-    encoded, _ = transform_features(rows.with_columns(pl.lit(sid).alias("series_id")), state)
-    return encoded.select(state.future_columns).to_numpy()
+def _first(skipped: dict[str, str], n: int = 5) -> str:
+    items = list(skipped.items())
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return "; ".join(f"{k}: {v}" for k, v in items[:n]) + more
+
+
+def future_steps(last: pl.DataFrame, calendar: Calendar, n: int) -> pl.DataFrame:
+    """The ``n`` calendar steps after each series' ``last_seen``: series_id, horizon (1..n), timestamp.
+
+    One cross join and one ``offset_by`` over all series; business calendars skip weekends
+    (future holidays are unknown).
+    """
+    m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
+    if not m:
+        raise ScoreError(f"cannot step frequency {calendar.frequency!r}")
+    k, unit = int(m.group(1)), m.group(2)
+    business = calendar.kind == "business"
+    candidates = n + 2 * (n // 5) + 4 if business else n
+    steps = pl.DataFrame({"_k": np.arange(1, candidates + 1, dtype=np.int64)})
+    out = last.join(steps, how="cross").with_columns(
+        pl.col("last_seen").dt.offset_by(pl.format("{}" + unit, pl.col("_k") * k)).alias("timestamp"))
+    if business:
+        out = out.filter(pl.col("timestamp").dt.weekday() <= 5)
+    return (out.sort("series_id", "_k").with_columns(pl.int_range(1, pl.len() + 1).over("series_id").alias("horizon"))
+            .filter(pl.col("horizon") <= n).select("series_id", pl.col("horizon").cast(pl.Int32),
+                                                   pl.col("timestamp").cast(pl.Datetime("us"))))
+
+
+def _series_status(clean: pl.DataFrame, calendar: Calendar, max_gap: int, lookback: int,
+                   season: int) -> pl.DataFrame:
+    """Per series: last_seen, rows, whether the window tails hold a long gap, and why it is skipped."""
+    global_last = clean["timestamp"].max()
+    per = clean.group_by("series_id", maintain_order=True).agg(
+        pl.col("timestamp").last().alias("last_seen"), pl.len().alias("rows"),
+        pl.col("in_long_gap").tail(lookback).any().alias("gap_in_window"),
+        pl.col("in_long_gap").tail(season).any().alias("gap_in_season"))
+    behind = (future_steps(per.select("series_id", "last_seen"), calendar, max_gap + 1)
+              .filter(pl.col("timestamp") <= global_last).group_by("series_id").len("behind"))
+    per = per.join(behind, on="series_id", how="left").with_columns(pl.col("behind").fill_null(0))
+    return per.with_columns(
+        pl.when(pl.col("behind") > max_gap)
+        .then(pl.format("stale: last observation {} is more than " + str(max_gap) + " steps before "
+                        + str(global_last), pl.col("last_seen")))
+        .when(pl.col("gap_in_season"))
+        .then(pl.lit("its last season contains a long gap"))
+        .alias("skip"))
+
+
+def _baselines(clean: pl.DataFrame, live: pl.DataFrame, season: int, horizon: int) -> dict[str, np.ndarray]:
+    """Naive and seasonal naive (naive where a series has less than one season) for every live series."""
+    tails = (clean.group_by("series_id", maintain_order=True).agg(pl.col("target").tail(season).alias("tail"))
+             .join(live.select("series_id"), on="series_id", how="right"))
+    tail = tails["tail"].to_list()
+    last = np.array([t[-1] for t in tail], dtype=np.float64)  # one short list per series, already gathered
+    naive = np.repeat(last[:, None], horizon, axis=1)
+    full = np.array([len(t) == season for t in tail])
+    snaive = naive.copy()
+    if full.any():
+        block = np.array([t for t, f in zip(tail, full) if f], dtype=np.float64)  # (n, m)
+        snaive[full] = block[:, (np.arange(horizon) % season)]
+    return {"seasonal_naive": snaive, "naive": naive}
+
+
+def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, future: pl.DataFrame,
+                       observations: pl.DataFrame, state: FeatureState, lookback: int,
+                       horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, scaled values, usable mask) of the network for every live series, from its last window."""
+    args = bundle.config["network_args"]
+    n = live.height
+    values, scaled = np.full((n, horizon), np.nan), np.full((n, horizon), np.nan)
+    need = min_history(lookback, int(args.get("season", 1))) if args.get("mask") else lookback
+    usable = live.filter(pl.col("series_id").is_in(list(state.target_stats)) & (pl.col("rows") >= need)
+                         & ~pl.col("gap_in_window"))
+    if usable.height == 0:
+        return values, scaled, np.zeros(n, bool)
+    ids = usable["series_id"].implode()
+    fut = future.filter(pl.col("series_id").is_in(ids))
+    if state.future_covariates:
+        fut = fut.join(observations.select("series_id", "timestamp", *state.future_covariates),
+                       on=["series_id", "timestamp"], how="left")
+        missing = fut.filter(pl.any_horizontal(pl.col(state.future_covariates).is_null()))
+        if missing.height:
+            first = missing.row(0, named=True)
+            raise ScoreError(f"known-future covariates {state.future_covariates} are missing for {missing.height} "
+                             f"forecast step(s) of {missing['series_id'].n_unique()} series, first series "
+                             f"{first['series_id']!r} at {first['timestamp']}; add those rows to the input")
+    hist = clean.filter(pl.col("series_id").is_in(ids)).with_columns(pl.lit(False).alias("_future"))
+    rows = pl.concat([hist, fut.drop("horizon").with_columns(
+        pl.lit(None, dtype=pl.Float64).alias("target"), pl.lit(False).alias("observed"),
+        pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap"), pl.lit(True).alias("_future"))],
+        how="diagonal_relaxed")
+    frame, _ = transform_features(rows.with_columns(pl.col("target").fill_null(0.0)), state)
+    index = make_windows(frame.sort("series_id", "timestamp"), state.past_columns, state.future_columns,
+                         lookback, horizon, min_input=need if args.get("mask") else None,
+                         season=int(args.get("season", 1)))
+    index.splits = {}
+    # the origin of each series' forecast: its last history row, just before its H future rows
+    origins = index.offsets[1:] - horizon - 1
+    starts = origins - lookback + 1
+    preds = predict_scaled(bundle.network(), index, starts)
+    got = inverse_scale(preds.astype(np.float64), index.series_ids, state)
+    pos = live.with_row_index("_i").join(pl.DataFrame({"series_id": index.series_ids}), on="series_id",
+                                         how="inner", maintain_order="right")["_i"].to_numpy()
+    values[pos], scaled[pos] = got, preds
+    ok = np.zeros(n, bool)
+    ok[pos] = True
+    return values, scaled, ok
+
+
+def _choose(live: pl.DataFrame, base: dict[str, np.ndarray], net: tuple[np.ndarray, np.ndarray, np.ndarray],
+            selection: dict[str, str] | None, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each series' served forecast and method: the bundle's choice when available, else a baseline."""
+    ids = live["series_id"].to_list()
+    rows = live["rows"].to_numpy()
+    values, _, usable = net
+    wanted = np.array([(selection or {}).get(s, NETWORK if selection is None else None) or "" for s in ids],
+                      dtype=object)
+    # what a series gets when its choice is unavailable: seasonal naive given a season, else naive
+    fallback = np.where(rows >= 1, "seasonal_naive", "naive").astype(object)
+    methods = np.where((wanted == NETWORK) & usable, NETWORK,
+                       np.where(np.isin(wanted, ("seasonal_naive", "naive")), wanted, fallback))
+    methods = np.where((methods == NETWORK) & ~usable, fallback, methods)
+    out = np.where((methods == NETWORK)[:, None], np.nan_to_num(values),
+                   np.where((methods == "naive")[:, None], base["naive"], base["seasonal_naive"]))
+    return out, methods.astype(str)
+
+
+def _intervals(out: np.ndarray, methods: np.ndarray, widths: dict[str, list[float]], state: FeatureState,
+               ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal bounds per method (in each series' scaled units); NaN where a method has none."""
+    lower, upper = np.full(out.shape, np.nan), np.full(out.shape, np.nan)
+    known = np.array([s in state.target_stats for s in ids], dtype=bool)
+    for method, w in widths.items():
+        sel = np.flatnonzero((methods == method) & known)
+        if len(sel):
+            sids = [ids[i] for i in sel]
+            lower[sel], upper[sel] = bounds(scale_values(out[sel], sids, state), w, sids, state)
+    return lower, upper
 
 
 def write_forecasts(store: Store, forecasts: pl.DataFrame, model: str, as_of: dt.date) -> str:
@@ -136,3 +254,11 @@ def write_forecasts(store: Store, forecasts: pl.DataFrame, model: str, as_of: dt
         if stale != key:
             store.delete(stale)
     return key
+
+
+def read_forecasts(store: Store, model: str, as_of: dt.date) -> pl.DataFrame:
+    """One partition as a frame in the current layout; layout-2 partitions (no ``method``) read as the network's."""
+    frame = pl.read_parquet(io.BytesIO(store.read_bytes(forecasts_key(model, as_of))))
+    if "method" not in frame.columns:
+        frame = frame.with_columns(pl.lit(NETWORK).alias("method"))
+    return frame.select(list(Forecasts.to_schema().columns))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from models.module import ForecastModule
 from models.network import LSTMForecaster
@@ -26,17 +26,42 @@ class TrainResult:
     history: pl.DataFrame  # epoch, train_loss, val_loss
     best_val_loss: float
     epochs: int
+    steps: int = 0  # optimiser steps taken
+    budget: dict | None = None  # max_steps, steps_per_epoch, batch_size, train/val windows: for the manifest
 
 
-def _loader(index: WindowIndex, split: str, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    return DataLoader(WindowDataset(index, index.splits[split]), batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=collate_batch, generator=torch.Generator().manual_seed(seed))
+def auto_steps(n_windows: int, batch_size: int) -> int:
+    """Optimiser steps sized to the data: about 20 passes over small data, 300 to 2,000 steps.
+
+    The cost no longer grows with history length: a catalogue of millions of windows
+    trains on a sample of 2,000 batches drawn across series.
+    """
+    return int(np.clip(20 * n_windows / max(1, batch_size), 300, 2000))
+
+
+def _train_loader(index: WindowIndex, cfg: TrainConfig, steps_per_epoch: int) -> DataLoader:
+    """Each 'epoch' is ``steps_per_epoch`` batches drawn with replacement from every train window."""
+    ds = WindowDataset(index, index.splits["train"])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = RandomSampler(ds, replacement=True, num_samples=steps_per_epoch * cfg.batch_size, generator=gen)
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_batch)
+
+
+def _val_loader(index: WindowIndex, cfg: TrainConfig) -> DataLoader:
+    """A fixed, seeded sample of at most ``val_windows`` validation windows."""
+    val = index.splits["val"]
+    if len(val) > cfg.val_windows:
+        val = np.sort(np.random.default_rng(cfg.seed).choice(val, cfg.val_windows, replace=False))
+    return DataLoader(WindowDataset(index, val), batch_size=max(cfg.batch_size, 512), shuffle=False,
+                      collate_fn=collate_batch)
 
 
 def network_args_for(index: WindowIndex, model_cfg: ModelConfig) -> dict:
     """What ``LSTMForecaster(**network_args)`` needs for these windows and this config."""
-    return {"n_past": index.past.shape[1], "n_future": index.future.shape[1], "horizon": index.horizon,
-            **model_cfg.model_dump()}
+    cols = index.past_columns or ["y"]
+    return {"n_past": index.past.shape[1] + int(index.pad), "n_future": index.future.shape[1],
+            "horizon": index.horizon, **model_cfg.model_dump(), "season": int(index.season), "mask": index.pad,
+            "target_channels": [i for i, c in enumerate(cols) if c == "y" or c.startswith("lag__")]}
 
 
 def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -56,9 +81,16 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             raise WindowError(f"no {split} windows: series are too short for lookback={index.lookback} + "
                               f"horizon={index.horizon} in the {split} span")
     L.seed_everything(train_cfg.seed, workers=True, verbose=False)
+    n_train = len(index.splits["train"])
+    max_steps = train_cfg.max_steps or auto_steps(n_train, train_cfg.batch_size)
+    per_epoch = min(train_cfg.steps_per_epoch, max_steps)
+    budget = {"max_steps": max_steps, "steps_per_epoch": per_epoch, "batch_size": train_cfg.batch_size,
+              "train_windows": n_train, "val_windows": min(len(index.splits["val"]), train_cfg.val_windows),
+              "auto": train_cfg.max_steps is None}
     network_args = network_args_for(index, model_cfg)
+    extra = {k: v for k, v in network_args.items() if k not in ("n_past", "n_future", "horizon")}
     module = ForecastModule(network_args["n_past"], network_args["n_future"], index.horizon,
-                            network=model_cfg.model_dump(), train=train_cfg.model_dump())
+                            network=extra, train=train_cfg.model_dump())
     if init_state is not None:
         module.net.load_state_dict(init_state)
     with tempfile.TemporaryDirectory(prefix="nightcast-train-") as tmp:
@@ -66,7 +98,8 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
         for name in ("lightning.pytorch", "lightning.fabric"):  # no GPU/TPU banners or tips
             logging.getLogger(name).setLevel(logging.WARNING)
         trainer = L.Trainer(
-            max_epochs=train_cfg.max_epochs, accelerator=accelerator, devices=1, deterministic=True,
+            max_epochs=min(train_cfg.max_epochs, -(-max_steps // per_epoch)), max_steps=max_steps,
+            accelerator=accelerator, devices=1, deterministic=True,
             gradient_clip_val=train_cfg.gradient_clip or None, logger=CSVLogger(tmp, name="log"),
             callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), ckpt, *(callbacks or [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
@@ -75,23 +108,23 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*number of training batches.*")
             warnings.filterwarnings("ignore", ".*LeafSpec.*")
-            trainer.fit(module, _loader(index, "train", train_cfg.batch_size, True, train_cfg.seed),
-                        _loader(index, "val", train_cfg.batch_size, False, train_cfg.seed))
+            trainer.fit(module, _train_loader(index, train_cfg, per_epoch), _val_loader(index, train_cfg))
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         metrics = pl.read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
     module.load_state_dict(state)
     history = (metrics.group_by("epoch").agg(pl.col("train_loss").drop_nulls().first(),
                                              pl.col("val_loss").drop_nulls().first()).sort("epoch"))
     net = module.net.cpu().eval()
-    return TrainResult(net, network_args, history, float(ckpt.best_model_score), int(trainer.current_epoch))
+    return TrainResult(net, network_args, history, float(ckpt.best_model_score), int(trainer.current_epoch),
+                       int(trainer.global_step), budget)
 
 
 @torch.no_grad()
 def predict_scaled(net: LSTMForecaster, index: WindowIndex, starts: np.ndarray,
-                   batch_size: int = 1024) -> np.ndarray:
+                   batch_size: int = 2048) -> np.ndarray:
     """Scaled (n, H) predictions for windows starting at ``starts``."""
     net.eval()
-    ds = WindowDataset(index, starts)
+    ds = WindowDataset(index, starts, mask=getattr(net, "mask", False))
     out = [net(*ds.__getitems__(list(range(i, min(i + batch_size, len(ds)))))[:2]).numpy()
            for i in range(0, len(ds), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, index.horizon), np.float32)

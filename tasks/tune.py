@@ -25,9 +25,9 @@ import numpy as np
 import polars as pl
 
 from schemas.params import Dimension, RetrainParams, TuneParams, WindowConfig
-from tasks.clean import decide_calendar, regularize
+from tasks.clean import decide_calendar, regularize, season_length_for
 from tasks.validate import ValidationResult
-from tasks.window import WindowError, split_times
+from tasks.window import WindowError, auto_lookback, min_history, split_times
 
 TUNING_PREFIX = "tuning"
 
@@ -63,9 +63,11 @@ def rolling_origin_folds(valid: ValidationResult, base: RetrainParams, k: int, f
     n = stamps.len()
     block = max(int(n * fraction), w.horizon)
     first_train = n - (k + 1) * block
-    if first_train < w.lookback + w.horizon + 1:
+    season = base.clean.season_length or season_length_for(calendar)
+    need = min_history(w.lookback or auto_lookback(season, w.horizon), season) + w.horizon + 1
+    if first_train < need:
         raise TuneError(f"{n} time steps before the final test span are too few for {k} folds of {block} steps "
-                        f"plus a training span of at least lookback + horizon + 1 = {w.lookback + w.horizon + 1}; "
+                        f"plus a training span of at least one window's history + horizon + 1 = {need}; "
                         "use fewer folds or a smaller fold_fraction")
     folds = []
     for j in range(k):

@@ -32,8 +32,16 @@ class WindowIndex:
     offsets: np.ndarray  # (S + 1,) where each series starts and ends
     lookback: int
     horizon: int
-    splits: dict[str, np.ndarray]  # split name -> window starts (int64)
+    splits: dict[str, np.ndarray]  # split name -> window starts (int64; before a series' start when padded)
     short_series: list[str]
+    pad: bool = False  # windows may start before their series: the dataset masks the padding
+    min_input: int | None = None  # real steps a window needs (lookback when not padded)
+    season: int = 1  # seasonal period in steps (the network's seasonal skip)
+    past_columns: list[str] | None = None  # names of the past channels (target first)
+
+    def __post_init__(self) -> None:
+        if self.min_input is None:
+            self.min_input = self.lookback
 
     def origin(self, starts: np.ndarray) -> np.ndarray:
         """Index of the last input step of each window."""
@@ -60,63 +68,91 @@ def split_times(clean: pl.DataFrame, val_fraction: float, test_fraction: float,
     return stamps[n - n_test - n_val - 1], stamps[n - n_test - 1]
 
 
+def auto_lookback(season: int, horizon: int) -> int:
+    """Default lookback: two horizons, and up to three seasons (at least one, for the seasonal skip).
+
+    Capped at 200 steps for long seasons (weekly data: 52); seasonal lags reach further back.
+    """
+    return int(max(2 * horizon, season, min(3 * season, 200)))
+
+
+def min_history(lookback: int, season: int) -> int:
+    """Real input steps a padded window needs: one season (a seasonal-naive base), at least 2."""
+    return int(min(lookback, max(2, season)))
+
+
 def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: list[str],
                  lookback: int, horizon: int, train_end: dt.datetime | None = None,
-                 val_end: dt.datetime | None = None, stride: int = 1) -> WindowIndex:
+                 val_end: dt.datetime | None = None, stride: int = 1,
+                 min_input: int | None = None, season: int = 1) -> WindowIndex:
     """Index every valid window and assign it to train / val / test by its target times.
 
-    A window is valid when none of its steps lies in a long gap. Train windows
-    end by ``train_end``; validation targets lie in (train_end, val_end];
-    test targets after ``val_end``. Without cut points everything is "all".
+    A window is identified by its start ``origin − lookback + 1``; with ``min_input`` below
+    ``lookback`` a series needs only ``min_input`` real steps before the origin and the rest
+    of the window is left padding (``WindowIndex.pad``: the dataset masks it). A window is
+    valid when none of its real steps lies in a long gap. Train windows end by
+    ``train_end``; validation targets lie in (train_end, val_end]; test targets after
+    ``val_end``. Without cut points everything is "all". Vectorised over all series.
     """
     frame = frame.sort("series_id", "timestamp")
     ids, counts = np.unique(frame["series_id"].to_numpy(), return_counts=True)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    codes = np.repeat(np.arange(len(ids), dtype=np.int32), counts)
     ts = frame["timestamp"].to_numpy()
     gap = frame["in_long_gap"].to_numpy() if "in_long_gap" in frame.columns else np.zeros(frame.height, bool)
     gap_cum = np.concatenate([[0], np.cumsum(gap)])
-    span = lookback + horizon
-    starts_all, short = [], []
-    for i, sid in enumerate(ids):
-        a, b = offsets[i], offsets[i + 1]
-        if b - a < span:
-            short.append(str(sid))
-            continue
-        s = np.arange(a, b - span + 1)
-        starts_all.append(s[gap_cum[s + span] - gap_cum[s] == 0])
-    starts = np.concatenate(starts_all) if starts_all else np.empty(0, np.int64)
+    need = lookback if min_input is None else max(1, min(int(min_input), lookback))
+    first, length = offsets[:-1][codes], counts[codes]
+    pos = np.arange(frame.height, dtype=np.int64) - first  # position of each row in its series
+    ok = (pos >= need - 1) & (pos + horizon <= length - 1)  # enough history, a full horizon after
+    origins = np.flatnonzero(ok)
+    real_start = np.maximum(origins - lookback + 1, first[origins])
+    origins = origins[gap_cum[origins + horizon + 1] - gap_cum[real_start] == 0]
+    starts = origins - lookback + 1
+    short = [str(s) for s in ids[counts < need + horizon]]
     splits: dict[str, np.ndarray]
     if train_end is None:
         splits = {"all": starts}
     else:
-        first_t, last_t = ts[starts + lookback], ts[starts + span - 1]
+        first_t, last_t = ts[origins + 1], ts[origins + horizon]
         te, ve = np.datetime64(train_end, "us"), np.datetime64(val_end, "us")
-        train = starts[last_t <= te]
-        train = train[(train - offsets[np.searchsorted(offsets, train, "right") - 1]) % stride == 0]
-        splits = {"train": train,
+        is_train = (last_t <= te) & ((pos[origins] - (need - 1)) % stride == 0)
+        splits = {"train": starts[is_train],
                   "val": starts[(first_t > te) & (last_t <= ve)],
                   "test": starts[first_t > ve]}
-    codes = np.repeat(np.arange(len(ids), dtype=np.int32), counts)
     return WindowIndex(
-        past=np.require(frame.select(past_columns).to_numpy(), np.float32, ["C", "W"]),
-        future=np.require(frame.select(future_columns).to_numpy(), np.float32, ["C", "W"])
-        if future_columns else np.zeros((frame.height, 0), np.float32),
+        past=_stack(frame, past_columns), future=_stack(frame, future_columns),
         target=frame["target"].to_numpy().astype(np.float64),
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),
         series=codes, timestamps=ts, series_ids=[str(s) for s in ids], offsets=offsets,
-        lookback=lookback, horizon=horizon, splits=splits, short_series=short,
+        lookback=lookback, horizon=horizon, splits=splits, short_series=short, pad=min_input is not None,
+        min_input=need, season=season, past_columns=list(past_columns),
     )
 
 
-class WindowDataset(Dataset):
-    """Batches gathered straight from the stacked arrays (no per-window copies kept)."""
+def _stack(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    if not columns:
+        return np.zeros((frame.height, 0), np.float32)
+    return np.require(frame.select(pl.col(columns).cast(pl.Float32)).to_numpy(), np.float32, ["C", "W"])
 
-    def __init__(self, index: WindowIndex, starts: np.ndarray) -> None:
+
+class WindowDataset(Dataset):
+    """Batches gathered straight from the stacked arrays (no per-window copies kept).
+
+    With ``index.pad`` (or ``mask=True``) the inputs get a last channel that is 1 on real
+    steps and 0 on left padding; padded steps read as 0.
+    """
+
+    def __init__(self, index: WindowIndex, starts: np.ndarray, mask: bool | None = None) -> None:
         self.past = torch.from_numpy(index.past)
         self.future = torch.from_numpy(index.future)
         self.y = torch.from_numpy(index.past[:, 0].copy())  # scaled target
         self.starts = torch.from_numpy(np.asarray(starts, dtype=np.int64))
         self.lookback, self.horizon = index.lookback, index.horizon
+        self.mask = index.pad if mask is None else mask
+        if self.mask:
+            self.series = torch.from_numpy(index.series)
+            self.first = torch.from_numpy(index.offsets[:-1])
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -125,7 +161,13 @@ class WindowDataset(Dataset):
         s = self.starts[items]
         inp = s[:, None] + torch.arange(self.lookback)  # (B, L)
         out = s[:, None] + self.lookback + torch.arange(self.horizon)  # (B, H)
-        return self.past[inp], self.future[out], self.y[out]
+        if not self.mask:
+            return self.past[inp], self.future[out], self.y[out]
+        first = self.first[self.series[s + self.lookback - 1].long()]  # (B,) each window's series start
+        real = inp >= first[:, None]  # (B, L)
+        past = self.past[inp.clamp_min(0)] * real[:, :, None]
+        past = torch.cat([past, real[:, :, None].to(past.dtype)], dim=2)  # (B, L, F_past + 1)
+        return past, self.future[out], self.y[out]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         past, future, y = self.__getitems__([i])

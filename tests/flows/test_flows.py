@@ -5,15 +5,17 @@ import io
 import json
 import os
 
+import numpy as np
 import polars as pl
+
 import pytest
 
 from flows.retrain import retrain_flow
 from flows.score import score_flow
 from schemas.frames import FORECASTS_LAYOUT, Forecasts
 from schemas.params import PromotionRule, ScoreParams
-from tasks.registry import RegistryError
-from tasks.score import ScoreError
+from tasks.registry import RegistryError, load_champion
+from tasks.score import ScoreError, read_forecasts
 from tasks.storage import open_store
 from tasks.validate import DataValidationError
 from tests.conftest import fast_params
@@ -50,7 +52,7 @@ def test_retrain_registers_bundle_and_champion(trained_store):
     assert q.height == 3 and q["_rules"].str.contains("finite").any()
     # LSTM and both baselines were scored on exactly the same test points
     overall = out["metrics"].filter(pl.col("series_id") == "ALL")
-    assert set(overall["model"]) == {"lstm", "naive", "seasonal_naive"}
+    assert set(overall["model"]) == {"lstm", "served", "naive", "seasonal_naive"}
     assert overall["n"].n_unique() == 1
     config = json.loads(store.read_bytes(f"{prefix}/config.json"))
     assert config["calendar"]["frequency"] == "1h" and config["params"]["window"]["horizon"] == 6
@@ -78,9 +80,13 @@ def test_score_writes_a_valid_partition_idempotently(trained_store, sample_raw):
     meta = pl.read_parquet_metadata(io.BytesIO(store.read_bytes(key)))
     assert meta["nightcast.forecasts_layout"] == FORECASTS_LAYOUT
     assert meta["nightcast.model_version"] == first["model_version"]
-    # site-2's 20-hour outage lies inside its last 24-hour window: skipped, with the reason
-    assert first["skipped"] == {"site-2": "its last window contains a long gap"}
+    # site-2's 20-hour outage lies inside its last 24-hour season: no forecast is honest, skipped with the reason
+    assert first["skipped"] == {"site-2": "its last season contains a long gap"}
     assert frame.height == 2 * 6 and first["series"] == 2
+    # every series carries the method that produced it: the one the bundle chose for it on validation
+    bundle = load_champion(store, "lstm")
+    chosen = frame.group_by("series_id").agg(pl.col("method").unique())
+    assert all(len(m) == 1 and m[0] == bundle.preprocessing["selection"][s] for s, m in chosen.iter_rows())
     assert frame["timestamp"].min() > dt.datetime.combine(as_of, dt.time(23))
     store.write_bytes(f"forecasts/model=lstm/as_of={as_of}/stale-part.parquet", b"old")
     score_flow(ScoreParams(data=csv, as_of=as_of), store=store_url)
@@ -142,14 +148,22 @@ def test_corrupt_or_missing_champion_is_a_clear_score_error(tmp_path, sample_raw
         score_flow(ScoreParams(data=sample_csv, as_of=_last_date(sample_raw)), store=store_url)
 
 
-def test_short_series_is_reported_and_skipped(tmp_path, sample_raw):
-    short = sample_raw.filter(pl.col("series_id") == "site-1").sort("timestamp").tail(20).with_columns(pl.lit("tiny").alias("series_id"))
+def test_a_series_the_network_never_saw_still_gets_a_baseline_forecast(tmp_path, sample_raw):
+    short = sample_raw.filter(pl.col("series_id") == "site-1").sort("timestamp").tail(30).with_columns(pl.lit("tiny").alias("series_id"))
     csv = tmp_path / "with-short.csv"
     pl.concat([sample_raw, short]).write_csv(csv)
     out = retrain_flow(fast_params(str(csv)), store=str(tmp_path / "s"))
-    assert out["short_series"] == ["tiny"]
-    scored = score_flow(ScoreParams(data=str(csv), as_of=_last_date(sample_raw)), store=str(tmp_path / "s"))
-    assert scored["skipped"]["tiny"] == "series not seen in training" and scored["series"] == 2
+    assert out["short_series"] == ["tiny"]  # it has no data in the training span: reported, not trained on
+    as_of = _last_date(sample_raw)
+    scored = score_flow(ScoreParams(data=str(csv), as_of=as_of), store=str(tmp_path / "s"))
+    assert "tiny" not in scored["skipped"] and scored["series"] == 3
+    frame = read_forecasts(open_store(str(tmp_path / "s")), "lstm", as_of)
+    tiny = frame.filter(pl.col("series_id") == "tiny").sort("horizon")
+    assert tiny["method"].unique().to_list() == ["seasonal_naive"]
+    # seasonal naive of hourly data (season 24): the same hours of the last observed day
+    hist = short.with_columns(pl.col("timestamp").str.to_datetime(), pl.col("target").cast(pl.Float64, strict=False))
+    want = [hist.filter(pl.col("timestamp") == t - dt.timedelta(days=1))["target"][0] for t in tiny["timestamp"]]
+    np.testing.assert_allclose(tiny["forecast"].to_numpy(), want)
 
 
 def test_retrain_then_score_on_s3(s3_env, sample_raw):

@@ -55,7 +55,8 @@ def test_champion_pointer_missing_corrupt_and_set(tmp_path):
 
 @pytest.mark.parametrize("new, snaive, champ, rule, promote, words", [
     (0.8, 0.9, None, PromotionRule(), True, "beats seasonal naive"),
-    (0.95, 0.9, None, PromotionRule(), False, "does not beat seasonal naive"),
+    (0.95, 0.9, None, PromotionRule(), True, "first servable model"),  # never leave a name without a champion
+    (0.95, 0.9, 0.99, PromotionRule(), False, "does not beat seasonal naive"),
     (0.8, 0.9, 0.7, PromotionRule(), False, "does not beat the champion"),
     (0.8, 0.9, 0.85, PromotionRule(), True, "beats the champion"),
     (0.8, 0.9, 0.81, PromotionRule(min_improvement=0.05), False, "does not beat the champion"),

@@ -136,7 +136,7 @@ def test_pruning_stops_a_trial_from_lightnings_validation_loss(tmp_path, checked
 
 
 def test_a_configuration_that_cannot_train_is_a_failed_trial(tmp_path, checked):
-    params = _tiny(space={"window.lookback": Dimension(choices=[5000])})
+    params = _tiny(space={"window.horizon": Dimension(choices=[5000])})
     folds = rolling_origin_folds(checked, params.base, 1, 0.08)
     result = run_trial(params, params.base, checked, folds, _storage(tmp_path), "f")
     assert result["state"] == "FAIL" and "WindowError" in result["detail"]
