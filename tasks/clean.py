@@ -4,6 +4,11 @@ Order matters: grid first (so missing steps become visible), then outliers
 (a dropped outlier becomes a gap), then gap filling. Nothing here is fitted
 on data after the training span: the Hampel rule only looks backwards and
 IQR bounds are fitted on the training span.
+
+Everything works on the whole stacked frame at once (each series' rows
+contiguous and in time order, as ``regularize`` returns them): per-series
+work is row arithmetic over the stacked columns, never a Python loop over
+series.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from schemas.params import CleanConfig
 
 _US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _DAY_US = _US["d"]
+_MONTHS = {"mo": 1, "q": 3, "y": 12}
+_LISTED = 20  # series named in the report's lists; the counts cover all of them
+_CHUNK_VALUES = 1 << 21  # Hampel windows sorted at a time (16 MiB of float64)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,12 @@ class CleanReport:
     outlier_action: str = "clip"
     holidays: int = 0
     by_series: dict[str, dict[str, int]] = field(default_factory=dict)
+    off_grid_series: int = 0  # series with at least one row off their own grid
+    off_grid_by_series: dict[str, int] = field(default_factory=dict)  # the 20 with the most such rows
+    leading_blanks_dropped: int = 0  # blank rows before a series' first observed target
+    trailing_blanks_dropped: int = 0  # blank rows after its last one
+    empty_series_count: int = 0  # series left out: no observed target (or every one dropped as an outlier)
+    empty_series: list[str] = field(default_factory=list)  # the first 20 of them by id
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -61,6 +75,11 @@ def _duration_us(frequency: str) -> int | None:
         return None  # calendar units (mo, q, y) have no fixed length
     n, unit = int(m.group(1)), m.group(2)
     return n * (7 * _DAY_US if unit == "w" else _US[unit])
+
+
+def _months_per_step(frequency: str) -> int | None:
+    m = re.fullmatch(r"(\d+)(mo|q|y)", frequency)
+    return int(m.group(1)) * _MONTHS[m.group(2)] if m else None
 
 
 def infer_frequency(frame: pl.DataFrame) -> str:
@@ -114,10 +133,10 @@ def decide_calendar(frame: pl.DataFrame, cfg: CleanConfig) -> Calendar:
         raise ValueError(f"calendar 'business' needs daily data, got frequency {frequency}")
     holidays: tuple[str, ...] = ()
     if kind == "business" and frame["series_id"].n_unique() > 1:
-        seen = set(frame["timestamp"].dt.date().unique().to_list())
-        start, end = frame["timestamp"].min().date(), frame["timestamp"].max().date()
-        days = pl.date_range(start, end, "1d", eager=True)
-        holidays = tuple(d.isoformat() for d in days.to_list() if d.weekday() < 5 and d not in seen)
+        seen = frame["timestamp"].dt.date().unique()
+        days = pl.date_range(seen.min(), seen.max(), "1d", eager=True)
+        missing = days.filter((days.dt.weekday() <= 5) & ~days.is_in(seen.implode()))
+        holidays = tuple(d.isoformat() for d in missing.to_list())
     return Calendar(frequency, kind, holidays)
 
 
@@ -146,123 +165,402 @@ def next_steps(last: dt.datetime, calendar: Calendar, n: int) -> list[dt.datetim
     return out
 
 
-def regularize(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, int]:
-    """Place each series on the calendar from its first to its last observation.
+# --- placing on the grid --------------------------------------------------------------------------
+# Rows are stacked series (sorted by id, then time); ``s`` is each row's series number. Row
+# arithmetic on these numpy columns replaces any loop over series.
 
-    Returns the frame (missing steps have a null target, ``observed`` says
-    which were real) and the number of observations that fell off the grid.
+def _runs(ids: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+    """For stacked series: each row's series number, each series' first row, and its id."""
+    s = ids.rle_id().to_numpy()
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
+    return s, starts, ids.gather(starts)
+
+
+def _first_last(mask: np.ndarray, s: np.ndarray, n_series: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, the first and last row where ``mask`` holds; -1 where it never does."""
+    rows = np.flatnonzero(mask)
+    of = s[rows]  # sorted, since the series are stacked in order
+    lo = np.searchsorted(of, np.arange(n_series), "left")
+    hi = np.searchsorted(of, np.arange(n_series), "right")
+    has = hi > lo
+    first, last = np.full(n_series, -1, np.int64), np.full(n_series, -1, np.int64)
+    first[has], last[has] = rows[lo[has]], rows[hi[has] - 1]
+    return first, last
+
+
+def _business(days: np.ndarray, holidays: tuple[str, ...]) -> np.ndarray:
+    """Which days (counted from 1970-01-01, a Thursday) are weekdays and not holidays."""
+    off = np.array(holidays, dtype="datetime64[D]").astype(np.int64)
+    return ((days + 3) % 7 < 5) & ~np.isin(days, off)
+
+
+def _months(t: np.ndarray) -> np.ndarray:
+    return t.astype("datetime64[us]").astype("datetime64[M]").astype(np.int64)
+
+
+def _grids(a: np.ndarray, b: np.ndarray, month_end: np.ndarray,
+           calendar: Calendar) -> tuple[np.ndarray, np.ndarray]:
+    """Series number and timestamp (µs) of every step from a[i] to b[i], series after series.
+
+    Each grid starts at its own series' first observation, so the phase (the
+    minute of the hour, the weekday of a weekly series, the day of the month)
+    is the series' own, not the catalogue's.
     """
-    spans = frame.group_by("series_id").agg(pl.col("timestamp").min().alias("a"),
-                                            pl.col("timestamp").max().alias("b"))
-    grids = []
-    full = make_grid(spans["a"].min(), spans["b"].max(), calendar)
-    for sid, a, b in spans.sort("series_id").iter_rows():
-        g = full.filter((full >= a) & (full <= b))
-        grids.append(pl.DataFrame({"series_id": pl.Series([sid] * g.len(), dtype=pl.String), "timestamp": g}))
-    grid = pl.concat(grids)
-    placed = grid.join(frame, on=["series_id", "timestamp"], how="left", maintain_order="left")
+    step = _duration_us(calendar.frequency)
+    if step is not None:
+        n = (b - a) // step + 1
+        gs = np.repeat(np.arange(len(a), dtype=np.uint32), n)
+        gt = np.arange(int(n.sum()), dtype=np.int64)
+        gt *= step
+        gt += np.repeat(a - step * (np.cumsum(n) - n), n)  # a + step · (index within the series)
+        if calendar.kind == "business":
+            keep = _business(gt // _DAY_US, calendar.holidays)
+            gs, gt = gs[keep], gt[keep]
+        return gs, gt
+    months = _months_per_step(calendar.frequency)
+    if months is None:
+        raise ValueError(f"frequency {calendar.frequency!r}: use a fixed step (30m, 1h, 1d, 1w) or 1mo, 1q, 1y")
+    # datetime_ranges takes start + k·step and clamps the day to the month's length: from Jan 31 it
+    # gives Feb 29 (28), Mar 31, Apr 30, May 31, so a series on the 29th-31st keeps its day. A
+    # month-end series that starts in a short month (Feb 29, Apr 30) would stay on that day of the
+    # month, so series whose every observation is a month end are rolled to month ends.
+    us = pl.Datetime("us")
+    spans = pl.DataFrame({"s": np.arange(len(a), dtype=np.uint32), "a": pl.Series(a).cast(us),
+                          "b": pl.Series(b).cast(us), "me": month_end})
+    g = spans.select("s", "me", pl.datetime_ranges("a", "b", f"{months}mo").alias("t")).explode("t")
+    t = pl.when(pl.col("me")).then(pl.col("t").dt.month_end()).otherwise(pl.col("t"))
+    g = g.select("s", t.dt.timestamp("us").alias("t"))
+    return g["s"].to_numpy(), g["t"].to_numpy()
+
+
+def _steps_from(t: np.ndarray, a: np.ndarray, calendar: Calendar) -> np.ndarray:
+    """Index of each timestamp in the grid that starts at ``a``, if it is on that grid."""
+    step = _duration_us(calendar.frequency)
+    if not len(t):
+        return np.zeros(0, np.int64)
+    if step is None:
+        return (_months(t) - _months(a)) // _months_per_step(calendar.frequency)
+    k = t - a
+    if calendar.kind != "business":
+        k //= step
+        return k
+    if step != _DAY_US:
+        raise ValueError(f"calendar 'business' needs daily data, got frequency {calendar.frequency}")
+    day_t, day_a = t // _DAY_US, a // _DAY_US
+    first = int(min(day_t.min(), day_a.min()))
+    biz = _business(np.arange(first, int(max(day_t.max(), day_a.max())) + 1), calendar.holidays)
+    before = np.cumsum(biz) - biz  # business days before each day
+    return before[day_t - first] - before[day_a - first]
+
+
+def _sorted(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
+    """Typed and sorted by series then time (validation hands it over sorted: then no copy).
+
+    Returns the frame, each row's series number, the series ids and the timestamps (µs).
+    """
+    f = frame.with_columns(pl.col("series_id").cast(pl.String), pl.col("timestamp").cast(pl.Datetime("us")),
+                           pl.col("target").cast(pl.Float64))
+    s, _, names = _runs(f["series_id"])
+    t = f["timestamp"].to_physical().to_numpy()
+    grouped = names.len() < 2 or bool((names.slice(1) > names.slice(0, names.len() - 1)).all())
+    if not (grouped and np.all((np.diff(t) > 0) | (np.diff(s) != 0))):
+        f = f.sort("series_id", "timestamp")
+        s, _, names = _runs(f["series_id"])
+        t = f["timestamp"].to_physical().to_numpy()
+    return f, s, names, t
+
+
+def _on_grid(f: pl.DataFrame, s: np.ndarray, t: np.ndarray, obs: np.ndarray,
+             calendar: Calendar) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each series' grid from its first to its last observation, and where each row falls on it.
+
+    Returns the grid (series number, µs), each row's index into it and
+    whether the row is on it (the index means nothing where it is not).
+    """
+    n_series = int(s[-1]) + 1 if len(s) else 0
+    first, last = _first_last(obs, s, n_series)
+    has = np.flatnonzero(first >= 0)
+    a, b = np.zeros(n_series, np.int64), np.zeros(n_series, np.int64)
+    a[has], b[has] = t[first[has]], t[last[has]]
+    month_end = np.zeros(len(has), bool)
+    if _months_per_step(calendar.frequency):
+        ts = pl.col("timestamp")
+        not_end = f.select(ts.dt.month_end() != ts).to_series().to_numpy()
+        month_end = np.bincount(s[obs & not_end], minlength=n_series)[has] == 0
+    gs, gt = _grids(a[has], b[has], month_end, calendar)
+    gs = has.astype(np.uint32)[gs]
+    n = np.bincount(gs, minlength=n_series)
+    g = _steps_from(t, a[s], calendar)
+    on = g >= 0
+    on &= g < n[s]
+    np.putmask(g, ~on, 0)
+    g += (np.cumsum(n) - n)[s]
+    if len(gt):
+        on &= gt.take(np.minimum(g, len(gt) - 1)) == t
+    return gs, gt, g, on
+
+
+def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The placed frame, and per input series how many rows were dropped and why.
+
+    A series runs from its first to its last observed (non-null) target on its
+    own grid. Blank rows outside that span are leading / trailing blanks, other
+    rows that are not on the grid are off-grid, and a series with nothing
+    observed on its grid is empty and left out whole.
+    """
+    f, s, names, t = _sorted(frame)
+    obs = f["target"].is_not_null().to_numpy()
+    gs, gt, g, on = _on_grid(f, s, t, obs, calendar)
+    del t
+    first, last = _first_last(on & obs, s, names.len())
+    rows = np.arange(len(s), dtype=np.int32 if len(s) < 2**31 else np.int64)
+    kept = on & (rows >= first[s]) & (rows <= last[s])
+    blank = (first >= 0)[s] & ~obs
+    lead = blank & (rows < first[s])
+    trail = blank & (rows > last[s])
+    off = (first >= 0)[s] & ~kept & ~lead & ~trail
+    placing = pl.DataFrame({
+        "series_id": names, "rows": np.bincount(s, minlength=names.len()),
+        "leading_blanks": np.bincount(s[lead], minlength=names.len()),
+        "trailing_blanks": np.bincount(s[trail], minlength=names.len()),
+        "off_grid": np.bincount(s[off], minlength=names.len()), "empty": first < 0,
+    })
+    del blank, lead, trail, off, on, obs
+    take = np.full(len(gt), -1, rows.dtype)  # the row on each grid step; -1: a missing step
+    take[g[kept]] = rows[kept]
+    del rows
+    # An off-grid first or last observation leaves grid steps outside the series' span: cut them.
+    ok = np.flatnonzero(first >= 0)
+    cut_lo, cut_hi = np.full(names.len(), len(gt)), np.full(names.len(), -1)
+    cut_lo[ok], cut_hi[ok] = g[first[ok]], g[last[ok]]
+    n = np.bincount(gs, minlength=names.len())
+    if ((cut_hi - cut_lo + 1 != n) & (n > 0)).any():
+        step = np.arange(len(gt))
+        inside = (step >= cut_lo[gs]) & (step <= cut_hi[gs])
+        gs, gt, take = gs[inside], gt[inside], take[inside]
+    return _assemble(f, names, gs, gt, take), placing
+
+
+def _assemble(f: pl.DataFrame, names: pl.Series, gs: np.ndarray, gt: np.ndarray,
+              take: np.ndarray) -> pl.DataFrame:
+    """The grid (series number, µs) with the columns of row ``take`` of ``f`` (-1: a missing step)."""
+    idx = pl.Series(take)
+    idx = idx.set(idx < 0, None)
+    data = [c for c in f.columns if c not in ("series_id", "timestamp")]
+    placed = pl.DataFrame({"series_id": names.gather(gs), "timestamp": pl.Series(gt).cast(pl.Datetime("us")),
+                           "_s": gs})
+    placed = placed.with_columns(f.select(pl.col(data).gather(idx)).get_columns())
     placed = placed.with_columns(pl.col("target").is_not_null().alias("observed"))
-    off_grid = frame.height - placed["observed"].sum()
-    covs = [c for c in frame.columns if c not in ("series_id", "timestamp", "target")]
+    covs = [c for c in data if c != "target"]
     if covs:  # covariates carry forward (then back) within a series
-        placed = placed.with_columns(pl.col(covs).forward_fill().backward_fill().over("series_id"))
-    return placed, int(off_grid)
+        placed = placed.with_columns(pl.col(covs).forward_fill().backward_fill().over("_s"))
+    return placed.drop("_s")
 
 
-def _hampel(y: np.ndarray, window: int, k: float) -> tuple[np.ndarray, np.ndarray]:
-    """Trailing Hampel rule: compare each value with the median of the ``window`` before it."""
-    padded = np.concatenate([np.full(window, np.nan), y])
-    past = np.lib.stride_tricks.sliding_window_view(padded[:-1], window)  # (n, window), a view
-    enough = np.sum(~np.isnan(past), axis=1) >= 3
-    med = np.full(len(y), np.nan)
-    mad = np.full(len(y), np.nan)
-    if enough.any():
-        p = past[enough]
-        med[enough] = np.nanmedian(p, axis=1)
-        mad[enough] = 1.4826 * np.nanmedian(np.abs(p - med[enough][:, None]), axis=1)
-    mad = np.maximum(mad, 1e-9 + 1e-6 * np.abs(med))
-    lo, hi = med - k * mad, med + k * mad
-    with np.errstate(invalid="ignore"):
-        flag = ~np.isnan(y) & enough & ((y < lo) | (y > hi))
-    return flag, np.clip(y, lo, hi)
+def regularize(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, int]:
+    """Place each series on the calendar from its first to its last observed target.
+
+    Each series keeps its own phase: its grid starts at its first observed
+    timestamp. Returns the frame sorted by series and time (missing steps have
+    a null target, ``observed`` says which were real) and the number of rows
+    that fell off their series' grid. Blank rows before the first / after the
+    last observation, and series with no observation, are left out.
+    """
+    placed, placing = _place(frame, calendar)
+    return placed, int(placing["off_grid"].sum())
+
+
+# --- outliers -------------------------------------------------------------------------------------
+
+def _trailing_hampel(y: np.ndarray, s: np.ndarray, starts: np.ndarray, window: int, k: float,
+                     chunk_values: int = _CHUNK_VALUES) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing Hampel rule over stacked series: each value against the ``window`` values before it.
+
+    ``s`` is each row's series number and ``starts`` each series' first row;
+    window values before a series' first row are masked, so no window looks
+    across a series boundary. A window needs 3 non-missing values; the
+    threshold is k·1.4826·MAD. Windows are copied and sorted a chunk of rows at
+    a time (memory: one chunk × window). Returns the flags and ``y`` with the
+    flagged values clipped to the bounds.
+    """
+    n = len(y)
+    flag = np.zeros(n, bool)
+    out = y.copy()
+    rows = max(1, chunk_values // window)
+    buf = np.empty((min(rows, n), window))
+    col = np.arange(window)
+    past = np.lib.stride_tricks.sliding_window_view(y, window) if n >= window else None  # row j: y[j:j+window]
+    for lo in range(0, n, rows):
+        hi = min(lo + rows, n)
+        w = buf[: hi - lo]  # (rows, window): the values before each row, oldest first
+        if lo >= window:
+            np.copyto(w, past[lo - window: hi - window])
+        else:
+            padded = np.concatenate([np.full(window, np.nan), y[:hi]])
+            np.copyto(w, np.lib.stride_tricks.sliding_window_view(padded, window)[lo:hi])
+        i = np.arange(lo, hi)
+        first = np.maximum(i - window, starts[s[lo:hi]])  # the window's first row in the same series
+        near = np.flatnonzero(first > i - window)
+        if near.size:
+            w[near] = np.where(col >= (first - i + window)[near, None], w[near], np.nan)
+        base = max(lo - window, 0)
+        seen = np.concatenate([[0], np.cumsum(~np.isnan(y[base:hi]))])  # seen[j]: values in y[base:base+j]
+        count = seen[i - base] - seen[first - base]
+        med, mad = _median_mad(w, count)
+        enough = count >= 3
+        mad = np.maximum(mad, 1e-9 + 1e-6 * np.abs(med))
+        low, high = med - k * mad, med + k * mad
+        v = y[lo:hi]
+        with np.errstate(invalid="ignore"):
+            f = enough & ~np.isnan(v) & ((v < low) | (v > high))
+        flag[lo:hi] = f
+        out[lo:hi][f] = np.clip(v[f], low[f], high[f])
+    return flag, out
+
+
+def _median_mad(w: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``w`` (NaN = missing, ``count`` values present; overwritten): median and 1.4826·MAD.
+
+    The same arithmetic as numpy's nanmedian (sort, mean of the two middle
+    values), so the results are identical to it, bit for bit.
+    """
+    full = count == w.shape[1]
+    part = np.flatnonzero(~full)  # rows with missing values: their middle moves
+    high = count[part] // 2
+    low = np.maximum(np.where(count[part] % 2 == 1, high, high - 1), 0)
+
+    def middle(v: np.ndarray) -> np.ndarray:
+        h = v.shape[1] // 2
+        m = (v[:, h - 1 + v.shape[1] % 2] + v[:, h]) / 2
+        m[part] = (v[part, low] + v[part, high]) / 2
+        return m
+
+    w.sort(axis=1)  # NaN last
+    med = middle(w)
+    np.subtract(w, med[:, None], out=w)
+    np.abs(w, out=w)
+    w.sort(axis=1)
+    return med, 1.4826 * middle(w)
 
 
 def fit_iqr_bounds(frame: pl.DataFrame, train_end: dt.datetime, k: float) -> dict[str, list[float]]:
     """Per-series [low, high] = [Q1 - k·IQR, Q3 + k·IQR] over the training span."""
-    q = (frame.filter(pl.col("timestamp") <= train_end).group_by("series_id")
+    q = (frame.filter(pl.col("timestamp") <= train_end, pl.col("target").is_not_null()).group_by("series_id")
          .agg(pl.col("target").quantile(0.25).alias("q1"), pl.col("target").quantile(0.75).alias("q3")))
     return {sid: [q1 - k * (q3 - q1), q3 + k * (q3 - q1)] for sid, q1, q3 in q.iter_rows()}
 
 
+def _row_bounds(ids: pl.Series, bounds: dict[str, list[float]]) -> tuple[pl.Series, pl.Series]:
+    """Each row's IQR [low, high]; (-inf, inf) for a series without bounds."""
+    s, _, names = _runs(ids)
+    table = pl.DataFrame({"series_id": list(bounds), "lo": [float(v[0]) for v in bounds.values()],
+                          "hi": [float(v[1]) for v in bounds.values()]},
+                         schema={"series_id": pl.String, "lo": pl.Float64, "hi": pl.Float64})
+    per = names.to_frame().join(table, on="series_id", how="left", maintain_order="left")
+    return (per["lo"].fill_null(-np.inf).gather(s).alias("_lo"),
+            per["hi"].fill_null(np.inf).gather(s).alias("_hi"))
+
+
 def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
                    iqr_bounds: dict[str, list[float]] | None = None) -> pl.DataFrame:
-    """Flag outliers (``is_outlier``) and clip them, or drop them to a gap."""
+    """Flag outliers (``is_outlier``) and clip them, or drop them to a gap.
+
+    Each series' rows must be contiguous and in time order (as ``regularize``
+    returns them).
+    """
     if cfg.outliers == "none":
         return frame.with_columns(pl.lit(False).alias("is_outlier"))
-    flags, clipped = [], []
-    window = cfg.outlier_window or max(season_length, 7)
-    for sid, part in frame.partition_by("series_id", maintain_order=True, as_dict=True).items():
-        y = part["target"].to_numpy().astype(float)
-        if cfg.outliers == "hampel":
-            flag, clip = _hampel(y, window, cfg.outlier_threshold)
-        else:
-            lo, hi = (iqr_bounds or {}).get(sid[0], [-np.inf, np.inf])
-            with np.errstate(invalid="ignore"):
-                flag = ~np.isnan(y) & ((y < lo) | (y > hi))
-            clip = np.clip(y, lo, hi)
-        flags.append(flag)
-        clipped.append(np.where(flag, clip if cfg.outlier_action == "clip" else np.nan, y))
-    return frame.with_columns(
-        pl.Series("target", np.concatenate(clipped)).fill_nan(None),
-        pl.Series("is_outlier", np.concatenate(flags)),
-    )
+    if cfg.outliers == "hampel":
+        y = frame["target"].cast(pl.Float64).to_numpy()
+        s, starts, _ = _runs(frame["series_id"])
+        flag, clipped = _trailing_hampel(y, s, starts, cfg.outlier_window or max(season_length, 7),
+                                         cfg.outlier_threshold)
+        if cfg.outlier_action == "drop":
+            clipped[flag] = np.nan
+        return frame.with_columns(pl.Series("target", clipped, nan_to_null=True), pl.Series("is_outlier", flag))
+    lo, hi = _row_bounds(frame["series_id"], iqr_bounds or {})
+    y = pl.col("target")
+    flag = y.is_not_null() & ((y < lo) | (y > hi))
+    value = y.clip(lo, hi) if cfg.outlier_action == "clip" else None
+    return frame.with_columns(pl.when(flag).then(value).otherwise(y).alias("target"), flag.alias("is_outlier"))
 
+
+# --- gaps -----------------------------------------------------------------------------------------
 
 def fill_gaps(frame: pl.DataFrame, max_gap: int, method: str) -> pl.DataFrame:
     """Fill gaps of up to ``max_gap`` steps; flag longer ones (``in_long_gap``).
 
     Long gaps are forward-filled only to keep arrays contiguous: windows that
-    touch them are never used for training or evaluation.
+    touch them are never used for training or evaluation. A gap at a series'
+    start (an outlier dropped there) takes the first value after it. Each
+    series' rows must be contiguous and in time order.
     """
     missing = pl.col("target").is_null()
-    run = pl.col("target").is_null().rle_id().over("series_id")
+    frame = frame.with_columns(pl.col("series_id").rle_id().alias("_s"))
+    run = pl.struct(pl.col("_s"), missing.alias("_m")).rle_id()  # runs of missing / present, per series
     frame = frame.with_columns(run.alias("_run"))
-    frame = frame.with_columns(pl.len().over("series_id", "_run").alias("_len"))
+    frame = frame.with_columns(pl.col("_run").rle().struct.field("len").gather(pl.col("_run")).alias("_len"))
     filled = (pl.col("target").interpolate() if method == "interpolate" else pl.col("target").forward_fill())
     short = missing & (pl.col("_len") <= max_gap)
     return (
         frame.with_columns(
-            pl.when(short).then(filled.over("series_id")).otherwise(pl.col("target")).alias("target"),
+            pl.when(short).then(filled.over("_s")).otherwise(pl.col("target")).alias("target"),
             (missing & ~short).alias("in_long_gap"),
         )
-        .with_columns(pl.col("target").forward_fill().over("series_id"))
-        .drop("_run", "_len")
+        .with_columns(pl.col("target").forward_fill().backward_fill().over("_s"))
+        .drop("_s", "_run", "_len")
     )
 
+
+# --- the whole step -------------------------------------------------------------------------------
 
 def clean_observations(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar,
                        train_end: dt.datetime | None = None,
                        iqr_bounds: dict[str, list[float]] | None = None,
                        ) -> tuple[pl.DataFrame, CleanReport, dict[str, list[float]] | None]:
-    """Grid → outliers → gaps. Returns the clean frame, a report, and the IQR bounds used."""
+    """Grid → outliers → gaps. Returns the clean frame, a report, and the IQR bounds used.
+
+    A series that cannot be cleaned (nothing observed, or every value dropped
+    as an outlier) is left out and named in the report; only when no series is
+    left does this raise.
+    """
     season = cfg.season_length or season_length_for(calendar)
-    placed, off_grid = regularize(valid, calendar)
+    placed, placing = _place(valid, calendar)
     if cfg.outliers == "iqr" and iqr_bounds is None:
         if train_end is None:
             raise ValueError("IQR bounds must be fitted on a training span or given")
         iqr_bounds = fit_iqr_bounds(placed, train_end, cfg.outlier_threshold)
     treated = treat_outliers(placed, cfg, season, iqr_bounds)
+    del placed  # one full frame at a time: each step shares the columns it does not change
     clean = fill_gaps(treated, cfg.max_gap, cfg.fill)
+    del treated
+    emptied: list[str] = []
+    if clean["target"].null_count():  # only a series with every value dropped is still blank
+        emptied = clean.filter(pl.col("target").is_null())["series_id"].unique().to_list()
+        clean = clean.filter(~pl.col("series_id").is_in(emptied))
+    if clean.height == 0:
+        raise ValueError(f"none of the {placing.height} series has an observed target to clean")
+    return clean, _report(clean, placing, emptied, cfg, calendar), iqr_bounds
+
+
+def _report(clean: pl.DataFrame, placing: pl.DataFrame, emptied: list[str], cfg: CleanConfig,
+            calendar: Calendar) -> CleanReport:
     per = (clean.group_by("series_id", maintain_order=True).agg(
         (~pl.col("observed") & ~pl.col("in_long_gap")).sum().alias("filled"),
         pl.col("in_long_gap").sum().alias("long_gap_steps"),
         pl.col("is_outlier").sum().alias("outliers"),
-    ))
-    report = CleanReport(
-        series=clean["series_id"].n_unique(), rows_on_grid=clean.height, off_grid_rows_dropped=off_grid,
+    ).join(placing.select("series_id", "off_grid", "leading_blanks", "trailing_blanks"), on="series_id",
+           how="left", maintain_order="left"))
+    empty = sorted([*placing.filter("empty")["series_id"].to_list(), *emptied])
+    off = placing.filter(pl.col("off_grid") > 0).sort(["off_grid", "series_id"], descending=[True, False])
+    return CleanReport(
+        series=per.height, rows_on_grid=clean.height, off_grid_rows_dropped=int(placing["off_grid"].sum()),
         short_gaps_filled=int(per["filled"].sum()), long_gap_steps=int(per["long_gap_steps"].sum()),
         outliers=int(per["outliers"].sum()), outlier_action=cfg.outlier_action, holidays=len(calendar.holidays),
-        by_series={r["series_id"]: {k: int(v) for k, v in r.items() if k != "series_id"}
-                   for r in per.iter_rows(named=True)},
+        by_series={r.pop("series_id"): {k: int(v) for k, v in r.items()} for r in per.to_dicts()},
+        off_grid_series=off.height,
+        off_grid_by_series=dict(off.head(_LISTED).select("series_id", "off_grid").iter_rows()),
+        leading_blanks_dropped=int(placing["leading_blanks"].sum()),
+        trailing_blanks_dropped=int(placing["trailing_blanks"].sum()),
+        empty_series_count=len(empty), empty_series=empty[:_LISTED],
     )
-    return clean, report, iqr_bounds

@@ -10,7 +10,7 @@ from schemas.frames import CleanSeries, Forecasts, RawObservations
 def _forecasts(**over) -> pl.DataFrame:
     base = {"series_id": ["a", "a"], "timestamp": [dt.datetime(2024, 1, 1, 1), dt.datetime(2024, 1, 1, 2)],
             "horizon": pl.Series([1, 2], dtype=pl.Int32), "forecast": [1.0, 2.0],
-            "lower": [0.5, 1.5], "upper": [1.5, 2.5], "model": "lstm",
+            "lower": [0.5, 1.5], "upper": [1.5, 2.5], "method": "lstm", "model": "lstm",
             "model_version": "v1", "as_of": dt.date(2024, 1, 1)}
     base.update(over)
     return pl.DataFrame(base).with_columns(pl.col("timestamp").cast(pl.Datetime("us")))
@@ -27,6 +27,7 @@ def test_forecasts_pass():
     ({"horizon": pl.Series([0, 1], dtype=pl.Int32)}, "greater_than_or_equal_to"),
     ({"lower": [1.5, 1.5]}, "lower_le_forecast_le_upper"),
     ({"timestamp": [dt.datetime(2024, 1, 1, 1)] * 2}, "multiple_fields_uniqueness"),
+    ({"method": ["lstm", "arima"]}, "isin"),
 ])
 def test_forecasts_fail(over, check):
     with pytest.raises(SchemaErrors) as err:

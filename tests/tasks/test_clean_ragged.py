@@ -1,0 +1,327 @@
+"""Cleaning a ragged catalogue: blanks at the ends, empty series, series on their own phase or span,
+and the vectorised Hampel rule against the per-series reference."""
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from schemas.frames import CleanSeries
+from schemas.params import CleanConfig
+from tasks.clean import (Calendar, _runs, _trailing_hampel, clean_observations, decide_calendar, regularize,
+                         treat_outliers)
+
+NO_OUTLIERS = CleanConfig(outliers="none")
+T0 = dt.datetime(2024, 1, 1)  # a Monday
+
+
+def _series(stamps, values, sid="a") -> pl.DataFrame:
+    return pl.DataFrame({"series_id": sid, "timestamp": pl.Series(stamps, dtype=pl.Datetime("us")),
+                         "target": pl.Series(values, dtype=pl.Float64)})
+
+
+def _hours(n, start=T0):
+    return [start + dt.timedelta(hours=i) for i in range(n)]
+
+
+def _wave(n, level=10.0):
+    return (level + np.sin(np.arange(n) * 2 * np.pi / 24)).tolist()
+
+
+def _of(clean: pl.DataFrame, sid: str) -> pl.DataFrame:
+    return clean.filter(pl.col("series_id") == sid)
+
+
+def _hampel(y: np.ndarray, window: int, k: float) -> tuple[np.ndarray, np.ndarray]:
+    """The per-series reference (the implementation before vectorising), kept verbatim."""
+    padded = np.concatenate([np.full(window, np.nan), y])
+    past = np.lib.stride_tricks.sliding_window_view(padded[:-1], window)  # (n, window), a view
+    enough = np.sum(~np.isnan(past), axis=1) >= 3
+    med = np.full(len(y), np.nan)
+    mad = np.full(len(y), np.nan)
+    if enough.any():
+        p = past[enough]
+        med[enough] = np.nanmedian(p, axis=1)
+        mad[enough] = 1.4826 * np.nanmedian(np.abs(p - med[enough][:, None]), axis=1)
+    mad = np.maximum(mad, 1e-9 + 1e-6 * np.abs(med))
+    lo, hi = med - k * mad, med + k * mad
+    with np.errstate(invalid="ignore"):
+        flag = ~np.isnan(y) & enough & ((y < lo) | (y > hi))
+    return flag, np.clip(y, lo, hi)
+
+
+# --- blanks at the ends, empty series -------------------------------------------------------------
+
+def test_leading_blanks_are_dropped_and_counted_not_left_as_nulls():
+    blanks = [None] * 3 + _wave(20)
+    frame = pl.concat([_series(_hours(23), blanks, "a"), _series(_hours(23), _wave(23), "b")])
+    clean, report, _ = clean_observations(frame, CleanConfig(), Calendar("1h"))
+    CleanSeries.validate(clean, lazy=True)  # used to fail: "non-nullable column 'target' contains null values"
+    a = _of(clean, "a")
+    assert a["timestamp"][0] == T0 + dt.timedelta(hours=3) and a.height == 20
+    assert report.leading_blanks_dropped == 3 and report.trailing_blanks_dropped == 0
+    assert report.by_series["a"]["leading_blanks"] == 3 and report.by_series["b"]["leading_blanks"] == 0
+    assert report.short_gaps_filled == 0 and report.off_grid_rows_dropped == 0
+
+
+def test_trailing_blanks_are_dropped_and_counted():
+    values = _wave(20) + [None] * 5
+    clean, report, _ = clean_observations(_series(_hours(25), values), NO_OUTLIERS, Calendar("1h"))
+    assert clean["timestamp"][-1] == T0 + dt.timedelta(hours=19) and clean.height == 20
+    assert report.trailing_blanks_dropped == 5 and report.short_gaps_filled == 0
+    assert not clean["in_long_gap"].any()  # used to become a 5-step long gap
+
+
+def test_blanks_in_the_middle_stay_gaps():
+    values = _wave(10) + [None] * 2 + _wave(10)
+    clean, report, _ = clean_observations(_series(_hours(22), values), NO_OUTLIERS, Calendar("1h"))
+    assert clean.height == 22 and report.short_gaps_filled == 2
+    assert report.leading_blanks_dropped == report.trailing_blanks_dropped == report.off_grid_rows_dropped == 0
+
+
+def test_an_all_blank_series_is_left_out_and_named():
+    frame = pl.concat([_series(_hours(10), _wave(10), "a"), _series(_hours(10), [None] * 10, "blank"),
+                       _series(_hours(10), _wave(10), "c")])
+    clean, report, _ = clean_observations(frame, CleanConfig(), Calendar("1h"))
+    CleanSeries.validate(clean, lazy=True)
+    assert sorted(clean["series_id"].unique()) == ["a", "c"]
+    assert report.empty_series == ["blank"] and report.empty_series_count == 1 and report.series == 2
+    assert report.leading_blanks_dropped == 0  # an empty series' rows are not counted as blanks
+    assert "blank" not in report.by_series
+
+
+def test_empty_series_listing_is_capped_but_counted():
+    empties = [_series(_hours(3), [None] * 3, f"e{i:02d}") for i in range(25)]
+    frame = pl.concat([_series(_hours(10), _wave(10), "a"), *empties])
+    _, report, _ = clean_observations(frame, NO_OUTLIERS, Calendar("1h"))
+    assert report.empty_series_count == 25 and report.empty_series == [f"e{i:02d}" for i in range(20)]
+
+
+def test_no_observed_target_at_all_is_an_error():
+    with pytest.raises(ValueError, match="observed target"):
+        clean_observations(_series(_hours(5), [None] * 5), NO_OUTLIERS, Calendar("1h"))
+
+
+def test_a_series_whose_every_value_is_dropped_as_an_outlier_is_left_out():
+    frame = pl.concat([_series(_hours(10), _wave(10), "a"), _series(_hours(10), _wave(10, level=500.0), "b")])
+    cfg = CleanConfig(outliers="iqr", outlier_action="drop")
+    clean, report, _ = clean_observations(frame, cfg, Calendar("1h"), iqr_bounds={"a": [0, 20], "b": [0, 20]})
+    CleanSeries.validate(clean, lazy=True)
+    assert clean["series_id"].unique().to_list() == ["a"] and report.empty_series == ["b"]
+
+
+# --- each series on its own phase and span --------------------------------------------------------
+
+def test_off_phase_weekly_series_keeps_its_rows():
+    mondays = [T0 + dt.timedelta(weeks=i) for i in range(12)]
+    wednesdays = [T0 + dt.timedelta(days=2, weeks=i) for i in range(12)]
+    thursday = T0 + dt.timedelta(days=3, weeks=5)  # off the Wednesday grid: dropped and counted
+    frame = pl.concat([_series(mondays, range(12), "mon"),
+                       _series(wednesdays[:6] + [thursday] + wednesdays[6:], [*range(6), 99, *range(6, 12)], "wed")])
+    clean, report, _ = clean_observations(frame, NO_OUTLIERS, Calendar("1w"))
+    wed = _of(clean, "wed")
+    assert wed["timestamp"].to_list() == wednesdays and wed["observed"].all()  # used to be emptied
+    assert _of(clean, "mon")["timestamp"].to_list() == mondays
+    assert report.off_grid_rows_dropped == 1 and report.off_grid_by_series == {"wed": 1}
+    assert report.off_grid_series == 1 and report.by_series["wed"]["off_grid"] == 1
+
+
+def test_off_phase_hourly_series_at_half_past_keeps_its_rows():
+    frame = pl.concat([_series(_hours(48), _wave(48), "on_the_hour"),
+                       _series(_hours(48, T0 + dt.timedelta(minutes=30)), _wave(48), "half_past")])
+    clean, report, _ = clean_observations(frame, CleanConfig(), Calendar("1h"))
+    half = _of(clean, "half_past")
+    assert half.height == 48 and half["observed"].all() and (half["timestamp"].dt.minute() == 30).all()
+    assert report.off_grid_rows_dropped == 0 and report.off_grid_by_series == {}
+
+
+def test_off_grid_report_names_the_worst_series_first():
+    frames = [_series(_hours(6) + [T0 + dt.timedelta(minutes=10 + j) for j in range(i + 1)],
+                      list(range(6 + i + 1)), f"s{i:02d}") for i in range(25)]
+    clean, report, _ = clean_observations(pl.concat(frames), NO_OUTLIERS, Calendar("1h"))
+    assert clean.height == 25 * 6
+    assert report.off_grid_series == 25 and report.off_grid_rows_dropped == sum(range(1, 26))
+    assert list(report.off_grid_by_series) == [f"s{i:02d}" for i in range(24, 4, -1)]
+    assert report.off_grid_by_series["s24"] == 25
+
+
+def test_a_blank_row_on_the_grid_is_a_gap_not_off_grid():
+    values = _wave(5) + [None] + _wave(5)
+    _, off_grid = regularize(_series(_hours(11), values), Calendar("1h"))
+    assert off_grid == 0  # the old count took every blank row for an off-grid one
+
+
+def test_series_that_start_late_and_end_early_get_only_their_own_span():
+    long = _series(_hours(100), _wave(100), "long")
+    inner = _series(_hours(30, T0 + dt.timedelta(hours=40)), _wave(30), "inner")
+    clean, report, _ = clean_observations(pl.concat([long, inner]), CleanConfig(), Calendar("1h"))
+    got = _of(clean, "inner")
+    assert got["timestamp"].min() == T0 + dt.timedelta(hours=40) and got.height == 30
+    assert not clean["in_long_gap"].any() and report.short_gaps_filled == 0
+
+
+def test_a_short_series_among_long_ones():
+    frame = pl.concat([_series(_hours(200), _wave(200), "long"),
+                       _series(_hours(3, T0 + dt.timedelta(hours=50)), [1.0, 50.0, 2.0], "short"),
+                       _series(_hours(1, T0 + dt.timedelta(hours=80)), [7.0], "single")])
+    clean, report, _ = clean_observations(frame, CleanConfig(), Calendar("1h"))
+    CleanSeries.validate(clean, lazy=True)
+    assert _of(clean, "short")["target"].to_list() == [1.0, 50.0, 2.0]  # fewer than 3 values before: no verdict
+    assert _of(clean, "single")["target"].to_list() == [7.0]
+    assert report.outliers == 0 and report.series == 3
+
+
+def test_unsorted_input_gives_the_sorted_result():
+    frame = pl.concat([_series(_hours(30), _wave(30), "b"), _series(_hours(20, T0 + dt.timedelta(minutes=30)),
+                                                                     _wave(20), "a")])
+    ordered, _, _ = clean_observations(frame.sort("series_id", "timestamp"), CleanConfig(), Calendar("1h"))
+    shuffled, _, _ = clean_observations(frame.sample(fraction=1.0, shuffle=True, seed=4), CleanConfig(),
+                                        Calendar("1h"))
+    assert shuffled.equals(ordered)
+    assert ordered["series_id"].is_sorted()
+
+
+def test_covariates_carry_within_a_series_only():
+    a = _series(_hours(4), [1.0, None, None, 4.0], "a").with_columns(pl.Series("x", [1.0, None, None, None]))
+    b = _series(_hours(3, T0 + dt.timedelta(hours=5)), [None, 2.0, 3.0], "b").with_columns(
+        pl.Series("x", [9.0, None, 5.0]))
+    placed, _ = regularize(pl.concat([a, b]), Calendar("1h"))
+    assert placed.columns == ["series_id", "timestamp", "target", "x", "observed"]
+    assert _of(placed, "a")["x"].to_list() == [1.0, 1.0, 1.0, 1.0]
+    assert _of(placed, "b")["x"].to_list() == [5.0, 5.0]  # the leading blank row (x = 9) is gone, not carried
+
+
+# --- calendars ------------------------------------------------------------------------------------
+
+def test_business_calendar_per_series_with_holidays():
+    days = [d for d in (T0 + dt.timedelta(days=i) for i in range(40)) if d.weekday() < 5]
+    holiday = dt.datetime(2024, 1, 15)
+    days = [d for d in days if d != holiday]
+    late = [d for d in days if d >= dt.datetime(2024, 1, 10)]  # starts on a Wednesday
+    gap = dt.datetime(2024, 1, 19)  # a Friday, missing from "late" only: the gap is one step, not three
+    frame = pl.concat([_series(days, np.arange(len(days)), "a"),
+                       _series([d for d in late if d != gap], np.arange(len(late) - 1), "late")])
+    cal = decide_calendar(frame, CleanConfig())
+    assert cal.kind == "business" and cal.holidays == ("2024-01-15",)
+    clean, report, _ = clean_observations(frame, NO_OUTLIERS, cal)
+    got = _of(clean, "late")
+    assert got["timestamp"].to_list() == late
+    assert got.filter(~pl.col("observed"))["timestamp"].to_list() == [gap]
+    assert report.short_gaps_filled == 1 and report.off_grid_rows_dropped == 0
+
+
+def test_business_calendar_drops_weekend_rows_as_off_grid():
+    days = [d for d in (T0 + dt.timedelta(days=i) for i in range(14))]  # every day, weekends included
+    clean, report, _ = clean_observations(_series(days, np.arange(14.0)), NO_OUTLIERS, Calendar("1d", "business"))
+    assert (clean["timestamp"].dt.weekday() <= 5).all() and clean.height == 10
+    assert report.off_grid_rows_dropped == 4 and clean["observed"].all()
+
+
+def test_monthly_series_each_on_its_own_day_of_the_month():
+    firsts = [dt.datetime(2023, m, 1) for m in range(1, 13)]
+    ends = [dt.datetime(2024, 2, 29), dt.datetime(2024, 3, 31), dt.datetime(2024, 4, 30), dt.datetime(2024, 5, 31),
+            dt.datetime(2024, 6, 30), dt.datetime(2024, 8, 31)]  # month ends from a short month; July missing
+    thirtieths = [dt.datetime(2024, 1, 30), dt.datetime(2024, 2, 29), dt.datetime(2024, 3, 30),
+                  dt.datetime(2024, 4, 30), dt.datetime(2024, 5, 30)]
+    frame = pl.concat([_series(firsts, range(12), "first"), _series(ends, range(6), "end"),
+                       _series(thirtieths, range(5), "30th")])
+    clean, report, _ = clean_observations(frame, NO_OUTLIERS, Calendar("1mo"))
+    assert report.off_grid_rows_dropped == 0
+    assert _of(clean, "first")["timestamp"].to_list() == firsts
+    end = _of(clean, "end")
+    assert end["timestamp"].to_list() == ends[:5] + [dt.datetime(2024, 7, 31), ends[5]]
+    assert end.filter(~pl.col("observed"))["timestamp"].to_list() == [dt.datetime(2024, 7, 31)]
+    assert _of(clean, "30th")["timestamp"].to_list() == thirtieths  # Feb 29 stands in for the 30th
+
+
+def test_quarterly_series_on_its_own_phase():
+    q1 = [dt.datetime(2020 + i // 4, 3 * (i % 4) + 1, 1) for i in range(8)]
+    q2 = [dt.datetime(2020 + i // 4, 3 * (i % 4) + 2, 15) for i in range(8)]
+    clean, report, _ = clean_observations(pl.concat([_series(q1, range(8), "a"), _series(q2, range(8), "b")]),
+                                          NO_OUTLIERS, Calendar("3mo"))
+    assert report.off_grid_rows_dropped == 0 and _of(clean, "b")["timestamp"].to_list() == q2
+
+
+# --- outliers on the stacked frame ----------------------------------------------------------------
+
+def _random_catalogue(seed: int, n_series: int = 40) -> tuple[pl.DataFrame, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    frames, values = [], []
+    for i in range(n_series):
+        n = int(rng.integers(1, 120))
+        y = rng.normal(size=n) * rng.uniform(0.1, 10) + rng.uniform(-5, 5)
+        y[rng.random(n) < rng.uniform(0, 0.4)] = np.nan  # gaps, some long
+        y[rng.random(n) < 0.05] *= 40  # spikes
+        values.append(y)
+        frames.append(_series(_hours(n), y.tolist(), f"s{i:02d}").with_columns(pl.col("target").fill_nan(None)))
+    return pl.concat(frames), values
+
+
+@pytest.mark.parametrize("window, k", [(3, 1.0), (7, 3.0), (24, 4.0), (50, 2.0)])
+@pytest.mark.parametrize("chunk_values", [64, 1 << 21])  # many chunks, each cut mid-series, and one
+def test_stacked_hampel_equals_the_per_series_reference(window, k, chunk_values):
+    frame, values = _random_catalogue(seed=window)
+    s, starts, _ = _runs(frame["series_id"])
+    flag, clipped = _trailing_hampel(frame["target"].to_numpy(), s, starts, window, k, chunk_values)
+    reference = [_hampel(y, window, k) for y in values]
+    assert np.array_equal(flag, np.concatenate([f for f, _ in reference]))
+    expected = np.concatenate([np.where(f, c, y) for y, (f, c) in zip(values, reference)])
+    assert np.array_equal(clipped, expected, equal_nan=True)  # bit for bit
+    assert flag.any()
+
+
+@pytest.mark.parametrize("action", ["clip", "drop"])
+def test_treat_outliers_matches_the_reference_per_series(action):
+    frame, values = _random_catalogue(seed=11)
+    cfg = CleanConfig(outlier_window=12, outlier_threshold=3.0, outlier_action=action)
+    got = treat_outliers(frame, cfg, season_length=24)
+    reference = [_hampel(y, 12, 3.0) for y in values]
+    flags = np.concatenate([f for f, _ in reference])
+    fill = (lambda f, c, y: np.where(f, c, y)) if action == "clip" else (lambda f, c, y: np.where(f, np.nan, y))
+    expected = np.concatenate([fill(f, c, y) for y, (f, c) in zip(values, reference)])
+    assert got["is_outlier"].to_numpy().tolist() == flags.tolist()
+    assert np.array_equal(got["target"].to_numpy(), expected, equal_nan=True)
+
+
+def test_hampel_window_does_not_look_into_the_previous_series():
+    # "b" starts with three values far from "a"'s level: with a window crossing the boundary they
+    # would be flagged against "a"; on their own they have fewer than 3 values before them.
+    frame = pl.concat([_series(_hours(50), _wave(50), "a"), _series(_hours(4), [500.0, 501.0, 502.0, 503.0], "b")])
+    out = treat_outliers(frame, CleanConfig(), season_length=24)
+    assert not out["is_outlier"].any()
+
+
+def test_iqr_bounds_apply_per_series_and_unknown_series_pass():
+    frame = pl.concat([_series(_hours(4), [1.0, 2.0, 30.0, None], "a"), _series(_hours(3), [100.0, 1.0, 2.0], "b"),
+                       _series(_hours(2), [1e6, -1e6], "new")])
+    out = treat_outliers(frame, CleanConfig(outliers="iqr"), 24, iqr_bounds={"a": [0.0, 10.0], "b": [0.0, 50.0]})
+    assert out["is_outlier"].to_list() == [False, False, True, False, True, False, False, False, False]
+    assert out["target"].to_list() == [1.0, 2.0, 10.0, None, 50.0, 1.0, 2.0, 1e6, -1e6]
+
+
+def test_iqr_bounds_ignore_series_without_training_data():
+    frame = pl.concat([_series(_hours(10), _wave(10), "a"),
+                       _series(_hours(5, T0 + dt.timedelta(hours=20)), _wave(5), "later")])
+    cfg = CleanConfig(outliers="iqr")
+    clean, _, bounds = clean_observations(frame, cfg, Calendar("1h"), train_end=T0 + dt.timedelta(hours=9))
+    assert list(bounds) == ["a"] and _of(clean, "later").height == 5
+
+
+# --- everything at once ---------------------------------------------------------------------------
+
+def test_a_ragged_catalogue_cleans_without_failing_the_schema():
+    frames = [
+        _series(_hours(120), _wave(120), "regular"),
+        _series(_hours(60), [None] * 4 + _wave(50) + [None] * 6, "blank_ends"),
+        _series(_hours(10), [None] * 10, "all_blank"),
+        _series(_hours(80, T0 + dt.timedelta(minutes=30)), _wave(80), "half_past"),
+        _series(_hours(30, T0 + dt.timedelta(hours=45)), _wave(30), "late"),
+        _series(_hours(2, T0 + dt.timedelta(hours=7)), [3.0, 4.0], "tiny"),
+    ]
+    clean, report, _ = clean_observations(pl.concat(frames), CleanConfig(), Calendar("1h"))
+    CleanSeries.validate(clean, lazy=True)
+    assert report.series == 5 and report.empty_series == ["all_blank"]
+    assert report.leading_blanks_dropped == 4 and report.trailing_blanks_dropped == 6
+    assert report.off_grid_rows_dropped == 0 and report.rows_on_grid == 120 + 50 + 80 + 30 + 2
+    assert set(report.to_json()) >= {"off_grid_by_series", "leading_blanks_dropped", "empty_series"}
