@@ -261,7 +261,10 @@ class Dimension(_Config):
 
 
 def default_search_space() -> dict[str, Dimension]:
-    """Layers, units, dropout, learning rate, batch size, L2, L1, lookback, cell, direction, pooling."""
+    """Layers, units, dropout, learning rate, batch size, L2, L1, cell, direction, pooling, skip.
+
+    The lookback is derived from the season and horizon (add ``window.lookback`` to search it).
+    """
     return {
         "model.num_layers": Dimension(choices=[1, 2, 3]),
         "model.hidden_size": Dimension(choices=[16, 32, 64, 128]),
@@ -269,12 +272,11 @@ def default_search_space() -> dict[str, Dimension]:
         "model.cell": Dimension(choices=["lstm", "gru"]),
         "model.bidirectional": Dimension(choices=[False, True]),
         "model.pooling": Dimension(choices=["last", "attention"]),
-        "model.level": Dimension(choices=["none", "last"]),
+        "model.skip": Dimension(choices=["seasonal", "last"]),
         "train.learning_rate": Dimension(low=3e-4, high=1e-2, log=True),
         "train.batch_size": Dimension(choices=[32, 64, 128]),
         "train.weight_decay": Dimension(low=1e-6, high=1e-2, log=True),
         "train.l1": Dimension(choices=[0.0, 1e-5, 1e-4]),
-        "window.lookback": Dimension(choices=[24, 48, 96]),
     }
 
 

@@ -103,6 +103,26 @@ def _decode(d: Dimension, value: Any) -> Any:
     return json.loads(value) if _json_valued(d) else value
 
 
+def default_values(params: TuneParams, base: RetrainParams) -> dict[str, Any]:
+    """The base configuration's value of every searched field the sampler can represent (trial 0).
+
+    Starting from the default guarantees the study's best is never worse than the default on
+    the tuning folds; fields whose base value lies outside the space are left to the sampler.
+    """
+    data = base.model_dump()
+    out: dict[str, Any] = {}
+    for name, d in params.space.items():
+        value: Any = data
+        for part in name.split("."):
+            value = value[part]
+        if d.choices is not None:
+            if value in d.choices:
+                out[name] = _encode(d, [value])[0]
+        elif value is not None and d.low <= value <= d.high:  # type: ignore[operator]
+            out[name] = int(value) if d.integer else float(value)
+    return out
+
+
 def suggest(trial: Any, params: TuneParams) -> dict[str, Any]:
     """One value per search-space dimension, from the trial's sampler."""
     out: dict[str, Any] = {}
@@ -177,6 +197,8 @@ def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, 
     import optuna
 
     study = open_study(params, storage, study_name)
+    if not study.trials and params.sampler != "grid":  # trial 0 is the default configuration
+        study.enqueue_trial(default_values(params, base), skip_if_exists=True)
     if params.sampler != "grid":  # the grid's order must not change between trials: it is keyed by trial number
         # a fresh seed per trial: sequential runs stay reproducible, parallel workers rarely collide
         study.sampler = make_sampler(params, params.seed + len(study.trials))

@@ -85,8 +85,22 @@ def test_bad_search_spaces_are_rejected(space, rule):
 def test_default_space_covers_the_issue_list():
     assert set(TuneParams().space) == {
         "model.num_layers", "model.hidden_size", "model.dropout", "model.cell", "model.bidirectional",
-        "model.pooling", "model.level", "train.learning_rate", "train.batch_size", "train.weight_decay", "train.l1",
-        "window.lookback"}
+        "model.pooling", "model.skip", "train.learning_rate", "train.batch_size", "train.weight_decay", "train.l1"}
+
+
+def test_the_first_trial_is_the_default_configuration(tmp_path, checked):
+    params = _tiny(space={"model.hidden_size": Dimension(choices=[32, 16, 8]),  # base: 8, listed last
+                          "train.learning_rate": Dimension(low=1e-4, high=1e-2, log=True)})  # base: 3e-3
+    folds = rolling_origin_folds(checked, params.base, 1, 0.08)
+    run_trial(params, params.base, checked, folds, _storage(tmp_path), "d")
+    first = open_study(params, _storage(tmp_path), "d").trials[0]
+    base = params.base.model_dump()
+    for name, value in first.params.items():
+        node = base
+        for part in name.split("."):
+            node = node[part]
+        assert value == node, name
+    assert set(first.params) == {"model.hidden_size", "train.learning_rate"}
 
 
 def test_overrides_are_validated():
