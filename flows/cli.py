@@ -21,9 +21,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizon", type=int, default=12)
-    p.add_argument("--lookback", type=int, default=48)
+    p.add_argument("--lookback", type=int, help="input steps (default: 2 horizons, up to 3 seasons)")
     p.add_argument("--frequency", help="polars duration such as 1h, 1d, 1mo (inferred when omitted)")
-    p.add_argument("--max-epochs", type=int, default=20)
+    p.add_argument("--max-steps", type=int, help="optimiser steps (default: sized to the data, 300 to 2,000)")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
 
@@ -85,7 +85,7 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
         clean=CleanConfig(frequency=args.frequency),
         window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
         model=ModelConfig(hidden_size=args.hidden_size),
-        train=TrainConfig(max_epochs=args.max_epochs, seed=args.seed),
+        train=TrainConfig(max_steps=args.max_steps, seed=args.seed),
         use_tuned=not getattr(args, "no_tuned", False),
     )
 
@@ -123,15 +123,19 @@ def _score_params(args: argparse.Namespace, data: str | None, as_of: dt.date | N
 def _print_retrain(out: dict) -> None:
     from tasks.evaluate import format_metrics
 
-    print("\nTest-span metrics (LSTM and baselines on the same windows):")
+    print("\nTest-span metrics (the LSTM alone, the baselines and what is served, on the same windows):")
     print(format_metrics(out["metrics"]))
+    print("served per series (chosen on validation windows): "
+          + ", ".join(f"{m} {n}" for m, n in out["served"].items()))
     c = out["cleaning"]
     print(f"\nrows read {out['rows']}, quarantined {out['quarantined_rows']}"
           + (f" -> {out['quarantine']}" if out["quarantine"] else ""))
     print(f"cleaning: {c['short_gaps_filled']} gap steps filled, {c['long_gap_steps']} long-gap steps flagged, "
           f"{c['outliers']} outliers ({c['outlier_action']}), {c['off_grid_rows_dropped']} off-grid rows dropped")
     if out["short_series"]:
-        print(f"not trained on (shorter than lookback + horizon, or no data in the training span): {out['short_series']}")
+        short = out["short_series"]
+        print(f"not trained on ({len(short)} series: too short for one window, or no data in the training span; "
+              f"score serves them a baseline): {short[:10]}{' ...' if len(short) > 10 else ''}")
     if out.get("intervals"):
         iv = out["intervals"]
         print(f"\n{iv['level']:.0%} conformal intervals: test coverage {iv['test']['coverage']:.1%} "

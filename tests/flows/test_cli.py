@@ -29,7 +29,7 @@ def test_demo_from_the_command_line(tmp_path):
     """`nightcast demo` as a user runs it: its own process, its own temporary Prefect server."""
     exe = Path(sys.executable).with_name("nightcast")
     env = {**os.environ, "NIGHTCAST_PROGRESS": "false"}
-    run = subprocess.run([str(exe), "demo", "--store", str(tmp_path / "store"), "--max-epochs", "4"],
+    run = subprocess.run([str(exe), "demo", "--store", str(tmp_path / "store"), "--max-steps", "60"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout

@@ -1,0 +1,121 @@
+"""What is served: chosen per series on validation only, never blank when the network loses."""
+
+import datetime as dt
+import io
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from flows.retrain import retrain_flow
+from flows.score import score_flow
+from schemas.frames import FORECASTS_LAYOUT
+from schemas.params import ModelConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig
+from tasks.score import forecasts_key, read_forecasts
+from tasks.storage import open_store
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _panel(n: int = 240) -> pl.DataFrame:
+    """Four clean daily series: strong weekly cycles at different levels, one with a trend."""
+    t = np.arange(n)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(4):
+        y = 50 * (k + 1) + 10 * np.sin(2 * np.pi * t / 7 + k) + (0.3 * t if k == 3 else 0) + rng.normal(0, 0.5, n)
+        rows.append(pl.DataFrame({"series_id": f"s{k}",
+                                  "timestamp": [str(dt.date(2024, 1, 1) + dt.timedelta(days=int(i))) for i in t],
+                                  "target": y.round(4).astype(str)}))
+    return pl.concat(rows)
+
+
+def _params(data: str, **kw) -> RetrainParams:
+    base = dict(data=data, window=WindowConfig(horizon=7),
+                model=ModelConfig(hidden_size=16, num_layers=1, dropout=0.0),
+                train=TrainConfig(max_steps=150, steps_per_epoch=25, batch_size=64))
+    base.update(kw)
+    return RetrainParams(**base)
+
+
+def _bundle_json(store, name: str, version: str, fname: str) -> dict:
+    return json.loads(store.read_bytes(f"models/{name}/versions/{version}/{fname}"))
+
+
+def test_the_choice_of_what_is_served_never_sees_the_test_span(tmp_path):
+    panel = _panel()
+    a = tmp_path / "a.csv"
+    panel.write_csv(a)
+    store = open_store(str(tmp_path / "s"))
+    first = retrain_flow(_params(str(a), model_name="a"), store=store.url)
+    manifest = _bundle_json(store, "a", first["version"], "manifest.json")
+    val_end = dt.datetime.fromisoformat(manifest["spans"]["val_end"])
+    # the same data, but the test span repeats the last validation week exactly: judged on the test
+    # span, seasonal naive would be perfect and win every series
+    b = tmp_path / "b.csv"
+    frame = panel.with_columns(pl.col("timestamp").str.to_datetime())
+    days = (pl.col("timestamp") - pl.lit(val_end)).dt.total_days()
+    source = pl.when(days > 0).then(pl.lit(val_end) - pl.duration(days=6 - (days - 1) % 7)).otherwise("timestamp")
+    changed = (frame.with_columns(source.alias("src"))
+               .join(frame.select("series_id", pl.col("timestamp").alias("src"), pl.col("target").alias("copy")),
+                     on=["series_id", "src"], how="left")
+               .select("series_id", pl.col("timestamp").dt.strftime("%Y-%m-%d"), pl.col("copy").alias("target")))
+    changed.write_csv(b)
+    second = retrain_flow(_params(str(b), model_name="b"), store=store.url)
+    pa = _bundle_json(store, "a", first["version"], "preprocessing.json")
+    pb = _bundle_json(store, "b", second["version"], "preprocessing.json")
+    assert pa["selection"] == pb["selection"] and len(pa["selection"]) == 4
+    assert "lstm" in pa["selection"].values()  # validation preferred the network somewhere ...
+    assert pa["conformal"]["by_method"] == pb["conformal"]["by_method"]  # calibrated on validation too
+    assert pa["features"] == pb["features"]  # scalers: training span only
+    ma = first["metrics"].filter(pl.col("series_id") == "ALL")
+    mb = second["metrics"].filter(pl.col("series_id") == "ALL")
+    assert not np.allclose(ma["mase"].to_numpy(), mb["mase"].to_numpy())  # the test span did change
+    test_b = {r["model"]: r["mase"] for r in mb.iter_rows(named=True)}
+    assert test_b["seasonal_naive"] < 1e-9 < test_b["lstm"]  # ... where the test span would have said otherwise
+
+
+def test_a_network_that_loses_everywhere_still_leaves_forecasts_to_serve(tmp_path):
+    csv = tmp_path / "obs.csv"
+    _panel().write_csv(csv)
+    store = open_store(str(tmp_path / "s"))
+    # one optimiser step, no baseline skip, no window normalisation: a network that cannot win
+    bad = _params(str(csv), model=ModelConfig(hidden_size=4, num_layers=1, dropout=0.0, norm="none", skip="none"),
+                  train=TrainConfig(max_steps=1, steps_per_epoch=1, learning_rate=1e-5))
+    out = retrain_flow(bad, store=store.url)
+    overall = {r["model"]: r["mase"] for r in out["metrics"].filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
+    assert overall["lstm"] > 2 * overall["seasonal_naive"]
+    assert out["served"]["lstm"] == 0 and out["promoted"], out["decision"]  # the first model is always servable
+    assert overall["served"] <= overall["seasonal_naive"] + 1e-9
+    as_of = dt.date(2024, 1, 1) + dt.timedelta(days=239)
+    scored = score_flow(ScoreParams(data=str(csv), as_of=as_of), store=store.url)
+    assert scored["series"] == 4 and not scored["skipped"]
+    frame = read_forecasts(store, "lstm", as_of)
+    assert set(frame["method"]) <= {"seasonal_naive", "naive"} and frame.height == 4 * 7
+    hist = _panel().with_columns(pl.col("timestamp").str.to_datetime(), pl.col("target").cast(pl.Float64))
+    for sid, method in frame.select("series_id", "method").unique().iter_rows():
+        got = frame.filter(pl.col("series_id") == sid).sort("horizon")
+        if method == "seasonal_naive":  # the same weekday one week earlier
+            want = [hist.filter((pl.col("series_id") == sid) & (pl.col("timestamp") == t - dt.timedelta(days=7)))
+                    ["target"][0] for t in got["timestamp"]]
+        else:
+            want = [hist.filter(pl.col("series_id") == sid)["target"][-1]] * 7
+        np.testing.assert_allclose(got["forecast"].to_numpy(), want, rtol=1e-9)
+        assert got["lower"].is_not_null().all()  # baselines get their own conformal intervals
+
+
+def test_a_layout_2_partition_still_reads(tmp_path):
+    store = open_store(str(tmp_path / "s"))
+    as_of = dt.date(2024, 5, 1)
+    old = pl.DataFrame({"series_id": ["a"], "timestamp": [dt.datetime(2024, 5, 2)], "horizon": [1],
+                        "forecast": [1.0], "lower": [None], "upper": [None], "model": ["lstm"],
+                        "model_version": ["v1"], "as_of": [as_of]},
+                       schema_overrides={"horizon": pl.Int32, "lower": pl.Float64, "upper": pl.Float64,
+                                         "timestamp": pl.Datetime("us")})
+    buf = io.BytesIO()
+    old.write_parquet(buf, metadata={"nightcast.forecasts_layout": "2"})
+    store.write_bytes(forecasts_key("lstm", as_of), buf.getvalue())
+    frame = read_forecasts(store, "lstm", as_of)
+    assert frame["method"].to_list() == ["lstm"] and "method" in frame.columns
+    assert FORECASTS_LAYOUT == "3"
