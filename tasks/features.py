@@ -139,19 +139,23 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
     return frame, unknown
 
 
-def inverse_scale(values, series_ids: list[str], state: FeatureState):  # noqa: ANN001 - numpy arrays
-    """Undo the target scaling for rows of ``values`` belonging to ``series_ids``."""
+def _row_stats(series_ids, state: FeatureState):  # noqa: ANN001, ANN202 - numpy arrays
+    """(center, scale) columns for rows labelled ``series_ids``: one dict lookup per distinct series."""
     import numpy as np
 
-    c = np.array([state.target_stats[s][0] for s in series_ids])[:, None]
-    s = np.array([state.target_stats[s][1] for s in series_ids])[:, None]
+    uniq, inverse = np.unique(np.asarray(series_ids, dtype=str), return_inverse=True)
+    stats = np.array([state.target_stats[s] for s in uniq], dtype=np.float64).reshape(-1, 2)
+    rows = stats[inverse]
+    return rows[:, :1], rows[:, 1:]
+
+
+def inverse_scale(values, series_ids, state: FeatureState):  # noqa: ANN001 - numpy arrays
+    """Undo the target scaling for rows of ``values`` belonging to ``series_ids``."""
+    c, s = _row_stats(series_ids, state)
     return values * s + c
 
 
-def scale_values(values, series_ids: list[str], state: FeatureState):  # noqa: ANN001 - numpy arrays
+def scale_values(values, series_ids, state: FeatureState):  # noqa: ANN001 - numpy arrays
     """Apply the target scaling (the inverse of ``inverse_scale``) to rows of ``values``."""
-    import numpy as np
-
-    c = np.array([state.target_stats[s][0] for s in series_ids])[:, None]
-    s = np.array([state.target_stats[s][1] for s in series_ids])[:, None]
+    c, s = _row_stats(series_ids, state)
     return (values - c) / s

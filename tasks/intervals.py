@@ -53,8 +53,11 @@ def bounds(scaled_preds: np.ndarray, half_widths, series_ids: list[str],  # noqa
 
 def by_method(half_widths: dict[str, list[float]], methods: np.ndarray) -> np.ndarray:
     """(n, H) half-widths: row i gets those of ``methods[i]``."""
-    table = {m: np.asarray(w, dtype=np.float64) for m, w in half_widths.items()}
-    return np.stack([table[m] for m in methods]) if len(methods) else np.zeros((0, len(next(iter(table.values())))))
+    names = list(half_widths)
+    table = np.stack([np.asarray(half_widths[m], dtype=np.float64) for m in names])  # (methods, H)
+    code = {m: i for i, m in enumerate(names)}
+    uniq, inverse = np.unique(np.asarray(methods, dtype=str), return_inverse=True)
+    return table[np.array([code[m] for m in uniq], dtype=np.int64)[inverse]] if len(methods) else table[:0]
 
 
 def coverage(index: WindowIndex, state: FeatureState, scaled_preds: np.ndarray, starts: np.ndarray,

@@ -51,16 +51,16 @@ def forecast_vs_actual_png(index: WindowIndex, state: FeatureState, scaled_preds
     """The last test window of up to ``n_series`` series: history, actuals, forecast and interval."""
     plt = _pyplot()
     codes = index.series[index.origin(starts)]
-    last = {}
-    for i, c in enumerate(codes):
-        last[int(c)] = i  # windows are in time order within a series: keep the last
-    chosen = sorted(last)[:n_series]
+    # windows are in time order within a series: the last window of the first n_series series
+    uniq, rev_first = np.unique(codes[::-1], return_index=True)
+    last = {int(c): len(codes) - 1 - int(i) for c, i in zip(uniq[:n_series], rev_first[:n_series])}
+    chosen = sorted(last)
     fig, axes = plt.subplots(len(chosen), 1, figsize=(8, 2.6 * len(chosen)), squeeze=False)
     for ax, code in zip(axes[:, 0], chosen):
         i = last[code]
         sid = index.series_ids[code]
         s = starts[i]
-        hist = np.arange(s, s + index.lookback)
+        hist = np.arange(max(s, index.offsets[code]), s + index.lookback)  # padded windows: real steps only
         fut = index.target_index(np.array([s]))[0]
         pred = inverse_scale(scaled_preds[i : i + 1].astype(np.float64), [sid], state)[0]
         ax.plot(index.timestamps[hist], index.target[hist], color="black", label="history")

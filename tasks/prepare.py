@@ -15,7 +15,7 @@ from schemas.params import RetrainParams
 from tasks.clean import Calendar, CleanReport, clean_observations, decide_calendar, regularize, season_length_for
 from tasks.features import FeatureState, fit_features, transform_features
 from tasks.validate import ValidationResult
-from tasks.window import WindowIndex, auto_lookback, make_windows, min_history, split_times
+from tasks.window import WindowIndex, auto_lookback, make_windows, min_history, split_times, thin_windows
 
 
 @dataclass
@@ -80,6 +80,8 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     lookback = w.lookback or auto_lookback(season, w.horizon)
     index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon,
                          train_end, val_end, w.stride, min_input=min_history(lookback, season), season=season)
+    for split in ("val", "test"):
+        index.splits[split] = thin_windows(index, index.splits[split], w.max_eval_windows)
     # Series with no observation in the training span have no scaler: not trainable either.
     index.short_series = sorted({*index.short_series, *no_training_data})
     return Prepared(clean, report, calendar, season, train_end, val_end, state, iqr, index)

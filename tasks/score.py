@@ -61,17 +61,26 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.d
     first, last = observations["timestamp"].min(), observations["timestamp"].max()
     if as_of < first.date() or as_of > last.date():
         raise ScoreError(f"unknown as_of {as_of}: the data covers {first.date()} to {last.date()}")
-    history = observations.filter(pl.col("timestamp") < cutoff)
     trained = Calendar.from_json(cfg["calendar"])
+    state = FeatureState.from_json(bundle.preprocessing["features"])
+    keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
+    # only the tail each series needs (plus the outlier rule's window and slack) is cleaned
+    since = _steps_before(cutoff, trained, 2 * keep + (clean_cfg.outlier_window or max(season, 7)) + clean_cfg.max_gap)
+    history = observations.filter(pl.col("timestamp") < cutoff)
+    recent = history.filter(pl.col("timestamp") >= since)
+    gone = history.select("series_id").unique().join(recent.select("series_id").unique(), on="series_id", how="anti")
+    history = recent
     # Holidays are re-read from the data (new ones appear); frequency and kind are the model's.
     calendar = decide_calendar(history, clean_cfg.model_copy(update={"frequency": trained.frequency,
                                                                      "calendar": trained.kind}))
+    if history.height == 0:
+        raise ScoreError(f"no observations in the {keep} steps before as_of {as_of}")
     clean, _, _ = clean_observations(history, clean_cfg, calendar,
                                      iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
-    state = FeatureState.from_json(bundle.preprocessing["features"])
-    keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
     clean = clean.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(keep)
     report = ScoreReport()
+    for sid in gone["series_id"].head(1000).to_list():  # a bounded listing; the count is in the summary
+        report.skipped[sid] = f"stale: no observation since {since}"
     series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
     for r in series.filter(pl.col("skip").is_not_null()).select("series_id", "skip").iter_rows():
         report.skipped[r[0]] = r[1]
@@ -99,6 +108,16 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.d
     report.series_scored = len(ids)
     report.methods = {m: int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
     return frame, report
+
+
+def _steps_before(when: dt.datetime, calendar: Calendar, n: int) -> dt.datetime:
+    """A time at least ``n`` calendar steps before ``when`` (business days count 7 for 5, plus holidays)."""
+    m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
+    if not m:
+        raise ScoreError(f"cannot step frequency {calendar.frequency!r}")
+    k, unit = int(m.group(1)), m.group(2)
+    n = n * 2 if calendar.kind == "business" else n
+    return pl.Series([when]).dt.offset_by(f"-{n * k}{unit}").item()
 
 
 def _first(skipped: dict[str, str], n: int = 5) -> str:
@@ -152,15 +171,16 @@ def _series_status(clean: pl.DataFrame, calendar: Calendar, max_gap: int, lookba
 def _baselines(clean: pl.DataFrame, live: pl.DataFrame, season: int, horizon: int) -> dict[str, np.ndarray]:
     """Naive and seasonal naive (naive where a series has less than one season) for every live series."""
     tails = (clean.group_by("series_id", maintain_order=True).agg(pl.col("target").tail(season).alias("tail"))
-             .join(live.select("series_id"), on="series_id", how="right"))
-    tail = tails["tail"].to_list()
-    last = np.array([t[-1] for t in tail], dtype=np.float64)  # one short list per series, already gathered
+             .join(live.select("series_id"), on="series_id", how="right")
+             .select(pl.col("tail").list.last().alias("last"), (pl.col("tail").list.len() == season).alias("full"),
+                     pl.col("tail")))
+    last = tails["last"].to_numpy().astype(np.float64)
     naive = np.repeat(last[:, None], horizon, axis=1)
-    full = np.array([len(t) == season for t in tail])
+    full = tails["full"].to_numpy()
     snaive = naive.copy()
     if full.any():
-        block = np.array([t for t, f in zip(tail, full) if f], dtype=np.float64)  # (n, m)
-        snaive[full] = block[:, (np.arange(horizon) % season)]
+        block = tails.filter(pl.col("full"))["tail"].list.to_array(season).to_numpy().astype(np.float64)  # (n, m)
+        snaive[full] = block[:, np.arange(horizon) % season]
     return {"seasonal_naive": snaive, "naive": naive}
 
 
@@ -213,11 +233,15 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
 def _choose(live: pl.DataFrame, base: dict[str, np.ndarray], net: tuple[np.ndarray, np.ndarray, np.ndarray],
             selection: dict[str, str] | None, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Each series' served forecast and method: the bundle's choice when available, else a baseline."""
-    ids = live["series_id"].to_list()
     rows = live["rows"].to_numpy()
     values, _, usable = net
-    wanted = np.array([(selection or {}).get(s, NETWORK if selection is None else None) or "" for s in ids],
-                      dtype=object)
+    if selection is None:  # a first-generation bundle: the network serves everything it can
+        wanted = np.full(live.height, NETWORK, dtype=object)
+    else:
+        table = pl.DataFrame({"series_id": list(selection), "method": list(selection.values())},
+                             schema={"series_id": pl.String, "method": pl.String})
+        wanted = (live.select("series_id").join(table, on="series_id", how="left", maintain_order="left")
+                  ["method"].fill_null("").to_numpy().astype(object))
     # what a series gets when its choice is unavailable: seasonal naive given a season, else naive
     fallback = np.where(rows >= 1, "seasonal_naive", "naive").astype(object)
     methods = np.where((wanted == NETWORK) & usable, NETWORK,
@@ -232,11 +256,12 @@ def _intervals(out: np.ndarray, methods: np.ndarray, widths: dict[str, list[floa
                ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Conformal bounds per method (in each series' scaled units); NaN where a method has none."""
     lower, upper = np.full(out.shape, np.nan), np.full(out.shape, np.nan)
-    known = np.array([s in state.target_stats for s in ids], dtype=bool)
+    ids_arr = np.asarray(ids, dtype=str)
+    known = np.isin(ids_arr, np.asarray(list(state.target_stats), dtype=str))
     for method, w in widths.items():
         sel = np.flatnonzero((methods == method) & known)
         if len(sel):
-            sids = [ids[i] for i in sel]
+            sids = ids_arr[sel]
             lower[sel], upper[sel] = bounds(scale_values(out[sel], sids, state), w, sids, state)
     return lower, upper
 

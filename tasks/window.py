@@ -47,9 +47,9 @@ class WindowIndex:
         """Index of the last input step of each window."""
         return starts + self.lookback - 1
 
-    def series_of(self, starts: np.ndarray) -> list[str]:
-        """The series id of each window."""
-        return [self.series_ids[c] for c in self.series[self.origin(starts)]]
+    def series_of(self, starts: np.ndarray) -> np.ndarray:
+        """The series id of each window (an array of str)."""
+        return np.asarray(self.series_ids, dtype=str)[self.series[self.origin(starts)]]
 
     def target_index(self, starts: np.ndarray) -> np.ndarray:
         """(n, H) indices of each window's target steps."""
@@ -69,11 +69,11 @@ def split_times(clean: pl.DataFrame, val_fraction: float, test_fraction: float,
 
 
 def auto_lookback(season: int, horizon: int) -> int:
-    """Default lookback: two horizons, and up to three seasons (at least one, for the seasonal skip).
-
-    Capped at 200 steps for long seasons (weekly data: 52); seasonal lags reach further back.
+    """Default lookback: two horizons and at least one season (the seasonal skip reads it); three
+    seasons when that stays within 48 steps (monthly: 36). An LSTM step costs the same whatever
+    it reads, so long seasons (weekly data: 52) get one season; seasonal lags reach further back.
     """
-    return int(max(2 * horizon, season, min(3 * season, 200)))
+    return int(max(2 * horizon, season, min(3 * season, 48)))
 
 
 def min_history(lookback: int, season: int) -> int:
@@ -134,6 +134,22 @@ def _stack(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     if not columns:
         return np.zeros((frame.height, 0), np.float32)
     return np.require(frame.select(pl.col(columns).cast(pl.Float32)).to_numpy(), np.float32, ["C", "W"])
+
+
+def thin_windows(index: WindowIndex, starts: np.ndarray, cap: int) -> np.ndarray:
+    """At most about ``cap`` evaluation windows: every k-th origin of each series (k ≤ horizon).
+
+    Overlapping windows repeat most of their targets; keeping every k-th per series leaves
+    every series and every part of the span represented, at a cost that no longer grows
+    with history length × series (non-overlapping at k = horizon).
+    """
+    if len(starts) <= cap:
+        return starts
+    k = min(index.horizon, -(-len(starts) // cap))
+    codes = index.series[index.origin(starts)]
+    first = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1])  # each series' first window
+    rank = np.arange(len(starts)) - np.repeat(first, np.diff(np.concatenate([first, [len(starts)]])))
+    return starts[rank % k == 0]
 
 
 class WindowDataset(Dataset):

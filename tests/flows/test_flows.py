@@ -206,3 +206,20 @@ def test_derived_features_train_and_score_end_to_end(tmp_path, sample_raw, sampl
         f"forecasts/model=lstm/as_of={_last_date(sample_raw)}/forecasts.parquet")))
     Forecasts.validate(frame)
     assert scored["rows"] == frame.height > 0  # calendar inputs for the horizon came from the timestamps alone
+
+
+def test_scoring_cleans_only_the_tail_it_needs_and_forecasts_the_same(trained_store, sample_raw, monkeypatch):
+    import tasks.score as score_mod
+    from tasks.validate import validate_observations
+
+    store_url, _, _ = trained_store
+    bundle = load_champion(open_store(store_url), "lstm")
+    observations = validate_observations(sample_raw).valid
+    as_of = _last_date(sample_raw)
+    tail, _ = score_mod.forecast_from_bundle(bundle, observations, as_of)
+    cut = score_mod._steps_before(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time()),
+                                  score_mod.Calendar.from_json(bundle.config["calendar"]), 10)
+    assert observations.filter(pl.col("timestamp") < cut).height > 0  # the sample is longer than the tail
+    monkeypatch.setattr(score_mod, "_steps_before", lambda *a: dt.datetime(1900, 1, 1))
+    full, _ = score_mod.forecast_from_bundle(bundle, observations, as_of)
+    assert tail.equals(full)

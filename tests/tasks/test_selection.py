@@ -57,7 +57,7 @@ def test_without_min_input_a_short_series_is_reported_as_before():
 def test_auto_lookback_follows_season_and_horizon():
     assert auto_lookback(12, 18) == 36  # monthly: 3 seasons = 2 horizons
     assert auto_lookback(24, 48) == 96  # hourly: 2 horizons
-    assert auto_lookback(52, 13) == 156  # weekly: 3 seasons
+    assert auto_lookback(52, 13) == 52  # weekly: one season
     assert auto_lookback(1, 6) == 12  # yearly: 2 horizons
 
 
