@@ -146,7 +146,7 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
                  "start": str(checked.valid["timestamp"].min()), "end": str(checked.valid["timestamp"].max())},
         "spans": {"train_end": str(prepared.train_end), "val_end": str(prepared.val_end)},
         "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
-        "cleaning": prepared.report.to_json(), "epochs": trained.epochs, "steps": trained.steps,
+        "cleaning": prepared.report.to_json(worst=20), "epochs": trained.epochs, "steps": trained.steps,
         "training_budget": trained.budget, "served": evaluation["served_counts"],
         "best_val_loss": trained.best_val_loss, "libraries": library_versions(),
         "warm_start": warm,
@@ -250,7 +250,7 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     evaluation = evaluate(params, prepared, trained, champion, champion_error)
     registered = register(st, params, checked, prepared, trained, evaluation, tuned, warm)
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
-           "rows": checked.n_rows, "cleaning": prepared.report.to_json(),
+           "rows": checked.n_rows, "cleaning": prepared.report.to_json(worst=20),
            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
            "comparison": evaluation["comparison"], "intervals": evaluation["intervals"], "warm_start": warm,
            "served": evaluation["served_counts"]}

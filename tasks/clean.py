@@ -65,8 +65,17 @@ class CleanReport:
     empty_series_count: int = 0  # series left out: no observed target (or every one dropped as an outlier)
     empty_series: list[str] = field(default_factory=list)  # the first 20 of them by id
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self, worst: int | None = None) -> dict:
+        """Everything; with ``worst``, ``by_series`` keeps only the series cleaning touched most."""
+        out = asdict(self)
+        if worst is not None and len(self.by_series) > worst:
+            def touched(counts: dict[str, int]) -> int:
+                return sum(counts.values())
+
+            top = sorted(self.by_series.items(), key=lambda kv: touched(kv[1]), reverse=True)[:worst]
+            out["by_series"] = dict(top)
+            out["by_series_listed"] = f"the {worst} of {len(self.by_series)} series cleaning touched most"
+        return out
 
 
 def _duration_us(frequency: str) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import warnings
@@ -119,12 +120,24 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
                        int(trainer.global_step), budget)
 
 
+def inference_device() -> torch.device:
+    """Where batched inference runs: the GPU when there is one (as training), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
 def predict_scaled(net: LSTMForecaster, index: WindowIndex, starts: np.ndarray,
-                   batch_size: int = 2048) -> np.ndarray:
-    """Scaled (n, H) predictions for windows starting at ``starts``."""
-    net.eval()
+                   batch_size: int = 2048, device: torch.device | None = None) -> np.ndarray:
+    """Scaled (n, H) predictions for windows starting at ``starts``, in batches on ``device``.
+
+    Batches are gathered from the stacked arrays by index (``WindowDataset.__getitems__``);
+    the loop runs over batches of ``batch_size`` windows, never over windows.
+    """
+    device = device or inference_device()
+    model = net.eval() if device.type == "cpu" else copy.deepcopy(net).to(device).eval()
     ds = WindowDataset(index, starts, mask=getattr(net, "mask", False))
-    out = [net(*ds.__getitems__(list(range(i, min(i + batch_size, len(ds)))))[:2]).numpy()
-           for i in range(0, len(ds), batch_size)]
+    out = []
+    for i in range(0, len(ds), batch_size):
+        past, future, _ = ds.__getitems__(torch.arange(i, min(i + batch_size, len(ds))))
+        out.append(model(past.to(device), future.to(device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, index.horizon), np.float32)
