@@ -147,8 +147,12 @@ def _print_retrain(out: dict) -> None:
 def _print_score(out: dict) -> None:
     print(f"\nforecasts {out['forecasts']}  (as of {out['as_of']}, {out['rows']} rows, {out['series']} series, "
           f"model version {out['model_version']})")
-    for sid, why in out["skipped"].items():
+    print("served by method: " + ", ".join(f"{m} {n}" for m, n in out.get("methods", {}).items()))
+    skipped = list(out["skipped"].items())
+    for sid, why in skipped[:20]:
         print(f"  skipped {sid}: {why}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more skipped (see the score artifact)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame,
     """Forecast as of one date and replace that date's partition; a summary row for the run."""
     forecasts, report = forecast_from_bundle(bundle, observations, as_of)
     key = write_forecasts(store, forecasts, model_name, as_of)
-    return {"as_of": as_of, "rows": forecasts.height, "series": report.series_scored,
+    return {"as_of": as_of, "rows": forecasts.height, "series": report.series_scored, "methods": report.methods,
             "skipped": report.skipped, "model_version": bundle.version, "forecasts": store.uri(key)}
 
 
@@ -48,15 +48,18 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
     checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format)
     as_of = params.as_of or checked.valid["timestamp"].max().date()
     out = score_date(st, bundle, checked.valid, as_of, params.model_name)
-    for sid, why in out["skipped"].items():
+    for sid, why in list(out["skipped"].items())[:20]:
         logger.warning("series %s not scored: %s", sid, why)
-    logger.info("wrote %d forecasts for %d series as of %s to %s",
-                out["rows"], out["series"], as_of, out["forecasts"])
-    skipped = "".join(f"\n- `{sid}`: {why}" for sid, why in out["skipped"].items())
+    if len(out["skipped"]) > 20:
+        logger.warning("... and %d more series not scored (listed in the score artifact)", len(out["skipped"]) - 20)
+    logger.info("wrote %d forecasts for %d series as of %s to %s (served by method: %s)",
+                out["rows"], out["series"], as_of, out["forecasts"], out["methods"])
+    skipped = "".join(f"\n- `{sid}`: {why}" for sid, why in list(out["skipped"].items())[:200])
     create_markdown_artifact(
         key=artifact_key("score", params.model_name), description=f"forecasts as of {as_of}",
         markdown=(f"# Forecasts {params.model_name} as of {as_of}\n\n"
                   f"- `{out['forecasts']}`\n- {out['rows']} rows, {out['series']} series, "
-                  f"model version `{bundle.version}`\n- quarantined input rows: {checked.n_quarantined}\n"
+                  f"model version `{bundle.version}`\n- served by method: {out['methods']}\n"
+                  f"- quarantined input rows: {checked.n_quarantined}\n"
                   + (f"\n## Not scored{skipped}\n" if skipped else "")))
     return {**out, "quarantined_rows": checked.n_quarantined}
