@@ -42,8 +42,8 @@ def forecasts_key(model: str, as_of: dt.date) -> str:
     return f"{partition_key(model, as_of)}/forecasts.parquet"
 
 
-def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
-                         created_at: dt.datetime | None = None) -> tuple[pl.DataFrame, ScoreReport]:
+def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
+                         as_of: dt.date) -> tuple[pl.DataFrame, ScoreReport]:
     """Clean the history up to ``as_of`` as training did; forecast every series with its served method.
 
     The network forecasts the series it knows from its last window; each series is served
@@ -64,23 +64,15 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.d
     trained = Calendar.from_json(cfg["calendar"])
     state = FeatureState.from_json(bundle.preprocessing["features"])
     keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
-    # only the tail each series needs (plus the outlier rule's window and slack) is cleaned
-    since = _steps_before(cutoff, trained, 2 * keep + (clean_cfg.outlier_window or max(season, 7)) + clean_cfg.max_gap)
-    history = observations.filter(pl.col("timestamp") < cutoff)
-    recent = history.filter(pl.col("timestamp") >= since)
-    gone = history.select("series_id").unique().join(recent.select("series_id").unique(), on="series_id", how="anti")
-    history = recent
+    history, gone, since = _recent(observations, cutoff, trained, keep + (clean_cfg.outlier_window or max(season, 7))
+                                   + clean_cfg.max_gap)
     # Holidays are re-read from the data (new ones appear); frequency and kind are the model's.
     calendar = decide_calendar(history, clean_cfg.model_copy(update={"frequency": trained.frequency,
                                                                      "calendar": trained.kind}))
-    if history.height == 0:
-        raise ScoreError(f"no observations in the {keep} steps before as_of {as_of}")
     clean, _, _ = clean_observations(history, clean_cfg, calendar,
                                      iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
     clean = clean.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(keep)
-    report = ScoreReport()
-    for sid in gone["series_id"].head(1000).to_list():  # a bounded listing; the count is in the summary
-        report.skipped[sid] = f"stale: no observation since {since}"
+    report = ScoreReport(skipped={sid: f"stale: no observation since {since}" for sid in gone})
     series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
     for r in series.filter(pl.col("skip").is_not_null()).select("series_id", "skip").iter_rows():
         report.skipped[r[0]] = r[1]
@@ -108,6 +100,19 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame, as_of: dt.d
     report.series_scored = len(ids)
     report.methods = {m: int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
     return frame, report
+
+
+def _recent(observations: pl.DataFrame, cutoff: dt.datetime, calendar: Calendar,
+            steps: int) -> tuple[pl.DataFrame, list[str], dt.datetime]:
+    """The observations of the last ``2·steps`` calendar steps before ``cutoff`` (what cleaning and
+    the last window need), the series with none there (stale), and where that span starts."""
+    since = _steps_before(cutoff, calendar, 2 * steps)
+    history = observations.filter(pl.col("timestamp") < cutoff)
+    recent = history.filter(pl.col("timestamp") >= since)
+    if recent.height == 0:
+        raise ScoreError(f"no observations between {since} and {cutoff}: nothing recent enough to forecast from")
+    gone = history.select("series_id").unique().join(recent.select("series_id").unique(), on="series_id", how="anti")
+    return recent, sorted(gone["series_id"].to_list()), since
 
 
 def _steps_before(when: dt.datetime, calendar: Calendar, n: int) -> dt.datetime:
