@@ -114,8 +114,9 @@ class ModelConfig(_Config):
         "none", description="last: add the last scaled value to the output (first-generation skip; prefer skip)")
     norm: Literal["window", "none"] = Field(
         "window", description="window: normalise each input window by its own level and spread (survives trends)")
-    skip: Literal["seasonal", "last", "none"] = Field(
-        "seasonal", description="predict a correction to seasonal naive (or the last value): untrained = baseline")
+    skip: Literal["auto", "seasonal", "last", "none"] = Field(
+        "auto", description="predict a correction to seasonal naive or the last value (untrained = that baseline); "
+                            "auto: whichever of the two is better on the training windows")
 
 
 class TrainConfig(_Config):
@@ -274,7 +275,7 @@ def default_search_space() -> dict[str, Dimension]:
         "model.cell": Dimension(choices=["lstm", "gru"]),
         "model.bidirectional": Dimension(choices=[False, True]),
         "model.pooling": Dimension(choices=["last", "attention"]),
-        "model.skip": Dimension(choices=["seasonal", "last"]),
+        "model.skip": Dimension(choices=["auto", "seasonal", "last"]),
         "train.learning_rate": Dimension(low=3e-4, high=1e-2, log=True),
         "train.batch_size": Dimension(choices=[32, 64, 128]),
         "train.weight_decay": Dimension(low=1e-6, high=1e-2, log=True),

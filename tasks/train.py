@@ -57,11 +57,35 @@ def _val_loader(index: WindowIndex, cfg: TrainConfig) -> DataLoader:
                       collate_fn=collate_batch)
 
 
+def choose_skip(index: WindowIndex, sample: int = 20_000) -> str:
+    """``skip="auto"``: correct the baseline that is better on the training windows.
+
+    Seasonal naive when, over (a sample of) the training windows and all H steps, its scaled
+    absolute error is below the last value's; otherwise the last value. Training span only.
+    """
+    from models.baselines import naive, seasonal_naive
+
+    starts = index.splits.get("train", index.splits.get("all", np.empty(0, np.int64)))
+    if index.season <= 1 or len(starts) == 0:
+        return "last"
+    starts = starts[:: max(1, len(starts) // sample)]
+    y = index.past[:, 0].astype(np.float64)  # per-series scaled: every series weighs the same
+    origins, tidx = index.origin(starts), index.target_index(starts)
+    seen = index.observed[tidx]
+    first = index.offsets[index.series[origins]]
+    seasonal = np.abs(seasonal_naive(y, origins, index.horizon, index.season, first) - y[tidx])[seen].mean()
+    last = np.abs(naive(y, origins, index.horizon) - y[tidx])[seen].mean()
+    return "seasonal" if seasonal < last else "last"
+
+
 def network_args_for(index: WindowIndex, model_cfg: ModelConfig) -> dict:
-    """What ``LSTMForecaster(**network_args)`` needs for these windows and this config."""
+    """What ``LSTMForecaster(**network_args)`` needs for these windows and this config (``auto`` resolved)."""
     cols = index.past_columns or ["y"]
+    model = model_cfg.model_dump()
+    if model["skip"] == "auto":
+        model["skip"] = choose_skip(index)
     return {"n_past": index.past.shape[1] + int(index.pad), "n_future": index.future.shape[1],
-            "horizon": index.horizon, **model_cfg.model_dump(), "season": int(index.season), "mask": index.pad,
+            "horizon": index.horizon, **model, "season": int(index.season), "mask": index.pad,
             "target_channels": [i for i, c in enumerate(cols) if c == "y" or c.startswith("lag__")]}
 
 

@@ -138,3 +138,16 @@ def test_vectorised_metrics_match_a_direct_computation():
             assert row["mase"] == pytest.approx(np.abs(err).mean() / scales[code])
         overall = table.filter((pl.col("model") == name) & (pl.col("series_id") == "ALL")).row(0, named=True)
         assert overall["mae"] == pytest.approx(np.abs(pred - truth).mean()) and overall["n"] == truth.size
+
+
+def test_a_series_with_too_little_validation_evidence_keeps_the_default():
+    idx, starts, truth, base = _val_setup()
+    sid = idx.series[idx.origin(starts)]
+    plain = {"seasonal_naive": truth + 1.0, "naive": truth + 2.0}
+    lstm = truth + np.where(sid[:, None] == 1, 0.1, 100.0)  # far better on b, hopeless elsewhere
+    chosen = select_methods(idx, starts, {"lstm": lstm, **plain}, np.ones(3))
+    assert chosen["b"] == "lstm"
+    # keep one window of b (one horizon of evidence): not enough to leave the default
+    one = np.concatenate([starts[sid != 1], starts[sid == 1][:1]])
+    keep = {k: np.concatenate([v[sid != 1], v[sid == 1][:1]]) for k, v in {"lstm": lstm, **plain}.items()}
+    assert select_methods(idx, one, keep, np.ones(3))["b"] == "seasonal_naive"
