@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-slow test-all bench-accuracy clean
+.PHONY: demo test test-slow test-all bench-accuracy bench-scale clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-all: test test-slow
 
 bench-accuracy: $(VENV)/.installed
 	$(PY) bench/accuracy.py
+
+# 1,000 and 10,000 ragged series x 2,000 steps; SCALE_ARGS="--full" adds the CLI wall clock
+bench-scale: $(VENV)/.installed
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) nightcast-store nightcast-optuna.db .pytest_cache

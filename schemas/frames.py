@@ -6,6 +6,8 @@ only the schema and bad values pass silently.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import polars as pl
 import pandera.polars as pa
 
@@ -14,15 +16,16 @@ class RawObservations(pa.DataFrameModel):
     """Observations after column mapping and type coercion, before cleaning.
 
     ``_timestamp_raw`` / ``_target_raw`` hold the text as read, so a value that
-    could not be parsed is reported as unparseable rather than as missing.
+    could not be parsed is reported as unparseable rather than as missing; they
+    exist only for text input (typed input, such as Parquet, has nothing to parse).
     A null ``target`` is a missing observation (a gap to fill).
     """
 
     series_id: str = pa.Field(nullable=False, str_length={"min_value": 1})
     timestamp: pl.Datetime = pa.Field(nullable=False)
     target: float = pa.Field(nullable=True)
-    timestamp_raw: str = pa.Field(nullable=True, alias="_timestamp_raw")
-    target_raw: str = pa.Field(nullable=True, alias="_target_raw")
+    timestamp_raw: Optional[str] = pa.Field(nullable=True, alias="_timestamp_raw")
+    target_raw: Optional[str] = pa.Field(nullable=True, alias="_target_raw")
 
     @pa.check("target", name="finite")
     def target_finite(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -31,19 +34,22 @@ class RawObservations(pa.DataFrameModel):
 
     @pa.dataframe_check(name="timestamp_parseable")
     def timestamp_parseable(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(
-            pl.col("_timestamp_raw").is_null() | pl.col("timestamp").is_not_null()
-        )
+        return _text_parsed(data.lazyframe, "_timestamp_raw", "timestamp")
 
     @pa.dataframe_check(name="target_numeric")
     def target_numeric(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(
-            pl.col("_target_raw").is_null() | pl.col("target").is_not_null()
-        )
+        return _text_parsed(data.lazyframe, "_target_raw", "target")
 
     class Config:
         unique = ["series_id", "timestamp"]
         strict = False  # covariates ride along
+
+
+def _text_parsed(frame: pl.LazyFrame, text: str, typed: str) -> pl.LazyFrame:
+    """Per row: no text was given, or it parsed; every row passes when there is no text column."""
+    if text not in frame.collect_schema().names():
+        return frame.select(pl.repeat(True, pl.len()).alias(typed))
+    return frame.select(pl.col(text).is_null() | pl.col(typed).is_not_null())
 
 
 class CleanSeries(pa.DataFrameModel):
@@ -60,8 +66,17 @@ class CleanSeries(pa.DataFrameModel):
     def target_finite(cls, data: pa.PolarsData) -> pl.LazyFrame:
         return data.lazyframe.select(pl.col(data.key).is_finite())
 
+    @pa.dataframe_check(name="sorted_unique_series_timestamp")
+    def sorted_unique(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        # sorted by (series_id, timestamp) with strictly increasing timestamps within a series: the
+        # windows rely on the order, and it implies uniqueness in one pass (no hash of 20M keys)
+        same = pl.col("series_id") == pl.col("series_id").shift(1)
+        return data.lazyframe.select(
+            pl.col("series_id").shift(1).is_null()
+            | (pl.col("series_id") > pl.col("series_id").shift(1))
+            | (same & (pl.col("timestamp") > pl.col("timestamp").shift(1))))
+
     class Config:
-        unique = ["series_id", "timestamp"]
         strict = False
 
 

@@ -76,7 +76,30 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFram
         raise IngestError(f"cannot read {uri} as {fmt}: {first}") from exc
     if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
         raise IngestError(f"{uri} is empty: no header and no rows")
+    if fmt == "csv" and any(_DUPLICATED in c for c in frame.columns):
+        _reject_repeated_header(source, opts, uri)
     return _rename(frame, columns, uri)
+
+
+_DUPLICATED = "_duplicated_"  # polars renames the second `x` of a CSV header to `x_duplicated_0`
+
+
+def _reject_repeated_header(source: list[str] | str, opts: dict[str, str] | None, uri: str) -> None:
+    """Stop on a CSV header that names a column twice (which copy is meant is anyone's guess).
+
+    Called only when a column name looks like polars' rename of a repeat: the header is
+    then read again as a plain row, where names keep their spelling.
+    """
+    header = pl.scan_csv(source, has_header=False, n_rows=1, infer_schema=False,
+                         storage_options=opts).collect().row(0)
+    counts = {name: header.count(name) for name in header}
+    repeated = [name for name, n in counts.items() if n > 1]
+    if repeated:
+        raise IngestError(
+            f"column(s) {repeated} appear more than once in the header of {uri} "
+            f"({', '.join(f'{name!r} {counts[name]} times' for name in repeated)}); "
+            "rename or drop the copies"
+        )
 
 
 def _rename(frame: pl.DataFrame, columns: ColumnMap, uri: str) -> pl.DataFrame:

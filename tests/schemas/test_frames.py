@@ -56,6 +56,18 @@ def test_clean_series_pass_and_fail():
         CleanSeries.validate(_clean(target=[1.0, float("inf")]), lazy=True)
 
 
+@pytest.mark.parametrize("series, stamps", [
+    (["a", "a"], [dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 1)]),  # time runs backwards
+    (["a", "a"], [dt.datetime(2024, 1, 1)] * 2),  # a duplicated key
+    (["b", "a"], [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2)]),  # series out of order
+])
+def test_clean_series_must_be_sorted_and_unique(series, stamps):
+    CleanSeries.validate(_clean(series_id=["a", "b"]), lazy=True)  # two series, each starting afresh
+    with pytest.raises(SchemaErrors) as err:
+        CleanSeries.validate(_clean(series_id=series, timestamp=stamps), lazy=True)
+    assert "sorted_unique_series_timestamp" in err.value.failure_cases["check"].to_list()
+
+
 def test_raw_observations_pass_and_fail():
     ok = pl.DataFrame({"series_id": ["a"], "timestamp": [dt.datetime(2024, 1, 1)], "target": [None],
                        "_timestamp_raw": ["2024-01-01"], "_target_raw": [None]},
@@ -64,3 +76,12 @@ def test_raw_observations_pass_and_fail():
     RawObservations.validate(ok, lazy=True)  # a null target is a gap, not an error
     with pytest.raises(SchemaErrors):
         RawObservations.validate(ok.with_columns(pl.lit("").alias("series_id")), lazy=True)
+
+
+def test_raw_observations_from_typed_input_need_no_text_columns():
+    typed = pl.DataFrame({"series_id": ["a", "a"], "timestamp": [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2)],
+                          "target": [1.0, None]}, schema_overrides={"timestamp": pl.Datetime("us")})
+    RawObservations.validate(typed, lazy=True)
+    with pytest.raises(SchemaErrors) as err:
+        RawObservations.validate(typed.with_columns(pl.lit(float("nan")).alias("target")), lazy=True)
+    assert set(err.value.failure_cases["check"]) == {"finite"}

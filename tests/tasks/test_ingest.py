@@ -67,3 +67,16 @@ def test_sample_uri_is_the_bundled_sample():
     assert Settings().data == SAMPLE_DATA  # the embedded default input
     assert {"series_id", "timestamp", "target"} <= set(frame.columns)
     assert frame["series_id"].n_unique() == 5 and frame.height > 4000
+
+
+def test_csv_with_a_repeated_header_column_is_rejected_naming_it(tmp_path):
+    (tmp_path / "o.csv").write_text("series_id,timestamp,target,target\na,2024-01-01,1.0,2.0\n")
+    with pytest.raises(IngestError, match=r"\['target'\] appear more than once in the header .*'target' 2 times"):
+        load_observations(str(tmp_path / "o.csv"))
+
+
+def test_csv_column_named_like_a_polars_rename_is_not_a_repeat(tmp_path):
+    frame = _frame().with_columns(pl.col("x").alias("x_duplicated_0"))
+    frame.write_csv(tmp_path / "o.csv")
+    out = load_observations(str(tmp_path / "o.csv"), ColumnMap(series_col="id", timestamp_col="ts", target_col="y"))
+    assert out.columns == ["series_id", "timestamp", "target", "x", "x_duplicated_0"]

@@ -75,3 +75,37 @@ def test_header_only_file_is_an_error():
 def test_covariates_typed_numeric_or_categorical():
     out = validate_observations(_raw(4, temp=["1", "2.5", "3", "4"], promo=["on", "off", "on", "3"]))
     assert out.numeric == ["temp"] and out.categorical == ["promo"]
+
+
+def test_typed_input_needs_no_raw_text_and_is_checked_the_same():
+    """Parquet-like input: typed columns, out of order, a NaN target and a conflicting duplicate."""
+    import datetime as dt
+
+    ts = [dt.datetime(2024, 1, 1, h, tzinfo=dt.timezone(dt.timedelta(hours=2))) for h in range(6)]
+    raw = pl.DataFrame({"series_id": ["b", "a", "a", "a", "a", "a", "a"],
+                        "timestamp": [ts[0], ts[3], ts[1], ts[2], ts[0], ts[4], ts[1]],
+                        "target": [1.0, 2.0, float("nan"), 4.0, 5.0, 6.0, 7.0]})
+    out = validate_observations(raw, max_bad_share=0.5)
+    assert dict(zip(out.quarantine["_row"], out.quarantine["_rules"])) == {
+        2: "series_id+timestamp:multiple_fields_uniqueness; target:finite",
+        6: "series_id+timestamp:multiple_fields_uniqueness"}
+    assert out.valid.columns == ["series_id", "timestamp", "target"]
+    assert out.valid["series_id"].to_list() == ["a", "a", "a", "a", "b"]
+    assert out.valid["timestamp"].dt.hour().to_list() == [22, 0, 1, 2, 22]  # UTC, naive, sorted in each series
+
+
+def test_repeated_unparseable_timestamps_count_as_one_key():
+    """As pandera has it, missing timestamps of one series are equal keys: both rows break uniqueness too."""
+    raw = _raw(30).with_columns(
+        pl.when(pl.int_range(pl.len()).is_in([3, 20])).then(pl.lit("never")).otherwise("timestamp").alias("timestamp"))
+    out = validate_observations(raw, max_bad_share=0.1)
+    rules = dict(zip(out.quarantine["_row"].to_list(), out.quarantine["_rules"].to_list()))
+    both = "series_id+timestamp:multiple_fields_uniqueness; timestamp:not_nullable; timestamp:timestamp_parseable"
+    assert rules == {3: both, 20: both}
+
+
+def test_exact_duplicates_far_apart_are_dropped_not_quarantined():
+    raw = _raw(30)
+    out = validate_observations(pl.concat([raw, raw.slice(0, 3)]).reverse())
+    assert out.exact_duplicates == 3 and out.n_quarantined == 0
+    assert out.valid.height == 30 and out.valid["timestamp"].is_sorted()

@@ -1,0 +1,665 @@
+"""Scale benchmark: nightcast on ragged hourly catalogues, each figure beside a reference from the same run.
+
+    python bench/scale.py                                   # 1,000 and 10,000 series x 2,000 steps
+    python bench/scale.py --series 1000 --steps 2000        # one size
+    python bench/scale.py --series 10000 --full             # + `nightcast retrain` / `score` wall clock
+    make bench-scale
+
+For each size a seeded ragged panel (``bench/panel.py``) is written to a temporary directory and
+measured in child processes, one per group of steps, so that each group's peak RSS is its own:
+
+- **floor**: bare polars on the same file: read + cast + sort, per-series interpolation,
+  per-series mean and std;
+- **pipeline**: ``load_observations`` → ``validate_observations`` → ``prepare_training`` (clean,
+  features, windows; ``RetrainParams(window=WindowConfig(horizon=24))``), then training:
+  ``train_model`` for a fixed number of steps against a raw PyTorch loop doing the same work (same
+  ``LSTMForecaster`` and arguments, AdamW, gradient clipping, the same sampled batches from
+  ``WindowDataset``, the same validation sample after each 50-step epoch), and a one-thread sgemm
+  (``torch.mm``) for the peak the LSTM's FLOPs are compared with;
+- **score**: a short ``retrain_flow`` writes a bundle, then ``forecast_from_bundle`` is timed;
+- **full** (``--full``): the ``nightcast retrain`` and ``nightcast score`` commands as a user runs
+  them, and the test-span MASE of what is served against seasonal naive from the new bundle.
+
+Peak RSS: within a child, each step's peak (VmHWM, reset when the step starts) minus the RSS once
+the imports are done: above the interpreter's baseline, with what earlier steps still hold. For the
+CLI, the command's whole peak RSS (``ru_maxrss`` from ``os.wait4``; the parent stays small, so what a
+child inherits from it does not show). The frame's in-memory size is its Arrow IPC size, uncompressed.
+Flows report to one ``prefect server`` started for the run (stopped by its process id).
+A stage that fails prints its error in the table and the run goes on.
+The table goes to stdout and to ``bench/results/scale.md`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "bench" / "results" / "scale.md"
+HORIZON = 24
+STEPS_PER_EPOCH = 50
+TARGETS = {"pipeline": 3.0, "memory": 3.0, "training": 0.9, "score": 300_000, "full_min": 15.0}
+
+
+# ---------------------------------------------------------------- measurement helpers (children)
+
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: its peak)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux: /proc/self/clear_refs, value 5)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+class _Steps:
+    """Seconds and peak RSS of each step, above the RSS when created (after the imports).
+
+    The peak is the process's VmHWM, reset at each step's start, so each step has its own
+    (what earlier steps still hold counts; their transients do not). ``ru_maxrss`` would not
+    do: a child inherits its parent's across fork.
+    """
+
+    def __init__(self) -> None:
+        self.base = _status_mib("VmRSS")
+        self.out: dict[str, dict] = {"baseline_mib": self.base}
+
+    @contextlib.contextmanager
+    def step(self, name: str):  # noqa: ANN201 - a context manager
+        _reset_peak()
+        t0 = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:  # the bench goes on; the table shows the error
+            self.out[name] = {"error": _one_line(exc)}
+            traceback.print_exc()
+        else:
+            self.out[name] = {"seconds": time.perf_counter() - t0,
+                              "peak_mib": _status_mib("VmHWM") - self.base}
+
+    def ok(self, *names: str) -> bool:
+        return all("seconds" in self.out.get(n, {}) for n in names)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _ipc_bytes(frame) -> int:  # noqa: ANN001 - pl.DataFrame
+    """The frame's size as uncompressed Arrow IPC: its buffers, string views included."""
+
+    class Count(io.RawIOBase):
+        n = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:  # noqa: ANN001 - bytes-like
+            self.n += len(b)
+            return len(b)
+
+    sink = Count()
+    frame.write_ipc(sink, compression="uncompressed")
+    return sink.n
+
+
+def floor_worker(data: str) -> dict:
+    """Bare polars on the same file: read + cast + sort, per-series interpolation and statistics."""
+    import polars as pl
+
+    steps = _Steps()
+    with steps.step("floor"):
+        frame = (pl.read_parquet(data)
+                 .with_columns(pl.col("timestamp").cast(pl.Datetime("us")), pl.col("target").cast(pl.Float64))
+                 .sort("series_id", "timestamp")
+                 .with_columns(pl.col("target").interpolate().over("series_id")))
+        stats = frame.group_by("series_id").agg(pl.col("target").mean().alias("mean"),
+                                                pl.col("target").std().alias("std"))
+        assert stats.height > 0
+    if steps.ok("floor"):
+        steps.out.update(rows=frame.height, series=stats.height, frame_bytes=_ipc_bytes(frame))
+    return steps.out
+
+
+def lstm_flops(args: dict, batch: int, lookback: int) -> float:
+    """FLOPs of one training step of the recurrent encoder: forward 2·B·L·G·H·(F+H) per layer and
+    direction (G = 4 gates for an LSTM, 3 for a GRU), backward about twice the forward."""
+    hidden, dirs = args["hidden_size"], 2 if args.get("bidirectional") else 1
+    gates = 4 if args.get("cell", "lstm") == "lstm" else 3
+    total, f_in = 0.0, args["n_past"]
+    for _ in range(args.get("num_layers", 1)):
+        total += dirs * 2.0 * batch * lookback * gates * hidden * (f_in + hidden)
+        f_in = hidden * dirs
+    return 3 * total
+
+
+def sgemm_gflops(n: int = 2048, reps: int = 4) -> float:
+    """Measured float32 matrix-multiply peak on torch's current threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def raw_loop(index, model_cfg, cfg) -> int:  # noqa: ANN001 - WindowIndex, ModelConfig, TrainConfig
+    """What ``train_model`` does, without Lightning: the same network, batches, optimiser,
+    clipping, loss and validation sample after every epoch. Returns the steps taken."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from models.network import LSTMForecaster
+    from tasks.train import network_args_for
+    from tasks.window import WindowDataset, collate_batch
+
+    torch.manual_seed(cfg.seed)
+    net = LSTMForecaster(**network_args_for(index, model_cfg))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    loss_fn = {"mse": torch.nn.MSELoss, "mae": torch.nn.L1Loss, "huber": torch.nn.HuberLoss}[cfg.loss]()
+    per_epoch = min(cfg.steps_per_epoch, cfg.max_steps)
+    train_ds = WindowDataset(index, index.splits["train"])
+    sampler = RandomSampler(train_ds, replacement=True, num_samples=per_epoch * cfg.batch_size,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_batch)
+    val = index.splits["val"]
+    if len(val) > cfg.val_windows:
+        val = np.sort(np.random.default_rng(cfg.seed).choice(val, cfg.val_windows, replace=False))
+    val_loader = DataLoader(WindowDataset(index, val), batch_size=max(cfg.batch_size, 512), collate_fn=collate_batch)
+    steps = 0
+    while steps < cfg.max_steps:
+        net.train()
+        for past, future, y in train:
+            pred, scale = net(past, future, return_scale=True)
+            loss = loss_fn(pred / scale, y / scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.gradient_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.gradient_clip)
+            opt.step()
+            steps += 1
+            if steps >= cfg.max_steps:
+                break
+        net.eval()
+        with torch.no_grad():
+            for past, future, y in val_loader:
+                pred, scale = net(past, future, return_scale=True)
+                loss_fn(pred / scale, y / scale).item()
+    return steps
+
+
+def _fastest(runs: list[dict]) -> dict:
+    """The fastest of repeated runs (and every run's seconds); the first error if one failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "runs": [r["seconds"] for r in runs], "peak_mib": max(r["peak_mib"] for r in runs)}
+
+
+def pipeline_worker(data: str, train_steps: int, threads: int, repeats: int = 2) -> dict:
+    """ingest → validate → prepare, then Lightning vs the raw loop, then the sgemm peak."""
+    import lightning  # noqa: F401 - its import (seconds) is not part of any step
+    import torch
+
+    from schemas.params import RetrainParams, TrainConfig, WindowConfig
+    from tasks.ingest import load_observations
+    from tasks.prepare import prepare_training
+    from tasks.train import network_args_for, train_model
+    from tasks.validate import validate_observations
+
+    torch.set_num_threads(threads)
+    params = RetrainParams(window=WindowConfig(horizon=HORIZON))
+    steps = _Steps()
+    with steps.step("ingest"):
+        raw = load_observations(data)
+    if steps.ok("ingest"):
+        with steps.step("validate"):
+            checked = validate_observations(raw, params.clean.max_bad_share)
+    if steps.ok("ingest", "validate"):
+        with steps.step("prepare"):
+            prepared = prepare_training(checked, params)
+    if not steps.ok("prepare"):
+        return steps.out
+    index = prepared.index
+    cfg = TrainConfig(max_steps=train_steps, steps_per_epoch=STEPS_PER_EPOCH)
+    args = network_args_for(index, params.model)
+    steps.out.update(windows={k: int(len(v)) for k, v in index.splits.items()}, lookback=index.lookback,
+                     batch_size=cfg.batch_size, network_args={k: v for k, v in args.items() if k != "target_channels"},
+                     flops_per_step=lstm_flops(args, cfg.batch_size, index.lookback))
+    del raw, checked
+    raw_loop(index, params.model, cfg.model_copy(update={"max_steps": 5}))  # warm the kernels up for both
+    runs: dict[str, list[dict]] = {"train_lightning": [], "train_raw": []}
+    for _ in range(repeats):  # interleaved; the fastest of each counts (the least disturbed)
+        with steps.step("train_lightning"):
+            steps.out["lightning_steps"] = train_model(index, params.model, cfg, progress=False).steps
+        with steps.step("train_raw"):
+            steps.out["raw_steps"] = raw_loop(index, params.model, cfg)
+        for k in runs:
+            runs[k].append(steps.out[k])
+    steps.out.update({k: _fastest(v) for k, v in runs.items()})
+    with steps.step("sgemm"):
+        steps.out["sgemm_gflops"] = sgemm_gflops()
+    return steps.out
+
+
+def score_worker(data: str, store: str, train_steps: int, threads: int) -> dict:
+    """A short retrain through ``retrain_flow`` writes a bundle; ``forecast_from_bundle`` is timed."""
+    import lightning  # noqa: F401
+    import torch
+
+    from flows.retrain import retrain_flow
+    from schemas.params import RetrainParams, TrainConfig, WindowConfig
+    from tasks.ingest import load_observations
+    from tasks.registry import load_bundle
+    from tasks.score import forecast_from_bundle
+    from tasks.storage import open_store
+    from tasks.validate import validate_observations
+
+    torch.set_num_threads(threads)
+    steps = _Steps()
+    params = RetrainParams(data=data, window=WindowConfig(horizon=HORIZON), use_tuned=False,
+                           train=TrainConfig(max_steps=train_steps, steps_per_epoch=STEPS_PER_EPOCH))
+    with steps.step("retrain_flow"):
+        out = retrain_flow(params, store=store)
+        steps.out["mase"] = _overall_mase(out["metrics"].filter(out["metrics"]["series_id"] == "ALL").to_dicts())
+    if not steps.ok("retrain_flow"):
+        return steps.out
+    with steps.step("score_input"):
+        bundle = load_bundle(open_store(store), params.model_name, out["version"])
+        checked = validate_observations(load_observations(data))
+        as_of = checked.valid["timestamp"].max().date()
+    if steps.ok("score_input"):
+        with steps.step("score"):
+            _, report = forecast_from_bundle(bundle, checked.valid, as_of)
+            steps.out.update(series_scored=report.series_scored, series_skipped=len(report.skipped))
+    return steps.out
+
+
+def _overall_mase(rows: list[dict]) -> dict[str, float]:
+    """model -> test-span MASE over all series, from metric rows (``series_id == "ALL"``)."""
+    return {r["model"]: float(r["mase"]) for r in rows if r.get("series_id") == "ALL"}
+
+
+# ---------------------------------------------------------------- orchestration (parent)
+
+def _run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, float, float]:
+    """(exit code, seconds, the child's own peak RSS in MiB); killed (with its group) past ``timeout``."""
+    t0 = time.perf_counter()
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def _worker(kind: str, args: list[str], env: dict[str, str], tmp: Path, timeout: float) -> dict:
+    """Run one worker child; its JSON result, or ``{"error": ...}`` with the tail of its log."""
+    result, log = tmp / f"{kind}.json", tmp / f"{kind}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--result", str(result), *args]
+    try:
+        code, secs, _ = _run_child(cmd, env, log, timeout)
+    except OSError as exc:
+        return {"error": _one_line(exc)}
+    print(f"    {kind}: {secs:.1f} s in its process", flush=True)
+    if result.exists():
+        return json.loads(result.read_text())
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    return {"error": f"worker {kind} exited {code}: {tail[0][:300] if tail else 'no output'}"}
+
+
+@contextlib.contextmanager
+def prefect_server(tmp: Path, env: dict[str, str], timeout: float = 180):  # noqa: ANN201
+    """``prefect server start`` on a free port with its own PREFECT_HOME; yields the API URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**env, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    exe = Path(sys.executable).with_name("prefect")
+    with (tmp / "prefect-server.log").open("wb") as log:
+        proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"prefect server did not start in {timeout:.0f}s (log: "
+                                       f"{(tmp / 'prefect-server.log').read_text(errors='replace')[-300:]!r})")
+                time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def full_run(data: Path, store: Path, env: dict[str, str], tmp: Path, timeout: float) -> dict:
+    """``nightcast retrain`` then ``nightcast score``, as a user runs them; MASE from the new bundle."""
+    exe = str(Path(sys.executable).with_name("nightcast"))
+    out: dict = {}
+    for name, cmd in (("cli_retrain", [exe, "retrain", "--data", str(data), "--store", str(store),
+                                       "--horizon", str(HORIZON), "--no-tuned"]),
+                      ("cli_score", [exe, "score", "--data", str(data), "--store", str(store)])):
+        try:
+            code, secs, peak = _run_child(cmd, env, tmp / f"{name}.log", timeout)
+        except OSError as exc:
+            out[name] = {"error": _one_line(exc)}
+            continue
+        if code != 0:
+            err = [ln for ln in (tmp / f"{name}.log").read_text(errors="replace").splitlines() if ln.startswith("error:")]
+            out[name] = {"error": (err[-1] if err else f"exit code {code}")[:300]}
+        else:
+            out[name] = {"seconds": secs, "peak_mib": peak}
+    metrics = sorted(store.glob("models/*/versions/*/metrics.json"))
+    if metrics:
+        out["mase"] = _overall_mase(json.loads(metrics[-1].read_text()).get("test", []))
+    return out
+
+
+def measure_size(n: int, t: int, args: argparse.Namespace, tmp: Path, env: dict[str, str],
+                 api_url: str | None, server_error: str | None) -> dict:
+    """Every measurement for one panel size."""
+    res: dict = {"series": n, "steps": t}
+    data = tmp / f"panel-{n}x{t}.parquet"
+    print(f"[{n} x {t}] generating the panel ...", flush=True)
+    res["generate"] = _worker("generate", ["--data", str(data), "--shape", str(n), str(t), "--seed", str(args.seed)],
+                              env, tmp, args.timeout)
+    if "error" in res["generate"]:
+        return res
+    common = ["--data", str(data), "--threads", str(args.threads)]
+    print(f"[{n} x {t}] floor ...", flush=True)
+    res["floor"] = _worker("floor", common, env, tmp, args.timeout)
+    print(f"[{n} x {t}] ingest -> validate -> prepare, training ...", flush=True)
+    res["pipeline"] = _worker("pipeline", [*common, "--train-steps", str(args.train_steps),
+                                           "--repeats", str(args.repeats)], env, tmp, args.timeout)
+    flow_env = {**env, "PREFECT_API_URL": api_url} if api_url else None
+    if flow_env is None:
+        res["score"] = res["full"] = {"error": f"no Prefect API: {server_error}"}
+        return res
+    print(f"[{n} x {t}] short retrain_flow, scoring ...", flush=True)
+    res["score"] = _worker("score", [*common, "--train-steps", str(args.score_train_steps),
+                                     "--store", str(tmp / f"store-{n}")], flow_env, tmp, args.timeout)
+    if args.full:
+        print(f"[{n} x {t}] nightcast retrain + score ...", flush=True)
+        res["full"] = full_run(data, tmp / f"store-cli-{n}", flow_env, tmp, args.timeout)
+    return res
+
+
+# ---------------------------------------------------------------- the table
+
+def _f(x: float, digits: int = 2) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _err(d: dict, *keys: str) -> str | None:
+    """The first error among ``keys`` of a result (or of the whole result)."""
+    if "error" in d:
+        return d["error"]
+    for k in keys:
+        if "error" in d.get(k, {}):
+            return f"{k}: {d[k]['error']}"
+        if k not in d:
+            return f"{k}: not run"
+    return None
+
+
+def step_rows(res: dict) -> list[str]:
+    """Seconds and peak RSS of every step measured for one size."""
+    rows = []
+    pipe, floor, score, full = (res.get(k, {}) for k in ("pipeline", "floor", "score", "full"))
+    frame = floor.get("frame_bytes")
+
+    def row(label: str, d: dict, note: str = "", per_frame: bool = False) -> None:
+        if "error" in d:
+            rows.append(f"| {label} | error: {d['error']} | | {note} |")
+            return
+        if "seconds" not in d:
+            return
+        mem = ""
+        if "peak_mib" in d:
+            mem = f"{_f(d['peak_mib'], 0)} MiB"
+            if per_frame and frame:
+                mem += f" ({d['peak_mib'] * 2**20 / frame:.1f}× frame)"
+        rows.append(f"| {label} | {_f(d['seconds'])} | {mem} | {note} |")
+
+    row("generate the panel (bench/panel.py)", res.get("generate", {}))
+    row("floor: polars read + sort + interpolate + mean/std", floor.get("floor", floor), "its own process", True)
+    if "error" in pipe:
+        row("pipeline process", pipe)
+    for k, label in (("ingest", "ingest (`load_observations`)"), ("validate", "validate (`validate_observations`)"),
+                     ("prepare", "clean + features + windows (`prepare_training`)")):
+        row(label, pipe.get(k, {}), "one process from here on", True)
+    for k, label in (("train_lightning", "train: `train_model` (Lightning)"),
+                     ("train_raw", "train: raw PyTorch loop, same work"), ("sgemm", "sgemm peak (torch.mm 2048²)")):
+        d = pipe.get(k, {})
+        row(label, d, f"fastest of {', '.join(_f(x) for x in d['runs'])} s" if "runs" in d else "")
+    if "error" in score:
+        row("score process", score)
+    row("short `retrain_flow` (bundle for scoring)", score.get("retrain_flow", {}), "its own process")
+    row("score input: ingest + validate", score.get("score_input", {}))
+    row("score: `forecast_from_bundle`", score.get("score", {}),
+        f"{score.get('series_scored', '')} series scored, {score.get('series_skipped', '')} skipped"
+        if "series_scored" in score else "")
+    row("`nightcast retrain` (CLI)", full.get("cli_retrain", {}), "its own process; RSS: its whole peak")
+    row("`nightcast score` (CLI)", full.get("cli_score", {}), "its own process; RSS: its whole peak")
+    return rows
+
+
+def target_rows(res: dict, args: argparse.Namespace) -> list[str]:
+    """Measured value, reference, ratio, target and verdict of each target."""
+    rows = []
+    pipe, floor, score, full = (res.get(k, {}) for k in ("pipeline", "floor", "score", "full"))
+
+    def row(label: str, measured: str, ref: str, ratio: str, target: str, verdict: str) -> None:
+        rows.append(f"| {label} | {measured} | {ref} | {ratio} | {target} | {verdict} |")
+
+    def failed(label: str, target: str, why: str) -> None:
+        row(label, f"error: {why}", "", "", target, "**not measured**")
+
+    label = "ingest → validate → prepare vs polars floor"
+    if (why := _err(pipe, "ingest", "validate", "prepare") or _err(floor, "floor")):
+        failed(label, f"≤ {TARGETS['pipeline']:g}×", why)
+    else:
+        ours = sum(pipe[k]["seconds"] for k in ("ingest", "validate", "prepare"))
+        ref = floor["floor"]["seconds"]
+        row(label, f"{_f(ours)} s", f"{_f(ref)} s", f"{ours / ref:.1f}×", f"≤ {TARGETS['pipeline']:g}×",
+            _verdict(ours / ref <= TARGETS["pipeline"]))
+        peak = max(pipe[k]["peak_mib"] for k in ("ingest", "validate", "prepare")) * 2**20
+        frame = floor["frame_bytes"]
+        row("peak RSS ingest → prepare vs the frame", f"{_f(peak / 2**20, 0)} MiB", f"{_f(frame / 2**20, 0)} MiB",
+            f"{peak / frame:.1f}×", f"≤ {TARGETS['memory']:g}×", _verdict(peak / frame <= TARGETS["memory"]))
+    label = "training windows/s: `train_model` vs raw loop"
+    if (why := _err(pipe, "train_lightning", "train_raw")):
+        failed(label, f"≥ {TARGETS['training']:g}×", why)
+    else:
+        b = pipe["batch_size"]
+        ours = pipe["lightning_steps"] * b / pipe["train_lightning"]["seconds"]
+        ref = pipe["raw_steps"] * b / pipe["train_raw"]["seconds"]
+        row(label, f"{_f(ours, 0)}/s", f"{_f(ref, 0)}/s", f"{ours / ref:.3f}×", f"≥ {TARGETS['training']:g}×",
+            _verdict(ours / ref >= TARGETS["training"]))
+        if "seconds" in pipe.get("sgemm", {}):
+            flops = pipe["flops_per_step"]
+            for who, steps_key, secs_key in (("Lightning", "lightning_steps", "train_lightning"),
+                                              ("raw loop", "raw_steps", "train_raw")):
+                got = flops * pipe[steps_key] / pipe[secs_key]["seconds"] / 1e9
+                row(f"LSTM GFLOP/s of a training step ({who}) vs sgemm peak", f"{_f(got, 1)} GFLOP/s",
+                    f"{_f(pipe['sgemm_gflops'], 1)} GFLOP/s", f"{got / pipe['sgemm_gflops']:.1%}", "report", "—")
+    label = "scoring series/minute (`forecast_from_bundle`)"
+    if (why := _err(score, "score")):
+        failed(label, f"≥ {TARGETS['score']:,}", why)
+    else:
+        per_min = score["series_scored"] / score["score"]["seconds"] * 60
+        row(label, f"{_f(per_min, 0)}", "—", f"{per_min / TARGETS['score']:.2f}× target",
+            f"≥ {TARGETS['score']:,}", _verdict(per_min >= TARGETS["score"]))
+    if args.full:
+        label = "`nightcast retrain` + `nightcast score` wall clock"
+        if (why := _err(full, "cli_retrain", "cli_score")):
+            failed(label, f"< {TARGETS['full_min']:g} min", why)
+        else:
+            minutes = (full["cli_retrain"]["seconds"] + full["cli_score"]["seconds"]) / 60
+            at_size = res["series"] >= 10_000 and res["steps"] >= 2_000
+            row(label, f"{_f(minutes, 1)} min", f"{TARGETS['full_min']:g} min", f"{minutes / TARGETS['full_min']:.2f}×",
+                f"< {TARGETS['full_min']:g} min at 10,000 × 2,000",
+                _verdict(minutes < TARGETS["full_min"]) if at_size else "— (other size)")
+    for who, d in (("short retrain_flow", score), ("`nightcast retrain`", full if args.full else {})):
+        m = d.get("mase", {})
+        if "served" in m and "seasonal_naive" in m:
+            row(f"test-span MASE, served vs seasonal naive ({who})", _f(m["served"], 3), _f(m["seasonal_naive"], 3),
+                f"{m['served'] / m['seasonal_naive']:.2f}×", "report (< 1× beats the baseline)", "—")
+    return rows
+
+
+def render(results: list[dict], args: argparse.Namespace, started: dt.datetime, wall: float) -> str:
+    import polars as pl
+    import torch
+
+    lines = [
+        "# Scale benchmark",
+        "",
+        f"`{' '.join(['python bench/scale.py', *sys.argv[1:]])}` — {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} min; "
+        f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, polars {pl.__version__} "
+        f"({pl.thread_pool_size()} threads), torch {torch.__version__} ({args.threads} thread(s)); panel seed {args.seed}; "
+        f"horizon {HORIZON}; training {args.train_steps} steps of {STEPS_PER_EPOCH} per epoch, fastest of "
+        f"{args.repeats} interleaved runs each (scoring bundle: "
+        f"{args.score_train_steps} steps).",
+        "",
+        "Each group of steps runs in a child process; a step's RSS is its own peak above that process's RSS "
+        "after its imports (data that earlier steps still hold included). The frame is the panel as read, "
+        "sized as uncompressed Arrow IPC. Seconds are wall clock.",
+    ]
+    for res in results:
+        floor = res.get("floor", {})
+        head = f"{res['series']:,} series × {res['steps']:,} steps"
+        if "rows" in floor:
+            head += f" ({floor['rows']:,} rows, frame {floor['frame_bytes'] / 2**20:,.0f} MiB)"
+        windows = res.get("pipeline", {}).get("windows")
+        lines += ["", f"## {head}", ""]
+        if windows:
+            lines += [f"Windows: {', '.join(f'{k} {v:,}' for k, v in windows.items())}; lookback "
+                      f"{res['pipeline']['lookback']}; network {res['pipeline']['network_args']}.", ""]
+        lines += ["| target | measured | reference | ratio | target | result |", "|---|---|---|---|---|---|",
+                  *target_rows(res, args), "", "| step | seconds | peak RSS | note |", "|---|---|---|---|",
+                  *step_rows(res)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--series", type=int, nargs="+", default=[1000, 10000], help="panel sizes (series)")
+    ap.add_argument("--steps", type=int, default=2000, help="hourly steps of the longest series")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full", action="store_true", help="also time `nightcast retrain` + `nightcast score`")
+    ap.add_argument("--train-steps", type=int, default=200, help="optimiser steps of the training comparison")
+    ap.add_argument("--score-train-steps", type=int, default=50, help="steps of the retrain that makes the bundle")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each training loop (interleaved; fastest counts)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (nightcast's default is 1)")
+    ap.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per child process")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the table")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (panels, logs, stores)")
+    ap.add_argument("--worker", choices=["generate", "floor", "pipeline", "score"], help=argparse.SUPPRESS)
+    ap.add_argument("--shape", type=int, nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return _worker_main(args)
+    started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    env = {**os.environ, "NIGHTCAST_PROGRESS": "false", "NIGHTCAST_TORCH_THREADS": str(args.threads),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    results = []
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="nightcast-scale-")) if args.keep else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="nightcast-scale-")))
+        api_url, server_error = None, None
+        t_server = time.perf_counter()
+        try:
+            api_url = stack.enter_context(prefect_server(tmp, env))
+            print(f"prefect server up in {time.perf_counter() - t_server:.1f} s", flush=True)
+        except Exception as exc:  # scoring and --full report it; the rest still runs
+            server_error = _one_line(exc)
+        for n in args.series:
+            try:
+                results.append(measure_size(n, args.steps, args, tmp, env, api_url, server_error))
+            except Exception as exc:
+                results.append({"series": n, "steps": args.steps, "error": _one_line(exc)})
+        if args.keep:
+            print(f"kept {tmp}")
+    table = render(results, args, started, time.perf_counter() - t0)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+    print(f"written to {args.out}")
+    return 0
+
+
+def generate_worker(data: str, n: int, t: int, seed: int) -> dict:
+    from bench.panel import make_panel, write_panel
+
+    steps = _Steps()
+    with steps.step("generate"):
+        write_panel(make_panel(n, t, seed), data)
+    return steps.out["generate"]
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    if args.worker == "generate":
+        out = generate_worker(args.data, *args.shape, args.seed)
+    elif args.worker == "floor":
+        out = floor_worker(args.data)
+    elif args.worker == "pipeline":
+        out = pipeline_worker(args.data, args.train_steps, args.threads, args.repeats)
+    else:
+        out = score_worker(args.data, args.store, args.train_steps, args.threads)
+    Path(args.result).write_text(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""bench/scale.py end to end on a tiny panel: every stage runs and the table says what it measured."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_scale_bench_runs_from_one_command(tmp_path):
+    out = tmp_path / "scale.md"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--series", "50", "--steps", "300",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = out.read_text()
+    assert table in run.stdout
+    assert "## 50 series × 300 steps" in table
+    assert "error" not in table, table
+    for row in ("| ingest → validate → prepare vs polars floor |", "| peak RSS ingest → prepare vs the frame |",
+                "| training windows/s: `train_model` vs raw loop |", "vs sgemm peak |",
+                "| scoring series/minute (`forecast_from_bundle`) |",
+                "| test-span MASE, served vs seasonal naive (short retrain_flow) |"):
+        assert row in table
+    for step in ("ingest (`load_observations`)", "validate (`validate_observations`)", "`prepare_training`",
+                 "train: `train_model` (Lightning)", "train: raw PyTorch loop", "score: `forecast_from_bundle`"):
+        assert step in table
+    assert table.count(" met |") + table.count(" **missed** |") == 4  # every target has a verdict
