@@ -66,12 +66,17 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     calendar = decide_calendar(valid.valid, params.clean)
     season = params.clean.season_length or season_length_for(calendar)
     w = params.window
-    if cuts is None:
+    if cuts is not None:
+        train_end, val_end = cuts
+        clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
+    elif params.clean.outliers != "iqr":  # nothing in cleaning is fitted: clean once, split on its grid
+        clean, report, iqr = clean_observations(valid.valid, params.clean, calendar)
+        train_end, val_end = split_times(clean, w.val_fraction, w.test_fraction, w.horizon)
+    else:  # IQR bounds are fitted on the training span: find it on the grid first
         placed, _ = regularize(valid.valid, calendar)
         train_end, val_end = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
-    else:
-        train_end, val_end = cuts
-    clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
+        del placed
+        clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
     CleanSeries.validate(clean, lazy=True)
     f = params.features
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,

@@ -102,3 +102,15 @@ def test_prepare_training_on_the_sample(sample_raw):
 def test_series_too_short_for_any_span_is_a_clear_error():
     with pytest.raises(WindowError, match="too few"):
         split_times(_clean(10), 0.15, 0.15, horizon=6)
+
+
+def test_split_points_on_the_clean_frame_equal_those_on_the_placed_grid(sample_raw):
+    # prepare_training splits on the cleaned frame (one pass) unless IQR needs the span first
+    from schemas.params import CleanConfig
+    from tasks.clean import clean_observations, decide_calendar, regularize
+
+    valid = validate_observations(sample_raw).valid
+    calendar = decide_calendar(valid, CleanConfig())
+    placed, _ = regularize(valid, calendar)
+    clean, _, _ = clean_observations(valid, CleanConfig(), calendar)
+    assert split_times(clean, 0.15, 0.15, 6) == split_times(placed, 0.15, 0.15, 6)
