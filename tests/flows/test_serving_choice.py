@@ -119,3 +119,21 @@ def test_a_layout_2_partition_still_reads(tmp_path):
     frame = read_forecasts(store, "lstm", as_of)
     assert frame["method"].to_list() == ["lstm"] and "method" in frame.columns
     assert FORECASTS_LAYOUT == "3"
+
+
+def test_a_series_shorter_than_lookback_plus_horizon_is_trained_on_and_forecast(tmp_path):
+    panel = _panel()
+    short = (panel.filter(pl.col("series_id") == "s1").tail(90)  # 90 days; the lookback alone is 100
+             .with_columns(pl.lit("short").alias("series_id")))
+    csv = tmp_path / "obs.csv"
+    pl.concat([panel, short]).write_csv(csv)
+    store = open_store(str(tmp_path / "s"))
+    out = retrain_flow(_params(str(csv), window=WindowConfig(horizon=7, lookback=100)), store=store.url)
+    assert out["short_series"] == []  # padded windows: nothing dropped
+    pre = _bundle_json(store, "lstm", out["version"], "preprocessing.json")
+    assert "short" in pre["selection"] and "short" in pre["features"]["target_stats"]
+    as_of = dt.date(2024, 1, 1) + dt.timedelta(days=239)
+    scored = score_flow(ScoreParams(data=str(csv), as_of=as_of), store=store.url)
+    frame = read_forecasts(store, "lstm", as_of).filter(pl.col("series_id") == "short")
+    assert "short" not in scored["skipped"] and frame.height == 7
+    assert frame["method"][0] == pre["selection"]["short"]
