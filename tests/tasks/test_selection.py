@@ -151,3 +151,19 @@ def test_a_series_with_too_little_validation_evidence_keeps_the_default():
     one = np.concatenate([starts[sid != 1], starts[sid == 1][:1]])
     keep = {k: np.concatenate([v[sid != 1], v[sid == 1][:1]]) for k, v in {"lstm": lstm, **plain}.items()}
     assert select_methods(idx, one, keep, np.ones(3))["b"] == "seasonal_naive"
+
+
+def test_skip_auto_corrects_the_baseline_that_is_better_on_the_training_windows():
+    from tasks.train import choose_skip
+
+    seasonal, _ = _index({"a": 60, "b": 60}, season=4, min_input=4)  # sine of period 4: seasonal naive wins
+    assert choose_skip(seasonal) == "seasonal"
+    rng = np.random.default_rng(0)
+    walk = pl.DataFrame({"series_id": "w", "timestamp": pl.datetime_range(dt.datetime(2024, 1, 1), dt.datetime(2024, 3, 30),
+                                                                       "1d", eager=True, time_unit="us"),
+                         "target": np.cumsum(rng.normal(0, 1, 90)), "observed": True, "is_outlier": False,
+                         "in_long_gap": False})
+    state = fit_features(walk, walk["timestamp"].max(), "standard", [], [], [], [])
+    frame, _ = transform_features(walk, state)
+    idx = make_windows(frame, state.past_columns, [], 16, 4, season=7, min_input=7)
+    assert choose_skip(idx) == "last"  # a random walk: the last value beats last week's
