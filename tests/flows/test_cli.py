@@ -43,11 +43,12 @@ def test_demo_from_the_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_accuracy_bench_runs_from_one_command(tmp_path):
-    """`python bench/accuracy.py` end to end (quick: one small dataset, 3 trials); it prints the table."""
+    """`python bench/accuracy.py` end to end (quick: one small dataset, 1 trial); it prints the table."""
     repo = Path(__file__).resolve().parents[2]
     run = subprocess.run([sys.executable, str(repo / "bench" / "accuracy.py"), "--quick", "--datasets", "sunspots"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    for model in ("nightcast default", "nightcast tuned", "seasonal naive", "naive", "AutoETS", "AutoTheta"):
+    for model in ("nightcast served", "nightcast LSTM", "nightcast tuned", "seasonal naive", "naive", "AutoETS",
+                  "AutoTheta"):
         assert f"| sunspots | {model} |" in run.stdout
-    assert "tuned" in run.stdout and "seasonal naive (MASE" in run.stdout
+    assert "**Mean MASE over datasets**" in run.stdout and "seasonal naive (" in run.stdout
