@@ -82,7 +82,7 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
     future = future_steps(live.select("series_id", "last_seen"), calendar, horizon)
     base = _baselines(clean.filter(pl.col("series_id").is_in(live["series_id"].implode())), live, season, horizon)
     net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
-    out, methods = _choose(live, base, net, bundle.preprocessing.get("selection"), horizon)
+    out, methods = _choose(live, base, net, bundle.preprocessing.get("selection"))
     conformal = bundle.preprocessing.get("conformal") or {}
     widths = conformal.get("by_method") or ({NETWORK: conformal["half_widths"]} if conformal else {})
     ids = live["series_id"].to_list()
@@ -115,12 +115,17 @@ def _recent(observations: pl.DataFrame, cutoff: dt.datetime, calendar: Calendar,
     return recent, sorted(gone["series_id"].to_list()), since
 
 
-def _steps_before(when: dt.datetime, calendar: Calendar, n: int) -> dt.datetime:
-    """A time at least ``n`` calendar steps before ``when`` (business days count 7 for 5, plus holidays)."""
+def _step(calendar: Calendar) -> tuple[int, str]:
+    """The calendar's step as (count, polars unit): "3mo" -> (3, "mo")."""
     m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
     if not m:
         raise ScoreError(f"cannot step frequency {calendar.frequency!r}")
-    k, unit = int(m.group(1)), m.group(2)
+    return int(m.group(1)), m.group(2)
+
+
+def _steps_before(when: dt.datetime, calendar: Calendar, n: int) -> dt.datetime:
+    """A time at least ``n`` calendar steps before ``when`` (business days count 7 for 5, plus holidays)."""
+    k, unit = _step(calendar)
     n = n * 2 if calendar.kind == "business" else n
     return pl.Series([when]).dt.offset_by(f"-{n * k}{unit}").item()
 
@@ -137,10 +142,7 @@ def future_steps(last: pl.DataFrame, calendar: Calendar, n: int) -> pl.DataFrame
     One cross join and one ``offset_by`` over all series; business calendars skip weekends
     (future holidays are unknown).
     """
-    m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
-    if not m:
-        raise ScoreError(f"cannot step frequency {calendar.frequency!r}")
-    k, unit = int(m.group(1)), m.group(2)
+    k, unit = _step(calendar)
     business = calendar.kind == "business"
     candidates = n + 2 * (n // 5) + 4 if business else n
     steps = pl.DataFrame({"_k": np.arange(1, candidates + 1, dtype=np.int64)})
@@ -191,16 +193,16 @@ def _baselines(clean: pl.DataFrame, live: pl.DataFrame, season: int, horizon: in
 
 def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, future: pl.DataFrame,
                        observations: pl.DataFrame, state: FeatureState, lookback: int,
-                       horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, scaled values, usable mask) of the network for every live series, from its last window."""
+                       horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, usable mask) of the network for every live series, from its last window."""
     args = bundle.config["network_args"]
     n = live.height
-    values, scaled = np.full((n, horizon), np.nan), np.full((n, horizon), np.nan)
+    values = np.full((n, horizon), np.nan)
     need = min_history(lookback, int(args.get("season", 1))) if args.get("mask") else lookback
     usable = live.filter(pl.col("series_id").is_in(list(state.target_stats)) & (pl.col("rows") >= need)
                          & ~pl.col("gap_in_window"))
     if usable.height == 0:
-        return values, scaled, np.zeros(n, bool)
+        return values, np.zeros(n, bool)
     ids = usable["series_id"].implode()
     fut = future.filter(pl.col("series_id").is_in(ids))
     if state.future_covariates:
@@ -212,10 +214,10 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
             raise ScoreError(f"known-future covariates {state.future_covariates} are missing for {missing.height} "
                              f"forecast step(s) of {missing['series_id'].n_unique()} series, first series "
                              f"{first['series_id']!r} at {first['timestamp']}; add those rows to the input")
-    hist = clean.filter(pl.col("series_id").is_in(ids)).with_columns(pl.lit(False).alias("_future"))
+    hist = clean.filter(pl.col("series_id").is_in(ids))
     rows = pl.concat([hist, fut.drop("horizon").with_columns(
         pl.lit(None, dtype=pl.Float64).alias("target"), pl.lit(False).alias("observed"),
-        pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap"), pl.lit(True).alias("_future"))],
+        pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap"))],
         how="diagonal_relaxed")
     frame, _ = transform_features(rows.with_columns(pl.col("target").fill_null(0.0)), state)
     index = make_windows(frame.sort("series_id", "timestamp"), state.past_columns, state.future_columns,
@@ -229,17 +231,17 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     got = inverse_scale(preds.astype(np.float64), index.series_ids, state)
     pos = live.with_row_index("_i").join(pl.DataFrame({"series_id": index.series_ids}), on="series_id",
                                          how="inner", maintain_order="right")["_i"].to_numpy()
-    values[pos], scaled[pos] = got, preds
+    values[pos] = got
     ok = np.zeros(n, bool)
     ok[pos] = True
-    return values, scaled, ok
+    return values, ok
 
 
-def _choose(live: pl.DataFrame, base: dict[str, np.ndarray], net: tuple[np.ndarray, np.ndarray, np.ndarray],
-            selection: dict[str, str] | None, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each series' served forecast and method: the bundle's choice when available, else a baseline."""
-    rows = live["rows"].to_numpy()
-    values, _, usable = net
+def _choose(live: pl.DataFrame, base: dict[str, np.ndarray], net: tuple[np.ndarray, np.ndarray],
+            selection: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each series' served forecast and method: the bundle's choice when available, else seasonal naive
+    (which ``_baselines`` already makes naive for a series with less than one season)."""
+    values, usable = net
     if selection is None:  # a first-generation bundle: the network serves everything it can
         wanted = np.full(live.height, NETWORK, dtype=object)
     else:
@@ -247,11 +249,8 @@ def _choose(live: pl.DataFrame, base: dict[str, np.ndarray], net: tuple[np.ndarr
                              schema={"series_id": pl.String, "method": pl.String})
         wanted = (live.select("series_id").join(table, on="series_id", how="left", maintain_order="left")
                   ["method"].fill_null("").to_numpy().astype(object))
-    # what a series gets when its choice is unavailable: seasonal naive given a season, else naive
-    fallback = np.where(rows >= 1, "seasonal_naive", "naive").astype(object)
     methods = np.where((wanted == NETWORK) & usable, NETWORK,
-                       np.where(np.isin(wanted, ("seasonal_naive", "naive")), wanted, fallback))
-    methods = np.where((methods == NETWORK) & ~usable, fallback, methods)
+                       np.where(np.isin(wanted, ("seasonal_naive", "naive")), wanted, "seasonal_naive"))
     out = np.where((methods == NETWORK)[:, None], np.nan_to_num(values),
                    np.where((methods == "naive")[:, None], base["naive"], base["seasonal_naive"]))
     return out, methods.astype(str)
