@@ -39,15 +39,18 @@ def load_flow(entrypoint: str) -> Any:
 
 def build_deployments(path: Path = DECLARATIONS) -> list[Any]:
     """``RunnerDeployment`` objects for ``prefect.serve``: same names, schedules and parameters."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
     out = []
     for d in load_declarations(path):
         schedules = [Cron(s["cron"], timezone=s["timezone"], active=s.get("active", True))
                      for s in d.get("schedules") or []]
+        limit = d.get("concurrency_limit")
         out.append(load_flow(d["entrypoint"]).to_deployment(
             name=d["name"], description=d.get("description"), tags=d.get("tags"),
-            parameters=d.get("parameters") or {}, schedules=schedules))
+            parameters=d.get("parameters") or {}, schedules=schedules,
+            concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit))
     return out
 
 

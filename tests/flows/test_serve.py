@@ -32,3 +32,11 @@ def test_a_cron_without_a_time_zone_is_refused(tmp_path):
     bad.write_text(DECLARATIONS.read_text().replace("        timezone: UTC", "", 1))
     with pytest.raises(ValueError, match="'nightly' has a cron schedule without a timezone"):
         load_declarations(bad)
+
+
+def test_deployments_that_move_shared_state_run_one_at_a_time():
+    built = {d.name: d for d in build_deployments()}
+    for name in ("nightly", "weekly"):  # the champion pointer; the tuned configuration
+        assert built[name].concurrency_limit == 1
+        assert built[name].concurrency_options.collision_strategy.value == "ENQUEUE"
+    assert built["daily"].concurrency_limit is None  # one atomic object per partition: safe to overlap
