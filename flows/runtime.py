@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import re
+import socket
 from typing import Any, Callable, TypeVar
 
 import torch
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from schemas.params import Settings
 from tasks.storage import Store, open_store
@@ -19,8 +20,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 STEP_NOTE = "nightcast step: "
 """Prefix of the note a failing step adds to its exception (the CLI prints the step)."""
 
-# Errors that another attempt cannot fix: bad input, a missing or corrupt model, a bad request.
-_PERMANENT = (ValueError, TypeError, KeyError, LookupError, FileNotFoundError, PermissionError)
+RETRY_DELAYS_S = [3.0, 6.0, 12.0, 24.0]
+"""Waits before an I/O step's 4 retries. With ``RETRY_JITTER`` each wait lands in
+[0.75, 1.3] × its value, so a step keeps trying for at least 33 s (at most 59 s) plus
+the time its own attempts take, botocore's retries inside each S3 request included
+(``tasks.storage.S3Settings``): a 30 s outage of the store never fails a step."""
+RETRY_JITTER = 0.3
+
+# Error codes S3 (and AWS generally) answers when a later attempt may succeed.
+_RETRY_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestThrottled",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException", "SlowDown",
+    "EC2ThrottledException", "PriorRequestNotComplete", "RequestTimeout", "RequestTimeoutException",
+    "InternalError", "ServiceUnavailable", "TransactionInProgressException",
+})
+_NETWORK_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH",
+    "ENETUNREACH", "ENETDOWN", "ENETRESET", "EHOSTDOWN") if hasattr(errno, name))
 
 
 def start_run(store: str | None) -> tuple[Settings, Store]:
@@ -31,19 +48,67 @@ def start_run(store: str | None) -> tuple[Settings, Store]:
     return settings, open_store(store or settings.store)
 
 
-def is_transient(task: Task, task_run: Any, state: Any) -> bool:
-    """Retry condition: retry I/O hiccups, never deterministic failures."""
-    from tasks.registry import RegistryError
+def _transient_here(exc: BaseException) -> bool:
+    """One exception, without its chain: is it a network, timeout, throttling or 5xx failure?"""
+    from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                     EndpointConnectionError, IncompleteReadError, ReadTimeoutError,
+                                     ResponseStreamingError)
+    from prefect.task_engine import TaskRunTimeoutError
 
+    if isinstance(exc, TaskRunTimeoutError):  # the step ran past its own limit: not a hiccup
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError, EndpointConnectionError, ConnectTimeoutError,
+                        ReadTimeoutError, ConnectionClosedError, ResponseStreamingError,
+                        IncompleteReadError)):
+        return True
+    if isinstance(exc, socket.gaierror):  # DNS: only "try again" is temporary
+        return exc.errno == socket.EAI_AGAIN
+    if isinstance(exc, OSError):
+        return exc.errno in _NETWORK_ERRNOS
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return code in _RETRY_CODES or status == 429 or status >= 500 or code.isdigit() and int(code) >= 500
+    try:
+        import httpx
+    except ImportError:
+        return False
+    return isinstance(exc, httpx.TransportError)
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether another attempt may succeed: an allow-list, everything else fails at once.
+
+    Connection and timeout errors (builtin, socket, botocore, httpx), an ``OSError``
+    with a network errno, and S3 answers for throttling, request timeouts and 5xx
+    are transient, wherever they sit in the ``__cause__`` / ``__context__`` chain:
+    a ``StorageError`` wrapping a refused connection is retried, one for a bad URL,
+    a 403 or a missing bucket is not. Bad input, a corrupt bundle
+    (``UnpicklingError``), a missing object and a step's own timeout are permanent.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _transient_here(current):
+            return True
+        # The chain as a traceback shows it: an explicit cause, else the unsuppressed context.
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False
+
+
+def is_transient(task: Task, task_run: Any, state: Any) -> bool:
+    """Retry condition for Prefect: retry only what ``is_transient_error`` allows."""
     exc = state.result(raise_on_failure=False)
-    return isinstance(exc, BaseException) and not isinstance(exc, (*_PERMANENT, RegistryError))
+    return isinstance(exc, BaseException) and is_transient_error(exc)
 
 
 def step(fn: F, name: str, *, io: bool = False, timeout_s: float | None = None) -> Task:
     """A pipeline step as a Prefect task.
 
-    ``io`` steps (storage reads and writes) retry three times with exponential
-    backoff and jitter (2, 4, 8 s ± 50 %) on transient errors. ``timeout_s``
+    ``io`` steps (storage reads and writes) retry four times, after
+    ``RETRY_DELAYS_S`` with jitter, on transient errors only (``is_transient_error``);
+    anything else fails at once. ``timeout_s``
     bounds long steps. A failure carries a note naming the step, which the
     CLI prints; the Prefect UI shows the failed task run by the same name.
     """
@@ -60,8 +125,8 @@ def step(fn: F, name: str, *, io: bool = False, timeout_s: float | None = None) 
 
     retry: dict[str, Any] = {}
     if io:
-        retry = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-                     retry_jitter_factor=0.5, retry_condition_fn=is_transient)
+        retry = dict(retries=len(RETRY_DELAYS_S), retry_delay_seconds=list(RETRY_DELAYS_S),
+                     retry_jitter_factor=RETRY_JITTER, retry_condition_fn=is_transient)
     return task(run, name=name, cache_policy=NO_CACHE, timeout_seconds=timeout_s, **retry)
 
 

@@ -3,22 +3,37 @@
 Keys are always ``/``-separated and relative to the store root, so every
 caller is the same code whether the root is ``./nightcast-store`` or
 ``s3://bucket/prefix``. Writes are atomic: a reader sees the old object or
-the new one, never a partial file.
+the new one, never a partial file. ``read_versioned`` + ``write_if`` give a
+compare-and-swap for the few objects several runs move (the champion pointer).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import string
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SAFE = frozenset(string.ascii_letters + string.digits + "._-")
+_MAX_KEY_PART = 128
+_HASH_CHARS = 16
+_TOKEN = re.compile(r"%([0-9A-F]{2})|(.)", re.DOTALL)
 
 
 class StorageError(RuntimeError):
-    """A read or write against the object store failed."""
+    """A read or write against the object store failed.
+
+    When it wraps an S3 or network error, that error is ``__cause__``: the retry
+    policy (``flows.runtime.is_transient_error``) reads the chain, so a wrapped
+    connection error is retried and a wrapped ``AccessDenied`` is not.
+    """
 
 
 @runtime_checkable
@@ -31,6 +46,10 @@ class Store(Protocol):
 
     def write_bytes(self, key: str, data: bytes) -> None: ...
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
+
+    def write_if(self, key: str, data: bytes, expected: str | None) -> bool: ...
+
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str = "") -> list[str]: ...
@@ -41,13 +60,47 @@ class Store(Protocol):
 
 
 def safe_key_part(value: str) -> str:
-    """Make an arbitrary string (a series id, a model name) safe inside an object key.
+    """Encode an arbitrary string (a model name, a series id) as one object-key part.
 
-    Anything outside ``[A-Za-z0-9._-]`` becomes ``_``; ``.``/``..`` and empty
-    strings cannot escape or vanish from the key.
+    Injective, so two names never share a key: ``[A-Za-z0-9._-]`` stays as it is,
+    every other character becomes ``%XX`` per UTF-8 byte (uppercase hex, ``%``
+    included), as Hive partition values are escaped, so polars reads
+    ``model=a%20b`` back as ``a b``. A leading ``.`` is encoded too, so ``.``
+    and ``..`` cannot appear; nothing is stripped. An encoding over 128
+    characters keeps its first 111 and ends in ``~`` + 16 hex digits of the
+    value's SHA-256 (``~`` is otherwise always encoded, so the two forms cannot
+    meet). Valid model names (``[A-Za-z0-9][A-Za-z0-9._-]*``, 64 at most) are
+    their own encoding. ``unsafe_key_part`` reverses it.
     """
-    cleaned = _UNSAFE.sub("_", value).strip("._") or "_"
-    return cleaned[:128]
+    if not value:
+        raise ValueError("an empty string cannot be an object key part")
+    raw = value.encode("utf-8", "surrogatepass")
+    encoded = "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in raw)
+    if encoded.startswith("."):
+        encoded = "%2E" + encoded[1:]
+    if len(encoded) <= _MAX_KEY_PART:
+        return encoded
+    head = encoded[: _MAX_KEY_PART - 1 - _HASH_CHARS]
+    if (cut := head.rfind("%", len(head) - 2)) != -1:  # never end on half an escape
+        head = head[:cut]
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:_HASH_CHARS]}"
+
+
+def unsafe_key_part(part: str) -> str:
+    """The string ``safe_key_part`` encoded; ``ValueError`` for anything it cannot have written.
+
+    A shortened part (``~`` + hash) cannot be decoded.
+    """
+    if "~" in part:
+        raise ValueError(f"key part {part!r} was shortened with a hash and cannot be decoded")
+    try:
+        raw = bytes(int(esc, 16) if esc else ord(ch) for esc, ch in _TOKEN.findall(part))
+        value = raw.decode("utf-8", "surrogatepass")
+    except ValueError:
+        value = ""
+    if not value or safe_key_part(value) != part:  # only the one canonical encoding decodes
+        raise ValueError(f"{part!r} is not a safe_key_part encoding")
+    return value
 
 
 def _check_key(key: str) -> str:
@@ -55,6 +108,16 @@ def _check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise StorageError(f"invalid object key {key!r}")
     return key
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename durable across a power cut; directories cannot be opened on Windows.
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class LocalStore:
@@ -87,6 +150,49 @@ class LocalStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its version token (SHA-256 of the content), or None when it does not exist.
+
+        Writes replace the file atomically, so the content read is one whole
+        version and its hash names exactly that version.
+        """
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_if(self, key: str, data: bytes, expected: str | None) -> bool:
+        """Write only if the object's token is still ``expected`` (None: only if it does not exist).
+
+        Returns True when written, False on a conflict (nothing written). The
+        compare and the atomic replace run under an exclusive ``flock`` on a
+        hidden lock file beside the object (``.<name>.lock``, kept, never listed),
+        so ``write_if`` calls are atomic with respect to each other across
+        threads and processes on one machine (POSIX; not over NFS). A plain
+        ``write_bytes`` or ``delete`` of the same key does not take the lock:
+        objects moved by compare-and-swap must only be written with ``write_if``.
+        The token is a content hash, so a swap back to identical bytes counts as
+        unchanged (as an S3 ETag does).
+        """
+        try:
+            import fcntl
+        except ImportError as exc:  # Windows
+            raise StorageError("conditional writes on a local store need POSIX file locks") from exc
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = self.read_versioned(key)
+            if (current[1] if current else None) != expected:
+                return False
+            self.write_bytes(key, data)
+            return True
+        finally:
+            os.close(fd)  # releases the lock
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -111,16 +217,58 @@ class LocalStore:
         return str(self._path(key))
 
 
+class S3Settings(BaseSettings):
+    """How ``S3Store`` talks to S3, from ``NIGHTCAST_S3_*`` variables when a store is opened.
+
+    The retry budget: botocore's ``standard`` mode retries connection errors,
+    timeouts, throttling and 5xx inside each request (``max_attempts`` in all,
+    full-jitter backoff ``rand() * min(0.05 s * 2**i, 20 s)``, 1 s base for
+    throttling: about 13 s on average for 10 attempts, but it can be near 0).
+    Above it, every I/O step retries 4 times after at least 33 s in all
+    (``flows.runtime.RETRY_DELAYS_S``), so an S3 outage of 30 s never fails a
+    step, and one of about a minute and a half usually does not.
+    ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` (or ``retry_mode`` /
+    ``max_attempts`` in the AWS profile), when set, win over these.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NIGHTCAST_S3_", extra="ignore")
+
+    max_attempts: int = Field(10, ge=1, description="attempts per S3 request, the first included")
+    connect_timeout_s: float = Field(5.0, gt=0, description="seconds to open a connection")
+    read_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for the next bytes of a response")
+    missing_on_403: bool = Field(
+        True,
+        description="read a 403 on a read-if-exists path as 'no such object': without s3:ListBucket, "
+                    "S3 answers 403 AccessDenied, not 404, for a key that does not exist",
+    )
+
+
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_DENIED_CODES = frozenset({"403", "AccessDenied"})
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code") or type(exc).__name__)
+
+
 class S3Store:
     """An ``s3://bucket/prefix`` store through boto3 (AWS, MinIO, moto, ...).
 
     Credentials, region and endpoint come from the standard ``AWS_*``
-    environment (``AWS_ENDPOINT_URL`` included) unless given here.
-    A single PUT is atomic in S3, so ``write_bytes`` needs no staging.
+    environment (``AWS_ENDPOINT_URL`` included) unless given here; timeouts,
+    retries and the 403 rule from ``S3Settings``. A single PUT is atomic in S3,
+    so ``write_bytes`` needs no staging. Every S3 or network failure comes out as
+    a ``StorageError`` naming the operation, the ``s3://`` object and the S3
+    error code, with the original error as ``__cause__``.
     """
 
-    def __init__(self, url: str, endpoint_url: str | None = None) -> None:
+    def __init__(self, url: str, endpoint_url: str | None = None,
+                 settings: S3Settings | None = None) -> None:
         import boto3  # imported here: the local store must not need it
+        import botocore.session
+        from botocore.config import Config
 
         match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
         if not match:
@@ -129,40 +277,113 @@ class S3Store:
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = url.rstrip("/")
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-        self._s3 = boto3.client("s3", endpoint_url=self.endpoint_url)
+        self.settings = settings or S3Settings()
+        core = botocore.session.Session()
+        retries: dict[str, Any] = {}
+        if not (os.environ.get("AWS_RETRY_MODE") or core.get_scoped_config().get("retry_mode")):
+            retries["mode"] = "standard"
+        if core.get_config_variable("max_attempts") is None:  # AWS_MAX_ATTEMPTS or the profile
+            retries["total_max_attempts"] = self.settings.max_attempts
+        config = Config(retries=retries or None, connect_timeout=self.settings.connect_timeout_s,
+                        read_timeout=self.settings.read_timeout_s)
+        # A session per store: clients from the shared default session are not thread-safe to create.
+        self._s3 = boto3.session.Session(botocore_session=core).client(
+            "s3", endpoint_url=self.endpoint_url, config=config)
 
     def _key(self, key: str) -> str:
         return self.prefix + _check_key(key)
 
-    def read_bytes(self, key: str) -> bytes:
+    @contextmanager
+    def _errors(self, op: str, key: str = "") -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self._s3.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(f"no object {key!r} in store {self.url}") from exc
+            yield
+        except (ClientError, BotoCoreError) as exc:
+            where = f"s3://{self.bucket}/{self.prefix}{key or ''}"
+            raise StorageError(f"S3 {op} {where} failed: {_error_code(exc)}: {exc}") from exc
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+    def _missing(self, exc: BaseException) -> bool:
+        code = _error_code(exc)
+        return code in _MISSING_CODES or (self.settings.missing_on_403 and code in _DENIED_CODES)
 
-    def exists(self, key: str) -> bool:
+    def _get(self, key: str) -> tuple[bytes, str] | None:
         from botocore.exceptions import ClientError
 
-        try:
-            self._s3.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        with self._errors("get", key):
+            try:
+                response = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as exc:
+                if self._missing(exc):
+                    return None
+                raise
+            return response["Body"].read(), response["ETag"]
+
+    def read_bytes(self, key: str) -> bytes:
+        """The object's content; ``FileNotFoundError`` when it does not exist (or, see ``S3Settings``, a 403)."""
+        found = self._get(key)
+        if found is None:
+            raise FileNotFoundError(f"no object {key!r} in store {self.url}")
+        return found[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its ETag (the token for ``write_if``), or None when it does not exist."""
+        return self._get(key)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._errors("put", key):
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def write_if(self, key: str, data: bytes, expected: str | None) -> bool:
+        """Write only if the object's ETag is still ``expected`` (None: only if it does not exist).
+
+        An S3 conditional PUT (``IfMatch`` / ``IfNoneMatch="*"``): S3 itself
+        decides, atomically, against every other writer. Returns True when
+        written, False on a conflict (412 PreconditionFailed, 409
+        ConditionalRequestConflict, or the object gone), when nothing was written.
+        One caveat: if a PUT's response is lost and botocore retries it, the retry
+        of a write that did land sees the new ETag and reports False; a caller
+        that must know re-reads and compares the content with what it wrote. An
+        endpoint that ignores the headers would write unconditionally: use one
+        that supports them (AWS, MinIO, moto 5.1+).
+        """
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        with self._errors("conditional put", key):
+            try:
+                self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if _error_code(exc) in _CONFLICT_CODES or status == 412:
+                    return False
+                raise
+        return True
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists; a 403 counts as missing unless ``missing_on_403`` is off."""
+        from botocore.exceptions import ClientError
+
+        with self._errors("head", key):
+            try:
+                self._s3.head_object(Bucket=self.bucket, Key=self._key(key))
+                return True
+            except ClientError as exc:
+                if self._missing(exc):
+                    return False
+                raise
 
     def list(self, prefix: str = "") -> list[str]:
         keys: list[str] = []
-        paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-            keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
+        with self._errors("list", prefix):
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._errors("delete", key):
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

@@ -1,6 +1,13 @@
-import pytest
+import hashlib
+import multiprocessing
+import string
 
-from tasks.storage import LocalStore, S3Store, StorageError, open_store, safe_key_part
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from tasks.storage import (LocalStore, S3Settings, S3Store, StorageError, open_store, safe_key_part,
+                           unsafe_key_part)
 
 
 def _roundtrip(store) -> None:
@@ -48,13 +55,220 @@ def test_keys_cannot_escape_the_root(tmp_path, key):
         LocalStore(tmp_path).write_bytes(key, b"x")
 
 
-def test_series_ids_are_sanitised_for_keys():
-    assert safe_key_part("../../etc/passwd") == "etc_passwd"
-    assert safe_key_part("site 1/ä") == "site_1"
-    assert safe_key_part("..") == "_"
-    assert "/" not in safe_key_part("a/b\\c")
-
-
 def test_unknown_scheme_is_rejected():
     with pytest.raises(StorageError, match="unsupported"):
         open_store("gs://bucket")
+
+
+# --- injective key parts ---------------------------------------------------------------
+
+_NAMES = ["lstm", "lstm_", "lstm.", "lstm-", "_lstm", "LSTM", "a b", "a_b", "a%20b", "a%b", "a/b", "a\\b",
+          ".", "..", "...", ".x", "%2E", "~", "a~b", "café", "cafe\u0301", "日本", "🙂", "\x00", "\n",
+          "x" * 300, "x" * 299 + "y", "é" * 200, "é" * 199 + "e", "../../etc/passwd"]
+_SAFE_CHARS = set(string.ascii_letters + string.digits + "._-%~")
+
+
+def test_distinct_names_get_distinct_key_parts():
+    parts = [safe_key_part(n) for n in _NAMES]
+    assert len(set(parts)) == len(_NAMES)
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_key_parts_are_safe_and_reversible(name):
+    part = safe_key_part(name)
+    assert set(part) <= _SAFE_CHARS and "/" not in part
+    assert part not in (".", "..") and not part.startswith(".")
+    assert 0 < len(part) <= 128
+    if "~" in part:  # shortened: a prefix of the encoding and a hash of the name
+        assert part.endswith("~" + hashlib.sha256(name.encode()).hexdigest()[:16])
+        with pytest.raises(ValueError, match="hash"):
+            unsafe_key_part(part)
+    else:
+        assert unsafe_key_part(part) == name
+
+
+def test_key_part_encoding_is_percent_escaping():
+    assert safe_key_part("lstm_") == "lstm_" and safe_key_part("lstm") == "lstm"
+    assert safe_key_part("a b") == "a%20b"
+    assert safe_key_part("a%20b") == "a%2520b"
+    assert safe_key_part("café") == "caf%C3%A9"
+    assert safe_key_part("..") == "%2E."
+    assert safe_key_part("../../etc/passwd") == "%2E.%2F..%2Fetc%2Fpasswd"
+    assert safe_key_part("x" * 128) == "x" * 128  # the longest part kept whole
+    assert len(safe_key_part("x" * 129)) == 128
+    with pytest.raises(ValueError):
+        safe_key_part("")
+
+
+def test_long_part_never_ends_on_half_an_escape():
+    part = safe_key_part("a" + "é" * 100)  # escapes start at odd offsets: the cut falls inside one
+    head = part.split("~")[0]
+    assert all(head[i + 1 : i + 3] in ("C3", "A9") for i, c in enumerate(head) if c == "%")
+    assert len(head[head.rfind("%"):]) == 3
+
+
+@pytest.mark.parametrize("bad", ["%41", "%2e", ".x", "%", "%zz", "é", "a/b", ""])
+def test_only_canonical_encodings_decode(bad):
+    with pytest.raises(ValueError):
+        unsafe_key_part(bad)
+
+
+def test_hive_readers_see_the_original_name(tmp_path):
+    """polars decodes %XX in hive partition values: model=a%20b reads back as "a b"."""
+    import io
+
+    import polars as pl
+
+    store, names = LocalStore(tmp_path), ["lstm", "lstm_", "a b", "a%b", "café", ".x"]
+    for name in names:
+        buf = io.BytesIO()
+        pl.DataFrame({"v": [1]}).write_parquet(buf)
+        store.write_bytes(f"forecasts/model={safe_key_part(name)}/as_of=2026-01-01/f.parquet", buf.getvalue())
+    frame = pl.read_parquet(tmp_path / "forecasts", hive_partitioning=True)
+    assert sorted(frame["model"].to_list()) == sorted(names)
+
+
+# --- compare-and-swap --------------------------------------------------------------------
+
+def _cas_contract(store) -> None:
+    assert store.read_versioned("p/champion.json") is None
+    assert store.write_if("p/champion.json", b"v1", None)
+    assert not store.write_if("p/champion.json", b"other", None)  # exists already
+    data, token = store.read_versioned("p/champion.json")
+    assert data == b"v1"
+    assert store.write_if("p/champion.json", b"v2", token)
+    assert not store.write_if("p/champion.json", b"stale", token)  # token moved on
+    assert store.read_bytes("p/champion.json") == b"v2"
+    assert store.read_versioned("p/champion.json")[1] != token
+    assert not store.write_if("p/gone.json", b"x", token)  # expected an object that is not there
+    assert not store.exists("p/gone.json")
+    assert store.list("p/") == ["p/champion.json"]  # no lock or temp files listed
+
+
+def test_local_compare_and_swap(tmp_path):
+    _cas_contract(LocalStore(tmp_path))
+
+
+def test_s3_compare_and_swap_against_moto_server(s3_env):
+    _cas_contract(open_store(f"s3://{s3_env}/cas"))
+
+
+def test_s3_stale_etag_and_existing_key_leave_the_object_unchanged(s3_env):
+    store = S3Store(f"s3://{s3_env}")
+    store.write_bytes("ptr", b"one")
+    _, etag = store.read_versioned("ptr")
+    store.write_bytes("ptr", b"two")  # someone else moved it
+    assert store.write_if("ptr", b"mine", etag) is False
+    assert store.write_if("ptr", b"mine", None) is False
+    assert store.read_bytes("ptr") == b"two"
+
+
+def _race_once(root, token, name, barrier, results):
+    store = LocalStore(root)
+    barrier.wait()
+    results.put((name, store.write_if("ptr", name.encode(), token)))
+
+
+def _count_up(root, times, barrier, results):
+    store = LocalStore(root)
+    barrier.wait()
+    tries = 0
+    for _ in range(times):
+        while True:
+            tries += 1
+            data, token = store.read_versioned("counter")
+            if store.write_if("counter", str(int(data) + 1).encode(), token):
+                break
+    results.put(tries)
+
+
+def _run(target, n, args):
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args(i), barrier, results)) for i in range(n)]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    return out
+
+
+def test_local_write_if_race_between_processes_has_one_winner(tmp_path):
+    store = LocalStore(tmp_path)
+    store.write_bytes("ptr", b"start")
+    token = store.read_versioned("ptr")[1]
+    out = _run(_race_once, 4, lambda i: (str(tmp_path), token, f"p{i}"))
+    winners = [name for name, won in out if won]
+    assert len(winners) == 1
+    assert store.read_bytes("ptr") == winners[0].encode()
+
+
+def test_local_compare_and_swap_loses_no_update_across_processes(tmp_path):
+    store = LocalStore(tmp_path)
+    assert store.write_if("counter", b"0", None)
+    tries = _run(_count_up, 3, lambda i: (str(tmp_path), 40))
+    assert store.read_bytes("counter") == b"120"  # a lost update would leave less
+    assert sum(tries) >= 120
+
+
+# --- S3 settings: retries, timeouts, the 403 rule, wrapped errors ------------------------
+
+def test_s3_client_uses_standard_retries_and_timeouts(s3_env, monkeypatch):
+    for var in ("AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    cfg = S3Store(f"s3://{s3_env}")._s3.meta.config
+    assert cfg.retries == {"mode": "standard", "total_max_attempts": S3Settings().max_attempts}
+    assert (cfg.connect_timeout, cfg.read_timeout) == (5.0, 30.0)
+    monkeypatch.setenv("NIGHTCAST_S3_MAX_ATTEMPTS", "4")
+    monkeypatch.setenv("NIGHTCAST_S3_CONNECT_TIMEOUT_S", "2")
+    cfg = S3Store(f"s3://{s3_env}")._s3.meta.config
+    assert cfg.retries["total_max_attempts"] == 4 and cfg.connect_timeout == 2.0
+
+
+def test_s3_client_keeps_the_users_aws_retry_settings(s3_env, monkeypatch):
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("NIGHTCAST_S3_MAX_ATTEMPTS", "7")
+    assert S3Store(f"s3://{s3_env}")._s3.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 2}
+
+
+def _denied(store, *operations):
+    stub = Stubber(store._s3)
+    for op in operations:
+        code = "403" if op == "head_object" else "AccessDenied"
+        stub.add_client_error(op, service_error_code=code, http_status_code=403)
+    return stub
+
+
+def test_403_reads_as_missing_on_read_if_exists_paths(s3_env):
+    store = S3Store(f"s3://{s3_env}/p")
+    with _denied(store, "head_object", "get_object", "get_object"):
+        assert store.exists("k") is False
+        assert store.read_versioned("k") is None
+        with pytest.raises(FileNotFoundError, match="'k'"):
+            store.read_bytes("k")
+    with _denied(store, "put_object"), pytest.raises(StorageError, match="AccessDenied"):
+        store.write_bytes("k", b"x")  # a write is never "missing"
+
+
+def test_403_is_an_error_when_missing_on_403_is_off(s3_env, monkeypatch):
+    monkeypatch.setenv("NIGHTCAST_S3_MISSING_ON_403", "false")
+    store = S3Store(f"s3://{s3_env}/p")
+    with _denied(store, "get_object", "head_object"):
+        with pytest.raises(StorageError, match=f"s3://{s3_env}/p/k failed: AccessDenied") as info:
+            store.read_versioned("k")
+        assert isinstance(info.value.__cause__, ClientError)
+        with pytest.raises(StorageError, match="403"):
+            store.exists("k")
+
+
+def test_s3_errors_name_the_bucket_key_and_code(s3_env):
+    store = S3Store(f"s3://{s3_env}-missing/pre")
+    with pytest.raises(StorageError, match=f"s3://{s3_env}-missing/pre/a/b failed: NoSuchBucket") as info:
+        store.read_bytes("a/b")
+    assert isinstance(info.value.__cause__, ClientError)
+    with pytest.raises(StorageError, match="NoSuchBucket"):
+        store.list("a/")
