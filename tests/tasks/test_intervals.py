@@ -1,13 +1,18 @@
 """Split-conformal intervals: calibrated on validation windows, measured on the test span."""
 
+import datetime as dt
+
 import numpy as np
+import polars as pl
 import pytest
 
 from schemas.params import TrainConfig
+from tasks.features import FeatureState
 from tasks.intervals import bounds, coverage, fit_conformal
 from tasks.prepare import prepare_training
 from tasks.train import predict_scaled, train_model
 from tasks.validate import validate_observations
+from tasks.window import make_windows
 from tests.conftest import fast_params
 
 
@@ -19,15 +24,65 @@ def fitted(sample_raw):
     return prepared, net
 
 
+@pytest.fixture(scope="module")
+def walks():
+    """Exchangeable residuals with a known shape: random walks forecast by their last value.
+
+    60 series, each with its own level and scale (1 to 100 target units per scaled unit); the
+    naive forecast's error at step h is a sum of h + 1 unit-normal increments, so it widens with
+    the horizon. Every 10th step is a gap filled with garbage (observed = False) that calibration
+    and coverage must ignore. No two calibration (validation) windows share a step, nor do two
+    held-out (test) windows, so at each step the errors are independent: coverage is binomial.
+    """
+    n_series, steps, horizon, lookback = 60, 500, 4, 8
+    rng = np.random.default_rng(7)
+    walk = np.cumsum(rng.normal(size=(n_series, steps)), axis=1)  # scaled units
+    observed = (np.arange(steps) % 10 != 5)[None, :].repeat(n_series, 0)
+    filled = np.where(observed, walk, walk + 50.0)
+    centers, scales = rng.normal(100, 30, n_series), np.logspace(0, 2, n_series)
+    ids = [f"s{i:02d}" for i in range(n_series)]
+    start = dt.datetime(2026, 1, 1)
+    stamps = pl.datetime_range(start, start + dt.timedelta(hours=steps - 1), "1h", eager=True)
+    frame = pl.DataFrame({"series_id": np.repeat(ids, steps), "timestamp": pl.concat([stamps] * n_series),
+                          "y": filled.ravel(), "target": (filled * scales[:, None] + centers[:, None]).ravel(),
+                          "observed": observed.ravel()})
+    index = make_windows(frame, ["y"], [], lookback, horizon, train_end=start + dt.timedelta(hours=100),
+                         val_end=start + dt.timedelta(hours=300))
+    stats = {s: [float(c), float(k)] for s, c, k in zip(ids, centers, scales)}
+    state = FeatureState(scaler="standard", target_stats=stats, numeric_stats={}, categories={}, past_covariates=[],
+                         future_covariates=[])
+
+    def apart(starts):  # every horizon-th window of each series: no two share a target step
+        origin = index.origin(starts)
+        return starts[(origin - index.offsets[index.series[origin]]) % horizon == 0]
+
+    def naive(starts):  # the last clean value, in scaled units (a filled origin is not the forecast's fault)
+        origin = index.origin(starts)
+        return np.repeat(walk.ravel()[origin][:, None], horizon, axis=1)
+
+    val, test = apart(index.splits["val"]), apart(index.splits["test"])
+    return index, state, val, naive(val), test, naive(test)
+
+
 @pytest.mark.parametrize("level", [0.5, 0.8, 0.95])
-def test_calibration_windows_are_covered_at_the_level(fitted, level):
-    prepared, net = fitted
-    index, val = prepared.index, prepared.index.splits["val"]
-    preds = predict_scaled(net, index, val)
-    half = fit_conformal(index, preds, val, level)
-    assert len(half) == index.horizon and all(h > 0 for h in half)
-    # the finite-sample quantile covers at least `level` of its own calibration points, at every step
-    assert coverage(index, prepared.state, preds, val, half)["coverage"] >= level
+def test_held_out_windows_are_covered_at_the_level_at_every_step(walks, level):
+    index, state, val, val_preds, test, test_preds = walks
+    half = fit_conformal(index, val_preds, val, level)
+    assert len(half) == index.horizon
+    lo, hi = bounds(test_preds, half, index.series_of(test), state)
+    tidx = index.target_index(test)
+    y, seen = index.target[tidx], index.observed[tidx]
+    inside = (y >= lo) & (y <= hi)
+    n_cal = index.observed[index.target_index(val)].sum(axis=0)
+    for h in range(index.horizon):
+        n = seen[:, h].sum()
+        # binomial error of the held-out share plus that of the calibration quantile, 4 sigma
+        tol = 4 * np.sqrt(level * (1 - level) * (1 / n + 1 / n_cal[h]))
+        assert abs(inside[seen[:, h], h].mean() - level) < tol, (h, inside[seen[:, h], h].mean(), tol)
+    pooled = coverage(index, state, test_preds, test, half)
+    assert pooled["points"] == seen.sum() > 3000
+    assert abs(pooled["coverage"] - level) < 4 * np.sqrt(level * (1 - level) * (1 / pooled["points"] + 1 / n_cal.min()))
+    assert all(0 < a < b for a, b in zip(half, half[1:]))  # the error grows with the horizon, so do the widths
 
 
 def test_wider_level_gives_wider_intervals_and_more_test_coverage(fitted):
