@@ -75,7 +75,7 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
     """
     params = BackfillParams(start=start, end=end, model=model, overwrite=overwrite, max_parallel=max_parallel,
                             data=data, model_name=model_name, columns=columns)
-    settings, st = start_run(store)
+    settings, st = start_run(store, data)
     logger = get_run_logger()
     plan = plan_versions(st, params)
     rows: dict[dt.date, dict] = {}

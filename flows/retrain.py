@@ -18,8 +18,8 @@ from tasks.ingest import load_observations
 from tasks.intervals import by_method, coverage, fit_conformal
 from tasks.plots import forecast_vs_actual_png, learning_curve_png
 from tasks.prepare import Prepared, fingerprint, prepare_training
-from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_champion,
-                            new_version, read_champion, save_bundle, set_champion)
+from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_bundle,
+                            load_champion, new_version, promote, read_champion, save_bundle, sweep_incomplete)
 from tasks.storage import Store
 from tasks.train import TrainResult, network_args_for, predict_scaled, train_model
 from tasks.tune import apply_overrides, best_key, load_tuned
@@ -123,20 +123,54 @@ def _warm_start(params: RetrainParams, prepared: Prepared, champion: Bundle | No
                                  "full_trained_at": plan.full_trained_at}
 
 
-def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
-             trained: TrainResult, evaluation: dict, tuned: dict | None = None, warm: dict | None = None) -> dict:
-    logger = get_run_logger()
-    fp = fingerprint(checked.valid)
-    version = new_version(fp)
-    comp = evaluation["comparison"]
+def _decide(params: RetrainParams, comp: dict) -> Decision:
+    """The promotion rule applied to a comparison with the champion (or with none)."""
     if comp["comparable"]:
-        decision = decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"],
-                                    comp["champion"], comp["note"])
-    else:
-        decision = Decision(False, f"not promoted: {comp['note']}; the champion stays "
-                                   "(set promotion.beat_champion=false to replace it)")
-        if not params.promotion.beat_champion:
-            decision = decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"], None, comp["note"])
+        return decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"], comp["champion"], comp["note"])
+    if not params.promotion.beat_champion:
+        return decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"], None, comp["note"])
+    return Decision(False, f"not promoted: {comp['note']}; the champion stays "
+                           "(set promotion.beat_champion=false to replace it)")
+
+
+def _decider(store: Store, params: RetrainParams, prepared: Prepared, evaluation: dict):  # noqa: ANN202
+    """``promote``'s judge: the comparison made at evaluation time while the champion is the one this run
+    compared with; a fresh comparison on the same test windows when another run moved the pointer since."""
+    logger = get_run_logger()
+    first = evaluation["comparison"]
+
+    def decide(current: dict | None) -> tuple[Decision, dict]:
+        comp = first
+        if (current or {}).get("version") != first["champion_version"]:
+            champion, why = None, ""
+            if current is not None:
+                try:
+                    champion = load_bundle(store, params.model_name, current["version"])
+                except RegistryError as exc:
+                    why = str(exc)
+            logger.info("the champion moved to %s while this run trained; comparing with it again",
+                        None if current is None else current["version"])
+            comp = compare_with_champion(champion, prepared, evaluation["test_preds"], params.promotion.metric,
+                                         evaluation["selection"])
+            if why:
+                comp["note"] = f"champion unusable ({why})"
+        evaluation["comparison"] = comp
+        return _decide(params, comp), {params.promotion.metric: comp["new"], "windows": comp["windows"]}
+
+    return decide
+
+
+def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
+              trained: TrainResult, evaluation: dict, version: str, fp: str, tuned: dict | None = None,
+              warm: dict | None = None) -> dict:
+    """Write the bundle under ``version`` (minted by the flow, so a retry rewrites the same bundle), then
+    move the champion pointer by compare-and-swap if the rule says so."""
+    logger = get_run_logger()
+    if swept := sweep_incomplete(store, params.model_name, keep=version):
+        logger.warning("removed %d incomplete bundle(s) left by runs that died while writing them: %s",
+                       len(swept), ", ".join(swept))
+    comp = evaluation["comparison"]
+    decision = _decide(params, comp)
     config = {"params": params.model_dump(mode="json"), "network_args": trained.network_args,
               "calendar": prepared.calendar.to_json(), "season_length": prepared.season_length}
     manifest = {
@@ -170,19 +204,20 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
     metrics_json = {"test": _summary_rows(evaluation["metrics"]), "comparison": comp,
                     "served": evaluation["served_counts"],
                     "intervals": evaluation["intervals"],
-                    "decision": {"promote": decision.promote, "reason": decision.reason}}
+                    # at registration, against the champion this run compared with; the pointer records the final one
+                    "decision": {"promote": decision.promote, "reason": decision.reason,
+                                 "against": comp["champion_version"]}}
     prefix = save_bundle(store, params.model_name, version, net=trained.net, config=config,
                          preprocessing={**prepared.preprocessing_json(), "conformal": evaluation["intervals"],
                                         "selection": evaluation["selection"]},
                          metrics=metrics_json,
                          history_csv=trained.history.write_csv(), manifest=manifest, extra_files=extra)
     logger.info("bundle written to %s", store.uri(prefix))
+    decision, pointer = promote(store, params.model_name, version, _decider(store, params, prepared, evaluation))
+    promoted = pointer is not None and pointer["version"] == version
     logger.info("promotion decision: %s", decision.reason)
-    if decision.promote:
-        set_champion(store, params.model_name, version, decision,
-                     {params.promotion.metric: comp["new"], "windows": comp["windows"]})
-    return {"version": version, "bundle": store.uri(prefix), "promoted": decision.promote,
-            "decision": decision.reason, "fingerprint": fp,
+    return {"version": version, "bundle": store.uri(prefix), "promoted": promoted,
+            "decision": decision.reason, "fingerprint": fp, "comparison": evaluation["comparison"],
             "files": [store.uri(k) for k in store.list(prefix + "/")]}
 
 
@@ -229,7 +264,7 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
         params: data, columns, cleaning, windows, network, training and the promotion rule.
         store: object store root (local directory or s3://bucket/prefix); empty: $NIGHTCAST_STORE.
     """
-    settings, st = start_run(store)
+    settings, st = start_run(store, params.data)
     if params.data is None:
         params = params.model_copy(update={"data": settings.data})
     tuned = read_tuned(st, params.model_name) if params.use_tuned else None
@@ -237,7 +272,8 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
         params = apply_overrides(params, tuned["best_params"])
         get_run_logger().info("using the tuned configuration of study %s (best %s %.4f): %s",
                               tuned["study_name"], tuned["metric"], tuned["best_value"], tuned["best_params"])
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    started = dt.datetime.now(dt.timezone.utc)
+    stamp = started.strftime("%Y%m%dT%H%M%S%fZ")
     raw = ingest(params.data, params.columns)
     checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
     quarantine = save_quarantine(st, checked, stamp)
@@ -248,11 +284,13 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     init_state, warm = warm_start(params, prepared, champion, champion_error)
     trained = train(prepared.index, params.model, params.train, settings.progress, init_state=init_state)
     evaluation = evaluate(params, prepared, trained, champion, champion_error)
-    registered = register(st, params, checked, prepared, trained, evaluation, tuned, warm)
+    fp = fingerprint(checked.valid)
+    version = new_version(fp, started)  # minted once: a retried register writes this same version
+    registered = register(st, params, checked, prepared, trained, evaluation, version, fp, tuned, warm)
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(worst=20),
            "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
-           "comparison": evaluation["comparison"], "intervals": evaluation["intervals"], "warm_start": warm,
+           "intervals": evaluation["intervals"], "warm_start": warm,
            "served": evaluation["served_counts"]}
     publish_artifacts(params, out)
     return out

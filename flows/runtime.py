@@ -40,12 +40,32 @@ _NETWORK_ERRNOS = frozenset(getattr(errno, name) for name in (
     "ENETUNREACH", "ENETDOWN", "ENETRESET", "EHOSTDOWN") if hasattr(errno, name))
 
 
-def start_run(store: str | None) -> tuple[Settings, Store]:
-    """Build the settings (now, not at import) and open the store they name."""
+def start_run(store: str | None, data: str | None = None) -> tuple[Settings, Store]:
+    """Build the settings (now, not at import) and open the store they name.
+
+    In a run started through the Prefect API (a deployment: schedule, UI, ``prefect deployment run``)
+    the ``store`` and ``data`` parameters must lie within the worker's configured locations
+    (``Settings.check_location``): whoever can reach the API must not steer a worker to any path its
+    credentials reach. Direct calls (the CLI, Python) run with their caller's own rights.
+    """
     settings = Settings()
+    if from_deployment():
+        for url, what in ((store, "store"), (data, "data")):
+            if url:
+                settings.check_location(url, what)
     # Small LSTMs on few cores: more threads only add contention.
     torch.set_num_threads(settings.torch_threads)
     return settings, open_store(store or settings.store)
+
+
+def from_deployment() -> bool:
+    """Whether this flow run was created from a deployment (by a schedule, the UI or the API)."""
+    from prefect.runtime import deployment
+
+    try:
+        return deployment.id is not None
+    except Exception:  # outside a flow run
+        return False
 
 
 def _transient_here(exc: BaseException) -> bool:

@@ -41,7 +41,7 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
         params: data, as_of date (empty: the newest date in the data), model name and columns.
         store: object store root (local directory or s3://bucket/prefix); empty: $NIGHTCAST_STORE.
     """
-    settings, st = start_run(store)
+    settings, st = start_run(store, params.data)
     logger = get_run_logger()
     bundle = champion(st, params.model_name)
     raw = ingest(params.data or settings.data, params.columns)

@@ -15,8 +15,8 @@ from prefect.futures import wait
 
 from schemas.params import TuneParams
 from tasks.storage import Store
-from tasks.tune import (TUNING_PREFIX, best_key, grid_size, open_study, plots, redact, rolling_origin_folds,
-                        run_trial, summarize, trials_table)
+from tasks.tune import (TUNING_PREFIX, best_key, grid_size, open_study, plots, redact, resolve_storage,
+                        rolling_origin_folds, run_trial, summarize, trials_table)
 from flows.runtime import artifact_key, start_run, step
 from flows.score import ingest, validate
 
@@ -47,10 +47,10 @@ def tune_flow(params: TuneParams = TuneParams(), store: str | None = None) -> di
             (tpe, random, grid), trials, folds, pruning and the study storage.
         store: object store root; empty: $NIGHTCAST_STORE.
     """
-    settings, st = start_run(store)
+    settings, st = start_run(store, params.base.data)
     logger = get_run_logger()
     base = params.base if params.base.data else params.base.model_copy(update={"data": settings.data})
-    storage = params.storage or settings.optuna_storage
+    storage = resolve_storage(params, settings.optuna_storage)
     study_name = params.study_name or f"nightcast-{base.model_name}"
     raw = ingest(base.data, base.columns)
     checked = validate(raw, base.clean.max_bad_share, base.columns.timestamp_format)

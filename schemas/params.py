@@ -34,6 +34,50 @@ class Settings(BaseSettings):
     progress: bool = Field(True, description="Show a training progress bar")
     optuna_storage: str = Field("sqlite:///nightcast-optuna.db",
                                 description="Optuna study storage (any SQLAlchemy URL; PostgreSQL for many workers)")
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="JSON list of local directories or s3://bucket/prefix that runs started from a deployment "
+                    "(schedule, UI, API) may name as store or data, besides the configured store and data")
+
+    def check_location(self, url: str, what: str) -> None:
+        """Refuse a ``store`` / ``data`` location outside the configured ones (runs from the Prefect API).
+
+        Anyone who can reach the API can start a deployment run with any parameters; without this a run
+        could make a worker read or write any path its credentials reach. Allowed: the configured store,
+        the configured data's folder, the bundled sample and ``allowed_roots``; local paths are compared
+        after resolving ``..`` and symbolic links.
+        """
+        if url == SAMPLE_DATA:
+            return
+        roots = [self.store, *self.allowed_roots]
+        if self.data != SAMPLE_DATA:
+            roots.append(self.data if _is_dir_like(self.data) else self.data.rsplit("/", 1)[0])
+        if not any(_within(url, root) for root in roots):
+            raise PermissionError(
+                f"{what} {url!r} is outside the locations this worker may use ({', '.join(map(repr, roots))}); "
+                "add it to NIGHTCAST_ALLOWED_ROOTS (a JSON list) on the worker to allow it")
+
+
+def _is_dir_like(url: str) -> bool:
+    import os
+
+    return url.endswith("/") or (not url.startswith("s3://") and os.path.isdir(url))
+
+
+def _within(url: str, root: str) -> bool:
+    """``url`` is ``root`` or below it (no ``..`` escapes): S3 by key prefix, local paths resolved."""
+    import os
+
+    if url.startswith("s3://") or root.startswith("s3://"):
+        if not (url.startswith("s3://") and root.startswith("s3://")) or "/../" in f"{url}/" or "/./" in f"{url}/":
+            return False
+        base = root.rstrip("/")
+        return url == base or url.startswith(base + "/")
+    if "://" in url.removeprefix("file://") or "://" in root.removeprefix("file://"):
+        return False
+    path = os.path.realpath(os.path.expanduser(url.removeprefix("file://")))
+    base = os.path.realpath(os.path.expanduser(root.removeprefix("file://")))
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 class _Config(BaseModel):
@@ -297,7 +341,10 @@ class TuneParams(_Config):
     folds: int = Field(3, ge=1, le=20, description="rolling-origin folds (expanding window)")
     fold_fraction: float = Field(0.08, gt=0, lt=0.5, description="each fold's evaluation span, share of time steps")
     pruning: bool = Field(True, description="stop weak trials early (median rule on validation loss)")
-    storage: str | None = Field(None, description="Optuna RDB URL; empty: $NIGHTCAST_OPTUNA_STORAGE (SQLite)")
+    storage_secret: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9-]{0,127}$",
+        description="name of a Prefect Secret block holding the Optuna RDB URL (its password stays out of "
+                    "flow parameters); empty: $NIGHTCAST_OPTUNA_STORAGE (SQLite by default)")
     study_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
                                    description="empty: nightcast-<model_name>")
     seed: int = Field(42, description="sampler seed")

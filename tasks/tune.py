@@ -285,6 +285,22 @@ def plots(study: Any) -> dict[str, bytes]:
     return out
 
 
+def resolve_storage(params: TuneParams, default: str) -> str:
+    """The Optuna storage URL: from the Prefect Secret block the run names, else the worker's setting.
+
+    Never a flow parameter: parameters are stored by the Prefect API and shown in its UI.
+    """
+    if not params.storage_secret:
+        return default
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(params.storage_secret).get())
+    except ValueError as exc:
+        raise ValueError(f"no Prefect Secret block named {params.storage_secret!r} (create it with "
+                         "`Secret(value=url).save(name)` or in the UI under Blocks)") from exc
+
+
 def redact(url: str) -> str:
     """A storage URL without its password, for logs and artifacts."""
     from sqlalchemy.engine import make_url
