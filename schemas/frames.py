@@ -18,7 +18,8 @@ class RawObservations(pa.DataFrameModel):
     ``_timestamp_raw`` / ``_target_raw`` hold the text as read, so a value that
     could not be parsed is reported as unparseable rather than as missing; they
     exist only for text input (typed input, such as Parquet, has nothing to parse).
-    A null ``target`` is a missing observation (a gap to fill).
+    A null ``target`` is a missing observation (a gap to fill); coercion has already turned
+    NaN and missing-value markers ("NA", "null", ...) into nulls, so ``finite`` fails on ±inf.
     """
 
     series_id: str = pa.Field(nullable=False, str_length={"min_value": 1})

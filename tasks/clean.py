@@ -62,8 +62,11 @@ class CleanReport:
     off_grid_by_series: dict[str, int] = field(default_factory=dict)  # the 20 with the most such rows
     leading_blanks_dropped: int = 0  # blank rows before a series' first observed target
     trailing_blanks_dropped: int = 0  # blank rows after its last one
+    leading_blank_series: dict[str, int] = field(default_factory=dict)  # the 20 with the most such rows
+    trailing_blank_series: dict[str, int] = field(default_factory=dict)
     empty_series_count: int = 0  # series left out: no observed target (or every one dropped as an outlier)
     empty_series: list[str] = field(default_factory=list)  # the first 20 of them by id
+    validation: dict = field(default_factory=dict)  # ValidationResult.notes, when the caller has them
 
     def to_json(self, worst: int | None = None) -> dict:
         """Everything; with ``worst``, ``by_series`` keeps only the series cleaning touched most."""
@@ -561,7 +564,7 @@ def _report(clean: pl.DataFrame, placing: pl.DataFrame, emptied: list[str], cfg:
     ).join(placing.select("series_id", "off_grid", "leading_blanks", "trailing_blanks"), on="series_id",
            how="left", maintain_order="left"))
     empty = sorted([*placing.filter("empty")["series_id"].to_list(), *emptied])
-    off = placing.filter(pl.col("off_grid") > 0).sort(["off_grid", "series_id"], descending=[True, False])
+    off = _most(placing, "off_grid")
     return CleanReport(
         series=per.height, rows_on_grid=clean.height, off_grid_rows_dropped=int(placing["off_grid"].sum()),
         short_gaps_filled=int(per["filled"].sum()), long_gap_steps=int(per["long_gap_steps"].sum()),
@@ -571,5 +574,13 @@ def _report(clean: pl.DataFrame, placing: pl.DataFrame, emptied: list[str], cfg:
         off_grid_by_series=dict(off.head(_LISTED).select("series_id", "off_grid").iter_rows()),
         leading_blanks_dropped=int(placing["leading_blanks"].sum()),
         trailing_blanks_dropped=int(placing["trailing_blanks"].sum()),
+        leading_blank_series=dict(_most(placing, "leading_blanks").head(_LISTED).iter_rows()),
+        trailing_blank_series=dict(_most(placing, "trailing_blanks").head(_LISTED).iter_rows()),
         empty_series_count=len(empty), empty_series=empty[:_LISTED],
     )
+
+
+def _most(placing: pl.DataFrame, column: str) -> pl.DataFrame:
+    """(series_id, count) of the series with any ``column`` rows, most first."""
+    return (placing.filter(pl.col(column) > 0).select("series_id", column)
+            .sort([column, "series_id"], descending=[True, False]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import re
 from pathlib import Path
 
 import polars as pl
@@ -71,9 +72,13 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFram
             frame = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts).collect()
     except FileNotFoundError as exc:
         raise IngestError(f"input not found: {uri}") from exc
+    except pl.exceptions.DuplicateError as exc:  # a Parquet schema that names a column twice
+        name = re.search(r"name '(.*)' has more than one occurrence", str(exc))
+        what = f"column(s) {[name.group(1)]}" if name else f"a column ({_first_line(exc)})"
+        raise IngestError(f"{what} appear more than once in the schema of "
+                          f"{_files_with_repeats(source, opts) or uri}; rename or drop the copies") from exc
     except (pl.exceptions.PolarsError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IngestError(f"cannot read {uri} as {fmt}: {first}") from exc
+        raise IngestError(f"cannot read {uri} as {fmt}: {_first_line(exc)}") from exc
     if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
         raise IngestError(f"{uri} is empty: no header and no rows")
     if fmt == "csv" and any(_DUPLICATED in c for c in frame.columns):
@@ -84,22 +89,46 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFram
 _DUPLICATED = "_duplicated_"  # polars renames the second `x` of a CSV header to `x_duplicated_0`
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _files_with_repeats(source: list[str] | str, opts: dict[str, str] | None) -> str:
+    """The Parquet files whose schema names a column twice (error path only: one footer per file)."""
+    files = [source] if isinstance(source, str) else source
+    bad = []
+    for f in files:
+        try:
+            pl.read_parquet_schema(f) if opts is None else pl.scan_parquet(f, storage_options=opts).collect_schema()
+        except pl.exceptions.DuplicateError:
+            bad.append(f)
+        except (pl.exceptions.PolarsError, OSError):
+            continue
+    return ", ".join(bad)
+
+
 def _reject_repeated_header(source: list[str] | str, opts: dict[str, str] | None, uri: str) -> None:
     """Stop on a CSV header that names a column twice (which copy is meant is anyone's guess).
 
-    Called only when a column name looks like polars' rename of a repeat: the header is
-    then read again as a plain row, where names keep their spelling.
+    Called only when a column name looks like polars' rename of a repeat: each file's header
+    is then read again as a plain row, where names keep their spelling. Every file, because
+    several are stacked by name: a repeat in one file lines up with a genuine
+    ``x_duplicated_0`` in another.
     """
-    header = pl.scan_csv(source, has_header=False, n_rows=1, infer_schema=False,
-                         storage_options=opts).collect().row(0)
-    counts = {name: header.count(name) for name in header}
-    repeated = [name for name, n in counts.items() if n > 1]
-    if repeated:
-        raise IngestError(
-            f"column(s) {repeated} appear more than once in the header of {uri} "
-            f"({', '.join(f'{name!r} {counts[name]} times' for name in repeated)}); "
-            "rename or drop the copies"
-        )
+    for f in [source] if isinstance(source, str) else source:
+        first = pl.scan_csv(f, has_header=False, n_rows=1, infer_schema=False, storage_options=opts).collect()
+        if first.height == 0:  # an empty file: no header to check
+            continue
+        header = first.row(0)
+        counts = {name: header.count(name) for name in header}
+        repeated = [name for name, n in counts.items() if n > 1]
+        if repeated:
+            where = uri if f == uri else f"{f} (of {uri})"
+            raise IngestError(
+                f"column(s) {repeated} appear more than once in the header of {where} "
+                f"({', '.join(f'{name!r} {counts[name]} times' for name in repeated)}); "
+                "rename or drop the copies"
+            )
 
 
 def _rename(frame: pl.DataFrame, columns: ColumnMap, uri: str) -> pl.DataFrame:

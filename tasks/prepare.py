@@ -78,6 +78,7 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
         del placed
         clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
     CleanSeries.validate(clean, lazy=True)
+    report.validation = dict(valid.notes)  # one report of what was read, dropped and filled, for the manifest
     f = params.features
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components)

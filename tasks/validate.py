@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 from pandera.api.polars.container import DataFrameSchema
 from pandera.errors import SchemaErrors
@@ -18,6 +19,7 @@ from pandera.errors import SchemaErrors
 from schemas.frames import RawObservations
 
 CORE = ("series_id", "timestamp", "target")
+_LISTED = 20  # series named in a note; the count covers all of them
 _ROW = "_row"
 # Frame-level checks, reported against the column(s) they are about (uniqueness: see _duplicates).
 _FRAME_RULE_COLUMN = {
@@ -38,60 +40,137 @@ class ValidationResult:
     exact_duplicates: int
     categorical: list[str]
     numeric: list[str]
+    # what was read other than as written, and series that lost every row (see validate_observations)
+    notes: dict = field(default_factory=dict)
 
     @property
     def n_quarantined(self) -> int:
         return self.quarantine.height
 
 
-def _to_utc_naive(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
-        expr = expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-    return expr.cast(pl.Datetime("us"))
+# What software writes for a missing number (numpy/pandas "nan", R "NA", SQL/JSON "null", Python
+# "None", pandas "<NA>", Excel "#N/A"; pandas' read_csv defaults): a gap, as a blank cell is, not a
+# bad row. Text a person types ("n/a", "-", "?") stays a bad value: quarantined and shown.
+MISSING_MARKERS = ("NA", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A", "#N/A N/A",
+                   "#NA", "-1.#IND", "-1.#QNAN", "1.#IND", "1.#QNAN")
+# A UTC offset (or Z) after a time of day: "…T01:00:00+01:00", "…00:00Z", "…00:00:00.5 -0500".
+_OFFSET = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
 
 
-def coerce_observations(raw: pl.DataFrame, timestamp_format: str | None = None) -> pl.DataFrame:
+def coerce_observations(raw: pl.DataFrame, timestamp_format: str | None = None,
+                        notes: dict | None = None) -> pl.DataFrame:
     """Give the core columns their types, keeping the text of what failed to parse.
 
     Text timestamps and targets keep their text in ``_timestamp_raw`` / ``_target_raw``
-    (typed columns have nothing to keep, and get no such column). String covariates that
-    are numbers in every row become Float64; the rest stay categorical (String).
+    (typed columns have nothing to keep, and get no such column). A missing-value marker or a
+    NaN target is a gap (null). String covariates that are numbers in every row become
+    Float64; the rest stay categorical (String). What was read differently from the text is
+    counted in ``notes``.
     """
-    exprs: list[pl.Expr] = [pl.col("series_id").cast(pl.String)]
+    notes = {} if notes is None else notes
+    cols: list[pl.Series] = [raw["series_id"].cast(pl.String)]
     ts_dtype = raw.schema["timestamp"]
     if ts_dtype == pl.String:
-        text = pl.col("timestamp").str.strip_chars()
-        text = pl.when(text == "").then(None).otherwise(text)
-        parsed = text.str.to_datetime(format=timestamp_format, strict=False, time_unit="us")
-        # the type (with a time zone or not) follows from the format, inferred from the first value given:
-        # parse that one row to learn it, not the whole column twice
-        first = raw.select(text.is_not_null().arg_max()).item()
-        probe = raw.slice(first or 0, 1).select(parsed.alias("t")).schema["t"]
-        exprs += [_to_utc_naive(parsed, probe).alias("timestamp"), text.alias("_timestamp_raw")]
+        text = _blank_to_null(raw["timestamp"])
+        cols += [parse_timestamps(text, timestamp_format, notes).alias("timestamp"), text.alias("_timestamp_raw")]
     elif ts_dtype == pl.Date or isinstance(ts_dtype, pl.Datetime):
-        exprs.append(_to_utc_naive(pl.col("timestamp"), ts_dtype))
+        cols.append(_to_utc_naive(raw["timestamp"]))
     else:
         raise DataValidationError(
             f"column 'timestamp' has type {ts_dtype}, rule timestamp_parseable: expected dates, "
             f"datetimes or text; first values {_first_values(raw, 'timestamp')}"
         )
     if raw.schema["target"] == pl.String:
-        text = pl.col("target").str.strip_chars()
-        text = pl.when(text == "").then(None).otherwise(text)
-        exprs += [text.cast(pl.Float64, strict=False).alias("target"), text.alias("_target_raw")]
+        text = _blank_to_null(raw["target"])
+        target = text.cast(pl.Float64, strict=False)
+        gap = target.is_nan().fill_null(False)  # "NaN", "nan", "+nan"
+        failed = text.is_not_null() & target.is_null()
+        if failed.any():  # other markers fail the cast: look for them among the rows that did
+            gap |= failed & text.is_in(MISSING_MARKERS)
+        missing = int(gap.sum())
+        if missing:
+            text, target = text.set(gap, None), target.set(gap, None)
+        cols += [target, text.alias("_target_raw")]
     elif raw.schema["target"].is_numeric():
-        exprs.append(pl.col("target").cast(pl.Float64))
+        target = raw["target"].cast(pl.Float64)
+        missing = int(target.is_nan().sum())
+        cols.append(target.fill_nan(None))
     else:
         raise DataValidationError(
             f"column 'target' has type {raw.schema['target']}, rule target_numeric: expected numbers; "
             f"first values {_first_values(raw, 'target')}"
         )
+    notes["targets_missing_marker"] = missing
     for name in raw.columns:
         if name in CORE:
             continue
         as_num = _as_numbers(raw[name])
-        exprs.append(pl.col(name) if as_num is None else pl.lit(as_num).alias(name))
-    return raw.select(exprs)
+        cols.append(raw[name] if as_num is None else as_num.alias(name))
+    return pl.DataFrame(cols)
+
+
+def _blank_to_null(text: pl.Series) -> pl.Series:
+    text = text.str.strip_chars()
+    return text.set(text == "", None)
+
+
+def _to_utc_naive(col: pl.Series) -> pl.Series:
+    if isinstance(col.dtype, pl.Datetime) and col.dtype.time_zone is not None:
+        col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return col.cast(pl.Datetime("us"))
+
+
+def parse_timestamps(text: pl.Series, timestamp_format: str | None = None, notes: dict | None = None) -> pl.Series:
+    """Text timestamps as naive UTC datetimes (null where a value does not parse).
+
+    Values with a UTC offset are converted to UTC; values without one are taken as UTC, and a
+    column that mixes the two is counted in ``notes``: polars reads offsets only in a column
+    whose first value has one, so the two kinds are parsed apart. Without a format, each kind
+    is read with one format: the one that parses the most of its rows (see ``_most_parsed``).
+    Only when the first parse leaves rows unparsed is any of this extra work done.
+    """
+    notes = {} if notes is None else notes
+    if timestamp_format:
+        return _to_utc_naive(text.str.to_datetime(timestamp_format, strict=False, time_unit="us"))
+    first = _inferred(text)
+    if first.null_count() == text.null_count():
+        return first
+    zoned = text.str.contains(_OFFSET).fill_null(False)
+    n_zoned, n_given = int(zoned.sum()), text.len() - text.null_count()
+    if n_zoned in (0, n_given):
+        return _most_parsed(text, first, notes)
+    notes["timestamps_with_offset"] = n_zoned
+    notes["timestamps_without_offset_read_as_utc"] = n_given - n_zoned
+    kinds = [text.set(zoned, None), text.set(~zoned, None)]
+    plain, offset = (_most_parsed(t, _inferred(t), notes) for t in kinds)
+    return plain.zip_with(~zoned, offset)
+
+
+def _inferred(text: pl.Series) -> pl.Series:
+    """Parsed in the format polars infers from the first value it recognises; all null if none."""
+    try:
+        return _to_utc_naive(text.str.to_datetime(strict=False, time_unit="us"))
+    except pl.exceptions.ComputeError:  # "could not find an appropriate format"
+        return pl.Series(text.name, [], pl.Datetime("us")).extend_constant(None, text.len())
+
+
+def _most_parsed(text: pl.Series, parsed: pl.Series, notes: dict) -> pl.Series:
+    """``parsed`` (the format polars infers from the first value), or the parse in the format of one of
+    the failing values (the first, middle and last) when that reads more rows.
+
+    A catalogue whose first series is in an odd format is then read in the format of the many,
+    and the odd rows are reported, not the other way round.
+    """
+    failed = np.flatnonzero((text.is_not_null() & parsed.is_null()).to_numpy())
+    if not len(failed):
+        return parsed
+    for row in dict.fromkeys(failed[[0, len(failed) // 2, -1]].tolist()):
+        led = pl.concat([text.slice(row, 1), text])  # polars infers the format from the first value
+        alt = _inferred(led).slice(1)
+        if alt.null_count() < parsed.null_count():
+            parsed = alt
+            notes["timestamp_format_from"] = f"input row {row}: {text[row]!r} (the format most rows parse with)"
+    return parsed
 
 
 def _first_values(raw: pl.DataFrame, name: str, n: int = 3) -> list:
@@ -100,17 +179,18 @@ def _first_values(raw: pl.DataFrame, name: str, n: int = 3) -> list:
 
 
 def _as_numbers(col: pl.Series, probe: int = 1000) -> pl.Series | None:
-    """A text column as Float64 when every non-null value is a number (and one is there), else None.
-
-    A text column usually fails in its first rows: those are tried before the whole column.
+    """A text column as Float64 when every value given is a number or a missing-value marker (and one
+    is a number), else None. A text column usually fails in its first rows: those are tried first.
     """
     if col.dtype != pl.String or col.len() == col.null_count():
         return None
     for part in (col.head(probe), col):
-        as_num = part.str.strip_chars().cast(pl.Float64, strict=False)
-        if as_num.null_count() != part.null_count():
+        text = _blank_to_null(part)
+        text = text.set(text.is_in(MISSING_MARKERS), None)
+        as_num = text.cast(pl.Float64, strict=False)
+        if as_num.null_count() != text.null_count() or as_num.null_count() == as_num.len():
             return None
-    return as_num
+    return as_num.fill_nan(None)
 
 
 def _failure_report(cases: pl.DataFrame, raw: pl.DataFrame, limit: int = 3) -> str:
@@ -164,11 +244,12 @@ def _sorted_by(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
 def _duplicates(typed: pl.DataFrame, raw: pl.DataFrame, key: list[str]) -> tuple[pl.DataFrame, int, pl.DataFrame]:
     """Drop exact duplicate rows (keep the first); failure cases for keys that still repeat.
 
-    ``typed`` is sorted by ``key`` and carries ``_ROW``. Rows whose key repeats (nulls equal,
-    as pandera has it) are neighbours; only those few rows are compared in full, as read.
+    ``typed`` is sorted by ``key`` and carries ``_ROW``. Rows whose key repeats are neighbours;
+    only those few rows are compared in full, as read. A key with a null part (a timestamp that
+    did not parse) is unknown, not equal to another: that row breaks its own rule, and only it.
     """
     (a, a_prev), (b, b_prev) = (_neighbours(typed, c) for c in key)
-    same = a.eq_missing(a_prev) & b.eq_missing(b_prev)  # row i + 1 has row i's key
+    same = (a.eq(a_prev) & b.eq(b_prev)).fill_null(False)  # row i + 1 has row i's key
     if not same.any():
         return typed, 0, pl.DataFrame(schema=_CASES)
     no = pl.Series([False])
@@ -208,15 +289,18 @@ def validate_observations(raw: pl.DataFrame, max_bad_share: float = 0.05,
 
     Exact duplicate rows are dropped (the first is kept); rows whose series and timestamp
     still repeat are quarantined, all of them. Everything runs on columns of the whole
-    frame; only the failing rows are ever gathered or turned into text.
+    frame; only the failing rows are ever gathered or turned into text. ``notes`` counts
+    missing-value markers read as gaps, how mixed timestamps were read, and names the series
+    whose every row was quarantined (they are in no later report).
     """
     if raw.height == 0:
         raise DataValidationError("the input has a header but no rows")
     schema, key = _row_rules()
+    notes: dict = {}
     # _row is the row's position in the input (0-based, header excluded).
-    typed = _sorted_by(coerce_observations(raw, timestamp_format).with_row_index(_ROW), key)
+    typed = _sorted_by(coerce_observations(raw, timestamp_format, notes).with_row_index(_ROW), key)
     typed, exact_duplicates, clashes = _duplicates(typed, raw, key)
-    cases = pl.concat([clashes, _rule_failures(typed, schema)])
+    cases = _one_rule_per_cause(pl.concat([clashes, _rule_failures(typed, schema)]))
     whole = cases.filter(pl.col("index").is_null())
     if whole.height:
         raise DataValidationError("the input's columns are wrong:\n" + _failure_report(whole, raw))
@@ -228,7 +312,7 @@ def validate_observations(raw: pl.DataFrame, max_bad_share: float = 0.05,
     if by_row.height and (bad_share > max_bad_share or by_row.height == typed.height):
         raise DataValidationError(
             f"{by_row.height} of {typed.height} rows ({bad_share:.1%}) failed validation, "
-            f"more than max_bad_share={max_bad_share:.0%}:\n" + _failure_report(cases, raw)
+            f"more than max_bad_share={max_bad_share:.0%}:\n" + _failure_report(cases, raw) + _hint(cases, notes)
         )
     bad = by_row["index"].cast(pl.UInt32).alias(_ROW)
     quarantine = (raw.select(pl.all().gather(bad).cast(pl.String))
@@ -237,8 +321,29 @@ def validate_observations(raw: pl.DataFrame, max_bad_share: float = 0.05,
     valid = valid.drop(_ROW, "_timestamp_raw", "_target_raw", strict=False)
     if valid.height == 0:
         raise DataValidationError("no valid rows left after validation")
+    lost = quarantine["series_id"].drop_nulls().unique()
+    lost = lost.filter(~lost.is_in(valid["series_id"].unique().implode())).sort()
+    notes["series_every_row_quarantined_count"] = lost.len()
+    notes["series_every_row_quarantined"] = lost.head(_LISTED).to_list()
     valid, categorical, numeric = _typed_covariates(valid)
-    return ValidationResult(valid, quarantine, raw.height, exact_duplicates, categorical, numeric)
+    return ValidationResult(valid, quarantine, raw.height, exact_duplicates, categorical, numeric, notes)
+
+
+def _one_rule_per_cause(cases: pl.DataFrame) -> pl.DataFrame:
+    """A timestamp that did not parse is null once typed: report it as unparseable, not also as missing."""
+    unparsed = cases.filter(pl.col("check") == "timestamp_parseable")["index"]
+    if unparsed.len() == 0:
+        return cases
+    echo = (pl.col("column") == "timestamp") & (pl.col("check") == "not_nullable")
+    return cases.filter(~(echo & pl.col("index").is_in(unparsed.implode())))
+
+
+def _hint(cases: pl.DataFrame, notes: dict) -> str:
+    if not (cases["check"] == "timestamp_parseable").any():
+        return ""
+    used = notes.get("timestamp_format_from", "the first value")
+    return (f"\ntimestamps are read with one format, inferred from {used}; "
+            "pass --timestamp-format (a strftime format) to name it")
 
 
 def _typed_covariates(valid: pl.DataFrame) -> tuple[pl.DataFrame, list[str], list[str]]:
