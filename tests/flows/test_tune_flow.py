@@ -2,8 +2,10 @@
 
 import json
 
+import optuna
 import pytest
 
+import tasks.tune
 from flows.retrain import retrain_flow
 from flows.tune import tune_flow
 from schemas.params import Dimension, ModelConfig, TrainConfig, TuneParams
@@ -14,8 +16,26 @@ from tests.conftest import fast_params
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
+class PruneFrom(optuna.pruners.BasePruner):
+    """A pruner with a known outcome: trials numbered ``first`` or later stop at their first report."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number >= self.first
+
+
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory, sample_raw, prefect_harness):
+def known_pruner():
+    """Trials 0 and 1 (the first batch of two) complete; 2 and 3 are pruned after their first epoch."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks.tune, "make_pruner", lambda params: PruneFrom(2))
+        yield
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, sample_raw, prefect_harness, known_pruner):
     root = tmp_path_factory.mktemp("tune")
     csv = root / "in.csv"
     sample_raw.write_csv(csv)
@@ -32,8 +52,13 @@ def tuned(tmp_path_factory, sample_raw, prefect_harness):
 
 def test_tune_runs_the_trials_and_saves_the_best_configuration(tuned):
     params, store, out = tuned
-    assert len(out["trials"]) == 4
-    assert {t["state"] for t in out["trials"]} <= {"COMPLETE", "PRUNED", "FAIL"}
+    by_number = {t["number"]: t for t in out["trials"]}
+    assert {n: t["state"] for n, t in by_number.items()} == {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED", 3: "PRUNED"}
+    assert out["best"]["trials"] == {"COMPLETE": 2, "PRUNED": 2}
+    assert out["table"].sort("number")["state"].to_list() == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    for n in (2, 3):  # stopped by Lightning's pruning callback at the first epoch's validation
+        assert by_number[n]["detail"] == "Trial was pruned at epoch 0."
+    assert out["best"]["best_trial"] in (0, 1)  # only complete trials compete
     st = open_store(store)
     best = json.loads(st.read_bytes("models/lstm/tuning/best.json"))
     assert best["study_name"] == "nightcast-lstm" and best["sampler"] == "random" and best["metric"] == "mase"
