@@ -48,6 +48,10 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
     checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format)
     as_of = params.as_of or checked.valid["timestamp"].max().date()
     out = score_date(st, bundle, checked.valid, as_of, params.model_name)
+    lost = checked.notes.get("series_every_row_quarantined") or []
+    if lost:
+        logger.warning("%d series had every input row quarantined and cannot be scored: %s%s", len(lost),
+                       ", ".join(map(str, lost[:20])), " ..." if len(lost) > 20 else "")
     for sid, why in list(out["skipped"].items())[:20]:
         logger.warning("series %s not scored: %s", sid, why)
     if len(out["skipped"]) > 20:
@@ -62,4 +66,4 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
                   f"model version `{bundle.version}`\n- served by method: {out['methods']}\n"
                   f"- quarantined input rows: {checked.n_quarantined}\n"
                   + (f"\n## Not scored{skipped}\n" if skipped else "")))
-    return {**out, "quarantined_rows": checked.n_quarantined}
+    return {**out, "quarantined_rows": checked.n_quarantined, "input_notes": checked.notes}

@@ -72,7 +72,7 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
     clean, _, _ = clean_observations(history, clean_cfg, calendar,
                                      iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
     clean = clean.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(keep)
-    report = ScoreReport(skipped={sid: f"stale: no observation since {since}" for sid in gone})
+    report = ScoreReport(skipped={sid: f"stale: no observed target since {since}" for sid in gone})
     series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
     for r in series.filter(pl.col("skip").is_not_null()).select("series_id", "skip").iter_rows():
         report.skipped[r[0]] = r[1]
@@ -98,7 +98,7 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
                     pl.col("lower", "upper").fill_nan(None))
     Forecasts.validate(frame, lazy=True)
     report.series_scored = len(ids)
-    report.methods = {m: int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
+    report.methods = {str(m): int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
     return frame, report
 
 

@@ -142,3 +142,25 @@ def test_backfill_from_the_prefect_ui(served):
     assert run["parameters"]["end"] == "2026-09-13"
     assert {"as_of=2026-09-11", "as_of=2026-09-12", "as_of=2026-09-13"} <= set(partitions(served))
     assert Path(SCREENSHOT_DIR / "backfill-custom-run.png").stat().st_size > 10_000
+
+
+def test_runs_from_the_api_cannot_steer_the_worker_elsewhere(served, tmp_path):
+    """Whoever can reach the API can set any parameter; store and data must stay in the worker's locations."""
+    outside = tmp_path / "elsewhere"
+    for params in ({"store": str(outside)}, {"params": {"data": "/etc/passwd"}}):
+        run = served.prefect("deployment", "run", "score/daily", "--params", json.dumps(params),
+                             "--watch", "--watch-timeout", "180")
+        assert run.returncode == 1, run.stdout[-2000:]
+    runs = httpx.post(f"{served.api_url}/flow_runs/filter", json={}, timeout=10).json()
+    refused = [r for r in runs if r["parameters"].get("store") == str(outside)
+               or r["parameters"].get("params", {}).get("data") == "/etc/passwd"]
+    assert len(refused) == 2
+    for r in refused:
+        assert r["state_type"] == "FAILED" and "outside the locations this worker may use" in r["state"]["message"]
+    assert not outside.exists()
+
+
+def test_the_retrain_deployment_runs_one_at_a_time(served):
+    limit = deployments(served)["retrain/nightly"]
+    assert limit["concurrency_limit"] == 1 or (limit.get("global_concurrency_limit") or {}).get("limit") == 1
+    assert (limit.get("concurrency_options") or {}).get("collision_strategy") == "ENQUEUE"
