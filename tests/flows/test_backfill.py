@@ -12,9 +12,11 @@ from flows.backfill import BackfillError, backfill_flow, plan_versions
 from flows.retrain import retrain_flow
 from schemas.frames import Forecasts
 from schemas.params import BackfillParams, TrainConfig
-from tasks.registry import Decision, RegistryError, read_champion, set_champion
-from tasks.score import partition_key
+from tasks.ingest import load_observations
+from tasks.registry import Decision, RegistryError, load_bundle, read_champion, set_champion
+from tasks.score import forecast_from_bundle, partition_key
 from tasks.storage import LocalStore, open_store
+from tasks.validate import validate_observations
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -114,32 +116,79 @@ def test_dates_that_fail_are_reported_and_the_rest_are_written(tmp_path, registr
     assert not open_store(store).list(partition_key("lstm", last + dt.timedelta(days=1)))
 
 
-def test_overlapping_backfills_never_mix_a_partition(tmp_path, registry):
+class Lockstep:
+    """Makes two runs meet at every store call on the partitions they share.
+
+    A run's k-th call (write, list, delete) under a shared partition waits until the other run
+    reaches its k-th call there, so the two runs replace each shared partition at the same time,
+    step by step, instead of one finishing before the other starts.
+    """
+
+    def __init__(self, prefixes: list[str], timeout: float = 60.0) -> None:
+        self.barriers = {p: threading.Barrier(2, timeout=timeout) for p in prefixes}
+        self.calls: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def wrap(self, name: str, method):
+        def call(store, key="", *args, **kwargs):
+            barrier = next((b for p, b in self.barriers.items() if key.startswith(p)), None)
+            if barrier is not None:
+                barrier.wait()  # a broken barrier (the runs' calls did not pair up) fails the run
+                with self.lock:
+                    self.calls.append((name, key))
+            return method(store, key, *args, **kwargs)
+
+        return call
+
+
+def _single_run(store, data, version, day) -> pl.DataFrame:
+    """The forecasts one run of ``version`` computes for ``day``, straight from the plain functions."""
+    bundle = load_bundle(open_store(store), "lstm", version)
+    valid = validate_observations(load_observations(data), bundle.config["params"]["clean"]["max_bad_share"]).valid
+    return forecast_from_bundle(bundle, valid, day)[0]
+
+
+def test_overlapping_backfills_never_mix_a_partition(tmp_path, registry, monkeypatch):
     store = _fresh_store(tmp_path, registry)
     _, data, first, second = registry
-    errors = []
+    later = DAYS[2] + dt.timedelta(days=1)
+    runs = {first: DAYS, second: [DAYS[1], DAYS[2], later]}  # they share DAYS[1] and DAYS[2]
+    shared = [DAYS[1], DAYS[2]]
+    lockstep = Lockstep([partition_key("lstm", d) + "/" for d in shared])
+    errors, outs = [], {}
 
-    def run(version, start, end):
+    def run(version):
         try:
-            backfill_flow(start=start, end=end, data=data, store=store, model=version, overwrite=True,
-                          max_parallel=3)
+            days = runs[version]
+            outs[version] = backfill_flow(start=days[0], end=days[-1], data=data, store=store, model=version,
+                                          overwrite=True, max_parallel=3)
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(first, DAYS[0], DAYS[2])),
-               threading.Thread(target=run, args=(second, DAYS[1], DAYS[2] + dt.timedelta(days=1)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with monkeypatch.context() as mp:
+        for name in ("write_bytes", "list", "delete"):
+            mp.setattr(LocalStore, name, lockstep.wrap(name, getattr(LocalStore, name)))
+        threads = [threading.Thread(target=run, args=(v,)) for v in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert not errors
-    for day in DAYS + [DAYS[2] + dt.timedelta(days=1)]:
+    for version, days in runs.items():
+        assert [(r["as_of"], r["status"], r["model_version"]) for r in outs[version]["table"]] == [
+            (str(d), "done", version) for d in days]
+    for day in shared:  # both runs really replaced it, at the same time
+        assert [n for n, k in lockstep.calls if k.startswith(partition_key("lstm", day))].count("write_bytes") == 2
+    expected = {v: {d: _single_run(store, data, v, d) for d in days} for v, days in runs.items()}
+    for day in DAYS + [later]:
         frame = _read(store, day)  # exactly one object
         Forecasts.validate(frame)
         versions = frame["model_version"].unique().to_list()
-        assert len(versions) == 1 and versions[0] in (first, second)
-        series = frame["series_id"].n_unique()
-        assert frame.height == series * 6  # whole: every scored series has all 6 horizons
+        assert len(versions) == 1  # never a mix of the two runs' rows
+        if day not in shared:  # written by one run only
+            assert versions == [first if day == DAYS[0] else second]
+        # and whole: exactly the rows one run of that version writes, nothing missing, nothing extra
+        assert frame.equals(expected[versions[0]][day])
 
 
 def test_champion_of_each_date_from_the_promotion_history(tmp_path):
