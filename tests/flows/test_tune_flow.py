@@ -42,12 +42,13 @@ def tuned(tmp_path_factory, sample_raw, prefect_harness, known_pruner):
     base = fast_params(str(csv), train=TrainConfig(max_epochs=6, patience=3, batch_size=64),
                        model=ModelConfig(hidden_size=8, num_layers=1, dropout=0.0))
     params = TuneParams(base=base, sampler="random", n_trials=4, folds=2, fold_fraction=0.05, parallel=2,
-                        storage=f"sqlite:///{root / 'optuna.db'}",
                         space={"model.hidden_size": Dimension(choices=[8, 32]),
                                "train.learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
                                "model.pooling": Dimension(choices=["last", "attention"])})
     store = str(root / "store")
-    return params, store, tune_flow(params, store=store)
+    with pytest.MonkeyPatch.context() as mp:  # the study's URL is a setting, never a flow parameter
+        mp.setenv("NIGHTCAST_OPTUNA_STORAGE", f"sqlite:///{root / 'optuna.db'}")
+        yield params, store, tune_flow(params, store=store)
 
 
 def test_tune_runs_the_trials_and_saves_the_best_configuration(tuned):
