@@ -236,7 +236,9 @@ def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, 
 
     study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
     frozen = study.trials[seen["trial"].number]  # trial numbers index the study's trials
-    return {"number": frozen.number, "state": frozen.state.name, "value": frozen.value,
+    # a pruned trial's Optuna value is its last intermediate report (a validation loss), not the objective
+    return {"number": frozen.number, "state": frozen.state.name,
+            "value": frozen.value if frozen.state.name == "COMPLETE" else None,
             "params": seen.get("params", {}), "detail": seen.get("detail", "")}
 
 
@@ -244,7 +246,8 @@ def trials_table(study: Any) -> pl.DataFrame:
     """One row per trial: number, state, value, each parameter, worker, duration."""
     rows = []
     for t in study.trials:
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+        rows.append({"number": t.number, "state": t.state.name,
+                     "value": t.value if t.state.name == "COMPLETE" else None,  # not a pruned trial's last loss
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                      if t.datetime_complete and t.datetime_start else None,
                      "worker": t.user_attrs.get("worker"), "error": t.user_attrs.get("error"),

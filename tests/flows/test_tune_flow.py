@@ -96,3 +96,11 @@ def test_a_grid_study_stops_when_the_grid_is_exhausted(tmp_path, tuned):
     assert sorted(t["params"]["model.hidden_size"] for t in first["trials"]) == [8, 16]
     again = tune_flow(grid, store=str(tmp_path / "s"))
     assert again["trials"] == [] and again["best"]["trials"] == {"COMPLETE": 2}
+
+
+def test_pruned_trials_show_no_objective_value(tuned):
+    """A pruned trial's Optuna value is a validation loss: it must not sit in the MASE column."""
+    _, _, out = tuned
+    assert [t["value"] is None for t in sorted(out["trials"], key=lambda t: t["number"])] == [False, False, True, True]
+    table = out["table"].sort("number")
+    assert table["value"].is_null().to_list() == [False, False, True, True]
