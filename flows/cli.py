@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -28,8 +30,12 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42)
 
 
+VERBOSE_HELP = "print tracebacks on the terminal too (they always go to the log file)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nightcast", description="Batch LSTM forecasting on Prefect.")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     data_help = "CSV/Parquet file, glob or directory; local or s3:// (default: $NIGHTCAST_DATA, else the bundled sample)"
     p = sub.add_parser("retrain", help="train, evaluate and maybe promote a model")
@@ -44,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=3, help="rolling-origin folds (expanding window)")
     p.add_argument("--fold-fraction", type=float, default=0.08, help="evaluation span of each fold, share of steps")
     p.add_argument("--parallel", type=int, default=1, help="trials at once in this process")
-    p.add_argument("--storage", help="Optuna storage URL (default $NIGHTCAST_OPTUNA_STORAGE, a SQLite file)")
+    p.add_argument("--storage", help="Optuna storage URL (default $NIGHTCAST_OPTUNA_STORAGE, a SQLite file); "
+                                     "set for this process only, never sent as a flow parameter")
     p.add_argument("--study", help="study name (default nightcast-<model-name>)")
     p.add_argument("--space", help="JSON file: {\"model.hidden_size\": {\"choices\": [32, 64]}, ...}")
     p.add_argument("--no-pruning", action="store_true")
@@ -67,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="retrain and score on the bundled sample, then print where it all went")
     _add_common(p)
     _add_training(p)
+    for p in sub.choices.values():  # also after the command; SUPPRESS keeps the global value when absent
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -99,7 +108,7 @@ def _tune_params(args: argparse.Namespace) -> Any:
     extra = {"space": json.loads(Path(args.space).read_text())} if args.space else {}
     return TuneParams(base=_retrain_params(args, args.data), sampler=args.sampler, n_trials=args.n_trials,
                       folds=args.folds, fold_fraction=args.fold_fraction, parallel=args.parallel,
-                      storage=args.storage, study_name=args.study, pruning=not args.no_pruning, **extra)
+                      study_name=args.study, pruning=not args.no_pruning, **extra)
 
 
 def _print_tune(out: dict) -> None:
@@ -155,63 +164,94 @@ def _print_score(out: dict) -> None:
         print(f"  ... and {len(skipped) - 20} more skipped (see the score artifact)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if args.store:
-        os.environ["NIGHTCAST_STORE"] = args.store
-    started = time.monotonic()
-    try:
-        from flows.retrain import retrain_flow
-        from flows.score import score_flow
-        from schemas.params import Settings
+def _run(args: argparse.Namespace) -> None:
+    """Run one command and print its summary."""
+    from flows.retrain import retrain_flow
+    from flows.score import score_flow
 
-        if args.command == "retrain":
-            _print_retrain(retrain_flow(_retrain_params(args, args.data)))
-        elif args.command == "score":
-            _print_score(score_flow(_score_params(args, args.data, args.as_of)))
-        elif args.command == "tune":
-            from flows.tune import tune_flow
+    if args.command == "retrain":
+        _print_retrain(retrain_flow(_retrain_params(args, args.data)))
+    elif args.command == "score":
+        _print_score(score_flow(_score_params(args, args.data, args.as_of)))
+    elif args.command == "tune":
+        from flows.tune import tune_flow
 
-            _print_tune(tune_flow(_tune_params(args)))
-        elif args.command == "backfill":
-            from flows.backfill import backfill_flow
+        _print_tune(tune_flow(_tune_params(args)))
+    elif args.command == "backfill":
+        from flows.backfill import backfill_flow
 
-            out = backfill_flow(start=args.start, end=args.end, model=args.model, overwrite=args.overwrite,
-                                max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
-                                columns=_columns(args))
-            print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
-        elif args.command == "serve":
-            from flows.serve import serve
+        out = backfill_flow(start=args.start, end=args.end, model=args.model, overwrite=args.overwrite,
+                            max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
+                            columns=_columns(args))
+        print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
+    elif args.command == "serve":
+        from flows.serve import serve
 
-            serve()
-        else:
-            import polars as pl
+        serve()
+    else:
+        _demo(args)
 
-            from tasks.sample import make_sample
-            from tasks.storage import open_store
 
-            store = open_store(Settings().store)
-            sample = make_sample()
-            store.write_bytes("inputs/sample.csv", sample.write_csv().encode())
-            data = store.uri("inputs/sample.csv")
-            print(f"sample data ({sample.height} rows, {sample['series_id'].n_unique()} series) -> {data}")
-            _print_retrain(retrain_flow(_retrain_params(args, data)))
-            as_of = sample.select(pl.col("timestamp").str.to_datetime().max()).item().date()
-            _print_score(score_flow(_score_params(args, data, as_of)))
-    except KeyboardInterrupt:
+def _demo(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from flows.retrain import retrain_flow
+    from flows.score import score_flow
+    from schemas.params import Settings
+    from tasks.sample import make_sample
+    from tasks.storage import open_store
+
+    store = open_store(Settings().store)
+    sample = make_sample()
+    store.write_bytes("inputs/sample.csv", sample.write_csv().encode())
+    data = store.uri("inputs/sample.csv")
+    print(f"sample data ({sample.height} rows, {sample['series_id'].n_unique()} series) -> {data}")
+    _print_retrain(retrain_flow(_retrain_params(args, data)))
+    as_of = sample.select(pl.col("timestamp").str.to_datetime().max()).item().date()
+    _print_score(score_flow(_score_params(args, data, as_of)))
+
+
+def _print_failure(exc: BaseException, log_path: Path | None, verbose: bool) -> None:
+    """On stderr: one line naming the step, the error type and the reason, then the details."""
+    import traceback
+
+    from flows.runtime import failed_step
+
+    if isinstance(exc, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one line first, then the detail
-        from flows.runtime import failed_step
-
+    else:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         where = f"step {step} failed: " if (step := failed_step(exc)) else ""
         print(f"error: {where}{type(exc).__name__}: {lines[0]}", file=sys.stderr)
         if len(lines) > 1:
             print("\n".join(lines[1:]), file=sys.stderr)
-        return 1
-    print(f"\ndone in {time.monotonic() - started:.0f}s")
+        if verbose:
+            print("".join(traceback.format_exception(exc)).rstrip(), file=sys.stderr)
+    if log_path:
+        print(f"full log: {log_path}" + ("" if verbose else " (or run with --verbose)"), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.store:
+        os.environ["NIGHTCAST_STORE"] = args.store
+    if getattr(args, "storage", None):  # a URL with a password stays in this process's environment
+        os.environ["NIGHTCAST_OPTUNA_STORAGE"] = args.storage
+    from flows.console import FILE_ONLY, cli_logging
+    from flows.embedded import embedded_server
+
+    started = time.monotonic()
+    with cli_logging(args.command, args.verbose) as log_path:
+        try:
+            with embedded_server(output=log_path):
+                _run(args)
+        except (KeyboardInterrupt, Exception) as exc:  # one line first, then the detail
+            logging.getLogger("nightcast.cli").error("nightcast %s failed", args.command, exc_info=exc,
+                                                     extra={FILE_ONLY: True})
+            _print_failure(exc, log_path, args.verbose)
+            return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    print(f"\ndone in {time.monotonic() - started:.0f}s" + (f", log {log_path}" if log_path else ""))
     return 0
 
 

@@ -5,17 +5,30 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from flows.cli import build_parser, main
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_failure_exits_non_zero_with_one_line_reason_first(tmp_path, capsys):
+def test_failure_exits_non_zero_with_one_line_reason_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NIGHTCAST_LOG_DIR", str(tmp_path / "logs"))
     code = main(["retrain", "--data", str(tmp_path / "missing.csv"), "--store", str(tmp_path / "s")])
     assert code == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1  # Prefect's run log precedes it; ours is one line with the reason
+    err = capsys.readouterr().err.splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1  # ours is one line with the reason ...
     # ... and it names the step that failed
     assert errors[0].startswith("error: step ingest failed: IngestError: input not found:") and "missing.csv" in errors[0]
+    # the last line says where the full log is (tests/flows/test_cli_errors.py runs the real command)
+    log = Path(err[-1].removeprefix("full log: ").split(" (")[0])
+    assert log.parent == tmp_path / "logs" and "IngestError" in log.read_text()
+
+
+def test_verbose_is_a_global_flag_also_accepted_after_the_command():
+    parse = build_parser().parse_args
+    assert parse(["retrain"]).verbose is False
+    assert parse(["--verbose", "retrain"]).verbose is True
+    assert parse(["-v", "score"]).verbose is True
+    assert parse(["backfill", "--start", "2026-01-01", "--end", "2026-01-02", "--verbose"]).verbose is True
 
 
 def test_bad_flag_value_is_rejected_by_argparse():

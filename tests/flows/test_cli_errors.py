@@ -1,0 +1,399 @@
+"""What a failure looks like in the terminal, and the temporary Prefect server of a CLI process.
+
+The command-line tests run ``python -m flows.cli`` as a user would: its own
+process, no PREFECT_API_URL, so each starts Prefect's temporary server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import prefect.main  # noqa: F401 - Prefect's logging set-up binds the streams of now, not of a test's capsys
+import pytest
+
+from flows import console, embedded
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- helpers: the CLI as a subprocess, processes seen through /proc -------------------------------
+
+def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The user's environment with no Prefect server configured and a private Prefect home."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", console.LOG_DIR_ENV)}
+    env.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               NIGHTCAST_PROGRESS="false", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def nightcast(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat fields after the command name (state first), or None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def children(pid: int) -> dict[int, str]:
+    """Direct children of ``pid``: {child pid: start time}, to tell a reused pid apart."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[1] == str(pid):
+            found[int(entry.name)] = fields[19]
+    return found
+
+
+def alive(pid: int, started: str) -> bool:
+    """Still running: present, the same process, and not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] != "Z"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def wait_until(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
+
+
+@pytest.fixture()
+def tiny_csv(tmp_path: Path) -> str:
+    from tasks.sample import make_sample
+
+    path = tmp_path / "tiny.csv"
+    make_sample(n_series=2, days=10, seed=3).write_csv(path)
+    return str(path)
+
+
+# --- a failing command: the error line first, tracebacks in the log file ----------------------------
+
+@dataclass
+class Run:
+    cwd: Path
+    stdout: str
+    stderr: str
+    returncode: int
+
+    @property
+    def first_error_line(self) -> str:
+        return next(line for line in self.stderr.splitlines() if line.strip())
+
+    @property
+    def log_file(self) -> Path:
+        last = self.stderr.strip().splitlines()[-1]
+        assert last.startswith("full log: "), self.stderr[-2000:]
+        path = Path(last.removeprefix("full log: ").split(" (or run")[0])
+        return path if path.is_absolute() else self.cwd / path
+
+
+@pytest.fixture(scope="module")
+def failed_runs(tmp_path_factory) -> dict[str, Run]:
+    """``retrain`` on a file that does not exist, plainly and with ``--verbose``, both at once."""
+    tmp = tmp_path_factory.mktemp("cli-errors")
+    missing = str(tmp / "missing.csv")
+    commands = {"plain": nightcast("retrain", "--data", missing, "--store", "store"),
+                "verbose": nightcast("--verbose", "retrain", "--data", missing, "--store", "store")}
+    procs = {}
+    for name, cmd in commands.items():
+        cwd = tmp / name
+        cwd.mkdir()
+        procs[name] = (cwd, subprocess.Popen(cmd, cwd=cwd, env=cli_env(tmp), text=True,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    runs = {}
+    for name, (cwd, proc) in procs.items():
+        out, err = proc.communicate(timeout=600)
+        runs[name] = Run(cwd, out, err, proc.returncode)
+    return runs
+
+
+def test_a_failure_shows_the_error_line_first_and_no_traceback(failed_runs):
+    run = failed_runs["plain"]
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.first_error_line.startswith("error: step ingest failed: IngestError: input not found:")
+    assert "Traceback" not in run.stdout + run.stderr
+    assert len(run.stderr.strip().splitlines()) == 2  # the error and where the log is
+    # Prefect's run log still shows, one line per record, on stdout
+    assert "Beginning flow run" in run.stdout and "Finished in state Failed" in run.stdout
+    # the whole story, tracebacks included, is in the log file: by default ./nightcast-logs/retrain-*.log
+    assert run.log_file.parent == run.cwd / "nightcast-logs" and run.log_file.name.startswith("retrain-")
+    text = run.log_file.read_text()
+    assert "Traceback (most recent call last)" in text and "IngestError: input not found" in text
+    assert "Beginning flow run" in text
+
+
+def test_verbose_shows_the_tracebacks_after_the_error_line(failed_runs):
+    run = failed_runs["verbose"]
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.first_error_line.startswith("error: step ingest failed: IngestError:")
+    assert "Traceback (most recent call last)" in run.stderr  # the CLI's own
+    assert "Traceback (most recent call last)" in run.stdout  # Prefect's, in its run log
+    assert "Traceback (most recent call last)" in run.log_file.read_text()
+
+
+def test_a_bad_flag_exits_2_before_anything_starts(tmp_path):
+    run = subprocess.run(nightcast("retrain", "--horizon", "soon"), cwd=tmp_path, env=cli_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "invalid int value: 'soon'" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "nightcast-logs").exists()
+
+
+# --- logging set-up, in process ---------------------------------------------------------------------
+
+def test_the_console_formatter_drops_the_traceback_but_not_for_the_file():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed: %s", ("x",),
+                                   sys.exc_info())
+    short = console.WithoutTraceback(logging.Formatter("%(levelname)s %(message)s")).format(record)
+    assert short == "ERROR failed: x"
+    assert record.exc_info is not None  # the record itself is untouched ...
+    assert "Traceback" in logging.Formatter().format(record)  # ... so the log file gets it all
+
+
+def test_cli_logging_moves_console_handlers_to_stdout_and_restores_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(console.LOG_DIR_ENV, str(tmp_path / "logs"))
+    logger = logging.getLogger("nightcast.test.console")
+    handler = logging.StreamHandler(sys.stderr)  # what Prefect's console handler is: a stream on stderr
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        with console.cli_logging("retrain") as path:
+            logger.info("progress")
+            try:
+                raise RuntimeError("deep down")
+            except RuntimeError:
+                logger.exception("step failed")
+            logger.error("for the file only", extra={console.FILE_ONLY: True})
+        logger.info("after")
+    finally:
+        logger.removeHandler(handler)
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["INFO progress", "ERROR step failed"]
+    assert err.splitlines() == ["INFO after"]
+    assert path.parent == tmp_path / "logs" and path.name.startswith("retrain-") and path.suffix == ".log"
+    text = path.read_text()
+    assert "progress" in text and "RuntimeError: deep down" in text and "for the file only" in text
+    assert "after" not in text
+    assert handler.stream is sys.stderr and not handler.filters
+
+
+def test_verbose_keeps_tracebacks_on_the_console(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(console.LOG_DIR_ENV, str(tmp_path / "logs"))
+    logger = logging.getLogger("nightcast.test.verbose")
+    handler = logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "propagate", False)
+    try:
+        with console.cli_logging("score", verbose=True):
+            try:
+                raise RuntimeError("deep down")
+            except RuntimeError:
+                logger.exception("step failed")
+    finally:
+        logger.removeHandler(handler)
+    assert "Traceback" in capsys.readouterr().out
+
+
+def test_log_file_falls_back_to_the_temp_dir(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv(console.LOG_DIR_ENV, str(blocker / "logs"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    handler = console.open_log_file("tune")
+    try:
+        assert Path(handler.baseFilename).parent == tmp_path / "tmp" / "nightcast-logs"
+    finally:
+        handler.close()
+
+
+# --- the temporary server: start-up wait, retry, same command as Prefect's, dies with its parent ----
+
+def test_startup_wait_is_120s_unless_the_user_set_prefects_own(monkeypatch):
+    from prefect.settings import Settings
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert Settings().server.ephemeral.startup_timeout_seconds == 20  # Prefect's own default
+    assert embedded.startup_timeout(Settings()) == embedded.DEFAULT_STARTUP_TIMEOUT_S == 120
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+    assert embedded.startup_timeout(Settings()) == 20  # set by the user, even to the default: kept
+
+
+@pytest.fixture()
+def fake_server(monkeypatch):
+    """The CLI's server class with start/stop recorded instead of run; ``fail`` lists errors to raise."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})  # none running, whatever else this session did
+    monkeypatch.setattr(embedded, "needs_embedded_server", lambda: True)
+    monkeypatch.setattr(embedded, "startup_timeout", lambda: 5)
+    calls: list[str] = []
+    fail: list[Exception] = []
+
+    def start(self, timeout=None):
+        calls.append(f"start {timeout}")
+        if fail:
+            raise fail.pop(0)
+        self.port, self.running = 4321, True
+
+    def stop(self):
+        calls.append("stop")
+        self.running = False
+        SubprocessASGIServer._instances.pop(None, None)
+
+    cls = embedded._server_class()
+    monkeypatch.setattr(cls, "start", start)
+    monkeypatch.setattr(cls, "stop", stop)
+    monkeypatch.setattr(embedded, "_drain_to", lambda server: calls.append("drain"))
+    return calls, fail
+
+
+def test_a_start_that_times_out_is_stopped_and_tried_once_more(fake_server):
+    calls, fail = fake_server
+    fail.append(RuntimeError(embedded.TIMEOUT_MESSAGE + "."))
+    with embedded.embedded_server() as url:
+        assert url == "http://127.0.0.1:4321/api"
+    assert calls == ["start 5", "stop", "start 5", "drain", "stop"]
+
+
+def test_two_timeouts_give_up_with_a_clear_error(fake_server):
+    calls, fail = fake_server
+    fail.extend([RuntimeError(embedded.TIMEOUT_MESSAGE + "."), RuntimeError(embedded.TIMEOUT_MESSAGE + ".")])
+    with pytest.raises(embedded.EmbeddedServerError, match="did not answer within 5 s, 2 times"):
+        with embedded.embedded_server():
+            pass
+    assert calls == ["start 5", "stop", "start 5", "stop"]
+
+
+def test_other_start_errors_are_not_retried(fake_server):
+    calls, fail = fake_server
+    fail.append(RuntimeError("Unable to find an available port after multiple attempts"))
+    with pytest.raises(RuntimeError, match="available port"):
+        with embedded.embedded_server():
+            pass
+    assert calls == ["start 5", "stop"]
+
+
+def test_nothing_is_started_when_a_server_is_configured(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert not embedded.needs_embedded_server()
+        with embedded.embedded_server() as url:
+            assert url is None
+
+
+def test_the_server_command_is_prefects_own(tmp_path, monkeypatch):
+    """Same argv and environment as Prefect's SubprocessASGIServer; only the death signal and output differ."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})
+    launched: list[dict] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda **kwargs: launched.append(kwargs))
+    theirs = SubprocessASGIServer(port=8123)
+    ours = embedded._server_class()(port=8124)
+    ours.port = theirs.port
+    ours.output = tmp_path / "server.log"
+    theirs._run_uvicorn_command()
+    ours._run_uvicorn_command()
+    prefect_kwargs, our_kwargs = launched
+    assert our_kwargs["args"] == prefect_kwargs["args"] and our_kwargs["env"] == prefect_kwargs["env"]
+    assert set(our_kwargs) - set(prefect_kwargs) == {"preexec_fn", "stdout", "stderr"}
+    assert callable(our_kwargs["preexec_fn"]) and our_kwargs["stdout"].name == str(tmp_path / "server.log")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_started_with_die_with_parent_ends_when_the_parent_is_killed(tmp_path):
+    script = ("import subprocess, time; from flows.embedded import die_with_parent; "
+              "p = subprocess.Popen(['sleep', '120'], preexec_fn=die_with_parent()); "
+              "print(p.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    started = _stat(child)[19]
+    try:
+        assert alive(child, started)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert wait_until(lambda: not alive(child, started), 10)
+    finally:
+        if alive(child, started):
+            os.kill(child, signal.SIGKILL)
+        parent.stdout.close()
+
+
+# --- real runs: SIGKILL mid-run, two at once on a saturated machine (slow) --------------------------
+
+@pytest.mark.slow
+def test_no_prefect_server_outlives_a_killed_cli(tmp_path, tiny_csv):
+    log = (tmp_path / "out.txt").open("w")
+    proc = subprocess.Popen(nightcast("retrain", "--data", tiny_csv, "--store", str(tmp_path / "store"),
+                                      "--max-steps", "20", "--horizon", "6"),
+                            cwd=tmp_path, env=cli_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+    kids: dict[int, str] = {}
+    try:
+        assert wait_until(lambda: "Beginning flow run" in (tmp_path / "out.txt").read_text(), 300), \
+            (tmp_path / "out.txt").read_text()[-3000:]
+        kids = children(proc.pid)
+        servers = [pid for pid in kids if "prefect.server.api.server:create_app" in cmdline(pid)]
+        assert servers, {pid: cmdline(pid) for pid in kids}
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL  # killed mid-run, not finished
+        survivors = lambda: [pid for pid, t in kids.items() if alive(pid, t)]  # noqa: E731
+        assert wait_until(lambda: not survivors(), 60), {pid: cmdline(pid) for pid in survivors()}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid, t in kids.items():  # never leave one behind, whatever the test found
+            if alive(pid, t):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.slow
+def test_two_cli_retrains_at_once_on_a_saturated_machine_both_succeed(tmp_path, tiny_csv):
+    """Before: both failed with "Timed out while attempting to connect to ephemeral Prefect API server"."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    runs = []
+    try:
+        env = cli_env(tmp_path)  # one Prefect home, as two runs of one user share ~/.prefect
+        for name in ("a", "b"):
+            runs.append(subprocess.Popen(
+                nightcast("retrain", "--data", tiny_csv, "--store", str(tmp_path / f"store-{name}"),
+                          "--max-steps", "20", "--horizon", "6"),
+                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = [proc.communicate(timeout=800) for proc in runs]
+    finally:
+        for proc in busy + runs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (out, err) in zip(runs, results):
+        assert proc.returncode == 0, out[-2000:] + err[-3000:]
+        assert "Beginning flow run" in out and "decision " in out and "done in" in out
+        assert not err.strip()  # stderr is for failures only
