@@ -32,4 +32,4 @@ bench-scale: $(VENV)/.installed
 	$(PY) bench/scale.py $(SCALE_ARGS)
 
 clean:
-	rm -rf $(VENV) nightcast-store nightcast-optuna.db .pytest_cache
+	rm -rf $(VENV) nightcast-store nightcast-logs nightcast-optuna.db .pytest_cache

@@ -141,6 +141,8 @@ def _print_retrain(out: dict) -> None:
           + (f" -> {out['quarantine']}" if out["quarantine"] else ""))
     print(f"cleaning: {c['short_gaps_filled']} gap steps filled, {c['long_gap_steps']} long-gap steps flagged, "
           f"{c['outliers']} outliers ({c['outlier_action']}), {c['off_grid_rows_dropped']} off-grid rows dropped")
+    for line in _input_notes(c):
+        print(line)
     if out["short_series"]:
         short = out["short_series"]
         print(f"not trained on ({len(short)} series: too short for one window, or no data in the training span; "
@@ -153,10 +155,39 @@ def _print_retrain(out: dict) -> None:
     print(f"decision {out['decision']}")
 
 
+def _listed(names: list | dict, total: int) -> str:
+    shown = list(names)[:10]
+    return ", ".join(map(str, shown)) + (f" ... ({total} in all)" if total > len(shown) else "")
+
+
+def _input_notes(cleaning: dict) -> list[str]:
+    """What the run trimmed, left out or read differently than written, naming the series."""
+    v, lines = cleaning.get("validation") or {}, []
+    for kind in ("leading", "trailing"):
+        if n := cleaning.get(f"{kind}_blanks_dropped"):
+            series = cleaning.get(f"{kind}_blank_series") or {}
+            lines.append(f"{kind} blank targets trimmed: {n} rows, in {_listed(series, len(series))}")
+    if n := cleaning.get("empty_series_count"):
+        lines.append(f"left out, no observed target: {n} series: {_listed(cleaning.get('empty_series', []), n)}")
+    if n := v.get("series_every_row_quarantined_count"):
+        lines.append(f"every row quarantined: {n} series: {_listed(v.get('series_every_row_quarantined', []), n)}")
+    if n := v.get("targets_missing_marker"):
+        lines.append(f"missing-value markers (NaN, NA, null ...) read as gaps: {n} rows")
+    if n := v.get("timestamps_with_offset"):
+        lines.append(f"timestamps with a UTC offset converted to UTC: {n} rows"
+                     + (f"; {v['timestamps_without_offset_read_as_utc']} without one read as UTC"
+                        if v.get("timestamps_without_offset_read_as_utc") else ""))
+    return lines
+
+
 def _print_score(out: dict) -> None:
     print(f"\nforecasts {out['forecasts']}  (as of {out['as_of']}, {out['rows']} rows, {out['series']} series, "
           f"model version {out['model_version']})")
     print("served by method: " + ", ".join(f"{m} {n}" for m, n in out.get("methods", {}).items()))
+    notes = out.get("input_notes") or {}
+    if n := notes.get("series_every_row_quarantined_count"):
+        print(f"every input row quarantined (not scored): {n} series: "
+              f"{_listed(notes.get('series_every_row_quarantined', []), n)}")
     skipped = list(out["skipped"].items())
     for sid, why in skipped[:20]:
         print(f"  skipped {sid}: {why}")

@@ -65,3 +65,17 @@ def test_accuracy_bench_runs_from_one_command(tmp_path):
                   "AutoTheta"):
         assert f"| sunspots | {model} |" in run.stdout
     assert "**Mean MASE over datasets**" in run.stdout and "seasonal naive (" in run.stdout
+
+
+def test_retrain_summary_names_the_series_the_input_lost_or_trimmed():
+    from flows.cli import _input_notes
+
+    lines = _input_notes({"leading_blanks_dropped": 5, "leading_blank_series": {"a": 3, "b": 2},
+                          "trailing_blanks_dropped": 0, "empty_series_count": 12,
+                          "empty_series": [f"e{i}" for i in range(12)],
+                          "validation": {"series_every_row_quarantined_count": 1,
+                                         "series_every_row_quarantined": ["text-only"]}})
+    assert lines == ["leading blank targets trimmed: 5 rows, in a, b",
+                     "left out, no observed target: 12 series: e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 ... (12 in all)",
+                     "every row quarantined: 1 series: text-only"]
+    assert _input_notes({}) == []
