@@ -37,8 +37,21 @@ def load_flow(entrypoint: str) -> Any:
     return getattr(module, attr)
 
 
+def load_triggers(declaration: dict[str, Any]) -> list[Any]:
+    """A declaration's ``triggers:`` as Prefect deployment triggers, read as ``prefect deploy`` reads them
+    (the same model, the same default name ``<deployment>__automation_<i>``); templates such as
+    ``{{ event.payload.store }}`` stay as they are, for the server to fill in when the trigger fires."""
+    from pydantic import TypeAdapter
+    from prefect.events import DeploymentTriggerTypes
+
+    adapter: TypeAdapter = TypeAdapter(DeploymentTriggerTypes)
+    return [adapter.validate_python({"name": f"{declaration['name']}__automation_{i}", **spec})
+            for i, spec in enumerate(declaration.get("triggers") or [], start=1)]
+
+
 def build_deployments(path: Path = DECLARATIONS) -> list[Any]:
-    """``RunnerDeployment`` objects for ``prefect.serve``: same names, schedules and parameters."""
+    """``RunnerDeployment`` objects for ``prefect.serve``: same names, schedules, parameters, concurrency
+    limits and triggers (automations, created when the deployment is registered)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
@@ -50,7 +63,8 @@ def build_deployments(path: Path = DECLARATIONS) -> list[Any]:
         out.append(load_flow(d["entrypoint"]).to_deployment(
             name=d["name"], description=d.get("description"), tags=d.get("tags"),
             parameters=d.get("parameters") or {}, schedules=schedules,
-            concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit))
+            concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
+            triggers=load_triggers(d)))
     return out
 
 

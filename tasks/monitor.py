@@ -1,0 +1,561 @@
+"""Accuracy on actuals: stored forecasts joined with the actuals that have arrived, judged against
+seasonal naive from the same origin; late, duplicated and revised actuals tracked; drift decided.
+
+What a run for monitoring date ``D`` does (``flows/monitor.py``):
+
+1. **Actuals** are the validated input the score flow reads (``load_observations`` +
+   ``validate_observations``, the champion's ``max_bad_share``), up to the end of ``D``; a blank
+   target is no actual. Duplicates follow validation: exact repeats of a row are dropped (the first
+   kept, they are identical) and counted; rows that share a series and timestamp but differ are
+   **refused**: validation quarantines all of them, so the point stays unscored (status
+   ``quarantined``) until the input is fixed, and the keys are counted. No "last row wins": which
+   row is last is an accident of file order, and scoring refuses them too.
+2. **Points.** Every stored forecast partition with ``as_of`` in ``[D - recheck_days, D]``
+   (``read_forecasts``), each point whose target time is before the end of ``D``. A point is the key
+   ``(series_id, timestamp, as_of, model_version)``.
+3. **Seasonal naive from the same origin.** For the point at horizon ``h`` the value
+   ``m·ceil(h/m)`` calendar steps before its target time (``m``: the champion's season length; the
+   calendar: its frequency, weekdays only for business calendars): the last season before the
+   origin, as ``score`` forecasts it. Only actuals up to the end of ``as_of`` are used. The model and
+   the baseline are scored on exactly the same points: a point without that reference is
+   ``no_baseline``, counted and not scored.
+4. **MASE scale** of a series at an origin: the mean of ``|y_t - y_(t-m)|`` over every pair of its
+   actuals both before the end of ``as_of``, ``t - m`` exactly ``m`` calendar steps earlier; lag 1
+   when the series has no more than ``m`` actuals before the origin; 1.0 when there is no pair or
+   the mean is 0 (as ``tasks.evaluate.mase_scales`` does on the training span).
+5. **Changes.** The state before ``D`` (the newest row per key in the change logs dated before
+   ``D``) is compared with the points just computed; only points that changed are written to ``D``'s
+   change log (``schemas.monitoring.CHANGES``): ``new``, ``late`` (pending before, scored now),
+   ``revised`` (another actual: re-scored, ``revisions`` + 1), ``updated``, ``withdrawn``,
+   ``dropped`` (its forecast partition was re-scored by another version). A point is in the state
+   once, so nothing is counted twice; a run for ``D`` never reads ``D``'s own log, so running ``D``
+   again with the same input writes byte-identical files. Run the dates in order: a run for a date
+   before the newest one rewrites that date only.
+6. **Metrics** (``summarise``) over every scored point of the state: MASE, sMAPE, RMSE, MAE, bias
+   and interval coverage, for the model and for seasonal naive on the same points, overall and by
+   origin, model version, served method, horizon step and series.
+7. **Drift** (``decide_drift``, ``schemas.monitoring.DriftRule``): the champion's scored points from
+   its newest N origins against seasonal naive on the same points and/or its test-span MASE.
+
+The layout (``schemas.monitoring``, version ``MONITORING_LAYOUT``, in every file's Parquet metadata
+as ``nightcast.monitoring_layout``), one object per partition, written atomically::
+
+    monitoring/points/model=<m>/date=<D>/points.parquet    # MonitoringPoints: D's change log
+    monitoring/summary/model=<m>/date=<D>/summary.parquet  # MonitoringSummary: metrics as of D
+    monitoring/runs/model=<m>/date=<D>/run.parquet         # MonitoringRun: one row, written last
+
+Read them with ``read_points`` (the state as of a date, each point once), ``read_summary`` and
+``read_runs`` (every run: accuracy over time), or with polars directly, e.g.
+``pl.scan_parquet("<store>/monitoring/runs/**/*.parquet", hive_partitioning=True)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+from dataclasses import dataclass
+
+import polars as pl
+
+from schemas.frames import Forecasts
+from schemas.monitoring import (DIMENSIONS, MONITORING_LAYOUT, MonitoringPoints, MonitoringRun, MonitoringSummary,
+                                DriftRule)
+from tasks.clean import Calendar
+from tasks.score import forecasts_key, read_forecasts
+from tasks.storage import Store, safe_key_part
+from tasks.validate import ValidationResult, coerce_observations
+
+KEY = ["series_id", "timestamp", "as_of", "model_version"]
+LAYOUT_META = "nightcast.monitoring_layout"
+DRIFT_EVENT = "nightcast.drift.detected"
+TABLES = {"points": "points.parquet", "summary": "summary.parquet", "runs": "run.parquet"}
+UNSCORED = ("pending", "quarantined", "no_baseline")
+
+
+def _schema(model: type) -> dict[str, pl.DataType]:
+    """A pandera model's columns as a polars schema (for empty frames and exact types)."""
+    return {n: c.dtype.type for n, c in model.to_schema().columns.items()}
+
+
+POINTS_SCHEMA = _schema(MonitoringPoints)
+# What makes a point's state differ from the last run's (a change-log row).
+_STATE = ["horizon", "method", "forecast", "lower", "upper", "actual", "snaive", "scale", "status"]
+
+
+class MonitorError(RuntimeError):
+    """The monitoring store holds something this code cannot read."""
+
+
+@dataclass(frozen=True)
+class Actuals:
+    """The actuals of one monitoring date, and what validation did to the duplicates."""
+
+    values: pl.DataFrame  # series_id, timestamp, actual: unique keys, a target, before the end of the date
+    quarantined: pl.DataFrame  # series_id, timestamp of quarantined rows (unique)
+    duplicate_rows_dropped: int  # exact repeats dropped by validation (the first kept)
+    duplicate_keys_refused: int  # keys whose rows conflict: validation quarantined every one
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The drift rule's verdict on the champion."""
+
+    fired: bool
+    reason: str
+    champion: str | None
+    origins: list[dt.date]
+    points: int
+    mase: float | None
+    snaive_mase: float | None
+    test_mase: float | None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Everything one run computes: the change log, the state after it, the summary, the drift verdict."""
+
+    changes: pl.DataFrame  # MonitoringPoints: this date's change log
+    state: pl.DataFrame  # MonitoringPoints: every point once, as of this date
+    summary: pl.DataFrame  # MonitoringSummary
+    run: pl.DataFrame  # MonitoringRun
+    drift: Drift
+
+
+# --- keys and I/O -------------------------------------------------------------------------------
+
+def table_prefix(table: str, model: str) -> str:
+    return f"monitoring/{table}/model={safe_key_part(model)}"
+
+
+def monitoring_key(table: str, model: str, day: dt.date) -> str:
+    """The one object of a monitoring partition: ``monitoring/<table>/model=<m>/date=<D>/<file>``."""
+    return f"{table_prefix(table, model)}/date={day.isoformat()}/{TABLES[table]}"
+
+
+def _dated(keys: list[str], pattern: str) -> dict[dt.date, str]:
+    found = {}
+    for key in keys:
+        m = re.search(pattern, key)
+        if m:
+            found[dt.date.fromisoformat(m.group(1))] = key
+    return dict(sorted(found.items()))
+
+
+def monitoring_dates(store: Store, table: str, model: str) -> list[dt.date]:
+    """The dates that have a partition of ``table`` for ``model``, oldest first."""
+    return list(_dated(store.list(table_prefix(table, model) + "/"),
+                       r"/date=(\d{4}-\d{2}-\d{2})/" + re.escape(TABLES[table]) + "$"))
+
+
+def forecast_dates(store: Store, model: str) -> list[dt.date]:
+    """The ``as_of`` dates that have a forecasts partition for ``model``, oldest first."""
+    prefix = forecasts_key(model, dt.date(2000, 1, 1)).split("/as_of=")[0] + "/"
+    return list(_dated(store.list(prefix), r"/as_of=(\d{4}-\d{2}-\d{2})/forecasts\.parquet$"))
+
+
+def read_forecast_window(store: Store, model: str, first: dt.date, last: dt.date) -> tuple[pl.DataFrame, int]:
+    """Every forecasts partition with ``first <= as_of <= last``, stacked; and how many there were."""
+    dates = [d for d in forecast_dates(store, model) if first <= d <= last]
+    frames = [read_forecasts(store, model, d) for d in dates]
+    return (pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=_schema(Forecasts))), len(dates)
+
+
+def _read_table(store: Store, key: str) -> pl.DataFrame:
+    data = store.read_bytes(key)
+    layout = pl.read_parquet_metadata(io.BytesIO(data)).get(LAYOUT_META)
+    if layout != MONITORING_LAYOUT:
+        raise MonitorError(f"{store.uri(key)} has monitoring layout {layout!r}; this code reads {MONITORING_LAYOUT!r}")
+    return pl.read_parquet(io.BytesIO(data))
+
+
+def _read_tables(store: Store, table: str, model: str, dates: list[dt.date]) -> list[pl.DataFrame]:
+    return [_read_table(store, monitoring_key(table, model, d)) for d in dates]
+
+
+def read_points(store: Store, model: str, up_to: dt.date | None = None, before: dt.date | None = None) -> pl.DataFrame:
+    """The state of every monitored point: its newest change-log row dated ``<= up_to`` (or ``< before``).
+
+    Each ``(series_id, timestamp, as_of, model_version)`` once; ``dropped`` rows included (filter
+    ``status``); sorted by the key.
+    """
+    dates = [d for d in monitoring_dates(store, "points", model)
+             if (up_to is None or d <= up_to) and (before is None or d < before)]
+    logs = _read_tables(store, "points", model, dates)
+    if not logs:
+        return pl.DataFrame(schema=POINTS_SCHEMA)
+    return latest_state(pl.concat(logs, how="vertical"))
+
+
+def read_summary(store: Store, model: str, day: dt.date | None = None) -> pl.DataFrame:
+    """The summary of the run for ``day`` (default: the newest run)."""
+    dates = monitoring_dates(store, "summary", model)
+    if not dates:
+        raise FileNotFoundError(f"no monitoring summary for model {model!r} in {store.url}")
+    day = day or dates[-1]
+    return _read_table(store, monitoring_key("summary", model, day))
+
+
+def read_runs(store: Store, model: str) -> pl.DataFrame:
+    """One row per monitoring run, oldest first (accuracy on actuals over time, drift decisions)."""
+    runs = _read_tables(store, "runs", model, monitoring_dates(store, "runs", model))
+    return pl.concat(runs, how="vertical") if runs else pl.DataFrame()
+
+
+def _parquet(frame: pl.DataFrame, model: str, day: dt.date) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf, metadata={LAYOUT_META: MONITORING_LAYOUT, "nightcast.model": model,
+                                       "nightcast.date": day.isoformat()})
+    return buf.getvalue()
+
+
+def write_monitoring(store: Store, model: str, day: dt.date, assessment: Assessment) -> dict[str, str]:
+    """Write the day's change log, summary and run row (last: a run row means the partition set is whole).
+
+    One object per partition, each replaced atomically; the same assessment gives the same bytes.
+    """
+    out = {}
+    for table, frame in (("points", assessment.changes), ("summary", assessment.summary), ("runs", assessment.run)):
+        key = monitoring_key(table, model, day)
+        store.write_bytes(key, _parquet(frame, model, day))
+        out[table] = key
+    return out
+
+
+# --- actuals --------------------------------------------------------------------------------------
+
+def gather_actuals(checked: ValidationResult, day: dt.date, timestamp_format: str | None = None) -> Actuals:
+    """The actuals known at the end of ``day`` from a validation result, and its duplicate counts."""
+    cutoff = _cutoff(day)
+    values = (checked.valid.filter(pl.col("timestamp") < cutoff, pl.col("target").is_not_null())
+              .select("series_id", "timestamp", pl.col("target").alias("actual")))
+    q = checked.quarantine
+    keys = pl.DataFrame(schema={"series_id": pl.String, "timestamp": pl.Datetime("us")})
+    refused = 0
+    if q.height:
+        typed = coerce_observations(q.select("series_id", "timestamp", "target"), timestamp_format)
+        keys = (typed.select("series_id", "timestamp").drop_nulls()
+                .filter(pl.col("timestamp") < cutoff).unique().sort("series_id", "timestamp"))
+        dup = q["_rules"].str.contains("multiple_fields_uniqueness")
+        refused = q.filter(dup).select("series_id", "timestamp").n_unique() if dup.any() else 0
+    return Actuals(values, keys, checked.exact_duplicates, int(refused))
+
+
+# --- the hot path: whole frames, no loop over series, points or origins -------------------------
+
+def _cutoff(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+
+
+def _end_of(as_of: pl.Expr) -> pl.Expr:
+    return as_of.cast(pl.Datetime("us")) + pl.duration(days=1)
+
+
+def steps_back(ts: pl.Expr, n: pl.Expr, calendar: Calendar) -> pl.Expr:
+    """``ts`` moved ``n`` calendar steps back: ``offset_by`` for regular calendars, business days
+    (weekends and the calendar's holidays skipped) for business calendars."""
+    m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
+    if not m:
+        raise MonitorError(f"cannot step frequency {calendar.frequency!r}")
+    k, unit = int(m.group(1)), m.group(2)
+    if calendar.kind == "business":
+        holidays = [dt.date.fromisoformat(h) for h in calendar.holidays]
+        return ts.dt.add_business_days(-(n * k), holidays=holidays)
+    return ts.dt.offset_by(pl.format("-{}" + unit, n * k))
+
+
+def horizon_days(horizon: int, calendar: Calendar) -> int:
+    """Whole days a forecast of ``horizon`` steps reaches past its origin (business: weekends included)."""
+    m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
+    if not m:
+        raise MonitorError(f"cannot step frequency {calendar.frequency!r}")
+    k, unit = int(m.group(1)), m.group(2)
+    n = horizon * k * (2 if calendar.kind == "business" else 1)  # 5 business days take at most 9 days
+    start = dt.datetime(2000, 1, 1)
+    end = pl.Series([start]).dt.offset_by(f"{n}{unit}").item()
+    return -(-(end - start) // dt.timedelta(days=1))
+
+
+def mase_scales(actuals: pl.DataFrame, origins: pl.DataFrame, season: int, calendar: Calendar) -> pl.DataFrame:
+    """Per (series_id, as_of) of ``origins``: the MASE denominator from the actuals before the end of as_of.
+
+    The mean of ``|y_t - y_(t-m)|`` over pairs of actuals ``m`` calendar steps apart, both before the
+    cut (cumulative sums per series, read at each cut by an as-of join); lag 1 when the series has
+    no more than ``m`` actuals before it; 1.0 when there is no pair or the mean is 0.
+    """
+    a = actuals.select("series_id", "timestamp", "actual").sort("series_id", "timestamp")
+    prev = a.select("series_id", pl.col("timestamp").alias("_t"), pl.col("actual").alias("_p"))
+
+    def diffs(m: int) -> pl.Series:
+        return (a.with_columns(steps_back(pl.col("timestamp"), pl.lit(m), calendar).alias("_t"))
+                .join(prev, on=["series_id", "_t"], how="left", maintain_order="left")
+                .select((pl.col("actual") - pl.col("_p")).abs())).to_series()
+
+    a = a.with_columns(diffs(season).alias("_dm"), diffs(1).alias("_d1"))
+    per = pl.col("series_id")
+    cum = a.select(
+        "series_id", "timestamp",
+        pl.col("_dm").fill_null(0.0).cum_sum().over(per).alias("_sm"),
+        pl.col("_dm").is_not_null().cast(pl.Int64).cum_sum().over(per).alias("_nm"),
+        pl.col("_d1").fill_null(0.0).cum_sum().over(per).alias("_s1"),
+        pl.col("_d1").is_not_null().cast(pl.Int64).cum_sum().over(per).alias("_n1"),
+        pl.int_range(1, pl.len() + 1).over(per).alias("_rows"),
+    ).sort("timestamp")
+    cuts = origins.select("series_id", "as_of").unique().with_columns(_end_of(pl.col("as_of")).alias("_cut"))
+    got = cuts.sort("_cut").join_asof(cum, left_on="_cut", right_on="timestamp", by="series_id",
+                                      strategy="backward", allow_exact_matches=False, check_sortedness=False)
+    seasonal = pl.col("_rows").fill_null(0) > season
+    total = pl.when(seasonal).then(pl.col("_sm")).otherwise(pl.col("_s1"))
+    n = pl.when(seasonal).then(pl.col("_nm")).otherwise(pl.col("_n1")).fill_null(0)
+    mean = total / n
+    return got.select("series_id", "as_of",
+                      pl.when((n > 0) & (mean > 1e-12)).then(mean).otherwise(1.0).alias("scale"))
+
+
+def join_actuals(forecasts: pl.DataFrame, actuals: Actuals, season: int, calendar: Calendar,
+                 day: dt.date) -> pl.DataFrame:
+    """Every forecast point due by the end of ``day``, with its actual, seasonal naive, scale and status."""
+    cutoff = _cutoff(day)
+    due = forecasts.filter(pl.col("timestamp") < cutoff, pl.col("as_of") <= day)
+    vals = actuals.values.filter(pl.col("timestamp") < cutoff)
+    seasons = ((pl.col("horizon").cast(pl.Int64) - 1) // season + 1) * season  # m·ceil(h/m)
+    pts = (due.with_columns(steps_back(pl.col("timestamp"), seasons, calendar).alias("_ref"))
+           .join(vals, on=["series_id", "timestamp"], how="left")
+           .join(vals.select("series_id", pl.col("timestamp").alias("_ref"), pl.col("actual").alias("snaive")),
+                 on=["series_id", "_ref"], how="left")
+           .join(actuals.quarantined.with_columns(pl.lit(True).alias("_q")), on=["series_id", "timestamp"],
+                 how="left"))
+    # known at the origin: a reference after the end of as_of would be look-ahead (never, on the grid)
+    pts = pts.with_columns(pl.when(pl.col("_ref") < _end_of(pl.col("as_of"))).then(pl.col("snaive")).alias("snaive"))
+    scales = mase_scales(vals, pts.select("series_id", "as_of"), season, calendar)
+    pts = pts.join(scales, on=["series_id", "as_of"], how="left")
+    status = (pl.when(pl.col("actual").is_null() & pl.col("_q").fill_null(False)).then(pl.lit("quarantined"))
+              .when(pl.col("actual").is_null()).then(pl.lit("pending"))
+              .when(pl.col("snaive").is_null()).then(pl.lit("no_baseline"))
+              .otherwise(pl.lit("scored")))
+    return pts.select("series_id", "timestamp", "as_of", "model_version", "horizon", "method", "forecast",
+                      "lower", "upper", "actual", "snaive", pl.col("scale").fill_null(1.0), status.alias("status"))
+
+
+def track_changes(previous: pl.DataFrame, current: pl.DataFrame, model: str, day: dt.date,
+                  recheck_from: dt.date) -> pl.DataFrame:
+    """The change log of ``day``: the points of ``current`` whose state differs from ``previous``, and the
+    points of ``previous`` (as_of >= ``recheck_from``) whose forecast is no longer stored."""
+    old = previous.select(*KEY, *[pl.col(c).alias(f"{c}_prev") for c in [*_STATE, "revisions", "first_seen",
+                                                                        "scored_on"]])
+    j = current.join(old, on=KEY, how="full", coalesce=True, maintain_order="left_right")
+    here, before = pl.col("status"), pl.col("status_prev")
+    live = before.is_not_null() & (before != "dropped")
+    scored, was_scored = here == "scored", before == "scored"
+    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_prev")) for c in _STATE])
+    change = (pl.when(here.is_not_null() & ~live).then(pl.lit("new"))
+              .when(here.is_not_null() & scored & before.is_in(UNSCORED)).then(pl.lit("late"))
+              .when(here.is_not_null() & scored & was_scored & pl.col("actual").ne_missing(pl.col("actual_prev")))
+              .then(pl.lit("revised"))
+              .when(here.is_not_null() & was_scored & ~scored).then(pl.lit("withdrawn"))
+              .when(here.is_not_null() & differs).then(pl.lit("updated"))
+              .when(here.is_null() & live & (pl.col("as_of") >= recheck_from)).then(pl.lit("dropped")))
+    rows = j.with_columns(change.alias("change")).filter(pl.col("change").is_not_null())
+    gone = pl.col("change") == "dropped"
+    day_lit = pl.lit(day, dtype=pl.Date)
+    return rows.select(
+        *KEY,
+        *[pl.when(gone).then(pl.col(f"{c}_prev")).otherwise(pl.col(c)).alias(c) for c in _STATE[:-1]],
+        pl.when(gone).then(pl.lit("dropped")).otherwise(here).alias("status"),
+        "change",
+        (pl.col("revisions_prev").fill_null(0) + (pl.col("change") == "revised").cast(pl.Int32))
+        .cast(pl.Int32).alias("revisions"),
+        pl.when(pl.col("change") == "new").then(day_lit).otherwise(pl.col("first_seen_prev")).alias("first_seen"),
+        pl.when(scored & was_scored).then(pl.col("scored_on_prev")).when(scored).then(day_lit)
+        .otherwise(pl.lit(None, dtype=pl.Date)).alias("scored_on"),
+        pl.lit(model).alias("model"), day_lit.alias("date"),
+    ).cast(POINTS_SCHEMA).sort(KEY)
+
+
+def latest_state(logs: pl.DataFrame) -> pl.DataFrame:
+    """Each point's newest row over change logs (stacked in any order): the state, one row per key."""
+    return logs.sort("date", maintain_order=True).unique(KEY, keep="last", maintain_order=True).sort(KEY)
+
+
+def _aggregates(scored: pl.Expr) -> list[pl.Expr]:
+    a, f, s = pl.col("actual"), pl.col("forecast"), pl.col("snaive")
+    interval = scored & pl.col("lower").is_not_null() & pl.col("upper").is_not_null()
+
+    def metrics(pred: pl.Expr, prefix: str) -> list[pl.Expr]:
+        e = pred - a
+        denom = a.abs() + pred.abs()
+        smape = pl.when(denom > 0).then(200 * e.abs() / denom).otherwise(0.0)
+        return [(e.abs() / pl.col("scale")).filter(scored).mean().alias(f"{prefix}mase"),
+                smape.filter(scored).mean().alias(f"{prefix}smape"),
+                (e * e).filter(scored).mean().sqrt().alias(f"{prefix}rmse"),
+                e.abs().filter(scored).mean().alias(f"{prefix}mae"),
+                e.filter(scored).mean().alias(f"{prefix}bias")]
+
+    return [scored.sum().cast(pl.Int64).alias("points"),
+            pl.col("status").is_in(["pending", "quarantined"]).sum().cast(pl.Int64).alias("pending"),
+            (pl.col("status") == "no_baseline").sum().cast(pl.Int64).alias("no_baseline"),
+            *metrics(f, ""),
+            ((pl.col("lower") <= a) & (a <= pl.col("upper"))).filter(interval).cast(pl.Float64).mean()
+            .alias("coverage"),
+            interval.sum().cast(pl.Int64).alias("interval_points"),
+            *metrics(s, "snaive_")]
+
+
+def summarise(state: pl.DataFrame, model: str, day: dt.date) -> pl.DataFrame:
+    """``MonitoringSummary``: the live points' metrics overall and by each of ``DIMENSIONS``."""
+    live = state.filter(pl.col("status") != "dropped")
+    aggs = _aggregates(pl.col("status") == "scored")
+    frames = [live.select(pl.lit("all").alias("key"), *aggs).with_columns(pl.lit("all").alias("dimension"))]
+    for dim in DIMENSIONS[1:]:
+        frames.append(live.group_by(dim).agg(*aggs).sort(dim)
+                      .select(pl.col(dim).cast(pl.String).alias("key"), pl.exclude(dim))
+                      .with_columns(pl.lit(dim).alias("dimension")))
+    out = pl.concat(frames, how="vertical_relaxed")
+    return out.select(pl.lit(model).alias("model"), pl.lit(day, dtype=pl.Date).alias("date"), "dimension", "key",
+                      *[c for c in MonitoringSummary.to_schema().columns if c not in ("model", "date", "dimension",
+                                                                                        "key")])
+
+
+def test_span_mase(metrics: dict) -> float | None:
+    """The served forecasts' test-span MASE from a bundle's ``metrics.json`` (None when absent)."""
+    for row in metrics.get("test") or []:
+        if row.get("model") == "served" and row.get("series_id") == "ALL" and row.get("mase") is not None:
+            return float(row["mase"])
+    return None
+
+
+def decide_drift(state: pl.DataFrame, rule: DriftRule, champion: str | None, test_mase: float | None) -> Drift:
+    """Judge the champion on its scored points from its newest ``rule.origins`` origins."""
+    mine = state.filter(pl.col("model_version") == (champion or ""), pl.col("status") == "scored")
+    origins = mine["as_of"].unique().sort(descending=True).head(rule.origins)
+    pts = mine.filter(pl.col("as_of").is_in(origins.implode()))
+    scale = pl.col("scale")
+    got = pts.select(((pl.col("forecast") - pl.col("actual")).abs() / scale).mean().alias("m"),
+                     ((pl.col("snaive") - pl.col("actual")).abs() / scale).mean().alias("s")).row(0)
+    mase, snaive = got
+    k, n = origins.len(), pts.height
+    base = dict(champion=champion, origins=sorted(origins.to_list()), points=n, mase=mase, snaive_mase=snaive,
+                test_mase=test_mase)
+    if not rule.enabled:
+        return Drift(False, "drift rule disabled", **base)
+    if champion is None:
+        return Drift(False, "no champion to judge", **base)
+    if k < rule.min_origins or n < rule.min_points:
+        return Drift(False, f"not judged: champion {champion} has {k} origin(s) and {n} point(s) with actuals; "
+                            f"the rule needs {rule.min_origins} and {rule.min_points}", **base)
+    fired = []
+    if rule.vs_seasonal_naive is not None and mase > (1 + rule.vs_seasonal_naive) * snaive:
+        fired.append(f"MASE {mase:.4f} over its newest {k} origin(s) ({n} points) is more than "
+                     f"{rule.vs_seasonal_naive:.0%} worse than seasonal naive's {snaive:.4f} on the same points")
+    if rule.vs_test_span is not None and test_mase is not None and mase > (1 + rule.vs_test_span) * test_mase:
+        fired.append(f"MASE {mase:.4f} over its newest {k} origin(s) ({n} points) is more than "
+                     f"{rule.vs_test_span:.0%} worse than its test-span MASE {test_mase:.4f}")
+    if fired:
+        return Drift(True, "; ".join(fired), **base)
+    test = f", test span {test_mase:.4f}" if test_mase is not None else ""
+    return Drift(False, f"no drift: MASE {mase:.4f} over {k} origin(s) ({n} points), seasonal naive "
+                        f"{snaive:.4f}{test}", **base)
+
+
+def _run_row(model: str, day: dt.date, partitions: int, actuals: Actuals, changes: pl.DataFrame,
+             state: pl.DataFrame, summary: pl.DataFrame, drift: Drift) -> pl.DataFrame:
+    counts = changes.group_by("change").len()
+    changed = dict(zip(counts["change"].to_list(), counts["len"].to_list()))
+    status = state.group_by("status").len()
+    held = dict(zip(status["status"].to_list(), status["len"].to_list()))
+    overall = summary.filter(pl.col("dimension") == "all").row(0, named=True)
+    row = {"model": model, "date": day, "champion": drift.champion, "forecast_partitions": partitions,
+           "points": sum(v for s, v in held.items() if s != "dropped"),
+           **{s: held.get(s, 0) for s in ("scored", "pending", "quarantined", "no_baseline")},
+           **{c: changed.get(c, 0) for c in ("new", "late", "revised", "updated", "withdrawn", "dropped")},
+           "actual_rows": actuals.values.height, "duplicate_rows_dropped": actuals.duplicate_rows_dropped,
+           "duplicate_keys_refused": actuals.duplicate_keys_refused,
+           "mase": overall["mase"], "snaive_mase": overall["snaive_mase"], "coverage": overall["coverage"],
+           "drift_origins": len(drift.origins), "drift_points": drift.points, "drift_mase": drift.mase,
+           "drift_snaive_mase": drift.snaive_mase, "test_mase": drift.test_mase, "drift": drift.fired,
+           "drift_reason": drift.reason}
+    return pl.DataFrame([row], schema=_schema(MonitoringRun))
+
+
+def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: pl.DataFrame, *, model: str, day: dt.date,
+           season: int, calendar: Calendar, recheck_from: dt.date, partitions: int, rule: DriftRule,
+           champion: str | None, test_mase: float | None) -> Assessment:
+    """One monitoring date, from its inputs to what it writes: points, changes, state, summary, drift."""
+    current = join_actuals(forecasts, actuals, season, calendar, day)
+    changes = track_changes(previous, current, model, day, recheck_from)
+    state = latest_state(pl.concat([previous.select(list(POINTS_SCHEMA)), changes], how="vertical"))
+    summary = summarise(state, model, day)
+    drift = decide_drift(state, rule, champion, test_mase)
+    run = _run_row(model, day, partitions, actuals, changes, state, summary, drift)
+    MonitoringPoints.validate(changes, lazy=True)
+    MonitoringSummary.validate(summary, lazy=True)
+    MonitoringRun.validate(run, lazy=True)
+    return Assessment(changes, state, summary, run, drift)
+
+
+# --- publishing -----------------------------------------------------------------------------------
+
+def emit_drift_event(model: str, day: dt.date, drift: Drift, store_url: str, data: str) -> str | None:
+    """``nightcast.drift.detected`` on resource ``nightcast.model.<name>``; the event id (None: not sent).
+
+    The payload carries what a retrain needs (``store``, ``data``): the retrain deployment's trigger
+    (deployments/prefect.yaml) passes them on, and a run from the API may only use the worker's
+    configured locations anyway (``Settings.check_location``).
+    """
+    from prefect.events import emit_event
+
+    event = emit_event(
+        event=DRIFT_EVENT,
+        resource={"prefect.resource.id": f"nightcast.model.{model}", "prefect.resource.name": model,
+                  "nightcast.model.name": model, "nightcast.model.version": drift.champion or ""},
+        payload={"model": model, "version": drift.champion, "date": day.isoformat(), "reason": drift.reason,
+                 "mase": drift.mase, "seasonal_naive_mase": drift.snaive_mase, "test_mase": drift.test_mase,
+                 "origins": [d.isoformat() for d in drift.origins], "points": drift.points,
+                 "store": store_url, "data": data})
+    return None if event is None else str(event.id)
+
+
+def worst_series(summary: pl.DataFrame, n: int = 10) -> pl.DataFrame:
+    """The ``n`` series with the highest MASE (scored series only)."""
+    return (summary.filter(pl.col("dimension") == "series_id", pl.col("points") > 0)
+            .sort(["mase", "key"], descending=[True, False]).head(n))
+
+
+def artifact_rows(summary: pl.DataFrame, worst: int = 10) -> list[dict]:
+    """The table artifact: overall, by method and by horizon, then the worst series."""
+    def rows(frame: pl.DataFrame, what: str | None = None) -> list[dict]:
+        return [{"group": what or r["dimension"], "key": r["key"], "points": r["points"], "pending": r["pending"],
+                 "MASE": _round(r["mase"]), "seasonal naive MASE": _round(r["snaive_mase"]),
+                 "sMAPE %": _round(r["smape"]), "RMSE": _round(r["rmse"]), "bias": _round(r["bias"]),
+                 "coverage %": _round(None if r["coverage"] is None else 100 * r["coverage"])}
+                for r in frame.iter_rows(named=True)]
+
+    top = summary.filter(pl.col("dimension").is_in(["all", "method", "horizon", "model_version"]))
+    return rows(top) + rows(worst_series(summary, worst), "worst series")
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+def format_monitoring(out: dict) -> str:
+    """The CLI's summary of a monitor run (``monitor_flow``'s return value)."""
+    r = out["run"]
+    lines = [f"monitoring {out['model']} on {out['date']}: {r['points']} due points, {r['scored']} scored, "
+             f"{r['pending']} pending, {r['quarantined']} quarantined, {r['no_baseline']} without a baseline",
+             f"this run: {r['new']} new, {r['late']} scored late, {r['revised']} revised, {r['updated']} updated, "
+             f"{r['withdrawn']} withdrawn, {r['dropped']} dropped; duplicates: {r['duplicate_rows_dropped']} "
+             f"exact rows dropped, {r['duplicate_keys_refused']} conflicting keys refused",
+             f"{'group':<14}{'key':<22}{'points':>8}{'MASE':>9}{'sn. MASE':>10}{'sMAPE %':>9}{'RMSE':>10}"
+             f"{'bias':>10}{'cover %':>9}"]
+    for row in out["table"]:
+        def f(v: float | None, w: int, p: int) -> str:
+            return f"{'-':>{w}}" if v is None else f"{v:>{w}.{p}f}"
+        lines.append(f"{row['group']:<14}{str(row['key'])[:21]:<22}{row['points']:>8}{f(row['MASE'], 9, 3)}"
+                     f"{f(row['seasonal naive MASE'], 10, 3)}{f(row['sMAPE %'], 9, 2)}{f(row['RMSE'], 10, 3)}"
+                     f"{f(row['bias'], 10, 3)}{f(row['coverage %'], 9, 1)}")
+    drift = out["drift"]
+    lines.append(f"drift: {'DETECTED' if drift['fired'] else 'no'} ({drift['reason']})"
+                 + (f"; event {out['event']} sent" if out.get("event") else ""))
+    lines += ["written:"] + [f"  {uri}" for uri in out["files"].values()]
+    return "\n".join(lines)

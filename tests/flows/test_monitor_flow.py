@@ -1,0 +1,155 @@
+"""End to end: a real retrain and real scores, then the monitor over a few days of arriving actuals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+
+import polars as pl
+import pytest
+
+from flows.monitor import monitor_flow
+from flows.retrain import retrain_flow
+from flows.score import score_flow
+from schemas.monitoring import DriftRule, MonitoringPoints, MonitoringRun, MonitoringSummary, MonitorParams
+from schemas.params import ScoreParams
+from tasks.score import read_forecasts
+from tasks.monitor import DRIFT_EVENT, monitoring_key, read_points, read_runs, read_summary
+from tasks.storage import open_store
+from tests.conftest import fast_params
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TS = pl.col("timestamp").str.to_datetime()
+
+
+def _day(d: int) -> dt.date:
+    return dt.date(2026, 9, d)
+
+
+def _before_end_of(d: int) -> pl.Expr:
+    return TS < dt.datetime(2026, 9, d + 1)
+
+
+def _on(d: int) -> pl.Expr:
+    return TS.dt.date() == _day(d)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, sample_raw, prefect_harness):
+    """Champion trained on data up to 2026-09-11; forecasts as of the 10th, 11th and 12th."""
+    root = tmp_path_factory.mktemp("monitor")
+    train, full = root / "train.csv", root / "full.csv"
+    sample_raw.filter(_before_end_of(11)).write_csv(train)
+    sample_raw.write_csv(full)
+    store = str(root / "store")
+    out = retrain_flow(fast_params(str(train)), store=store)
+    for d in (10, 11, 12):
+        score_flow(ScoreParams(data=str(full), as_of=_day(d)), store=store)
+    return root, store, out["version"]
+
+
+def _csv(root, name: str, frame: pl.DataFrame) -> str:
+    path = root / name
+    frame.write_csv(path)
+    return str(path)
+
+
+def _due_with_actual(store, frame: pl.DataFrame, as_ofs: tuple[int, ...], day: int,
+                     where: pl.Expr = pl.lit(True)) -> int:
+    """Stored forecast points due by the end of ``day`` that have one usable actual in ``frame``:
+    a finite target, and no other row for its series and timestamp that disagrees."""
+    due = pl.concat([read_forecasts(store, "lstm", _day(d)) for d in as_ofs]).filter(
+        pl.col("timestamp") < dt.datetime(2026, 9, day + 1), where)
+    rows = frame.unique().with_columns(TS.alias("timestamp"))
+    value = pl.col("target").cast(pl.Float64, strict=False)
+    usable = rows.filter(pl.len().over("series_id", "timestamp") == 1, value.is_not_null() & value.is_finite())
+    return due.join(usable.select("series_id", "timestamp"), on=["series_id", "timestamp"]).height
+
+
+def test_monitor_replays_days_of_late_duplicated_and_revised_actuals(scored, sample_raw):
+    root, store, version = scored
+    st = open_store(store)
+    # day 11: the forecasts as of the 10th fall due (3 series x 6 hours)
+    d11 = monitor_flow(MonitorParams(data=_csv(root, "d11.csv", sample_raw.filter(_before_end_of(11))),
+                                     as_of=_day(11)), store=store)
+    r = d11["run"]
+    assert (r["points"], r["new"], r["champion"], r["forecast_partitions"]) == (18, 18, version, 2)
+    # an actual with a seasonal-naive reference is scored; without one it waits as no_baseline
+    assert r["scored"] + r["no_baseline"] == _due_with_actual(st, sample_raw, (10,), 11)
+    assert r["scored"] > 0 and r["scored"] + r["pending"] + r["quarantined"] + r["no_baseline"] == 18
+    # day 12: site-1's actuals of the 12th have not arrived
+    late = _on(12) & (pl.col("series_id") == "site-1")
+    d12 = monitor_flow(MonitorParams(data=_csv(root, "d12.csv", sample_raw.filter(_before_end_of(12) & ~late)),
+                                     as_of=_day(12)), store=store)
+    assert d12["run"]["points"] == 36 and d12["run"]["new"] == 18
+    waiting = read_points(st, "lstm").filter(pl.col("series_id") == "site-1", pl.col("as_of") == _day(11))
+    assert set(waiting["status"]) == {"pending"} and waiting.height == 6
+    # day 13: site-1 arrives; one of site-3's values of the 12th is revised; one row is sent twice
+    revised_at = dt.datetime(2026, 9, 12, 2)
+    d13_frame = sample_raw.filter(_before_end_of(13)).with_columns(
+        pl.when((pl.col("series_id") == "site-3") & (TS == revised_at)).then(pl.lit("1000.0"))
+        .otherwise(pl.col("target")).alias("target"))
+    d13_frame = pl.concat([d13_frame, d13_frame.filter(pl.col("series_id") == "site-2").head(1)])
+    params = MonitorParams(data=_csv(root, "d13.csv", d13_frame), as_of=_day(13))
+    d13 = monitor_flow(params, store=store)
+    r = d13["run"]
+    assert r["late"] == _due_with_actual(st, sample_raw, (10, 11), 12, (pl.col("series_id") == "site-1")
+                                         & (pl.col("timestamp") >= dt.datetime(2026, 9, 12))) > 0
+    assert r["revised"] == 1 and r["new"] == 18 and r["points"] == 54
+    assert r["duplicate_rows_dropped"] == d13_frame.height - d13_frame.unique().height >= 1
+    point = read_points(st, "lstm").filter(pl.col("series_id") == "site-3", pl.col("timestamp") == revised_at)
+    assert point["actual"].to_list() == [1000.0] and point["revisions"].to_list() == [1]
+    # the files: one per table, schema-valid, and a re-run of the day rewrites the same bytes
+    keys = [monitoring_key(t, "lstm", _day(13)) for t in ("points", "summary", "runs")]
+    before = [st.read_bytes(k) for k in keys]
+    assert d13["files"] == {"points": st.uri(keys[0]), "summary": st.uri(keys[1]), "runs": st.uri(keys[2])}
+    again = monitor_flow(params, store=store)
+    assert [st.read_bytes(k) for k in keys] == before and again["run"] == d13["run"]
+    MonitoringPoints.validate(read_points(st, "lstm").with_columns(), lazy=True)
+    summary = read_summary(st, "lstm")
+    MonitoringSummary.validate(summary, lazy=True)
+    MonitoringRun.validate(read_runs(st, "lstm"), lazy=True)
+    assert set(summary["dimension"]) == {"all", "as_of", "model_version", "method", "horizon", "series_id"}
+    assert summary.filter(pl.col("dimension") == "horizon")["key"].to_list() == [str(h) for h in range(1, 7)]
+    assert read_runs(st, "lstm")["date"].to_list() == [_day(11), _day(12), _day(13)]
+    # the artifact table: overall, by method / horizon / version, then the worst series
+    assert d13["table"][0]["group"] == "all" and d13["table"][-1]["group"] == "worst series"
+
+
+def _drift_events(since: dt.datetime) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(EventFilter(event=EventNameFilter(name=[DRIFT_EVENT]),
+                                              occurred=EventOccurredFilter(since=since)), limit=50)  # the server caps 50
+    return page.events
+
+
+def test_actuals_that_degrade_fire_the_drift_event(scored, sample_raw, tmp_path):
+    root, store, version = scored
+    copy = str(tmp_path / "store")
+    shutil.copytree(store, copy)
+    # from the 13th on, every series repeats its 12th exactly: seasonal naive is perfect, the model is not
+    base = sample_raw.filter(_on(12)).with_columns(TS.alias("_t"))
+    repeat = pl.concat([base.with_columns((pl.col("_t") + pl.duration(days=k)).dt.strftime("%Y-%m-%d %H:%M:%S")
+                                          .alias("timestamp")) for k in (1, 2)]).drop("_t")
+    degraded = pl.concat([sample_raw.filter(_before_end_of(12)), repeat])
+    since = dt.datetime.now(dt.timezone.utc)
+    rule = DriftRule(origins=1, min_origins=1, min_points=6, vs_seasonal_naive=0.1)
+    out = monitor_flow(MonitorParams(data=_csv(tmp_path, "degraded.csv", degraded), as_of=_day(13), drift=rule),
+                       store=copy)
+    assert out["drift"]["fired"], out["drift"]["reason"]
+    assert out["drift"]["champion"] == version and out["drift"]["snaive_mase"] == 0.0
+    assert out["event"] is not None and out["run"]["drift"] is True
+    deadline = time.monotonic() + 30
+    while not (events := _drift_events(since)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [e.resource.id for e in events] == ["nightcast.model.lstm"]
+    assert events[0].payload["store"] == open_store(copy).url and events[0].payload["version"] == version
+    # the same degraded actuals under a rule that needs more origins: judged later, nothing emitted
+    calm = monitor_flow(MonitorParams(data=_csv(tmp_path, "degraded.csv", degraded), as_of=_day(13),
+                                      drift=DriftRule(origins=4, min_origins=4, min_points=6)), store=copy)
+    assert not calm["drift"]["fired"] and calm["event"] is None

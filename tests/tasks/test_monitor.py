@@ -1,0 +1,294 @@
+"""Accuracy on actuals, replayed over a few days: every figure below was worked out by hand.
+
+Two daily series, season m = 2, horizon 2, model version v1 (``a`` served by the network with
+intervals, ``b`` by seasonal naive without). Actuals as they finally are::
+
+    day     1   2   3   4   5   6   7
+    a      10  12  13  16  15* 18  20     * 15 on days 5 and 6, revised to 17 on day 7
+    b       5   5   6   7   7+  8# 9      + arrives a day late; # two conflicting rows on day 6
+
+Forecasts (as_of: target day = forecast [lower, upper]): as_of 4: a5 = 14 [12, 16], a6 = 17 [15, 18],
+b5 = 6.5, b6 = 7.5; as_of 5: a6 = 19 [17, 21], a7 = 18 [16, 19], b6 = 7.0, b7 = 8.5; as_of 6 (a only):
+a7 = 21 [19, 22], a8 = 22 [20, 23].
+
+Seasonal naive from the origin, horizon h: the value m·ceil(h/m) = 2 days before the target.
+MASE scale at an origin: mean |y_t - y_(t-2)| over the actuals up to the end of as_of.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from schemas.monitoring import DriftRule, MonitoringPoints
+from tasks import monitor as M
+from tasks.clean import Calendar
+from tasks.score import write_forecasts
+from tasks.storage import LocalStore
+from tasks.validate import validate_observations
+
+DAY = {i: dt.date(2026, 3, i) for i in range(1, 12)}
+A = {1: 10, 2: 12, 3: 13, 4: 16, 5: 15, 6: 18, 7: 20}
+B = {1: 5, 2: 5, 3: 6, 4: 7, 5: 7, 6: 8, 7: 9}
+RULE = DriftRule(origins=7, min_origins=1, min_points=1, vs_seasonal_naive=0.1)
+
+
+def _t(day: int) -> dt.datetime:
+    return dt.datetime(2026, 3, day)
+
+
+def _raw(rows: list[tuple[str, int, float]]) -> pl.DataFrame:
+    """Input as a CSV reader gives it: text columns."""
+    return pl.DataFrame({"series_id": [r[0] for r in rows], "timestamp": [_t(r[1]).isoformat() for r in rows],
+                         "target": [str(r[2]) for r in rows]})
+
+
+def _forecasts(as_of: int, rows: list[tuple], version: str = "v1") -> pl.DataFrame:
+    return pl.DataFrame({
+        "series_id": [r[0] for r in rows], "timestamp": [_t(r[1]) for r in rows],
+        "horizon": pl.Series([r[2] for r in rows], dtype=pl.Int32), "forecast": [float(r[3]) for r in rows],
+        "lower": pl.Series([r[4] for r in rows], dtype=pl.Float64),
+        "upper": pl.Series([r[5] for r in rows], dtype=pl.Float64), "method": [r[6] for r in rows],
+        "model": "m", "model_version": version, "as_of": DAY[as_of],
+    }).with_columns(pl.col("timestamp").cast(pl.Datetime("us")))
+
+
+def _score_days(store: LocalStore) -> None:
+    write_forecasts(store, _forecasts(4, [("a", 5, 1, 14, 12, 16, "lstm"), ("a", 6, 2, 17, 15, 18, "lstm"),
+                                          ("b", 5, 1, 6.5, None, None, "seasonal_naive"),
+                                          ("b", 6, 2, 7.5, None, None, "seasonal_naive")]), "m", DAY[4])
+    write_forecasts(store, _forecasts(5, [("a", 6, 1, 19, 17, 21, "lstm"), ("a", 7, 2, 18, 16, 19, "lstm"),
+                                          ("b", 6, 1, 7.0, None, None, "seasonal_naive"),
+                                          ("b", 7, 2, 8.5, None, None, "seasonal_naive")]), "m", DAY[5])
+    write_forecasts(store, _forecasts(6, [("a", 7, 1, 21, 19, 22, "lstm"), ("a", 8, 2, 22, 20, 23, "lstm")]),
+                    "m", DAY[6])
+
+
+def _monitor(store: LocalStore, rows: list[tuple], day: int, rule: DriftRule = RULE,
+             recheck_days: int = 28, champion: str = "v1") -> M.Assessment:
+    """What monitor_flow does for one date, without Prefect."""
+    checked = validate_observations(_raw(rows), max_bad_share=0.5)
+    recheck_from = DAY[day] - dt.timedelta(days=recheck_days)
+    forecasts, partitions = M.read_forecast_window(store, "m", recheck_from, DAY[day])
+    out = M.assess(forecasts, M.gather_actuals(checked, DAY[day]), M.read_points(store, "m", before=DAY[day]),
+                   model="m", day=DAY[day], season=2, calendar=Calendar("1d"), recheck_from=recheck_from,
+                   partitions=partitions, rule=rule, champion=champion, test_mase=0.5)
+    M.write_monitoring(store, "m", DAY[day], out)
+    return out
+
+
+def _rows_day5() -> list[tuple]:
+    return [("a", d, A[d]) for d in range(1, 6)] + [("b", d, B[d]) for d in range(1, 5)]  # b's day 5 is late
+
+
+def _rows_day6() -> list[tuple]:
+    return ([("a", d, A[d]) for d in range(1, 7)] + [("b", d, B[d]) for d in range(1, 6)]
+            + [("b", 6, 8), ("b", 6, 9)])  # two rows for (b, day 6) that disagree: refused
+
+
+def _rows_day7() -> list[tuple]:
+    revised = {**A, 5: 17}
+    return ([("a", d, revised[d]) for d in range(1, 8)] + [("b", d, B[d]) for d in range(1, 8)]
+            + [("b", 7, 9)])  # an exact repeat: dropped
+
+
+def _point(frame: pl.DataFrame, series: str, day: int, as_of: int) -> dict:
+    return frame.filter(pl.col("series_id") == series, pl.col("timestamp") == _t(day),
+                        pl.col("as_of") == DAY[as_of]).row(0, named=True)
+
+
+def _summary(out: M.Assessment, dimension: str = "all", key: str = "all") -> dict:
+    return out.summary.filter(pl.col("dimension") == dimension, pl.col("key") == key).row(0, named=True)
+
+
+@pytest.fixture()
+def store(tmp_path) -> LocalStore:
+    s = LocalStore(tmp_path / "store")
+    _score_days(s)
+    return s
+
+
+def test_day_5_scores_what_arrived_and_keeps_the_rest_pending(store):
+    out = _monitor(store, _rows_day5(), 5)
+    # due by the end of day 5: a5 and b5 from as_of 4; b5 has no actual yet
+    a5 = _point(out.changes, "a", 5, 4)
+    assert (a5["actual"], a5["snaive"], a5["status"], a5["change"]) == (15.0, 13.0, "scored", "new")
+    assert a5["scale"] == pytest.approx(3.5)  # (|13-10| + |16-12|) / 2
+    assert _point(out.changes, "b", 5, 4)["status"] == "pending"
+    s = _summary(out)
+    assert (s["points"], s["pending"]) == (1, 1)
+    assert s["mase"] == pytest.approx(1 / 3.5)  # |14-15| / 3.5
+    assert s["snaive_mase"] == pytest.approx(2 / 3.5)  # |13-15| / 3.5
+    assert s["smape"] == pytest.approx(200 / 29)  # 200·1 / (15 + 14)
+    assert s["snaive_smape"] == pytest.approx(400 / 28)
+    assert (s["rmse"], s["mae"], s["bias"], s["coverage"]) == (1.0, 1.0, -1.0, 1.0)  # 12 <= 15 <= 16
+    run = out.run.row(0, named=True)
+    assert (run["new"], run["pending"], run["scored"], run["forecast_partitions"]) == (2, 1, 1, 2)  # as_of 4, 5
+
+
+def test_day_6_late_actual_is_scored_and_conflicting_duplicates_are_refused(store):
+    _monitor(store, _rows_day5(), 5)
+    out = _monitor(store, _rows_day6(), 6)
+    b5 = _point(out.changes, "b", 5, 4)
+    assert (b5["status"], b5["change"], b5["actual"], b5["first_seen"], b5["scored_on"]) == (
+        "scored", "late", 7.0, DAY[5], DAY[6])
+    assert b5["scale"] == pytest.approx(1.5)  # (|6-5| + |7-5|) / 2
+    # (b, day 6) has two rows that disagree: validation quarantines both, the points wait
+    assert {_point(out.changes, "b", 6, a)["status"] for a in (4, 5)} == {"quarantined"}
+    assert _point(out.changes, "a", 6, 5)["scale"] == pytest.approx(3.0)  # (3 + 4 + |15-13|) / 3
+    assert _point(out.changes, "a", 6, 5)["snaive"] == 16.0  # a4: h=1 looks 2 days back
+    # a5 did not change since day 5: not in today's log, still in the state once
+    assert out.changes.filter(pl.col("series_id") == "a", pl.col("timestamp") == _t(5)).height == 0
+    assert out.state.filter(pl.col("series_id") == "a", pl.col("timestamp") == _t(5)).height == 1
+    s = _summary(out)
+    # scaled errors: a5 1/3.5, b5 0.5/1.5, a6@4 1/3.5, a6@5 1/3
+    assert (s["points"], s["pending"]) == (4, 2)
+    assert s["mase"] == pytest.approx(13 / 42)  # (2/7 + 1/3 + 2/7 + 1/3) / 4
+    assert s["snaive_mase"] == pytest.approx(13 / 21)  # (4/7 + 2/3 + 4/7 + 2/3) / 4
+    assert s["bias"] == pytest.approx(-0.375)  # (-1 - 0.5 - 1 + 1) / 4
+    assert s["rmse"] == pytest.approx((3.25 / 4) ** 0.5)
+    assert (s["coverage"], s["interval_points"]) == (1.0, 3)
+    run = out.run.row(0, named=True)
+    assert (run["new"], run["late"], run["quarantined"], run["duplicate_keys_refused"]) == (4, 1, 2, 1)
+
+
+def test_day_7_revision_rescores_and_nothing_is_counted_twice(store):
+    _monitor(store, _rows_day5(), 5)
+    _monitor(store, _rows_day6(), 6)
+    out = _monitor(store, _rows_day7(), 7)
+    a5 = _point(out.changes, "a", 5, 4)
+    assert (a5["change"], a5["actual"], a5["revisions"], a5["scored_on"]) == ("revised", 17.0, 1, DAY[5])
+    assert _point(out.changes, "a", 6, 5)["change"] == "updated"  # its scale moved with a5: (3 + 4 + 4) / 3
+    assert _point(out.changes, "a", 6, 5)["scale"] == pytest.approx(11 / 3)
+    assert _point(out.changes, "a", 7, 5)["snaive"] == 17.0  # h=2 reads a5, as revised
+    assert _point(out.changes, "a", 7, 6)["scale"] == pytest.approx(3.25)  # (3 + 4 + 4 + 2) / 4
+    assert out.state.filter(pl.col("timestamp") == _t(8)).height == 0  # a8 is not due yet
+    # every (series, timestamp, as_of, version) once: 4 from as_of 4, 4 from as_of 5, 1 from as_of 6
+    assert out.state.height == 9 and out.state.select(M.KEY).n_unique() == 9
+    s = _summary(out)
+    assert (s["points"], s["pending"]) == (9, 0)
+    # scaled errors: a5 3/3.5, b5 1/3, a6@4 1/3.5, b6@4 0.5/1.5, a6@5 3/11, b6@5 3/4, a7@5 6/11, b7@5 3/8,
+    # a7@6 4/13
+    assert s["mase"] == pytest.approx((8 / 7 + 2 / 3 + 9 / 11 + 9 / 8 + 4 / 13) / 9)
+    assert s["snaive_mase"] == pytest.approx((12 / 7 + 4 / 3 + 15 / 11 + 9 / 4 + 12 / 13) / 9)
+    assert s["bias"] == pytest.approx(-6.5 / 9)  # -3 -0.5 -1 -0.5 +1 -1 -2 -0.5 +1
+    assert s["mae"] == pytest.approx(10.5 / 9)
+    # intervals (a only): a5 17 > 16 out, a6@4 in, a6@5 in, a7@5 20 > 19 out, a7@6 in
+    assert (s["coverage"], s["interval_points"]) == (pytest.approx(0.6), 5)
+    b = _summary(out, "series_id", "b")
+    assert (b["points"], b["mase"]) == (4, pytest.approx((1 / 3 + 1 / 3 + 3 / 4 + 3 / 8) / 4))
+    assert b["coverage"] is None and b["interval_points"] == 0
+    h2 = _summary(out, "horizon", "2")  # a6@4, b6@4, a7@5, b7@5
+    assert h2["mase"] == pytest.approx((2 / 7 + 1 / 3 + 6 / 11 + 3 / 8) / 4)
+    assert _summary(out, "method", "seasonal_naive")["points"] == 4
+    assert _summary(out, "as_of", "2026-03-06")["mase"] == pytest.approx(4 / 13)
+    run = out.run.row(0, named=True)
+    assert (run["new"], run["late"], run["revised"], run["updated"], run["duplicate_rows_dropped"]) == (3, 2, 1, 1, 1)
+    # the layout: the state is the newest row per point over every day's change log
+    assert M.read_points(store, "m").equals(out.state)
+    assert [r["date"] for r in M.read_runs(store, "m").iter_rows(named=True)] == [DAY[5], DAY[6], DAY[7]]
+
+
+def test_rerunning_a_day_writes_identical_files(store):
+    _monitor(store, _rows_day5(), 5)
+    _monitor(store, _rows_day6(), 6)
+    keys = [M.monitoring_key(t, "m", DAY[6]) for t in M.TABLES]
+    first = [store.read_bytes(k) for k in keys]
+    again = _monitor(store, _rows_day6(), 6)  # a retried or repeated run of the same day
+    assert [store.read_bytes(k) for k in keys] == first
+    assert again.run.row(0, named=True)["late"] == 1  # still judged against the state before day 6
+    meta = pl.read_parquet_metadata(store.uri(keys[0]))
+    assert (meta["nightcast.monitoring_layout"], meta["nightcast.model"], meta["nightcast.date"]) == (
+        "1", "m", "2026-03-06")
+    scanned = pl.scan_parquet(f"{store.url}/monitoring/runs/**/*.parquet", hive_partitioning=True).collect()
+    assert scanned.height == 2 and scanned["model"].unique().to_list() == ["m"]
+
+
+def test_withdrawn_actual_and_missing_baseline(store):
+    _monitor(store, _rows_day5(), 5)
+    rows = [r for r in _rows_day6() if r != ("a", 5, 15)]  # a5's actual disappears; b's day 6 is clean
+    rows = [r for r in rows if r != ("b", 6, 9)]
+    rows = [r for r in rows if r != ("b", 4, 7)]  # b4 missing: b6@4 has no seasonal-naive reference
+    out = _monitor(store, rows, 6)
+    a5 = _point(out.changes, "a", 5, 4)
+    assert (a5["change"], a5["status"], a5["scored_on"]) == ("withdrawn", "pending", None)
+    assert _point(out.changes, "b", 6, 4)["status"] == "no_baseline"
+    s = _summary(out)
+    assert s["no_baseline"] == 2  # b6 from as_of 4 and 5 both look back to b4
+    assert out.run.row(0, named=True)["withdrawn"] == 1
+
+
+def test_a_rescored_partition_drops_the_old_version(store):
+    _monitor(store, _rows_day5(), 5)
+    _monitor(store, _rows_day6(), 6)
+    write_forecasts(store, _forecasts(5, [("a", 6, 1, 18, 17, 19, "lstm"), ("a", 7, 2, 19, 18, 20, "lstm")],
+                                      version="v2"), "m", DAY[5])
+    out = _monitor(store, _rows_day7(), 7, champion="v2")
+    dropped = out.changes.filter(pl.col("change") == "dropped")
+    assert sorted(dropped["series_id"].to_list()) == ["a", "b"] and set(dropped["model_version"]) == {"v1"}
+    assert set(dropped["status"]) == {"dropped"}
+    live = out.state.filter(pl.col("status") != "dropped", pl.col("as_of") == DAY[5])
+    assert live["model_version"].unique().to_list() == ["v2"] and live.height == 2
+    assert _summary(out, "model_version", "v2")["points"] == 2
+    # outside the recheck window nothing is re-joined, so nothing is dropped or changed
+    later = _monitor(store, _rows_day7(), 8, recheck_days=1)
+    assert later.changes.height == 0 and later.state.equals(out.state.with_columns())
+
+
+def test_drift_rule_judges_the_champion_on_its_newest_origins(store):
+    for day, rows in ((5, _rows_day5()), (6, _rows_day6())):
+        _monitor(store, rows, day)
+    out = _monitor(store, _rows_day7(), 7, rule=DriftRule(origins=2, min_origins=2, min_points=1,
+                                                          vs_seasonal_naive=None, vs_test_span=0.1))
+    # newest 2 origins: as_of 5 (a6, b6, a7, b7) and 6 (a7): (3/11 + 3/4 + 6/11 + 3/8 + 4/13) / 5
+    mase = (9 / 11 + 9 / 8 + 4 / 13) / 5
+    assert out.drift.origins == [DAY[5], DAY[6]] and out.drift.points == 5
+    assert out.drift.mase == pytest.approx(mase)  # 0.4500 > 1.1 · 0.5? no
+    assert not out.drift.fired and out.drift.reason.startswith("no drift")
+    strict = M.decide_drift(out.state, DriftRule(origins=2, min_origins=2, min_points=1, vs_seasonal_naive=None,
+                                                 vs_test_span=0.1), "v1", test_mase=0.4)
+    assert strict.fired and "test-span MASE 0.4000" in strict.reason  # 0.45 > 1.1 · 0.4
+    # against seasonal naive: (6/11 + 3/4 + 9/11 + 3/2 + 12/13) / 5 on the same points; the model is better
+    snaive = (15 / 11 + 9 / 4 + 12 / 13) / 5
+    assert out.drift.snaive_mase == pytest.approx(snaive)
+    assert not M.decide_drift(out.state, DriftRule(origins=2, min_origins=2, min_points=1), "v1", None).fired
+    waiting = M.decide_drift(out.state, DriftRule(origins=7, min_origins=4, min_points=1), "v1", None)
+    assert not waiting.fired and waiting.reason.startswith("not judged")
+    assert M.decide_drift(out.state, DriftRule(), "v9", None).points == 0  # a new champion has no points yet
+
+
+def test_drift_fires_when_the_model_loses_to_seasonal_naive(tmp_path):
+    store = LocalStore(tmp_path / "s")
+    # the series repeats its season exactly: seasonal naive is perfect, the model is not
+    write_forecasts(store, _forecasts(4, [("a", 5, 1, 14, None, None, "lstm"), ("a", 6, 2, 17, None, None, "lstm")]),
+                    "m", DAY[4])
+    rows = [("a", d, [10, 12][d % 2]) for d in range(1, 7)]
+    out = _monitor(store, rows, 6, rule=DriftRule(origins=1, min_origins=1, min_points=2))
+    assert out.drift.snaive_mase == 0.0 and out.drift.mase > 0
+    assert out.drift.fired and "worse than seasonal naive's 0.0000" in out.drift.reason
+    assert out.run.row(0, named=True)["drift"] is True
+
+
+def test_layout_is_checked_on_read(store, tmp_path):
+    _monitor(store, _rows_day5(), 5)
+    key = M.monitoring_key("points", "m", DAY[5])
+    frame = pl.read_parquet(store.uri(key))
+    frame.write_parquet(store.uri(key), metadata={M.LAYOUT_META: "0"})
+    with pytest.raises(M.MonitorError, match="layout '0'"):
+        M.read_points(store, "m")
+
+
+def test_change_log_matches_its_contract(store):
+    out = _monitor(store, _rows_day5(), 5)
+    MonitoringPoints.validate(out.changes, lazy=True)
+    assert list(out.changes.columns) == list(M.POINTS_SCHEMA)
+
+
+def test_business_calendar_steps_over_weekends_and_holidays():
+    ts = pl.DataFrame({"t": [dt.datetime(2026, 3, 9), dt.datetime(2026, 3, 10)]})  # Monday, Tuesday
+    got = ts.select(M.steps_back(pl.col("t"), pl.lit(1), Calendar("1d", "business", ("2026-03-06",))))["t"]
+    assert got.to_list() == [dt.datetime(2026, 3, 5), dt.datetime(2026, 3, 9)]  # Friday the 6th is a holiday
+    hourly = ts.select(M.steps_back(pl.col("t"), pl.lit(24), Calendar("1h")))["t"]
+    assert hourly.to_list() == [dt.datetime(2026, 3, 8), dt.datetime(2026, 3, 9)]
