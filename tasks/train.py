@@ -6,7 +6,7 @@ import copy
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ class TrainResult:
     epochs: int
     steps: int = 0  # optimiser steps taken
     budget: dict | None = None  # max_steps, steps_per_epoch, batch_size, train/val windows: for the manifest
+    # TensorBoard event files of the run, file name -> bytes: they travel in the bundle under tensorboard/
+    tensorboard: dict[str, bytes] = field(default_factory=dict)
 
 
 def auto_steps(n_windows: int, batch_size: int) -> int:
@@ -99,7 +101,7 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     for split in ("train", "val"):
         if len(index.splits[split]) == 0:
@@ -125,7 +127,8 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
         trainer = L.Trainer(
             max_epochs=min(train_cfg.max_epochs, -(-max_steps // per_epoch)), max_steps=max_steps,
             accelerator=accelerator, devices=1, deterministic=True,
-            gradient_clip_val=train_cfg.gradient_clip or None, logger=CSVLogger(tmp, name="log"),
+            gradient_clip_val=train_cfg.gradient_clip or None,
+            logger=[CSVLogger(tmp, name="log"), TensorBoardLogger(tmp, name="tb", version="", default_hp_metric=False)],
             callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), ckpt, *(callbacks or [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         )
@@ -135,13 +138,22 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             warnings.filterwarnings("ignore", ".*LeafSpec.*")
             trainer.fit(module, _train_loader(index, train_cfg, per_epoch), _val_loader(index, train_cfg))
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        metrics = pl.read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+        metrics = pl.read_csv(Path(trainer.loggers[0].log_dir) / "metrics.csv")
+        trainer.loggers[1].finalize("success")  # flushes and closes the event file
+        events = _event_files(Path(trainer.loggers[1].log_dir))
     module.load_state_dict(state)
     history = (metrics.group_by("epoch").agg(pl.col("train_loss").drop_nulls().first(),
                                              pl.col("val_loss").drop_nulls().first()).sort("epoch"))
     net = module.net.cpu().eval()
     return TrainResult(net, network_args, history, float(ckpt.best_model_score), int(trainer.current_epoch),
-                       int(trainer.global_step), budget)
+                       int(trainer.global_step), budget, events)
+
+
+def _event_files(log_dir: Path) -> dict[str, bytes]:
+    """The run's TensorBoard event files under stable names (the originals carry a host name, a pid
+    and a clock): ``events.out.tfevents.nightcast`` (``.1``, ... if the writer rolled over)."""
+    found = sorted(log_dir.glob("events.out.tfevents.*"))
+    return {f"events.out.tfevents.nightcast{'' if i == 0 else f'.{i}'}": p.read_bytes() for i, p in enumerate(found)}
 
 
 def inference_device() -> torch.device:
