@@ -11,7 +11,8 @@ What a run for monitoring date ``D`` does (``flows/monitor.py``):
    ``quarantined``) until the input is fixed, and the keys are counted. No "last row wins": which
    row is last is an accident of file order, and scoring refuses them too.
 2. **Points.** Every stored forecast partition with ``as_of`` in ``[D - recheck_days, D]``
-   (``read_forecasts``), each point whose target time is before the end of ``D``. A point is the key
+   (``read_forecasts``), each point whose target time has passed: before the end of ``D`` and not
+   after the newest timestamp in the data (a day the data has only partly reached is due up to there). A point is the key
    ``(series_id, timestamp, as_of, model_version)``.
 3. **Seasonal naive from the same origin.** For the point at horizon ``h`` the value
    ``m·ceil(h/m)`` calendar steps before its target time (``m``: the champion's season length; the
@@ -93,6 +94,7 @@ class Actuals:
 
     values: pl.DataFrame  # series_id, timestamp, actual: unique keys, a target, before the end of the date
     quarantined: pl.DataFrame  # series_id, timestamp of quarantined rows (unique)
+    newest: dt.datetime | None  # the data's clock: its newest timestamp (any series) before the end of the date
     duplicate_rows_dropped: int  # exact repeats dropped by validation (the first kept)
     duplicate_keys_refused: int  # keys whose rows conflict: validation quarantined every one
 
@@ -238,7 +240,8 @@ def gather_actuals(checked: ValidationResult, day: dt.date, timestamp_format: st
                 .filter(pl.col("timestamp") < cutoff).unique().sort("series_id", "timestamp"))
         dup = q["_rules"].str.contains("multiple_fields_uniqueness")
         refused = q.filter(dup).select("series_id", "timestamp").n_unique() if dup.any() else 0
-    return Actuals(values, keys, checked.exact_duplicates, int(refused))
+    newest = checked.valid.filter(pl.col("timestamp") < cutoff)["timestamp"].max()
+    return Actuals(values, keys, newest, checked.exact_duplicates, int(refused))
 
 
 # --- the hot path: whole frames, no loop over series, points or origins -------------------------
@@ -314,9 +317,14 @@ def mase_scales(actuals: pl.DataFrame, origins: pl.DataFrame, season: int, calen
 
 def join_actuals(forecasts: pl.DataFrame, actuals: Actuals, season: int, calendar: Calendar,
                  day: dt.date) -> pl.DataFrame:
-    """Every forecast point due by the end of ``day``, with its actual, seasonal naive, scale and status."""
+    """Every forecast point due by the end of ``day``, with its actual, seasonal naive, scale and status.
+
+    Due: its target time is before the end of ``day`` and not after the newest timestamp of the data
+    (so the hours of a day the data has not reached yet are not due, rather than pending).
+    """
     cutoff = _cutoff(day)
-    due = forecasts.filter(pl.col("timestamp") < cutoff, pl.col("as_of") <= day)
+    newest = actuals.newest or dt.datetime.min
+    due = forecasts.filter(pl.col("timestamp") < cutoff, pl.col("timestamp") <= newest, pl.col("as_of") <= day)
     vals = actuals.values.filter(pl.col("timestamp") < cutoff)
     seasons = ((pl.col("horizon").cast(pl.Int64) - 1) // season + 1) * season  # m·ceil(h/m)
     pts = (due.with_columns(steps_back(pl.col("timestamp"), seasons, calendar).alias("_ref"))

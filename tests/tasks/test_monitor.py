@@ -292,3 +292,23 @@ def test_business_calendar_steps_over_weekends_and_holidays():
     assert got.to_list() == [dt.datetime(2026, 3, 5), dt.datetime(2026, 3, 9)]  # Friday the 6th is a holiday
     hourly = ts.select(M.steps_back(pl.col("t"), pl.lit(24), Calendar("1h")))["t"]
     assert hourly.to_list() == [dt.datetime(2026, 3, 8), dt.datetime(2026, 3, 9)]
+
+
+def test_hours_the_data_has_not_reached_are_not_due(store):
+    out = _monitor(store, _rows_day5(), 6)  # monitoring the 6th with data that ends on the 5th
+    assert out.state["timestamp"].max() == _t(5)
+    assert out.run.row(0, named=True)["points"] == 2  # a5 and b5; nothing of the 6th is pending
+
+
+def test_the_cli_summary_names_counts_metrics_and_drift(store):
+    _monitor(store, _rows_day5(), 5)
+    out = _monitor(store, _rows_day6(), 6)
+    text = M.format_monitoring({"model": "m", "date": DAY[6], "run": out.run.row(0, named=True),
+                                "table": M.artifact_rows(out.summary), "drift": {"fired": False, "reason": "calm"},
+                                "event": None, "files": {"runs": "s3://b/monitoring/runs/x"}})
+    assert "6 due points, 4 scored, 0 pending, 2 quarantined" in text
+    assert "1 scored late" in text and "1 conflicting keys refused" in text
+    assert "drift: no (calm)" in text and "s3://b/monitoring/runs/x" in text
+    worst = [r for r in M.artifact_rows(out.summary) if r["group"] == "worst series"]
+    # worst first: b 0.5/1.5 = 1/3 (only b5 is scored), a (2/7 + 2/7 + 1/3) / 3 = 0.302
+    assert [(r["key"], r["MASE"]) for r in worst] == [("b", round(1 / 3, 4)), ("a", round((4 / 7 + 1 / 3) / 3, 4))]
