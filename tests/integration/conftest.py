@@ -186,3 +186,157 @@ def postgres_url() -> Iterator[str]:
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of one port, to cut a service off mid-run (fault injection).
+
+    ``cut()`` resets every open connection and stops listening, so a new connection is refused at
+    once (as when a host or its service goes away); ``restore()`` listens on the same port again.
+    ``hold_on(pattern)`` stalls the next request whose first bytes match a regular expression (say,
+    ``rb"PUT [^ ]*/manifest.json"``) until the next cut, so it is in flight when the cut comes:
+    unforwarded, or, with ``body_bytes``, after its head and that many bytes of its body.
+    """
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        import threading
+
+        self.host, self.target = host, target_port
+        self.port = _free_port()
+        self.url = f"http://{host}:{self.port}"
+        self._lock = threading.Lock()
+        self._conns: set = set()
+        self._listener = None
+        self._hold: list | None = None  # [compiled regex, body_bytes, threading.Event, matches to let through]
+        self.accepted = 0
+        self.held: bytes | None = None  # the request line of the last request stalled by ``hold_on``
+
+    def __enter__(self) -> "TcpProxy":
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def restore(self) -> None:
+        """Listen (again) on the proxy's port."""
+        import socket
+        import threading
+
+        with self._lock:
+            if self._listener is not None:
+                return
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(64)
+            listener.settimeout(0.2)
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Reset every open connection and stop listening: new connections are refused from now on."""
+        import socket
+        import struct
+
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, set()
+            self._hold = None
+        if listener is not None:
+            listener.close()
+        for sock in conns:
+            try:  # linger 0: close() sends RST, as a dropped link or a dead peer does
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def hold_on(self, pattern: bytes, body_bytes: int | None = None, skip: int = 0):  # noqa: ANN201
+        """Stall the next request matching ``pattern`` after letting ``skip`` such requests through;
+        the returned ``threading.Event`` is set once one is stalled."""
+        import re
+        import threading
+
+        event = threading.Event()
+        with self._lock:
+            self._hold = [re.compile(pattern), body_bytes, event, skip]
+        return event
+
+    def _accept(self, listener) -> None:  # noqa: ANN001
+        import socket
+        import threading
+
+        while True:
+            with self._lock:
+                if self._listener is not listener:
+                    return
+            try:
+                client, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection((self.host, self.target), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:  # cut while connecting
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns |= {client, upstream}
+                self.accepted += 1
+            for src, dst, watch in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, watch), daemon=True).start()
+
+    def _held(self, data: bytes):  # noqa: ANN202
+        """``(bytes to forward before stalling, event)`` when ``data`` starts the request to hold."""
+        with self._lock:
+            hold = self._hold
+            if hold is None or not hold[0].match(data):
+                return None
+            if hold[3] > 0:
+                hold[3] -= 1
+                return None
+            self._hold = None
+            self.held = data.split(b"\r\n", 1)[0]
+        _, body_bytes, event, _ = hold
+        if body_bytes is None:
+            return 0, event
+        head = data.find(b"\r\n\r\n")
+        return (len(data) if head < 0 else head + 4 + body_bytes), event
+
+    def _pump(self, src, dst, watch: bool) -> None:  # noqa: ANN001
+        import socket
+
+        budget, event = None, None
+        try:
+            while data := src.recv(65536):
+                if watch and budget is None and (held := self._held(data)):
+                    budget, event = held
+                if budget is not None:
+                    dst.sendall(data[:budget])
+                    budget -= min(budget, len(data))
+                    if budget == 0:
+                        event.set()
+                        return  # stalled: nothing more is forwarded; the cut resets both ends
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            ours = src in self._conns
+            self._conns -= {src, dst}
+        if ours:  # one side ended on its own: end the other too
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
