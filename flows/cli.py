@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="re-score dates that already have forecasts")
     p.add_argument("--max-parallel", type=int, default=2, help="dates scored at the same time (2)")
     _add_common(p)
+    p = sub.add_parser("report", help="write the model's HTML report (reports/<model>/latest.html in the store)")
+    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
+    p.add_argument("--model-name", default="lstm")
     p = sub.add_parser("serve", help="serve every deployment in deployments/prefect.yaml from this process")
     p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
     p = sub.add_parser("demo", help="retrain and score on the bundled sample, then print where it all went")
@@ -153,6 +156,8 @@ def _print_retrain(out: dict) -> None:
               f"over {iv['test']['points']} points, mean width {iv['test']['mean_width']:.3f}")
     print(f"bundle   {out['bundle']}")
     print(f"decision {out['decision']}")
+    if out.get("report"):
+        print(f"report   {out['report']}")
 
 
 def _listed(names: list | dict, total: int) -> str:
@@ -215,6 +220,13 @@ def _run(args: argparse.Namespace) -> None:
                             max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
                             columns=_columns(args))
         print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
+    elif args.command == "report":
+        from flows.report import report_flow
+
+        out = report_flow(model_name=args.model_name, store=args.store)
+        print(f"\nreport for {args.model_name} (champion {out['version']}): {out['latest']}")
+        print(f"  dated copy: {out['dated']}")
+        print(f"  monitoring data: {'yes' if out['monitoring'] else 'not yet (run nightcast monitor)'}")
     elif args.command == "serve":
         from flows.serve import serve
 
@@ -239,7 +251,12 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"sample data ({sample.height} rows, {sample['series_id'].n_unique()} series) -> {data}")
     _print_retrain(retrain_flow(_retrain_params(args, data)))
     as_of = sample.select(pl.col("timestamp").str.to_datetime().max()).item().date()
-    _print_score(score_flow(_score_params(args, data, as_of)))
+    scored = score_flow(_score_params(args, data, as_of))
+    _print_score(scored)
+    from flows.report import report_flow
+
+    report = report_flow(model_name=args.model_name)["latest"]
+    print(f"\nreport {report}  (open it in a browser; `nightcast monitor` adds accuracy on actuals once they arrive)")
 
 
 def _print_failure(exc: BaseException, log_path: Path | None, verbose: bool) -> None:

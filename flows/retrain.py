@@ -194,6 +194,7 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
             index, prepared.state, evaluation["test_preds"], index.splits["test"],
             (evaluation["intervals"] or {}).get("half_widths")),
     }
+    extra.update({f"tensorboard/{name}": data for name, data in trained.tensorboard.items()})
     if tuned is not None:  # the search that chose this configuration travels with the model
         prefix = best_key(params.model_name).rsplit("/", 1)[0]
         for fname in tuned.get("files", []):
@@ -293,4 +294,17 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
            "intervals": evaluation["intervals"], "warm_start": warm,
            "served": evaluation["served_counts"]}
     publish_artifacts(params, out)
+    out["report"] = publish_report(st, params.model_name)
     return out
+
+
+def publish_report(st: Store, model_name: str) -> str | None:
+    """Refresh the model's HTML report; a report that cannot be written never fails a finished run."""
+    from flows.report import write as write_report
+    from tasks.report import ReportError
+
+    try:
+        return write_report(st, model_name)["latest"]
+    except ReportError as exc:
+        get_run_logger().warning("report not written: %s", exc)
+        return None

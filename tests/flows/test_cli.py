@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,10 @@ def test_demo_from_the_command_line(tmp_path):
     partitions = list((tmp_path / "store" / "forecasts" / "model=lstm").glob("as_of=*/forecasts.parquet"))
     assert len(partitions) == 1
     assert list((tmp_path / "store" / "models" / "lstm" / "versions").glob("*/manifest.json"))
+    latest = tmp_path / "store" / "reports" / "lstm" / "latest.html"
+    ours = [line for line in out.splitlines() if not re.match(r"\d\d:\d\d:\d\d", line) and line.strip()]
+    assert ours[-2].startswith(f"report {latest}") and ours[-1].startswith("done in ")  # it ends with its report
+    assert "<h2" in latest.read_text()
 
 
 @pytest.mark.slow
