@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="re-score dates that already have forecasts")
     p.add_argument("--max-parallel", type=int, default=2, help="dates scored at the same time (2)")
     _add_common(p)
+    p = sub.add_parser("monitor", help="score stored forecasts on the actuals that arrived; flag drift")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--as-of", type=dt.date.fromisoformat,
+                   help="monitoring date: actuals up to the end of it (default: the newest date in the data)")
+    p.add_argument("--recheck-days", type=int, help="re-join forecasts this many days back (default 28)")
+    p.add_argument("--origins", type=int, help="drift: judge the champion's newest N origins (7)")
+    p.add_argument("--min-origins", type=int, help="drift: judge only with this many origins (3)")
+    p.add_argument("--min-points", type=int, help="drift: ... and this many scored points (20)")
+    p.add_argument("--vs-seasonal-naive", help="drift when MASE exceeds seasonal naive's by this share (0.1); 'off'")
+    p.add_argument("--vs-test-span", type=float, help="drift when MASE exceeds the test-span MASE by this share (off)")
+    p.add_argument("--no-drift-event", action="store_true", help="judge drift but emit no event")
+    _add_common(p)
     p = sub.add_parser("report", help="write the model's HTML report (reports/<model>/latest.html in the store)")
     p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
     p.add_argument("--model-name", default="lstm")
@@ -112,6 +124,21 @@ def _tune_params(args: argparse.Namespace) -> Any:
     return TuneParams(base=_retrain_params(args, args.data), sampler=args.sampler, n_trials=args.n_trials,
                       folds=args.folds, fold_fraction=args.fold_fraction, parallel=args.parallel,
                       study_name=args.study, pruning=not args.no_pruning, **extra)
+
+
+def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
+    from schemas.monitoring import DriftRule, MonitorParams
+
+    drift: dict[str, Any] = {k: v for k, v in {"origins": args.origins, "min_origins": args.min_origins,
+                             "min_points": args.min_points, "vs_test_span": args.vs_test_span}.items()
+                             if v is not None}
+    if args.vs_seasonal_naive is not None:
+        drift["vs_seasonal_naive"] = None if args.vs_seasonal_naive == "off" else float(args.vs_seasonal_naive)
+    if args.no_drift_event:
+        drift["enabled"] = False
+    extra = {"recheck_days": args.recheck_days} if args.recheck_days is not None else {}
+    return MonitorParams(data=data, as_of=args.as_of, model_name=args.model_name, columns=_columns(args),
+                         drift=DriftRule(**drift), **extra)
 
 
 def _print_tune(out: dict) -> None:
@@ -220,6 +247,14 @@ def _run(args: argparse.Namespace) -> None:
                             max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
                             columns=_columns(args))
         print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
+    elif args.command == "monitor":
+        from flows.monitor import monitor_flow
+        from tasks.monitor import format_monitoring
+
+        out = monitor_flow(_monitor_params(args, args.data))
+        print("\n" + format_monitoring(out))
+        if out.get("report"):
+            print(f"report {out['report']}")
     elif args.command == "report":
         from flows.report import report_flow
 

@@ -84,7 +84,10 @@ def monitor_flow(params: MonitorParams = MonitorParams(), store: str | None = No
                      f"{run['pending'] + run['quarantined']} waiting for an actual; this run {run['new']} new, "
                      f"{run['late']} late, {run['revised']} revised. Drift: "
                      f"{'**detected**' if result.drift.fired else 'no'} ({result.drift.reason})"))
-    return {"model": params.model_name, "date": day, "run": run, "table": table,
+    from flows.retrain import publish_report
+
+    report = publish_report(st, params.model_name)  # accuracy on actuals lands in the model's report
+    return {"model": params.model_name, "date": day, "run": run, "table": table, "report": report,
             "drift": {"fired": result.drift.fired, "reason": result.drift.reason, "champion": result.drift.champion,
                       "mase": result.drift.mase, "snaive_mase": result.drift.snaive_mase},
             "event": event, "files": {t: st.uri(k) for t, k in keys.items()}}

@@ -84,3 +84,17 @@ def test_retrain_summary_names_the_series_the_input_lost_or_trimmed():
                      "left out, no observed target: 12 series: e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 ... (12 in all)",
                      "every row quarantined: 1 series: text-only"]
     assert _input_notes({}) == []
+
+
+def test_monitor_flags_become_the_drift_rule():
+    from flows.cli import _monitor_params
+
+    args = build_parser().parse_args(["monitor", "--data", "x.csv", "--as-of", "2026-10-13", "--origins", "5",
+                                      "--vs-seasonal-naive", "off", "--vs-test-span", "0.2", "--no-drift-event",
+                                      "--recheck-days", "40", "--model-name", "m2"])
+    params = _monitor_params(args, args.data)
+    assert (params.data, str(params.as_of), params.model_name, params.recheck_days) == ("x.csv", "2026-10-13", "m2", 40)
+    assert (params.drift.origins, params.drift.vs_seasonal_naive, params.drift.vs_test_span,
+            params.drift.enabled) == (5, None, 0.2, False)
+    default = _monitor_params(build_parser().parse_args(["monitor"]), None).drift
+    assert default.vs_seasonal_naive == 0.1 and default.enabled

@@ -25,7 +25,7 @@ def served(tmp_path_factory, moto_endpoint, sample_raw, aws_for_tests):
     stack = start_stack(tmp_path_factory.mktemp("served"), moto_endpoint, sample_raw)
     try:
         stack.procs.start("serve", [str(BIN / "nightcast"), "serve"], stack.env, stack.logs)
-        wait_for(lambda: len(deployments(stack)) == 4, 180, "nightcast serve to register 4 deployments")
+        wait_for(lambda: len(deployments(stack)) == 5, 180, "nightcast serve to register 5 deployments")
         # the first run trains the champion that every later test scores with
         run = stack.prefect("deployment", "run", "retrain/nightly", "--params", json.dumps(FAST_RETRAIN),
                             "--watch", "--watch-timeout", "400")
@@ -50,11 +50,12 @@ def partitions(stack: Stack) -> list[str]:
 
 def test_serve_registers_every_declared_schedule(served):
     found = deployments(served)
-    assert set(found) == {"retrain/nightly", "score/daily", "backfill/backfill", "tune/weekly"}
+    assert set(found) == {"retrain/nightly", "score/daily", "backfill/backfill", "tune/weekly", "monitor/accuracy"}
     crons = {name: [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in d["schedules"]]
              for name, d in found.items()}
     assert crons == {"retrain/nightly": [("0 2 * * *", "UTC")], "score/daily": [("30 3 * * *", "UTC")],
-                     "backfill/backfill": [], "tune/weekly": [("0 4 * * 0", "UTC")]}
+                     "backfill/backfill": [], "tune/weekly": [("0 4 * * 0", "UTC")],
+                     "monitor/accuracy": [("30 4 * * *", "UTC")]}
     # the parameter form: dates are dates, so the UI renders date pickers and rejects other values
     schema = found["backfill/backfill"]["parameter_openapi_schema"]
     assert schema["properties"]["start"]["format"] == "date" and schema["required"] == ["start", "end"]

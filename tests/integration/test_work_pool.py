@@ -25,7 +25,8 @@ def test_deploy_to_a_process_pool_and_run_through_a_worker(tmp_path, moto_endpoi
 
         found = httpx.post(f"{stack.api_url}/deployments/filter", json={}, timeout=10).json()
         assert {d["name"]: d["work_pool_name"] for d in found} == {
-            "nightly": "nightcast", "daily": "nightcast", "backfill": "nightcast", "weekly": "nightcast"}
+            "nightly": "nightcast", "daily": "nightcast", "backfill": "nightcast", "weekly": "nightcast",
+            "accuracy": "nightcast"}
         nightly = next(d for d in found if d["name"] == "nightly")
         assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in nightly["schedules"]] == [
             ("0 2 * * *", "UTC")]
