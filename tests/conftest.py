@@ -102,3 +102,23 @@ def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     bucket = f"nightcast-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
     return bucket
+
+
+def fork_child(target):
+    """The body of a forked child process: run ``target``, flush its queues, then leave at once.
+
+    A child forked from a process that has run Prefect flows exits with code 1 and no error while the
+    interpreter shuts down (Prefect's at-fork hooks reset its threads); leaving with ``os._exit`` skips
+    that teardown. An exception in ``target`` still ends the child with a non-zero code.
+    """
+    import multiprocessing.queues
+
+    def body(*args):
+        target(*args)
+        for arg in args:
+            if isinstance(arg, multiprocessing.queues.Queue):
+                arg.close()
+                arg.join_thread()
+        os._exit(0)
+
+    return body

@@ -12,6 +12,7 @@ from schemas.params import PromotionRule
 from tasks.registry import (RegistryError, champion_as_of, decide_promotion, load_bundle, load_champion, promote,
                             read_champion, save_bundle, set_champion, sweep_incomplete, Decision)
 from tasks.storage import LocalStore, S3Store
+from tests.conftest import fork_child
 
 ARGS = {"n_past": 2, "n_future": 0, "horizon": 3, "hidden_size": 4, "num_layers": 1}
 CONFIG = {"params": {"window": {"lookback": 5, "horizon": 3}, "clean": {"max_bad_share": 0.05}},
@@ -183,7 +184,7 @@ def test_concurrent_promotions_in_processes_leave_the_best(tmp_path):
     metrics = [0.9, 0.3, 0.7, 0.5, 0.2, 0.8]
     ctx = mp.get_context("fork")  # the child only touches files: fork is safe and quick
     barrier = ctx.Barrier(len(metrics))
-    procs = [ctx.Process(target=_race_one, args=(str(tmp_path), f"v{i}", m, barrier)) for i, m in enumerate(metrics)]
+    procs = [ctx.Process(target=fork_child(_race_one), args=(str(tmp_path), f"v{i}", m, barrier)) for i, m in enumerate(metrics)]
     for p in procs:
         p.start()
     for p in procs:

@@ -8,6 +8,7 @@ from botocore.stub import Stubber
 
 from tasks.storage import (LocalStore, S3Settings, S3Store, StorageError, open_store, safe_key_part,
                            unsafe_key_part)
+from tests.conftest import fork_child
 
 
 def _roundtrip(store) -> None:
@@ -185,7 +186,7 @@ def _count_up(root, times, barrier, results):
 def _run(target, n, args):
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args(i), barrier, results)) for i in range(n)]
+    procs = [ctx.Process(target=fork_child(target), args=(*args(i), barrier, results)) for i in range(n)]
     for p in procs:
         p.start()
     out = [results.get(timeout=60) for _ in procs]
