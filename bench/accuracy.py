@@ -121,7 +121,8 @@ def tune(checked, params: RetrainParams, trials: int, name: str, workdir: str, s
     quick = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": min(
         300, params.train.max_steps or 300)})})
     tp = TuneParams(base=quick, space=space(season), sampler="tpe", n_trials=trials, folds=3, fold_fraction=0.08,
-                    storage=f"sqlite:///{workdir}/bench.db", study_name=name.replace(" ", "-"), pruning=False)
+                    study_name=name.replace(" ", "-"), pruning=False)
+    storage = f"sqlite:///{workdir}/bench.db"
     before = checked.valid.filter(pl.col("timestamp") <= val_end)
     stamps = before["timestamp"].unique().sort()
     h = params.window.horizon
@@ -130,8 +131,8 @@ def tune(checked, params: RetrainParams, trials: int, name: str, workdir: str, s
              for e in (stamps.len() - 1 - (tp.folds - 1 - j) * block for j in range(tp.folds))]
     sub = type(checked)(before, checked.quarantine, before.height, 0, checked.categorical, checked.numeric)
     for _ in range(trials):
-        run_trial(tp, quick, sub, folds, tp.storage, tp.study_name)
-    best = summarize(open_study(tp, tp.storage, tp.study_name), tp, tp.storage, folds)
+        run_trial(tp, quick, sub, folds, storage, tp.study_name)
+    best = summarize(open_study(tp, storage, tp.study_name), tp, storage, folds)
     return apply_overrides(params, best["best_params"]), best
 
 

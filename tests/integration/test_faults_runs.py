@@ -55,7 +55,7 @@ class Run:
             if self.proc.poll() is not None and not re.search(pattern, self.text()):
                 raise AssertionError(f"run ended before {pattern!r}:\n{self.text()[-3000:]}")
             return re.search(pattern, self.text())
-        wait_for(seen, timeout, pattern, interval=0.2)
+        wait_for(seen, timeout, pattern, interval=0.02)
 
     def pause(self) -> None:
         os.killpg(self.proc.pid, signal.SIGSTOP)
@@ -93,11 +93,10 @@ def test_the_better_model_is_champion_whichever_retrain_finishes_last(stack, las
     store = f"s3://{stack.bucket}/store/{prefix}"
     runs = {"good": Run(stack, f"good-{last}", ["retrain", *FAST], store),
             "poor": Run(stack, f"poor-{last}", ["retrain", *POOR], store)}
-    for run in runs.values():
-        run.reached(READ_CHAMPION)  # both saw an empty registry
-    late = runs[last]
+    late, early = runs[last], runs["good" if last == "poor" else "poor"]
+    late.reached(READ_CHAMPION)  # it saw an empty registry: freeze it right there
     late.pause()
-    early = runs["good" if last == "poor" else "poor"]
+    assert "bundle written" not in late.text(), "the run got past training before it could be frozen"
     out = early.finish()
     assert early.proc.returncode == 0, out[-3000:]
     assert _pointer(stack, prefix)["version"] == early.version()  # the first model of a name is served
