@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import uuid
 
 import polars as pl
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
+from prefect.futures import wait
 from prefect.artifacts import create_markdown_artifact
 
-from schemas.params import ScoreParams
+from schemas.params import ScoreParams, Settings
 from tasks.ingest import load_observations
 from tasks.registry import Bundle, load_champion
-from tasks.score import forecast_from_bundle, write_forecasts
+from tasks.score import forecast_from_bundle, score_calendar, write_forecasts
+from tasks.shard import split_series
+from tasks.sharded import assemble_shards, discard_staging, score_shard, staging_prefix
 from tasks.storage import Store
 from tasks.validate import validate_observations
 from flows.runtime import artifact_key, start_run, step
@@ -31,6 +36,49 @@ def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame,
 
 
 score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=3600)
+calendar_step = step(score_calendar, "score-calendar")
+
+
+@functools.wraps(score_shard)
+def _score_shard_here(*args, **kwargs):
+    """``score_shard`` with torch's threads set as ``start_run`` sets them: on a Dask worker the shard
+    runs in another process, which the flow's own setting never reached."""
+    import torch
+
+    torch.set_num_threads(Settings().torch_threads)
+    return score_shard(*args, **kwargs)
+
+
+shard_step = step(_score_shard_here, "score-shard", io=True, timeout_s=3600).with_options(
+    task_run_name="score-shard-{staged_key}")
+assemble_step = step(assemble_shards, "assemble-shards", io=True, timeout_s=3600)
+
+
+def score_in_shards(st: Store, bundle: Bundle, observations: pl.DataFrame, as_of: dt.date, data: str,
+                    params: ScoreParams) -> dict:
+    """``forecast_and_write`` as ``params.shards`` mapped tasks and one assembling task.
+
+    Each shard reads its own series from ``data`` and stages its part under
+    ``forecasts/_staging/<run>/``; the partition is written only once every shard is done, in one
+    atomic object, and a failed run leaves it as it was (its staged parts are deleted).
+    """
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id or uuid.uuid4())
+    calendar = calendar_step(bundle, observations, as_of)
+    shards = [ids for ids in split_series(observations["series_id"], params.shards) if ids]
+    keys = [f"{staging_prefix(run_id)}{k:05d}.parquet" for k in range(len(shards))]
+    futures = shard_step.map(unmapped(st.url), unmapped(params.model_name), unmapped(bundle.version),
+                             unmapped(data), unmapped(params.columns), shards, unmapped(as_of),
+                             unmapped(calendar), keys)
+    wait(futures)
+    try:
+        parts = [f.result() for f in futures]
+        max_gap = bundle.config["params"]["clean"]["max_gap"]
+        return assemble_step(st.url, parts, max_gap, calendar, as_of, params.model_name, bundle.version, run_id)
+    except BaseException:
+        discard_staging(st.url, run_id)
+        raise
 
 
 @flow(name="score", log_prints=True)
@@ -47,7 +95,10 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
     raw = ingest(params.data or settings.data, params.columns)
     checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format)
     as_of = params.as_of or checked.valid["timestamp"].max().date()
-    out = score_date(st, bundle, checked.valid, as_of, params.model_name)
+    if params.shards > 1:
+        out = score_in_shards(st, bundle, checked.valid, as_of, params.data or settings.data, params)
+    else:
+        out = score_date(st, bundle, checked.valid, as_of, params.model_name)
     lost = checked.notes.get("series_every_row_quarantined") or []
     if lost:
         logger.warning("%d series had every input row quarantined and cannot be scored: %s%s", len(lost),

@@ -182,6 +182,10 @@ class TrainConfig(_Config):
     gradient_clip: float = Field(1.0, ge=0)
     lr_schedule: Literal["plateau", "cosine", "none"] = "plateau"
     seed: int = 42
+    devices: int = Field(
+        1, ge=1, description="processes (CPU) or GPUs trained at once with DDP; each takes batch_size per step")
+    strategy: Literal["auto", "ddp_spawn", "ddp_fork", "ddp"] = Field(
+        "auto", description="Lightning strategy when devices > 1; auto: ddp_spawn (works from inside a flow)")
 
 
 class IntervalConfig(_Config):
@@ -237,6 +241,8 @@ class ScoreParams(_Config):
         None, description="forecast from the data up to and including this date; empty: the newest date in the data")
     model_name: str = Field("lstm", pattern=_MODEL_NAME)
     columns: ColumnMap = ColumnMap()
+    shards: int = Field(1, ge=1, le=4096, description="split the series into this many shards (stable hash of the "
+                                                    "id), scored as parallel tasks; 1: one task")
 
 
 class BackfillParams(_Config):

@@ -51,10 +51,12 @@ def _resolve(uri: str) -> tuple[list[str] | str, str]:
     return files, "csv" if suffixes == {".csv"} else "parquet"
 
 
-def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFrame:
+def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | None = None) -> pl.DataFrame:
     """Read the raw observations and rename the mapped columns to the canonical names.
 
-    ``sample://`` is the bundled sample panel (the embedded default input).
+    ``sample://`` is the bundled sample panel (the embedded default input). ``series``: read only
+    the rows of these series ids (one shard): the filter is part of the lazy scan, so Parquet
+    skips the row groups whose id statistics exclude them (and CSV drops rows while reading).
 
     CSV is read as text so that a bad value becomes a reported row, not a
     failed read; typing happens in validation. Covariates keep their names.
@@ -62,14 +64,19 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFram
     if uri == SAMPLE_DATA:
         from tasks.sample import make_sample
 
-        return _rename(make_sample(), ColumnMap(), uri)
+        sample = make_sample()
+        return _rename(sample.filter(_only(sample.schema, "series_id", series)) if series is not None else sample,
+                       ColumnMap(), uri)
     source, fmt = _resolve(uri)
     opts = storage_options() if uri.startswith("s3://") else None
     try:
         if fmt == "csv":
-            frame = pl.scan_csv(source, infer_schema=False, storage_options=opts).collect()
+            scan = pl.scan_csv(source, infer_schema=False, storage_options=opts)
         else:
-            frame = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts).collect()
+            scan = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts)
+        if series is not None and columns.series_col in scan.collect_schema():
+            scan = scan.filter(_only(scan.collect_schema(), columns.series_col, series))
+        frame = scan.collect()
     except FileNotFoundError as exc:
         raise IngestError(f"input not found: {uri}") from exc
     except pl.exceptions.DuplicateError as exc:  # a Parquet schema that names a column twice
@@ -84,6 +91,14 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFram
     if fmt == "csv" and any(_DUPLICATED in c for c in frame.columns):
         _reject_repeated_header(source, opts, uri)
     return _rename(frame, columns, uri)
+
+
+def _only(schema: pl.Schema, column: str, series: list[str]) -> pl.Expr:
+    """Rows of these series: a plain ``is_in`` on a text id column (Parquet statistics can prune on it);
+    other id types are compared as text, as validation reads them (no statistics pruning then)."""
+    if schema[column] == pl.String:
+        return pl.col(column).is_in(pl.Series(series, dtype=pl.String).implode())
+    return pl.col(column).cast(pl.String).is_in(pl.Series(series, dtype=pl.String).implode())
 
 
 _DUPLICATED = "_duplicated_"  # polars renames the second `x` of a CSV header to `x_duplicated_0`

@@ -42,6 +42,17 @@ def forecasts_key(model: str, as_of: dt.date) -> str:
     return f"{partition_key(model, as_of)}/forecasts.parquet"
 
 
+@dataclass
+class ScorePart:
+    """One shard's share of a scoring run, before the shards are put together."""
+
+    forecasts: pl.DataFrame | None  # None: no series of this shard could be scored
+    report: ScoreReport
+    last_seen: pl.DataFrame  # series_id, last_seen of every scored series
+    clean_last: dt.datetime | None  # the newest cleaned timestamp the shard saw
+    staged: str | None = None  # store key of the forecasts once a shard has staged them
+
+
 def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
                          as_of: dt.date) -> tuple[pl.DataFrame, ScoreReport]:
     """Clean the history up to ``as_of`` as training did; forecast every series with its served method.
@@ -52,33 +63,73 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
     window) still get a baseline when their own history allows one, so the output never
     goes blank. All steps run on stacked frames and arrays, never per series.
     """
+    part = forecast_part(bundle, observations, as_of)
+    if part.forecasts is None:
+        raise ScoreError(f"no series could be scored for as_of {as_of}: {_first(part.report.skipped)}")
+    return part.forecasts, part.report
+
+
+def score_calendar(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date) -> Calendar:
+    """The calendar a run scores on: the model's frequency and kind, holidays re-read from every series.
+
+    Checks that the data covers ``as_of``. A sharded run decides it once, on the whole catalogue,
+    so that every shard places its series on the same grid as a single-process run would.
+    """
+    return _history(bundle, observations, as_of)[3]
+
+
+def _history(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
+             calendar: Calendar | None = None) -> tuple[pl.DataFrame, list[str], dt.datetime, Calendar]:
+    """The recent history scoring cleans, the stale series, where that span starts, and the calendar.
+
+    With no ``calendar`` this is a whole run: the data must cover ``as_of`` and hold recent rows.
+    With one it is a shard, whose recent history may be empty.
+    """
     cfg = bundle.config
     clean_cfg = CleanConfig(**cfg["params"]["clean"])
-    lookback, horizon = cfg["params"]["window"]["lookback"], cfg["params"]["window"]["horizon"]
-    args = cfg["network_args"]
-    season = int(cfg.get("season_length") or args.get("season", 1))
+    lookback = cfg["params"]["window"]["lookback"]
+    season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
     cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
-    first, last = observations["timestamp"].min(), observations["timestamp"].max()
-    if as_of < first.date() or as_of > last.date():
-        raise ScoreError(f"unknown as_of {as_of}: the data covers {first.date()} to {last.date()}")
+    if calendar is None:
+        first, last = observations["timestamp"].min(), observations["timestamp"].max()
+        if as_of < first.date() or as_of > last.date():
+            raise ScoreError(f"unknown as_of {as_of}: the data covers {first.date()} to {last.date()}")
     trained = Calendar.from_json(cfg["calendar"])
     state = FeatureState.from_json(bundle.preprocessing["features"])
     keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
     history, gone, since = _recent(observations, cutoff, trained, keep + (clean_cfg.outlier_window or max(season, 7))
-                                   + clean_cfg.max_gap)
-    # Holidays are re-read from the data (new ones appear); frequency and kind are the model's.
-    calendar = decide_calendar(history, clean_cfg.model_copy(update={"frequency": trained.frequency,
-                                                                     "calendar": trained.kind}))
+                                   + clean_cfg.max_gap, strict=calendar is None)
+    if calendar is None:
+        # Holidays are re-read from the data (new ones appear); frequency and kind are the model's.
+        calendar = decide_calendar(history, clean_cfg.model_copy(update={"frequency": trained.frequency,
+                                                                         "calendar": trained.kind}))
+    return history, gone, since, calendar
+
+
+def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
+                  calendar: Calendar | None = None) -> ScorePart:
+    """``forecast_from_bundle`` on some series: with ``calendar`` (from ``score_calendar`` on the whole
+    data) one shard of a run, whose staleness ``assemble_parts`` settles against every shard."""
+    cfg = bundle.config
+    clean_cfg = CleanConfig(**cfg["params"]["clean"])
+    lookback, horizon = cfg["params"]["window"]["lookback"], cfg["params"]["window"]["horizon"]
+    season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
+    state = FeatureState.from_json(bundle.preprocessing["features"])
+    keep = lookback + max([season, *state.lags])
+    history, gone, since, calendar = _history(bundle, observations, as_of, calendar)
+    report = ScoreReport(skipped={sid: f"stale: no observed target since {since}" for sid in gone})
+    none = pl.DataFrame(schema={"series_id": pl.String, "last_seen": pl.Datetime("us")})
+    if history.height == 0:
+        return ScorePart(None, report, none, None)
     clean, _, _ = clean_observations(history, clean_cfg, calendar,
                                      iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
     clean = clean.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(keep)
-    report = ScoreReport(skipped={sid: f"stale: no observed target since {since}" for sid in gone})
     series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
     for r in series.filter(pl.col("skip").is_not_null()).select("series_id", "skip").iter_rows():
         report.skipped[r[0]] = r[1]
     live = series.filter(pl.col("skip").is_null())
     if live.height == 0:
-        raise ScoreError(f"no series could be scored for as_of {as_of}: {_first(report.skipped)}")
+        return ScorePart(None, report, none, clean["timestamp"].max())
     future = future_steps(live.select("series_id", "last_seen"), calendar, horizon)
     base = _baselines(clean.filter(pl.col("series_id").is_in(live["series_id"].implode())), live, season, horizon)
     net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
@@ -98,18 +149,51 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
                     pl.col("lower", "upper").fill_nan(None))
     Forecasts.validate(frame, lazy=True)
     report.series_scored = len(ids)
-    report.methods = {str(m): int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
+    report.methods = _method_counts(methods)
+    return ScorePart(frame, report, live.select("series_id", "last_seen"), clean["timestamp"].max())
+
+
+def _method_counts(methods: np.ndarray) -> dict[str, int]:
+    return {str(m): int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
+
+
+def assemble_parts(parts: list[ScorePart], max_gap: int, calendar: Calendar,
+                   as_of: dt.date) -> tuple[pl.DataFrame, ScoreReport]:
+    """The forecasts and report of a whole run from its shards, as one process would have made them.
+
+    Staleness is measured from the newest cleaned timestamp of the whole catalogue; a shard only
+    saw its own, so series it scored that are stale against the newest of all shards are dropped here.
+    """
+    lasts = [p.clean_last for p in parts if p.clean_last is not None]
+    report = ScoreReport()
+    for p in parts:
+        report.skipped.update(p.report.skipped)
+    frames = [p.forecasts for p in parts if p.forecasts is not None]
+    if not frames or not lasts:
+        raise ScoreError(f"no series could be scored for as_of {as_of}: {_first(report.skipped)}")
+    global_last = max(lasts)
+    seen = pl.concat([p.last_seen for p in parts])
+    stale = _stale(seen, calendar, max_gap, global_last).filter(pl.col("skip").is_not_null())
+    report.skipped.update(dict(stale.select("series_id", "skip").iter_rows()))
+    frame = pl.concat(frames).filter(~pl.col("series_id").is_in(stale["series_id"].implode()))
+    if frame.height == 0:
+        raise ScoreError(f"no series could be scored for as_of {as_of}: {_first(report.skipped)}")
+    frame = frame.sort("series_id", "horizon")
+    per_series = frame.filter(pl.col("horizon") == 1)["method"].to_numpy()
+    report.series_scored = len(per_series)
+    report.methods = _method_counts(per_series)
+    report.skipped = dict(sorted(report.skipped.items()))
     return frame, report
 
 
 def _recent(observations: pl.DataFrame, cutoff: dt.datetime, calendar: Calendar,
-            steps: int) -> tuple[pl.DataFrame, list[str], dt.datetime]:
+            steps: int, strict: bool = True) -> tuple[pl.DataFrame, list[str], dt.datetime]:
     """The observations of the last ``2·steps`` calendar steps before ``cutoff`` (what cleaning and
     the last window need), the series with none there (stale), and where that span starts."""
     since = _steps_before(cutoff, calendar, 2 * steps)
     history = observations.filter(pl.col("timestamp") < cutoff)
     recent = history.filter(pl.col("timestamp") >= since)
-    if recent.height == 0:
+    if recent.height == 0 and strict:
         raise ScoreError(f"no observations between {since} and {cutoff}: nothing recent enough to forecast from")
     gone = history.select("series_id").unique().join(recent.select("series_id").unique(), on="series_id", how="anti")
     return recent, sorted(gone["series_id"].to_list()), since
@@ -158,21 +242,26 @@ def future_steps(last: pl.DataFrame, calendar: Calendar, n: int) -> pl.DataFrame
 def _series_status(clean: pl.DataFrame, calendar: Calendar, max_gap: int, lookback: int,
                    season: int) -> pl.DataFrame:
     """Per series: last_seen, rows, whether the window tails hold a long gap, and why it is skipped."""
-    global_last = clean["timestamp"].max()
     per = clean.group_by("series_id", maintain_order=True).agg(
         pl.col("timestamp").last().alias("last_seen"), pl.len().alias("rows"),
         pl.col("in_long_gap").tail(lookback).any().alias("gap_in_window"),
         pl.col("in_long_gap").tail(season).any().alias("gap_in_season"))
-    behind = (future_steps(per.select("series_id", "last_seen"), calendar, max_gap + 1)
+    stale = _stale(per.select("series_id", "last_seen"), calendar, max_gap, clean["timestamp"].max())
+    return per.join(stale, on="series_id", how="left", maintain_order="left").with_columns(
+        pl.when(pl.col("skip").is_null() & pl.col("gap_in_season"))
+        .then(pl.lit("its last season contains a long gap")).otherwise(pl.col("skip")).alias("skip"))
+
+
+def _stale(last_seen: pl.DataFrame, calendar: Calendar, max_gap: int, global_last: dt.datetime) -> pl.DataFrame:
+    """series_id and, for a series more than ``max_gap`` steps behind ``global_last``, why it is stale."""
+    behind = (future_steps(last_seen, calendar, max_gap + 1)
               .filter(pl.col("timestamp") <= global_last).group_by("series_id").len("behind"))
-    per = per.join(behind, on="series_id", how="left").with_columns(pl.col("behind").fill_null(0))
-    return per.with_columns(
-        pl.when(pl.col("behind") > max_gap)
-        .then(pl.format("stale: last observation {} is more than " + str(max_gap) + " steps before "
-                        + str(global_last), pl.col("last_seen")))
-        .when(pl.col("gap_in_season"))
-        .then(pl.lit("its last season contains a long gap"))
-        .alias("skip"))
+    per = last_seen.join(behind, on="series_id", how="left", maintain_order="left").with_columns(
+        pl.col("behind").fill_null(0))
+    return per.select("series_id", pl.when(pl.col("behind") > max_gap)
+                      .then(pl.format("stale: last observation {} is more than " + str(max_gap) + " steps before "
+                                      + str(global_last), pl.col("last_seen")))
+                      .alias("skip"))
 
 
 def _baselines(clean: pl.DataFrame, live: pl.DataFrame, season: int, horizon: int) -> dict[str, np.ndarray]:
@@ -227,7 +316,7 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     # the origin of each series' forecast: its last history row, just before its H future rows
     origins = index.offsets[1:] - horizon - 1
     starts = origins - lookback + 1
-    preds = predict_scaled(bundle.network(), index, starts)
+    preds = _predict_fixed_batches(bundle.network(), index, starts)
     got = inverse_scale(preds.astype(np.float64), index.series_ids, state)
     pos = live.with_row_index("_i").join(pl.DataFrame({"series_id": index.series_ids}), on="series_id",
                                          how="inner", maintain_order="right")["_i"].to_numpy()
@@ -235,6 +324,20 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     ok = np.zeros(n, bool)
     ok[pos] = True
     return values, ok
+
+
+SCORE_BATCH = 512
+"""Windows per forward pass when scoring; every pass has exactly this many (padded)."""
+
+
+def _predict_fixed_batches(net, index, starts: np.ndarray) -> np.ndarray:
+    """``predict_scaled`` with every batch the same shape, so that a series' forecast does not depend on
+    which other series share its batch: CPU kernels choose their blocking by batch size, and with
+    ragged batches the last float32 digits moved with the shard a series fell in (measured). Same
+    hardware and libraries give bit-identical forecasts, sharded or not."""
+    n = len(starts)
+    padded = np.concatenate([starts, np.repeat(starts[:1], -n % SCORE_BATCH)])
+    return predict_scaled(net, index, padded, batch_size=SCORE_BATCH)[:n]
 
 
 def _choose(live: pl.DataFrame, base: dict[str, np.ndarray], net: tuple[np.ndarray, np.ndarray],

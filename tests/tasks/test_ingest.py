@@ -80,3 +80,21 @@ def test_csv_column_named_like_a_polars_rename_is_not_a_repeat(tmp_path):
     frame.write_csv(tmp_path / "o.csv")
     out = load_observations(str(tmp_path / "o.csv"), ColumnMap(series_col="id", timestamp_col="ts", target_col="y"))
     assert out.columns == ["series_id", "timestamp", "target", "x", "x_duplicated_0"]
+
+
+def test_reading_one_shard_filters_in_the_scan(tmp_path):
+    from tasks.ingest import load_observations
+
+    frame = pl.DataFrame({"sid": ["a", "a", "b", "c"], "timestamp": ["2026-01-01"] * 4, "target": [1.0, 2, 3, 4]})
+    frame.write_parquet(tmp_path / "x.parquet")
+    frame.write_csv(tmp_path / "x.csv")
+    cols = ColumnMap(series_col="sid")
+    for name in ("x.parquet", "x.csv"):
+        got = load_observations(str(tmp_path / name), cols, series=["a", "c"])
+        assert got["series_id"].to_list() == ["a", "a", "c"]
+    ints = frame.with_columns(pl.Series("sid", [1, 1, 2, 3]))
+    ints.write_parquet(tmp_path / "i.parquet")
+    assert load_observations(str(tmp_path / "i.parquet"), cols, series=["2"])["target"].to_list() == [3.0]
+    # the predicate sits inside the Parquet scan (row groups are skipped on their statistics)
+    plan = pl.scan_parquet(tmp_path / "x.parquet").filter(pl.col("sid").is_in(["a"])).explain()
+    assert plan.startswith("Parquet SCAN") and "SELECTION: col(\"sid\").is_in" in plan and "FILTER" not in plan

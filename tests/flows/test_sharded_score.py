@@ -1,0 +1,54 @@
+"""Sharded scoring gives exactly the single-task forecasts, and leaves nothing staged behind."""
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from flows.retrain import retrain_flow
+from flows.score import score_flow
+from schemas.params import ScoreParams
+from tasks.sample import make_sample
+from tasks.score import read_forecasts
+from tasks.storage import open_store
+from tests.conftest import fast_params
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def panel(tmp_path_factory, prefect_harness):
+    """8 series; one stops two days early, so it is stale only against the other shards' newest step."""
+    root = tmp_path_factory.mktemp("sharded")
+    raw = make_sample(n_series=8, days=14, seed=5)
+    ts = pl.col("timestamp").str.to_datetime()
+    ids = sorted(raw["series_id"].unique().to_list())
+    end = raw.select(ts.max()).item()
+    raw = raw.filter((pl.col("series_id") != ids[-1]) | (ts < end - dt.timedelta(days=2)))
+    data = root / "obs.parquet"
+    raw.sort("series_id").write_parquet(data, row_group_size=500)
+    store = str(root / "s")
+    retrain_flow(fast_params(str(data)), store=store)
+    return str(data), store, end.date(), ids[-1]
+
+
+def test_sharded_forecasts_equal_the_single_task_run(panel):
+    data, store, as_of, early = panel
+    one = score_flow(ScoreParams(data=data, as_of=as_of), store=store)
+    single = read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
+    many = score_flow(ScoreParams(data=data, as_of=as_of, shards=3), store=store)
+    sharded = read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
+    assert sharded.equals(single)
+    assert early in one["skipped"] and one["skipped"] == many["skipped"]
+    assert (many["rows"], many["series"], many["methods"]) == (one["rows"], one["series"], one["methods"])
+    assert open_store(store).list("forecasts/_staging/") == []  # staged parts are gone
+    assert open_store(store).list(f"forecasts/model=lstm/as_of={as_of}/") == [
+        f"forecasts/model=lstm/as_of={as_of}/forecasts.parquet"]
+
+
+def test_more_shards_than_series_still_equal(panel):
+    data, store, as_of, _ = panel
+    score_flow(ScoreParams(data=data, as_of=as_of), store=store)
+    single = read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
+    score_flow(ScoreParams(data=data, as_of=as_of, shards=40), store=store)
+    assert read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single)
