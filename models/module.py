@@ -41,12 +41,15 @@ class ForecastModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._train_n:
-            self.log("train_loss", self._train_sum / self._train_n, prog_bar=True)
+            # mean over ranks under DDP (every rank takes the same number of steps); no-op on one device
+            self.log("train_loss", self._train_sum / self._train_n, prog_bar=True, sync_dist=True)
         self._train_sum, self._train_n = torch.zeros(()), 0
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        # sync_dist: Lightning sums loss x batch size and the batch sizes over ranks before dividing,
+        # so under DDP every rank (early stopping, checkpoint, LR plateau) sees the global mean
         self.log("val_loss", self._loss(batch), prog_bar=True, on_epoch=True, on_step=False,
-                 batch_size=len(batch[2]))
+                 batch_size=len(batch[2]), sync_dist=True)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own union type
         opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.cfg["optimizer"]]

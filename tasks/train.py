@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from models.module import ForecastModule
 from models.network import LSTMForecaster
@@ -42,21 +43,96 @@ def auto_steps(n_windows: int, batch_size: int) -> int:
     return int(np.clip(20 * n_windows / max(1, batch_size), 300, 2000))
 
 
+def _rank() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a process group.
+
+    Read when a sampler is iterated, not when it is built: the loaders are built before
+    ``ddp_spawn`` starts the ranks and are pickled into each of them.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class RankBatchSampler(Sampler[int]):
+    """Train windows for DDP: per epoch one seeded draw of (steps, world, batch) window indices;
+    rank r reads ``[:, r]``, so each step the ranks train on disjoint slots of one global draw
+    (with replacement, as the single-process sampler). Same seed and world size: same draws."""
+
+    def __init__(self, n: int, steps: int, batch_size: int, seed: int, world: int) -> None:
+        self.n, self.steps, self.batch_size, self.seed, self.world = n, steps, batch_size, seed, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it at the start of every training epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps * self.batch_size
+
+    def __iter__(self):  # noqa: ANN204
+        rank, world = _rank()
+        if world != self.world:
+            raise RuntimeError(f"sampler built for {self.world} ranks runs in a group of {world}")
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.randint(self.n, (self.steps, self.world, self.batch_size), generator=gen)  # (S, W, B)
+        return iter(draws[:, rank].reshape(-1).tolist())
+
+
+class RankSlice(Sampler[int]):
+    """Validation windows for DDP: rank r checks windows r, r + world, ...; no padding, so the
+    sum/count reduction of ``val_loss`` across ranks is the exact mean over every window."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        rank, world = _rank()
+        return len(range(rank, self.n, world))
+
+    def __iter__(self):  # noqa: ANN204
+        rank, world = _rank()
+        return iter(range(rank, self.n, world))
+
+
 def _train_loader(index: WindowIndex, cfg: TrainConfig, steps_per_epoch: int) -> DataLoader:
-    """Each 'epoch' is ``steps_per_epoch`` batches drawn with replacement from every train window."""
+    """Each 'epoch' is ``steps_per_epoch`` batches drawn with replacement from every train window;
+    with ``devices > 1`` every rank draws its own ``batch_size`` windows per step."""
     ds = WindowDataset(index, index.splits["train"])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = RandomSampler(ds, replacement=True, num_samples=steps_per_epoch * cfg.batch_size, generator=gen)
+    if cfg.devices > 1:
+        sampler = RankBatchSampler(len(ds), steps_per_epoch, cfg.batch_size, cfg.seed, cfg.devices)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sampler = RandomSampler(ds, replacement=True, num_samples=steps_per_epoch * cfg.batch_size, generator=gen)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_batch)
 
 
 def _val_loader(index: WindowIndex, cfg: TrainConfig) -> DataLoader:
-    """A fixed, seeded sample of at most ``val_windows`` validation windows."""
+    """A fixed, seeded sample of at most ``val_windows`` validation windows (split across ranks)."""
     val = index.splits["val"]
     if len(val) > cfg.val_windows:
         val = np.sort(np.random.default_rng(cfg.seed).choice(val, cfg.val_windows, replace=False))
-    return DataLoader(WindowDataset(index, val), batch_size=max(cfg.batch_size, 512), shuffle=False,
+    return DataLoader(WindowDataset(index, val), batch_size=max(cfg.batch_size, 512),
+                      sampler=RankSlice(len(val)) if cfg.devices > 1 else None, shuffle=False,
                       collate_fn=collate_batch)
+
+
+def _strategy(cfg: TrainConfig) -> str:
+    """``auto`` with several devices is ``ddp_spawn``: plain ``ddp`` re-runs ``sys.argv`` for every
+    rank (the whole CLI, or pytest), so it only fits a script started by ``torchrun``; fork-based
+    launchers copy a process that holds Prefect's threads and event loop."""
+    if cfg.devices == 1:
+        return "auto"
+    return "ddp_spawn" if cfg.strategy == "auto" else cfg.strategy
+
+
+class _RunTotals(Callback):
+    """Epochs and steps of the run, carried in ``callback_metrics``: with ``ddp_spawn`` the calling
+    process's trainer never runs the loop, and callback metrics are what rank 0 sends back."""
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        trainer.callback_metrics.update(nightcast_epochs=torch.tensor(trainer.current_epoch),
+                                        nightcast_steps=torch.tensor(trainer.global_step))
 
 
 def choose_skip(index: WindowIndex, sample: int = 20_000) -> str:
@@ -114,6 +190,8 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
     budget = {"max_steps": max_steps, "steps_per_epoch": per_epoch, "batch_size": train_cfg.batch_size,
               "train_windows": n_train, "val_windows": min(len(index.splits["val"]), train_cfg.val_windows),
               "auto": train_cfg.max_steps is None}
+    if train_cfg.devices > 1:  # each optimiser step reads batch_size windows on every device
+        budget.update(devices=train_cfg.devices, strategy=_strategy(train_cfg))
     network_args = network_args_for(index, model_cfg)
     extra = {k: v for k, v in network_args.items() if k not in ("n_past", "n_future", "horizon")}
     module = ForecastModule(network_args["n_past"], network_args["n_future"], index.horizon,
@@ -126,10 +204,15 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             logging.getLogger(name).setLevel(logging.WARNING)
         trainer = L.Trainer(
             max_epochs=min(train_cfg.max_epochs, -(-max_steps // per_epoch)), max_steps=max_steps,
-            accelerator=accelerator, devices=1, deterministic=True,
+            accelerator=accelerator, devices=train_cfg.devices, strategy=_strategy(train_cfg),
+            deterministic=True,
+            use_distributed_sampler=False,  # the loaders above shard by rank themselves
             gradient_clip_val=train_cfg.gradient_clip or None,
-            logger=[CSVLogger(tmp, name="log"), TensorBoardLogger(tmp, name="tb", version="", default_hp_metric=False)],
-            callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), ckpt, *(callbacks or [])],
+            # fixed versions: with ddp_spawn this process reads the directories rank 0 wrote
+            logger=[CSVLogger(tmp, name="log", version=0),
+                    TensorBoardLogger(tmp, name="tb", version="", default_hp_metric=False)],
+            callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), ckpt, _RunTotals(),
+                       *(callbacks or [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         )
         with warnings.catch_warnings():
@@ -139,14 +222,17 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             trainer.fit(module, _train_loader(index, train_cfg, per_epoch), _val_loader(index, train_cfg))
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         metrics = pl.read_csv(Path(trainer.loggers[0].log_dir) / "metrics.csv")
-        trainer.loggers[1].finalize("success")  # flushes and closes the event file
+        if train_cfg.devices == 1:  # rank 0 closed its own; here it would open a second, empty file
+            trainer.loggers[1].finalize("success")  # flushes and closes the event file
         events = _event_files(Path(trainer.loggers[1].log_dir))
     module.load_state_dict(state)
     history = (metrics.group_by("epoch").agg(pl.col("train_loss").drop_nulls().first(),
                                              pl.col("val_loss").drop_nulls().first()).sort("epoch"))
     net = module.net.cpu().eval()
-    return TrainResult(net, network_args, history, float(ckpt.best_model_score), int(trainer.current_epoch),
-                       int(trainer.global_step), budget, events)
+    best = ckpt.best_model_score if ckpt.best_model_score is not None else history["val_loss"].min()
+    totals = trainer.callback_metrics
+    return TrainResult(net, network_args, history, float(best), int(totals["nightcast_epochs"]),
+                       int(totals["nightcast_steps"]), budget, events)
 
 
 def _event_files(log_dir: Path) -> dict[str, bytes]:
