@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="forecast from the champion as of a date")
     p.add_argument("--data", help=data_help)
     p.add_argument("--as-of", type=dt.date.fromisoformat, help="YYYY-MM-DD (default: the newest date in the data)")
+    p.add_argument("--shards", type=int, default=1,
+                   help="score in this many shards, as parallel tasks (on Dask when $NIGHTCAST_DASK_ADDRESS is set)")
     _add_common(p)
     p = sub.add_parser("backfill", help="forecast every as_of date in a range (skips dates already written)")
     p.add_argument("--data", help=data_help)
@@ -156,7 +158,8 @@ def _print_tune(out: dict) -> None:
 def _score_params(args: argparse.Namespace, data: str | None, as_of: dt.date | None) -> Any:
     from schemas.params import ScoreParams
 
-    return ScoreParams(data=data, as_of=as_of, model_name=args.model_name, columns=_columns(args))
+    return ScoreParams(data=data, as_of=as_of, model_name=args.model_name, columns=_columns(args),
+                       shards=getattr(args, "shards", 1))
 
 
 def _print_retrain(out: dict) -> None:
@@ -235,7 +238,9 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "retrain":
         _print_retrain(retrain_flow(_retrain_params(args, args.data)))
     elif args.command == "score":
-        _print_score(score_flow(_score_params(args, args.data, args.as_of)))
+        from flows.runtime import on_task_runner
+
+        _print_score(on_task_runner(score_flow)(_score_params(args, args.data, args.as_of)))
     elif args.command == "tune":
         from flows.tune import tune_flow
 

@@ -58,6 +58,27 @@ def start_run(store: str | None, data: str | None = None) -> tuple[Settings, Sto
     return settings, open_store(store or settings.store)
 
 
+def task_runner(settings: Settings) -> Any:
+    """Where a flow's tasks run: Prefect's thread pool in this process (the default), or a Dask
+    cluster when ``settings.dask_address`` names one (``local``: a LocalCluster of processes
+    started for the run; else an existing scheduler's address, e.g. ``tcp://10.0.0.5:8786``)."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    if not settings.dask_address:
+        return ThreadPoolTaskRunner()
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address == "local":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": settings.dask_local_workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(address=settings.dask_address)
+
+
+def on_task_runner(flow: Any, settings: Settings | None = None) -> Any:
+    """The flow with the task runner the settings ask for (``flow.with_options``; the flow is unchanged)."""
+    return flow.with_options(task_runner=task_runner(settings or Settings()))
+
+
 def from_deployment() -> bool:
     """Whether this flow run was created from a deployment (by a schedule, the UI or the API)."""
     from prefect.runtime import deployment

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     store: str = Field("./nightcast-store", description="Local directory or s3://bucket/prefix")
     data: str = Field(SAMPLE_DATA, description="Input used when a run names none (deployments, schedules)")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for small LSTMs on few cores)")
+    dask_address: str | None = Field(
+        None, description="run flow tasks (score shards) on Dask: a scheduler address (tcp://host:8786), or "
+                          "'local' for a LocalCluster started for the run; empty: Prefect's thread pool")
+    dask_local_workers: int = Field(2, ge=1, description="worker processes of the 'local' Dask cluster")
     progress: bool = Field(True, description="Show a training progress bar")
     optuna_storage: str = Field("sqlite:///nightcast-optuna.db",
                                 description="Optuna study storage (any SQLAlchemy URL; PostgreSQL for many workers)")

@@ -1,0 +1,22 @@
+"""The task runner a flow gets from the settings: thread pool by default, Dask when asked."""
+
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from flows.runtime import on_task_runner, task_runner
+from flows.score import score_flow
+from schemas.params import Settings
+
+
+def test_thread_pool_by_default_and_dask_by_setting(monkeypatch):
+    monkeypatch.delenv("NIGHTCAST_DASK_ADDRESS", raising=False)
+    assert isinstance(task_runner(Settings()), ThreadPoolTaskRunner)
+    remote = task_runner(Settings(dask_address="tcp://10.0.0.5:8786"))
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
+    local = task_runner(Settings(dask_address="local", dask_local_workers=3))
+    assert isinstance(local, DaskTaskRunner) and local.address is None
+    assert local.cluster_kwargs["n_workers"] == 3
+    monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", "tcp://127.0.0.1:9")
+    flow = on_task_runner(score_flow)
+    assert isinstance(flow.task_runner, DaskTaskRunner) and flow.fn is score_flow.fn
+    assert isinstance(score_flow.task_runner, ThreadPoolTaskRunner)  # the module's flow is unchanged
