@@ -48,7 +48,7 @@ class ScorePart:
 
     forecasts: pl.DataFrame | None  # None: no series of this shard could be scored
     report: ScoreReport
-    last_seen: pl.DataFrame  # series_id, last_seen of every scored series
+    last_seen: pl.DataFrame  # series_id, last_seen of every series that reached cleaning
     clean_last: dt.datetime | None  # the newest cleaned timestamp the shard saw
     staged: str | None = None  # store key of the forecasts once a shard has staged them
 
@@ -129,7 +129,7 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
         report.skipped[r[0]] = r[1]
     live = series.filter(pl.col("skip").is_null())
     if live.height == 0:
-        return ScorePart(None, report, none, clean["timestamp"].max())
+        return ScorePart(None, report, series.select("series_id", "last_seen"), clean["timestamp"].max())
     future = future_steps(live.select("series_id", "last_seen"), calendar, horizon)
     base = _baselines(clean.filter(pl.col("series_id").is_in(live["series_id"].implode())), live, season, horizon)
     net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
@@ -150,7 +150,7 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     Forecasts.validate(frame, lazy=True)
     report.series_scored = len(ids)
     report.methods = _method_counts(methods)
-    return ScorePart(frame, report, live.select("series_id", "last_seen"), clean["timestamp"].max())
+    return ScorePart(frame, report, series.select("series_id", "last_seen"), clean["timestamp"].max())
 
 
 def _method_counts(methods: np.ndarray) -> dict[str, int]:
@@ -162,7 +162,7 @@ def assemble_parts(parts: list[ScorePart], max_gap: int, calendar: Calendar,
     """The forecasts and report of a whole run from its shards, as one process would have made them.
 
     Staleness is measured from the newest cleaned timestamp of the whole catalogue; a shard only
-    saw its own, so series it scored that are stale against the newest of all shards are dropped here.
+    saw its own, so series stale against the newest of all shards are dropped (and named) here.
     """
     lasts = [p.clean_last for p in parts if p.clean_last is not None]
     report = ScoreReport()

@@ -1,0 +1,121 @@
+"""Sharded scoring on a real Dask cluster: a scheduler and two workers started here as processes.
+
+The forecasts equal the single-process run's, and a worker killed (SIGKILL) mid-run only moves
+its shard to the other worker: the run completes and the partition is whole.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.runtime import on_task_runner
+from flows.retrain import retrain_flow
+from flows.score import score_flow
+from schemas.params import ScoreParams, Settings, TrainConfig
+from tasks.score import read_forecasts
+from tasks.storage import open_store
+from tests.conftest import _free_port, fast_params
+from tests.integration.conftest import BIN, REPO, Processes, wait_for
+
+sys.path.insert(0, str(REPO / "bench"))
+from panel import make_panel  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+N_SERIES = 600
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_harness):
+    root = tmp_path_factory.mktemp("dask")
+    data = root / "panel.parquet"
+    make_panel(N_SERIES, 24 * 30, seed=7).sort("series_id", "timestamp").write_parquet(data, row_group_size=20_000)
+    store = str(root / "s")
+    retrain_flow(fast_params(str(data), train=TrainConfig(max_steps=60, batch_size=64, patience=2)), store=store)
+    single = score_flow(ScoreParams(data=str(data)), store=store)
+    return str(data), store, single
+
+
+@pytest.fixture()
+def cluster(tmp_path, prefect_harness):
+    """``dask scheduler`` and two ``dask worker --nthreads 1 --no-nanny`` processes (a killed worker stays dead)."""
+    from distributed import Client
+    from prefect.settings import PREFECT_API_URL
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "NIGHTCAST_PROGRESS": "false"}
+    procs = Processes()
+    try:
+        procs.start("scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], env, tmp_path)
+        workers = [procs.start(f"worker-{i}", [str(BIN / "dask"), "worker", address, "--nthreads", "1",
+                                               "--no-nanny", "--no-dashboard", "--name", f"w{i}"], env, tmp_path)
+                   for i in range(2)]
+
+        def two_workers() -> bool:
+            try:
+                with Client(address, timeout=5) as client:
+                    return len(client.scheduler_info()["workers"]) == 2
+            except OSError:
+                return False
+
+        wait_for(two_workers, 90, "two Dask workers")
+        yield address, workers, procs
+    finally:
+        procs.stop()
+
+
+def _partition(store: str, as_of) -> pl.DataFrame:
+    return read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
+
+
+def test_sharded_on_dask_equals_single_process(trained, cluster):
+    data, store, single = trained
+    address, _, _ = cluster
+    expected = _partition(store, single["as_of"])
+    flow = on_task_runner(score_flow, Settings(dask_address=address))
+    out = flow(ScoreParams(data=data, shards=4), store=store)
+    assert _partition(store, single["as_of"]).equals(expected)
+    assert (out["series"], out["skipped"]) == (single["series"], single["skipped"])
+    assert out["series"] > N_SERIES // 2
+    assert open_store(store).list("forecasts/_staging/") == []
+
+
+def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, cluster):
+    data, store, single = trained
+    address, workers, procs = cluster
+    expected = _partition(store, single["as_of"])
+    st = open_store(store)
+    st.delete(f"forecasts/model=lstm/as_of={single['as_of']}/forecasts.parquet")
+    staged_at_kill: list[int] = []
+
+    def kill_mid_shard() -> None:
+        from distributed import Client
+
+        with Client(address, timeout=10) as client:
+            w0 = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "w0")
+            # a shard has finished and w0 is in the middle of another one
+            wait_for(lambda: st.list("forecasts/_staging/") and client.processing(workers=[w0])[w0], 300,
+                     "w0 scoring a shard after one is staged", interval=0.02)
+            os.kill(workers[0].pid, signal.SIGKILL)
+        staged_at_kill.append(len(st.list("forecasts/_staging/")))
+
+    killer = threading.Thread(target=kill_mid_shard, daemon=True)
+    killer.start()
+    flow = on_task_runner(score_flow, Settings(dask_address=address))
+    out = flow(ScoreParams(data=data, shards=8), store=store)
+    killer.join(timeout=5)
+    assert staged_at_kill and staged_at_kill[0] < 8 and workers[0].wait(timeout=10) == -signal.SIGKILL
+    assert "Remove worker" in procs.log("scheduler")
+    assert _partition(store, single["as_of"]).equals(expected)
+    assert out["series"] == single["series"]
+    assert st.list("forecasts/_staging/") == []
