@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import boto3
@@ -94,9 +95,20 @@ def test_the_better_model_is_champion_whichever_retrain_finishes_last(stack, las
     runs = {"good": Run(stack, f"good-{last}", ["retrain", *FAST], store),
             "poor": Run(stack, f"poor-{last}", ["retrain", *POOR], store)}
     late, early = runs[last], runs["good" if last == "poor" else "poor"]
-    late.reached(READ_CHAMPION)  # it saw an empty registry: freeze it right there
-    late.pause()
-    assert "bundle written" not in late.text(), "the run got past training before it could be frozen"
+    # freeze each run the moment it has read the (empty) registry, so both hold the same stale view
+    frozen: set[str] = set()
+    deadline = time.monotonic() + 300
+    while len(frozen) < 2 and time.monotonic() < deadline:
+        for name, run in runs.items():
+            if name not in frozen and re.search(READ_CHAMPION, run.text()):
+                run.pause()
+                frozen.add(name)
+                assert "bundle written" not in run.text(), f"{name} got past training before it could be frozen"
+            elif run.proc.poll() is not None:
+                raise AssertionError(f"{name} ended early:\n{run.text()[-3000:]}")
+        time.sleep(0.02)
+    assert len(frozen) == 2, "both runs should have read the champion"
+    early.resume()
     out = early.finish()
     assert early.proc.returncode == 0, out[-3000:]
     assert _pointer(stack, prefix)["version"] == early.version()  # the first model of a name is served
