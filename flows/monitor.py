@@ -18,6 +18,7 @@ from tasks.monitor import (artifact_rows, assess, emit_drift_event, gather_actua
                            read_forecast_window, read_points, test_span_mase, write_monitoring)
 from tasks.registry import load_champion
 from tasks.validate import validate_observations
+from flows.report import publish_report
 from flows.runtime import artifact_key, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
@@ -84,8 +85,6 @@ def monitor_flow(params: MonitorParams = MonitorParams(), store: str | None = No
                      f"{run['pending'] + run['quarantined']} waiting for an actual; this run {run['new']} new, "
                      f"{run['late']} late, {run['revised']} revised. Drift: "
                      f"{'**detected**' if result.drift.fired else 'no'} ({result.drift.reason})"))
-    from flows.retrain import publish_report
-
     report = publish_report(st, params.model_name)  # accuracy on actuals lands in the model's report
     return {"model": params.model_name, "date": day, "run": run, "table": table, "report": report,
             "drift": {"fired": result.drift.fired, "reason": result.drift.reason, "champion": result.drift.champion,

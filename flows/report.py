@@ -9,10 +9,21 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from schemas.params import _MODEL_NAME
-from tasks.report import write_report
+from tasks.report import ReportError, write_report
+from tasks.storage import Store
 from flows.runtime import artifact_key, start_run, step
 
 write = step(write_report, "write-report", io=True, timeout_s=1800)
+
+
+def publish_report(st: Store, model_name: str) -> str | None:
+    """Refresh the model's HTML report from inside another flow (retrain, monitor); a report that cannot
+    be written logs a warning and never fails a finished run."""
+    try:
+        return write(st, model_name)["latest"]
+    except ReportError as exc:
+        get_run_logger().warning("report not written: %s", exc)
+        return None
 
 
 @flow(name="report", log_prints=True)

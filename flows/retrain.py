@@ -25,6 +25,7 @@ from tasks.train import TrainResult, network_args_for, predict_scaled, train_mod
 from tasks.tune import apply_overrides, best_key, load_tuned
 from tasks.warm import incompatibility, plan_warm_start
 from tasks.validate import ValidationResult, validate_observations
+from flows.report import publish_report
 from flows.runtime import artifact_key, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
@@ -297,14 +298,3 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     out["report"] = publish_report(st, params.model_name)
     return out
 
-
-def publish_report(st: Store, model_name: str) -> str | None:
-    """Refresh the model's HTML report; a report that cannot be written never fails a finished run."""
-    from flows.report import write as write_report
-    from tasks.report import ReportError
-
-    try:
-        return write_report(st, model_name)["latest"]
-    except ReportError as exc:
-        get_run_logger().warning("report not written: %s", exc)
-        return None

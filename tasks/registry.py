@@ -155,7 +155,7 @@ def load_bundle(store: Store, name: str, version: str) -> Bundle:
         if hashlib.sha256(data).hexdigest() != digest:
             raise RegistryError(f"bundle {where}: {fname} is corrupt (checksum mismatch)")
         blobs[fname] = data
-    config = _parse(BundleConfig, blobs["config.json"], f"bundle {where}: config.json")
+    _parse(BundleConfig, blobs["config.json"], f"bundle {where}: config.json")  # checked; kept as plain JSON
     other = {}
     for fname in ("preprocessing.json", "metrics.json"):
         try:
@@ -178,7 +178,6 @@ def load_bundle(store: Store, name: str, version: str) -> Bundle:
     except (RuntimeError, ValueError, TypeError) as exc:
         raise RegistryError(f"bundle {where}: weights.pt does not fit network_args in config.json "
                             f"({_error_text(exc)})") from None
-    del config
     return bundle
 
 

@@ -174,6 +174,17 @@ def assert_whole(found: dict[str, pl.DataFrame], reference: dict[str, pl.DataFra
         assert_frame_equal(sort(frame), sort(reference[day]))
 
 
+def assert_rerun_completes(faults: Faults, store: str, found: dict[str, pl.DataFrame],
+                           reference: dict[str, pl.DataFrame]) -> None:
+    """A re-run of the whole range skips the dates already whole and writes the rest, as undisturbed."""
+    rerun = faults.cli("backfill", "--start", FIRST_DAY, "--end", LAST_DAY, store=store)
+    assert rerun.wait() == 0, rerun.output()[-4000:]
+    assert f"{12 - len(found)} done, {len(found)} skipped, 0 failed" in rerun.output()
+    found = faults.partitions(store)
+    assert set(found) == set(reference)
+    assert_whole(found, reference)
+
+
 def assert_champion_intact(faults: Faults, pointer: bytes) -> None:
     st = faults.store()
     assert st.read_bytes(POINTER) == pointer
@@ -341,12 +352,7 @@ def test_outage_during_score_and_backfill_leaves_only_whole_partitions(faults):
     assert set(reference) - set(found) <= failed and set(reference) - failed <= set(found)
     assert len(found) >= 8  # the later batches ran after the restore
 
-    rerun = faults.cli("backfill", "--start", FIRST_DAY, "--end", LAST_DAY, store="cut-backfill")
-    assert rerun.wait() == 0, rerun.output()[-4000:]
-    assert f"{12 - len(found)} done, {len(found)} skipped, 0 failed" in rerun.output()
-    found = faults.partitions("cut-backfill")
-    assert set(found) == set(reference)
-    assert_whole(found, reference)
+    assert_rerun_completes(faults, "cut-backfill", found, reference)
 
 
 def test_sigkill_mid_train_leaves_the_store_as_it_was(faults):
@@ -389,12 +395,7 @@ def test_sigkill_mid_backfill_leaves_only_whole_partitions(faults):
     assert_whole(found, reference)
     assert held_day(proxy) == "2026-09-05" and set(found) == {FIRST_DAY, "2026-09-04"}
     assert faults.store("killed").read_bytes(POINTER) == pointer
-    rerun = faults.cli("backfill", "--start", FIRST_DAY, "--end", LAST_DAY, store="killed")
-    assert rerun.wait() == 0, rerun.output()[-4000:]
-    assert f"{12 - len(found)} done, {len(found)} skipped, 0 failed" in rerun.output()
-    found = faults.partitions("killed")
-    assert set(found) == set(reference)
-    assert_whole(found, reference)
+    assert_rerun_completes(faults, "killed", found, reference)
 
 
 def test_overlapping_backfills_of_two_versions_never_mix(faults):
