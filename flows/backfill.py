@@ -17,10 +17,11 @@ from prefect.futures import wait
 
 from schemas.params import BackfillParams, ColumnMap
 from tasks.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
-from tasks.score import forecasts_key
+from tasks.score import forecasts_key, scoring_span_start
+from tasks.sharded import discard_staging
 from tasks.storage import Store
-from flows.runtime import artifact_key, start_run, step
-from flows.score import forecast_and_write, ingest, validate
+from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
+from flows.score import forecast_and_write, ingest, read_in_shards, score_staged, validate
 
 score_date = step(forecast_and_write, "score-date", io=True).with_options(
     task_run_name="score-{as_of}")
@@ -55,10 +56,10 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="backfill", log_prints=True)
+@flow(name="backfill", log_prints=True, task_runner=SettingsTaskRunner())
 def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwrite: bool = False,
                   max_parallel: int = 2, data: str | None = None, model_name: str = "lstm",
-                  columns: ColumnMap = ColumnMap(), store: str | None = None) -> dict:
+                  columns: ColumnMap = ColumnMap(), shards: int = 1, store: str | None = None) -> dict:
     """Score every as_of date from start to end (inclusive), each with data up to that date only.
 
     Args:
@@ -71,10 +72,12 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
         data: CSV/Parquet file, glob or directory, local or s3://; empty: $NIGHTCAST_DATA.
         model_name: registry name; forecasts go under forecasts/model=<name>/.
         columns: which input columns hold the series id, timestamp and target.
+        shards: above 1, the data is read once in this many shards (no process holds all of it) and
+            each date is scored shard by shard, as score's ``shards`` does; dates then run one at a time.
         store: object store root; empty: $NIGHTCAST_STORE.
     """
     params = BackfillParams(start=start, end=end, model=model, overwrite=overwrite, max_parallel=max_parallel,
-                            data=data, model_name=model_name, columns=columns)
+                            data=data, model_name=model_name, columns=columns, shards=shards)
     settings, st = start_run(store, data)
     logger = get_run_logger()
     plan = plan_versions(st, params)
@@ -90,33 +93,53 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
                 params.start, params.end, len(plan), len(todo), len(plan) - len(todo), params.max_parallel)
 
     bundles: dict[str, Bundle] = {}
+    read = None
     if todo:
         for version in sorted({plan[d] for d in todo}):
             bundles[version] = load_bundle(st, params.model_name, version)
         max_bad_share = next(iter(bundles.values())).config["params"]["clean"]["max_bad_share"]
-        raw = ingest(params.data or settings.data, params.columns)
-        observations = validate(raw, max_bad_share, params.columns.timestamp_format).valid
+        if params.shards > 1:
+            # every date's span starts at or after the earliest one any of its bundles looks at
+            since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
+            read = read_in_shards(st, params.model_name, plan[todo[0]], params.data or settings.data,
+                                  params.columns, params.shards, since)
+        else:
+            raw = ingest(params.data or settings.data, params.columns)
+            observations = validate(raw, max_bad_share, params.columns.timestamp_format).valid
+
+    def record(day: dt.date, result: dict | BaseException) -> None:
+        nonlocal finished
+        finished += 1
+        if isinstance(result, BaseException):
+            reason = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
+            rows[day] = {"status": "failed", "rows": 0, "series": 0, "model_version": plan[day],
+                         "detail": f"{type(result).__name__}: {reason}"}
+            logger.error("[%d/%d] %s failed: %s", finished, len(todo), day, rows[day]["detail"])
+        else:
+            skipped = len(result["skipped"])
+            rows[day] = {"status": "done", "rows": result["rows"], "series": result["series"],
+                         "model_version": result["model_version"],
+                         "detail": result["forecasts"] + (f" ({skipped} series skipped)" if skipped else "")}
+            logger.info("[%d/%d] %s done: %d rows, %d series", finished, len(todo), day,
+                        result["rows"], result["series"])
 
     finished = 0
-    for i in range(0, len(todo), params.max_parallel):
+    if read is not None:
+        try:
+            for day in todo:  # each date's shards run in parallel; a failed date does not stop the others
+                try:
+                    result: dict | BaseException = score_staged(st, bundles[plan[day]], read, day, params.model_name)
+                except Exception as exc:  # noqa: BLE001 - recorded as the date's failure, as below
+                    result = exc
+                record(day, result)
+        finally:
+            discard_staging(st.url, read.run)
+    for i in range(0, len(todo) if read is None else 0, params.max_parallel):
         batch = todo[i:i + params.max_parallel]
         futures = {d: score_date.submit(st, bundles[plan[d]], observations, d, params.model_name) for d in batch}
         wait(list(futures.values()))
         for day, fut in futures.items():
-            finished += 1
-            result = fut.result(raise_on_failure=False)
-            if isinstance(result, BaseException):
-                reason = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
-                rows[day] = {"status": "failed", "rows": 0, "series": 0, "model_version": plan[day],
-                             "detail": f"{type(result).__name__}: {reason}"}
-                logger.error("[%d/%d] %s failed: %s", finished, len(todo), day, rows[day]["detail"])
-            else:
-                skipped = len(result["skipped"])
-                rows[day] = {"status": "done", "rows": result["rows"], "series": result["series"],
-                             "model_version": result["model_version"],
-                             "detail": result["forecasts"] + (f" ({skipped} series skipped)" if skipped else "")}
-                logger.info("[%d/%d] %s done: %d rows, %d series", finished, len(todo), day,
-                            result["rows"], result["series"])
+            record(day, fut.result(raise_on_failure=False))
 
     table = [{"as_of": d.isoformat(), **rows[d]} for d in sorted(rows)]
     counts = {s: sum(r["status"] == s for r in table) for s in ("done", "skipped", "failed")}

@@ -28,6 +28,10 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="optimiser steps (default: sized to the data, 300 to 2,000)")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--devices", type=int, default=1,
+                   help="train on this many processes (CPU) or GPUs at once with Lightning's DDP (1)")
+    p.add_argument("--strategy", choices=["auto", "ddp_spawn", "ddp_fork", "ddp"], default="auto",
+                   help="Lightning strategy when --devices > 1 (auto: ddp_spawn, which works inside a flow)")
 
 
 VERBOSE_HELP = "print tracebacks on the terminal too (they always go to the log file)"
@@ -70,7 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="bundle version for every date (default: each date's champion)")
     p.add_argument("--overwrite", action="store_true", help="re-score dates that already have forecasts")
     p.add_argument("--max-parallel", type=int, default=2, help="dates scored at the same time (2)")
+    p.add_argument("--shards", type=int, default=1,
+                   help="read the data once in this many shards and score each date shard by shard, as parallel "
+                        "tasks (on Dask when $NIGHTCAST_DASK_ADDRESS is set)")
     _add_common(p)
+    p = sub.add_parser("partition", help="rewrite input as Parquet in the shard layout, so each shard of a "
+                                         "sharded run opens only its own files")
+    p.add_argument("--data", required=True, help="CSV/Parquet file, glob or directory; local or s3://")
+    p.add_argument("--out", required=True, help="new directory (local or s3://); must not hold files yet")
+    p.add_argument("--shards", type=int, required=True, help="the shard count the runs will use")
+    p.add_argument("--series-col", default="series_id")
     p = sub.add_parser("monitor", help="score stored forecasts on the actuals that arrived; flag drift")
     p.add_argument("--data", help=data_help)
     p.add_argument("--as-of", type=dt.date.fromisoformat,
@@ -111,7 +124,7 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
         clean=CleanConfig(frequency=args.frequency),
         window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
         model=ModelConfig(hidden_size=args.hidden_size),
-        train=TrainConfig(max_steps=args.max_steps, seed=args.seed),
+        train=TrainConfig(max_steps=args.max_steps, seed=args.seed, devices=args.devices, strategy=args.strategy),
         use_tuned=not getattr(args, "no_tuned", False),
     )
 
@@ -238,9 +251,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "retrain":
         _print_retrain(retrain_flow(_retrain_params(args, args.data)))
     elif args.command == "score":
-        from flows.runtime import on_task_runner
-
-        _print_score(on_task_runner(score_flow)(_score_params(args, args.data, args.as_of)))
+        _print_score(score_flow(_score_params(args, args.data, args.as_of)))
     elif args.command == "tune":
         from flows.tune import tune_flow
 
@@ -250,7 +261,7 @@ def _run(args: argparse.Namespace) -> None:
 
         out = backfill_flow(start=args.start, end=args.end, model=args.model, overwrite=args.overwrite,
                             max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
-                            columns=_columns(args))
+                            columns=_columns(args), shards=args.shards)
         print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
     elif args.command == "monitor":
         from flows.monitor import monitor_flow
@@ -319,9 +330,28 @@ def _print_failure(exc: BaseException, log_path: Path | None, verbose: bool) -> 
         print(f"full log: {log_path}" + ("" if verbose else " (or run with --verbose)"), file=sys.stderr)
 
 
+def _partition(args: argparse.Namespace) -> int:
+    import traceback
+
+    from tasks.shard import write_shard_layout
+
+    try:
+        out = write_shard_layout(args.data, args.out, args.shards, args.series_col)
+    except Exception as exc:  # noqa: BLE001 - one line, as every command fails
+        print(f"error: partition failed: {exc}", file=sys.stderr)
+        if args.verbose:
+            print("".join(traceback.format_exception(exc)).rstrip(), file=sys.stderr)
+        return 1
+    print(f"wrote {out['rows']} rows of {out['series']} series into {out['shards']} of {args.shards} shards "
+          f"under {out['out']} (nshards={args.shards}/shard=K/); score with --shards {args.shards}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.command == "partition":  # a file rewrite: no flow, no Prefect API
+        return _partition(args)
     if args.store:
         os.environ["NIGHTCAST_STORE"] = args.store
     if getattr(args, "storage", None):  # a URL with a password stays in this process's environment

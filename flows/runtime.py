@@ -74,6 +74,25 @@ def task_runner(settings: Settings) -> Any:
     return DaskTaskRunner(address=settings.dask_address)
 
 
+def _thread_pool() -> type:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner
+
+
+class SettingsTaskRunner(_thread_pool()):
+    """The task runner the settings ask for, decided when each flow run starts, not at import.
+
+    Prefect starts every run with ``flow.task_runner.duplicate()``; this one returns
+    ``task_runner(Settings())`` there. A deployment's runs therefore go to Dask when the worker (or
+    the deployment's ``job_variables.env``) sets ``NIGHTCAST_DASK_ADDRESS``, with no code change,
+    and to Prefect's thread pool when nothing is set.
+    """
+
+    def duplicate(self) -> Any:
+        return task_runner(Settings())
+
+
 def on_task_runner(flow: Any, settings: Settings | None = None) -> Any:
     """The flow with the task runner the settings ask for (``flow.with_options``; the flow is unchanged)."""
     return flow.with_options(task_runner=task_runner(settings or Settings()))

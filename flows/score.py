@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import uuid
@@ -11,15 +12,16 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
 from prefect.artifacts import create_markdown_artifact
 
-from schemas.params import ScoreParams, Settings
-from tasks.ingest import load_observations
+from schemas.params import ColumnMap, ScoreParams, Settings
+from tasks.ingest import load_observations, load_series_ids
 from tasks.registry import Bundle, load_champion
-from tasks.score import forecast_from_bundle, score_calendar, write_forecasts
+from tasks.score import forecast_from_bundle, scoring_span_start, write_forecasts
 from tasks.shard import split_series
-from tasks.sharded import assemble_shards, discard_staging, score_shard, staging_prefix
+from tasks.sharded import (ShardInput, assemble_shards, discard_staging, merge_inputs, plan_calendar, read_shard,
+                           score_shard, staging_prefix, staging_run, sweep_staging)
 from tasks.storage import Store
 from tasks.validate import validate_observations
-from flows.runtime import artifact_key, start_run, step
+from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
@@ -36,52 +38,103 @@ def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame,
 
 
 score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=3600)
-calendar_step = step(score_calendar, "score-calendar")
+
+
+def _torch_threads() -> None:
+    """torch's threads as ``start_run`` sets them: on a Dask worker a shard runs in another process,
+    which the flow's own setting never reached."""
+    import torch
+
+    torch.set_num_threads(Settings().torch_threads)
 
 
 @functools.wraps(score_shard)
 def _score_shard_here(*args, **kwargs):
-    """``score_shard`` with torch's threads set as ``start_run`` sets them: on a Dask worker the shard
-    runs in another process, which the flow's own setting never reached."""
-    import torch
-
-    torch.set_num_threads(Settings().torch_threads)
+    _torch_threads()
     return score_shard(*args, **kwargs)
 
 
+plan_step = step(load_series_ids, "list-series", io=True, timeout_s=3600)
+read_step = step(read_shard, "read-shard", io=True, timeout_s=3600).with_options(
+    task_run_name="read-shard-{staged_key}")
 shard_step = step(_score_shard_here, "score-shard", io=True, timeout_s=3600).with_options(
     task_run_name="score-shard-{staged_key}")
 assemble_step = step(assemble_shards, "assemble-shards", io=True, timeout_s=3600)
 
 
-def score_in_shards(st: Store, bundle: Bundle, observations: pl.DataFrame, as_of: dt.date, data: str,
-                    params: ScoreParams) -> dict:
-    """``forecast_and_write`` as ``params.shards`` mapped tasks and one assembling task.
+@dataclasses.dataclass(frozen=True)
+class ShardedInput:
+    """A sharded run's input: where each shard's validated rows are staged, and what was read."""
 
-    Each shard reads its own series from ``data`` and stages its part under
-    ``forecasts/_staging/<run>/``; the partition is written only once every shard is done, in one
-    atomic object, and a failed run leaves it as it was (its staged parts are deleted).
-    """
+    run: str  # the staging folder (``tasks.sharded.staging_run``)
+    shards: list[ShardInput]
+    rows: int
+    n_quarantined: int
+    notes: dict
+
+
+def read_in_shards(st: Store, model_name: str, version: str, data: str, columns: ColumnMap, n_shards: int,
+                   since: dt.datetime | None) -> ShardedInput:
+    """Plan the shards from the series ids alone, then read, validate and stage every shard as a
+    mapped task. Staging folders that killed runs left behind are swept first."""
     from prefect.runtime import flow_run
 
-    run_id = str(flow_run.id or uuid.uuid4())
-    calendar = calendar_step(bundle, observations, as_of)
-    shards = [ids for ids in split_series(observations["series_id"], params.shards) if ids]
-    keys = [f"{staging_prefix(run_id)}{k:05d}.parquet" for k in range(len(shards))]
-    futures = shard_step.map(unmapped(st.url), unmapped(params.model_name), unmapped(bundle.version),
-                             unmapped(data), unmapped(params.columns), shards, unmapped(as_of),
-                             unmapped(calendar), keys)
+    logger = get_run_logger()
+    swept = sweep_staging(st)
+    if swept:
+        logger.info("removed staging left by %d killed run(s): %s", len(swept), ", ".join(swept))
+    run = staging_run(str(flow_run.id or uuid.uuid4()))
+    ids = plan_step(data, columns)
+    groups = split_series(ids, n_shards)
+    todo = [k for k, g in enumerate(groups) if g]
+    logger.info("%d series in %d shards (%d empty); staging under %s", ids.len(), n_shards,
+                n_shards - len(todo), st.uri(staging_prefix(run) + "input"))
+    keys = [f"{staging_prefix(run)}input/{k:05d}.parquet" for k in todo]
+    futures = read_step.map(unmapped(st.url), unmapped(model_name), unmapped(version), unmapped(data),
+                            unmapped(columns), [groups[k] for k in todo], [(k, n_shards) for k in todo],
+                            unmapped(since), keys)
+    wait(futures)
+    try:
+        shards = [f.result() for f in futures]
+    except BaseException:
+        discard_staging(st.url, run)
+        raise
+    merged = merge_inputs(shards)
+    return ShardedInput(run, shards, merged["rows"], merged["n_quarantined"], merged["notes"])
+
+
+def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date | None, model_name: str) -> dict:
+    """Score staged shards as of one date (None: the newest date of the data): every shard as a
+    mapped task, then one task writes the partition. Parts stage under the run's folder."""
+    as_of, calendar = plan_calendar(bundle, read.shards, as_of)
+    staged = [s.staged for s in read.shards if s.staged]
+    keys = [f"{staging_prefix(read.run)}parts/{as_of}/{k:05d}.parquet" for k in range(len(staged))]
+    futures = shard_step.map(unmapped(st.url), unmapped(model_name), unmapped(bundle.version), staged,
+                             unmapped(as_of), unmapped(calendar), keys)
     wait(futures)
     try:
         parts = [f.result() for f in futures]
-        max_gap = bundle.config["params"]["clean"]["max_gap"]
-        return assemble_step(st.url, parts, max_gap, calendar, as_of, params.model_name, bundle.version, run_id)
     except BaseException:
-        discard_staging(st.url, run_id)
+        for key in keys:
+            st.delete(key)
         raise
+    max_gap = bundle.config["params"]["clean"]["max_gap"]
+    return assemble_step(st.url, parts, max_gap, calendar, as_of, model_name, bundle.version)
 
 
-@flow(name="score", log_prints=True)
+def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -> tuple[dict, ShardedInput]:
+    """``forecast_and_write`` with no process holding the whole catalogue (``tasks.sharded``): the
+    partition is written only once every shard is done, in one atomic object, and a failed run
+    leaves it as it was. The run's staging is deleted either way."""
+    since = scoring_span_start(bundle, params.as_of) if params.as_of else None
+    read = read_in_shards(st, params.model_name, bundle.version, data, params.columns, params.shards, since)
+    try:
+        return score_staged(st, bundle, read, params.as_of, params.model_name), read
+    finally:
+        discard_staging(st.url, read.run)
+
+
+@flow(name="score", log_prints=True, task_runner=SettingsTaskRunner())
 def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) -> dict:
     """Forecast every series from the champion as of ``params.as_of``.
 
@@ -92,14 +145,17 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
     settings, st = start_run(store, params.data)
     logger = get_run_logger()
     bundle = champion(st, params.model_name)
-    raw = ingest(params.data or settings.data, params.columns)
-    checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format)
-    as_of = params.as_of or checked.valid["timestamp"].max().date()
     if params.shards > 1:
-        out = score_in_shards(st, bundle, checked.valid, as_of, params.data or settings.data, params)
+        out, read = score_in_shards(st, bundle, params.data or settings.data, params)
+        n_quarantined, notes = read.n_quarantined, read.notes
     else:
-        out = score_date(st, bundle, checked.valid, as_of, params.model_name)
-    lost = checked.notes.get("series_every_row_quarantined") or []
+        raw = ingest(params.data or settings.data, params.columns)
+        checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format)
+        out = score_date(st, bundle, checked.valid, params.as_of or checked.valid["timestamp"].max().date(),
+                         params.model_name)
+        n_quarantined, notes = checked.n_quarantined, checked.notes
+    as_of = out["as_of"]
+    lost = notes.get("series_every_row_quarantined") or []
     if lost:
         logger.warning("%d series had every input row quarantined and cannot be scored: %s%s", len(lost),
                        ", ".join(map(str, lost[:20])), " ..." if len(lost) > 20 else "")
@@ -115,6 +171,6 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
         markdown=(f"# Forecasts {params.model_name} as of {as_of}\n\n"
                   f"- `{out['forecasts']}`\n- {out['rows']} rows, {out['series']} series, "
                   f"model version `{bundle.version}`\n- served by method: {out['methods']}\n"
-                  f"- quarantined input rows: {checked.n_quarantined}\n"
+                  f"- quarantined input rows: {n_quarantined}\n"
                   + (f"\n## Not scored{skipped}\n" if skipped else "")))
-    return {**out, "quarantined_rows": checked.n_quarantined, "input_notes": checked.notes}
+    return {**out, "quarantined_rows": n_quarantined, "input_notes": notes}

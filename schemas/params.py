@@ -263,6 +263,8 @@ class BackfillParams(_Config):
     overwrite: bool = Field(False, description="re-score dates whose partition already exists")
     max_parallel: int = Field(2, ge=1, le=32, description="dates scored at the same time")
     columns: ColumnMap = ColumnMap()
+    shards: int = Field(1, ge=1, le=4096, description="read the data once in this many shards (stable hash of the "
+                                                    "id) and score every date shard by shard; 1: one task per date")
 
     @model_validator(mode="after")
     def _ordered(self) -> "BackfillParams":

@@ -51,12 +51,20 @@ def _resolve(uri: str) -> tuple[list[str] | str, str]:
     return files, "csv" if suffixes == {".csv"} else "parquet"
 
 
-def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | None = None) -> pl.DataFrame:
+SHARD_COLUMNS = ("nshards", "shard")
+"""Hive partition keys of the shard layout ``nightcast partition`` writes (``<dir>/nshards=N/shard=K/``):
+nightcast's own, never covariates."""
+
+
+def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | None = None,
+                      shard: tuple[int, int] | None = None) -> pl.DataFrame:
     """Read the raw observations and rename the mapped columns to the canonical names.
 
     ``sample://`` is the bundled sample panel (the embedded default input). ``series``: read only
     the rows of these series ids (one shard): the filter is part of the lazy scan, so Parquet
     skips the row groups whose id statistics exclude them (and CSV drops rows while reading).
+    ``shard=(k, n)``: on input in the shard layout with ``nshards=n``, only the files of
+    ``shard=k`` are opened at all (hive partition pruning, local or S3).
 
     CSV is read as text so that a bad value becomes a reported row, not a
     failed read; typing happens in validation. Covariates keep their names.
@@ -74,9 +82,12 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
             scan = pl.scan_csv(source, infer_schema=False, storage_options=opts)
         else:
             scan = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts)
-        if series is not None and columns.series_col in scan.collect_schema():
-            scan = scan.filter(_only(scan.collect_schema(), columns.series_col, series))
-        frame = scan.collect()
+        schema = scan.collect_schema()
+        if shard is not None and all(c in schema for c in SHARD_COLUMNS):
+            scan = scan.filter((pl.col("nshards") == shard[1]) & (pl.col("shard") == shard[0]))
+        if series is not None and columns.series_col in schema:
+            scan = scan.filter(_only(schema, columns.series_col, series))
+        frame = scan.drop([c for c in SHARD_COLUMNS if c in schema] if fmt == "parquet" else []).collect()
     except FileNotFoundError as exc:
         raise IngestError(f"input not found: {uri}") from exc
     except pl.exceptions.DuplicateError as exc:  # a Parquet schema that names a column twice
@@ -91,6 +102,41 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
     if fmt == "csv" and any(_DUPLICATED in c for c in frame.columns):
         _reject_repeated_header(source, opts, uri)
     return _rename(frame, columns, uri)
+
+
+def read_as_written(uri: str) -> pl.DataFrame:
+    """The input with its own column names (CSV as text): what ``nightcast partition`` rewrites."""
+    source, fmt = _resolve(uri)
+    opts = storage_options() if uri.startswith("s3://") else None
+    try:
+        scan = (pl.scan_csv(source, infer_schema=False, storage_options=opts) if fmt == "csv"
+                else pl.scan_parquet(source, hive_partitioning=True, storage_options=opts))
+        return scan.collect()
+    except FileNotFoundError as exc:
+        raise IngestError(f"input not found: {uri}") from exc
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise IngestError(f"cannot read {uri} as {fmt}: {_first_line(exc)}") from exc
+
+
+def load_series_ids(uri: str, columns: ColumnMap = ColumnMap()) -> pl.Series:
+    """The distinct series ids of the input, text, sorted: a scan of the id column alone (Parquet reads
+    no other column; CSV parses no other field). What a sharded run's planner reads."""
+    if uri == SAMPLE_DATA:
+        return load_observations(uri, columns)["series_id"].cast(pl.String).unique().sort()
+    source, fmt = _resolve(uri)
+    opts = storage_options() if uri.startswith("s3://") else None
+    try:
+        scan = (pl.scan_csv(source, infer_schema=False, storage_options=opts) if fmt == "csv"
+                else pl.scan_parquet(source, hive_partitioning=True, storage_options=opts))
+        if columns.series_col not in scan.collect_schema():
+            raise IngestError(f"missing column {columns.series_col!r} in {uri}; found "
+                              f"{list(scan.collect_schema())}. Map it with --series-col.")
+        ids = scan.select(pl.col(columns.series_col).cast(pl.String)).unique().collect().to_series()
+    except FileNotFoundError as exc:
+        raise IngestError(f"input not found: {uri}") from exc
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise IngestError(f"cannot read {uri} as {fmt}: {_first_line(exc)}") from exc
+    return ids.drop_nulls().sort().alias("series_id")
 
 
 def _only(schema: pl.Schema, column: str, series: list[str]) -> pl.Expr:

@@ -85,25 +85,49 @@ def _history(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     With no ``calendar`` this is a whole run: the data must cover ``as_of`` and hold recent rows.
     With one it is a shard, whose recent history may be empty.
     """
-    cfg = bundle.config
-    clean_cfg = CleanConfig(**cfg["params"]["clean"])
-    lookback = cfg["params"]["window"]["lookback"]
-    season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
-    cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    clean_cfg = CleanConfig(**bundle.config["params"]["clean"])
+    cutoff, steps, trained = _span(bundle, as_of)
     if calendar is None:
         first, last = observations["timestamp"].min(), observations["timestamp"].max()
         if as_of < first.date() or as_of > last.date():
             raise ScoreError(f"unknown as_of {as_of}: the data covers {first.date()} to {last.date()}")
-    trained = Calendar.from_json(cfg["calendar"])
-    state = FeatureState.from_json(bundle.preprocessing["features"])
-    keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
-    history, gone, since = _recent(observations, cutoff, trained, keep + (clean_cfg.outlier_window or max(season, 7))
-                                   + clean_cfg.max_gap, strict=calendar is None)
+    history, gone, since = _recent(observations, cutoff, trained, steps, strict=calendar is None)
     if calendar is None:
         # Holidays are re-read from the data (new ones appear); frequency and kind are the model's.
         calendar = decide_calendar(history, clean_cfg.model_copy(update={"frequency": trained.frequency,
                                                                          "calendar": trained.kind}))
     return history, gone, since, calendar
+
+
+def _span(bundle: Bundle, as_of: dt.date) -> tuple[dt.datetime, int, Calendar]:
+    """Where scoring as of ``as_of`` cuts the data, how many calendar steps before that it cleans and
+    windows (``_recent`` takes twice that), and the calendar the model was trained on."""
+    cfg = bundle.config
+    clean_cfg = CleanConfig(**cfg["params"]["clean"])
+    lookback = cfg["params"]["window"]["lookback"]
+    season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
+    state = FeatureState.from_json(bundle.preprocessing["features"])
+    keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
+    cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    return cutoff, keep + (clean_cfg.outlier_window or max(season, 7)) + clean_cfg.max_gap, Calendar.from_json(
+        cfg["calendar"])
+
+
+def scoring_span_start(bundle: Bundle, as_of: dt.date) -> dt.datetime:
+    """The oldest timestamp scoring as of ``as_of`` with this bundle looks at (older rows only tell
+    that a series exists, and is stale)."""
+    cutoff, steps, trained = _span(bundle, as_of)
+    return _steps_before(cutoff, trained, 2 * steps)
+
+
+def keep_for_scoring(observations: pl.DataFrame, since: dt.datetime) -> pl.DataFrame:
+    """What scoring from any ``as_of`` whose span starts at or after ``since`` needs of these rows:
+    every row from ``since`` on (later known-future covariates included) and each series' last row
+    before it, which is all ``_recent`` needs to name a series stale. Forecasts from the kept rows
+    equal those from all of them."""
+    older = observations.filter(pl.col("timestamp") < since)
+    last = older.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(1)
+    return pl.concat([last, observations.filter(pl.col("timestamp") >= since)]).sort("series_id", "timestamp")
 
 
 def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,

@@ -10,6 +10,7 @@ cluster need not run the version the planner ran.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import polars as pl
 
@@ -36,3 +37,34 @@ def split_series(series_ids: pl.Series, n_shards: int) -> list[list[str]]:
     frame = pl.DataFrame({"series_id": ids, "shard": shard_of(ids, n_shards)})
     groups = dict(frame.group_by("shard").agg("series_id").iter_rows())
     return [groups.get(k, []) for k in range(n_shards)]
+
+
+def write_shard_layout(uri: str, out: str, n_shards: int, series_col: str = "series_id") -> dict:
+    """Rewrite the input at ``uri`` as hive-partitioned Parquet, ``<out>/nshards=N/shard=K/*.parquet``,
+    each series in the file of its shard (``shard_of``), rows sorted by id.
+
+    A sharded run with ``N`` shards then opens only its own shard's files (``load_observations``
+    filters on the partition keys, so polars prunes the others before reading, locally or on S3).
+    Columns keep their names and, for CSV, their text, so validation still sees every value as
+    written. Reads the whole input once: run it when the data lands, or write this layout from the
+    pipeline that produces the data (the hash is documented above). ``out`` must be new or empty,
+    so that two shard counts never mix in one layout.
+    """
+    from tasks.ingest import IngestError, read_as_written, storage_options
+    from tasks.storage import open_store
+
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if (open_store(out).list("") if out.startswith("s3://")
+            else Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir())):
+        raise IngestError(f"{out} already holds files; partition into a new directory")
+    frame = read_as_written(uri)
+    if series_col not in frame.columns:
+        raise IngestError(f"missing column {series_col!r} in {uri}; found {frame.columns}. "
+                          "Name the id column with --series-col.")
+    frame = frame.with_columns(pl.lit(n_shards, dtype=pl.UInt32).alias("nshards"),
+                               shard_of(frame[series_col], n_shards).alias("shard")).sort(series_col)
+    frame.write_parquet(out.rstrip("/"), partition_by=["nshards", "shard"],
+                        storage_options=storage_options() if out.startswith("s3://") else None)
+    return {"rows": frame.height, "series": frame[series_col].n_unique(), "shards": frame["shard"].n_unique(),
+            "out": out}

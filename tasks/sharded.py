@@ -1,9 +1,21 @@
-"""Sharded scoring: each shard reads, checks and forecasts its own series and stages its part;
-one last step puts the parts together and replaces the partition atomically.
+"""Sharded scoring: no process reads the whole catalogue.
 
-Tasks here take store URLs and bundle versions, not open clients or loaded models, so that they
-run unchanged on a thread, a local Dask cluster or a remote worker (everything they get is
-pickled there, and each reads what it needs from the store itself).
+A run has three stages, and only the first and last run in the flow's own process:
+
+1. plan: the distinct series ids (a scan of the id column alone) split by ``tasks.shard``;
+2. per shard, as mapped tasks: ``read_shard`` reads its own series (Parquet predicate pushdown;
+   with the shard layout ``nightcast partition`` writes, only its own files), validates them and
+   stages the rows scoring needs; ``plan_calendar`` then decides the calendar from the small
+   per-day digests the shards return; ``score_shard`` forecasts a staged shard and stages its part;
+3. ``assemble_shards`` settles staleness across shards and replaces the partition in one atomic write.
+
+Everything staged lives under ``forecasts/_staging/<stamp>-<run>/``, outside every partition (readers
+never list it); a run deletes its own staging when it ends, and ``sweep_staging`` removes what a
+killed run left behind once it is older than a day's run could be.
+
+Tasks take store URLs and bundle versions, not open clients or loaded models, so that they run
+unchanged on a thread, a local Dask cluster or a remote worker (everything they get is pickled
+there, and each reads what it needs from the store itself).
 """
 
 from __future__ import annotations
@@ -17,28 +29,116 @@ import polars as pl
 from schemas.params import ColumnMap
 from tasks.clean import Calendar
 from tasks.ingest import load_observations
-from tasks.registry import load_bundle
-from tasks.score import ScorePart, ScoreReport, assemble_parts, forecast_part, write_forecasts
-from tasks.storage import open_store
+from tasks.registry import Bundle, load_bundle
+from tasks.score import (ScorePart, ScoreReport, assemble_parts, forecast_part, keep_for_scoring, score_calendar,
+                         scoring_span_start, write_forecasts)
+from tasks.storage import Store, open_store
 from tasks.validate import validate_observations
 
-
-def staging_prefix(run_id: str) -> str:
-    """Where one run's shards stage their parts (outside every partition, so readers never list them)."""
-    return f"forecasts/_staging/{run_id}/"
+STAGING = "forecasts/_staging/"
+_STAMP = "%Y%m%dT%H%M%SZ"
 
 
-def score_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str],
-                as_of: dt.date, calendar: Calendar, staged_key: str) -> ScorePart:
-    """Forecast one shard's series and write them to ``staged_key``; the part comes back without its
+def staging_run(run_id: str, now: dt.datetime | None = None) -> str:
+    """A run's staging folder name: its start time first, so that ``sweep_staging`` can tell its age."""
+    now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    return f"{now:{_STAMP}}-{run_id}"
+
+
+def staging_prefix(run: str) -> str:
+    """Where one run (``staging_run``) stages its shards' inputs and parts."""
+    return f"{STAGING}{run}/"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInput:
+    """What one shard read: counts for the run's report, and its validated rows staged for scoring."""
+
+    staged: str | None  # store key of the rows kept for scoring; None: no valid row
+    rows: int  # input rows read
+    n_quarantined: int
+    notes: dict
+    first: dt.datetime | None  # oldest and newest valid timestamp
+    last: dt.datetime | None
+    days: pl.DataFrame  # per calendar day: up to two series ids seen that day, and the day's newest timestamp
+
+
+def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str],
+               shard: tuple[int, int], since: dt.datetime | None, staged_key: str) -> ShardInput:
+    """Read, validate and stage one shard's series.
+
+    ``since``: the oldest timestamp any date this run scores looks at (``scoring_span_start``);
+    None when the run scores the newest date in the data, which is at or after this shard's own
+    newest date, so the shard's own span start is early enough. Only the rows scoring needs are
+    staged (``keep_for_scoring``). Validation's share limit applies to each shard's own rows.
+    """
+    store = open_store(store_url)
+    bundle = load_bundle(store, model_name, version)
+    raw = load_observations(data, columns, series=series, shard=shard)
+    checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
+                                    columns.timestamp_format)
+    valid = checked.valid
+    if valid.height == 0:
+        return ShardInput(None, raw.height, checked.n_quarantined, checked.notes, None, None, _no_days())
+    first, last = valid["timestamp"].min(), valid["timestamp"].max()
+    kept = keep_for_scoring(valid, since or scoring_span_start(bundle, last.date()))
+    buf = io.BytesIO()
+    kept.write_parquet(buf)
+    store.write_bytes(staged_key, buf.getvalue())
+    days = (kept.group_by(pl.col("timestamp").dt.date().alias("day"))
+            .agg(pl.col("series_id").unique().sort().head(2).alias("ids"), pl.col("timestamp").max().alias("newest")))
+    return ShardInput(staged_key, raw.height, checked.n_quarantined, checked.notes, first, last, days)
+
+
+def _no_days() -> pl.DataFrame:
+    return pl.DataFrame(schema={"day": pl.Date, "ids": pl.List(pl.String), "newest": pl.Datetime("us")})
+
+
+def merge_inputs(inputs: list[ShardInput]) -> dict:
+    """The whole run's input counts and notes from its shards' (counts add up, lists are joined)."""
+    notes: dict = {}
+    for shard in inputs:
+        for key, value in shard.notes.items():
+            if isinstance(value, bool) or key not in notes:
+                notes[key] = value if not isinstance(value, list) else list(value)
+            elif isinstance(value, (int, float)):
+                notes[key] += value
+            elif isinstance(value, list):
+                notes[key] = (notes[key] + value)[:20]  # the listed examples; the counts are exact
+    return {"rows": sum(s.rows for s in inputs), "n_quarantined": sum(s.n_quarantined for s in inputs),
+            "notes": notes}
+
+
+def plan_calendar(bundle: Bundle, inputs: list[ShardInput], as_of: dt.date | None) -> tuple[dt.date, Calendar]:
+    """The run's ``as_of`` (given, else the newest date of any shard) and its calendar, decided as a
+    single process decides it: from each day seen, with two of its series (so whether one or
+    several series are recent is known) at that day's newest timestamp."""
+    days = pl.concat([s.days for s in inputs])
+    if days.height == 0:
+        from tasks.score import ScoreError
+
+        raise ScoreError("no valid observations in any shard")
+    firsts = [s.first for s in inputs if s.first is not None]
+    lasts = [s.last for s in inputs if s.last is not None]
+    evidence = (days.explode("ids").group_by("day").agg(pl.col("ids").unique().sort().head(2),
+                                                        pl.col("newest").max())
+                .explode("ids").select(pl.col("ids").alias("series_id"), pl.col("newest").alias("timestamp")))
+    # the coverage check reads the oldest and newest timestamp of the data
+    evidence = pl.concat([evidence, pl.DataFrame({"series_id": [evidence["series_id"][0]] * 2,
+                                                  "timestamp": [min(firsts), max(lasts)]},
+                                                 schema=evidence.schema)])
+    as_of = as_of or max(lasts).date()
+    return as_of, score_calendar(bundle, evidence.sort("series_id", "timestamp"), as_of)
+
+
+def score_shard(store_url: str, model_name: str, version: str, staged_input: str, as_of: dt.date,
+                calendar: Calendar, staged_key: str) -> ScorePart:
+    """Forecast one staged shard and write its part to ``staged_key``; the part comes back without its
     frame (``staged`` names where it is), so only the small report travels through the task runner."""
     store = open_store(store_url)
     bundle = load_bundle(store, model_name, version)
-    raw = load_observations(data, columns, series=series)
-    valid = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
-                                  columns.timestamp_format).valid
-    part = forecast_part(bundle, valid, as_of, calendar) if valid.height else ScorePart(
-        None, ScoreReport(), _no_last_seen(), None)
+    valid = pl.read_parquet(io.BytesIO(store.read_bytes(staged_input)))
+    part = forecast_part(bundle, valid, as_of, calendar)
     if part.forecasts is None:
         return part
     buf = io.BytesIO()
@@ -47,26 +147,45 @@ def score_shard(store_url: str, model_name: str, version: str, data: str, column
     return dataclasses.replace(part, forecasts=None, staged=staged_key)
 
 
-def _no_last_seen() -> pl.DataFrame:
-    return pl.DataFrame(schema={"series_id": pl.String, "last_seen": pl.Datetime("us")})
-
-
 def assemble_shards(store_url: str, parts: list[ScorePart], max_gap: int, calendar: Calendar, as_of: dt.date,
-                    model_name: str, version: str, run_id: str) -> dict:
-    """Read the staged parts, settle staleness across shards, write the partition in one atomic
-    object (``write_forecasts``), then delete the staged parts. A summary row like an unsharded run's."""
+                    model_name: str, version: str) -> dict:
+    """Read the staged parts, settle staleness across shards and write the partition in one atomic
+    object (``write_forecasts``); the parts are deleted. A summary row like an unsharded run's."""
     store = open_store(store_url)
     loaded = [dataclasses.replace(p, forecasts=pl.read_parquet(io.BytesIO(store.read_bytes(p.staged))))
               if p.staged else p for p in parts]
     forecasts, report = assemble_parts(loaded, max_gap, calendar, as_of)
     key = write_forecasts(store, forecasts, model_name, as_of)
-    discard_staging(store_url, run_id)
+    for p in parts:
+        if p.staged:
+            store.delete(p.staged)
     return {"as_of": as_of, "rows": forecasts.height, "series": report.series_scored, "methods": report.methods,
             "skipped": report.skipped, "model_version": version, "forecasts": store.uri(key)}
 
 
-def discard_staging(store_url: str, run_id: str) -> None:
-    """Delete a run's staged parts (after assembly, or after a failed run)."""
+def discard_staging(store_url: str, run: str) -> None:
+    """Delete everything a run staged (when it ends, done or failed)."""
     store = open_store(store_url)
-    for key in store.list(staging_prefix(run_id)):
+    for key in store.list(staging_prefix(run)):
         store.delete(key)
+
+
+def sweep_staging(store: Store, older_than: dt.timedelta = dt.timedelta(hours=12),
+                  now: dt.datetime | None = None) -> list[str]:
+    """Delete the staging folders of runs that started more than ``older_than`` ago (a run killed
+    before it could clean up); younger ones may belong to a run still going. Returns the folders."""
+    now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    runs: dict[str, list[str]] = {}
+    for key in store.list(STAGING):
+        runs.setdefault(key[len(STAGING):].split("/", 1)[0], []).append(key)
+    removed = []
+    for run, keys in sorted(runs.items()):
+        try:
+            started = dt.datetime.strptime(run.split("-", 1)[0], _STAMP).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue  # not a folder a run of this version named: leave it
+        if now - started >= older_than:
+            for key in keys:
+                store.delete(key)
+            removed.append(run)
+    return removed

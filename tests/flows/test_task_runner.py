@@ -20,3 +20,17 @@ def test_thread_pool_by_default_and_dask_by_setting(monkeypatch):
     flow = on_task_runner(score_flow)
     assert isinstance(flow.task_runner, DaskTaskRunner) and flow.fn is score_flow.fn
     assert isinstance(score_flow.task_runner, ThreadPoolTaskRunner)  # the module's flow is unchanged
+
+
+def test_flows_pick_their_runner_when_a_run_starts_not_at_import(monkeypatch):
+    """A deployment's runs reach Dask by setting NIGHTCAST_DASK_ADDRESS on the worker: Prefect starts
+    every run with ``task_runner.duplicate()``, which reads the settings then."""
+    from flows.backfill import backfill_flow
+
+    monkeypatch.delenv("NIGHTCAST_DASK_ADDRESS", raising=False)
+    for flow in (score_flow, backfill_flow):
+        assert type(flow.task_runner.duplicate()) is ThreadPoolTaskRunner
+    monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", "tcp://10.0.0.7:8786")
+    for flow in (score_flow, backfill_flow):
+        runner = flow.task_runner.duplicate()
+        assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://10.0.0.7:8786"

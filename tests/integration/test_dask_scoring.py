@@ -6,6 +6,7 @@ its shard to the other worker: the run completes and the partition is whole.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ from panel import make_panel  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-N_SERIES = 600
+N_SERIES = 2000
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,13 @@ def _partition(store: str, as_of) -> pl.DataFrame:
     return read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
 
 
-def test_sharded_on_dask_equals_single_process(trained, cluster):
+def test_sharded_on_dask_equals_single_process(trained, cluster, monkeypatch):
+    """The flow as a deployment runs it: the worker's environment names the scheduler, nothing else."""
     data, store, single = trained
     address, _, _ = cluster
     expected = _partition(store, single["as_of"])
-    flow = on_task_runner(score_flow, Settings(dask_address=address))
-    out = flow(ScoreParams(data=data, shards=4), store=store)
+    monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", address)
+    out = score_flow(ScoreParams(data=data, shards=4), store=store)
     assert _partition(store, single["as_of"]).equals(expected)
     assert (out["series"], out["skipped"]) == (single["series"], single["skipped"])
     assert out["series"] > N_SERIES // 2
@@ -98,16 +100,19 @@ def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, clus
     st.delete(f"forecasts/model=lstm/as_of={single['as_of']}/forecasts.parquet")
     staged_at_kill: list[int] = []
 
+    def parts() -> list[str]:
+        return [k for k in st.list("forecasts/_staging/") if "/parts/" in k]
+
     def kill_mid_shard() -> None:
         from distributed import Client
 
         with Client(address, timeout=10) as client:
             w0 = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "w0")
-            # a shard has finished and w0 is in the middle of another one
-            wait_for(lambda: st.list("forecasts/_staging/") and client.processing(workers=[w0])[w0], 300,
+            # a shard's forecasts are staged and w0 is in the middle of scoring another one
+            wait_for(lambda: parts() and client.processing(workers=[w0])[w0], 300,
                      "w0 scoring a shard after one is staged", interval=0.02)
             os.kill(workers[0].pid, signal.SIGKILL)
-        staged_at_kill.append(len(st.list("forecasts/_staging/")))
+        staged_at_kill.append(len(parts()))
 
     killer = threading.Thread(target=kill_mid_shard, daemon=True)
     killer.start()
@@ -119,3 +124,20 @@ def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, clus
     assert _partition(store, single["as_of"]).equals(expected)
     assert out["series"] == single["series"]
     assert st.list("forecasts/_staging/") == []
+
+
+def test_sharded_backfill_on_dask_equals_single_process(trained, cluster, monkeypatch):
+    from flows.backfill import backfill_flow
+
+    data, store, single = trained
+    address, _, _ = cluster
+    end = single["as_of"]
+    start = end - dt.timedelta(days=2)
+    backfill_flow(start=start, end=end, overwrite=True, data=data, store=store)
+    expected = {d: _partition(store, d) for d in (start, start + dt.timedelta(days=1), end)}
+    monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", address)
+    out = backfill_flow(start=start, end=end, overwrite=True, data=data, shards=4, store=store)
+    assert (out["done"], out["failed"]) == (3, 0)
+    for day, frame in expected.items():
+        assert _partition(store, day).equals(frame), day
+    assert open_store(store).list("forecasts/_staging/") == []

@@ -33,3 +33,53 @@ def test_numeric_ids_hash_as_their_text_and_bad_counts_fail():
         shard_of(pl.Series(["a"]), 0)
 
 
+
+
+def test_staging_of_killed_runs_is_swept_once_old_and_only_then(tmp_path):
+    import datetime as dt
+
+    from tasks.sharded import STAGING, staging_run, sweep_staging
+    from tasks.storage import open_store
+
+    st = open_store(str(tmp_path))
+    now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.timezone.utc)
+    old = staging_run("run-a", now - dt.timedelta(hours=13))
+    young = staging_run("run-b", now - dt.timedelta(hours=1))
+    for run in (old, young, "not-ours"):
+        st.write_bytes(f"{STAGING}{run}/input/00000.parquet", b"x")
+        st.write_bytes(f"{STAGING}{run}/parts/2026-11-22/00000.parquet", b"x")
+    st.write_bytes("forecasts/model=lstm/as_of=2026-11-22/forecasts.parquet", b"keep")
+    assert sweep_staging(st, now=now) == [old]
+    left = st.list(STAGING)
+    assert not any(k.startswith(f"{STAGING}{old}/") for k in left)
+    assert sum(k.startswith(f"{STAGING}{young}/") for k in left) == 2
+    assert sum(k.startswith(f"{STAGING}not-ours/") for k in left) == 2
+    assert st.exists("forecasts/model=lstm/as_of=2026-11-22/forecasts.parquet")
+
+
+def test_shard_layout_opens_only_the_shards_own_files(tmp_path):
+    """After ``write_shard_layout``, a shard's read never reads another shard's rows: with shards 1 and 3
+    replaced by garbage, shard 2 still reads, and a whole read fails. (The first file's footer gives
+    polars the schema, so shard 0 stays intact.)"""
+    from tasks.ingest import IngestError, load_observations
+    from tasks.sample import make_sample
+    from tasks.shard import write_shard_layout
+
+    raw = make_sample(n_series=12, days=5, seed=1)
+    raw.write_csv(tmp_path / "obs.csv")
+    out = write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 4)
+    assert (out["rows"], out["series"]) == (raw.height, 12)
+    whole = load_observations(str(tmp_path / "lay"))
+    as_csv = load_observations(str(tmp_path / "obs.csv"))
+    assert whole.sort(whole.columns).equals(as_csv.sort(as_csv.columns))  # same columns, text kept as written
+    mine = load_observations(str(tmp_path / "lay"), shard=(2, 4))
+    expected = set(split_series(raw["series_id"], 4)[2])
+    assert set(mine["series_id"].unique().to_list()) == expected and expected
+    for f in (tmp_path / "lay").rglob("*.parquet"):
+        if "shard=1" in str(f) or "shard=3" in str(f):
+            f.write_bytes(b"not parquet")
+    assert load_observations(str(tmp_path / "lay"), shard=(2, 4)).equals(mine)
+    with pytest.raises(IngestError):
+        load_observations(str(tmp_path / "lay"))
+    with pytest.raises(IngestError, match="already holds files"):
+        write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 4)
