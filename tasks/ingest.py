@@ -6,6 +6,7 @@ import glob as globlib
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 
@@ -75,6 +76,26 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
         sample = make_sample()
         return _rename(sample.filter(_only(sample.schema, "series_id", series)) if series is not None else sample,
                        ColumnMap(), uri)
+
+    def shard_rows(scan: pl.LazyFrame, schema: pl.Schema, fmt: str) -> pl.LazyFrame:
+        if shard is not None and all(c in schema for c in SHARD_COLUMNS):
+            scan = scan.filter((pl.col("nshards") == shard[1]) & (pl.col("shard") == shard[0]))
+        if series is not None and columns.series_col in schema:
+            scan = scan.filter(_only(schema, columns.series_col, series))
+        return scan.drop([c for c in SHARD_COLUMNS if c in schema] if fmt == "parquet" else [])
+
+    frame, fmt, source, opts = _read(uri, shard_rows)
+    if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
+        raise IngestError(f"{uri} is empty: no header and no rows")
+    if fmt == "csv" and any(_DUPLICATED in c for c in frame.columns):
+        _reject_repeated_header(source, opts, uri)
+    return _rename(frame, columns, uri)
+
+
+def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame] | None = None
+          ) -> tuple[pl.DataFrame, str, list[str] | str, dict[str, str] | None]:
+    """Scan ``uri`` (CSV as text, Parquet with hive partitions), apply ``query`` to the lazy scan and
+    collect; read errors become ``IngestError`` naming the input. Also (format, source, options)."""
     source, fmt = _resolve(uri)
     opts = storage_options() if uri.startswith("s3://") else None
     try:
@@ -82,12 +103,7 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
             scan = pl.scan_csv(source, infer_schema=False, storage_options=opts)
         else:
             scan = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts)
-        schema = scan.collect_schema()
-        if shard is not None and all(c in schema for c in SHARD_COLUMNS):
-            scan = scan.filter((pl.col("nshards") == shard[1]) & (pl.col("shard") == shard[0]))
-        if series is not None and columns.series_col in schema:
-            scan = scan.filter(_only(schema, columns.series_col, series))
-        frame = scan.drop([c for c in SHARD_COLUMNS if c in schema] if fmt == "parquet" else []).collect()
+        frame = (query(scan, scan.collect_schema(), fmt) if query else scan).collect()
     except FileNotFoundError as exc:
         raise IngestError(f"input not found: {uri}") from exc
     except pl.exceptions.DuplicateError as exc:  # a Parquet schema that names a column twice
@@ -97,25 +113,12 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
                           f"{_files_with_repeats(source, opts) or uri}; rename or drop the copies") from exc
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise IngestError(f"cannot read {uri} as {fmt}: {_first_line(exc)}") from exc
-    if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
-        raise IngestError(f"{uri} is empty: no header and no rows")
-    if fmt == "csv" and any(_DUPLICATED in c for c in frame.columns):
-        _reject_repeated_header(source, opts, uri)
-    return _rename(frame, columns, uri)
+    return frame, fmt, source, opts
 
 
 def read_as_written(uri: str) -> pl.DataFrame:
     """The input with its own column names (CSV as text): what ``nightcast partition`` rewrites."""
-    source, fmt = _resolve(uri)
-    opts = storage_options() if uri.startswith("s3://") else None
-    try:
-        scan = (pl.scan_csv(source, infer_schema=False, storage_options=opts) if fmt == "csv"
-                else pl.scan_parquet(source, hive_partitioning=True, storage_options=opts))
-        return scan.collect()
-    except FileNotFoundError as exc:
-        raise IngestError(f"input not found: {uri}") from exc
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise IngestError(f"cannot read {uri} as {fmt}: {_first_line(exc)}") from exc
+    return _read(uri)[0]
 
 
 def load_series_ids(uri: str, columns: ColumnMap = ColumnMap()) -> pl.Series:
@@ -123,20 +126,14 @@ def load_series_ids(uri: str, columns: ColumnMap = ColumnMap()) -> pl.Series:
     no other column; CSV parses no other field). What a sharded run's planner reads."""
     if uri == SAMPLE_DATA:
         return load_observations(uri, columns)["series_id"].cast(pl.String).unique().sort()
-    source, fmt = _resolve(uri)
-    opts = storage_options() if uri.startswith("s3://") else None
-    try:
-        scan = (pl.scan_csv(source, infer_schema=False, storage_options=opts) if fmt == "csv"
-                else pl.scan_parquet(source, hive_partitioning=True, storage_options=opts))
-        if columns.series_col not in scan.collect_schema():
-            raise IngestError(f"missing column {columns.series_col!r} in {uri}; found "
-                              f"{list(scan.collect_schema())}. Map it with --series-col.")
-        ids = scan.select(pl.col(columns.series_col).cast(pl.String)).unique().collect().to_series()
-    except FileNotFoundError as exc:
-        raise IngestError(f"input not found: {uri}") from exc
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise IngestError(f"cannot read {uri} as {fmt}: {_first_line(exc)}") from exc
-    return ids.drop_nulls().sort().alias("series_id")
+
+    def ids(scan: pl.LazyFrame, schema: pl.Schema, fmt: str) -> pl.LazyFrame:
+        if columns.series_col not in schema:
+            raise IngestError(f"missing column {columns.series_col!r} in {uri}; found {list(schema)}. "
+                              "Map it with --series-col.")
+        return scan.select(pl.col(columns.series_col).cast(pl.String)).unique()
+
+    return _read(uri, ids)[0].to_series().drop_nulls().sort().alias("series_id")
 
 
 def _only(schema: pl.Schema, column: str, series: list[str]) -> pl.Expr:
