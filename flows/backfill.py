@@ -14,10 +14,11 @@ import datetime as dt
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import BackfillParams, ColumnMap
 from tasks.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
-from tasks.score import forecasts_key, scoring_span_start
+from tasks.score import covariate_kinds, forecasts_key, scoring_span_start
 from tasks.sharded import discard_staging
 from tasks.storage import Store
 from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
@@ -97,15 +98,16 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
     if todo:
         for version in sorted({plan[d] for d in todo}):
             bundles[version] = load_bundle(st, params.model_name, version)
-        max_bad_share = next(iter(bundles.values())).config["params"]["clean"]["max_bad_share"]
+        first = bundles[min(bundles)]  # validation's share limit and covariate types: the oldest version's
         if params.shards > 1:
             # every date's span starts at or after the earliest one any of its bundles looks at
             since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
-            read = read_in_shards(st, params.model_name, plan[todo[0]], params.data or settings.data,
+            read = read_in_shards(st, params.model_name, first.version, params.data or settings.data,
                                   params.columns, params.shards, since)
         else:
             raw = ingest(params.data or settings.data, params.columns)
-            observations = validate(raw, max_bad_share, params.columns.timestamp_format).valid
+            observations = validate(raw, first.config["params"]["clean"]["max_bad_share"],
+                                    params.columns.timestamp_format, covariate_kinds(first)).valid
 
     def record(day: dt.date, result: dict | BaseException) -> None:
         nonlocal finished
@@ -134,12 +136,19 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
                 record(day, result)
         finally:
             discard_staging(st.url, read.run)
-    for i in range(0, len(todo) if read is None else 0, params.max_parallel):
-        batch = todo[i:i + params.max_parallel]
-        futures = {d: score_date.submit(st, bundles[plan[d]], observations, d, params.model_name) for d in batch}
-        wait(list(futures.values()))
-        for day, fut in futures.items():
-            record(day, fut.result(raise_on_failure=False))
+    if read is None and todo:
+        # Unsharded dates share this process's frame, open store and loaded bundles: they run on a
+        # thread pool here even when the flow's runner is Dask (a boto3 client does not pickle, and
+        # shipping the whole catalogue to a worker per date is what shards are for).
+        with ThreadPoolTaskRunner(max_workers=params.max_parallel) as pool:
+            for i in range(0, len(todo), params.max_parallel):
+                batch = todo[i:i + params.max_parallel]
+                futures = {d: pool.submit(score_date, {"store": st, "bundle": bundles[plan[d]],
+                                                       "observations": observations, "as_of": d,
+                                                       "model_name": params.model_name}) for d in batch}
+                wait(list(futures.values()))
+                for day, fut in futures.items():
+                    record(day, fut.result(raise_on_failure=False))
 
     table = [{"as_of": d.isoformat(), **rows[d]} for d in sorted(rows)]
     counts = {s: sum(r["status"] == s for r in table) for s in ("done", "skipped", "failed")}

@@ -15,10 +15,10 @@ from prefect.artifacts import create_markdown_artifact
 from schemas.params import ColumnMap, ScoreParams, Settings
 from tasks.ingest import load_observations, load_series_ids
 from tasks.registry import Bundle, load_champion
-from tasks.score import forecast_from_bundle, scoring_span_start, write_forecasts
-from tasks.shard import split_series
-from tasks.sharded import (ShardInput, assemble_shards, discard_staging, merge_inputs, plan_calendar, read_shard,
-                           score_shard, staging_prefix, staging_run, sweep_staging)
+from tasks.score import covariate_kinds, forecast_from_bundle, scoring_span_start, write_forecasts
+from tasks.shard import plan_shards
+from tasks.sharded import (STAGING, ShardInput, assemble_shards, discard_staging, merge_inputs, plan_calendar,
+                           read_shard, run_of, score_shard, staging_prefix, staging_run, sweep_staging)
 from tasks.storage import Store
 from tasks.validate import validate_observations
 from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
@@ -73,6 +73,27 @@ class ShardedInput:
     notes: dict
 
 
+def _still_running(staging: str) -> bool:
+    """Whether the flow run a staging folder names is still going, asked of the Prefect API. A name
+    that is no Prefect run, or a run the API does not know, is over; an API that does not answer
+    keeps the folder (another night's sweep will try again)."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run_id = uuid.UUID(run_of(staging))
+    except ValueError:
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run_id).state
+    except ObjectNotFound:
+        return False
+    except Exception:  # noqa: BLE001 - unknown: keep
+        return True
+    return state is None or not state.is_final()
+
+
 def read_in_shards(st: Store, model_name: str, version: str, data: str, columns: ColumnMap, n_shards: int,
                    since: dt.datetime | None) -> ShardedInput:
     """Plan the shards from the series ids alone, then read, validate and stage every shard as a
@@ -80,14 +101,17 @@ def read_in_shards(st: Store, model_name: str, version: str, data: str, columns:
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
-    swept = sweep_staging(st)
-    if swept:
-        logger.info("removed staging left by %d killed run(s): %s", len(swept), ", ".join(swept))
+    try:
+        swept = sweep_staging(st, alive=_still_running)
+        if swept:
+            logger.info("removed staging left by %d killed run(s): %s", len(swept), ", ".join(swept))
+    except Exception as exc:  # noqa: BLE001 - housekeeping: a failed sweep must not fail the run
+        logger.warning("could not sweep old staging under %s: %s", st.uri(STAGING), exc)
     run = staging_run(str(flow_run.id or uuid.uuid4()))
     ids = plan_step(data, columns)
-    groups = split_series(ids, n_shards)
+    groups = plan_shards(ids, n_shards, data)
     todo = [k for k, g in enumerate(groups) if g]
-    logger.info("%d series in %d shards (%d empty); staging under %s", ids.len(), n_shards,
+    logger.info("%d series in %d shards (%d empty); staging under %s", ids.height, n_shards,
                 n_shards - len(todo), st.uri(staging_prefix(run) + "input"))
     keys = [f"{staging_prefix(run)}input/{k:05d}.parquet" for k in todo]
     futures = read_step.map(unmapped(st.url), unmapped(model_name), unmapped(version), unmapped(data),
@@ -107,7 +131,7 @@ def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date |
     """Score staged shards as of one date (None: the newest date of the data): every shard as a
     mapped task, then one task writes the partition. Parts stage under the run's folder."""
     as_of, calendar = plan_calendar(bundle, read.shards, as_of)
-    staged = [s.staged for s in read.shards if s.staged]
+    staged = [s.staged for s in read.shards]
     keys = [f"{staging_prefix(read.run)}parts/{as_of}/{k:05d}.parquet" for k in range(len(staged))]
     futures = shard_step.map(unmapped(st.url), unmapped(model_name), unmapped(bundle.version), staged,
                              unmapped(as_of), unmapped(calendar), keys)
@@ -150,7 +174,8 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
         n_quarantined, notes = read.n_quarantined, read.notes
     else:
         raw = ingest(params.data or settings.data, params.columns)
-        checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format)
+        checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format,
+                           covariate_kinds(bundle))
         out = score_date(st, bundle, checked.valid, params.as_of or checked.valid["timestamp"].max().date(),
                          params.model_name)
         n_quarantined, notes = checked.n_quarantined, checked.notes

@@ -78,11 +78,12 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
                        ColumnMap(), uri)
 
     def shard_rows(scan: pl.LazyFrame, schema: pl.Schema, fmt: str) -> pl.LazyFrame:
-        if shard is not None and all(c in schema for c in SHARD_COLUMNS):
+        layout = _is_layout(schema, fmt)
+        if shard is not None and layout:
             scan = scan.filter((pl.col("nshards") == shard[1]) & (pl.col("shard") == shard[0]))
         if series is not None and columns.series_col in schema:
             scan = scan.filter(_only(schema, columns.series_col, series))
-        return scan.drop([c for c in SHARD_COLUMNS if c in schema] if fmt == "parquet" else [])
+        return scan.drop(SHARD_COLUMNS) if layout else scan
 
     frame, fmt, source, opts = _read(uri, shard_rows)
     if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
@@ -121,19 +122,27 @@ def read_as_written(uri: str) -> pl.DataFrame:
     return _read(uri)[0]
 
 
-def load_series_ids(uri: str, columns: ColumnMap = ColumnMap()) -> pl.Series:
-    """The distinct series ids of the input, text, sorted: a scan of the id column alone (Parquet reads
-    no other column; CSV parses no other field). What a sharded run's planner reads."""
+def load_series_ids(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFrame:
+    """The distinct series ids of the input as text, sorted: a scan of the id column alone (Parquet
+    reads no other column; CSV parses no other field). What a sharded run's planner reads. On the
+    shard layout, each id comes with the ``nshards`` and ``shard`` of the folder it was found in."""
     if uri == SAMPLE_DATA:
-        return load_observations(uri, columns)["series_id"].cast(pl.String).unique().sort()
+        return load_observations(uri, columns).select(pl.col("series_id").cast(pl.String)).unique().sort("series_id")
 
     def ids(scan: pl.LazyFrame, schema: pl.Schema, fmt: str) -> pl.LazyFrame:
         if columns.series_col not in schema:
             raise IngestError(f"missing column {columns.series_col!r} in {uri}; found {list(schema)}. "
                               "Map it with --series-col.")
-        return scan.select(pl.col(columns.series_col).cast(pl.String)).unique()
+        layout = [pl.col(c).cast(pl.Int64) for c in SHARD_COLUMNS] if _is_layout(schema, fmt) else []
+        return scan.select(pl.col(columns.series_col).cast(pl.String).alias("series_id"), *layout).unique()
 
-    return _read(uri, ids)[0].to_series().drop_nulls().sort().alias("series_id")
+    frame = _read(uri, ids)[0]
+    return frame.filter(pl.col("series_id").is_not_null()).sort(frame.columns)
+
+
+def _is_layout(schema: pl.Schema, fmt: str) -> bool:
+    """Parquet in the shard layout: both partition keys are there (one alone is a user's column)."""
+    return fmt == "parquet" and all(c in schema for c in SHARD_COLUMNS)
 
 
 def _only(schema: pl.Schema, column: str, series: list[str]) -> pl.Expr:

@@ -113,6 +113,13 @@ def _span(bundle: Bundle, as_of: dt.date) -> tuple[dt.datetime, int, Calendar]:
         cfg["calendar"])
 
 
+def covariate_kinds(bundle: Bundle) -> dict[str, str]:
+    """How the bundle's model reads each covariate ("categorical" or "numeric"): what validating
+    scoring input must type them as, whatever one day's or one shard's values look like."""
+    state = FeatureState.from_json(bundle.preprocessing["features"])
+    return {**dict.fromkeys(state.numeric_stats, "numeric"), **dict.fromkeys(state.categories, "categorical")}
+
+
 def scoring_span_start(bundle: Bundle, as_of: dt.date) -> dt.datetime:
     """The oldest timestamp scoring as of ``as_of`` with this bundle looks at (older rows only tell
     that a series exists, and is stale)."""

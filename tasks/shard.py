@@ -31,6 +31,33 @@ def shard_of(series_ids: pl.Series, n_shards: int) -> pl.Series:
     return ids.replace_strict(unique, shards, return_dtype=pl.UInt32).alias("shard")
 
 
+class ShardLayoutError(ValueError):
+    """Input in the shard layout that does not match the run: another shard count, or ids in the
+    wrong folder (a layout written with another hash). Reading it as it is would lose series."""
+
+
+def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> list[list[str]]:
+    """``split_series`` of the planner's ids (``load_series_ids``), after checking that input in the
+    shard layout was written for ``n_shards`` shards with this hash: each shard reads only its own
+    folder, so an id in another folder would never be read."""
+    if "nshards" in ids.columns:
+        counts = sorted(ids["nshards"].unique().to_list())
+        if counts != [n_shards]:
+            raise ShardLayoutError(
+                f"{uri} is in the shard layout for {counts} shard(s), and this run asks for {n_shards}: run "
+                f"with --shards {counts[0]}, or write the layout again with `nightcast partition --shards {n_shards}`")
+        wrong = ids.with_columns(shard_of(ids["series_id"], n_shards).cast(pl.Int64).alias("expected")).filter(
+            pl.col("shard") != pl.col("expected"))
+        if wrong.height:
+            sample = "; ".join(f"{r['series_id']!r} in shard={r['shard']}, belongs in shard={r['expected']}"
+                               for r in wrong.head(5).iter_rows(named=True))
+            raise ShardLayoutError(
+                f"{wrong.height} series of {uri} sit in another shard's folder than nightcast's hash puts them "
+                f"(was the layout written with another hash?): {sample}. Write it with `nightcast partition`, "
+                "or use the hash documented in tasks/shard.py")
+    return split_series(ids["series_id"], n_shards)
+
+
 def split_series(series_ids: pl.Series, n_shards: int) -> list[list[str]]:
     """The distinct ids of each shard, sorted: ``out[k]`` is shard ``k`` (possibly empty)."""
     ids = series_ids.cast(pl.String).unique().sort()
@@ -62,6 +89,11 @@ def write_shard_layout(uri: str, out: str, n_shards: int, series_col: str = "ser
     if series_col not in frame.columns:
         raise IngestError(f"missing column {series_col!r} in {uri}; found {frame.columns}. "
                           "Name the id column with --series-col.")
+    ids = frame[series_col].cast(pl.String).str.strip_chars()
+    empty = (ids.is_null() | (ids == "")).arg_true()
+    if empty.len():
+        raise IngestError(f"{empty.len()} row(s) of {uri} have no {series_col!r} (first input rows, 0-based: "
+                          f"{empty.head(5).to_list()}); no shard can hold them: drop or fix them first")
     frame = frame.with_columns(pl.lit(n_shards, dtype=pl.UInt32).alias("nshards"),
                                shard_of(frame[series_col], n_shards).alias("shard")).sort(series_col)
     frame.write_parquet(out.rstrip("/"), partition_by=["nshards", "shard"],

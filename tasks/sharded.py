@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+from typing import Callable
 
 import polars as pl
 
@@ -30,8 +31,8 @@ from schemas.params import ColumnMap
 from tasks.clean import Calendar
 from tasks.ingest import load_observations
 from tasks.registry import Bundle, load_bundle
-from tasks.score import (ScorePart, ScoreReport, assemble_parts, forecast_part, keep_for_scoring, score_calendar,
-                         scoring_span_start, write_forecasts)
+from tasks.score import (ScorePart, ScoreReport, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
+                         score_calendar, scoring_span_start, write_forecasts)
 from tasks.storage import Store, open_store
 from tasks.validate import validate_observations
 
@@ -54,7 +55,7 @@ def staging_prefix(run: str) -> str:
 class ShardInput:
     """What one shard read: counts for the run's report, and its validated rows staged for scoring."""
 
-    staged: str | None  # store key of the rows kept for scoring; None: no valid row
+    staged: str  # store key of the rows kept for scoring
     rows: int  # input rows read
     n_quarantined: int
     notes: dict
@@ -76,10 +77,8 @@ def read_shard(store_url: str, model_name: str, version: str, data: str, columns
     bundle = load_bundle(store, model_name, version)
     raw = load_observations(data, columns, series=series, shard=shard)
     checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
-                                    columns.timestamp_format)
-    valid = checked.valid
-    if valid.height == 0:
-        return ShardInput(None, raw.height, checked.n_quarantined, checked.notes, None, None, _no_days())
+                                    columns.timestamp_format, covariate_kinds(bundle))
+    valid = checked.valid  # never empty: validation stops a shard with no valid row
     first, last = valid["timestamp"].min(), valid["timestamp"].max()
     kept = keep_for_scoring(valid, since or scoring_span_start(bundle, last.date()))
     buf = io.BytesIO()
@@ -88,10 +87,6 @@ def read_shard(store_url: str, model_name: str, version: str, data: str, columns
     days = (kept.group_by(pl.col("timestamp").dt.date().alias("day"))
             .agg(pl.col("series_id").unique().sort().head(2).alias("ids"), pl.col("timestamp").max().alias("newest")))
     return ShardInput(staged_key, raw.height, checked.n_quarantined, checked.notes, first, last, days)
-
-
-def _no_days() -> pl.DataFrame:
-    return pl.DataFrame(schema={"day": pl.Date, "ids": pl.List(pl.String), "newest": pl.Datetime("us")})
 
 
 def merge_inputs(inputs: list[ShardInput]) -> dict:
@@ -171,9 +166,11 @@ def discard_staging(store_url: str, run: str) -> None:
 
 
 def sweep_staging(store: Store, older_than: dt.timedelta = dt.timedelta(hours=12),
-                  now: dt.datetime | None = None) -> list[str]:
-    """Delete the staging folders of runs that started more than ``older_than`` ago (a run killed
-    before it could clean up); younger ones may belong to a run still going. Returns the folders."""
+                  now: dt.datetime | None = None, alive: Callable[[str], bool] | None = None) -> list[str]:
+    """Delete the staging folders of runs that started more than ``older_than`` ago and are over
+    (a run killed before it could clean up). ``alive(run)`` says whether the run a folder names is
+    still going (a backfill of many dates can outlast any age limit); younger folders are never
+    asked about. Folders this code did not name are left alone. Returns the folders removed."""
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     runs: dict[str, list[str]] = {}
     for key in store.list(STAGING):
@@ -184,8 +181,13 @@ def sweep_staging(store: Store, older_than: dt.timedelta = dt.timedelta(hours=12
             started = dt.datetime.strptime(run.split("-", 1)[0], _STAMP).replace(tzinfo=dt.timezone.utc)
         except ValueError:
             continue  # not a folder a run of this version named: leave it
-        if now - started >= older_than:
+        if now - started >= older_than and not (alive and alive(run)):
             for key in keys:
                 store.delete(key)
             removed.append(run)
     return removed
+
+
+def run_of(staging: str) -> str:
+    """The run id in a staging folder's name (``staging_run``)."""
+    return staging.split("-", 1)[1] if "-" in staging else ""

@@ -58,14 +58,16 @@ _OFFSET = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def coerce_observations(raw: pl.DataFrame, timestamp_format: str | None = None,
-                        notes: dict | None = None) -> pl.DataFrame:
+                        notes: dict | None = None, kinds: dict[str, str] | None = None) -> pl.DataFrame:
     """Give the core columns their types, keeping the text of what failed to parse.
 
     Text timestamps and targets keep their text in ``_timestamp_raw`` / ``_target_raw``
     (typed columns have nothing to keep, and get no such column). A missing-value marker or a
     NaN target is a gap (null). String covariates that are numbers in every row become
-    Float64; the rest stay categorical (String). What was read differently from the text is
-    counted in ``notes``.
+    Float64; the rest stay categorical (String). ``kinds`` (covariate -> "numeric" or
+    "categorical", what a trained model reads them as) overrides that guess, so that a day or a
+    shard whose promo codes happen to be all digits, or whose numeric covariate is all blank, is
+    read as the model was trained. What was read differently from the text is counted in ``notes``.
     """
     notes = {} if notes is None else notes
     cols: list[pl.Series] = [raw["series_id"].cast(pl.String)]
@@ -101,12 +103,38 @@ def coerce_observations(raw: pl.DataFrame, timestamp_format: str | None = None,
             f"first values {_first_values(raw, 'target')}"
         )
     notes["targets_missing_marker"] = missing
+    kinds = kinds or {}
     for name in raw.columns:
         if name in CORE:
             continue
-        as_num = _as_numbers(raw[name])
-        cols.append(raw[name] if as_num is None else as_num.alias(name))
+        if kinds.get(name) == "categorical":
+            cols.append(raw[name])
+        elif kinds.get(name) == "numeric":
+            cols.append(_trained_numeric(raw, name))
+        else:
+            as_num = _as_numbers(raw[name])
+            cols.append(raw[name] if as_num is None else as_num.alias(name))
     return pl.DataFrame(cols)
+
+
+def _trained_numeric(raw: pl.DataFrame, name: str) -> pl.Series:
+    """A covariate the model was trained on as numbers: Float64 (blank and missing markers null), or a
+    clear error naming the text that is not a number."""
+    col = raw[name]
+    if col.dtype.is_numeric():
+        return col.cast(pl.Float64).fill_nan(None)
+    if col.dtype != pl.String:
+        return col  # _typed_covariates names unsupported types
+    text = _blank_to_null(col)
+    text = text.set(text.is_in(MISSING_MARKERS), None)
+    as_num = text.cast(pl.Float64, strict=False)
+    bad = text.is_not_null() & as_num.is_null()
+    if bad.any():
+        rows = bad.arg_true().head(3).to_list()
+        raise DataValidationError(
+            f"column {name!r}, rule numeric_as_trained: the model reads {name!r} as numbers, but "
+            f"{int(bad.sum())} row(s) hold text, e.g. rows {rows}: {col.gather(rows).to_list()}")
+    return as_num.fill_nan(None).alias(name)
 
 
 def _blank_to_null(text: pl.Series) -> pl.Series:
@@ -284,21 +312,23 @@ def _rule_failures(typed: pl.DataFrame, schema: DataFrameSchema) -> pl.DataFrame
 
 
 def validate_observations(raw: pl.DataFrame, max_bad_share: float = 0.05,
-                          timestamp_format: str | None = None) -> ValidationResult:
+                          timestamp_format: str | None = None,
+                          kinds: dict[str, str] | None = None) -> ValidationResult:
     """Split the raw frame into valid rows and quarantined rows (with the rules they broke).
 
     Exact duplicate rows are dropped (the first is kept); rows whose series and timestamp
     still repeat are quarantined, all of them. Everything runs on columns of the whole
     frame; only the failing rows are ever gathered or turned into text. ``notes`` counts
     missing-value markers read as gaps, how mixed timestamps were read, and names the series
-    whose every row was quarantined (they are in no later report).
+    whose every row was quarantined (they are in no later report). ``kinds``: covariate types a
+    trained model fixes (``coerce_observations``); scoring passes the bundle's.
     """
     if raw.height == 0:
         raise DataValidationError("the input has a header but no rows")
     schema, key = _row_rules()
     notes: dict = {}
     # _row is the row's position in the input (0-based, header excluded).
-    typed = _sorted_by(coerce_observations(raw, timestamp_format, notes).with_row_index(_ROW), key)
+    typed = _sorted_by(coerce_observations(raw, timestamp_format, notes, kinds).with_row_index(_ROW), key)
     typed, exact_duplicates, clashes = _duplicates(typed, raw, key)
     cases = _one_rule_per_cause(pl.concat([clashes, _rule_failures(typed, schema)]))
     whole = cases.filter(pl.col("index").is_null())

@@ -25,6 +25,10 @@ def panel(tmp_path_factory, prefect_harness):
     ids = sorted(raw["series_id"].unique().to_list())
     end = raw.select(ts.max()).item()
     raw = raw.filter((pl.col("series_id") != ids[-1]) | (ts < end - dt.timedelta(days=2)))
+    # promo codes: digits everywhere but in one series, so most shards see only numbers in a column the
+    # model reads as categorical (a shard must type it as trained, not by what its own rows look like)
+    raw = raw.with_columns(pl.when((pl.col("series_id") == ids[0]) & (pl.col("promo") == "on")).then(pl.lit("BOGO"))
+                           .when(pl.col("promo") == "on").then(pl.lit("1")).otherwise(pl.lit("0")).alias("promo"))
     # one unreadable target: quarantined by whichever process reads that series
     raw = raw.with_row_index().with_columns(
         pl.when(pl.col("index") == 40).then(pl.lit("oops")).otherwise(pl.col("target")).alias("target")).drop("index")
@@ -111,3 +115,25 @@ def test_shard_layout_and_sharded_score_on_s3(s3_env, sample_raw):
     out = score_flow(ScoreParams(data=layout, as_of=as_of, shards=2), store=store)
     assert read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single)
     assert out["series"] == single["series_id"].n_unique() and open_store(store).list(STAGING) == []
+
+
+def test_still_running_asks_the_prefect_api(panel):
+    """The staging sweep keeps the folder of a run that is still going, however old."""
+    import uuid
+
+    from prefect import flow
+
+    from flows.score import _still_running
+    from tasks.sharded import staging_run
+
+    @flow
+    def probe() -> bool:
+        from prefect.runtime import flow_run
+
+        return _still_running(staging_run(str(flow_run.id)))
+
+    assert probe() is True  # this very run, asked while it runs
+    state = probe(return_state=True)
+    assert _still_running(staging_run(str(state.state_details.flow_run_id))) is False  # finished
+    assert _still_running(staging_run(str(uuid.uuid4()))) is False  # unknown to the API
+    assert _still_running(staging_run("not-a-run-id")) is False

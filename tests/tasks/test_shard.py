@@ -49,7 +49,13 @@ def test_staging_of_killed_runs_is_swept_once_old_and_only_then(tmp_path):
         st.write_bytes(f"{STAGING}{run}/input/00000.parquet", b"x")
         st.write_bytes(f"{STAGING}{run}/parts/2026-11-22/00000.parquet", b"x")
     st.write_bytes("forecasts/model=lstm/as_of=2026-11-22/forecasts.parquet", b"keep")
-    assert sweep_staging(st, now=now) == [old]
+    older = staging_run("run-live", now - dt.timedelta(days=3))  # a long backfill, still going
+    for part in ("input/00000.parquet", "parts/2026-11-22/00000.parquet"):
+        st.write_bytes(f"{STAGING}{older}/{part}", b"x")
+    asked: list[str] = []
+    assert sweep_staging(st, now=now, alive=lambda run: asked.append(run) or run.endswith("run-live")) == [old]
+    assert sorted(asked) == sorted([old, older])  # young folders are never asked about
+    assert sum(k.startswith(f"{STAGING}{older}/") for k in st.list(STAGING)) == 2
     left = st.list(STAGING)
     assert not any(k.startswith(f"{STAGING}{old}/") for k in left)
     assert sum(k.startswith(f"{STAGING}{young}/") for k in left) == 2
@@ -83,3 +89,31 @@ def test_shard_layout_opens_only_the_shards_own_files(tmp_path):
         load_observations(str(tmp_path / "lay"))
     with pytest.raises(IngestError, match="already holds files"):
         write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 4)
+
+
+def test_a_layout_for_another_count_or_another_hash_is_refused_not_read_short(tmp_path):
+    from tasks.ingest import IngestError, load_series_ids
+    from tasks.sample import make_sample
+    from tasks.shard import ShardLayoutError, plan_shards, write_shard_layout
+
+    raw = make_sample(n_series=12, days=5, seed=1)
+    raw.write_csv(tmp_path / "obs.csv")
+    write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 4)
+    ids = load_series_ids(str(tmp_path / "lay"))
+    assert plan_shards(ids, 4) == split_series(raw["series_id"], 4)
+    with pytest.raises(ShardLayoutError, match=r"for \[4\] shard\(s\), and this run asks for 3"):
+        plan_shards(ids, 3, "lay")
+    # another writer's hash: shard 1's file moved into shard 2's folder
+    moved = next((tmp_path / "lay" / "nshards=4" / "shard=1").glob("*.parquet"))
+    moved.rename(tmp_path / "lay" / "nshards=4" / "shard=2" / "other.parquet")
+    with pytest.raises(ShardLayoutError, match="sit in another shard's folder.*belongs in shard=1"):
+        plan_shards(load_series_ids(str(tmp_path / "lay")), 4, "lay")
+    # a user's own column named `shard` is data, not a layout key
+    pl.DataFrame({"series_id": ["a", "b"], "timestamp": ["2026-01-01", "2026-01-01"], "target": [1.0, 2.0],
+                  "shard": [7, 8]}).write_parquet(tmp_path / "own.parquet")
+    assert load_series_ids(str(tmp_path / "own.parquet")).columns == ["series_id"]
+    # rows with no id fit no shard: partition refuses them, naming the rows
+    raw.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(pl.lit(" ")).otherwise(pl.col("series_id"))
+                     .alias("series_id")).write_csv(tmp_path / "blank.csv")
+    with pytest.raises(IngestError, match=r"1 row\(s\) .* have no 'series_id' .*\[3\]"):
+        write_shard_layout(str(tmp_path / "blank.csv"), str(tmp_path / "lay2"), 4)

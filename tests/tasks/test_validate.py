@@ -109,3 +109,18 @@ def test_exact_duplicates_far_apart_are_dropped_not_quarantined():
     out = validate_observations(pl.concat([raw, raw.slice(0, 3)]).reverse())
     assert out.exact_duplicates == 3 and out.n_quarantined == 0
     assert out.valid.height == 30 and out.valid["timestamp"].is_sorted()
+
+
+def test_covariates_are_typed_as_the_model_was_trained_when_kinds_are_given():
+    """One day's (or one shard's) promo codes may all be digits and its temperatures all blank: scoring
+    reads them as the model does, and text in a numeric covariate is a clear error."""
+    raw = pl.DataFrame({"series_id": ["a", "a", "b"], "timestamp": ["2026-01-01", "2026-01-02", "2026-01-01"],
+                        "target": ["1", "2", "3"], "promo": ["0", "1", "0"], "temp": ["", "NA", ""]})
+    guessed = validate_observations(raw).valid
+    assert guessed.schema["promo"] == pl.Float64 and guessed.schema["temp"] == pl.String  # what inference makes of it
+    typed = validate_observations(raw, kinds={"promo": "categorical", "temp": "numeric"}).valid
+    assert typed.schema["promo"] == pl.String and typed["promo"].to_list() == ["0", "1", "0"]
+    assert typed.schema["temp"] == pl.Float64 and typed["temp"].null_count() == 3
+    bad = raw.with_columns(pl.Series("temp", ["1.5", "warm", ""]))
+    with pytest.raises(DataValidationError, match=r"column 'temp', rule numeric_as_trained: .* rows \[1\]: \['warm'\]"):
+        validate_observations(bad, kinds={"temp": "numeric"})
