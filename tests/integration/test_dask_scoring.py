@@ -92,6 +92,25 @@ def test_sharded_on_dask_equals_single_process(trained, cluster, monkeypatch):
     assert open_store(store).list("forecasts/_staging/") == []
 
 
+def test_unsharded_backfill_under_dask_runs_its_dates_in_the_flow_process(s3_env, sample_raw, cluster, monkeypatch):
+    """With the runner on Dask, a backfill without shards keeps its dates on a thread pool: their open
+    S3 store (a boto3 client) does not pickle, and the whole frame would travel once per date."""
+    import boto3
+
+    from flows.backfill import backfill_flow
+
+    address, _, _ = cluster
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).put_object(
+        Bucket=s3_env, Key="raw/obs.csv", Body=sample_raw.write_csv().encode())
+    data, store = f"s3://{s3_env}/raw/obs.csv", f"s3://{s3_env}/nightcast"
+    retrain_flow(fast_params(data), store=store)
+    end = sample_raw.select(pl.col("timestamp").str.to_datetime().max()).item().date()
+    monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", address)
+    out = backfill_flow(start=end - dt.timedelta(days=1), end=end, data=data, store=store)
+    assert (out["done"], out["failed"]) == (2, 0)
+    assert len(open_store(store).list("forecasts/model=lstm/")) == 2
+
+
 def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, cluster):
     data, store, single = trained
     address, workers, procs = cluster
