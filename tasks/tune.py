@@ -18,6 +18,7 @@ import io
 import json
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,21 +192,34 @@ def score_fold(valid: ValidationResult, run: RetrainParams, fold: Fold, progress
             "epochs": trained.epochs}
 
 
+_ASKING = threading.Lock()
+"""Trials of one process take their trial from the study one at a time (the lock is held from the
+queueing of trial 0 until ``optimize`` hands the objective its trial): SQLite ignores the row lock
+Optuna takes to pop a queued trial, so two threads could both start trial 0, and the second could
+not record it ("Cannot tell a COMPLETE trial"). Across processes, use PostgreSQL (see the README)."""
+
+
 def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, folds: list[Fold],
               storage: str, study_name: str, progress: bool = False) -> dict[str, Any]:
     """Run one trial of the study: suggest, score over the folds, record. Never raises for a bad trial."""
     import optuna
 
     study = open_study(params, storage, study_name)
-    if not study.trials and params.sampler != "grid":  # trial 0 is the default configuration
-        study.enqueue_trial(default_values(params, base), skip_if_exists=True)
-    if params.sampler != "grid":  # the grid's order must not change between trials: it is keyed by trial number
-        # a fresh seed per trial: sequential runs stay reproducible, parallel workers rarely collide
-        study.sampler = make_sampler(params, params.seed + len(study.trials))
+    _ASKING.acquire()  # released once this trial is taken (first thing in the objective), or below
     seen: dict[str, Any] = {}
+    try:
+        if not study.trials and params.sampler != "grid":  # trial 0 is the default configuration
+            study.enqueue_trial(default_values(params, base), skip_if_exists=True)
+        if params.sampler != "grid":  # the grid's order must not change between trials: it is keyed by trial number
+            # a fresh seed per trial: sequential runs stay reproducible, parallel workers rarely collide
+            study.sampler = make_sampler(params, params.seed + len(study.trials))
+    except BaseException:
+        _ASKING.release()
+        raise
 
     def objective(trial: optuna.Trial) -> float:
         seen["trial"] = trial
+        _ASKING.release()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             seen["params"] = values = suggest(trial, params)
@@ -234,7 +248,11 @@ def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, 
         trial.set_user_attr("seasonal_naive", float(np.mean([s["seasonal_naive"] for s in scores])))
         return float(np.mean([s["model"] for s in scores]))
 
-    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+    try:
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+    finally:
+        if "trial" not in seen:  # optimize failed before it took a trial
+            _ASKING.release()
     frozen = study.trials[seen["trial"].number]  # trial numbers index the study's trials
     # a pruned trial's Optuna value is its last intermediate report (a validation loss), not the objective
     return {"number": frozen.number, "state": frozen.state.name,

@@ -166,3 +166,4 @@ def test_list_valued_choices_work_with_the_grid_sampler(tmp_path, checked):
     assert sorted(r["params"]["features.seasonal_lags"] for r in results) == [[], [3]]
     best = tune.summarize(open_study(params, _storage(tmp_path), "l"), params, _storage(tmp_path), folds)
     assert best["best_params"]["features.seasonal_lags"] in ([], [3])  # decoded back to a list
+
