@@ -89,8 +89,13 @@ def test_degrading_actuals_start_a_retrain_through_the_drift_trigger(tmp_path, m
         assert len(started) == 1
         params = started[0]["parameters"]
         assert params == {"store": stack.store, "params": {"model_name": "lstm", "data": stack.data}}
-        events = httpx.post(f"{stack.api_url}/events/filter", json={"filter": {"event": {"name": [DRIFT_EVENT]}},
-                                                                    "limit": 50}, timeout=10).json()["events"]
+
+        def drift_events() -> list[dict]:
+            # the server acts on an event before it stores it: wait for the stored copy to be readable
+            return httpx.post(f"{stack.api_url}/events/filter", json={"filter": {"event": {"name": [DRIFT_EVENT]}},
+                                                                      "limit": 50}, timeout=10).json()["events"]
+
+        events = wait_for(drift_events, 60, "the drift event to be stored")
         assert [e["resource"]["prefect.resource.id"] for e in events] == ["nightcast.model.lstm"]
 
         def done() -> dict | None:
