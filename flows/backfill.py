@@ -136,7 +136,7 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
                 record(day, result)
         finally:
             discard_staging(st.url, read.run)
-    if read is None and todo:
+    elif todo:
         # Unsharded dates share this process's frame, open store and loaded bundles: they run on a
         # thread pool here even when the flow's runner is Dask (a boto3 client does not pickle, and
         # shipping the whole catalogue to a worker per date is what shards are for).

@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import Settings
 from tasks.storage import Store, open_store
@@ -62,8 +63,6 @@ def task_runner(settings: Settings) -> Any:
     """Where a flow's tasks run: Prefect's thread pool in this process (the default), or a Dask
     cluster when ``settings.dask_address`` names one (``local``: a LocalCluster of processes
     started for the run; else an existing scheduler's address, e.g. ``tcp://10.0.0.5:8786``)."""
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     if not settings.dask_address:
         return ThreadPoolTaskRunner()
     from prefect_dask import DaskTaskRunner
@@ -74,13 +73,7 @@ def task_runner(settings: Settings) -> Any:
     return DaskTaskRunner(address=settings.dask_address)
 
 
-def _thread_pool() -> type:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner
-
-
-class SettingsTaskRunner(_thread_pool()):
+class SettingsTaskRunner(ThreadPoolTaskRunner):
     """The task runner the settings ask for, decided when each flow run starts, not at import.
 
     Prefect starts every run with ``flow.task_runner.duplicate()``; this one returns

@@ -40,17 +40,13 @@ def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame,
 score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=3600)
 
 
-def _torch_threads() -> None:
-    """torch's threads as ``start_run`` sets them: on a Dask worker a shard runs in another process,
-    which the flow's own setting never reached."""
+@functools.wraps(score_shard)
+def _score_shard_here(*args, **kwargs):
+    """``score_shard`` with torch's threads set as ``start_run`` sets them: on a Dask worker a shard runs
+    in another process, which the flow's own setting never reached."""
     import torch
 
     torch.set_num_threads(Settings().torch_threads)
-
-
-@functools.wraps(score_shard)
-def _score_shard_here(*args, **kwargs):
-    _torch_threads()
     return score_shard(*args, **kwargs)
 
 
@@ -68,7 +64,6 @@ class ShardedInput:
 
     run: str  # the staging folder (``tasks.sharded.staging_run``)
     shards: list[ShardInput]
-    rows: int
     n_quarantined: int
     notes: dict
 
@@ -124,7 +119,7 @@ def read_in_shards(st: Store, model_name: str, version: str, data: str, columns:
         discard_staging(st.url, run)
         raise
     merged = merge_inputs(shards)
-    return ShardedInput(run, shards, merged["rows"], merged["n_quarantined"], merged["notes"])
+    return ShardedInput(run, shards, merged["n_quarantined"], merged["notes"])
 
 
 def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date | None, model_name: str) -> dict:

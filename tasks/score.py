@@ -106,11 +106,15 @@ def _span(bundle: Bundle, as_of: dt.date) -> tuple[dt.datetime, int, Calendar]:
     clean_cfg = CleanConfig(**cfg["params"]["clean"])
     lookback = cfg["params"]["window"]["lookback"]
     season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
-    state = FeatureState.from_json(bundle.preprocessing["features"])
-    keep = lookback + max([season, *state.lags])  # the window, its seasonal base and its lags
+    keep = _keep(lookback, season, FeatureState.from_json(bundle.preprocessing["features"]))
     cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
     return cutoff, keep + (clean_cfg.outlier_window or max(season, 7)) + clean_cfg.max_gap, Calendar.from_json(
         cfg["calendar"])
+
+
+def _keep(lookback: int, season: int, state: FeatureState) -> int:
+    """Steps of cleaned history the last window needs: the window, its seasonal base and its lags."""
+    return lookback + max([season, *state.lags])
 
 
 def covariate_kinds(bundle: Bundle) -> dict[str, str]:
@@ -146,7 +150,7 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     lookback, horizon = cfg["params"]["window"]["lookback"], cfg["params"]["window"]["horizon"]
     season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
     state = FeatureState.from_json(bundle.preprocessing["features"])
-    keep = lookback + max([season, *state.lags])
+    keep = _keep(lookback, season, state)
     history, gone, since, calendar = _history(bundle, observations, as_of, calendar)
     report = ScoreReport(skipped={sid: f"stale: no observed target since {since}" for sid in gone})
     none = pl.DataFrame(schema={"series_id": pl.String, "last_seen": pl.Datetime("us")})

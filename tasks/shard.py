@@ -40,14 +40,14 @@ def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> lis
     """``split_series`` of the planner's ids (``load_series_ids``), after checking that input in the
     shard layout was written for ``n_shards`` shards with this hash: each shard reads only its own
     folder, so an id in another folder would never be read."""
+    shards = shard_of(ids["series_id"], n_shards)  # each id hashed once, for the check and the split
     if "nshards" in ids.columns:
         counts = sorted(ids["nshards"].unique().to_list())
         if counts != [n_shards]:
             raise ShardLayoutError(
                 f"{uri} is in the shard layout for {counts} shard(s), and this run asks for {n_shards}: run "
                 f"with --shards {counts[0]}, or write the layout again with `nightcast partition --shards {n_shards}`")
-        wrong = ids.with_columns(shard_of(ids["series_id"], n_shards).cast(pl.Int64).alias("expected")).filter(
-            pl.col("shard") != pl.col("expected"))
+        wrong = ids.with_columns(shards.cast(pl.Int64).alias("expected")).filter(pl.col("shard") != pl.col("expected"))
         if wrong.height:
             sample = "; ".join(f"{r['series_id']!r} in shard={r['shard']}, belongs in shard={r['expected']}"
                                for r in wrong.head(5).iter_rows(named=True))
@@ -55,13 +55,17 @@ def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> lis
                 f"{wrong.height} series of {uri} sit in another shard's folder than nightcast's hash puts them "
                 f"(was the layout written with another hash?): {sample}. Write it with `nightcast partition`, "
                 "or use the hash documented in tasks/shard.py")
-    return split_series(ids["series_id"], n_shards)
+    return _by_shard(ids["series_id"], shards, n_shards)
 
 
 def split_series(series_ids: pl.Series, n_shards: int) -> list[list[str]]:
     """The distinct ids of each shard, sorted: ``out[k]`` is shard ``k`` (possibly empty)."""
-    ids = series_ids.cast(pl.String).unique().sort()
-    frame = pl.DataFrame({"series_id": ids, "shard": shard_of(ids, n_shards)})
+    ids = series_ids.cast(pl.String).unique()
+    return _by_shard(ids, shard_of(ids, n_shards), n_shards)
+
+
+def _by_shard(ids: pl.Series, shards: pl.Series, n_shards: int) -> list[list[str]]:
+    frame = pl.DataFrame({"series_id": ids.cast(pl.String), "shard": shards}).unique().sort("series_id")
     groups = dict(frame.group_by("shard").agg("series_id").iter_rows())
     return [groups.get(k, []) for k in range(n_shards)]
 

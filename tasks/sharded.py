@@ -11,7 +11,7 @@ A run has three stages, and only the first and last run in the flow's own proces
 
 Everything staged lives under ``forecasts/_staging/<stamp>-<run>/``, outside every partition (readers
 never list it); a run deletes its own staging when it ends, and ``sweep_staging`` removes what a
-killed run left behind once it is older than a day's run could be.
+killed run left behind (old, and its run over).
 
 Tasks take store URLs and bundle versions, not open clients or loaded models, so that they run
 unchanged on a thread, a local Dask cluster or a remote worker (everything they get is pickled
@@ -56,7 +56,6 @@ class ShardInput:
     """What one shard read: counts for the run's report, and its validated rows staged for scoring."""
 
     staged: str  # store key of the rows kept for scoring
-    rows: int  # input rows read
     n_quarantined: int
     notes: dict
     first: dt.datetime | None  # oldest and newest valid timestamp
@@ -86,7 +85,7 @@ def read_shard(store_url: str, model_name: str, version: str, data: str, columns
     store.write_bytes(staged_key, buf.getvalue())
     days = (kept.group_by(pl.col("timestamp").dt.date().alias("day"))
             .agg(pl.col("series_id").unique().sort().head(2).alias("ids"), pl.col("timestamp").max().alias("newest")))
-    return ShardInput(staged_key, raw.height, checked.n_quarantined, checked.notes, first, last, days)
+    return ShardInput(staged_key, checked.n_quarantined, checked.notes, first, last, days)
 
 
 def merge_inputs(inputs: list[ShardInput]) -> dict:
@@ -100,8 +99,7 @@ def merge_inputs(inputs: list[ShardInput]) -> dict:
                 notes[key] += value
             elif isinstance(value, list):
                 notes[key] = (notes[key] + value)[:20]  # the listed examples; the counts are exact
-    return {"rows": sum(s.rows for s in inputs), "n_quarantined": sum(s.n_quarantined for s in inputs),
-            "notes": notes}
+    return {"n_quarantined": sum(s.n_quarantined for s in inputs), "notes": notes}
 
 
 def plan_calendar(bundle: Bundle, inputs: list[ShardInput], as_of: dt.date | None) -> tuple[dt.date, Calendar]:
