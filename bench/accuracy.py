@@ -1,42 +1,39 @@
-"""Accuracy benchmark: nightcast against naive, seasonal naive, statistical and neural references.
+"""Accuracy benchmark: what nightcast serves, scored on the final window, against references.
 
-    python bench/accuracy.py            # or: make bench-accuracy
-    python bench/accuracy.py --quick    # one trial, short training: a smoke run, not a result
+    python bench/accuracy.py                       # or: make bench-accuracy
+    python bench/accuracy.py --datasets txhousing,fred_md_q --seeds 1 --no-ablations   # a subset
+    python bench/accuracy.py --ablate fred_md,txhousing --neuralforecast --out a.md      # what was committed
 
-Real data ships inside PyPI packages (``bench/datasets.py``: statsmodels, arch, river, pvlib),
-plus nightcast's seeded synthetic hourly panel; nothing is downloaded. Protocol, the same for
-every row: the last ``3 × H`` steps are the test span; forecasts are made at 3 rolling origins
-H steps apart in it, from the data up to each origin. Everything nightcast fits (network,
-scalers, the per-series choice of what is served) uses the steps before the test span only:
-a validation span (15 %, at least H) for early stopping and selection, the rest for training.
-AutoETS and AutoTheta (statsforecast) are refitted at every origin; neuralforecast's LSTM
-(optional) is trained once on the data before the test span with its defaults, except its
-input window, set to nightcast's lookback (its default, the whole history, ran for minutes
-per single series on this machine).
+Protocol (the one ``../shared/tools/final_window.py`` uses, which independent evaluation runs):
+each series' last H observed values are held out; nightcast runs exactly as a user runs it,
+``retrain_flow`` then ``score_flow`` (the flows the CLI calls) with the defaults and only the
+horizon set, on everything before; the first H forecast steps of each series are matched to
+the held-out values. MASE is each series' MAE over its in-sample seasonal-naive MAE (lag m)
+on the history, averaged over series. Every reference is fitted on the same history, at the
+same origin (refit, as nightcast now is): seasonal naive, statsforecast's AutoETS and
+AutoTheta, and (``--neuralforecast``) neuralforecast's LSTM with its defaults and nightcast's
+lookback as its input size.
 
-Rows:
-- ``nightcast served``: what a user gets by default: per series, the network or a baseline,
-  whichever validation preferred.
-- ``nightcast LSTM``: the network alone, default settings.
-- ``nightcast tuned``: ``--trials`` TPE trials (trial 0 = the default) over 3 rolling-origin
-  folds before the test span, each trial on a fixed small budget (300 steps); the best
-  configuration then trains with the default budget and is served like the default.
-- ablations of the default network (window normalisation, no skip, MAE loss): ``− window norm``,
-  ``skip seasonal`` / ``skip last`` / ``skip auto`` (a correction to seasonal naive, the last value,
-  or whichever is better on the training windows), ``MSE loss``.
-- ``naive``, ``seasonal naive``, ``AutoETS``, ``AutoTheta``, ``neuralforecast LSTM``.
+Rows: ``nightcast served`` for ``--seeds`` training seeds (mean and spread: min-max over the
+seeds); ablations with one seed: ``no refit`` (serve the backtest model), ``one network seed``,
+``hard switch`` (each series' single best candidate instead of the combination), ``no
+classical`` (no Theta candidate), ``clipped truth`` (backtests judged on cleaned values).
 
-The table (with fit seconds) goes to stdout and to ``bench/results/accuracy.md``.
+Data: panels and series bundled in PyPI packages (``bench/datasets.py``) and nightcast's
+seeded synthetic hourly panel; nothing is downloaded. The table goes to stdout and to
+``bench/results/accuracy.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,269 +42,253 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-from schemas.params import CleanConfig, Dimension, ModelConfig, RetrainParams, TrainConfig, TuneParams, WindowConfig  # noqa: E402
-from tasks.clean import decide_calendar, regularize  # noqa: E402
-from tasks.evaluate import (NETWORK, baseline_forecasts, mase_scales, network_forecasts, score_forecasts,  # noqa: E402
-                            select_methods, serve)
-from tasks.prepare import prepare_training  # noqa: E402
-from tasks.sample import make_sample  # noqa: E402
-from tasks.train import predict_scaled, train_model  # noqa: E402
-from tasks.tune import apply_overrides, open_study, run_trial, summarize, Fold  # noqa: E402
-from tasks.validate import validate_observations  # noqa: E402
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("NIGHTCAST_PROGRESS", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.md"
-
-
-ORIGINS = 3
-DATASETS = ["co2", "elnino", "elec_equip", "macro", "sunspots", "fertility", "indices", "trump_approval",
-            "tmy_temp", "synthetic hourly"]
+DATASETS = ["fred_md", "fred_md_q", "txhousing", "txhousing_q", "tourism", "vic_elec", "co2", "elnino",
+            "elec_equip", "macro", "sunspots", "fertility", "indices", "trump_approval", "tmy_temp",
+            "synthetic hourly"]
+ABLATIONS = {"no refit": {"refit": False}, "one network seed": {"seeds": 1}, "hard switch": {"combine": "switch"},
+             "no classical": {"classical": "none"}, "clipped truth": {"truth": "clean"}}
+SERVED = "nightcast served"
 
 
 def load_dataset(name: str):  # noqa: ANN201 - bench/datasets.Dataset
     import datasets
+    from tasks.sample import make_sample
 
     if name == "synthetic hourly":
         frame = make_sample(n_series=8, days=42, seed=11).select("series_id", "timestamp", "target")
+        frame = frame.with_columns(pl.col("timestamp").str.to_datetime(time_unit="us"),
+                                   pl.col("target").cast(pl.Float64, strict=False))
         return datasets.Dataset("synthetic hourly", frame, "1h", 24, 24, "tasks.sample.make_sample(8, 42, seed=11)")
     return datasets.load(name)
 
 
-def cuts_for(checked, params: RetrainParams, horizon: int) -> tuple:  # noqa: ANN001
-    """(train_end, val_end, test_start): the last ORIGINS·H steps are the test span."""
-    placed, _ = regularize(checked.valid, decide_calendar(checked.valid, params.clean))
-    stamps = placed["timestamp"].unique().sort()
-    n_pre = stamps.len() - ORIGINS * horizon
-    n_val = max(int(0.15 * n_pre), horizon)
-    return stamps[n_pre - n_val - 1], stamps[n_pre - 1]
+def split_final(frame: pl.DataFrame, horizon: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """History and the last ``horizon`` observed values of each series (nulls dropped first, as
+    final_window.py does)."""
+    f = frame.drop_nulls("target").sort("series_id", "timestamp")
+    back = pl.int_range(pl.len()).reverse().over("series_id")
+    return f.filter(back >= horizon), f.filter(back < horizon)
 
 
-def test_origins(index, horizon: int) -> np.ndarray:  # noqa: ANN001
-    """Per series, ORIGINS test windows H steps apart from the first step after the validation span."""
-    test = index.splits["test"]
-    parts = np.split(test, np.flatnonzero(np.diff(index.series[index.origin(test)])) + 1) if len(test) else []
-    return np.concatenate([p[::horizon][:ORIGINS] for p in parts]) if parts else test
+def mase_table(history: pl.DataFrame, future: pl.DataFrame, forecasts: dict[str, np.ndarray],
+               season: int, horizon: int) -> dict[str, float]:
+    """Mean over series of MAE / in-sample seasonal-naive MAE, for each (S, H) forecast in ``forecasts``
+    (rows in sorted series order); series with fewer than ``season + 1`` history values are left out."""
+    ids = future["series_id"].unique(maintain_order=True).to_list()
+    y = future["target"].to_numpy().reshape(len(ids), horizon)
+    hist = history.group_by("series_id", maintain_order=True).agg(pl.col("target"))
+    hist = pl.DataFrame({"series_id": ids}).join(hist, on="series_id", how="left", maintain_order="left")
+    scales, keep = [], []
+    for h in hist["target"].to_list():  # one scale per series (bench only)
+        h = np.asarray(h or [], dtype=float)
+        ok = len(h) > season
+        keep.append(ok)
+        scales.append(np.mean(np.abs(h[season:] - h[:-season])) if ok else np.nan)
+    scales, keep = np.asarray(scales), np.asarray(keep)
+    scales = np.where(scales > 0, scales, 1.0)
+    return {name: float(np.mean(np.mean(np.abs(f - y), axis=1)[keep] / scales[keep])) for name, f in forecasts.items()}
 
 
-def fit_nightcast(prepared, run: RetrainParams, starts: np.ndarray) -> tuple[dict[str, np.ndarray], float]:  # noqa: ANN001
-    """The network alone and the served choice at ``starts``; seconds to train."""
-    t0 = time.monotonic()
-    trained = train_model(prepared.index, run.model, run.train, progress=False)
-    seconds = time.monotonic() - t0
-    index, state, season = prepared.index, prepared.state, prepared.season_length
-    val = index.splits["val"]
-    val_fc = {NETWORK: network_forecasts(index, state, val, predict_scaled(trained.net, index, val)),
-              **baseline_forecasts(index, val, season)}
-    selection = select_methods(index, val, val_fc, mase_scales(index, np.datetime64(prepared.train_end, "us"), season))
-    fc = {NETWORK: network_forecasts(index, state, starts, predict_scaled(trained.net, index, starts)),
-          **baseline_forecasts(index, starts, season)}
-    served, methods = serve(index, starts, fc, selection)
-    share = float(np.mean([m == NETWORK for m in selection.values()]))
-    return {"lstm": fc[NETWORK], "served": served, "lstm_share": share}, seconds
+def seasonal_naive(history: pl.DataFrame, ids: list[str], season: int, horizon: int) -> np.ndarray:
+    tails = history.group_by("series_id", maintain_order=True).agg(pl.col("target").tail(season))
+    tails = pl.DataFrame({"series_id": ids}).join(tails, on="series_id", how="left", maintain_order="left")
+    out = []
+    for t in tails["target"].to_list():
+        t = np.asarray(t, dtype=float)
+        out.append(t[np.arange(horizon) % len(t)] if len(t) == season else np.repeat(t[-1], horizon))
+    return np.asarray(out)
 
 
-def space(season: int) -> dict[str, Dimension]:
-    """A small search space so the benchmark runs in minutes on 2 cores."""
-    return {"model.hidden_size": Dimension(choices=[64, 32, 128]), "model.num_layers": Dimension(choices=[2, 1]),
-            "train.learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
-            "model.dropout": Dimension(low=0.0, high=0.3), "model.skip": Dimension(choices=["none", "auto", "seasonal", "last"])}
+def statsforecast_refs(history: pl.DataFrame, ids: list[str], season: int, horizon: int) -> dict:
+    """AutoETS and AutoTheta fitted on each series' whole history at the origin (gaps interpolated)."""
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoETS, AutoTheta
+
+    h = history.with_columns(pl.col("target").interpolate().forward_fill().backward_fill().over("series_id"))
+    frame = h.select(pl.col("series_id").alias("unique_id"), pl.int_range(pl.len()).over("series_id").alias("ds"),
+                     pl.col("target").alias("y")).to_pandas()
+    out, seconds = {}, {}
+    for name, model in (("AutoETS", AutoETS(season_length=season)), ("AutoTheta", AutoTheta(season_length=season))):
+        t0 = time.monotonic()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = StatsForecast(models=[model], freq=1, n_jobs=1).forecast(df=frame, h=horizon)
+        got = pl.from_pandas(got).sort("unique_id", "ds")
+        col = [c for c in got.columns if c not in ("unique_id", "ds")][0]
+        by = dict(got.group_by("unique_id", maintain_order=True).agg(pl.col(col)).iter_rows())
+        out[name] = np.asarray([by[s] for s in ids], dtype=float)
+        seconds[name] = time.monotonic() - t0
+    return out, seconds
 
 
-def tune(checked, params: RetrainParams, trials: int, name: str, workdir: str, season: int,  # noqa: ANN001
-         val_end) -> tuple[RetrainParams, dict]:  # noqa: ANN001
-    """TPE over rolling-origin folds inside the span before the test span (the test span is never seen)."""
-    # trials are ranked on a fixed small budget (300 steps each); the winner then trains like the default
-    quick = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": min(
-        300, params.train.max_steps or 300)})})
-    tp = TuneParams(base=quick, space=space(season), sampler="tpe", n_trials=trials, folds=3, fold_fraction=0.08,
-                    study_name=name.replace(" ", "-"), pruning=False)
-    storage = f"sqlite:///{workdir}/bench.db"
-    before = checked.valid.filter(pl.col("timestamp") <= val_end)
-    stamps = before["timestamp"].unique().sort()
-    h = params.window.horizon
-    block = max(int(stamps.len() * tp.fold_fraction), h)
-    folds = [Fold(stamps[e - 2 * block], stamps[e - block], stamps[e])
-             for e in (stamps.len() - 1 - (tp.folds - 1 - j) * block for j in range(tp.folds))]
-    sub = type(checked)(before, checked.quarantine, before.height, 0, checked.categorical, checked.numeric)
-    for _ in range(trials):
-        run_trial(tp, quick, sub, folds, storage, tp.study_name)
-    best = summarize(open_study(tp, storage, tp.study_name), tp, storage, folds)
-    return apply_overrides(params, best["best_params"]), best
-
-
-def stats_forecasts(index, starts: np.ndarray, season: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # noqa: ANN001
+def neuralforecast_lstm(history: pl.DataFrame, ids: list[str], ds, lookback: int) -> tuple[np.ndarray | None, float]:
+    """neuralforecast's LSTM with its defaults and nightcast's lookback as input size, fitted on the history."""
     try:
-        from statsforecast.models import AutoETS, AutoTheta
-    except ImportError:
-        return {}, {}
-    out: dict[str, list] = {"AutoETS": [], "AutoTheta": []}
-    secs = {"AutoETS": 0.0, "AutoTheta": 0.0}
-    for s in starts:
-        origin = s + index.lookback - 1
-        first = index.offsets[index.series[origin]]
-        y = index.target[first : origin + 1].astype(np.float64)
-        m = season if len(y) > 2 * season else 1
-        for name, model in (("AutoETS", AutoETS(season_length=m)), ("AutoTheta", AutoTheta(season_length=m))):
-            t0 = time.monotonic()
-            try:
-                out[name].append(model.forecast(y=y, h=index.horizon)["mean"])
-            except Exception:  # a failed fit falls back to the last value
-                out[name].append(np.full(index.horizon, y[-1]))
-            secs[name] += time.monotonic() - t0
-    return {k: np.asarray(v) for k, v in out.items()}, secs
-
-
-def neuralforecast_lstm(index, starts: np.ndarray, ds, val_end) -> tuple[np.ndarray | None, float]:  # noqa: ANN001
-    """neuralforecast's LSTM with its defaults (input_size from the horizon), trained once before the test
-    span, then asked for each origin with the history up to it (no refit). ``None`` when not installed."""
-    try:
-        import logging
-
         from neuralforecast import NeuralForecast
         from neuralforecast.models import LSTM
     except ImportError:
         return None, 0.0
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    import pandas as pd
-
-    frame = pl.DataFrame({"unique_id": np.asarray(index.series_ids)[index.series], "ds": index.timestamps,
-                          "y": index.target})
+    h = history.with_columns(pl.col("target").interpolate().forward_fill().backward_fill().over("series_id"))
+    frame = h.select(pl.col("series_id").alias("unique_id"), pl.col("timestamp").alias("ds"),
+                     pl.col("target").alias("y")).to_pandas()
     freq = {"1h": "h", "1d": "D", "1w": "W-SAT", "1mo": "MS", "3mo": "QS", "1y": "YS"}.get(ds.frequency, "D")
-    if ds.calendar == "business":
-        freq = "B"
+    freq = "B" if ds.calendar == "business" else freq
     t0 = time.monotonic()
-    # its defaults, except the input window: the default (-1, the whole history, recurrent) took
-    # minutes per series here; it gets the same lookback nightcast uses
-    nf = NeuralForecast(models=[LSTM(h=index.horizon, input_size=index.lookback, random_seed=0,
-                                     enable_progress_bar=False, logger=False, enable_model_summary=False)], freq=freq)
-    train = frame.filter(pl.col("ds") <= np.datetime64(val_end, "us")).to_pandas()
-    nf.fit(train)
+    nf = NeuralForecast(models=[LSTM(h=ds.horizon, input_size=lookback, random_seed=0, enable_progress_bar=False,
+                                     logger=False, enable_model_summary=False)], freq=freq)
+    nf.fit(frame)
+    got = pl.from_pandas(nf.predict().reset_index(drop=False)).sort("unique_id", "ds")
+    by = dict(got.group_by("unique_id", maintain_order=True).agg(pl.col("LSTM")).iter_rows())
+    return np.asarray([by[s][: ds.horizon] for s in ids], dtype=float), time.monotonic() - t0
+
+
+def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int, workdir: str,
+                  serve: dict | None = None, train: dict | None = None) -> tuple[np.ndarray, float, dict]:
+    """``retrain_flow`` + ``score_flow`` on the history with the defaults (horizon and seed set); the (S, H)
+    forecasts in ``ids`` order (seasonal naive's value where a series got none: counted as missing)."""
+    from flows.retrain import retrain_flow
+    from flows.score import score_flow
+    from schemas.params import RetrainParams, ScoreParams, ServeConfig, TrainConfig, WindowConfig
+    from tasks.score import read_forecasts
+    from tasks.storage import open_store
+
+    run = tempfile.mkdtemp(dir=workdir)
+    data = f"{run}/history.parquet"
+    history.write_parquet(data)
+    params = RetrainParams(data=data, window=WindowConfig(horizon=horizon), train=TrainConfig(seed=seed, **(train or {})),
+                           serve=ServeConfig(**(serve or {})))
+    t0 = time.monotonic()
+    out = retrain_flow(params, store=f"{run}/store")
+    as_of = history["timestamp"].max().date()
+    score_flow(ScoreParams(data=data, as_of=as_of), store=f"{run}/store")
     seconds = time.monotonic() - t0
-    out = []
-    for s in starts:  # one origin at a time: its own history up to the origin
-        origin = s + index.lookback - 1
-        first = index.offsets[index.series[origin]]
-        hist = pd.DataFrame({"unique_id": index.series_ids[index.series[origin]],
-                             "ds": index.timestamps[first : origin + 1], "y": index.target[first : origin + 1]})
-        out.append(nf.predict(df=hist)["LSTM"].to_numpy()[: index.horizon])
-    return np.asarray(out), seconds
+    fc = read_forecasts(open_store(f"{run}/store"), "lstm", as_of).sort("series_id", "horizon")
+    by = dict(fc.group_by("series_id", maintain_order=True).agg(pl.col("forecast")).iter_rows())
+    got = np.full((len(ids), horizon), np.nan)
+    for i, s in enumerate(ids):
+        if s in by and len(by[s]) >= horizon:
+            got[i] = by[s][:horizon]
+    info = {"served": out.get("served"), "missing": int((~np.isfinite(got).all(axis=1)).sum()),
+            "test_span": {r["model"]: round(r["mase"], 3) for r in
+                          out["metrics"].filter(pl.col("series_id") == "ALL").iter_rows(named=True)}}
+    return got, seconds, info
 
 
-def run_dataset(name: str, trials: int, quick: bool, workdir: str) -> tuple[pl.DataFrame, dict]:
+def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str) -> tuple[list[dict], dict]:
     ds = load_dataset(name)
-    h, season = ds.horizon, ds.season
-    train_cfg = TrainConfig(max_steps=60, steps_per_epoch=20) if quick else TrainConfig()
-    params = RetrainParams(data="-", window=WindowConfig(horizon=h), train=train_cfg,
-                           clean=CleanConfig(frequency=ds.frequency, season_length=season, calendar=ds.calendar))
-    checked = validate_observations(ds.frame.with_columns(pl.col("timestamp").cast(pl.String),
-                                                          pl.col("target").cast(pl.String)), max_bad_share=0.2)
-    train_end, val_end = cuts_for(checked, params, h)
-    prepared = prepare_training(checked, params, cuts=(train_end, val_end))
-    index = prepared.index
-    starts = test_origins(index, h)
-    torch.manual_seed(0)
-    forecasts: dict[str, np.ndarray] = {}
+    history, future = split_final(ds.frame, ds.horizon)
+    keep = future.group_by("series_id").len().filter(pl.col("len") == ds.horizon)["series_id"]
+    future = future.filter(pl.col("series_id").is_in(keep.implode())).sort("series_id", "timestamp")
+    ids = future["series_id"].unique(maintain_order=True).to_list()
+    snaive = seasonal_naive(history, ids, ds.season, ds.horizon)
+    forecasts: dict[str, np.ndarray] = {"seasonal naive": snaive}
     seconds: dict[str, float] = {}
-    default, seconds["nightcast served"] = fit_nightcast(prepared, params, starts)
-    forecasts["nightcast served"], forecasts["nightcast LSTM"] = default["served"], default["lstm"]
-    seconds["nightcast LSTM"] = seconds["nightcast served"]
-    ablations = {"− window norm": {"model": ModelConfig(norm="none")},
-                 "skip seasonal": {"model": ModelConfig(skip="seasonal")},
-                 "skip last": {"model": ModelConfig(skip="last")},
-                 "skip auto": {"model": ModelConfig(skip="auto")},
-                 "MSE loss": {"train": train_cfg.model_copy(update={"loss": "mse"})}}
-    for label, change in ({} if quick else ablations).items():
-        run = params.model_copy(update=change)
-        prep = prepare_training(checked, run, cuts=(train_end, val_end))
-        out, seconds[f"LSTM {label}"] = fit_nightcast(prep, run, starts)
-        forecasts[f"LSTM {label}"] = out["lstm"]
-    t0 = time.monotonic()
-    tuned_run, best = tune(checked, params, trials, name, workdir, season, val_end)
-    tuned, _ = fit_nightcast(prepare_training(checked, tuned_run, cuts=(train_end, val_end)), tuned_run, starts)
-    forecasts["nightcast tuned"] = tuned["served"]
-    seconds["nightcast tuned"] = best["seconds"] = time.monotonic() - t0
-    forecasts.update({k.replace("_", " "): v for k, v in baseline_forecasts(index, starts, season).items()})
-    stats, stat_secs = stats_forecasts(index, starts, season)
-    forecasts.update(stats)
-    seconds.update(stat_secs)
-    nf, seconds["neuralforecast LSTM"] = (None, 0.0) if quick else neuralforecast_lstm(index, starts, ds, val_end)
-    if nf is not None:
-        forecasts["neuralforecast LSTM"] = nf
-    table = score_forecasts(index, starts, forecasts, mase_scales(index, np.datetime64(train_end, "us"), season))
-    overall = table.filter(pl.col("series_id") == "ALL").select(
-        pl.lit(name).alias("dataset"), "model", "mase", "smape", "rmse", "n").sort("mase").with_columns(
-        pl.col("model").replace_strict(seconds, default=None, return_dtype=pl.Float64).alias("seconds"))
-    info = {"origins": len(starts), "series": len(index.series_ids), "horizon": h, "season": season,
-            "frequency": ds.frequency, "source": ds.source, "best": best, "lstm_share": default["lstm_share"],
-            "lookback": index.lookback, "steps": None}
-    return overall, info
+    refs, secs = statsforecast_refs(history, ids, ds.season, ds.horizon)
+    forecasts.update(refs)
+    seconds.update(secs)
+    rows: dict[str, list[float]] = {}
+    info: dict = {"source": ds.source, "series": len(ids), "horizon": ds.horizon, "season": ds.season,
+                  "frequency": ds.frequency}
+    for k in range(seeds):
+        got, sec, meta = run_nightcast(history, ids, ds.horizon, 42 + k, workdir)
+        info.setdefault("runs", []).append(meta)
+        missing = ~np.isfinite(got).all(axis=1)
+        got[missing] = snaive[missing]
+        rows.setdefault(SERVED, []).append(mase_table(history, future, {"x": got}, ds.season, ds.horizon)["x"])
+        seconds[SERVED] = seconds.get(SERVED, 0.0) + sec / seeds
+        print(f"  {name} seed {42 + k}: MASE {rows[SERVED][-1]:.3f} ({sec:.0f} s) {meta}", flush=True)
+    if ablations:
+        for label, change in ABLATIONS.items():
+            got, sec, meta = run_nightcast(history, ids, ds.horizon, 42, workdir, change)
+            missing = ~np.isfinite(got).all(axis=1)
+            got[missing] = snaive[missing]
+            rows[label] = [mase_table(history, future, {"x": got}, ds.season, ds.horizon)["x"]]
+            seconds[label] = sec
+            print(f"  {name} {label}: MASE {rows[label][0]:.3f} ({sec:.0f} s)", flush=True)
+    if nf:
+        from tasks.window import auto_lookback
+
+        lstm, sec = neuralforecast_lstm(history, ids, ds, auto_lookback(ds.season, ds.horizon))
+        if lstm is not None:
+            forecasts["neuralforecast LSTM"] = lstm
+            seconds["neuralforecast LSTM"] = sec
+    for label, value in mase_table(history, future, forecasts, ds.season, ds.horizon).items():
+        rows[label] = [value]
+    table = [{"dataset": name, "model": label, "mase": float(np.mean(v)), "lo": float(np.min(v)),
+              "hi": float(np.max(v)), "runs": len(v), "seconds": seconds.get(label)} for label, v in rows.items()]
+    return table, info
 
 
-def render(tables: dict[str, tuple[pl.DataFrame, dict]], trials: int, seconds: float) -> str:
-    lines = ["| dataset | model | MASE | sMAPE % | RMSE | points | fit s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    notes, summary = [], []
-    for name, (t, info) in tables.items():
-        for r in t.iter_rows(named=True):
-            secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
-            lines.append(f"| {name} | {r['model']} | {r['mase']:.3f} | {r['smape']:.2f} | {r['rmse']:.3f} | "
-                         f"{r['n']} | {secs} |")
-        m = {r["model"]: r["mase"] for r in t.iter_rows(named=True)}
-        summary.append({"dataset": name, **m})
-        served, snaive = m["nightcast served"], m["seasonal naive"]
-        verdict = [f"served {'beats' if served < snaive else 'ties' if served == snaive else 'LOSES TO'} "
-                   f"seasonal naive ({served:.3f} vs {snaive:.3f})",
-                   f"LSTM alone {'beats' if m['nightcast LSTM'] < snaive else 'loses to'} it ({m['nightcast LSTM']:.3f})",
-                   f"tuned {m['nightcast tuned']:.3f} vs default served {served:.3f}"]
-        notes.append(f"- **{name}** ({info['source']}; {info['series']} series, {info['frequency']}, "
-                     f"{info['origins']} origins × H={info['horizon']}, season {info['season']}, lookback "
-                     f"{info['lookback']}; network served for {info['lstm_share']:.0%} of series): "
-                     + "; ".join(verdict) + f". Tuning best: {info['best']['best_params']}")
-    frame = pl.DataFrame(summary)
-    means = ["", "**Mean MASE over datasets** (each dataset weighs the same):", "",
-             "| model | mean MASE | datasets where it beats seasonal naive |", "| --- | ---: | ---: |"]
-    for col in [c for c in frame.columns if c != "dataset"]:
-        vals = frame[col].drop_nulls()
-        wins = int((frame[col] < frame["seasonal naive"]).sum()) if col != "seasonal naive" else "-"
-        means.append(f"| {col} | {vals.mean():.3f} | {wins} / {vals.len()} |")
-    head = (f"Measured by `python bench/accuracy.py` ({trials} TPE trials per dataset, trial 0 = default) on "
-            f"{platform.machine()} with {os.cpu_count()} CPU(s), torch threads 1, in {seconds / 60:.1f} min. "
-            "Lower is better; MASE is scaled by each series' training-span seasonal-naive error.\n")
-    return head + "\n" + "\n".join(lines) + "\n" + "\n".join(means) + "\n\n" + "\n".join(notes) + "\n"
+def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float) -> str:
+    frame = pl.DataFrame(rows)
+    lines = [f"# Accuracy benchmark (final window)\n",
+             f"Measured by `python bench/accuracy.py` on {platform.machine()} with {os.cpu_count()} CPU(s), torch "
+             f"threads 1, in {minutes:.1f} min. MASE on each series' last H values (scaled by its in-sample "
+             f"seasonal-naive MAE), averaged over series; lower is better. `{SERVED}`: mean over {seeds} training "
+             f"seed(s), spread = min-max; ablations and references: one run.\n",
+             "| dataset | series | H | model | MASE | spread | vs seasonal naive | fit s |",
+             "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |"]
+    for name in frame["dataset"].unique(maintain_order=True):
+        part = frame.filter(pl.col("dataset") == name).sort("mase")
+        ref = part.filter(pl.col("model") == "seasonal naive")["mase"][0]
+        for r in part.iter_rows(named=True):
+            spread = f"{r['lo']:.3f}-{r['hi']:.3f}" if r["runs"] > 1 else ""
+            sec = f"{r['seconds']:.0f}" if r["seconds"] is not None else ""
+            lines.append(f"| {name} | {infos[name]['series']} | {infos[name]['horizon']} | {r['model']} | "
+                         f"{r['mase']:.3f} | {spread} | {r['mase'] / ref:.3f} | {sec} |")
+    lines += ["", "**Over datasets** (each weighs the same; ratio = geometric mean of MASE / seasonal naive's):", "",
+              "| model | mean MASE | mean ratio to seasonal naive | datasets better than seasonal naive | worst ratio |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    ref = frame.filter(pl.col("model") == "seasonal naive").select("dataset", pl.col("mase").alias("ref"))
+    both = frame.join(ref, on="dataset").with_columns((pl.col("mase") / pl.col("ref")).alias("ratio"))
+    n = frame["dataset"].n_unique()
+    summary = both.group_by("model").agg(pl.col("mase").mean().alias("mean"), pl.col("ratio").log().mean().exp().alias("g"),
+                                         (pl.col("ratio") < 1).sum().alias("wins"), pl.col("ratio").max().alias("worst"),
+                                         pl.len().alias("n")).sort("mean")
+    for r in summary.iter_rows(named=True):
+        lines.append(f"| {r['model']} | {r['mean']:.3f} | {r['g']:.3f} | {r['wins']} / {r['n']} | {r['worst']:.3f} |")
+    lines += ["", "Datasets:", ""]
+    for name, info in infos.items():
+        lines.append(f"- **{name}** ({info['source']}; {info['series']} series, {info['frequency']}, H={info['horizon']}, "
+                     f"season {info['season']}): served by {[r['served'] for r in info.get('runs', [])][:1]}, "
+                     f"test-span MASE of the first run {info['runs'][0]['test_span'] if info.get('runs') else ''}")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=4, help="tuning trials per dataset (4)")
-    parser.add_argument("--quick", action="store_true", help="1 trial, 60 steps: a smoke run, not a result")
-    parser.add_argument("--datasets", nargs="*", default=DATASETS)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    trials = 1 if args.quick else args.trials
-    torch.set_num_threads(1)
-    import logging
-    import warnings
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--ablate", help="comma-separated datasets that get the ablation rows (default: all)")
+    ap.add_argument("--neuralforecast", action="store_true", help="add neuralforecast's LSTM (minutes per dataset)")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    import torch
 
-    warnings.filterwarnings("ignore")
-    for noisy in ("lightning.pytorch", "lightning.fabric", "optuna", "pytorch_lightning"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    started = time.monotonic()
-    tables = {}
-    with tempfile.TemporaryDirectory(prefix="nightcast-bench-") as workdir:
-        for name in args.datasets:
-            t0 = time.monotonic()
-            print(f"[{name}] ...", flush=True)
-            tables[name] = run_dataset(name, trials, args.quick, workdir)
-            print(tables[name][0], f"\n[{name}] {time.monotonic() - t0:.0f} s", flush=True)
-    text = render(tables, trials, time.monotonic() - started)
-    print("\n" + text)
-    if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# Accuracy benchmark\n\n" + text)
-        print(f"written to {args.out}")
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    rows, infos = [], {}
+    from flows.embedded import embedded_server
+
+    with tempfile.TemporaryDirectory(prefix="nightcast-bench-") as work, embedded_server():
+        for name in a.datasets.split(","):
+            print(f"{name} ...", flush=True)
+            ablate = not a.no_ablations and (a.ablate is None or name in a.ablate.split(","))
+            table, info = run_dataset(name, a.seeds, ablate, a.neuralforecast, work)
+            rows += table
+            infos[name] = info
+            text = render(rows, infos, a.seeds, (time.monotonic() - t0) / 60)
+            Path(a.out).write_text(text)  # after every dataset: a long run leaves what it measured
+    print(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

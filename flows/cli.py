@@ -28,6 +28,14 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="optimiser steps (default: sized to the data, 300 to 2,000)")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", type=int, default=3, help="network seeds; the network candidate is their median (3)")
+    p.add_argument("--combine", choices=["weighted", "mean", "median", "switch"], default="weighted",
+                   help="how candidates make the served forecast (weighted: from backtest errors)")
+    p.add_argument("--classical", choices=["auto", "theta", "optimized_theta", "autotheta", "autoets", "none"],
+                   default="auto", help="classical candidate(s) fitted at every origin (auto: AutoETS + AutoTheta "
+                                        "when affordable, else Theta)")
+    p.add_argument("--no-refit", action="store_true", help="serve the backtest model instead of refitting it on "
+                                                            "all history up to the origin")
     p.add_argument("--devices", type=int, default=1,
                    help="train on this many processes (CPU) or GPUs at once with Lightning's DDP (1)")
     p.add_argument("--strategy", choices=["auto", "ddp_spawn", "ddp_fork", "ddp"], default="auto",
@@ -117,7 +125,7 @@ def _columns(args: argparse.Namespace) -> Any:
 
 
 def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
-    from schemas.params import CleanConfig, ModelConfig, RetrainParams, TrainConfig, WindowConfig
+    from schemas.params import CleanConfig, ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
 
     return RetrainParams(
         data=data, model_name=args.model_name, columns=_columns(args),
@@ -125,6 +133,7 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
         window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
         model=ModelConfig(hidden_size=args.hidden_size),
         train=TrainConfig(max_steps=args.max_steps, seed=args.seed, devices=args.devices, strategy=args.strategy),
+        serve=ServeConfig(seeds=args.seeds, combine=args.combine, classical=args.classical, refit=not args.no_refit),
         use_tuned=not getattr(args, "no_tuned", False),
     )
 

@@ -11,17 +11,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from schemas.params import RetrainParams
-from tasks.evaluate import (NETWORK, baseline_forecasts, compare_with_champion, evaluate_models, format_metrics,
-                            mase_scales, network_forecasts, select_methods, selection_summary, serve)
+from tasks.backtest import compare_with_champion, run_backtest
+from tasks.evaluate import format_metrics
 from tasks.features import scale_values
 from tasks.ingest import load_observations
-from tasks.intervals import by_method, coverage, fit_conformal
 from tasks.plots import forecast_vs_actual_png, learning_curve_png
-from tasks.prepare import Prepared, fingerprint, prepare_training
+from tasks.prepare import Prepared, fingerprint, prepare_refit, prepare_training
 from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_bundle,
                             load_champion, new_version, promote, read_champion, save_bundle, sweep_incomplete)
 from tasks.storage import Store
-from tasks.train import TrainResult, network_args_for, predict_scaled, train_model
+from tasks.train import TrainResult, best_steps, network_args_for, predict_scaled, refit_model, train_model
 from tasks.tune import apply_overrides, best_key, load_tuned
 from tasks.warm import incompatibility, plan_warm_start
 from tasks.validate import ValidationResult, validate_observations
@@ -54,49 +53,51 @@ def _current_champion(store: Store, name: str) -> tuple[Bundle | None, str]:
         return None, str(exc)
 
 
-def _evaluate(params: RetrainParams, prepared: Prepared, trained: TrainResult, champion: Bundle | None,
+def _evaluate(params: RetrainParams, prepared: Prepared, trained: list[TrainResult], champion: Bundle | None,
               champion_error: str) -> dict:
-    """Choose each series' method on validation; report network, baselines and served on test."""
+    """Backtest: weights and widths from the validation windows; the test span scored and compared."""
     logger = get_run_logger()
-    index, state, season = prepared.index, prepared.state, prepared.season_length
+    index = prepared.index
     val, test = index.splits["val"], index.splits["test"]
-    preds = predict_scaled(trained.net, index, test)
-    if len(preds) == 0:
+    if len(test) == 0:
         raise ValueError("no test windows: the test span is shorter than the horizon for every series")
-    train_end = np.datetime64(prepared.train_end, "us")
-    val_scaled = predict_scaled(trained.net, index, val)
-    val_fc = {NETWORK: network_forecasts(index, state, val, val_scaled), **baseline_forecasts(index, val, season)}
-    selection = select_methods(index, val, val_fc, mase_scales(index, train_end, season))
-    counts = selection_summary(selection)
-    metrics = evaluate_models(index, state, {NETWORK: preds}, train_end, season, selection=selection)
-    comparison = compare_with_champion(champion, prepared, preds, params.promotion.metric, selection)
+    level = params.intervals.level if params.intervals.method == "conformal" else None
+    bt = run_backtest(index, prepared.state, np.datetime64(prepared.train_end, "us"), prepared.season_length,
+                      [predict_scaled(t.net, index, val) for t in trained],
+                      [predict_scaled(t.net, index, test) for t in trained], params.serve, level)
+    comparison = compare_with_champion(champion, prepared, bt, params.promotion.metric)
     if champion_error:
         comparison["note"] = f"champion unusable ({champion_error})"
-    logger.info("served per series (chosen on validation windows): %s", counts)
-    logger.info("test-span metrics (%d windows):\n%s", len(preds), format_metrics(metrics))
-    intervals = None
-    if params.intervals.method == "conformal":
-        intervals = _conformal(params, prepared, val, val_fc, test, preds, selection)
+    pooled = dict(zip(bt.weights.candidates, np.round(bt.weights.pooled_weights(), 3).tolist()))
+    logger.info("combination (%s) weights pooled over the panel, from %d backtest windows: %s; series served by: %s",
+                params.serve.combine, len(val), pooled, bt.served_counts)
+    logger.info("test-span metrics (%d windows):\n%s", len(test), format_metrics(bt.metrics))
+    if bt.intervals:
+        t = bt.intervals["test"]
         logger.info("%.0f%% conformal intervals: test coverage %.1f%% over %d points, mean width %.3f",
-                    100 * params.intervals.level, 100 * intervals["test"]["coverage"], intervals["test"]["points"],
-                    intervals["test"]["mean_width"])
-    return {"metrics": metrics, "comparison": comparison, "intervals": intervals, "test_preds": preds,
-            "selection": selection, "served_counts": counts}
+                    100 * level, 100 * t["coverage"], t["points"], t["mean_width"])
+    return {"metrics": bt.metrics, "comparison": comparison, "intervals": bt.intervals, "backtest": bt,
+            "served_counts": bt.served_counts}
 
 
-def _conformal(params: RetrainParams, prepared: Prepared, val: np.ndarray, val_fc: dict[str, np.ndarray],
-               test: np.ndarray, test_scaled: np.ndarray, selection: dict[str, str]) -> dict:
-    """Half-widths per method from its validation residuals; coverage of the served forecasts on test."""
-    index, state = prepared.index, prepared.state
-    val_sids, test_sids = index.series_of(val), index.series_of(test)
-    widths = {m: fit_conformal(index, scale_values(f, val_sids, state), val, params.intervals.level)
-              for m, f in val_fc.items()}
-    test_fc = {NETWORK: network_forecasts(index, state, test, test_scaled),
-               **baseline_forecasts(index, test, prepared.season_length)}
-    served, methods = serve(index, test, test_fc, selection)
-    report = coverage(index, state, scale_values(served, test_sids, state), test, by_method(widths, methods))
-    return {"method": "conformal", "level": params.intervals.level, "half_widths": widths[NETWORK],
-            "by_method": widths, "test": report}
+def _refit(params: RetrainParams, prepared: Prepared, checked: ValidationResult, trained: list[TrainResult],
+           progress: bool, init_state: dict | None = None) -> tuple[list, Prepared | None, dict]:
+    """The networks that are served: each seed refit on all history up to the origin for the step count its
+    backtest model stopped at (``serve.refit``), or the backtest models themselves."""
+    logger = get_run_logger()
+    if not params.serve.refit:
+        return [t.net for t in trained], None, {"refit": False}
+    data = prepare_refit(prepared, checked, params)
+    nets, steps = [], []
+    for k, t in enumerate(trained):  # a handful of seeds
+        n = best_steps(t)
+        cfg = params.train.model_copy(update={"seed": params.train.seed + k})
+        nets.append(refit_model(data.index, t.network_args, cfg, n, progress, init_state=init_state).net)
+        steps.append(n)
+    logger.info("refit %d network(s) on all %d windows up to %s for %s steps", len(nets),
+                len(data.index.splits["train"]), data.train_end, steps)
+    return nets, data, {"refit": True, "steps": steps, "windows": int(len(data.index.splits["train"])),
+                        "end": str(data.train_end)}
 
 
 def _warm_start(params: RetrainParams, prepared: Prepared, champion: Bundle | None,
@@ -120,7 +121,7 @@ def _warm_start(params: RetrainParams, prepared: Prepared, champion: Bundle | No
         logger.warning("warm start not possible, training from scratch: %s", why)
         return None, {"used": False, "reason": why}
     logger.info("warm start from champion %s (%s)", champion.version, plan.reason)
-    return champion.state_dict, {"used": True, "from": champion.version, "reason": plan.reason,
+    return champion.networks()[0].state_dict(), {"used": True, "from": champion.version, "reason": plan.reason,
                                  "full_trained_at": plan.full_trained_at}
 
 
@@ -151,8 +152,7 @@ def _decider(store: Store, params: RetrainParams, prepared: Prepared, evaluation
                     why = str(exc)
             logger.info("the champion moved to %s while this run trained; comparing with it again",
                         None if current is None else current["version"])
-            comp = compare_with_champion(champion, prepared, evaluation["test_preds"], params.promotion.metric,
-                                         evaluation["selection"])
+            comp = compare_with_champion(champion, prepared, evaluation["backtest"], params.promotion.metric)
             if why:
                 comp["note"] = f"champion unusable ({why})"
         evaluation["comparison"] = comp
@@ -162,8 +162,8 @@ def _decider(store: Store, params: RetrainParams, prepared: Prepared, evaluation
 
 
 def _register(store: Store, params: RetrainParams, checked: ValidationResult, prepared: Prepared,
-              trained: TrainResult, evaluation: dict, version: str, fp: str, tuned: dict | None = None,
-              warm: dict | None = None) -> dict:
+              trained: list[TrainResult], evaluation: dict, version: str, fp: str, tuned: dict | None = None,
+              warm: dict | None = None, served: tuple | None = None) -> dict:
     """Write the bundle under ``version`` (minted by the flow, so a retry rewrites the same bundle), then
     move the champion pointer by compare-and-swap if the rule says so."""
     logger = get_run_logger()
@@ -172,7 +172,10 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
                        len(swept), ", ".join(swept))
     comp = evaluation["comparison"]
     decision = _decide(params, comp)
-    config = {"params": params.model_dump(mode="json"), "network_args": trained.network_args,
+    nets, refit_data, refit_info = served or ([t.net for t in trained], None, {"refit": False})
+    state = (refit_data or prepared).state  # the scalers of the data the served networks were fitted on
+    first = trained[0]
+    config = {"params": params.model_dump(mode="json"), "network_args": first.network_args,
               "calendar": prepared.calendar.to_json(), "season_length": prepared.season_length}
     manifest = {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "seed": params.train.seed,
@@ -181,21 +184,24 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
                  "start": str(checked.valid["timestamp"].min()), "end": str(checked.valid["timestamp"].max())},
         "spans": {"train_end": str(prepared.train_end), "val_end": str(prepared.val_end)},
         "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
-        "cleaning": prepared.report.to_json(worst=20), "epochs": trained.epochs, "steps": trained.steps,
-        "training_budget": trained.budget, "served": evaluation["served_counts"],
-        "best_val_loss": trained.best_val_loss, "libraries": library_versions(),
+        "cleaning": prepared.report.to_json(worst=20), "epochs": [t.epochs for t in trained],
+        "steps": [t.steps for t in trained], "training_budget": first.budget, "served": evaluation["served_counts"],
+        "best_val_loss": [t.best_val_loss for t in trained], "libraries": library_versions(),
+        "seeds": [params.train.seed + k for k in range(len(trained))], "refit": refit_info,
         "warm_start": warm,
         "tuning": None if tuned is None else {k: tuned.get(k) for k in (
             "study_name", "storage", "sampler", "metric", "best_value", "best_trial", "best_params", "trials")},
     }
     index = prepared.index
+    test = evaluation["backtest"].test_starts
     extra = {  # diagnostics travel with the model
-        "plots/learning_curve.png": learning_curve_png(trained.history),
+        "plots/learning_curve.png": learning_curve_png(first.history),
         "plots/forecast_vs_actual.png": forecast_vs_actual_png(
-            index, prepared.state, evaluation["test_preds"], index.splits["test"],
+            index, prepared.state, scale_values(evaluation["backtest"].served_test, index.series_of(test),
+                                                prepared.state), test,
             (evaluation["intervals"] or {}).get("half_widths")),
     }
-    extra.update({f"tensorboard/{name}": data for name, data in trained.tensorboard.items()})
+    extra.update({f"tensorboard/{name}": data for name, data in first.tensorboard.items()})
     if tuned is not None:  # the search that chose this configuration travels with the model
         prefix = best_key(params.model_name).rsplit("/", 1)[0]
         for fname in tuned.get("files", []):
@@ -209,11 +215,13 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
                     # at registration, against the champion this run compared with; the pointer records the final one
                     "decision": {"promote": decision.promote, "reason": decision.reason,
                                  "against": comp["champion_version"]}}
-    prefix = save_bundle(store, params.model_name, version, net=trained.net, config=config,
-                         preprocessing={**prepared.preprocessing_json(), "conformal": evaluation["intervals"],
-                                        "selection": evaluation["selection"]},
+    prefix = save_bundle(store, params.model_name, version, net=nets, config=config,
+                         preprocessing={"features": state.to_json(),
+                                        "iqr_bounds": (refit_data or prepared).iqr_bounds,
+                                        "conformal": evaluation["intervals"],
+                                        "combination": evaluation["backtest"].weights.to_json()},
                          metrics=metrics_json,
-                         history_csv=trained.history.write_csv(), manifest=manifest, extra_files=extra)
+                         history_csv=first.history.write_csv(), manifest=manifest, extra_files=extra)
     logger.info("bundle written to %s", store.uri(prefix))
     decision, pointer = promote(store, params.model_name, version, _decider(store, params, prepared, evaluation))
     promoted = pointer is not None and pointer["version"] == version
@@ -234,7 +242,8 @@ save_quarantine = step(_save_quarantine, "save-quarantine", io=True)
 read_tuned = step(load_tuned, "read-tuned", io=True)
 current_champion = step(_current_champion, "load-champion", io=True)
 warm_start = step(_warm_start, "warm-start")
-evaluate = step(_evaluate, "evaluate", timeout_s=3600)
+evaluate = step(_evaluate, "backtest", timeout_s=3600)
+refit = step(_refit, "refit", timeout_s=6 * 3600)
 register = step(_register, "register", io=True)
 
 
@@ -284,14 +293,16 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     params = params.model_copy(update={"window": params.window.model_copy(update={"lookback": prepared.index.lookback})})
     champion, champion_error = current_champion(st, params.model_name)
     init_state, warm = warm_start(params, prepared, champion, champion_error)
-    trained = train(prepared.index, params.model, params.train, settings.progress, init_state=init_state)
+    trained = [train(prepared.index, params.model, params.train.model_copy(update={"seed": params.train.seed + k}),
+                     settings.progress, init_state=init_state) for k in range(params.serve.seeds)]
     evaluation = evaluate(params, prepared, trained, champion, champion_error)
+    served = refit(params, prepared, checked, trained, settings.progress, init_state)
     fp = fingerprint(checked.valid)
     version = new_version(fp, started)  # minted once: a retried register writes this same version
-    registered = register(st, params, checked, prepared, trained, evaluation, version, fp, tuned, warm)
+    registered = register(st, params, checked, prepared, trained, evaluation, version, fp, tuned, warm, served)
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(worst=20),
-           "short_series": prepared.index.short_series, "metrics": evaluation["metrics"],
+           "short_series": (served[1] or prepared).index.short_series, "metrics": evaluation["metrics"],
            "intervals": evaluation["intervals"], "warm_start": warm,
            "served": evaluation["served_counts"]}
     publish_artifacts(params, out)

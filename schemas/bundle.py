@@ -70,6 +70,7 @@ class BundleConfig(_Strict):
     network_args: NetworkArgs
     calendar: _Calendar
     season_length: int = Field(ge=1)
+    ensemble: int = Field(1, ge=1, le=32)  # network seeds in weights.pt (member<k>. prefixes when more than 1)
 
 
 class Manifest(BaseModel):

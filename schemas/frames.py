@@ -62,6 +62,7 @@ class CleanSeries(pa.DataFrameModel):
     observed: bool = pa.Field(nullable=False)
     is_outlier: bool = pa.Field(nullable=False)
     in_long_gap: bool = pa.Field(nullable=False)
+    raw: Optional[float] = pa.Field(nullable=True)  # the value as observed, before clipping or filling
 
     @pa.check("target", name="finite")
     def target_finite(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -81,16 +82,18 @@ class CleanSeries(pa.DataFrameModel):
         strict = False
 
 
-FORECASTS_LAYOUT = "3"
+FORECASTS_LAYOUT = "4"
 """Version of the forecasts layout (this schema + the ``forecasts/model=/as_of=`` keys).
 
 Written into every partition's Parquet metadata as ``nightcast.forecasts_layout``;
 bumped on any change a downstream reader would notice. 3 added ``method`` (which
-forecaster produced the series: ``lstm``, ``seasonal_naive`` or ``naive``); layout 2
+forecaster produced the series: ``lstm``, ``seasonal_naive`` or ``naive``); 4 added the
+classical candidates and ``combination`` (a weighted mean of several, the usual case); layout 2
 partitions read through ``tasks.score.read_forecasts`` get ``method = "lstm"``.
 """
 
-FORECAST_METHODS = ("lstm", "seasonal_naive", "naive")
+FORECAST_METHODS = ("lstm", "seasonal_naive", "naive", "theta", "optimized_theta", "autotheta", "autoets",
+                    "combination")
 
 
 class Forecasts(pa.DataFrameModel):

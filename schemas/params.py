@@ -183,6 +183,10 @@ class TrainConfig(_Config):
     max_epochs: int = Field(1000, ge=1, description="cap on sampled epochs (max_steps usually stops first)")
     val_windows: int = Field(4096, ge=16, description="validation windows checked each epoch (a fixed sample)")
     patience: int = Field(6, ge=1, description="early stopping: epochs without a better validation loss")
+    early_stopping: bool = Field(
+        False, description="stop on the validation loss and keep its best epoch; false (default): train the whole "
+                           "budget and keep the last weights, so the validation span judges the network without "
+                           "the bias of having picked its epoch, and the refit trains the same budget")
     gradient_clip: float = Field(1.0, ge=0)
     lr_schedule: Literal["plateau", "cosine", "none"] = "plateau"
     seed: int = 42
@@ -206,6 +210,30 @@ class WarmStartConfig(_Config):
     policy: Literal["never", "always", "periodic"] = Field(
         "never", description="periodic: warm start, but train from scratch every full_retrain_days")
     full_retrain_days: int = Field(7, ge=1)
+
+
+class ServeConfig(_Config):
+    """How the served forecast is decided on backtest windows and built at the origin (``tasks.combine``)."""
+
+    refit: bool = Field(True, description="refit the network on all history up to the origin (scalers too) for "
+                                          "the backtest's best step count, and serve that; false: serve the "
+                                          "backtest model")
+    seeds: int = Field(3, ge=1, le=32, description="network seeds trained; the network candidate is their median")
+    combine: Literal["weighted", "mean", "median", "switch"] = Field(
+        "weighted", description="weighted: candidate weights from backtest errors, shrunk toward the panel's; "
+                                "mean / median: equal shares; switch: each series' single best candidate")
+    classical: Literal["auto", "theta", "optimized_theta", "autotheta", "autoets", "none"] = Field(
+        "auto", description="classical candidate(s) (statsforecast), fitted at every origin; auto: AutoETS and "
+                            "AutoTheta while their estimated backtest cost fits classical_budget_s, else Theta "
+                            "(30-100x cheaper: catalogues of thousands of series)")
+    classical_budget_s: float = Field(120.0, ge=0, description="seconds on one core 'auto' may spend fitting "
+                                                                "classical models on the backtest and test windows")
+    naive: bool = Field(True, description="include the last value (naive) as a candidate")
+    prior: float = Field(4.0, ge=0, description="horizons of panel evidence each series' own backtest is shrunk toward")
+    power: float = Field(2.0, gt=0, description="weights ∝ (MAE relative to seasonal naive) ** -power")
+    truth: Literal["raw", "clean"] = Field(
+        "raw", description="what backtests are judged on: the raw observations (clean: the clipped and filled "
+                           "values, only to measure what judging on them costs)")
 
 
 class PromotionRule(_Config):
@@ -232,6 +260,7 @@ class RetrainParams(_Config):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     promotion: PromotionRule = PromotionRule()
+    serve: ServeConfig = ServeConfig()
     intervals: IntervalConfig = IntervalConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     use_tuned: bool = Field(True, description="apply this model's best tuned configuration when tuning saved one")

@@ -161,22 +161,6 @@ def make_grid(start: dt.datetime, end: dt.datetime, calendar: Calendar) -> pl.Se
     return grid.alias("timestamp")
 
 
-def next_steps(last: dt.datetime, calendar: Calendar, n: int) -> list[dt.datetime]:
-    """The n timestamps after ``last`` (future holidays are unknown: weekdays only)."""
-    m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
-    assert m, calendar.frequency
-    k, unit = int(m.group(1)), m.group(2)
-    out: list[dt.datetime] = []
-    step = 1
-    base = pl.Series([last])
-    while len(out) < n:
-        ts = base.dt.offset_by(f"{k * step}{unit}").item()
-        if calendar.kind != "business" or ts.weekday() < 5:
-            out.append(ts)
-        step += 1
-    return out
-
-
 # --- placing on the grid --------------------------------------------------------------------------
 # Rows are stacked series (sorted by id, then time); ``s`` is each row's series number. Row
 # arithmetic on these numpy columns replaces any loop over series.
@@ -477,9 +461,13 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
                    iqr_bounds: dict[str, list[float]] | None = None) -> pl.DataFrame:
     """Flag outliers (``is_outlier``) and clip them, or drop them to a gap.
 
+    ``raw`` keeps the value as observed (null where nothing was): forecasts learn from the
+    cleaned ``target``, every metric and interval residual is judged on ``raw``.
+
     Each series' rows must be contiguous and in time order (as ``regularize``
     returns them).
     """
+    frame = frame.with_columns(pl.col("target").cast(pl.Float64).alias("raw"))  # the truth metrics are judged on
     if cfg.outliers == "none":
         return frame.with_columns(pl.lit(False).alias("is_outlier"))
     if cfg.outliers == "hampel":

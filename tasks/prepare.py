@@ -15,7 +15,8 @@ from schemas.params import RetrainParams
 from tasks.clean import Calendar, CleanReport, clean_observations, decide_calendar, regularize, season_length_for
 from tasks.features import FeatureState, fit_features, transform_features
 from tasks.validate import ValidationResult
-from tasks.window import WindowIndex, auto_lookback, make_windows, min_history, split_times, thin_windows
+from tasks.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
+                          thin_windows)
 
 
 @dataclass
@@ -87,7 +88,7 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon,
                          train_end, val_end, w.stride, min_input=min_history(lookback, season), season=season)
     for split in ("val", "test"):
-        index.splits[split] = thin_windows(index, index.splits[split], w.max_eval_windows)
+        index.splits[split] = thin_windows(index, observed_origins(index, index.splits[split]), w.max_eval_windows)
     # Series with no observation in the training span have no scaler: not trainable either.
     index.short_series = sorted({*index.short_series, *no_training_data})
     return Prepared(clean, report, calendar, season, train_end, val_end, state, iqr, index)
@@ -110,3 +111,21 @@ def window_keys(index: WindowIndex, split: str = "test") -> pl.DataFrame:
     return pl.DataFrame({"series_id": index.series_of(starts),
                          "origin": index.timestamps[origins], "pos": np.arange(len(starts))},
                         schema={"series_id": pl.String, "origin": pl.Datetime("us"), "pos": pl.Int64})
+
+
+def prepare_refit(prepared: Prepared, valid: ValidationResult, params: RetrainParams) -> Prepared:
+    """The same cleaned history with everything refit on all of it, up to the forecast origin: scalers and
+    encoders fitted on every step, every window a training window. What the served network trains on."""
+    end = prepared.clean["timestamp"].max()
+    clean, iqr = prepared.clean, prepared.iqr_bounds
+    if params.clean.outliers == "iqr":  # the bounds are fitted too: refit them on all history
+        clean, _, iqr = clean_observations(valid.valid, params.clean, prepared.calendar, end)
+    f, w = params.features, params.window
+    state = fit_features(clean, end, params.clean.scaler, valid.numeric, valid.categorical,
+                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components)
+    frame, no_training_data = transform_features(clean, state)
+    lookback, season = prepared.index.lookback, prepared.season_length
+    index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon, end, end, w.stride,
+                         min_input=min_history(lookback, season), season=season)
+    index.short_series = sorted({*index.short_series, *no_training_data})
+    return Prepared(clean, prepared.report, prepared.calendar, season, end, end, state, iqr, index)

@@ -60,10 +60,21 @@ class Bundle:
     manifest: dict
     state_dict: dict[str, torch.Tensor]
 
+    def networks(self) -> list[LSTMForecaster]:
+        """Every seed's network (an ensemble bundle keeps member ``k``'s tensors under ``member<k>.``)."""
+        members = int(self.config.get("ensemble", 1))
+        nets = []
+        for k in range(members):
+            net = LSTMForecaster(**self.config["network_args"])
+            prefix = f"member{k}."
+            state = (self.state_dict if members == 1 else
+                     {n[len(prefix):]: t for n, t in self.state_dict.items() if n.startswith(prefix)})
+            net.load_state_dict(state)
+            nets.append(net.eval())
+        return nets
+
     def network(self) -> LSTMForecaster:
-        net = LSTMForecaster(**self.config["network_args"])
-        net.load_state_dict(self.state_dict)
-        return net.eval()
+        return self.networks()[0]
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ def _parse(model: type, raw: bytes, what: str):  # noqa: ANN202
         raise RegistryError(f"{what} does not match the bundle schema: {problems}") from None
 
 
-def save_bundle(store: Store, name: str, version: str, *, net: torch.nn.Module, config: dict,
+def save_bundle(store: Store, name: str, version: str, *, net: torch.nn.Module | list[torch.nn.Module], config: dict,
                 preprocessing: dict, metrics: dict, history_csv: str, manifest: dict,
                 extra_files: dict[str, bytes] | None = None) -> str:
     """Write every file of a bundle, the manifest (with checksums) last. Returns the bundle prefix.
@@ -117,7 +128,11 @@ def save_bundle(store: Store, name: str, version: str, *, net: torch.nn.Module, 
     """
     prefix = f"{_prefix(name)}/versions/{version}"
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
+    nets = net if isinstance(net, list) else [net]
+    config = {**config, "ensemble": len(nets)}
+    tensors = ({k: v.detach().cpu() for k, v in nets[0].state_dict().items()} if len(nets) == 1 else
+               {f"member{i}.{k}": v.detach().cpu() for i, m in enumerate(nets) for k, v in m.state_dict().items()})
+    torch.save(tensors, buf)
     files = {
         "weights.pt": buf.getvalue(),
         "config.json": json.dumps(config, indent=2, default=str).encode(),
@@ -174,7 +189,7 @@ def load_bundle(store: Store, name: str, version: str) -> Bundle:
     bundle = Bundle(name, version, json.loads(blobs["config.json"]), other["preprocessing.json"],
                     other["metrics.json"], manifest, state)
     try:  # the weights must fit the declared network, checked here rather than at first use
-        bundle.network()
+        bundle.networks()
     except (RuntimeError, ValueError, TypeError) as exc:
         raise RegistryError(f"bundle {where}: weights.pt does not fit network_args in config.json "
                             f"({_error_text(exc)})") from None

@@ -403,8 +403,9 @@ def _metrics_section(inp: ReportInputs) -> str:
     cols = ["model", "rmse", "mae", "smape", "mase", "n"]
     labels = {"rmse": "RMSE", "mae": "MAE", "smape": "sMAPE %", "mase": "MASE", "n": "points"}
     comp = inp.bundle.metrics.get("comparison") or {}
-    text = ("<p>The network alone, the baselines and what is served (each series' method chosen on the "
-            "validation windows), on the same test windows.</p>" + _table(overall, cols, labels))
+    text = ("<p>Every candidate (the network, the baselines, the classical models) and what is served (their "
+            "combination, weighted per series on the backtest windows), on the same test windows, judged on the "
+            "raw observations.</p>" + _table(overall, cols, labels))
     if comp and comp.get("champion_version") is None:
         text += f"<p class='muted'>No champion to compare with ({_e(comp.get('note') or 'first model')}).</p>"
     elif comp:
@@ -422,8 +423,12 @@ def _mix_section(inp: ReportInputs, mon: Monitoring | None) -> str:
     bars = "".join(
         f"<tr><td>{_e(m)}</td><td>{_e(n)}</td><td class='bar'><span style='width:{100 * int(n) / total:.1f}%'>"
         f"</span></td><td>{_pct(int(n) / total)}</td></tr>" for m, n in served.items())
-    text = ("<p>Per series, the method served is the one with the lowest error on the validation windows "
-            "(the network unless a baseline clearly wins).</p>"
+    pooled = (inp.bundle.preprocessing.get("combination") or {})
+    weights = dict(zip(pooled.get("candidates", []), pooled.get("pooled_weights", [])))
+    text = ("<p>What serves each series: the combination of the candidates, weighted by their backtest errors "
+            "(each series' own, shrunk toward the panel's); a candidate's name where it carries all the weight."
+            + (f" Panel weights: {_e(', '.join(f'{m} {w:.2f}' for m, w in weights.items()))}." if weights else "")
+            + "</p>"
             "<table><thead><tr><th>method</th><th>series</th><th></th><th>share</th></tr></thead>"
             f"<tbody>{bars}</tbody></table>")
     by_method = _dimension(mon.summary, "method") if mon else pl.DataFrame()
@@ -500,10 +505,26 @@ def _coverage_section(inp: ReportInputs, mon: Monitoring | None) -> str:
     return text
 
 
+def _served_by(preprocessing: dict):  # noqa: ANN202 - series id -> text
+    """What serves a series, as text: its combination weights (bundles from before combinations: the method)."""
+    combination = preprocessing.get("combination")
+    if not combination:
+        selection = preprocessing.get("selection") or {}
+        return lambda sid: selection.get(sid)
+    names, per = combination["candidates"], combination.get("per_series", {})
+    pooled = combination.get("pooled_weights")
+
+    def text(sid: str) -> str:
+        w = per.get(sid) or pooled or []
+        return ", ".join(f"{m} {v:.2f}" for m, v in sorted(zip(names, w), key=lambda kv: -kv[1]) if v >= 0.05)
+
+    return text
+
+
 def _worst_section(inp: ReportInputs, mon: Monitoring | None) -> str:
     _, worst = _test_rows(inp.bundle.metrics)
-    selection = inp.bundle.preprocessing.get("selection") or {}
-    rows = [{"series": r.get("series_id"), "served by": selection.get(r.get("series_id")), "MASE": r.get("mase"),
+    served_by = _served_by(inp.bundle.preprocessing)
+    rows = [{"series": r.get("series_id"), "served by": served_by(r.get("series_id")), "MASE": r.get("mase"),
              "sMAPE %": r.get("smape"), "RMSE": r.get("rmse"), "points": r.get("n")} for r in worst[:_WORST]]
     text = ("<h3>On the test span</h3>" + _table(rows)
             + "<p class='muted'>Forecast vs actual on the last test window of the first few series (the bundle's "

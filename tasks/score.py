@@ -106,15 +106,22 @@ def _span(bundle: Bundle, as_of: dt.date) -> tuple[dt.datetime, int, Calendar]:
     clean_cfg = CleanConfig(**cfg["params"]["clean"])
     lookback = cfg["params"]["window"]["lookback"]
     season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
-    keep = _keep(lookback, season, FeatureState.from_json(bundle.preprocessing["features"]))
+    keep = _keep(lookback, season, FeatureState.from_json(bundle.preprocessing["features"]), bundle)
     cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
     return cutoff, keep + (clean_cfg.outlier_window or max(season, 7)) + clean_cfg.max_gap, Calendar.from_json(
         cfg["calendar"])
 
 
-def _keep(lookback: int, season: int, state: FeatureState) -> int:
-    """Steps of cleaned history the last window needs: the window, its seasonal base and its lags."""
-    return lookback + max([season, *state.lags])
+def _keep(lookback: int, season: int, state: FeatureState, bundle: Bundle) -> int:
+    """Steps of cleaned history the last window needs (the window, its seasonal base and its lags), and the
+    classical candidate's fitting tail when the bundle combines one."""
+    from models.classical import CLASSICAL, tail_length
+
+    need = lookback + max([season, *state.lags])
+    combination = bundle.preprocessing.get("combination") or {}
+    if any(m in CLASSICAL for m in combination.get("candidates", [])):
+        need = max(need, tail_length(season, int(bundle.config["network_args"]["horizon"])))
+    return need
 
 
 def covariate_kinds(bundle: Bundle) -> dict[str, str]:
@@ -150,7 +157,7 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     lookback, horizon = cfg["params"]["window"]["lookback"], cfg["params"]["window"]["horizon"]
     season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
     state = FeatureState.from_json(bundle.preprocessing["features"])
-    keep = _keep(lookback, season, state)
+    keep = _keep(lookback, season, state, bundle)
     history, gone, since, calendar = _history(bundle, observations, as_of, calendar)
     report = ScoreReport(skipped={sid: f"stale: no observed target since {since}" for sid in gone})
     none = pl.DataFrame(schema={"series_id": pl.String, "last_seen": pl.Datetime("us")})
@@ -159,20 +166,26 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     clean, _, _ = clean_observations(history, clean_cfg, calendar,
                                      iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
     clean = clean.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(keep)
+    empty = history.select("series_id").unique().join(clean.select("series_id").unique(), on="series_id", how="anti")
+    report.skipped.update(dict.fromkeys(empty["series_id"].to_list(), f"no observed target since {since}"))
     series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
     for r in series.filter(pl.col("skip").is_not_null()).select("series_id", "skip").iter_rows():
         report.skipped[r[0]] = r[1]
     live = series.filter(pl.col("skip").is_null())
     if live.height == 0:
         return ScorePart(None, report, series.select("series_id", "last_seen"), clean["timestamp"].max())
-    future = future_steps(live.select("series_id", "last_seen"), calendar, horizon)
-    base = _baselines(clean.filter(pl.col("series_id").is_in(live["series_id"].implode())), live, season, horizon)
-    net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
-    out, methods = _choose(live, base, net, bundle.preprocessing.get("selection"))
-    conformal = bundle.preprocessing.get("conformal") or {}
-    widths = conformal.get("by_method") or ({NETWORK: conformal["half_widths"]} if conformal else {})
+    future = future_steps(live.select("series_id", "last_seen", "dom"), calendar, horizon)
     ids = live["series_id"].to_list()
-    lower, upper = _intervals(out, methods, widths, state, ids)
+    net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
+    candidates = _candidates(bundle, clean.filter(pl.col("series_id").is_in(live["series_id"].implode())),
+                             net, season, horizon)
+    out, methods = _serve(bundle, candidates, np.asarray(ids, dtype=str))
+    conformal = bundle.preprocessing.get("conformal") or {}
+    if bundle.preprocessing.get("combination") is None:  # bundles from before combinations: widths per method
+        widths = conformal.get("by_method") or ({NETWORK: conformal["half_widths"]} if conformal else {})
+        lower, upper = _intervals(out, methods, widths, state, ids)
+    else:
+        lower, upper = _combined_intervals(out, conformal.get("half_widths"), state, ids)
     frame = pl.DataFrame({
         "series_id": np.repeat(ids, horizon),
         "timestamp": future.sort("series_id", "horizon")["timestamp"],
@@ -255,18 +268,30 @@ def _first(skipped: dict[str, str], n: int = 5) -> str:
     return "; ".join(f"{k}: {v}" for k, v in items[:n]) + more
 
 
+_MONTHS = {"mo": 1, "q": 3, "y": 12}
+
+
 def future_steps(last: pl.DataFrame, calendar: Calendar, n: int) -> pl.DataFrame:
     """The ``n`` calendar steps after each series' ``last_seen``: series_id, horizon (1..n), timestamp.
 
-    One cross join and one ``offset_by`` over all series; business calendars skip weekends
-    (future holidays are unknown).
+    One cross join and one offset over all series. Month, quarter and year steps keep each series'
+    day of the month (``dom``, its largest day seen, when ``last`` has it; else ``last_seen``'s day),
+    clamped to short months: a month-end series stays on month ends after Feb 29 or Apr 30. Business
+    calendars skip weekends (future holidays are unknown).
     """
     k, unit = _step(calendar)
     business = calendar.kind == "business"
     candidates = n + 2 * (n // 5) + 4 if business else n
     steps = pl.DataFrame({"_k": np.arange(1, candidates + 1, dtype=np.int64)})
-    out = last.join(steps, how="cross").with_columns(
-        pl.col("last_seen").dt.offset_by(pl.format("{}" + unit, pl.col("_k") * k)).alias("timestamp"))
+    out = last.join(steps, how="cross")
+    if unit in _MONTHS:
+        dom = pl.col("dom") if "dom" in last.columns else pl.col("last_seen").dt.day()
+        month = pl.col("last_seen").dt.month_start().dt.offset_by(pl.format("{}mo", pl.col("_k") * k * _MONTHS[unit]))
+        day = month.dt.offset_by(pl.format("{}d", dom.cast(pl.Int64) - 1))
+        out = out.with_columns(pl.min_horizontal(day, month.dt.month_end()).alias("timestamp"))
+    else:
+        out = out.with_columns(
+            pl.col("last_seen").dt.offset_by(pl.format("{}" + unit, pl.col("_k") * k)).alias("timestamp"))
     if business:
         out = out.filter(pl.col("timestamp").dt.weekday() <= 5)
     return (out.sort("series_id", "_k").with_columns(pl.int_range(1, pl.len() + 1).over("series_id").alias("horizon"))
@@ -278,7 +303,8 @@ def _series_status(clean: pl.DataFrame, calendar: Calendar, max_gap: int, lookba
                    season: int) -> pl.DataFrame:
     """Per series: last_seen, rows, whether the window tails hold a long gap, and why it is skipped."""
     per = clean.group_by("series_id", maintain_order=True).agg(
-        pl.col("timestamp").last().alias("last_seen"), pl.len().alias("rows"),
+        pl.col("timestamp").last().alias("last_seen"), pl.col("timestamp").dt.day().max().alias("dom"),
+        pl.len().alias("rows"),
         pl.col("in_long_gap").tail(lookback).any().alias("gap_in_window"),
         pl.col("in_long_gap").tail(season).any().alias("gap_in_season"))
     stale = _stale(per.select("series_id", "last_seen"), calendar, max_gap, clean["timestamp"].max())
@@ -299,20 +325,63 @@ def _stale(last_seen: pl.DataFrame, calendar: Calendar, max_gap: int, global_las
                       .alias("skip"))
 
 
-def _baselines(clean: pl.DataFrame, live: pl.DataFrame, season: int, horizon: int) -> dict[str, np.ndarray]:
-    """Naive and seasonal naive (naive where a series has less than one season) for every live series."""
-    tails = (clean.group_by("series_id", maintain_order=True).agg(pl.col("target").tail(season).alias("tail"))
-             .join(live.select("series_id"), on="series_id", how="right")
-             .select(pl.col("tail").list.last().alias("last"), (pl.col("tail").list.len() == season).alias("full"),
-                     pl.col("tail")))
-    last = tails["last"].to_numpy().astype(np.float64)
-    naive = np.repeat(last[:, None], horizon, axis=1)
-    full = tails["full"].to_numpy()
-    snaive = naive.copy()
-    if full.any():
-        block = tails.filter(pl.col("full"))["tail"].list.to_array(season).to_numpy().astype(np.float64)  # (n, m)
-        snaive[full] = block[:, np.arange(horizon) % season]
-    return {"seasonal_naive": snaive, "naive": naive}
+def _candidates(bundle: Bundle, clean: pl.DataFrame, net: tuple[np.ndarray, np.ndarray], season: int,
+                horizon: int) -> dict[str, np.ndarray]:
+    """(n, H) forecasts of every candidate the bundle combines, for the live series in ``clean`` (sorted
+    by series, each series' last row its origin): the network (NaN where it cannot forecast a series),
+    the baselines and the classical model, from the same stacked arrays the backtest used."""
+    from models.baselines import naive, seasonal_naive
+    from models.classical import classical_forecasts, tail_length
+    from tasks.backtest import champion_weights
+
+    clean = clean.sort("series_id", "timestamp")
+    y = clean["target"].to_numpy().astype(np.float64)
+    lengths = clean.group_by("series_id", maintain_order=True).len()["len"].to_numpy().astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    origins = first + lengths - 1
+    values, usable = net
+    out = {NETWORK: np.where(usable[:, None], values, np.nan),
+           "seasonal_naive": seasonal_naive(y, origins, horizon, season, first), "naive": naive(y, origins, horizon)}
+    wanted = champion_weights(bundle).candidates
+    for model in (m for m in wanted if m not in out):  # the classical candidate, fitted at the origin
+        tail = np.minimum(lengths, tail_length(season, horizon))
+        keep = np.arange(len(y)) >= np.repeat(origins - tail + 1, lengths)
+        out[model] = classical_forecasts(y[keep], tail, horizon, season, model)
+    return {m: out[m] for m in wanted}
+
+
+def _serve(bundle: Bundle, candidates: dict[str, np.ndarray], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each series' served forecast and what made it: the bundle's combination weights over the candidates
+    a series has (a series the network cannot forecast is served by the rest), or, for bundles from
+    before combinations, its per-series choice (as one-hot weights)."""
+    from tasks.backtest import champion_weights
+    from tasks.combine import combine, method_names
+
+    weights = champion_weights(bundle)
+    rows = weights.rows(ids)
+    out = combine(candidates, rows, weights.mode)
+    have = np.stack([np.isfinite(candidates[m]).all(axis=1) for m in weights.candidates], axis=1)  # (n, C)
+    effective = np.where(have, rows, 0.0)
+    if weights.mode == "switch":  # the chosen candidate is missing: seasonal naive serves
+        lost = effective.sum(axis=1) == 0
+        effective[lost, weights.candidates.index("seasonal_naive")] = 1.0
+        out[lost] = candidates["seasonal_naive"][lost]
+    return out, method_names(effective / np.maximum(effective.sum(axis=1, keepdims=True), 1e-12),
+                             weights.candidates).astype(str)
+
+
+def _combined_intervals(out: np.ndarray, half_widths: list[float] | None, state: FeatureState,
+                        ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal bounds of the served forecast: per-horizon widths in each series' scaled units; NaN for a
+    series the scalers never saw (no scale to size its interval by)."""
+    lower, upper = np.full(out.shape, np.nan), np.full(out.shape, np.nan)
+    if not half_widths:
+        return lower, upper
+    ids_arr = np.asarray(ids, dtype=str)
+    sel = np.flatnonzero(np.isin(ids_arr, np.asarray(list(state.target_stats), dtype=str)))
+    if len(sel):
+        lower[sel], upper[sel] = bounds(scale_values(out[sel], ids_arr[sel], state), half_widths, ids_arr[sel], state)
+    return lower, upper
 
 
 def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, future: pl.DataFrame,
@@ -351,8 +420,8 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     # the origin of each series' forecast: its last history row, just before its H future rows
     origins = index.offsets[1:] - horizon - 1
     starts = origins - lookback + 1
-    preds = _predict_fixed_batches(bundle.network(), index, starts)
-    got = inverse_scale(preds.astype(np.float64), index.series_ids, state)
+    got = np.median(np.stack([inverse_scale(_predict_fixed_batches(net, index, starts).astype(np.float64),
+                                            index.series_ids, state) for net in bundle.networks()]), axis=0)
     pos = live.with_row_index("_i").join(pl.DataFrame({"series_id": index.series_ids}), on="series_id",
                                          how="inner", maintain_order="right")["_i"].to_numpy()
     values[pos] = got
@@ -373,25 +442,6 @@ def _predict_fixed_batches(net, index, starts: np.ndarray) -> np.ndarray:
     n = len(starts)
     padded = np.concatenate([starts, np.repeat(starts[:1], -n % SCORE_BATCH)])
     return predict_scaled(net, index, padded, batch_size=SCORE_BATCH)[:n]
-
-
-def _choose(live: pl.DataFrame, base: dict[str, np.ndarray], net: tuple[np.ndarray, np.ndarray],
-            selection: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each series' served forecast and method: the bundle's choice when available, else seasonal naive
-    (which ``_baselines`` already makes naive for a series with less than one season)."""
-    values, usable = net
-    if selection is None:  # a first-generation bundle: the network serves everything it can
-        wanted = np.full(live.height, NETWORK, dtype=object)
-    else:
-        table = pl.DataFrame({"series_id": list(selection), "method": list(selection.values())},
-                             schema={"series_id": pl.String, "method": pl.String})
-        wanted = (live.select("series_id").join(table, on="series_id", how="left", maintain_order="left")
-                  ["method"].fill_null("").to_numpy().astype(object))
-    methods = np.where((wanted == NETWORK) & usable, NETWORK,
-                       np.where(np.isin(wanted, ("seasonal_naive", "naive")), wanted, "seasonal_naive"))
-    out = np.where((methods == NETWORK)[:, None], np.nan_to_num(values),
-                   np.where((methods == "naive")[:, None], base["naive"], base["seasonal_naive"]))
-    return out, methods.astype(str)
 
 
 def _intervals(out: np.ndarray, methods: np.ndarray, widths: dict[str, list[float]], state: FeatureState,

@@ -189,7 +189,7 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
     per_epoch = min(train_cfg.steps_per_epoch, max_steps)
     budget = {"max_steps": max_steps, "steps_per_epoch": per_epoch, "batch_size": train_cfg.batch_size,
               "train_windows": n_train, "val_windows": min(len(index.splits["val"]), train_cfg.val_windows),
-              "auto": train_cfg.max_steps is None}
+              "auto": train_cfg.max_steps is None, "early_stopping": train_cfg.early_stopping}
     if train_cfg.devices > 1:  # each optimiser step reads batch_size windows on every device
         budget.update(devices=train_cfg.devices, strategy=_strategy(train_cfg))
     network_args = network_args_for(index, model_cfg)
@@ -211,7 +211,8 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             # fixed versions: with ddp_spawn this process reads the directories rank 0 wrote
             logger=[CSVLogger(tmp, name="log", version=0),
                     TensorBoardLogger(tmp, name="tb", version="", default_hp_metric=False)],
-            callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), ckpt, _RunTotals(),
+            callbacks=[*([EarlyStopping("val_loss", patience=train_cfg.patience, mode="min")]
+                         if train_cfg.early_stopping else []), ckpt, _RunTotals(),
                        *(callbacks or [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         )
@@ -220,12 +221,16 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
             warnings.filterwarnings("ignore", ".*number of training batches.*")
             warnings.filterwarnings("ignore", ".*LeafSpec.*")
             trainer.fit(module, _train_loader(index, train_cfg, per_epoch), _val_loader(index, train_cfg))
-        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        # the best validation epoch's weights; without early stopping the last ones, so that the validation
+        # span stays unbiased evidence for what is decided on it (combination weights, interval widths)
+        state = (torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+                 if train_cfg.early_stopping else None)
         metrics = pl.read_csv(Path(trainer.loggers[0].log_dir) / "metrics.csv")
         if train_cfg.devices == 1:  # rank 0 closed its own; here it would open a second, empty file
             trainer.loggers[1].finalize("success")  # flushes and closes the event file
         events = _event_files(Path(trainer.loggers[1].log_dir))
-    module.load_state_dict(state)
+    if state is not None:
+        module.load_state_dict(state)
     history = (metrics.group_by("epoch").agg(pl.col("train_loss").drop_nulls().first(),
                                              pl.col("val_loss").drop_nulls().first()).sort("epoch"))
     net = module.net.cpu().eval()
@@ -233,6 +238,57 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
     totals = trainer.callback_metrics
     return TrainResult(net, network_args, history, float(best), int(totals["nightcast_epochs"]),
                        int(totals["nightcast_steps"]), budget, events)
+
+
+def best_steps(trained: TrainResult) -> int:
+    """Optimiser steps up to the epoch early stopping kept: what a refit on all history trains for."""
+    per_epoch = int((trained.budget or {}).get("steps_per_epoch") or 1)
+    hist = trained.history.drop_nulls("val_loss")
+    if hist.height == 0 or not (trained.budget or {}).get("early_stopping", True):
+        return max(1, trained.steps)
+    best_epoch = int(hist.sort("val_loss")["epoch"][0])
+    return int(max(1, min(trained.steps or 10**9, (best_epoch + 1) * per_epoch)))
+
+
+def refit_model(index: WindowIndex, network_args: dict, train_cfg: TrainConfig, steps: int,
+                progress: bool = True, accelerator: str = "auto", init_state: dict | None = None) -> TrainResult:
+    """Train a fresh network on every window of ``index`` for exactly ``steps`` optimiser steps.
+
+    The refit that is served: no validation span, so no early stopping and no checkpoint choice (the
+    step count comes from the backtest, ``best_steps``); a validation-driven plateau schedule becomes
+    a cosine decay over the same budget. Same seed, same architecture as the backtest model; a warm
+    start (``init_state``) starts from the same weights the backtest model started from.
+    """
+    import lightning as L
+
+    starts = index.splits.get("train", index.splits.get("all"))
+    if starts is None or len(starts) == 0:
+        raise WindowError("no windows to refit on")
+    index.splits = {**index.splits, "train": starts}
+    L.seed_everything(train_cfg.seed, workers=True, verbose=False)
+    per_epoch = min(train_cfg.steps_per_epoch, steps)
+    cfg = train_cfg.model_copy(update={"lr_schedule": "cosine" if train_cfg.lr_schedule == "plateau"
+                                       else train_cfg.lr_schedule, "devices": 1})
+    extra = {k: v for k, v in network_args.items() if k not in ("n_past", "n_future", "horizon")}
+    module = ForecastModule(network_args["n_past"], network_args["n_future"], network_args["horizon"],
+                            network=extra, train=cfg.model_dump())
+    if init_state is not None:
+        module.net.load_state_dict(init_state)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    trainer = L.Trainer(max_epochs=-(-steps // per_epoch), max_steps=steps, accelerator=accelerator, devices=1,
+                        deterministic=True, gradient_clip_val=cfg.gradient_clip or None, logger=False,
+                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=progress,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*number of training batches.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        trainer.fit(module, _train_loader(index, cfg, per_epoch))
+    budget = {"max_steps": steps, "steps_per_epoch": per_epoch, "batch_size": cfg.batch_size,
+              "train_windows": int(len(starts)), "refit": True}
+    return TrainResult(module.net.cpu().eval(), network_args, pl.DataFrame(), float("nan"),
+                       int(trainer.current_epoch), int(trainer.global_step), budget)
 
 
 def _event_files(log_dir: Path) -> dict[str, bytes]:

@@ -7,6 +7,8 @@ stops with an error that names the column, the rule and sample rows.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import copy
 import functools
 from dataclasses import dataclass, field
@@ -143,9 +145,29 @@ def _blank_to_null(text: pl.Series) -> pl.Series:
 
 
 def _to_utc_naive(col: pl.Series) -> pl.Series:
+    """Zoned datetimes as naive UTC, except date-level data: when every value is local midnight in its
+    own zone, the local dates are kept (a business day stamped 2024-01-02T00:00+01:00 is 2 January,
+    not 23:00 on the 1st, which would read as a daily calendar with weekends)."""
     if isinstance(col.dtype, pl.Datetime) and col.dtype.time_zone is not None:
+        local = col.dt.replace_time_zone(None)
+        if bool((local.dt.time() == dt.time(0)).all()):
+            return local.cast(pl.Datetime("us"))
         col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
     return col.cast(pl.Datetime("us"))
+
+
+# A date at local midnight with an offset: "2024-01-02T00:00:00+01:00", "2024-01-02 00:00-0500".
+_LOCAL_MIDNIGHT = r"^(\d{4}-\d{2}-\d{2})[T ]00:00(?::00(?:[.,]0+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _local_dates(text: pl.Series, notes: dict) -> pl.Series | None:
+    """Date-level text stamped at local midnight with a UTC offset, read as its local dates; None when
+    some value is not of that form (then offsets are converted to UTC as for any time of day)."""
+    given = text.drop_nulls()
+    if given.len() == 0 or not bool(given.str.contains(_LOCAL_MIDNIGHT).all()):
+        return None
+    notes["timestamps_local_midnight_read_as_dates"] = given.len()
+    return text.str.extract(_LOCAL_MIDNIGHT, 1).str.to_datetime("%Y-%m-%d", strict=False, time_unit="us")
 
 
 def parse_timestamps(text: pl.Series, timestamp_format: str | None = None, notes: dict | None = None) -> pl.Series:
@@ -160,6 +182,8 @@ def parse_timestamps(text: pl.Series, timestamp_format: str | None = None, notes
     notes = {} if notes is None else notes
     if timestamp_format:
         return _to_utc_naive(text.str.to_datetime(timestamp_format, strict=False, time_unit="us"))
+    if (dates := _local_dates(text, notes)) is not None:
+        return dates
     first = _inferred(text)
     if first.null_count() == text.null_count():
         return first

@@ -38,10 +38,13 @@ class WindowIndex:
     min_input: int | None = None  # real steps a window needs (lookback when not padded)
     season: int = 1  # seasonal period in steps (the network's seasonal skip)
     past_columns: list[str] | None = None  # names of the past channels (target first)
+    truth: np.ndarray | None = None  # (N,) float64: the raw observed value, NaN where none (filled steps)
 
     def __post_init__(self) -> None:
         if self.min_input is None:
             self.min_input = self.lookback
+        if self.truth is None:
+            self.truth = np.where(self.observed, self.target, np.nan)
 
     def origin(self, starts: np.ndarray) -> np.ndarray:
         """Index of the last input step of each window."""
@@ -128,6 +131,7 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
         series=codes, timestamps=ts, series_ids=[str(s) for s in ids], offsets=offsets,
         lookback=lookback, horizon=horizon, splits=splits, short_series=short, pad=min_input is not None,
         min_input=need, season=season, past_columns=list(past_columns),
+        truth=(frame["raw"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "raw" in frame.columns else None),
     )
 
 
@@ -135,6 +139,23 @@ def _stack(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     if not columns:
         return np.zeros((frame.height, 0), np.float32)
     return np.require(frame.select(pl.col(columns).cast(pl.Float32)).to_numpy(), np.float32, ["C", "W"])
+
+
+def observed_origins(index: WindowIndex, starts: np.ndarray) -> np.ndarray:
+    """The windows whose origin is a raw observation: a filled or interpolated step is never the origin
+    of an evaluation window (its forecast would start from a value nobody saw)."""
+    return starts[np.isfinite(index.truth[index.origin(starts)])] if len(starts) else starts
+
+
+def space_windows(index: WindowIndex, starts: np.ndarray, k: int) -> np.ndarray:
+    """Every ``k``-th window of each series counted back from its newest: the newest origin is kept,
+    neighbours that repeat most of each other's targets are not (starts sorted by series, then time)."""
+    if k <= 1 or len(starts) == 0:
+        return starts
+    codes = index.series[index.origin(starts)]
+    last = np.r_[np.flatnonzero(np.diff(codes)), len(starts) - 1]  # each series' newest window
+    back = np.repeat(last, np.diff(np.r_[-1, last])) - np.arange(len(starts))
+    return starts[back % k == 0]
 
 
 def thin_windows(index: WindowIndex, starts: np.ndarray, cap: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import torch
 
-from schemas.params import ModelConfig, RetrainParams, TrainConfig, WindowConfig
+from schemas.params import ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
 from tasks.sample import make_sample
 
 torch.set_num_threads(1)
@@ -39,7 +39,8 @@ def fast_params(data: str, **overrides: object) -> RetrainParams:
         data=data,
         window=WindowConfig(lookback=24, horizon=6),
         model=ModelConfig(hidden_size=32, num_layers=1, dropout=0.0),
-        train=TrainConfig(max_epochs=15, patience=4, batch_size=64),
+        train=TrainConfig(max_epochs=15, patience=4, batch_size=64, early_stopping=True),  # ES: a short run
+        serve=ServeConfig(seeds=1),  # the default 3 seeds triple training; tests of seeds ask for them
     )
     base.update(overrides)
     return RetrainParams(**base)

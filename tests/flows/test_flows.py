@@ -52,7 +52,7 @@ def test_retrain_registers_bundle_and_champion(trained_store):
     assert q.height == 3 and q["_rules"].str.contains("finite").any()
     # LSTM and both baselines were scored on exactly the same test points
     overall = out["metrics"].filter(pl.col("series_id") == "ALL")
-    assert set(overall["model"]) == {"lstm", "served", "naive", "seasonal_naive"}
+    assert set(overall["model"]) == {"lstm", "served", "naive", "seasonal_naive", "autoets", "autotheta"}
     assert overall["n"].n_unique() == 1
     config = json.loads(store.read_bytes(f"{prefix}/config.json"))
     assert config["calendar"]["frequency"] == "1h" and config["params"]["window"]["horizon"] == 6
@@ -83,10 +83,15 @@ def test_score_writes_a_valid_partition_idempotently(trained_store, sample_raw):
     # site-2's 20-hour outage lies inside its last 24-hour season: no forecast is honest, skipped with the reason
     assert first["skipped"] == {"site-2": "its last season contains a long gap"}
     assert frame.height == 2 * 6 and first["series"] == 2
-    # every series carries the method that produced it: the one the bundle chose for it on validation
+    # every series carries what produced it: the combination its backtest weights make (or the one
+    # candidate that carries them all)
     bundle = load_champion(store, "lstm")
+    weights = bundle.preprocessing["combination"]
     chosen = frame.group_by("series_id").agg(pl.col("method").unique())
-    assert all(len(m) == 1 and m[0] == bundle.preprocessing["selection"][s] for s, m in chosen.iter_rows())
+    for sid, methods in chosen.iter_rows():
+        w = dict(zip(weights["candidates"], weights["per_series"][sid]))
+        assert methods == ["combination" if max(w.values()) < 0.999 else max(w, key=w.get)]
+        assert w["lstm"] > 0  # the network is in it
     assert frame["timestamp"].min() > dt.datetime.combine(as_of, dt.time(23))
     store.write_bytes(f"forecasts/model=lstm/as_of={as_of}/stale-part.parquet", b"old")
     score_flow(ScoreParams(data=csv, as_of=as_of), store=store_url)
@@ -148,22 +153,35 @@ def test_corrupt_or_missing_champion_is_a_clear_score_error(tmp_path, sample_raw
         score_flow(ScoreParams(data=sample_csv, as_of=_last_date(sample_raw)), store=store_url)
 
 
-def test_a_series_the_network_never_saw_still_gets_a_baseline_forecast(tmp_path, sample_raw):
+def test_a_series_born_after_the_backtest_training_span_is_forecast_by_the_refit_network(tmp_path, sample_raw,
+                                                                                        monkeypatch):
+    import tasks.score as score_module
+
     short = sample_raw.filter(pl.col("series_id") == "site-1").sort("timestamp").tail(30).with_columns(pl.lit("tiny").alias("series_id"))
     csv = tmp_path / "with-short.csv"
     pl.concat([sample_raw, short]).write_csv(csv)
     out = retrain_flow(fast_params(str(csv)), store=str(tmp_path / "s"))
-    assert out["short_series"] == ["tiny"]  # it has no data in the training span: reported, not trained on
+    # the backtest network never saw it (no data in its training span); the refit one trained on it
+    assert out["short_series"] == []
+    bundle = load_champion(open_store(str(tmp_path / "s")), "lstm")
+    assert "tiny" in bundle.preprocessing["features"]["target_stats"]
+    seen = {}
+    serve = score_module._serve
+
+    def spy(bundle, candidates, ids):  # noqa: ANN001, ANN202 - what scoring combined, per series
+        seen.update({m: dict(zip(ids, f)) for m, f in candidates.items()})
+        return serve(bundle, candidates, ids)
+
+    monkeypatch.setattr(score_module, "_serve", spy)
     as_of = _last_date(sample_raw)
     scored = score_flow(ScoreParams(data=str(csv), as_of=as_of), store=str(tmp_path / "s"))
     assert "tiny" not in scored["skipped"] and scored["series"] == 3
-    frame = read_forecasts(open_store(str(tmp_path / "s")), "lstm", as_of)
-    tiny = frame.filter(pl.col("series_id") == "tiny").sort("horizon")
-    assert tiny["method"].unique().to_list() == ["seasonal_naive"]
-    # seasonal naive of hourly data (season 24): the same hours of the last observed day
-    hist = short.with_columns(pl.col("timestamp").str.to_datetime(), pl.col("target").cast(pl.Float64, strict=False))
-    want = [hist.filter(pl.col("timestamp") == t - dt.timedelta(days=1))["target"][0] for t in tiny["timestamp"]]
-    np.testing.assert_allclose(tiny["forecast"].to_numpy(), want)
+    assert np.isfinite(seen["lstm"]["tiny"]).all()  # the network forecast it
+    tiny = read_forecasts(open_store(str(tmp_path / "s")), "lstm", as_of).filter(pl.col("series_id") == "tiny")
+    assert tiny.height == 6 and tiny["method"].unique().to_list() == ["combination"]
+    np.testing.assert_allclose(  # seasonal naive, one of the candidates: the same hours of the last day
+        seen["seasonal_naive"]["tiny"],
+        short.with_columns(pl.col("target").cast(pl.Float64, strict=False))["target"].to_numpy()[-24:-18])
 
 
 def test_retrain_then_score_on_s3(s3_env, sample_raw):

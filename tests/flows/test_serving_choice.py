@@ -65,10 +65,11 @@ def test_the_choice_of_what_is_served_never_sees_the_test_span(tmp_path):
     second = retrain_flow(_params(str(b), model_name="b"), store=store.url)
     pa = _bundle_json(store, "a", first["version"], "preprocessing.json")
     pb = _bundle_json(store, "b", second["version"], "preprocessing.json")
-    assert pa["selection"] == pb["selection"] and len(pa["selection"]) == 4
-    assert "lstm" in pa["selection"].values()  # validation preferred the network somewhere ...
-    assert pa["conformal"]["by_method"] == pb["conformal"]["by_method"]  # calibrated on validation too
-    assert pa["features"] == pb["features"]  # scalers: training span only
+    assert pa["combination"] == pb["combination"] and len(pa["combination"]["per_series"]) == 4
+    lstm = pa["combination"]["candidates"].index("lstm")
+    assert max(w[lstm] for w in pa["combination"]["per_series"].values()) > 0.2  # the network carries weight
+    assert pa["conformal"]["half_widths"] == pb["conformal"]["half_widths"]  # calibrated on the backtest too
+    assert pa["features"] != pb["features"]  # the served network's scalers are refit on all history, by design
     ma = first["metrics"].filter(pl.col("series_id") == "ALL")
     mb = second["metrics"].filter(pl.col("series_id") == "ALL")
     assert not np.allclose(ma["mase"].to_numpy(), mb["mase"].to_numpy())  # the test span did change
@@ -86,23 +87,15 @@ def test_a_network_that_loses_everywhere_still_leaves_forecasts_to_serve(tmp_pat
     out = retrain_flow(bad, store=store.url)
     overall = {r["model"]: r["mase"] for r in out["metrics"].filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
     assert overall["lstm"] > 2 * overall["seasonal_naive"]
-    assert out["served"]["lstm"] == 0 and out["promoted"], out["decision"]  # the first model is always servable
-    assert overall["served"] <= overall["seasonal_naive"] + 1e-9
+    weights = _bundle_json(store, "lstm", out["version"], "preprocessing.json")["combination"]
+    assert weights["pooled_weights"][weights["candidates"].index("lstm")] < 0.05  # the backtest all but drops it
+    assert out["promoted"], out["decision"]  # the first model is always servable
+    assert overall["served"] < overall["lstm"] / 2
     as_of = dt.date(2024, 1, 1) + dt.timedelta(days=239)
     scored = score_flow(ScoreParams(data=str(csv), as_of=as_of), store=store.url)
     assert scored["series"] == 4 and not scored["skipped"]
     frame = read_forecasts(store, "lstm", as_of)
-    assert set(frame["method"]) <= {"seasonal_naive", "naive"} and frame.height == 4 * 7
-    hist = _panel().with_columns(pl.col("timestamp").str.to_datetime(), pl.col("target").cast(pl.Float64))
-    for sid, method in frame.select("series_id", "method").unique().iter_rows():
-        got = frame.filter(pl.col("series_id") == sid).sort("horizon")
-        if method == "seasonal_naive":  # the same weekday one week earlier
-            want = [hist.filter((pl.col("series_id") == sid) & (pl.col("timestamp") == t - dt.timedelta(days=7)))
-                    ["target"][0] for t in got["timestamp"]]
-        else:
-            want = [hist.filter(pl.col("series_id") == sid)["target"][-1]] * 7
-        np.testing.assert_allclose(got["forecast"].to_numpy(), want, rtol=1e-9)
-        assert got["lower"].is_not_null().all()  # baselines get their own conformal intervals
+    assert frame.height == 4 * 7 and frame["lower"].is_not_null().all() and frame["forecast"].is_finite().all()
 
 
 def test_a_layout_2_partition_still_reads(tmp_path):
@@ -118,7 +111,7 @@ def test_a_layout_2_partition_still_reads(tmp_path):
     store.write_bytes(forecasts_key("lstm", as_of), buf.getvalue())
     frame = read_forecasts(store, "lstm", as_of)
     assert frame["method"].to_list() == ["lstm"] and "method" in frame.columns
-    assert FORECASTS_LAYOUT == "3"
+    assert FORECASTS_LAYOUT == "4"
 
 
 def test_a_series_shorter_than_lookback_plus_horizon_is_trained_on_and_forecast(tmp_path):
@@ -131,9 +124,9 @@ def test_a_series_shorter_than_lookback_plus_horizon_is_trained_on_and_forecast(
     out = retrain_flow(_params(str(csv), window=WindowConfig(horizon=7, lookback=100)), store=store.url)
     assert out["short_series"] == []  # padded windows: nothing dropped
     pre = _bundle_json(store, "lstm", out["version"], "preprocessing.json")
-    assert "short" in pre["selection"] and "short" in pre["features"]["target_stats"]
+    assert "short" in pre["combination"]["per_series"] and "short" in pre["features"]["target_stats"]
     as_of = dt.date(2024, 1, 1) + dt.timedelta(days=239)
     scored = score_flow(ScoreParams(data=str(csv), as_of=as_of), store=store.url)
     frame = read_forecasts(store, "lstm", as_of).filter(pl.col("series_id") == "short")
     assert "short" not in scored["skipped"] and frame.height == 7
-    assert frame["method"][0] == pre["selection"]["short"]
+    assert frame["method"][0] == "combination"

@@ -6,7 +6,8 @@ import pytest
 
 from schemas.params import CleanConfig
 from tasks.clean import (Calendar, clean_observations, decide_calendar, infer_frequency, make_grid,
-                         next_steps, season_length_for)
+                         season_length_for)
+from tasks.score import future_steps
 
 
 def _series(stamps, values, sid="a") -> pl.DataFrame:
@@ -46,7 +47,8 @@ def test_trading_days_get_a_business_calendar_without_weekends_or_holidays():
     b = clean.filter(pl.col("series_id") == "b")
     assert b.filter(pl.col("timestamp") == gap_day)["observed"].to_list() == [False]
     assert report.short_gaps_filled == 1
-    assert next_steps(dt.datetime(2024, 2, 9), cal, 2) == [dt.datetime(2024, 2, 12), dt.datetime(2024, 2, 13)]
+    nxt = future_steps(pl.DataFrame({"series_id": ["a"], "last_seen": [dt.datetime(2024, 2, 9)]}), cal, 2)
+    assert nxt["timestamp"].to_list() == [dt.datetime(2024, 2, 12), dt.datetime(2024, 2, 13)]
 
 
 def test_short_gaps_interpolated_long_gaps_flagged():

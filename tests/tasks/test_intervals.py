@@ -67,13 +67,14 @@ def walks():
 @pytest.mark.parametrize("level", [0.5, 0.8, 0.95])
 def test_held_out_windows_are_covered_at_the_level_at_every_step(walks, level):
     index, state, val, val_preds, test, test_preds = walks
-    half = fit_conformal(index, val_preds, val, level)
+    half = fit_conformal(index, state, val_preds, val, level)
     assert len(half) == index.horizon
     lo, hi = bounds(test_preds, half, index.series_of(test), state)
     tidx = index.target_index(test)
-    y, seen = index.target[tidx], index.observed[tidx]
+    y = index.truth[tidx]
+    seen = np.isfinite(y)
     inside = (y >= lo) & (y <= hi)
-    n_cal = index.observed[index.target_index(val)].sum(axis=0)
+    n_cal = np.isfinite(index.truth[index.target_index(val)]).sum(axis=0)
     for h in range(index.horizon):
         n = seen[:, h].sum()
         # binomial error of the held-out share plus that of the calibration quantile, 4 sigma
@@ -90,7 +91,8 @@ def test_wider_level_gives_wider_intervals_and_more_test_coverage(fitted):
     index = prepared.index
     val, test = index.splits["val"], index.splits["test"]
     vp, tp = predict_scaled(net, index, val), predict_scaled(net, index, test)
-    narrow, wide = fit_conformal(index, vp, val, 0.5), fit_conformal(index, vp, val, 0.95)
+    state = prepared.state
+    narrow, wide = fit_conformal(index, state, vp, val, 0.5), fit_conformal(index, state, vp, val, 0.95)
     assert all(w >= n for n, w in zip(narrow, wide))
     c_narrow = coverage(index, prepared.state, tp, test, narrow)
     c_wide = coverage(index, prepared.state, tp, test, wide)
@@ -112,4 +114,5 @@ def test_bounds_are_in_target_units_and_contain_the_forecast(fitted):
 def test_no_validation_windows_is_a_clear_error(fitted):
     prepared, _ = fitted
     with pytest.raises(ValueError, match="no validation windows"):
-        fit_conformal(prepared.index, np.zeros((0, prepared.index.horizon)), np.array([], dtype=np.int64), 0.8)
+        fit_conformal(prepared.index, prepared.state, np.zeros((0, prepared.index.horizon)),
+                      np.array([], dtype=np.int64), 0.8)

@@ -211,7 +211,8 @@ def _run(day: dt.date, reason: str) -> pl.DataFrame:
 def monitored(store):
     """Two monitoring dates: the second revises the worst series' actuals; a third file has an unknown layout."""
     version = json.loads(store.read_bytes("models/lstm/champion.json"))["version"]
-    series = sorted(json.loads(store.read_bytes(f"models/lstm/versions/{version}/preprocessing.json"))["selection"])
+    series = sorted(json.loads(store.read_bytes(f"models/lstm/versions/{version}/preprocessing.json"))
+                    ["combination"]["per_series"])
     worst = HOSTILE_SID if HOSTILE_SID in series else series[0]
     order = [worst] + [s for s in series if s != worst]
     _write_parquet(store, "points", DAY1, pl.concat([_points(DAY1, sid, 0.0) for sid in order]))

@@ -1,4 +1,4 @@
-"""Padded short-series windows, the network's baseline start, and per-series selection on validation."""
+"""Padded short-series windows, the network's baseline start, vectorised metrics."""
 
 import datetime as dt
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.network import LSTMForecaster
-from tasks.evaluate import baseline_forecasts, mase_scales, score_forecasts, select_methods, serve
+from tasks.evaluate import baseline_forecasts, mase_scales, score_forecasts
 from tasks.features import fit_features, transform_features
 from tasks.window import WindowDataset, auto_lookback, make_windows, min_history
 
@@ -98,32 +98,6 @@ def _val_setup():
     return idx, starts, truth, base
 
 
-def test_selection_keeps_the_overall_winner_unless_a_series_clearly_prefers_another():
-    idx, starts, truth, base = _val_setup()
-    sid = idx.series[idx.origin(starts)]
-    # a "network" that is nearly perfect on a and b, and awful on c
-    net = truth + np.where(sid[:, None] == 2, 5.0, 0.01)
-    scales = mase_scales(idx, np.datetime64(idx.timestamps.max()), 4)
-    chosen = select_methods(idx, starts, {"lstm": net, **base}, scales)
-    assert chosen["a"] == chosen["b"] == "lstm" and chosen["c"] != "lstm"
-    # a network 5% better than the overall winner on one series stays within the margin; 50% better wins
-    plain = {"seasonal_naive": truth + 1.0, "naive": truth + 2.0}
-    lstm = truth + np.select([sid[:, None] == 0, sid[:, None] == 1], [0.95, 0.5], 100.0)
-    chosen = select_methods(idx, starts, {"lstm": lstm, **plain}, np.ones(3))
-    assert chosen == {"a": "seasonal_naive", "b": "lstm", "c": "seasonal_naive"}
-
-
-def test_serve_takes_each_windows_forecast_from_its_series_choice():
-    idx, starts, truth, base = _val_setup()
-    net = truth.copy()
-    values, methods = serve(idx, starts, {"lstm": net, **base}, {"a": "lstm", "b": "naive"}, default="seasonal_naive")
-    sid = idx.series[idx.origin(starts)]
-    np.testing.assert_array_equal(values[sid == 0], net[sid == 0])
-    np.testing.assert_array_equal(values[sid == 1], base["naive"][sid == 1])
-    np.testing.assert_array_equal(values[sid == 2], base["seasonal_naive"][sid == 2])
-    assert set(methods[sid == 2]) == {"seasonal_naive"}
-
-
 def test_vectorised_metrics_match_a_direct_computation():
     idx, starts, truth, base = _val_setup()
     scales = mase_scales(idx, np.datetime64(idx.timestamps.max()), 4)
@@ -138,19 +112,6 @@ def test_vectorised_metrics_match_a_direct_computation():
             assert row["mase"] == pytest.approx(np.abs(err).mean() / scales[code])
         overall = table.filter((pl.col("model") == name) & (pl.col("series_id") == "ALL")).row(0, named=True)
         assert overall["mae"] == pytest.approx(np.abs(pred - truth).mean()) and overall["n"] == truth.size
-
-
-def test_a_series_with_too_little_validation_evidence_keeps_the_default():
-    idx, starts, truth, base = _val_setup()
-    sid = idx.series[idx.origin(starts)]
-    plain = {"seasonal_naive": truth + 1.0, "naive": truth + 2.0}
-    lstm = truth + np.where(sid[:, None] == 1, 0.1, 100.0)  # far better on b, hopeless elsewhere
-    chosen = select_methods(idx, starts, {"lstm": lstm, **plain}, np.ones(3))
-    assert chosen["b"] == "lstm"
-    # keep one window of b (one horizon of evidence): not enough to leave the default
-    one = np.concatenate([starts[sid != 1], starts[sid == 1][:1]])
-    keep = {k: np.concatenate([v[sid != 1], v[sid == 1][:1]]) for k, v in {"lstm": lstm, **plain}.items()}
-    assert select_methods(idx, one, keep, np.ones(3))["b"] == "seasonal_naive"
 
 
 def test_skip_auto_corrects_the_baseline_that_is_better_on_the_training_windows():

@@ -1,0 +1,195 @@
+"""Decide on backtests: candidate forecasts on the backtest and test windows, the combination
+weights and interval widths fitted on the backtest (validation) windows only, the test span
+reported, and the comparison with the champion.
+
+The backtest windows are the rolling origins of the validation span (the newest history
+before the test span); the test span never sets a weight or a width. Every forecast is
+judged on the raw observed values (``WindowIndex.truth``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from models.classical import choose_classical, classical_forecasts, tail_length
+from schemas.params import ServeConfig
+from tasks.combine import REFERENCE, Weights, combine, ensemble_median, fit_weights, method_names
+from tasks.evaluate import NETWORK, SERVED, baseline_forecasts, mase_scales, score_forecasts
+from tasks.features import FeatureState, inverse_scale
+from tasks.intervals import conformal_widths
+from tasks.window import WindowIndex, space_windows
+
+
+@dataclass
+class Backtest:
+    weights: Weights
+    metrics: pl.DataFrame  # test span: every candidate and the served combination, per series and ALL
+    served_test: np.ndarray  # (n_test, H) served forecasts on the test windows, in the target's units
+    candidates_test: dict[str, np.ndarray]  # (n_test, H) each candidate on the test windows
+    intervals: dict | None  # half-widths (per-series scaled units, per horizon step) and test coverage
+    served_counts: dict[str, int]  # series by what serves them (a candidate or the combination)
+    test_starts: np.ndarray | None = None  # the test windows all of the above are on
+
+
+def window_histories(index: WindowIndex, starts: np.ndarray, tail: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clean target of each window's series up to its origin, at most ``tail`` steps, stacked:
+    (values, lengths). No loop over windows: one gather of concatenated ranges."""
+    origins = index.origin(starts)
+    lo = np.maximum(origins - tail + 1, index.offsets[index.series[origins]])
+    lengths = (origins - lo + 1).astype(np.int64)
+    total = int(lengths.sum())
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return index.target[np.repeat(lo, lengths) + within], lengths
+
+
+def candidate_forecasts(index: WindowIndex, state: FeatureState, starts: np.ndarray,
+                        network_scaled: list[np.ndarray], season: int, cfg: ServeConfig,
+                        classical: list[str]) -> dict[str, np.ndarray]:
+    """(n, H) forecasts of every candidate for the windows ``starts``, in the target's units: the network
+    (median of its seeds), seasonal naive, naive and the classical models fitted at each origin."""
+    sids = index.series_of(starts)
+    out = {NETWORK: ensemble_median([inverse_scale(p.astype(np.float64), sids, state) for p in network_scaled])}
+    base = baseline_forecasts(index, starts, season)
+    out[REFERENCE] = base["seasonal_naive"]
+    if cfg.naive:
+        out["naive"] = base["naive"]
+    if classical:
+        values, lengths = window_histories(index, starts, tail_length(season, index.horizon))
+        for model in classical:
+            out[model] = (classical_forecasts(values, lengths, index.horizon, season, model) if len(starts)
+                          else np.zeros((0, index.horizon)))
+    return out
+
+
+def _scale_of(index: WindowIndex, starts: np.ndarray, state: FeatureState) -> np.ndarray:
+    """(n, 1) each window's series scale (the fitted target scaler): interval widths are in these units."""
+    return inverse_scale(np.ones((len(starts), 1)), index.series_of(starts), state) - inverse_scale(
+        np.zeros((len(starts), 1)), index.series_of(starts), state)
+
+
+def _truth(index: WindowIndex, starts: np.ndarray) -> np.ndarray:
+    return index.truth[index.target_index(starts)]
+
+
+def run_backtest(index: WindowIndex, state: FeatureState, train_end: np.datetime64, season: int,
+                 val_scaled: list[np.ndarray], test_scaled: list[np.ndarray], cfg: ServeConfig,
+                 interval_level: float | None) -> Backtest:
+    """Weights and widths from the backtest (validation) windows; the test span scored and reported."""
+    if cfg.truth == "clean":  # ablation only: judge on the cleaned values
+        index.truth = np.where(index.observed, index.target, np.nan)
+    # origins H/2 apart: overlapping neighbours add little evidence and cost a classical fit each
+    spacing = max(1, index.horizon // 2)
+    val, test = space_windows(index, index.splits["val"], spacing), space_windows(index, index.splits["test"], spacing)
+    val_scaled = [p[np.isin(index.splits["val"], val)] for p in val_scaled]
+    test_scaled = [p[np.isin(index.splits["test"], test)] for p in test_scaled]
+    classical = choose_classical(cfg.classical, len(val) + len(test), tail_length(season, index.horizon),
+                                 cfg.classical_budget_s)
+    cand_val = candidate_forecasts(index, state, val, val_scaled, season, cfg, classical)
+    codes = index.series[index.origin(val)]
+    weights = fit_weights(cand_val, _truth(index, val), codes, index.series_ids, index.horizon, cfg.combine,
+                          cfg.prior, cfg.power)
+    cand_test = candidate_forecasts(index, state, test, test_scaled, season, cfg, classical)
+    served_test = combine(cand_test, weights.rows(index.series_of(test)), cfg.combine)
+    metrics = score_forecasts(index, test, {**cand_test, SERVED: served_test}, mase_scales(index, train_end, season))
+    intervals = None
+    if interval_level is not None:
+        served_val = combine(cand_val, weights.rows(index.series_of(val)), cfg.combine)
+        widths = conformal_widths(np.abs(_truth(index, val) - served_val) / _scale_of(index, val, state),
+                                  interval_level)
+        half = np.asarray(widths)[None, :] * _scale_of(index, test, state)
+        y = _truth(index, test)
+        seen = np.isfinite(y)
+        inside = (y >= served_test - half) & (y <= served_test + half)
+        intervals = {"method": "conformal", "level": interval_level, "half_widths": widths,
+                     "test": {"coverage": float(inside[seen].mean()) if seen.any() else float("nan"),
+                              "mean_width": float(np.broadcast_to(2 * half, y.shape)[seen].mean()) if seen.any()
+                              else float("nan"), "points": int(seen.sum())}}
+    names = method_names(weights.per_series, weights.candidates)
+    counts = {str(m): int(n) for m, n in zip(*np.unique(names.astype(str), return_counts=True))}
+    return Backtest(weights, metrics, served_test, cand_test, intervals, counts, test)
+
+
+def champion_weights(champion) -> Weights:  # noqa: ANN001 - a registry Bundle
+    """The champion's combination; a bundle from before combinations serves its per-series choice
+    (one-hot weights over the network and the baselines; the network where it chose nothing)."""
+    pre = champion.preprocessing
+    if pre.get("combination"):
+        return Weights.from_json(pre["combination"])
+    selection = pre.get("selection") or {}
+    names = [NETWORK, REFERENCE, "naive"]
+    ids = list(selection)
+    per = np.zeros((len(ids), 3))
+    per[np.arange(len(ids)), [names.index(selection[s]) if selection[s] in names else 0 for s in ids]] = 1.0
+    pooled = np.array([0.0, 1.0, 1.0]) * 10  # unseen series: the network
+    return Weights(names, pooled, ids, per, np.zeros(len(ids)), "switch")
+
+
+def _relative(table: pl.DataFrame, metric: str) -> dict[str, float]:
+    return {r["model"]: r[metric] for r in table.filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
+
+
+def compare_with_champion(champion, prepared, backtest: Backtest, metric: str) -> dict:  # noqa: ANN001
+    """The new served forecasts vs the champion's vs seasonal naive, on test windows the champion never saw.
+
+    A champion refit on all its history has seen every test window whose origin is before the end of its
+    data; judging it there would favour it. When no test window starts after its data, the champion's own
+    recorded test-span result is used, as a ratio to seasonal naive on its windows (so spans of different
+    difficulty compare), and the note says so. ``comparable`` is False when neither is possible.
+    """
+    from tasks.prepare import index_with_state, window_keys
+    from tasks.train import predict_scaled
+
+    index, season = prepared.index, prepared.season_length
+    train_end = np.datetime64(prepared.train_end, "us")
+    pick = _relative(backtest.metrics, metric)
+    result = {"new": pick[SERVED], "seasonal_naive": pick["seasonal_naive"], "champion": None,
+              "champion_version": None, "comparable": True, "windows": len(backtest.test_starts), "note": ""}
+    if champion is None:
+        return {**result, "note": "no champion yet"}
+    result["champion_version"] = champion.version
+    args = champion.config["network_args"]
+    if args["horizon"] != index.horizon:
+        return {**result, "comparable": False,
+                "note": f"champion horizon {args['horizon']} differs from {index.horizon}"}
+    try:
+        state = FeatureState.from_json(champion.preprocessing["features"])
+        c_index = index_with_state(prepared.clean, state, args, prepared.train_end, prepared.val_end,
+                                   champion.config["params"]["window"]["lookback"])
+    except Exception as exc:  # any mismatch in layout means "not comparable", said plainly
+        return {**result, "comparable": False, "note": f"champion cannot read this data: {exc}"}
+    cut = pl.lit(np.datetime64(str((champion.manifest.get("data") or {}).get("end") or "1970-01-01"), "us"))
+    keys = pl.DataFrame({"series_id": index.series_of(backtest.test_starts),
+                         "origin": index.timestamps[index.origin(backtest.test_starts)],
+                         "pos": np.arange(len(backtest.test_starts))},
+                        schema={"series_id": pl.String, "origin": pl.Datetime("us"), "pos": pl.Int64})
+    common = (keys.filter(pl.col("origin") >= cut.cast(pl.Datetime("us")))
+              .join(window_keys(c_index), on=["series_id", "origin"], suffix="_c"))
+    if common.height == 0:
+        recorded = _relative(pl.DataFrame(champion.metrics["test"]), metric) if champion.metrics.get("test") else {}
+        if recorded.get(SERVED) is None or not recorded.get("seasonal_naive"):
+            return {**result, "comparable": False,
+                    "note": "champion saw every test window (refit on them) and records no test-span result"}
+        ratio = recorded[SERVED] / recorded["seasonal_naive"]
+        return {**result, "champion": ratio * result["seasonal_naive"], "windows": 0,
+                "note": (f"champion was refit on every test window: its recorded test-span {metric} relative to "
+                         f"seasonal naive ({ratio:.4f}) is compared")}
+    mine, theirs = common["pos"].to_numpy(), common["pos_c"].to_numpy()
+    starts, c_starts = backtest.test_starts[mine], c_index.splits["test"][theirs]
+    shared = {m: f[mine] for m, f in backtest.candidates_test.items()}
+    champ_net = ensemble_median([inverse_scale(predict_scaled(n, c_index, c_starts).astype(np.float64),
+                                               c_index.series_of(c_starts), state) for n in champion.networks()])
+    cw = champion_weights(champion)
+    champ_cands = {m: (champ_net if m == NETWORK else shared.get(m, np.full_like(champ_net, np.nan)))
+                   for m in cw.candidates}
+    champ = combine(champ_cands, cw.rows(index.series_of(starts)), cw.mode)
+    table = score_forecasts(index, starts, {"new": backtest.served_test[mine], "champion": champ,
+                                            "seasonal_naive": shared[REFERENCE]},
+                            mase_scales(index, train_end, season))
+    vals = _relative(table, metric)
+    return {**result, "new": vals["new"], "champion": vals["champion"], "seasonal_naive": vals["seasonal_naive"],
+            "windows": common.height,
+            "note": f"compared on {common.height} common test windows after the champion's data"}
+
