@@ -95,13 +95,13 @@ def mase_table(history: pl.DataFrame, future: pl.DataFrame, forecasts: dict[str,
 
 
 def seasonal_naive(history: pl.DataFrame, ids: list[str], season: int, horizon: int) -> np.ndarray:
-    tails = history.group_by("series_id", maintain_order=True).agg(pl.col("target").tail(season))
-    tails = pl.DataFrame({"series_id": ids}).join(tails, on="series_id", how="left", maintain_order="left")
-    out = []
-    for t in tails["target"].to_list():
-        t = np.asarray(t, dtype=float)
-        out.append(t[np.arange(horizon) % len(t)] if len(t) == season else np.repeat(t[-1], horizon))
-    return np.asarray(out)
+    """nightcast's own seasonal naive (``models.baselines``) from each series' last observed value, by position."""
+    from models.baselines import seasonal_naive as snaive
+
+    h = pl.DataFrame({"series_id": ids}).join(history, on="series_id", how="left", maintain_order="left")
+    lengths = h.group_by("series_id", maintain_order=True).len()["len"].to_numpy().astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return snaive(h["target"].to_numpy().astype(float), first + lengths - 1, horizon, season, first)
 
 
 def statsforecast_refs(history: pl.DataFrame, ids: list[str], season: int, horizon: int) -> dict:

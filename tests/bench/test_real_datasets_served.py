@@ -15,12 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from flows.retrain import retrain_flow  # noqa: E402
 from flows.score import score_flow  # noqa: E402
-from schemas.params import CleanConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig  # noqa: E402
+from schemas.params import CleanConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig, WindowConfig  # noqa: E402
 from tasks.score import read_forecasts  # noqa: E402
 from tasks.storage import open_store  # noqa: E402
 
 NAMES = ["co2", "elnino", "elec_equip", "core_cpi", "macro", "sunspots", "nile", "fertility", "indices", "wti",
-         "trump_approval", "water_flow", "tmy_temp"]
+         "trump_approval", "water_flow", "tmy_temp", "fred_md", "fred_md_q", "txhousing", "txhousing_q", "tourism",
+         "vic_elec"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -34,7 +35,7 @@ def test_fresh_store_gives_a_champion_and_a_forecast_for_every_series(name, tmp_
     ds.frame.write_csv(csv)
     params = RetrainParams(data=str(csv), window=WindowConfig(horizon=ds.horizon),
                            clean=CleanConfig(frequency=ds.frequency, season_length=ds.season, calendar=ds.calendar),
-                           train=TrainConfig(max_steps=40, steps_per_epoch=20))
+                           train=TrainConfig(max_steps=40, steps_per_epoch=20), serve=ServeConfig(seeds=1))
     store = str(tmp_path / "store")
     out = retrain_flow(params, store=store)
     assert out["promoted"], out["decision"]
@@ -44,6 +45,7 @@ def test_fresh_store_gives_a_champion_and_a_forecast_for_every_series(name, tmp_
     every = set(ds.frame.drop_nulls("target")["series_id"].unique())
     assert scored["skipped"] == {} and set(frame["series_id"]) == every, scored["skipped"]
     assert frame.group_by("series_id").len()["len"].unique().to_list() == [ds.horizon]
-    assert frame["forecast"].is_finite().all() and set(frame["method"]) <= {"lstm", "seasonal_naive", "naive"}
+    assert frame["forecast"].is_finite().all()
+    assert set(frame["method"]) <= {"lstm", "seasonal_naive", "naive", "theta", "autoets", "autotheta", "combination"}
     assert frame["timestamp"].min() > dt.datetime.combine(as_of, dt.time())
     assert (frame.group_by("series_id").agg(pl.col("as_of").first())["as_of"] == as_of).all()

@@ -52,7 +52,7 @@ def test_retrain_registers_bundle_and_champion(trained_store):
     assert q.height == 3 and q["_rules"].str.contains("finite").any()
     # LSTM and both baselines were scored on exactly the same test points
     overall = out["metrics"].filter(pl.col("series_id") == "ALL")
-    assert set(overall["model"]) == {"lstm", "served", "naive", "seasonal_naive", "autoets", "autotheta"}
+    assert set(overall["model"]) == {"lstm", "served", "naive", "seasonal_naive", "theta"}
     assert overall["n"].n_unique() == 1
     config = json.loads(store.read_bytes(f"{prefix}/config.json"))
     assert config["calendar"]["frequency"] == "1h" and config["params"]["window"]["horizon"] == 6

@@ -33,8 +33,10 @@ def test_the_served_networks_are_refit_on_all_history_and_are_not_the_backtest_m
     prepared = prepare_training(checked, run)
     backtest = train_model(prepared.index, run.model, run.train, progress=False)
     # it is the model that was judged: its own test-span figure is the one recorded ...
-    test = prepared.index.splits["test"]
     from tasks.backtest import candidate_forecasts
+    from tasks.window import space_windows
+
+    test = space_windows(prepared.index, prepared.index.splits["test"], run.window.horizon // 2)
     from tasks.evaluate import mase_scales, score_forecasts
 
     both = [predict_scaled(backtest.net, prepared.index, test)]

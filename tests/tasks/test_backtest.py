@@ -103,3 +103,13 @@ def test_one_near_flat_series_cannot_decide_the_pooled_mase():
     table = score_forecasts(index2, test, pred, scales).filter(pl.col("series_id") == "ALL")
     overall = dict(zip(table["model"], table["mase"]))
     assert overall["good"] < overall["bad"]  # the flat series does not flip the panel's choice
+
+
+def test_the_refit_trains_the_budget_the_backtest_model_kept():
+    from tasks.train import TrainResult, best_steps
+
+    history = pl.DataFrame({"epoch": [0, 1, 2, 3], "train_loss": [1.0, 0.8, 0.7, 0.6], "val_loss": [0.9, 0.5, 0.6, 0.7]})
+    stopped = TrainResult(None, {}, history, 0.5, 4, 200, {"steps_per_epoch": 50, "early_stopping": True})
+    assert best_steps(stopped) == 100  # early stopping kept epoch 1: two epochs of 50 steps
+    whole = TrainResult(None, {}, history, 0.5, 4, 200, {"steps_per_epoch": 50, "early_stopping": False})
+    assert best_steps(whole) == 200  # the default: the whole budget, the last weights
