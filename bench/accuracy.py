@@ -229,7 +229,7 @@ def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float)
     frame = pl.DataFrame(rows)
     lines = [f"# Accuracy benchmark (final window)\n",
              f"Measured by `python bench/accuracy.py` on {platform.machine()} with {os.cpu_count()} CPU(s), torch "
-             f"threads 1, in {minutes:.1f} min. MASE on each series' last H values (scaled by its in-sample "
+             f"threads 1, in {minutes:.1f} min (process minutes). MASE on each series' last H values (scaled by its in-sample "
              f"seasonal-naive MAE), averaged over series; lower is better. `{SERVED}`: mean over {seeds} training "
              f"seed(s), spread = min-max; ablations and references: one run.\n",
              "| dataset | series | H | model | MASE | spread | vs seasonal naive | fit s |",
@@ -255,10 +255,36 @@ def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float)
         lines.append(f"| {r['model']} | {r['mean']:.3f} | {r['g']:.3f} | {r['wins']} / {r['n']} | {r['worst']:.3f} |")
     lines += ["", "Datasets:", ""]
     for name, info in infos.items():
+        if "note" in info:
+            lines.append(info["note"])
+            continue
         lines.append(f"- **{name}** ({info['source']}; {info['series']} series, {info['frequency']}, H={info['horizon']}, "
                      f"season {info['season']}): served by {[r['served'] for r in info.get('runs', [])][:1]}, "
                      f"test-span MASE of the first run {info['runs'][0]['test_span'] if info.get('runs') else ''}")
     return "\n".join(lines) + "\n"
+
+
+def merge(paths: list[str], out: str) -> str:
+    """One table from several runs' markdown files (datasets split across processes): rows and dataset
+    notes read back, the summary over all datasets recomputed."""
+    rows, infos, seeds, minutes = [], {}, 1, 0.0
+    for path in paths:
+        text = Path(path).read_text()
+        minutes += float(text.split(" in ", 1)[1].split(" min", 1)[0])
+        seeds = max(seeds, int(text.split("mean over ", 1)[1].split(" ", 1)[0]))
+        for line in text.splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 8 and cells[0] not in ("dataset", "---") and cells[4].replace(".", "").isdigit():
+                lo, _, hi = cells[5].partition("-")
+                rows.append({"dataset": cells[0], "model": cells[3], "mase": float(cells[4]),
+                             "lo": float(lo or cells[4]), "hi": float(hi or cells[4]), "runs": 3 if cells[5] else 1,
+                             "seconds": float(cells[7]) if cells[7] else None})
+                infos.setdefault(cells[0], {"series": cells[1], "horizon": cells[2]})
+            elif line.startswith("- **"):
+                infos.setdefault(line[4:].split("**", 1)[0], {})["note"] = line
+    text = render(rows, infos, seeds, minutes)
+    Path(out).write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablate", help="comma-separated datasets that get the ablation rows (default: all)")
     ap.add_argument("--neuralforecast", action="store_true", help="add neuralforecast's LSTM (minutes per dataset)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--merge", nargs="+", help="combine these result files (runs split across processes) into --out")
     a = ap.parse_args(argv)
+    if a.merge:
+        print(merge(a.merge, a.out))
+        return 0
     import torch
 
     torch.set_num_threads(1)

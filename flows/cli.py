@@ -187,10 +187,15 @@ def _score_params(args: argparse.Namespace, data: str | None, as_of: dt.date | N
 def _print_retrain(out: dict) -> None:
     from tasks.evaluate import format_metrics
 
-    print("\nTest-span metrics (the LSTM alone, the baselines and what is served, on the same windows):")
+    print("\nTest-span metrics (every candidate and the served combination, on the same windows, raw truth):")
     print(format_metrics(out["metrics"]))
-    print("served per series (chosen on validation windows): "
+    print("served per series (weights from the backtest windows): "
           + ", ".join(f"{m} {n}" for m, n in out["served"].items()))
+    if out.get("weights"):
+        print("panel weights: " + ", ".join(f"{m} {w:.2f}" for m, w in out["weights"].items()))
+    if (refit := out.get("refit") or {}).get("refit"):
+        print(f"served networks refit on all history up to {refit['end']} ({refit['windows']} windows, "
+              f"steps {refit['steps']})")
     c = out["cleaning"]
     print(f"\nrows read {out['rows']}, quarantined {out['quarantined_rows']}"
           + (f" -> {out['quarantine']}" if out["quarantine"] else ""))

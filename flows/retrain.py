@@ -304,7 +304,9 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
            "rows": checked.n_rows, "cleaning": prepared.report.to_json(worst=20),
            "short_series": (served[1] or prepared).index.short_series, "metrics": evaluation["metrics"],
            "intervals": evaluation["intervals"], "warm_start": warm,
-           "served": evaluation["served_counts"]}
+           "served": evaluation["served_counts"], "refit": served[2],
+           "weights": dict(zip(evaluation["backtest"].weights.candidates,
+                               evaluation["backtest"].weights.pooled_weights().round(3).tolist()))}
     publish_artifacts(params, out)
     out["report"] = publish_report(st, params.model_name)
     return out

@@ -35,7 +35,7 @@ def test_fresh_store_gives_a_champion_and_a_forecast_for_every_series(name, tmp_
     ds.frame.write_csv(csv)
     params = RetrainParams(data=str(csv), window=WindowConfig(horizon=ds.horizon),
                            clean=CleanConfig(frequency=ds.frequency, season_length=ds.season, calendar=ds.calendar),
-                           train=TrainConfig(max_steps=40, steps_per_epoch=20), serve=ServeConfig(seeds=1))
+                           train=TrainConfig(max_steps=40, steps_per_epoch=20), serve=ServeConfig(seeds=1, classical="theta"))
     store = str(tmp_path / "store")
     out = retrain_flow(params, store=store)
     assert out["promoted"], out["decision"]
