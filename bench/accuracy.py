@@ -227,7 +227,7 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str) 
 
 def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float) -> str:
     frame = pl.DataFrame(rows)
-    lines = [f"# Accuracy benchmark (final window)\n",
+    lines = ["# Accuracy benchmark (final window)\n",
              f"Measured by `python bench/accuracy.py` on {platform.machine()} with {os.cpu_count()} CPU(s), torch "
              f"threads 1, in {minutes:.1f} min (process minutes). MASE on each series' last H values (scaled by its in-sample "
              f"seasonal-naive MAE), averaged over series; lower is better. `{SERVED}`: mean over {seeds} training "
@@ -243,16 +243,19 @@ def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float)
             lines.append(f"| {name} | {infos[name]['series']} | {infos[name]['horizon']} | {r['model']} | "
                          f"{r['mase']:.3f} | {spread} | {r['mase'] / ref:.3f} | {sec} |")
     lines += ["", "**Over datasets** (each weighs the same; ratio = geometric mean of MASE / seasonal naive's):", "",
-              "| model | mean MASE | mean ratio to seasonal naive | datasets better than seasonal naive | worst ratio |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+              "| model | mean MASE | served, same datasets | mean ratio to seasonal naive | datasets better than "
+              "seasonal naive | worst ratio |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     ref = frame.filter(pl.col("model") == "seasonal naive").select("dataset", pl.col("mase").alias("ref"))
     both = frame.join(ref, on="dataset").with_columns((pl.col("mase") / pl.col("ref")).alias("ratio"))
-    n = frame["dataset"].n_unique()
+    served = frame.filter(pl.col("model") == SERVED).select("dataset", pl.col("mase").alias("served"))
+    both = both.join(served, on="dataset", how="left")
     summary = both.group_by("model").agg(pl.col("mase").mean().alias("mean"), pl.col("ratio").log().mean().exp().alias("g"),
                                          (pl.col("ratio") < 1).sum().alias("wins"), pl.col("ratio").max().alias("worst"),
-                                         pl.len().alias("n")).sort("mean")
+                                         pl.len().alias("n"), pl.col("served").mean().alias("same")).sort("n", "mean",
+                                                                                                     descending=[True, False])
     for r in summary.iter_rows(named=True):
-        lines.append(f"| {r['model']} | {r['mean']:.3f} | {r['g']:.3f} | {r['wins']} / {r['n']} | {r['worst']:.3f} |")
+        lines.append(f"| {r['model']} | {r['mean']:.3f} | {r['same']:.3f} | {r['g']:.3f} | {r['wins']} / {r['n']} | "
+                     f"{r['worst']:.3f} |")
     lines += ["", "Datasets:", ""]
     for name, info in infos.items():
         if "note" in info:

@@ -28,7 +28,8 @@ BIN = Path(sys.executable).parent
 # Small, fast training for runs triggered through the API (same as tests.conftest.fast_params).
 FAST_RETRAIN = {"params": {"window": {"lookback": 24, "horizon": 6},
                            "model": {"hidden_size": 32, "num_layers": 1, "dropout": 0.0},
-                           "train": {"max_epochs": 15, "patience": 4, "batch_size": 64}}}
+                           "train": {"max_epochs": 15, "patience": 4, "batch_size": 64, "early_stopping": True},
+                           "serve": {"seeds": 1, "classical": "theta"}}}
 
 
 @dataclass

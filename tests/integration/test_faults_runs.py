@@ -26,8 +26,8 @@ from tests.integration.conftest import BIN, REPO, Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--horizon", "6", "--lookback", "24", "--hidden-size", "32", "--max-steps", "300"]
-POOR = ["--horizon", "6", "--lookback", "24", "--hidden-size", "2", "--max-steps", "3"]
+FAST = ["--horizon", "6", "--lookback", "24", "--hidden-size", "32", "--max-steps", "300", "--seeds", "1", "--classical", "theta"]
+POOR = ["--horizon", "6", "--lookback", "24", "--hidden-size", "2", "--max-steps", "3", "--seeds", "1", "--classical", "theta"]
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from tests.integration.conftest import BIN, Stack, TcpProxy, start_stack, wait_f
 pytestmark = pytest.mark.slow
 
 MODEL = "lstm"
-FAST = ["--horizon", "6", "--lookback", "24", "--max-steps", "40", "--hidden-size", "16"]
+FAST = ["--horizon", "6", "--lookback", "24", "--max-steps", "40", "--hidden-size", "16", "--seeds", "1", "--classical", "theta"]
 RUN_TIMEOUT = 300  # seconds any one CLI run may take, faults included
 POINTER = f"models/{MODEL}/champion.json"
 VERSIONS = f"models/{MODEL}/versions/"
@@ -361,7 +361,8 @@ def test_sigkill_mid_train_leaves_the_store_as_it_was(faults):
     st = faults.store()
     before, pointer = faults.versions(), st.read_bytes(POINTER)
     last = faults.last_task_run("train").get("id")
-    run = faults.cli("retrain", *FAST[:4], "--max-steps", "2000", "--hidden-size", "16")
+    run = faults.cli("retrain", *FAST[:4], "--max-steps", "2000", "--hidden-size", "16", "--seeds", "1",
+                     "--classical", "theta")
     wait_for(lambda: (t := faults.last_task_run("train")).get("id") != last and t["state_type"] == "RUNNING"
              or run.proc.poll() is not None, RUN_TIMEOUT, "the train step to start", interval=0.2)
     run.kill()

@@ -17,7 +17,7 @@ def test_prefect_server_on_postgres_runs_the_flows(tmp_path, moto_endpoint, samp
     stack = start_stack(tmp_path, moto_endpoint, sample_raw, db_url=postgres_url)
     try:
         run = subprocess.run([str(BIN / "nightcast"), "retrain", "--lookback", "24", "--horizon", "6",
-                              "--hidden-size", "16", "--max-steps", "40"],
+                              "--hidden-size", "16", "--max-steps", "40", "--seeds", "1", "--classical", "theta"],
                              env=stack.env, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
         runs = httpx.post(f"{stack.api_url}/flow_runs/filter", json={}, timeout=10).json()
