@@ -254,7 +254,8 @@ def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float)
                                          pl.len().alias("n"), pl.col("served").mean().alias("same")).sort("n", "mean",
                                                                                                      descending=[True, False])
     for r in summary.iter_rows(named=True):
-        lines.append(f"| {r['model']} | {r['mean']:.3f} | {r['same']:.3f} | {r['g']:.3f} | {r['wins']} / {r['n']} | "
+        same = f"{r['same']:.3f}" if r["same"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['mean']:.3f} | {same} | {r['g']:.3f} | {r['wins']} / {r['n']} | "
                      f"{r['worst']:.3f} |")
     lines += ["", "Datasets:", ""]
     for name, info in infos.items():

@@ -45,11 +45,15 @@ class Weights:
 
     def rows(self, series_ids: np.ndarray) -> np.ndarray:
         """(n, C) weights for rows labelled ``series_ids``; unseen series get the pooled weights."""
-        table = {s: i for i, s in enumerate(self.series_ids)}
-        uniq, inverse = np.unique(np.asarray(series_ids, dtype=str), return_inverse=True)
-        pos = np.array([table.get(s, -1) for s in uniq], dtype=np.int64)  # one lookup per distinct series
-        per = np.vstack([self.per_series, self.pooled_weights()[None, :]]) if len(self.candidates) else self.per_series
-        return per[np.where(pos >= 0, pos, len(self.series_ids))][inverse]
+        import polars as pl
+
+        table = pl.DataFrame({"s": pl.Series(self.series_ids, dtype=pl.String),
+                              "i": np.arange(len(self.series_ids), dtype=np.int64)})
+        pos = (pl.DataFrame({"s": pl.Series(np.asarray(series_ids, dtype=str), dtype=pl.String)})
+               .join(table, on="s", how="left", maintain_order="left")["i"]
+               .fill_null(len(self.series_ids)).to_numpy())  # a join, not a loop over series
+        per = np.vstack([self.per_series, self.pooled_weights()[None, :]])
+        return per[pos]
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "power": self.power, "candidates": self.candidates,
