@@ -18,8 +18,8 @@ from models.classical import choose_classical, classical_forecasts, tail_length
 from schemas.params import ServeConfig
 from tasks.combine import REFERENCE, Weights, combine, ensemble_median, fit_weights, method_names
 from tasks.evaluate import NETWORK, SERVED, baseline_forecasts, mase_scales, score_forecasts
-from tasks.features import FeatureState, inverse_scale
-from tasks.intervals import conformal_widths
+from tasks.features import FeatureState, inverse_scale, scale_values
+from tasks.intervals import coverage, fit_conformal
 from tasks.window import WindowIndex, space_windows
 
 
@@ -64,12 +64,6 @@ def candidate_forecasts(index: WindowIndex, state: FeatureState, starts: np.ndar
     return out
 
 
-def _scale_of(index: WindowIndex, starts: np.ndarray, state: FeatureState) -> np.ndarray:
-    """(n, 1) each window's series scale (the fitted target scaler): interval widths are in these units."""
-    return inverse_scale(np.ones((len(starts), 1)), index.series_of(starts), state) - inverse_scale(
-        np.zeros((len(starts), 1)), index.series_of(starts), state)
-
-
 def _truth(index: WindowIndex, starts: np.ndarray) -> np.ndarray:
     return index.truth[index.target_index(starts)]
 
@@ -97,16 +91,11 @@ def run_backtest(index: WindowIndex, state: FeatureState, train_end: np.datetime
     intervals = None
     if interval_level is not None:
         served_val = combine(cand_val, weights.rows(index.series_of(val)), cfg.combine)
-        widths = conformal_widths(np.abs(_truth(index, val) - served_val) / _scale_of(index, val, state),
-                                  interval_level)
-        half = np.asarray(widths)[None, :] * _scale_of(index, test, state)
-        y = _truth(index, test)
-        seen = np.isfinite(y)
-        inside = (y >= served_test - half) & (y <= served_test + half)
+        scaled = {n: scale_values(f, index.series_of(s), state) for n, f, s in
+                  (("val", served_val, val), ("test", served_test, test))}
+        widths = fit_conformal(index, state, scaled["val"], val, interval_level)
         intervals = {"method": "conformal", "level": interval_level, "half_widths": widths,
-                     "test": {"coverage": float(inside[seen].mean()) if seen.any() else float("nan"),
-                              "mean_width": float(np.broadcast_to(2 * half, y.shape)[seen].mean()) if seen.any()
-                              else float("nan"), "points": int(seen.sum())}}
+                     "test": coverage(index, state, scaled["test"], test, widths)}
     names = method_names(weights.per_series, weights.candidates)
     counts = {str(m): int(n) for m, n in zip(*np.unique(names.astype(str), return_counts=True))}
     return Backtest(weights, metrics, served_test, cand_test, intervals, counts, test)
