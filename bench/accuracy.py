@@ -180,7 +180,8 @@ def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int
     return got, seconds, info
 
 
-def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str) -> tuple[list[dict], dict]:
+def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str,
+                max_steps: int | None = None) -> tuple[list[dict], dict]:
     ds = load_dataset(name)
     history, future = split_final(ds.frame, ds.horizon)
     keep = future.group_by("series_id").len().filter(pl.col("len") == ds.horizon)["series_id"]
@@ -195,8 +196,9 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str) 
     rows: dict[str, list[float]] = {}
     info: dict = {"source": ds.source, "series": len(ids), "horizon": ds.horizon, "season": ds.season,
                   "frequency": ds.frequency}
+    train = {"max_steps": max_steps} if max_steps else None  # a quick run; the defaults when None
     for k in range(seeds):
-        got, sec, meta = run_nightcast(history, ids, ds.horizon, 42 + k, workdir)
+        got, sec, meta = run_nightcast(history, ids, ds.horizon, 42 + k, workdir, train=train)
         info.setdefault("runs", []).append(meta)
         missing = ~np.isfinite(got).all(axis=1)
         got[missing] = snaive[missing]
@@ -205,7 +207,7 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str) 
         print(f"  {name} seed {42 + k}: MASE {rows[SERVED][-1]:.3f} ({sec:.0f} s) {meta}", flush=True)
     if ablations:
         for label, change in ABLATIONS.items():
-            got, sec, meta = run_nightcast(history, ids, ds.horizon, 42, workdir, change)
+            got, sec, meta = run_nightcast(history, ids, ds.horizon, 42, workdir, change, train)
             missing = ~np.isfinite(got).all(axis=1)
             got[missing] = snaive[missing]
             rows[label] = [mase_table(history, future, {"x": got}, ds.season, ds.horizon)["x"]]
@@ -228,7 +230,7 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str) 
 def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float) -> str:
     frame = pl.DataFrame(rows)
     lines = ["# Accuracy benchmark (final window)\n",
-             f"Measured by `python bench/accuracy.py` on {platform.machine()} with {os.cpu_count()} CPU(s), torch "
+             f"Measured by `{' '.join(['python bench/accuracy.py', *sys.argv[1:]])}` on {platform.machine()} with {os.cpu_count()} CPU(s), torch "
              f"threads 1, in {minutes:.1f} min (process minutes). MASE on each series' last H values (scaled by its in-sample "
              f"seasonal-naive MAE), averaged over series; lower is better. `{SERVED}`: mean over {seeds} training "
              f"seed(s), spread = min-max; ablations and references: one run.\n",
@@ -298,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--ablate", help="comma-separated datasets that get the ablation rows (default: all)")
     ap.add_argument("--neuralforecast", action="store_true", help="add neuralforecast's LSTM (minutes per dataset)")
+    ap.add_argument("--max-steps", type=int, help="cap the network's training steps (a quick check, not the defaults)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--merge", nargs="+", help="combine these result files (runs split across processes) into --out")
     a = ap.parse_args(argv)
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.datasets.split(","):
             print(f"{name} ...", flush=True)
             ablate = not a.no_ablations and (a.ablate is None or name in a.ablate.split(","))
-            table, info = run_dataset(name, a.seeds, ablate, a.neuralforecast, work)
+            table, info = run_dataset(name, a.seeds, ablate, a.neuralforecast, work, a.max_steps)
             rows += table
             infos[name] = info
             text = render(rows, infos, a.seeds, (time.monotonic() - t0) / 60)

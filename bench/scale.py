@@ -270,13 +270,13 @@ def pipeline_worker(data: str, train_steps: int, threads: int, repeats: int = 2)
     return steps.out
 
 
-def score_worker(data: str, store: str, train_steps: int, threads: int) -> dict:
+def score_worker(data: str, store: str, train_steps: int, threads: int, seeds: int, classical: str) -> dict:
     """A short retrain through ``retrain_flow`` writes a bundle; ``forecast_from_bundle`` is timed."""
     import lightning  # noqa: F401
     import torch
 
     from flows.retrain import retrain_flow
-    from schemas.params import RetrainParams, TrainConfig, WindowConfig
+    from schemas.params import RetrainParams, ServeConfig, TrainConfig, WindowConfig
     from tasks.ingest import load_observations
     from tasks.registry import load_bundle
     from tasks.score import forecast_from_bundle
@@ -286,7 +286,8 @@ def score_worker(data: str, store: str, train_steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     steps = _Steps()
     params = RetrainParams(data=data, window=WindowConfig(horizon=HORIZON), use_tuned=False,
-                           train=TrainConfig(max_steps=train_steps, steps_per_epoch=STEPS_PER_EPOCH))
+                           train=TrainConfig(max_steps=train_steps, steps_per_epoch=STEPS_PER_EPOCH),
+                           serve=ServeConfig(seeds=seeds, classical=classical))
     with steps.step("retrain_flow"):
         out = retrain_flow(params, store=store)
         steps.out["mase"] = _overall_mase(out["metrics"].filter(out["metrics"]["series_id"] == "ALL").to_dicts())
@@ -433,12 +434,12 @@ def prefect_server(tmp: Path, env: dict[str, str], timeout: float = 180):  # noq
                 proc.wait()
 
 
-def full_run(data: Path, store: Path, env: dict[str, str], tmp: Path, timeout: float) -> dict:
+def full_run(data: Path, store: Path, env: dict[str, str], tmp: Path, timeout: float, serve: list[str]) -> dict:
     """``nightcast retrain`` then ``nightcast score``, as a user runs them; MASE from the new bundle."""
     exe = str(Path(sys.executable).with_name("nightcast"))
     out: dict = {}
     for name, cmd in (("cli_retrain", [exe, "retrain", "--data", str(data), "--store", str(store),
-                                       "--horizon", str(HORIZON), "--no-tuned"]),
+                                       "--horizon", str(HORIZON), "--no-tuned", *serve]),
                       ("cli_score", [exe, "score", "--data", str(data), "--store", str(store)])):
         try:
             code, secs, peak = _run_child(cmd, env, tmp / f"{name}.log", timeout)
@@ -467,6 +468,7 @@ def measure_size(n: int, t: int, args: argparse.Namespace, tmp: Path, env: dict[
     if "error" in res["generate"]:
         return res
     common = ["--data", str(data), "--threads", str(args.threads)]
+    serve = ["--seeds", str(args.seeds), "--classical", args.classical]
     print(f"[{n} x {t}] floor ...", flush=True)
     res["floor"] = _worker("floor", common, env, tmp, args.timeout)
     print(f"[{n} x {t}] ingest -> validate -> prepare, training ...", flush=True)
@@ -477,7 +479,7 @@ def measure_size(n: int, t: int, args: argparse.Namespace, tmp: Path, env: dict[
         res["score"] = res["full"] = {"error": f"no Prefect API: {server_error}"}
         return res
     print(f"[{n} x {t}] short retrain_flow, scoring ...", flush=True)
-    res["score"] = _worker("score", [*common, "--train-steps", str(args.score_train_steps),
+    res["score"] = _worker("score", [*common, *serve, "--train-steps", str(args.score_train_steps),
                                      "--store", str(tmp / f"store-{n}")], flow_env, tmp, args.timeout)
     if n == max(args.series) and args.workers and "error" not in res["score"]:
         print(f"[{n} x {t}] score flow on 1 process, then on Dask with {args.workers} workers ...", flush=True)
@@ -486,7 +488,7 @@ def measure_size(n: int, t: int, args: argparse.Namespace, tmp: Path, env: dict[
                                  flow_env, tmp, args.timeout)
     if args.full:
         print(f"[{n} x {t}] nightcast retrain + score ...", flush=True)
-        res["full"] = full_run(data, tmp / f"store-cli-{n}", flow_env, tmp, args.timeout)
+        res["full"] = full_run(data, tmp / f"store-cli-{n}", flow_env, tmp, args.timeout, serve)
     return res
 
 
@@ -700,7 +702,7 @@ def render(results: list[dict], args: argparse.Namespace, started: dt.datetime, 
         f"({pl.thread_pool_size()} threads), torch {torch.__version__} ({args.threads} thread(s)); panel seed {args.seed}; "
         f"horizon {HORIZON}; training {args.train_steps} steps of {STEPS_PER_EPOCH} per epoch, fastest of "
         f"{args.repeats} interleaved runs each (scoring bundle: "
-        f"{args.score_train_steps} steps).",
+        f"{args.score_train_steps} steps; served: {args.seeds} network seed(s), classical `{args.classical}`, refit).",
         "",
         "Each group of steps runs in a child process; a step's RSS is its own peak above that process's RSS "
         "after its imports (data that earlier steps still hold included). The frame is the panel as read, "
@@ -723,6 +725,8 @@ def render(results: list[dict], args: argparse.Namespace, started: dt.datetime, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from schemas.params import ServeConfig
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", type=int, nargs="+", default=[1000, 10000], help="panel sizes (series)")
     ap.add_argument("--steps", type=int, default=2000, help="hourly steps of the longest series")
@@ -730,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="also time `nightcast retrain` + `nightcast score`")
     ap.add_argument("--train-steps", type=int, default=200, help="optimiser steps of the training comparison")
     ap.add_argument("--score-train-steps", type=int, default=50, help="steps of the retrain that makes the bundle")
+    ap.add_argument("--seeds", type=int, default=ServeConfig().seeds, help="network seeds served (the product default)")
+    ap.add_argument("--classical", default=ServeConfig().classical,
+                    help="classical candidate: auto, theta, autoets, autotheta, none (the product default)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each training loop (interleaved; fastest counts)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (nightcast's default is 1)")
     ap.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per child process")
@@ -800,7 +807,7 @@ def _worker_main(args: argparse.Namespace) -> int:
     elif args.worker == "workers":
         out = workers_worker(args.data, args.store, args.shards, args.counts)
     else:
-        out = score_worker(args.data, args.store, args.train_steps, args.threads)
+        out = score_worker(args.data, args.store, args.train_steps, args.threads, args.seeds, args.classical)
     Path(args.result).write_text(json.dumps(out, default=str))
     return 0
 

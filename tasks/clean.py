@@ -134,6 +134,53 @@ def season_length_for(calendar: Calendar) -> int:
     return 1
 
 
+def detect_cycle(frame: pl.DataFrame, max_lag: int = 40, min_acf: float = 0.3) -> int | None:
+    """The period of a cycle the series share, or None: the strongest peak of the pooled autocorrelation of
+    their first differences after it first turns non-positive, if that peak reaches ``min_acf``.
+
+    Differences remove trends (which make every lag look alike); the dip first means a decaying, non-cyclic
+    series never reports one. ``frame`` holds series_id, timestamp, target in time order per series.
+    """
+    d = (frame.select("series_id", pl.col("target").diff().over("series_id").alias("d")).drop_nulls()
+         .with_columns((pl.col("d") - pl.col("d").mean().over("series_id")).alias("d")))
+    n = d.group_by("series_id").len()
+    if n.height == 0:
+        return None
+    lags = min(max_lag, int(n["len"].median()) // 3)
+    if lags < 3:
+        return None
+    long = n.filter(pl.col("len") > 2 * lags)["series_id"]
+    sums = (d.filter(pl.col("series_id").is_in(long.implode())).group_by("series_id")
+            .agg((pl.col("d") * pl.col("d").shift(k)).sum().alias(str(k)) for k in range(lags + 1)))
+    if sums.height == 0:
+        return None
+    a = sums.drop("series_id").to_numpy()
+    live = a[:, 0] > 0
+    if not live.any():
+        return None
+    acf = (a[live, 1:] / a[live, :1]).mean(axis=0)  # acf[k - 1] is lag k, pooled over series
+    dips = np.flatnonzero(acf <= 0)
+    if dips.size == 0:
+        return None
+    after = np.arange(dips[0], lags)
+    best = int(after[np.argmax(acf[after])])
+    return best + 1 if acf[best] >= min_acf and best + 1 >= 2 else None
+
+
+def decide_season(frame: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, share: float = 1.0) -> int:
+    """The season every rule uses: ``cfg.season_length`` when given; else the calendar's natural one
+    (``season_length_for``); a calendar without one (yearly, odd steps) takes a cycle the data shows
+    (``detect_cycle``), read on the oldest ``share`` of each series so no evaluation span decides it."""
+    if cfg.season_length:
+        return cfg.season_length
+    season = season_length_for(calendar)
+    if season > 1:
+        return season
+    seen = (frame.select("series_id", "timestamp", "target").drop_nulls("target").sort("series_id", "timestamp")
+            .filter(pl.int_range(pl.len()).over("series_id") < share * pl.len().over("series_id")))
+    return detect_cycle(seen) or season
+
+
 def decide_calendar(frame: pl.DataFrame, cfg: CleanConfig) -> Calendar:
     """Frequency and calendar kind, from the config or the data."""
     frequency = cfg.frequency or infer_frequency(frame)

@@ -45,10 +45,17 @@ def mase_scales(index: WindowIndex, train_end: np.datetime64, season: int) -> np
     seen = in_train & np.isfinite(y)
     train_len = np.bincount(index.series[seen], minlength=n_series)
     level = np.bincount(index.series[seen], weights=np.abs(y[seen]), minlength=n_series) / np.maximum(train_len, 1)
-    s_sum, s_n = diffs(season)
-    o_sum, o_n = diffs(1)
-    use_season = train_len > season
-    total, n = np.where(use_season, s_sum, o_sum), np.where(use_season, s_n, o_n)
+    return mase_scale_rule(*diffs(season), *diffs(1), train_len, level, season)
+
+
+def mase_scale_rule(season_sum: np.ndarray, season_n: np.ndarray, one_sum: np.ndarray, one_n: np.ndarray,
+                    length: np.ndarray, level: np.ndarray, season: int) -> np.ndarray:
+    """The MASE denominator, one rule for evaluation, the backtest and the monitor, from per-series sums of
+    ``|y_t - y_(t-m)|`` (and their counts) at lag ``season`` and at lag 1, the number of observed values and
+    their mean absolute level: the seasonal mean, lag 1 for a series with no more than ``season`` values,
+    floored at a tenth of the panel's median scale/level ratio times the level, 1.0 where undefined."""
+    use_season = length > season
+    total, n = np.where(use_season, season_sum, one_sum), np.where(use_season, season_n, one_n)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / n
         ratio = mean / level

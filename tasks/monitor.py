@@ -22,8 +22,8 @@ What a run for monitoring date ``D`` does (``flows/monitor.py``):
    ``no_baseline``, counted and not scored.
 4. **MASE scale** of a series at an origin: the mean of ``|y_t - y_(t-m)|`` over every pair of its
    actuals both before the end of ``as_of``, ``t - m`` exactly ``m`` calendar steps earlier; lag 1
-   when the series has no more than ``m`` actuals before the origin; 1.0 when there is no pair or
-   the mean is 0 (as ``tasks.evaluate.mase_scales`` does on the training span).
+   when the series has no more than ``m`` actuals before the origin; floored against the panel and 1.0
+   where undefined: ``tasks.evaluate.mase_scale_rule``, the rule evaluation and the backtest use.
 5. **Changes.** The state before ``D`` (the newest row per key in the change logs dated before
    ``D``) is compared with the points just computed; only points that changed are written to ``D``'s
    change log (``schemas.monitoring.CHANGES``): ``new``, ``late`` (pending before, scored now),
@@ -57,12 +57,14 @@ import io
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from schemas.frames import Forecasts
 from schemas.monitoring import (DIMENSIONS, MONITORING_LAYOUT, MonitoringPoints, MonitoringRun, MonitoringSummary,
                                 DriftRule)
 from tasks.clean import Calendar
+from tasks.evaluate import mase_scale_rule
 from tasks.score import forecasts_key, read_forecasts
 from tasks.storage import Store, safe_key_part
 from tasks.validate import ValidationResult, coerce_observations
@@ -283,8 +285,8 @@ def mase_scales(actuals: pl.DataFrame, origins: pl.DataFrame, season: int, calen
     """Per (series_id, as_of) of ``origins``: the MASE denominator from the actuals before the end of as_of.
 
     The mean of ``|y_t - y_(t-m)|`` over pairs of actuals ``m`` calendar steps apart, both before the
-    cut (cumulative sums per series, read at each cut by an as-of join); lag 1 when the series has
-    no more than ``m`` actuals before it; 1.0 when there is no pair or the mean is 0.
+    cut (cumulative sums per series, read at each cut by an as-of join), turned into a scale by
+    ``mase_scale_rule`` (lag 1 for short series, the panel floor, 1.0 where undefined).
     """
     a = actuals.select("series_id", "timestamp", "actual").sort("series_id", "timestamp")
     prev = a.select("series_id", pl.col("timestamp").alias("_t"), pl.col("actual").alias("_p"))
@@ -303,16 +305,15 @@ def mase_scales(actuals: pl.DataFrame, origins: pl.DataFrame, season: int, calen
         pl.col("_d1").fill_null(0.0).cum_sum().over(per).alias("_s1"),
         pl.col("_d1").is_not_null().cast(pl.Int64).cum_sum().over(per).alias("_n1"),
         pl.int_range(1, pl.len() + 1).over(per).alias("_rows"),
+        pl.col("actual").abs().fill_null(0.0).cum_sum().over(per).alias("_level"),
     ).sort("timestamp")
     cuts = origins.select("series_id", "as_of").unique().with_columns(_end_of(pl.col("as_of")).alias("_cut"))
     got = cuts.sort("_cut").join_asof(cum, left_on="_cut", right_on="timestamp", by="series_id",
                                       strategy="backward", allow_exact_matches=False, check_sortedness=False)
-    seasonal = pl.col("_rows").fill_null(0) > season
-    total = pl.when(seasonal).then(pl.col("_sm")).otherwise(pl.col("_s1"))
-    n = pl.when(seasonal).then(pl.col("_nm")).otherwise(pl.col("_n1")).fill_null(0)
-    mean = total / n
-    return got.select("series_id", "as_of",
-                      pl.when((n > 0) & (mean > 1e-12)).then(mean).otherwise(1.0).alias("scale"))
+    col = {c: got[c].fill_null(0).to_numpy().astype(float) for c in ("_sm", "_nm", "_s1", "_n1", "_rows", "_level")}
+    level = col["_level"] / np.maximum(col["_rows"], 1)
+    scale = mase_scale_rule(col["_sm"], col["_nm"], col["_s1"], col["_n1"], col["_rows"], level, season)
+    return got.select("series_id", "as_of").with_columns(pl.Series("scale", scale))
 
 
 def join_actuals(forecasts: pl.DataFrame, actuals: Actuals, season: int, calendar: Calendar,

@@ -12,7 +12,7 @@ import polars as pl
 
 from schemas.frames import CleanSeries
 from schemas.params import RetrainParams
-from tasks.clean import Calendar, CleanReport, clean_observations, decide_calendar, regularize, season_length_for
+from tasks.clean import Calendar, CleanReport, clean_observations, decide_calendar, decide_season, regularize
 from tasks.features import FeatureState, fit_features, transform_features
 from tasks.validate import ValidationResult
 from tasks.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
@@ -65,19 +65,20 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     it comes from the validation and test fractions.
     """
     calendar = decide_calendar(valid.valid, params.clean)
-    season = params.clean.season_length or season_length_for(calendar)
     w = params.window
+    season = decide_season(valid.valid, params.clean, calendar, share=1 - w.val_fraction - w.test_fraction)
+    cfg = params.clean.model_copy(update={"season_length": season})  # cleaning's windows see the same season
     if cuts is not None:
         train_end, val_end = cuts
-        clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, train_end)
     elif params.clean.outliers != "iqr":  # nothing in cleaning is fitted: clean once, split on its grid
-        clean, report, iqr = clean_observations(valid.valid, params.clean, calendar)
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar)
         train_end, val_end = split_times(clean, w.val_fraction, w.test_fraction, w.horizon)
     else:  # IQR bounds are fitted on the training span: find it on the grid first
         placed, _ = regularize(valid.valid, calendar)
         train_end, val_end = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
         del placed
-        clean, report, iqr = clean_observations(valid.valid, params.clean, calendar, train_end)
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, train_end)
     CleanSeries.validate(clean, lazy=True)
     report.validation = dict(valid.notes)  # one report of what was read, dropped and filled, for the manifest
     f = params.features
@@ -119,7 +120,8 @@ def prepare_refit(prepared: Prepared, valid: ValidationResult, params: RetrainPa
     end = prepared.clean["timestamp"].max()
     clean, iqr = prepared.clean, prepared.iqr_bounds
     if params.clean.outliers == "iqr":  # the bounds are fitted too: refit them on all history
-        clean, _, iqr = clean_observations(valid.valid, params.clean, prepared.calendar, end)
+        cfg = params.clean.model_copy(update={"season_length": prepared.season_length})
+        clean, _, iqr = clean_observations(valid.valid, cfg, prepared.calendar, end)
     f, w = params.features, params.window
     state = fit_features(clean, end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components)

@@ -99,13 +99,19 @@ def _history(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     return history, gone, since, calendar
 
 
+def _clean_config(bundle: Bundle) -> tuple[CleanConfig, int]:
+    """The cleaning the model was trained with, and its season (decided at training, maybe from the data)."""
+    cfg = bundle.config
+    season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
+    return CleanConfig(**cfg["params"]["clean"]).model_copy(update={"season_length": season}), season
+
+
 def _span(bundle: Bundle, as_of: dt.date) -> tuple[dt.datetime, int, Calendar]:
     """Where scoring as of ``as_of`` cuts the data, how many calendar steps before that it cleans and
     windows (``_recent`` takes twice that), and the calendar the model was trained on."""
     cfg = bundle.config
-    clean_cfg = CleanConfig(**cfg["params"]["clean"])
+    clean_cfg, season = _clean_config(bundle)
     lookback = cfg["params"]["window"]["lookback"]
-    season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
     keep = _keep(lookback, season, FeatureState.from_json(bundle.preprocessing["features"]), bundle)
     cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
     return cutoff, keep + (clean_cfg.outlier_window or max(season, 7)) + clean_cfg.max_gap, Calendar.from_json(
@@ -153,9 +159,8 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     """``forecast_from_bundle`` on some series: with ``calendar`` (from ``score_calendar`` on the whole
     data) one shard of a run, whose staleness ``assemble_parts`` settles against every shard."""
     cfg = bundle.config
-    clean_cfg = CleanConfig(**cfg["params"]["clean"])
+    clean_cfg, season = _clean_config(bundle)
     lookback, horizon = cfg["params"]["window"]["lookback"], cfg["params"]["window"]["horizon"]
-    season = int(cfg.get("season_length") or cfg["network_args"].get("season", 1))
     state = FeatureState.from_json(bundle.preprocessing["features"])
     keep = _keep(lookback, season, state, bundle)
     history, gone, since, calendar = _history(bundle, observations, as_of, calendar)

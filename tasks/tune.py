@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from schemas.params import Dimension, RetrainParams, TuneParams, WindowConfig
-from tasks.clean import decide_calendar, regularize, season_length_for
+from tasks.clean import decide_calendar, decide_season, regularize
 from tasks.validate import ValidationResult
 from tasks.window import WindowError, auto_lookback, min_history, split_times
 
@@ -64,7 +64,7 @@ def rolling_origin_folds(valid: ValidationResult, base: RetrainParams, k: int, f
     n = stamps.len()
     block = max(int(n * fraction), w.horizon)
     first_train = n - (k + 1) * block
-    season = base.clean.season_length or season_length_for(calendar)
+    season = decide_season(valid.valid, base.clean, calendar, share=1 - w.val_fraction - w.test_fraction)
     need = min_history(w.lookback or auto_lookback(season, w.horizon), season) + w.horizon + 1
     if first_train < need:
         raise TuneError(f"{n} time steps before the final test span are too few for {k} folds of {block} steps "

@@ -13,11 +13,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_scale_bench_runs_from_one_command(tmp_path):
     out = tmp_path / "scale.md"
     run = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--series", "50", "--steps", "300",
-                          "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          "--seeds", "1", "--classical", "theta", "--out", str(out)],  # the plumbing, not the defaults
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     table = out.read_text()
     assert table in run.stdout
     assert "## 50 series × 300 steps" in table
+    assert "served: 1 network seed(s), classical `theta`" in table
     assert "error" not in table, table
     for row in ("| ingest → validate → prepare vs polars floor |", "| peak RSS ingest → prepare vs the frame |",
                 "| training windows/s: `train_model` vs raw loop |", "vs sgemm peak |",

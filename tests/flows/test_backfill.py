@@ -32,7 +32,7 @@ def registry(tmp_path_factory, sample_raw, prefect_harness):
     sample_raw.write_csv(csv)
     store = str(root / "store")
     first = retrain_flow(fast_params(str(csv)), store=store)
-    second = retrain_flow(fast_params(str(csv), train=TrainConfig(max_epochs=15, patience=4, batch_size=64, seed=7)),
+    second = retrain_flow(fast_params(str(csv), train=TrainConfig(max_epochs=15, patience=4, batch_size=64, seed=7, early_stopping=True)),
                           store=store)
     return store, str(csv), first["version"], second["version"]
 

@@ -61,11 +61,11 @@ def test_demo_from_the_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_accuracy_bench_runs_from_one_command(tmp_path):
-    """`python bench/accuracy.py` end to end on one small dataset, one seed, one ablation; it prints the table."""
+    """`python bench/accuracy.py` end to end on one small dataset, one seed, a short budget, every ablation row."""
     repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "accuracy.md"
     run = subprocess.run([sys.executable, str(repo / "bench" / "accuracy.py"), "--datasets", "sunspots", "--seeds", "1",
-                          "--out", str(out)], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+                          "--max-steps", "30", "--out", str(out)], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     for model in ("nightcast served", "no refit", "one network seed", "hard switch", "no classical", "clipped truth",
                   "seasonal naive", "AutoETS", "AutoTheta"):

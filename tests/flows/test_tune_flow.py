@@ -39,7 +39,7 @@ def tuned(tmp_path_factory, sample_raw, prefect_harness, known_pruner):
     root = tmp_path_factory.mktemp("tune")
     csv = root / "in.csv"
     sample_raw.write_csv(csv)
-    base = fast_params(str(csv), train=TrainConfig(max_epochs=6, patience=3, batch_size=64),
+    base = fast_params(str(csv), train=TrainConfig(max_epochs=6, patience=3, batch_size=64, early_stopping=True),
                        model=ModelConfig(hidden_size=8, num_layers=1, dropout=0.0))
     params = TuneParams(base=base, sampler="random", n_trials=4, folds=2, fold_fraction=0.05, parallel=2,
                         space={"model.hidden_size": Dimension(choices=[8, 32]),

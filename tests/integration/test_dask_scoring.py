@@ -39,7 +39,7 @@ def trained(tmp_path_factory, prefect_harness):
     data = root / "panel.parquet"
     make_panel(N_SERIES, 24 * 30, seed=7).sort("series_id", "timestamp").write_parquet(data, row_group_size=20_000)
     store = str(root / "s")
-    retrain_flow(fast_params(str(data), train=TrainConfig(max_steps=60, batch_size=64, patience=2)), store=store)
+    retrain_flow(fast_params(str(data), train=TrainConfig(max_steps=60, batch_size=64, patience=2, early_stopping=True)), store=store)
     single = score_flow(ScoreParams(data=str(data)), store=store)
     return str(data), store, single
 

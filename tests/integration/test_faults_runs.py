@@ -177,10 +177,9 @@ def test_model_names_that_differ_never_share_keys(stack):
     mine = stack.keys(f"{prefix}/forecasts/model=lstm_/")
     assert mine and pl.read_parquet(io.BytesIO(stack.read(mine[0])))["model_version"][0] == \
         _pointer(stack, prefix, "lstm_")["version"] != _pointer(stack, prefix, "lstm")["version"]
-    for bad in ("../lstm", "a/b", ".hidden", "x" * 65):
-        run = Run(stack, "name-bad", ["retrain", "--model-name", bad, *POOR], store)
-        out = run.finish()
-        assert run.proc.returncode != 0 and "model_name" in out, out[-2000:]
+    run = Run(stack, "name-bad", ["retrain", "--model-name", "../lstm", *POOR], store)  # the rest: test_params
+    out = run.finish()
+    assert run.proc.returncode != 0 and "model_name" in out, out[-2000:]
     assert all(k.startswith(f"{prefix}/") for k in stack.keys(prefix))
 
 

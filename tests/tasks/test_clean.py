@@ -103,3 +103,41 @@ def test_off_grid_rows_are_counted_not_invented():
 def test_grid_regular():
     g = make_grid(dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2), Calendar("6h"))
     assert g.len() == 5
+
+
+def _yearly_panel(period: int | None, n_series: int = 6, years: int = 120, seed: int = 0) -> pl.DataFrame:
+    """Yearly series with a trend and noise, and a shared cycle of ``period`` years (phase per series)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_series):
+        t = np.arange(years)
+        y = 50 + 0.3 * t + rng.normal(0, 2, years)
+        if period:
+            y += 20 * np.sin(2 * np.pi * t / period + i)
+        else:
+            y += np.cumsum(rng.normal(0, 3, years))  # a random walk: no cycle
+        rows.append(pl.DataFrame({"series_id": f"s{i}", "timestamp": [dt.datetime(1800 + k, 1, 1) for k in t],
+                                  "target": y}))
+    return pl.concat(rows)
+
+
+def test_a_yearly_cycle_is_found_and_a_random_walk_has_none():
+    from tasks.clean import decide_season, detect_cycle
+
+    assert detect_cycle(_yearly_panel(11)) == 11
+    assert detect_cycle(_yearly_panel(None)) is None
+    cal = Calendar("1y")
+    assert decide_season(_yearly_panel(11), CleanConfig(), cal) == 11
+    assert decide_season(_yearly_panel(None), CleanConfig(), cal) == 1
+    assert decide_season(_yearly_panel(11), CleanConfig(season_length=3), cal) == 3  # what the user says wins
+    # a calendar with its own season keeps it, whatever the data shows
+    assert decide_season(_yearly_panel(11), CleanConfig(), Calendar("1mo")) == 12
+
+
+def test_the_cycle_is_read_on_the_oldest_share_only():
+    from tasks.clean import decide_season
+
+    # a cycle that only exists in the newest 30 % of each series (the evaluation spans) is not seen
+    old, new = _yearly_panel(None, years=84), _yearly_panel(7, years=120, seed=1)
+    frame = pl.concat([old, new.filter(pl.col("timestamp") >= dt.datetime(1884, 1, 1))])
+    assert decide_season(frame, CleanConfig(), Calendar("1y"), share=0.7) == 1

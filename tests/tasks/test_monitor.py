@@ -312,3 +312,16 @@ def test_the_cli_summary_names_counts_metrics_and_drift(store):
     worst = [r for r in M.artifact_rows(out.summary) if r["group"] == "worst series"]
     # worst first: b 0.5/1.5 = 1/3 (only b5 is scored), a (2/7 + 2/7 + 1/3) / 3 = 0.302
     assert [(r["key"], r["MASE"]) for r in worst] == [("b", round(1 / 3, 4)), ("a", round((4 / 7 + 1 / 3) / 3, 4))]
+
+
+def test_a_near_flat_series_is_floored_in_the_monitor_as_in_evaluation():
+    """One MASE scale rule: the monitor floors a near-flat series against the panel like the backtest does,
+    so its MASE cannot reach thousands and trip drift for the whole model."""
+    vals = {"a": [10, 12, 14, 16], "b": [20, 23, 26, 29], "c": [1000, 1000.001, 1000, 1000.001]}
+    actuals = pl.DataFrame([{"series_id": s, "timestamp": _t(d + 1), "actual": float(v)}
+                            for s, ys in vals.items() for d, v in enumerate(ys)])
+    origins = pl.DataFrame({"series_id": list(vals), "as_of": [DAY[4]] * 3})
+    got = dict(M.mase_scales(actuals, origins, 1, Calendar("1d")).select("series_id", "scale").iter_rows())
+    assert got["a"] == pytest.approx(2.0) and got["b"] == pytest.approx(3.0)  # above the floor: untouched
+    median_ratio = 3.0 / 24.5  # the panel's median scale/level (a 2/13, b 3/24.5, c ~1e-6)
+    assert got["c"] == pytest.approx(0.1 * median_ratio * 1000.0005)  # not 0.001

@@ -1,0 +1,18 @@
+"""Parameter contracts: names that would become keys are refused before any work."""
+
+import pydantic
+import pytest
+
+from schemas.params import RetrainParams, ScoreParams
+
+
+@pytest.mark.parametrize("bad", ["../lstm", "a/b", ".hidden", "x" * 65, "", "a b"])
+@pytest.mark.parametrize("model", [RetrainParams, ScoreParams])
+def test_a_model_name_that_is_not_a_plain_key_part_is_refused(model, bad):
+    with pytest.raises(pydantic.ValidationError, match="model_name"):
+        model(model_name=bad)
+
+
+@pytest.mark.parametrize("good", ["lstm", "lstm_", "LSTM-2", "a.b", "x" * 64])
+def test_plain_names_pass(good):
+    assert RetrainParams(model_name=good).model_name == good
