@@ -30,6 +30,7 @@ import argparse
 import logging
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -272,11 +273,15 @@ def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float)
 
 def merge(paths: list[str], out: str) -> str:
     """One table from several runs' markdown files (datasets split across processes): rows and dataset
-    notes read back, the summary over all datasets recomputed."""
+    notes read back, the summary over all datasets recomputed. A dataset in a later file replaces every
+    row and note of that dataset in the earlier ones (a re-measured dataset, not a second copy)."""
     rows, infos, seeds, minutes = [], {}, 1, 0.0
     for path in paths:
         text = Path(path).read_text()
-        minutes += float(text.split(" in ", 1)[1].split(" min", 1)[0])
+        here = {c.strip("| ").split("|")[0].strip() for c in text.splitlines() if c.startswith("| ")}
+        rows = [r for r in rows if r["dataset"] not in here]
+        infos = {k: v for k, v in infos.items() if k not in here}
+        minutes += float(re.search(r" in ([\d.]+) min \(process minutes\)", text).group(1))
         seeds = max(seeds, int(text.split("mean over ", 1)[1].split(" ", 1)[0]))
         for line in text.splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
