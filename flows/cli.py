@@ -25,6 +25,8 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizon", type=int, default=12)
     p.add_argument("--lookback", type=int, help="input steps (default: 2 horizons, up to 3 seasons)")
     p.add_argument("--frequency", help="polars duration such as 1h, 1d, 1mo (inferred when omitted)")
+    p.add_argument("--season", type=int, help="seasonal period in steps (default: the calendar's, e.g. 12 for "
+                   "months; for yearly data a cycle found in the data)")
     p.add_argument("--max-steps", type=int, help="optimiser steps (default: sized to the data, 300 to 2,000)")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
@@ -129,7 +131,7 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
 
     return RetrainParams(
         data=data, model_name=args.model_name, columns=_columns(args),
-        clean=CleanConfig(frequency=args.frequency),
+        clean=CleanConfig(frequency=args.frequency, season_length=args.season),
         window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
         model=ModelConfig(hidden_size=args.hidden_size),
         train=TrainConfig(max_steps=args.max_steps, seed=args.seed, devices=args.devices, strategy=args.strategy),

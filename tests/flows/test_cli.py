@@ -99,3 +99,12 @@ def test_monitor_flags_become_the_drift_rule():
             params.drift.enabled) == (5, None, 0.2, False)
     default = _monitor_params(build_parser().parse_args(["monitor"]), None).drift
     assert default.vs_seasonal_naive == 0.1 and default.enabled
+
+
+def test_season_flag_sets_the_season_every_rule_reads():
+    from flows.cli import _retrain_params
+
+    args = build_parser().parse_args(["retrain", "--data", "x.csv", "--season", "11"])
+    assert _retrain_params(args, args.data).clean.season_length == 11
+    args = build_parser().parse_args(["retrain", "--data", "x.csv"])
+    assert _retrain_params(args, args.data).clean.season_length is None  # decided from the calendar and data

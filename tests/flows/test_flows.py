@@ -241,3 +241,21 @@ def test_scoring_cleans_only_the_tail_it_needs_and_forecasts_the_same(trained_st
     monkeypatch.setattr(score_mod, "_steps_before", lambda *a: dt.datetime(1900, 1, 1))
     full, _ = score_mod.forecast_from_bundle(bundle, observations, as_of)
     assert tail.equals(full)
+
+
+def test_yearly_data_with_a_cycle_is_trained_and_scored_on_that_season(tmp_path):
+    """Yearly data has no calendar season: the cycle in the data becomes the season of the bundle, and
+    scoring, its cleaning and its seasonal naive use the bundle's season, not the calendar's 1."""
+    from schemas.params import WindowConfig
+    from tests.tasks.test_clean import _yearly_panel
+
+    path = tmp_path / "yearly.csv"
+    _yearly_panel(11, n_series=4, years=150).write_csv(path)
+    store = str(tmp_path / "s")
+    out = retrain_flow(fast_params(str(path), window=WindowConfig(lookback=22, horizon=6)), store=store)
+    bundle = load_champion(open_store(store), "lstm")
+    assert bundle.config["season_length"] == 11 and bundle.config["network_args"]["season"] == 11, out["decision"]
+    as_of = dt.date(1949, 1, 1)
+    score_flow(ScoreParams(data=str(path), as_of=as_of), store=store)
+    frame = read_forecasts(open_store(store), "lstm", as_of)
+    assert frame.height == 4 * 6 and frame["forecast"].is_finite().all()
