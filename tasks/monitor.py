@@ -60,6 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from models.baselines import seasonal_lag
 from schemas.frames import Forecasts
 from schemas.monitoring import (DIMENSIONS, MONITORING_LAYOUT, MonitoringPoints, MonitoringRun, MonitoringSummary,
                                 DriftRule)
@@ -327,7 +328,7 @@ def join_actuals(forecasts: pl.DataFrame, actuals: Actuals, season: int, calenda
     newest = actuals.newest or dt.datetime.min
     due = forecasts.filter(pl.col("timestamp") < cutoff, pl.col("timestamp") <= newest, pl.col("as_of") <= day)
     vals = actuals.values.filter(pl.col("timestamp") < cutoff)
-    seasons = ((pl.col("horizon").cast(pl.Int64) - 1) // season + 1) * season  # m·ceil(h/m)
+    seasons = seasonal_lag(pl.col("horizon").cast(pl.Int64), season)  # m·ceil(h/m), as the backtest's
     pts = (due.with_columns(steps_back(pl.col("timestamp"), seasons, calendar).alias("_ref"))
            .join(vals, on=["series_id", "timestamp"], how="left")
            .join(vals.select("series_id", pl.col("timestamp").alias("_ref"), pl.col("actual").alias("snaive")),

@@ -325,3 +325,28 @@ def test_a_near_flat_series_is_floored_in_the_monitor_as_in_evaluation():
     assert got["a"] == pytest.approx(2.0) and got["b"] == pytest.approx(3.0)  # above the floor: untouched
     median_ratio = 3.0 / 24.5  # the panel's median scale/level (a 2/13, b 3/24.5, c ~1e-6)
     assert got["c"] == pytest.approx(0.1 * median_ratio * 1000.0005)  # not 0.001
+
+
+def test_the_monitor_reads_seasonal_naive_where_the_backtest_does():
+    """One seasonal naive: the monitor's reference for each stored point is the value the backtest's
+    ``models.baselines.seasonal_naive`` gives from the same origin (m = 7, H = 10: two seasons back for h > 7)."""
+    import numpy as np
+
+    from models.baselines import seasonal_naive
+
+    y = np.random.default_rng(0).normal(100, 10, 40).round(2)
+    start = dt.datetime(2026, 1, 1)
+    values = pl.DataFrame({"series_id": "a", "timestamp": [start + dt.timedelta(days=i) for i in range(40)],
+                           "actual": y})
+    origin, horizon = 19, 10
+    as_of = (start + dt.timedelta(days=origin)).date()
+    fc = pl.DataFrame({"series_id": "a", "timestamp": [start + dt.timedelta(days=origin + h) for h in range(1, 11)],
+                       "as_of": as_of, "model_version": "v1", "horizon": list(range(1, 11)), "method": "lstm",
+                       "forecast": 0.0, "lower": None, "upper": None},
+                      schema_overrides={"lower": pl.Float64, "upper": pl.Float64})
+    actuals = M.Actuals(values, pl.DataFrame(schema={"series_id": pl.String, "timestamp": pl.Datetime("us")}),
+                        values["timestamp"].max(), 0, 0)
+    pts = M.join_actuals(fc, actuals, 7, Calendar("1d"), (start + dt.timedelta(days=39)).date()).sort("horizon")
+    expected = seasonal_naive(y, np.array([origin]), horizon, 7, np.array([0]))[0]
+    assert pts["snaive"].to_list() == pytest.approx(expected.tolist())
+    assert pts["actual"].to_list() == pytest.approx(y[origin + 1:origin + 11].tolist())
