@@ -28,8 +28,8 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--season", type=int, help="seasonal period in steps (default: the calendar's, e.g. 12 for "
                    "months; for yearly data a cycle found in the data)")
     p.add_argument("--max-steps", type=int, help="optimiser steps (default: sized to the data, 300 to 2,000)")
-    p.add_argument("--hidden-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--hidden-size", type=int, help="LSTM units (default 64; a tuned value when tuned)")
+    p.add_argument("--seed", type=int, help="training seed (default 42)")
     p.add_argument("--seeds", type=int, default=3, help="network seeds; the network candidate is their median (3)")
     p.add_argument("--combine", choices=["weighted", "mean", "median", "switch"], default="weighted",
                    help="how candidates make the served forecast (weighted: from backtest errors)")
@@ -126,15 +126,21 @@ def _columns(args: argparse.Namespace) -> Any:
                      target_col=args.target_col, timestamp_format=args.timestamp_format)
 
 
+def _given(config: Any, **values: Any) -> Any:
+    """``config`` with only the flags the user gave (a flag left out keeps the default and may be tuned)."""
+    return config(**{k: v for k, v in values.items() if v is not None})
+
+
 def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
     from schemas.params import CleanConfig, ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
 
     return RetrainParams(
         data=data, model_name=args.model_name, columns=_columns(args),
         clean=CleanConfig(frequency=args.frequency, season_length=args.season),
-        window=WindowConfig(lookback=args.lookback, horizon=args.horizon),
-        model=ModelConfig(hidden_size=args.hidden_size),
-        train=TrainConfig(max_steps=args.max_steps, seed=args.seed, devices=args.devices, strategy=args.strategy),
+        window=_given(WindowConfig, lookback=args.lookback, horizon=args.horizon),
+        model=_given(ModelConfig, hidden_size=args.hidden_size),
+        train=_given(TrainConfig, max_steps=args.max_steps, seed=args.seed, devices=args.devices,
+                     strategy=args.strategy),
         serve=ServeConfig(seeds=args.seeds, combine=args.combine, classical=args.classical, refit=not args.no_refit),
         use_tuned=not getattr(args, "no_tuned", False),
     )

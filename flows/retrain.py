@@ -21,7 +21,7 @@ from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, l
                             load_champion, new_version, promote, read_champion, save_bundle, sweep_incomplete)
 from tasks.storage import Store
 from tasks.train import TrainResult, best_steps, network_args_for, predict_scaled, refit_model, train_model
-from tasks.tune import apply_overrides, best_key, load_tuned
+from tasks.tune import apply_overrides, best_key, load_tuned, tuned_for
 from tasks.warm import incompatibility, plan_warm_start
 from tasks.validate import ValidationResult, validate_observations
 from flows.report import publish_report
@@ -190,7 +190,8 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
         "seeds": [params.train.seed + k for k in range(len(trained))], "refit": refit_info,
         "warm_start": warm,
         "tuning": None if tuned is None else {k: tuned.get(k) for k in (
-            "study_name", "storage", "sampler", "metric", "best_value", "best_trial", "best_params", "trials")},
+            "study_name", "storage", "sampler", "metric", "best_value", "best_trial", "best_params", "trials",
+            "applied", "kept")},
     }
     index = prepared.index
     test = evaluation["backtest"].test_starts
@@ -280,9 +281,16 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
         params = params.model_copy(update={"data": settings.data})
     tuned = read_tuned(st, params.model_name) if params.use_tuned else None
     if tuned is not None:
-        params = apply_overrides(params, tuned["best_params"])
-        get_run_logger().info("using the tuned configuration of study %s (best %s %.4f): %s",
-                              tuned["study_name"], tuned["metric"], tuned["best_value"], tuned["best_params"])
+        applied, kept, refused = tuned_for(params, tuned)
+        if refused:
+            get_run_logger().warning("not using the tuned configuration of study %s: %s", tuned["study_name"], refused)
+            tuned = None
+        else:
+            params = apply_overrides(params, applied)
+            tuned = {**tuned, "applied": applied, "kept": kept}
+            get_run_logger().info("using the tuned configuration of study %s (best %s %.4f): %s%s", tuned["study_name"],
+                                  tuned["metric"], tuned["best_value"], applied,
+                                  f"; kept the values this run was given: {kept}" if kept else "")
     started = dt.datetime.now(dt.timezone.utc)
     stamp = started.strftime("%Y%m%dT%H%M%S%fZ")
     raw = ingest(params.data, params.columns)

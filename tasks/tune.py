@@ -332,6 +332,35 @@ def redact(url: str) -> str:
         return url.split("://", 1)[0] + "://…"
 
 
+def explicitly_set(params: Any, path: str) -> bool:
+    """Whether the caller gave ``path`` ("model.hidden_size") a value, rather than leaving the default."""
+    node = params
+    *parents, leaf = path.split(".")
+    for part in parents:
+        if part not in node.model_fields_set:
+            return False
+        node = getattr(node, part)
+    return leaf in node.model_fields_set
+
+
+def tuned_for(params: RetrainParams, tuned: dict) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """Which of a saved best configuration's values a run takes: (applied, kept, refused).
+
+    A value the run was given explicitly (a CLI flag, a field in the flow's parameters) is kept, never
+    silently replaced; a configuration tuned for another horizon or frequency is refused whole (``refused``
+    says why) because its trials were scored on a different problem.
+    """
+    for field, mine in (("horizon", params.window.horizon), ("frequency", params.clean.frequency)):
+        theirs = tuned.get(field)
+        if theirs is not None and mine is not None and theirs != mine:
+            return {}, {}, f"it was tuned for {field} {theirs}, this run has {field} {mine}"
+    applied: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    for path, value in tuned["best_params"].items():
+        (kept if explicitly_set(params, path) else applied)[path] = value
+    return applied, kept, None
+
+
 def best_key(model_name: str) -> str:
     from tasks.storage import safe_key_part
 
@@ -352,6 +381,7 @@ def summarize(study: Any, params: TuneParams, storage: str, folds: list[Fold]) -
     return {
         "study_name": study.study_name, "storage": redact(storage), "sampler": params.sampler,
         "metric": params.base.promotion.metric, "best_value": best.value, "best_trial": best.number,
+        "horizon": params.base.window.horizon, "frequency": params.base.clean.frequency,
         "best_params": best_params, "seasonal_naive": best.user_attrs.get("seasonal_naive"),
         "fold_scores": best.user_attrs.get("fold_scores"), "folds": [f.to_json() for f in folds],
         "trials": {s: states.count(s) for s in sorted(set(states))},

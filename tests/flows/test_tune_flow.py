@@ -73,13 +73,25 @@ def test_tune_runs_the_trials_and_saves_the_best_configuration(tuned):
 def test_retrain_uses_the_tuned_configuration_and_carries_the_search(tuned):
     params, store, out = tuned
     best = out["best"]["best_params"]
-    run = retrain_flow(params.base, store=store)
+    assert (out["best"]["horizon"], out["best"]["frequency"]) == (params.base.window.horizon, None)
+    # the base gives the model section but not its tuned fields: those come from the study
+    base = params.base.model_copy(update={"model": ModelConfig(num_layers=1, dropout=0.0)})
+    run = retrain_flow(base, store=store)
     bundle = load_bundle(open_store(store), "lstm", run["version"])
     used = bundle.config["params"]
     assert used["model"]["hidden_size"] == best["model.hidden_size"]
     assert used["model"]["pooling"] == best["model.pooling"]
     assert used["train"]["learning_rate"] == pytest.approx(best["train.learning_rate"])
-    assert bundle.manifest["tuning"]["study_name"] == "nightcast-lstm"
+    assert bundle.manifest["tuning"]["study_name"] == "nightcast-lstm" and bundle.manifest["tuning"]["kept"] == {}
+    # a value the run was given wins over the tuned one, and the manifest says so
+    given = base.model_copy(update={"model": ModelConfig(hidden_size=12, num_layers=1, dropout=0.0)})
+    mine = load_bundle(open_store(store), "lstm", retrain_flow(given, store=store)["version"])
+    assert mine.config["params"]["model"]["hidden_size"] == 12
+    assert mine.manifest["tuning"]["kept"] == {"model.hidden_size": best["model.hidden_size"]}
+    # tuned for another horizon: not used at all
+    other = load_bundle(open_store(store), "lstm", retrain_flow(
+        base.model_copy(update={"window": params.base.window.model_copy(update={"horizon": 4})}), store=store)["version"])
+    assert other.manifest["tuning"] is None and other.config["params"]["model"]["hidden_size"] == 64
     assert "tuning/optimization_history.png" in bundle.manifest["files"]  # checksummed with the rest
     # use_tuned=false ignores it
     plain = retrain_flow(params.base.model_copy(update={"use_tuned": False}), store=store)

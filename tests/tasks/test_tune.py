@@ -167,3 +167,29 @@ def test_list_valued_choices_work_with_the_grid_sampler(tmp_path, checked):
     best = tune.summarize(open_study(params, _storage(tmp_path), "l"), params, _storage(tmp_path), folds)
     assert best["best_params"]["features.seasonal_lags"] in ([], [3])  # decoded back to a list
 
+
+
+def test_tuned_values_never_replace_what_the_run_was_given():
+    from schemas.params import ModelConfig, RetrainParams, TrainConfig, WindowConfig
+    from tasks.tune import tuned_for
+
+    tuned = {"best_params": {"model.hidden_size": 128, "train.learning_rate": 0.005, "model.dropout": 0.2},
+             "horizon": 12, "frequency": None}
+    given = RetrainParams(model=ModelConfig(hidden_size=16), train=TrainConfig(max_steps=50))
+    applied, kept, refused = tuned_for(given, tuned)
+    assert refused is None and kept == {"model.hidden_size": 128}
+    assert applied == {"train.learning_rate": 0.005, "model.dropout": 0.2}
+    applied, kept, _ = tuned_for(RetrainParams(), tuned)  # nothing given: every tuned value applies
+    assert kept == {} and applied == tuned["best_params"]
+    # the CLI passes only the flags typed: --hidden-size kept, the rest tuned
+    from flows.cli import _retrain_params, build_parser
+
+    args = build_parser().parse_args(["retrain", "--data", "x.csv", "--hidden-size", "16"])
+    assert tuned_for(_retrain_params(args, args.data), tuned)[1] == {"model.hidden_size": 128}
+    args = build_parser().parse_args(["retrain", "--data", "x.csv"])
+    assert tuned_for(_retrain_params(args, args.data), tuned)[1] == {}
+    # tuned for another horizon or frequency: refused whole, with the reason
+    _, _, refused = tuned_for(RetrainParams(window=WindowConfig(horizon=24)), tuned)
+    assert refused == "it was tuned for horizon 12, this run has horizon 24"
+    _, _, refused = tuned_for(RetrainParams(), {**tuned, "frequency": "1d"} | {"horizon": 12})
+    assert refused is None  # this run infers its frequency: nothing to compare
