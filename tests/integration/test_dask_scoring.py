@@ -19,7 +19,7 @@ import pytest
 from flows.runtime import on_task_runner
 from flows.retrain import retrain_flow
 from flows.score import score_flow
-from schemas.params import ScoreParams, Settings, TrainConfig
+from schemas.params import ScoreParams, ServeConfig, Settings, TrainConfig
 from tasks.score import read_forecasts
 from tasks.storage import open_store
 from tests.conftest import _free_port, fast_params
@@ -39,7 +39,10 @@ def trained(tmp_path_factory, prefect_harness):
     data = root / "panel.parquet"
     make_panel(N_SERIES, 24 * 30, seed=7).sort("series_id", "timestamp").write_parquet(data, row_group_size=20_000)
     store = str(root / "s")
-    retrain_flow(fast_params(str(data), train=TrainConfig(max_steps=60, batch_size=64, patience=2, early_stopping=True)), store=store)
+    # no classical candidate on 2,000 series (minutes of Theta fits); sharded = single with Theta is
+    # tests/flows/test_sharded_score.py's subject
+    retrain_flow(fast_params(str(data), train=TrainConfig(max_steps=60, batch_size=64, patience=2, early_stopping=True),
+                             serve=ServeConfig(seeds=1, classical="none")), store=store)
     single = score_flow(ScoreParams(data=str(data)), store=store)
     return str(data), store, single
 
