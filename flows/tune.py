@@ -50,7 +50,7 @@ def tune_flow(params: TuneParams = TuneParams(), store: str | None = None) -> di
     settings, st = start_run(store, params.base.data)
     logger = get_run_logger()
     base = params.base if params.base.data else params.base.model_copy(update={"data": settings.data})
-    storage = resolve_storage(params, settings.optuna_storage)
+    storage = resolve_storage(params, settings.optuna_storage.get_secret_value())
     study_name = params.study_name or f"nightcast-{base.model_name}"
     raw = ingest(base.data, base.columns)
     checked = validate(raw, base.clean.max_bad_share, base.columns.timestamp_format)

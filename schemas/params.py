@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,8 +36,9 @@ class Settings(BaseSettings):
                           "'local' for a LocalCluster started for the run; empty: Prefect's thread pool")
     dask_local_workers: int = Field(2, ge=1, description="worker processes of the 'local' Dask cluster")
     progress: bool = Field(True, description="Show a training progress bar")
-    optuna_storage: str = Field("sqlite:///nightcast-optuna.db",
-                                description="Optuna study storage (any SQLAlchemy URL; PostgreSQL for many workers)")
+    optuna_storage: SecretStr = Field(SecretStr("sqlite:///nightcast-optuna.db"),
+                                      description="Optuna study storage (any SQLAlchemy URL; PostgreSQL for many "
+                                                  "workers); a secret: its password never prints with the settings")
     allowed_roots: list[str] = Field(
         default_factory=list,
         description="JSON list of local directories or s3://bucket/prefix that runs started from a deployment "

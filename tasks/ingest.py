@@ -28,16 +28,24 @@ def storage_options() -> dict[str, str] | None:
     return opts
 
 
+_CSV = (".csv", ".csv.gz")  # gzip is decompressed by polars' CSV reader
+_PARQUET = (".parquet",)
+
+
+def _kind(name: str) -> str | None:
+    """"csv", "parquet" or None (neither) from a file name."""
+    return "csv" if name.endswith(_CSV) else "parquet" if name.endswith(_PARQUET) else None
+
+
 def _resolve(uri: str) -> tuple[list[str] | str, str]:
     """Return (source, format) for a file, a glob or a (hive-partitioned) directory."""
     if uri.startswith("s3://"):
         source: list[str] | str = uri.rstrip("/") + "/**/*.parquet" if uri.endswith("/") else uri
         name = source if isinstance(source, str) else source[0]
-        fmt = "csv" if name.endswith((".csv", ".csv.gz")) else "parquet"
-        return source, fmt
+        return source, _kind(name) or "parquet"
     path = Path(uri).expanduser()
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.suffix in (".csv", ".parquet") and p.is_file())
+        files = sorted(str(p) for p in path.rglob("*") if _kind(p.name) and p.is_file())
     elif any(ch in uri for ch in "*?["):
         files = sorted(globlib.glob(str(path), recursive=True))
     elif path.is_file():
@@ -46,10 +54,10 @@ def _resolve(uri: str) -> tuple[list[str] | str, str]:
         raise IngestError(f"input not found: {uri}")
     if not files:
         raise IngestError(f"no CSV or Parquet files under {uri}")
-    suffixes = {Path(f).suffix for f in files}
-    if len(suffixes) > 1:
-        raise IngestError(f"mixed file types under {uri}: {sorted(suffixes)}")
-    return files, "csv" if suffixes == {".csv"} else "parquet"
+    kinds = {_kind(Path(f).name) for f in files}
+    if len(kinds) > 1:
+        raise IngestError(f"mixed file types under {uri}: {sorted(map(str, kinds))}")
+    return files, kinds.pop() or "parquet"
 
 
 SHARD_COLUMNS = ("nshards", "shard")

@@ -98,3 +98,15 @@ def test_reading_one_shard_filters_in_the_scan(tmp_path):
     # the predicate sits inside the Parquet scan (row groups are skipped on their statistics)
     plan = pl.scan_parquet(tmp_path / "x.parquet").filter(pl.col("sid").is_in(["a"])).explain()
     assert plan.startswith("Parquet SCAN") and "SELECTION: col(\"sid\").is_in" in plan and "FILTER" not in plan
+
+
+def test_gzipped_csv_is_read_as_csv_from_a_file_and_a_directory(tmp_path):
+    import gzip
+
+    frame = pl.DataFrame({"series_id": ["a", "a"], "timestamp": ["2024-01-01", "2024-01-02"], "target": [1.0, 2.0]})
+    (tmp_path / "d").mkdir()
+    for path in (tmp_path / "obs.csv.gz", tmp_path / "d" / "part.csv.gz"):
+        path.write_bytes(gzip.compress(frame.write_csv().encode()))
+    for uri in (str(tmp_path / "obs.csv.gz"), str(tmp_path / "d")):
+        got = load_observations(uri)
+        assert got["series_id"].to_list() == ["a", "a"] and got["target"].to_list() == ["1.0", "2.0"]
