@@ -16,7 +16,7 @@ import string
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -236,6 +236,13 @@ class S3Settings(BaseSettings):
     max_attempts: int = Field(10, ge=1, description="attempts per S3 request, the first included")
     connect_timeout_s: float = Field(5.0, gt=0, description="seconds to open a connection")
     read_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for the next bytes of a response")
+    checksums: Literal["when_required", "when_supported"] = Field(
+        "when_required",
+        description="botocore's request_checksum_calculation and response_checksum_validation: "
+                    "'when_required' sends no CRC checksum headers the operation does not need, which several "
+                    "S3-compatible servers reject (botocore >= 1.36 sends them by default: 'when_supported'); "
+                    "AWS_REQUEST_CHECKSUM_CALCULATION / AWS_RESPONSE_CHECKSUM_VALIDATION, when set, win",
+    )
     missing_on_403: bool = Field(
         True,
         description="read a 403 on a read-if-exists path as 'no such object': without s3:ListBucket, "
@@ -284,8 +291,11 @@ class S3Store:
             retries["mode"] = "standard"
         if core.get_config_variable("max_attempts") is None:  # AWS_MAX_ATTEMPTS or the profile
             retries["total_max_attempts"] = self.settings.max_attempts
+        checksums = {name: self.settings.checksums for name in ("request_checksum_calculation",
+                                                                 "response_checksum_validation")
+                     if not (os.environ.get(f"AWS_{name.upper()}") or core.get_scoped_config().get(name))}
         config = Config(retries=retries or None, connect_timeout=self.settings.connect_timeout_s,
-                        read_timeout=self.settings.read_timeout_s)
+                        read_timeout=self.settings.read_timeout_s, **checksums)
         # A session per store: clients from the shared default session are not thread-safe to create.
         self._s3 = boto3.session.Session(botocore_session=core).client(
             "s3", endpoint_url=self.endpoint_url, config=config)

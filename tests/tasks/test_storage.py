@@ -229,6 +229,23 @@ def test_s3_client_uses_standard_retries_and_timeouts(s3_env, monkeypatch):
     assert cfg.retries["total_max_attempts"] == 4 and cfg.connect_timeout == 2.0
 
 
+def test_s3_client_sends_checksums_only_when_required_unless_told(s3_env, monkeypatch):
+    """botocore >= 1.36 sends CRC checksum headers on every PUT, which several S3-compatible servers
+    reject: nightcast asks for them only when an operation requires them; the AWS variable wins."""
+    for var in ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    cfg = S3Store(f"s3://{s3_env}")._s3.meta.config
+    assert (cfg.request_checksum_calculation, cfg.response_checksum_validation) == ("when_required",) * 2
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    cfg = S3Store(f"s3://{s3_env}")._s3.meta.config
+    assert (cfg.request_checksum_calculation, cfg.response_checksum_validation) == ("when_supported",
+                                                                                    "when_required")
+    store = S3Store(f"s3://{s3_env}")
+    store.write_bytes("k.json", b"{}")  # and the endpoint takes the writes either way
+    assert store.read_bytes("k.json") == b"{}"
+
+
 def test_s3_client_keeps_the_users_aws_retry_settings(s3_env, monkeypatch):
     monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
