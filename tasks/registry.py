@@ -316,24 +316,25 @@ def sweep_incomplete(store: Store, name: str, keep: str | None = None,
                      now: dt.datetime | None = None) -> list[str]:
     """Delete bundle folders that never got their manifest (a run died while writing them).
 
-    Only folders whose version stamp is older than ``older_than`` go, so a concurrent run's bundle
-    in the making is left alone; ``keep`` is never touched. Returns the versions removed.
+    Only folders whose newest file was written more than ``older_than`` ago go: a bundle a concurrent
+    run is writing right now is left alone however long ago that run started (its version stamp is the
+    run's start); ``keep`` is never touched. Returns the versions removed.
     """
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     base = f"{_prefix(name)}/versions/"
-    files: dict[str, list[str]] = {}
-    for key in store.list(base):
+    files: dict[str, dict[str, dt.datetime]] = {}
+    for key, written in store.list_modified(base).items():
         version = key[len(base):].split("/", 1)[0]
-        files.setdefault(version, []).append(key)
+        files.setdefault(version, {})[key] = written
     removed = []
     for version, keys in files.items():
         if version == keep or f"{base}{version}/manifest.json" in keys:
             continue
         try:
-            stamp = dt.datetime.strptime(version.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=dt.timezone.utc)
+            dt.datetime.strptime(version.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ")
         except ValueError:
             continue  # not a name this registry minted: not ours to delete
-        if now - stamp >= older_than:
+        if now - max(keys.values()) >= older_than:
             for key in keys:
                 store.delete(key)
             removed.append(version)

@@ -9,6 +9,7 @@ compare-and-swap for the few objects several runs move (the champion pointer).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
@@ -53,6 +54,8 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str = "") -> list[str]: ...
+
+    def list_modified(self, prefix: str = "") -> dict[str, dt.datetime]: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -198,17 +201,25 @@ class LocalStore:
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
+        return sorted(self._files(prefix))
+
+    def list_modified(self, prefix: str = "") -> dict[str, dt.datetime]:
+        """Every key under ``prefix`` with the time it was last written (UTC)."""
+        return {key: dt.datetime.fromtimestamp(p.stat().st_mtime, dt.timezone.utc)
+                for key, p in sorted(self._files(prefix).items())}
+
+    def _files(self, prefix: str) -> dict[str, Path]:
         base = self.root / prefix if prefix else self.root
         start = base if base.is_dir() else base.parent
         if not start.exists():
-            return []
-        keys = []
+            return {}
+        found = {}
         for p in start.rglob("*"):
             if p.is_file() and not p.name.startswith("."):
                 key = p.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    keys.append(key)
-        return sorted(keys)
+                    found[key] = p
+        return found
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -384,12 +395,17 @@ class S3Store:
                 raise
 
     def list(self, prefix: str = "") -> list[str]:
-        keys: list[str] = []
+        return sorted(self.list_modified(prefix))
+
+    def list_modified(self, prefix: str = "") -> dict[str, dt.datetime]:
+        """Every key under ``prefix`` with its LastModified (UTC), from the same listing."""
+        found: dict[str, dt.datetime] = {}
         with self._errors("list", prefix):
             paginator = self._s3.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
-        return sorted(keys)
+                found.update((obj["Key"][len(self.prefix):], obj["LastModified"].astimezone(dt.timezone.utc))
+                             for obj in page.get("Contents", []))
+        return dict(sorted(found.items()))
 
     def delete(self, key: str) -> None:
         with self._errors("delete", key):

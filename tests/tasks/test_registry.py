@@ -226,11 +226,16 @@ def test_history_and_pointer_agree_after_a_crash_between_the_writes(tmp_path):
 
 
 def test_incomplete_bundles_are_swept_after_a_grace_period(tmp_path):
+    """Aged by when their files were last written, not by the version stamp (the run's start): a long
+    run's bundle, stamped a day ago and being written now, is never swept by a concurrent run."""
+    import os
+
     store = LocalStore(tmp_path)
     now = dt.datetime(2026, 9, 10, 12, tzinfo=dt.timezone.utc)
-    old, fresh, done = "20260909T000000000000Z-aaaa", "20260910T113000000000Z-bbbb", "20260901T000000000000Z-cccc"
-    for v in (old, fresh):
+    old, fresh, done = "20260909T000000000000Z-aaaa", "20260909T100000000000Z-bbbb", "20260901T000000000000Z-cccc"
+    for v, written in ((old, now - dt.timedelta(hours=30)), (fresh, now - dt.timedelta(minutes=5))):
         store.write_bytes(f"models/m/versions/{v}/weights.pt", b"partial")
+        os.utime(tmp_path / f"models/m/versions/{v}/weights.pt", (written.timestamp(),) * 2)
     _save(store, done)
     store.write_bytes("models/m/versions/hand-made/notes.txt", b"not ours")
     assert sweep_incomplete(store, "m", now=now) == [old]

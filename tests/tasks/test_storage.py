@@ -1,3 +1,4 @@
+import datetime as dt
 import hashlib
 import multiprocessing
 import string
@@ -290,3 +291,13 @@ def test_s3_errors_name_the_bucket_key_and_code(s3_env):
     assert isinstance(info.value.__cause__, ClientError)
     with pytest.raises(StorageError, match="NoSuchBucket"):
         store.list("a/")
+
+
+def test_list_modified_gives_each_key_its_write_time_on_both_stores(tmp_path, s3_env):
+    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    for store in (LocalStore(tmp_path), S3Store(f"s3://{s3_env}/lm")):
+        store.write_bytes("v/a.bin", b"1")
+        store.write_bytes("v/b/c.bin", b"2")
+        got = store.list_modified("v/")
+        assert list(got) == store.list("v/") == ["v/a.bin", "v/b/c.bin"]
+        assert all(before <= t <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5) for t in got.values())
