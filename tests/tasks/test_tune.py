@@ -170,7 +170,7 @@ def test_list_valued_choices_work_with_the_grid_sampler(tmp_path, checked):
 
 
 def test_tuned_values_never_replace_what_the_run_was_given():
-    from schemas.params import ModelConfig, RetrainParams, TrainConfig, WindowConfig
+    from schemas.params import ModelConfig, RetrainParams, TrainConfig
     from tasks.tune import tuned_for
 
     tuned = {"best_params": {"model.hidden_size": 128, "train.learning_rate": 0.005, "model.dropout": 0.2},
