@@ -278,21 +278,22 @@ def merge(paths: list[str], out: str) -> str:
     rows, infos, seeds, minutes = [], {}, 1, 0.0
     for path in paths:
         text = Path(path).read_text()
-        here = {c.strip("| ").split("|")[0].strip() for c in text.splitlines() if c.startswith("| ")}
-        rows = [r for r in rows if r["dataset"] not in here]
-        infos = {k: v for k, v in infos.items() if k not in here}
         minutes += float(re.search(r" in ([\d.]+) min \(process minutes\)", text).group(1))
         seeds = max(seeds, int(text.split("mean over ", 1)[1].split(" ", 1)[0]))
+        new_rows, new_infos = [], {}
         for line in text.splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
             if len(cells) == 8 and cells[0] not in ("dataset", "---") and cells[4].replace(".", "").isdigit():
                 lo, _, hi = cells[5].partition("-")
-                rows.append({"dataset": cells[0], "model": cells[3], "mase": float(cells[4]),
-                             "lo": float(lo or cells[4]), "hi": float(hi or cells[4]), "runs": 3 if cells[5] else 1,
-                             "seconds": float(cells[7]) if cells[7] else None})
-                infos.setdefault(cells[0], {"series": cells[1], "horizon": cells[2]})
+                new_rows.append({"dataset": cells[0], "model": cells[3], "mase": float(cells[4]),
+                                 "lo": float(lo or cells[4]), "hi": float(hi or cells[4]),
+                                 "runs": 3 if cells[5] else 1, "seconds": float(cells[7]) if cells[7] else None})
+                new_infos.setdefault(cells[0], {"series": cells[1], "horizon": cells[2]})
             elif line.startswith("- **"):
-                infos.setdefault(line[4:].split("**", 1)[0], {})["note"] = line
+                new_infos.setdefault(line[4:].split("**", 1)[0], {})["note"] = line
+        here = {r["dataset"] for r in new_rows}
+        rows = [r for r in rows if r["dataset"] not in here] + new_rows
+        infos = {k: v for k, v in infos.items() if k not in here} | new_infos
     text = render(rows, infos, seeds, minutes)
     Path(out).write_text(text)
     return text
