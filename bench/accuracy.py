@@ -43,10 +43,6 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("NIGHTCAST_PROGRESS", "false")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.md"
 DATASETS = ["fred_md", "fred_md_q", "txhousing", "txhousing_q", "tourism", "vic_elec", "co2", "elnino",
             "elec_equip", "macro", "sunspots", "fertility", "indices", "trump_approval", "tmy_temp",
@@ -334,4 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # quiet runs; set here, not at import, so a test importing this module leaves its environment alone
+    for key, value in {"PREFECT_LOGGING_LEVEL": "WARNING", "NIGHTCAST_PROGRESS": "false",
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
+        os.environ.setdefault(key, value)
     raise SystemExit(main())

@@ -25,3 +25,15 @@ def test_a_later_file_replaces_a_re_measured_dataset(tmp_path):
     assert len(served) == 1 and "| 0.800 |" in served[0]
     assert "- **a** new" in text and "- **a** old" not in text and "- **b** kept" in text
     assert "in 5.0 min (process minutes)" in text
+
+
+def test_importing_the_bench_leaves_the_environment_alone(monkeypatch):
+    """A test that imports the bench must not quiet Prefect for the CLI subprocesses of later tests."""
+    import importlib
+    import os
+
+    for key in ("PREFECT_LOGGING_LEVEL", "NIGHTCAST_PROGRESS"):
+        monkeypatch.delenv(key, raising=False)
+    before = dict(os.environ)
+    importlib.reload(accuracy)
+    assert dict(os.environ) == before

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The user's environment with no Prefect server configured and a private Prefect home."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", console.LOG_DIR_ENV)}
+           if k not in ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", console.LOG_DIR_ENV)
+           and not k.startswith("PREFECT_LOGGING_")}  # Prefect's default log levels, whatever ran before
     env.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                NIGHTCAST_PROGRESS="false", PYTHONUNBUFFERED="1", **extra)
     return env
