@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="trials at once in this process")
     p.add_argument("--storage", help="Optuna storage URL (default $NIGHTCAST_OPTUNA_STORAGE, a SQLite file); "
                                      "set for this process only, never sent as a flow parameter")
-    p.add_argument("--study", help="study name (default nightcast-<model-name>)")
+    p.add_argument("--study", help="study name (default nightcast-<model>-h<horizon>-<data fingerprint>: one study "
+                                   "per model, horizon and data; a named study must hold trials on the same terms)")
+    p.add_argument("--objective", choices=["served", "network"], default="served",
+                   help="what a trial is judged by: the served combination (default) or the network alone")
     p.add_argument("--space", help="JSON file: {\"model.hidden_size\": {\"choices\": [32, 64]}, ...}")
     p.add_argument("--no-pruning", action="store_true")
     _add_common(p)
@@ -155,7 +158,7 @@ def _tune_params(args: argparse.Namespace) -> Any:
     extra = {"space": json.loads(Path(args.space).read_text())} if args.space else {}
     return TuneParams(base=_retrain_params(args, args.data), sampler=args.sampler, n_trials=args.n_trials,
                       folds=args.folds, fold_fraction=args.fold_fraction, parallel=args.parallel,
-                      study_name=args.study, pruning=not args.no_pruning, **extra)
+                      study_name=args.study, objective=args.objective, pruning=not args.no_pruning, **extra)
 
 
 def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
@@ -176,8 +179,11 @@ def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
 def _print_tune(out: dict) -> None:
     best = out["best"]
     print(f"\nstudy {out['study_name']} ({best['storage']}): trials {best['trials']}")
-    print(f"best {best['metric']} {best['best_value']:.4f} over {len(best['folds'])} fold(s) "
-          f"(seasonal naive {best['seasonal_naive']:.4f}), trial {best['best_trial']}:")
+    alone = (f", the network alone {best['network']:.4f}" if best.get("network") is not None
+             and best.get("objective") == "served" else "")
+    print(f"best {best['metric']} of the {best.get('objective', 'network')} forecast {best['best_value']:.4f} over "
+          f"{len(best['folds'])} fold(s) (seasonal naive {best['seasonal_naive']:.4f}{alone}), "
+          f"trial {best['best_trial']}:")
     for k, v in best["best_params"].items():
         print(f"  {k} = {v}")
     print("saved (retrain uses it unless --no-tuned):")

@@ -190,8 +190,8 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
         "seeds": [params.train.seed + k for k in range(len(trained))], "refit": refit_info,
         "warm_start": warm,
         "tuning": None if tuned is None else {k: tuned.get(k) for k in (
-            "study_name", "storage", "sampler", "metric", "best_value", "best_trial", "best_params", "trials",
-            "applied", "kept")},
+            "study_name", "storage", "sampler", "metric", "objective", "best_value", "best_trial", "best_params",
+            "trials", "fingerprint", "applied", "kept")},
     }
     index = prepared.index
     test = evaluation["backtest"].test_starts

@@ -1,6 +1,7 @@
 """tune: an Optuna study over rolling-origin folds; the best configuration is saved for retrain.
 
-Each trial is a Prefect task run. Trials talk to the study through its storage
+Each trial is a Prefect task run, judged by the combination it would serve (see
+``tasks.tune``); the study is one per model, horizon and data fingerprint. Trials talk to the study through its storage
 (SQLite by default, PostgreSQL for many workers), so several runs of this flow,
 on several workers, can add trials to the same study at the same time.
 """
@@ -15,8 +16,10 @@ from prefect.futures import wait
 
 from schemas.params import TuneParams
 from tasks.storage import Store
-from tasks.tune import (TUNING_PREFIX, best_key, grid_size, open_study, plots, redact, resolve_storage,
-                        rolling_origin_folds, run_trial, summarize, trials_table)
+from tasks.prepare import fingerprint
+from tasks.tune import (TUNING_PREFIX, best_key, claim_study, default_study_name, grid_size, open_study, plots,
+                        redact, resolve_storage, rolling_origin_folds, run_trial, study_scope, summarize,
+                        trials_table)
 from flows.runtime import artifact_key, start_run, step
 from flows.score import ingest, validate
 
@@ -51,11 +54,13 @@ def tune_flow(params: TuneParams = TuneParams(), store: str | None = None) -> di
     logger = get_run_logger()
     base = params.base if params.base.data else params.base.model_copy(update={"data": settings.data})
     storage = resolve_storage(params, settings.optuna_storage.get_secret_value())
-    study_name = params.study_name or f"nightcast-{base.model_name}"
     raw = ingest(base.data, base.columns)
     checked = validate(raw, base.clean.max_bad_share, base.columns.timestamp_format)
+    scope = study_scope(base, fingerprint(checked.valid), params.objective)
+    study_name = params.study_name or default_study_name(scope)
     folds = plan_folds(checked, base, params.folds, params.fold_fraction)
     study = open_study(params, storage, study_name)
+    claim_study(study, scope)
     n = params.n_trials
     if params.sampler == "grid":
         left = grid_size(params) - sum(t.state.is_finished() for t in study.trials)
@@ -77,7 +82,7 @@ def tune_flow(params: TuneParams = TuneParams(), store: str | None = None) -> di
             logger.info("[%d/%d] trial %d %s %s %s", len(results), n, r["number"], r["state"], value, r["params"])
 
     study = open_study(params, storage, study_name)
-    best = summarize(study, params, storage, folds)
+    best = summarize(study, params, storage, folds, scope)
     table = trials_table(study)
     files = {"trials.csv": table.write_csv().encode(), **plots(study)}
     keys = save_outputs(st, base.model_name, best, files)

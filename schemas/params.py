@@ -388,7 +388,11 @@ class TuneParams(_Config):
         description="name of a Prefect Secret block holding the Optuna RDB URL (its password stays out of "
                     "flow parameters); empty: $NIGHTCAST_OPTUNA_STORAGE (SQLite by default)")
     study_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-                                   description="empty: nightcast-<model_name>")
+                                   description="empty: nightcast-<model>-h<horizon>-<data fingerprint>, one "
+                                               "study per model, horizon and data")
+    objective: Literal["served", "network"] = Field(
+        "served", description="served: the error of the served combination on each fold (weights fitted on the "
+                              "fold's validation windows); network: the network alone")
     seed: int = Field(42, description="sampler seed")
 
     @model_validator(mode="after")

@@ -562,6 +562,7 @@ def _tuning_section(inp: ReportInputs) -> str:
     if not tuning:
         return "<p class='muted'>This model was not tuned: it was trained with the configured defaults.</p>"
     text = _dl({"study": tuning.get("study_name"), "sampler": tuning.get("sampler"), "metric": tuning.get("metric"),
+                "judged by": tuning.get("objective") or "network",
                 "best value": tuning.get("best_value"), "best trial": tuning.get("best_trial"),
                 "trials by state": ", ".join(f"{k}: {v}" for k, v in (tuning.get("trials") or {}).items())})
     text += "<h3>Best parameters</h3>" + _table([{"parameter": k, "value": v}

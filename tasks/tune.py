@@ -2,7 +2,13 @@
 
 The objective of a trial is the mean error (the promotion metric, MASE by
 default) over ``k`` expanding-window folds, all inside the span *before* the
-final test span, which tuning never sees. Each fold cleans, scales and
+final test span, which tuning never sees. By default it is the error of what
+would be served (the combination of the network with the classical candidate
+and the baselines, weighted on the fold's validation windows), not of the
+network alone: a network that errs where the others are right is worth more
+than one that copies them. One study per model name, horizon, data
+fingerprint and objective: trials scored on different data are never ranked
+together. Each fold cleans, scales and
 encodes from its own training span (``prepare_training`` with the fold's cut
 points), so nothing leaks from a fold's evaluation data into its model.
 
@@ -170,9 +176,16 @@ def open_study(params: TuneParams, storage: str, study_name: str) -> Any:
 
 
 def score_fold(valid: ValidationResult, run: RetrainParams, fold: Fold, progress: bool = False,
-               callbacks: list | None = None) -> dict[str, float]:
-    """Train on the fold's training span and score its evaluation block: model and seasonal naive."""
-    from tasks.evaluate import evaluate_models
+               callbacks: list | None = None, objective: str = "served") -> dict[str, float]:
+    """Train on the fold's training span, then judge its evaluation block as retrain would.
+
+    ``served`` (the default): the combination that would be served, its weights fitted on the fold's
+    validation windows (the backtest), scored on its evaluation windows, so a trial is judged by what
+    it adds to the classical candidate and the baselines. ``network``: the network alone. Both, and
+    seasonal naive, are returned; ``objective`` names the one the study minimises.
+    """
+    from tasks.backtest import run_backtest
+    from tasks.evaluate import NETWORK, SERVED
     from tasks.prepare import prepare_training
     from tasks.train import predict_scaled, train_model
 
@@ -180,16 +193,51 @@ def score_fold(valid: ValidationResult, run: RetrainParams, fold: Fold, progress
                             valid.exact_duplicates, valid.categorical, valid.numeric)
     prepared = prepare_training(upto, run, cuts=(fold.train_end, fold.val_end))
     trained = train_model(prepared.index, run.model, run.train, progress, callbacks=callbacks)
-    test = prepared.index.splits["test"]
-    if len(test) == 0:
+    index = prepared.index
+    if len(index.splits["test"]) == 0:
         raise WindowError(f"fold ending {fold.end}: no evaluation windows")
-    preds = predict_scaled(trained.net, prepared.index, test)
-    metrics = evaluate_models(prepared.index, prepared.state, {"model": preds},
-                              np.datetime64(fold.train_end, "us"), prepared.season_length)
-    overall = {r["model"]: r for r in metrics.filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
+    preds = {split: predict_scaled(trained.net, index, index.splits[split]) for split in ("val", "test")}
+    bt = run_backtest(index, prepared.state, np.datetime64(fold.train_end, "us"), prepared.season_length,
+                      [preds["val"]], [preds["test"]], run.serve, None)
     metric = run.promotion.metric
-    return {"model": float(overall["model"][metric]), "seasonal_naive": float(overall["seasonal_naive"][metric]),
-            "epochs": trained.epochs}
+    overall = {r["model"]: r[metric] for r in bt.metrics.filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
+    scores = {"served": float(overall[SERVED]), "network": float(overall[NETWORK]),
+              "seasonal_naive": float(overall["seasonal_naive"]), "epochs": trained.epochs}
+    return {**scores, "model": scores[objective]}
+
+
+def study_scope(base: RetrainParams, data_fingerprint: str, objective: str) -> dict[str, Any]:
+    """What a study's trials are scored on. Trials are comparable only within one scope."""
+    return {"model_name": base.model_name, "horizon": base.window.horizon, "frequency": base.clean.frequency,
+            "fingerprint": data_fingerprint, "objective": objective}
+
+
+def default_study_name(scope: dict[str, Any]) -> str:
+    """One study per model name, horizon, data and objective: a weekly tune on new data starts a new study
+    (its trial 0 the default configuration), never ranks its trials against last week's."""
+    from tasks.storage import safe_key_part
+
+    tag = "" if scope["objective"] == "served" else f"-{scope['objective']}"
+    return f"nightcast-{safe_key_part(scope['model_name'])}-h{scope['horizon']}-{scope['fingerprint'][:12]}{tag}"
+
+
+def claim_study(study: Any, scope: dict[str, Any]) -> None:
+    """Record ``scope`` on a new study; refuse a study whose trials were scored on something else."""
+    recorded = study.user_attrs.get("scope")
+    if recorded is None and not study.trials:
+        study.set_user_attr("scope", scope)
+        return
+    if recorded == scope:
+        return
+    if recorded is None:
+        raise TuneError(f"study {study.study_name!r} has {len(study.trials)} trial(s) but records no data "
+                        "fingerprint, horizon or objective, so its trials cannot be compared with this run's; "
+                        "leave the study name empty (one study per model, horizon and data) or name a new one")
+    diff = {k: (recorded.get(k), v) for k, v in scope.items() if recorded.get(k) != v}
+    said = "; ".join(f"{k} {str(a)[:12]} in the study, {str(b)[:12]} in this run" for k, (a, b) in diff.items())
+    raise TuneError(f"study {study.study_name!r} holds trials scored on other terms ({said}): its best trial "
+                    "would be chosen among trials that cannot be compared; leave the study name empty (one study "
+                    "per model, horizon and data) or name a new one")
 
 
 _ASKING = threading.Lock()
@@ -231,7 +279,7 @@ def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, 
                     from optuna_integration import PyTorchLightningPruningCallback
 
                     callbacks.append(PyTorchLightningPruningCallback(trial, monitor="val_loss"))
-                scores.append(score_fold(valid, run, fold, progress, callbacks))
+                scores.append(score_fold(valid, run, fold, progress, callbacks, params.objective))
                 mean = float(np.mean([x["model"] for x in scores]))
                 # after fold 0's epochs, the running mean over folds (at steps past any epoch number)
                 trial.report(mean, step=run.train.max_epochs + j)
@@ -245,6 +293,8 @@ def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, 
             trial.set_user_attr("error", seen["detail"][:500])
             raise
         trial.set_user_attr("fold_scores", [s["model"] for s in scores])
+        trial.set_user_attr("network", float(np.mean([s["network"] for s in scores])))
+        trial.set_user_attr("served", float(np.mean([s["served"] for s in scores])))
         trial.set_user_attr("seasonal_naive", float(np.mean([s["seasonal_naive"] for s in scores])))
         return float(np.mean([s["model"] for s in scores]))
 
@@ -367,7 +417,8 @@ def best_key(model_name: str) -> str:
     return f"models/{safe_key_part(model_name)}/{TUNING_PREFIX}/best.json"
 
 
-def summarize(study: Any, params: TuneParams, storage: str, folds: list[Fold]) -> dict[str, Any]:
+def summarize(study: Any, params: TuneParams, storage: str, folds: list[Fold],
+              scope: dict[str, Any] | None = None) -> dict[str, Any]:
     """What retrain picks up: the best trial's values for the searched fields, and how they were found."""
     import optuna
 
@@ -380,7 +431,10 @@ def summarize(study: Any, params: TuneParams, storage: str, folds: list[Fold]) -
     best_params = {k: _decode(params.space[k], v) if k in params.space else v for k, v in best.params.items()}
     return {
         "study_name": study.study_name, "storage": redact(storage), "sampler": params.sampler,
-        "metric": params.base.promotion.metric, "best_value": best.value, "best_trial": best.number,
+        "metric": params.base.promotion.metric, "objective": params.objective,
+        "best_value": best.value, "best_trial": best.number,
+        "network": best.user_attrs.get("network"), "served": best.user_attrs.get("served"),
+        "fingerprint": (scope or {}).get("fingerprint"),
         "horizon": params.base.window.horizon, "frequency": params.base.clean.frequency,
         "best_params": best_params, "seasonal_naive": best.user_attrs.get("seasonal_naive"),
         "fold_scores": best.user_attrs.get("fold_scores"), "folds": [f.to_json() for f in folds],

@@ -62,7 +62,9 @@ def test_tune_runs_the_trials_and_saves_the_best_configuration(tuned):
     assert out["best"]["best_trial"] in (0, 1)  # only complete trials compete
     st = open_store(store)
     best = json.loads(st.read_bytes("models/lstm/tuning/best.json"))
-    assert best["study_name"] == "nightcast-lstm" and best["sampler"] == "random" and best["metric"] == "mase"
+    assert best["study_name"] == out["study_name"] == f"nightcast-lstm-h6-{best['fingerprint'][:12]}"
+    assert best["sampler"] == "random" and best["metric"] == "mase" and best["objective"] == "served"
+    assert best["best_value"] == best["served"] != best["network"]  # judged by what would be served
     assert set(best["best_params"]) == set(params.space) and len(best["fold_scores"]) == 2
     assert best["best_value"] == min(t["value"] for t in out["trials"] if t["state"] == "COMPLETE")
     keys = set(st.list("models/lstm/tuning/"))
@@ -82,7 +84,7 @@ def test_retrain_uses_the_tuned_configuration_and_carries_the_search(tuned):
     assert used["model"]["hidden_size"] == best["model.hidden_size"]
     assert used["model"]["pooling"] == best["model.pooling"]
     assert used["train"]["learning_rate"] == pytest.approx(best["train.learning_rate"])
-    assert bundle.manifest["tuning"]["study_name"] == "nightcast-lstm" and bundle.manifest["tuning"]["kept"] == {}
+    assert bundle.manifest["tuning"]["study_name"] == out["study_name"] and bundle.manifest["tuning"]["kept"] == {}
     # a value the run was given wins over the tuned one, and the manifest says so
     given = base.model_copy(update={"model": ModelConfig(hidden_size=12, num_layers=1, dropout=0.0)})
     mine = load_bundle(open_store(store), "lstm", retrain_flow(given, store=store)["version"])
@@ -108,6 +110,27 @@ def test_a_grid_study_stops_when_the_grid_is_exhausted(tmp_path, tuned):
     assert sorted(t["params"]["model.hidden_size"] for t in first["trials"]) == [8, 16]
     again = tune_flow(grid, store=str(tmp_path / "s"))
     assert again["trials"] == [] and again["best"]["trials"] == {"COMPLETE": 2}
+
+
+def test_a_study_is_never_continued_on_other_data(tmp_path, tuned, sample_raw):
+    """Next week's data: by default a new study (trial 0 the defaults again); naming last week's study fails
+    before any trial runs, naming the fingerprints."""
+    import polars as pl
+
+    from tasks.tune import TuneError
+
+    params, store, out = tuned
+    csv = tmp_path / "next-week.csv"
+    sample_raw.filter(pl.col("timestamp") < pl.col("timestamp").max().over("series_id")).write_csv(csv)
+    nxt = params.model_copy(update={"base": params.base.model_copy(update={"data": str(csv)}), "n_trials": 1,
+                                    "parallel": 1, "study_name": out["study_name"]})
+    with pytest.MonkeyPatch.context() as mp:  # the storage that holds last week's study
+        mp.setenv("NIGHTCAST_OPTUNA_STORAGE", out["best"]["storage"])
+        with pytest.raises(TuneError, match="fingerprint"):
+            tune_flow(nxt, store=str(tmp_path / "s"))
+        fresh = tune_flow(nxt.model_copy(update={"study_name": None}), store=str(tmp_path / "s"))
+    assert fresh["study_name"] != out["study_name"] and fresh["study_name"].startswith("nightcast-lstm-h6-")
+    assert [t["number"] for t in fresh["trials"]] == [0]
 
 
 def test_pruned_trials_show_no_objective_value(tuned):

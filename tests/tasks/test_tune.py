@@ -193,3 +193,44 @@ def test_tuned_values_never_replace_what_the_run_was_given():
     assert refused == "it was tuned for horizon 12, this run has horizon 24"
     _, _, refused = tuned_for(RetrainParams(), {**tuned, "frequency": "1d"} | {"horizon": 12})
     assert refused is None  # this run infers its frequency: nothing to compare
+
+
+def test_a_fold_is_judged_by_the_combination_it_would_serve(checked):
+    """The default objective is the served combination (weights from the fold's validation windows), not the
+    network alone; both are measured on the same evaluation windows, with the same trained network."""
+    import torch
+
+    params = _tiny()
+    fold = rolling_origin_folds(checked, params.base, 1, 0.08)[0]
+    torch.manual_seed(0)
+    served = tune.score_fold(checked, params.base, fold)
+    torch.manual_seed(0)
+    alone = tune.score_fold(checked, params.base, fold, objective="network")
+    assert served["model"] == served["served"] and alone["model"] == alone["network"]
+    assert served["network"] == pytest.approx(alone["network"])  # the same network (seeded) both times
+    assert served["served"] != pytest.approx(served["network"])  # the combination is its own forecast
+    assert served["served"] < served["seasonal_naive"]
+
+
+def test_a_study_holds_trials_of_one_model_horizon_data_and_objective(tmp_path, checked):
+    from tasks.prepare import fingerprint
+
+    params = _tiny()
+    scope = tune.study_scope(params.base, fingerprint(checked.valid), "served")
+    name = tune.default_study_name(scope)
+    assert name == f"nightcast-lstm-h{params.base.window.horizon}-{scope['fingerprint'][:12]}"
+    study = open_study(params, _storage(tmp_path), name)
+    tune.claim_study(study, scope)
+    assert open_study(params, _storage(tmp_path), name).user_attrs["scope"] == scope
+    tune.claim_study(open_study(params, _storage(tmp_path), name), scope)  # the same terms: fine
+    newer = {**scope, "fingerprint": "f" * 64}
+    assert tune.default_study_name(newer) != name  # new data: a new study by default
+    with pytest.raises(TuneError, match=r"fingerprint .* in the study, f{12} in this run"):
+        tune.claim_study(open_study(params, _storage(tmp_path), name), newer)
+    with pytest.raises(TuneError, match="objective served in the study, network in this run"):
+        tune.claim_study(open_study(params, _storage(tmp_path), name), {**scope, "objective": "network"})
+    # a study from before scopes, with trials: its trials cannot be placed, so it is refused too
+    old = open_study(params, _storage(tmp_path), "old")
+    old.enqueue_trial({"model.hidden_size": 8})
+    with pytest.raises(TuneError, match="records no data fingerprint"):
+        tune.claim_study(open_study(params, _storage(tmp_path), "old"), scope)
