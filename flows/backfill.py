@@ -2,7 +2,10 @@
 
 Each date is forecast from the data up to the end of that date only, with the
 bundle given, else the champion in force on that date, else the current
-champion. A date whose partition exists is skipped unless ``overwrite``; a
+champion. No look-ahead: a date that comes before the end of its champion's
+training data (a backfill over history older than the first promotion) is
+refused before anything is read or written, unless a version is named or
+``allow_look_ahead`` is set. A date whose partition exists is skipped unless ``overwrite``; a
 partition is a single object written atomically, so a crashed or concurrent
 backfill leaves every partition either whole or absent, never mixed.
 """
@@ -30,6 +33,35 @@ score_date = step(forecast_and_write, "score-date", io=True).with_options(
 
 class BackfillError(RuntimeError):
     """Some dates of a backfill failed; the others are written."""
+
+
+class LookAheadError(ValueError):
+    """The model chosen for some dates was trained on data after them."""
+
+
+def data_end(bundle: Bundle) -> dt.datetime | None:
+    """The newest timestamp of the data the bundle was fitted on (its manifest), ``None`` if unrecorded."""
+    end = (bundle.manifest.get("data") or {}).get("end")
+    return dt.datetime.fromisoformat(str(end)) if end else None
+
+
+def look_ahead(plan: dict[dt.date, str], bundles: dict[str, Bundle]) -> dict[dt.date, dt.datetime]:
+    """Dates whose model saw data after the end of that date: {date: end of the model's data}."""
+    ends = {v: data_end(b) for v, b in bundles.items()}
+    return {d: ends[v] for d, v in plan.items() if v in ends and ends[v] is not None and ends[v].date() > d}
+
+
+def refuse_look_ahead(ahead: dict[dt.date, dt.datetime], plan: dict[dt.date, str], model_name: str) -> None:
+    if not ahead:
+        return
+    days = sorted(ahead)
+    versions = sorted({plan[d] for d in days})
+    span = f"{days[0]}" if len(days) == 1 else f"{days[0]}..{days[-1]}"
+    raise LookAheadError(
+        f"backfill refused: {len(days)} date(s) ({span}) come before the end of the data their model was trained "
+        f"on ({model_name} {', '.join(versions)}, data to {max(ahead.values())}): no champion was in force then, "
+        "and the current one has seen those dates' future. Score them with a version trained on older data "
+        "(model=<version>, --model) or accept the look-ahead (allow_look_ahead=true, --allow-look-ahead)")
 
 
 def plan_versions(store: Store, params: BackfillParams) -> dict[dt.date, str]:
@@ -60,7 +92,8 @@ def format_summary(rows: list[dict]) -> str:
 @flow(name="backfill", log_prints=True, task_runner=SettingsTaskRunner())
 def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwrite: bool = False,
                   max_parallel: int = 2, data: str | None = None, model_name: str = "lstm",
-                  columns: ColumnMap = ColumnMap(), shards: int = 1, store: str | None = None) -> dict:
+                  columns: ColumnMap = ColumnMap(), shards: int = 1, store: str | None = None,
+                  allow_look_ahead: bool = False) -> dict:
     """Score every as_of date from start to end (inclusive), each with data up to that date only.
 
     Args:
@@ -76,9 +109,12 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
         shards: above 1, the data is read once in this many shards (no process holds all of it) and
             each date is scored shard by shard, as score's ``shards`` does; dates then run one at a time.
         store: object store root; empty: $NIGHTCAST_STORE.
+        allow_look_ahead: score dates before the end of the chosen champion's training data anyway
+            (refused by default, before anything is read or written).
     """
     params = BackfillParams(start=start, end=end, model=model, overwrite=overwrite, max_parallel=max_parallel,
-                            data=data, model_name=model_name, columns=columns, shards=shards)
+                            data=data, model_name=model_name, columns=columns, shards=shards,
+                            allow_look_ahead=allow_look_ahead)
     settings, st = start_run(store, data)
     logger = get_run_logger()
     plan = plan_versions(st, params)
@@ -98,6 +134,12 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
     if todo:
         for version in sorted({plan[d] for d in todo}):
             bundles[version] = load_bundle(st, params.model_name, version)
+        ahead = {} if params.model else look_ahead({d: plan[d] for d in todo}, bundles)
+        if not params.allow_look_ahead:
+            refuse_look_ahead(ahead, plan, params.model_name)
+        elif ahead:
+            logger.warning("scoring %d date(s) from %s with a model trained on data to %s (allow_look_ahead)",
+                           len(ahead), min(ahead), max(ahead.values()))
         first = bundles[min(bundles)]  # validation's share limit and covariate types: the oldest version's
         if params.shards > 1:
             # every date's span starts at or after the earliest one any of its bundles looks at

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", required=True, type=dt.date.fromisoformat, help="last as_of, YYYY-MM-DD (inclusive)")
     p.add_argument("--model", help="bundle version for every date (default: each date's champion)")
     p.add_argument("--overwrite", action="store_true", help="re-score dates that already have forecasts")
+    p.add_argument("--allow-look-ahead", action="store_true",
+                   help="score dates before the end of the champion's training data with it anyway (refused by "
+                        "default: that model has seen those dates' future)")
     p.add_argument("--max-parallel", type=int, default=2, help="dates scored at the same time (2)")
     p.add_argument("--shards", type=int, default=1,
                    help="read the data once in this many shards and score each date shard by shard, as parallel "
@@ -289,7 +292,7 @@ def _run(args: argparse.Namespace) -> None:
 
         out = backfill_flow(start=args.start, end=args.end, model=args.model, overwrite=args.overwrite,
                             max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
-                            columns=_columns(args), shards=args.shards)
+                            columns=_columns(args), shards=args.shards, allow_look_ahead=args.allow_look_ahead)
         print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
     elif args.command == "monitor":
         from flows.monitor import monitor_flow

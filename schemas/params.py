@@ -291,6 +291,10 @@ class BackfillParams(_Config):
         description="bundle version to score every date with; empty: the champion of each date "
                     "when the registry knows it, else the current champion")
     overwrite: bool = Field(False, description="re-score dates whose partition already exists")
+    allow_look_ahead: bool = Field(
+        False, description="score dates that come before the end of the chosen champion's training data anyway "
+                           "(refused by default: that model has seen those dates' future); a named model is "
+                           "always used as given")
     max_parallel: int = Field(2, ge=1, le=32, description="dates scored at the same time")
     columns: ColumnMap = ColumnMap()
     shards: int = Field(1, ge=1, le=4096, description="read the data once in this many shards (stable hash of the "

@@ -22,6 +22,8 @@ from tests.conftest import fast_params
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 DAYS = [dt.date(2026, 9, 10), dt.date(2026, 9, 11), dt.date(2026, 9, 12)]
+"""Inside the sample's history (to 2026-09-14): the registry's models, trained today on all of it, have seen
+these dates' future, so backfills of them say ``allow_look_ahead`` (or name a version) as a user must."""
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def _fresh_store(tmp_path, registry) -> str:
 
 def test_backfill_writes_one_valid_partition_per_date(tmp_path, registry):
     store = _fresh_store(tmp_path, registry)
-    out = backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store)
+    out = backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store, allow_look_ahead=True)
     assert (out["done"], out["skipped"], out["failed"]) == (3, 0, 0)
     champion = read_champion(open_store(store), "lstm")["version"]
     for day in DAYS:
@@ -69,23 +71,23 @@ def test_backfill_writes_one_valid_partition_per_date(tmp_path, registry):
 
 def test_each_date_sees_only_data_up_to_that_date(tmp_path, registry, sample_raw):
     full = _fresh_store(tmp_path / "a", registry)
-    backfill_flow(start=DAYS[0], end=DAYS[0], data=registry[1], store=full)
+    backfill_flow(start=DAYS[0], end=DAYS[0], data=registry[1], store=full, allow_look_ahead=True)
     # The same date from an input that ends on that date: identical forecasts.
     cut = tmp_path / "cut.csv"
     end = dt.datetime.combine(DAYS[0] + dt.timedelta(days=1), dt.time())
     sample_raw.filter(pl.col("timestamp").str.to_datetime(strict=False) < end).write_csv(cut)
     truncated = _fresh_store(tmp_path / "b", registry)
-    backfill_flow(start=DAYS[0], end=DAYS[0], data=str(cut), store=truncated)
+    backfill_flow(start=DAYS[0], end=DAYS[0], data=str(cut), store=truncated, allow_look_ahead=True)
     assert _read(full, DAYS[0]).equals(_read(truncated, DAYS[0]))
 
 
 def test_rerun_skips_done_dates_and_finishes_the_rest(tmp_path, registry):
     store = _fresh_store(tmp_path, registry)
-    backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store)
+    backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store, allow_look_ahead=True)
     st = open_store(store)
     before = {d: st.read_bytes(f"{partition_key('lstm', d)}/forecasts.parquet") for d in DAYS}
     st.delete(f"{partition_key('lstm', DAYS[1])}/forecasts.parquet")  # as if the run had crashed there
-    out = backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store)
+    out = backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store, allow_look_ahead=True)
     assert (out["done"], out["skipped"]) == (1, 2)
     statuses = {r["as_of"]: r["status"] for r in out["table"]}
     assert statuses == {str(DAYS[0]): "skipped", str(DAYS[1]): "done", str(DAYS[2]): "skipped"}
@@ -205,6 +207,23 @@ def test_champion_of_each_date_from_the_promotion_history(tmp_path):
     assert set(plan_versions(st, params.model_copy(update={"model": "v-x"})).values()) == {"v-x"}
 
 
+def test_dates_before_the_champions_data_end_are_refused(tmp_path, registry):
+    """No look-ahead by default: the current champion was fitted on data to 2026-09-14 23:00, so scoring
+    2026-09-10..12 with it would use their future. Refused before anything is written; the last date of its
+    data is fine; a named version or allow_look_ahead is the user's explicit choice."""
+    from flows.backfill import LookAheadError
+
+    store = _fresh_store(tmp_path, registry)
+    with pytest.raises(LookAheadError, match=r"3 date\(s\) \(2026-09-10\.\.2026-09-12\) come before the end of the "
+                                             r"data .* data to 2026-09-14 23:00:00.*--allow-look-ahead"):
+        backfill_flow(start=DAYS[0], end=DAYS[-1], data=registry[1], store=store)
+    assert open_store(store).list("forecasts/") == []
+    last = dt.date(2026, 9, 14)
+    assert backfill_flow(start=last, end=last, data=registry[1], store=store)["done"] == 1
+    named = backfill_flow(start=DAYS[0], end=DAYS[0], data=registry[1], store=store, model=registry[2])
+    assert named["done"] == 1 and named["table"][0]["model_version"] == registry[2]
+
+
 def test_no_champion_is_a_clear_error(tmp_path):
     with pytest.raises(RegistryError, match="has no champion"):
         plan_versions(open_store(str(tmp_path)), BackfillParams(start=DAYS[0], end=DAYS[0]))
@@ -226,7 +245,7 @@ def test_runs_publish_artifacts(tmp_path, registry):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     store = _fresh_store(tmp_path, registry)
-    backfill_flow(start=DAYS[0], end=DAYS[0], data=registry[1], store=store)
+    backfill_flow(start=DAYS[0], end=DAYS[0], data=registry[1], store=store, allow_look_ahead=True)
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["backfill-lstm", "retrain-lstm", "bundle-lstm"])))

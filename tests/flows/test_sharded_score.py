@@ -79,10 +79,11 @@ def test_sharded_backfill_equals_the_plain_backfill(panel, tmp_path):
 
     data, store, as_of, _ = panel
     start = as_of - dt.timedelta(days=3)
-    plain = backfill_flow(start=start, end=as_of, overwrite=True, data=data, store=store)
+    plain = backfill_flow(start=start, end=as_of, overwrite=True, data=data, store=store, allow_look_ahead=True)
     expected = {d: read_forecasts(open_store(store), "lstm", d).sort("series_id", "horizon")
                 for d in (start + dt.timedelta(days=i) for i in range(4))}
-    sharded = backfill_flow(start=start, end=as_of, overwrite=True, data=data, shards=3, store=store)
+    sharded = backfill_flow(start=start, end=as_of, overwrite=True, data=data, shards=3, store=store,
+                             allow_look_ahead=True)
     assert (sharded["done"], sharded["failed"]) == (plain["done"], plain["failed"]) == (4, 0)
     for day, frame in expected.items():
         assert read_forecasts(open_store(store), "lstm", day).sort("series_id", "horizon").equals(frame), day

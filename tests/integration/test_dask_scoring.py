@@ -109,7 +109,7 @@ def test_unsharded_backfill_under_dask_runs_its_dates_in_the_flow_process(s3_env
     retrain_flow(fast_params(data), store=store)
     end = sample_raw.select(pl.col("timestamp").str.to_datetime().max()).item().date()
     monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", address)
-    out = backfill_flow(start=end - dt.timedelta(days=1), end=end, data=data, store=store)
+    out = backfill_flow(start=end - dt.timedelta(days=1), end=end, data=data, store=store, allow_look_ahead=True)
     assert (out["done"], out["failed"]) == (2, 0)
     assert len(open_store(store).list("forecasts/model=lstm/")) == 2
 
