@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs-seasonal-naive", help="drift when MASE exceeds seasonal naive's by this share (0.1); 'off'")
     p.add_argument("--vs-test-span", type=float, help="drift when MASE exceeds the test-span MASE by this share (off)")
     p.add_argument("--no-drift-event", action="store_true", help="judge drift but emit no event")
+    p.add_argument("--cooldown-days", type=int,
+                   help="no new drift event for the same champion within this many days of the last one (7)")
     _add_common(p)
     p = sub.add_parser("report", help="write the model's HTML report (reports/<model>/latest.html in the store)")
     p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
@@ -174,6 +176,8 @@ def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
         drift["vs_seasonal_naive"] = None if args.vs_seasonal_naive == "off" else float(args.vs_seasonal_naive)
     if args.no_drift_event:
         drift["enabled"] = False
+    if args.cooldown_days is not None:
+        drift["cooldown_days"] = args.cooldown_days
     extra = {"recheck_days": args.recheck_days} if args.recheck_days is not None else {}
     return MonitorParams(data=data, as_of=args.as_of, model_name=args.model_name, columns=_columns(args),
                          drift=DriftRule(**drift), **extra)

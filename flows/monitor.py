@@ -14,7 +14,8 @@ from prefect.artifacts import create_table_artifact
 from schemas.monitoring import MonitorParams
 from tasks.clean import Calendar
 from tasks.ingest import load_observations
-from tasks.monitor import (artifact_rows, assess, emit_drift_event, gather_actuals, horizon_days, monitoring_dates,
+from tasks.monitor import (artifact_rows, assess, emit_drift_event, gather_actuals, hold_drift_event, horizon_days,
+                           last_drift_event, monitoring_dates, record_drift_event, retrains_in_flight,
                            read_forecast_window, read_points, test_span_mase, write_monitoring)
 from tasks.registry import load_champion
 from tasks.validate import validate_observations
@@ -29,6 +30,8 @@ read_state = step(read_points, "read-monitoring-state", io=True, timeout_s=3600)
 assess_day = step(assess, "assess", timeout_s=3600)
 write = step(write_monitoring, "write-monitoring", io=True)
 emit_drift = step(emit_drift_event, "emit-drift-event")
+read_last_event = step(last_drift_event, "read-last-drift-event", io=True)
+record_event = step(record_drift_event, "record-drift-event", io=True)
 list_runs = step(monitoring_dates, "list-monitoring-runs", io=True)
 
 
@@ -72,10 +75,22 @@ def monitor_flow(params: MonitorParams = MonitorParams(), store: str | None = No
                 "%d late, %d revised; MASE %s vs seasonal naive %s", params.model_name, day, run["points"],
                 run["scored"], run["pending"], run["quarantined"], run["new"], run["late"], run["revised"],
                 run["mase"], run["snaive_mase"])
-    event = None
+    event = held = None
     if result.drift.fired:
         logger.warning("drift detected for %s: %s", params.model_name, result.drift.reason)
-        event = emit_drift(params.model_name, day, result.drift, st.url, data)
+        try:
+            in_flight = retrains_in_flight(params.model_name)
+        except Exception as exc:  # noqa: BLE001 - the API's run list is advisory; the event still goes out
+            logger.warning("could not list retrain runs in flight (%s); not deduplicating", exc)
+            in_flight = []
+        held = hold_drift_event(read_last_event(st, params.model_name), bundle.version, day,
+                                params.drift.cooldown_days, in_flight)
+        if held:
+            logger.warning("drift event for %s %s", params.model_name, held)
+        else:
+            event = emit_drift(params.model_name, day, result.drift, st.url, data)
+            if event:
+                record_event(st, params.model_name, day, bundle.version, event)
     else:
         logger.info("drift: %s", result.drift.reason)
     table = artifact_rows(result.summary)
@@ -84,9 +99,10 @@ def monitor_flow(params: MonitorParams = MonitorParams(), store: str | None = No
         description=(f"**{params.model_name}** on actuals up to {day}: {run['scored']} scored points, "
                      f"{run['pending'] + run['quarantined']} waiting for an actual; this run {run['new']} new, "
                      f"{run['late']} late, {run['revised']} revised. Drift: "
-                     f"{'**detected**' if result.drift.fired else 'no'} ({result.drift.reason})"))
+                     f"{'**detected**' if result.drift.fired else 'no'} ({result.drift.reason})"
+                     + (f"; event {held}" if held else "")))
     report = publish_report(st, params.model_name)  # accuracy on actuals lands in the model's report
     return {"model": params.model_name, "date": day, "run": run, "table": table, "report": report,
             "drift": {"fired": result.drift.fired, "reason": result.drift.reason, "champion": result.drift.champion,
-                      "mase": result.drift.mase, "snaive_mase": result.drift.snaive_mase},
+                      "mase": result.drift.mase, "snaive_mase": result.drift.snaive_mase, "held": held},
             "event": event, "files": {t: st.uri(k) for t, k in keys.items()}}

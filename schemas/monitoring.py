@@ -192,6 +192,11 @@ class DriftRule(_Config):
     vs_test_span: float | None = Field(
         None, ge=0, description="fire when the champion's MASE exceeds its own test-span served MASE "
                                 "(metrics.json) by more than this share; empty: off")
+    cooldown_days: int = Field(
+        7, ge=0, le=366,
+        description="after a drift event, send none for the same champion for this many monitoring days: the "
+                    "retrain it asked for either promoted a new champion (judged afresh) or did not win, and "
+                    "retraining again on nearly the same data would not either. 0: no cooldown")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DriftRule":

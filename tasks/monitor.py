@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import re
 from dataclasses import dataclass
 
@@ -523,6 +524,66 @@ def emit_drift_event(model: str, day: dt.date, drift: Drift, store_url: str, dat
                  "origins": [d.isoformat() for d in drift.origins], "points": drift.points,
                  "store": store_url, "data": data})
     return None if event is None else str(event.id)
+
+
+def drift_event_key(model: str) -> str:
+    """The last drift event sent for a model (one small JSON, replaced atomically)."""
+    return f"monitoring/events/model={safe_key_part(model)}/drift.json"
+
+
+def last_drift_event(store: Store, model: str) -> dict | None:
+    try:
+        return json.loads(store.read_bytes(drift_event_key(model)))
+    except FileNotFoundError:
+        return None
+
+
+def record_drift_event(store: Store, model: str, day: dt.date, champion: str | None, event: str) -> None:
+    store.write_bytes(drift_event_key(model), json.dumps(
+        {"model": model, "date": day.isoformat(), "champion": champion, "event": event,
+         "sent_at": dt.datetime.now(dt.timezone.utc).isoformat()}, indent=2).encode())
+
+
+RETRAIN_FLOW = "retrain"
+
+
+def retrains_in_flight(model: str) -> list[str]:
+    """Names of ``retrain`` flow runs of ``model`` that are running, pending or due (queued behind the
+    concurrency limit), on the Prefect API this process talks to. Future scheduled runs do not count."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    now = dt.datetime.now(dt.timezone.utc)
+    states = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))),
+            limit=200)
+    found = []
+    for run in runs:
+        params = run.parameters.get("params") or {}
+        name = params.get("model_name", "lstm") if isinstance(params, dict) else "lstm"
+        due = run.expected_start_time is None or run.expected_start_time <= now
+        if name == model and (run.state_type != StateType.SCHEDULED or due):
+            found.append(run.name)
+    return found
+
+
+def hold_drift_event(last: dict | None, champion: str | None, day: dt.date, cooldown_days: int,
+                     in_flight: list[str]) -> str | None:
+    """Why a drift event must not be sent now (``None``: send it): a retrain of the model is already queued
+    or running, or one was asked for the same champion less than ``cooldown_days`` monitoring days ago."""
+    if in_flight:
+        return f"not sent: a retrain of this model is already queued or running ({', '.join(in_flight[:3])})"
+    if last and cooldown_days and last.get("champion") == champion:
+        then = dt.date.fromisoformat(last["date"])
+        if abs((day - then).days) < cooldown_days:
+            return (f"not sent: a retrain was asked for champion {champion} on {then} (event {last.get('event')}); "
+                    f"cooldown of {cooldown_days} days for the same champion")
+    return None
 
 
 def worst_series(summary: pl.DataFrame, n: int = 10) -> pl.DataFrame:

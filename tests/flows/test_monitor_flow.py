@@ -153,3 +153,45 @@ def test_actuals_that_degrade_fire_the_drift_event(scored, sample_raw, tmp_path)
     calm = monitor_flow(MonitorParams(data=_csv(tmp_path, "degraded.csv", degraded), as_of=_day(13),
                                       drift=DriftRule(origins=4, min_origins=4, min_points=6)), store=copy)
     assert not calm["drift"]["fired"] and calm["event"] is None
+
+
+def test_a_drift_that_persists_asks_for_one_retrain_not_one_a_day(scored, sample_raw, tmp_path):
+    """No retrain storm: while the champion stays the same, a drift event is sent once per cooldown, and never
+    while a retrain of the model is queued or running."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Running
+
+    root, store, version = scored
+    copy = str(tmp_path / "store")
+    shutil.copytree(store, copy)
+    base = sample_raw.filter(_on(12)).with_columns(TS.alias("_t"))
+    repeat = pl.concat([base.with_columns((pl.col("_t") + pl.duration(days=k)).dt.strftime("%Y-%m-%d %H:%M:%S")
+                                          .alias("timestamp")) for k in (1, 2, 3)]).drop("_t")
+    data = _csv(tmp_path, "degraded.csv", pl.concat([sample_raw.filter(_before_end_of(12)), repeat]))
+    rule = DriftRule(origins=1, min_origins=1, min_points=6, vs_seasonal_naive=0.1, cooldown_days=7)
+    since = dt.datetime.now(dt.timezone.utc)
+    days = [monitor_flow(MonitorParams(data=data, as_of=_day(d), drift=rule), store=copy) for d in (13, 14, 15)]
+    assert [d["drift"]["fired"] for d in days] == [True, True, True]  # the rule holds every day
+    assert days[0]["event"] is not None and days[1]["event"] is None and days[2]["event"] is None
+    assert days[1]["drift"]["held"].startswith(f"not sent: a retrain was asked for champion {version} on 2026-09-13")
+    deadline = time.monotonic() + 30
+    while len(events := _drift_events(since)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    assert len(_drift_events(since)) == 1  # one event, so the trigger starts one retrain
+    # no cooldown, but a retrain of this model already running: nothing more is queued behind it
+    with get_client(sync_client=True) as client:
+        from flows.retrain import retrain_flow as flow_obj
+
+        running = client.create_flow_run(flow_obj, parameters={"params": {"model_name": "lstm"}}, state=Running())
+        try:
+            held = monitor_flow(MonitorParams(data=data, as_of=_day(15), drift=rule.model_copy(
+                update={"cooldown_days": 0})), store=copy)
+        finally:
+            client.set_flow_run_state(running.id, Completed(), force=True)
+    assert held["event"] is None and held["drift"]["held"].startswith("not sent: a retrain of this model is already")
+    assert running.name in held["drift"]["held"]
+    # once it is over, the same verdict is sent again (cooldown 0)
+    again = monitor_flow(MonitorParams(data=data, as_of=_day(15), drift=rule.model_copy(update={"cooldown_days": 0})),
+                         store=copy)
+    assert again["event"] is not None and again["drift"]["held"] is None

@@ -43,7 +43,8 @@ def test_deployments_that_move_shared_state_run_one_at_a_time():
     assert built["nightly"].concurrency_options.collision_strategy.value == "ENQUEUE"
     # one atomic object per partition; trials shared through the study's RDB: safe to overlap
     assert built["daily"].concurrency_limit is None and built["weekly"].concurrency_limit is None
-    assert built["accuracy"].concurrency_limit is None  # one atomic object per partition, like score
+    assert built["accuracy"].concurrency_limit == 1  # each run builds on the state the previous one left
+    assert built["accuracy"].concurrency_options.collision_strategy.value == "ENQUEUE"
 
 
 def test_drift_events_trigger_the_retrain_deployment():
