@@ -9,9 +9,10 @@ A run has three stages, and only the first and last run in the flow's own proces
    per-day digests the shards return; ``score_shard`` forecasts a staged shard and stages its part;
 3. ``assemble_shards`` settles staleness across shards and replaces the partition in one atomic write.
 
-Everything staged lives under ``forecasts/_staging/<stamp>-<run>/``, outside every partition (readers
-never list it); a run deletes its own staging when it ends, and ``sweep_staging`` removes what a
-killed run left behind (old, and its run over).
+Everything staged lives under ``staging/score/<stamp>-<run>/``, outside ``forecasts/`` (so a reader
+globbing ``forecasts/**/*.parquet`` never meets a staged file, during a run or after a killed one); a
+run deletes its own staging when it ends, and ``sweep_staging`` removes what a killed run left behind
+(old, and its run over), under the old ``forecasts/_staging/`` too.
 
 Tasks take store URLs and bundle versions, not open clients or loaded models, so that they run
 unchanged on a thread, a local Dask cluster or a remote worker (everything they get is pickled
@@ -36,7 +37,9 @@ from tasks.score import (ScorePart, ScoreReport, assemble_parts, covariate_kinds
 from tasks.storage import Store, open_store
 from tasks.validate import validate_observations
 
-STAGING = "forecasts/_staging/"
+STAGING = "staging/score/"
+LEGACY_STAGING = "forecasts/_staging/"
+"""Where earlier versions staged: swept like the rest, never written."""
 _STAMP = "%Y%m%dT%H%M%SZ"
 
 
@@ -171,8 +174,9 @@ def sweep_staging(store: Store, older_than: dt.timedelta = dt.timedelta(hours=12
     asked about. Folders this code did not name are left alone. Returns the folders removed."""
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     runs: dict[str, list[str]] = {}
-    for key in store.list(STAGING):
-        runs.setdefault(key[len(STAGING):].split("/", 1)[0], []).append(key)
+    for prefix in (STAGING, LEGACY_STAGING):
+        for key in store.list(prefix):
+            runs.setdefault(key[len(prefix):].split("/", 1)[0], []).append(key)
     removed = []
     for run, keys in sorted(runs.items()):
         try:

@@ -12,6 +12,7 @@ from tasks.sample import make_sample
 from tasks.score import read_forecasts
 from tasks.storage import open_store
 from tests.conftest import fast_params
+from tasks.sharded import STAGING
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -49,7 +50,7 @@ def test_sharded_forecasts_equal_the_single_task_run(panel):
     assert early in one["skipped"] and one["skipped"] == many["skipped"]
     assert (many["rows"], many["series"], many["methods"]) == (one["rows"], one["series"], one["methods"])
     assert many["quarantined_rows"] == one["quarantined_rows"] >= 1
-    assert open_store(store).list("forecasts/_staging/") == []  # staged parts are gone
+    assert open_store(store).list(STAGING) == []  # staged parts are gone
     assert open_store(store).list(f"forecasts/model=lstm/as_of={as_of}/") == [
         f"forecasts/model=lstm/as_of={as_of}/forecasts.parquet"]
 
@@ -88,7 +89,7 @@ def test_sharded_backfill_equals_the_plain_backfill(panel, tmp_path):
     for day, frame in expected.items():
         assert read_forecasts(open_store(store), "lstm", day).sort("series_id", "horizon").equals(frame), day
     assert [r["series"] for r in sharded["table"]] == [r["series"] for r in plain["table"]]
-    assert open_store(store).list("forecasts/_staging/") == []
+    assert open_store(store).list(STAGING) == []
 
 
 def test_shard_layout_and_sharded_score_on_s3(s3_env, sample_raw):
@@ -138,3 +139,20 @@ def test_still_running_asks_the_prefect_api(panel):
     assert _still_running(staging_run(str(state.state_details.flow_run_id))) is False  # finished
     assert _still_running(staging_run(str(uuid.uuid4()))) is False  # unknown to the API
     assert _still_running(staging_run("not-a-run-id")) is False
+
+
+def test_the_documented_reader_never_meets_staged_files(panel, monkeypatch):
+    """A run killed before it cleans up (here: its clean-up skipped) leaves its staged inputs and parts; the
+    README's reader of every forecast still reads exactly the partitions."""
+    import flows.score
+
+    data, store, as_of, _ = panel
+    monkeypatch.setattr(flows.score, "discard_staging", lambda store_url, run: None)
+    score_flow(ScoreParams(data=data, as_of=as_of, shards=3), store=store)
+    st = open_store(store)
+    assert any(k.endswith(".parquet") for k in st.list(STAGING))  # the staging is still there
+    everything = pl.scan_parquet(f"{store}/forecasts/**/*.parquet", hive_partitioning=True).collect()
+    expected = read_forecasts(st, "lstm", as_of)
+    cols = [c for c in expected.columns if c not in ("model", "as_of")]  # the hive keys' types are the reader's
+    assert everything.height == expected.height
+    assert everything.select(cols).sort("series_id", "horizon").equals(expected.select(cols).sort("series_id", "horizon"))

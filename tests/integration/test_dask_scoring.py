@@ -27,6 +27,7 @@ from tests.integration.conftest import BIN, REPO, Processes, wait_for
 
 sys.path.insert(0, str(REPO / "bench"))
 from panel import make_panel  # noqa: E402
+from tasks.sharded import STAGING
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -92,7 +93,7 @@ def test_sharded_on_dask_equals_single_process(trained, cluster, monkeypatch):
     assert _partition(store, single["as_of"]).equals(expected)
     assert (out["series"], out["skipped"]) == (single["series"], single["skipped"])
     assert out["series"] > N_SERIES // 2
-    assert open_store(store).list("forecasts/_staging/") == []
+    assert open_store(store).list(STAGING) == []
 
 
 def test_unsharded_backfill_under_dask_runs_its_dates_in_the_flow_process(s3_env, sample_raw, cluster, monkeypatch):
@@ -123,7 +124,7 @@ def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, clus
     staged_at_kill: list[int] = []
 
     def parts() -> list[str]:
-        return [k for k in st.list("forecasts/_staging/") if "/parts/" in k]
+        return [k for k in st.list(STAGING) if "/parts/" in k]
 
     def kill_mid_shard() -> None:
         from distributed import Client
@@ -145,7 +146,7 @@ def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, clus
     assert "Remove worker" in procs.log("scheduler")
     assert _partition(store, single["as_of"]).equals(expected)
     assert out["series"] == single["series"]
-    assert st.list("forecasts/_staging/") == []
+    assert st.list(STAGING) == []
 
 
 def test_sharded_backfill_on_dask_equals_single_process(trained, cluster, monkeypatch):
@@ -162,4 +163,4 @@ def test_sharded_backfill_on_dask_equals_single_process(trained, cluster, monkey
     assert (out["done"], out["failed"]) == (3, 0)
     for day, frame in expected.items():
         assert _partition(store, day).equals(frame), day
-    assert open_store(store).list("forecasts/_staging/") == []
+    assert open_store(store).list(STAGING) == []

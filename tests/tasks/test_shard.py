@@ -38,7 +38,7 @@ def test_numeric_ids_hash_as_their_text_and_bad_counts_fail():
 def test_staging_of_killed_runs_is_swept_once_old_and_only_then(tmp_path):
     import datetime as dt
 
-    from tasks.sharded import STAGING, staging_run, sweep_staging
+    from tasks.sharded import LEGACY_STAGING, STAGING, staging_run, sweep_staging
     from tasks.storage import open_store
 
     st = open_store(str(tmp_path))
@@ -52,9 +52,13 @@ def test_staging_of_killed_runs_is_swept_once_old_and_only_then(tmp_path):
     older = staging_run("run-live", now - dt.timedelta(days=3))  # a long backfill, still going
     for part in ("input/00000.parquet", "parts/2026-11-22/00000.parquet"):
         st.write_bytes(f"{STAGING}{older}/{part}", b"x")
+    legacy = staging_run("run-0", now - dt.timedelta(days=9))  # left under forecasts/ by an earlier version
+    st.write_bytes(f"{LEGACY_STAGING}{legacy}/input/00000.parquet", b"x")
+    assert not STAGING.startswith("forecasts/")  # a reader of forecasts/** never meets staging
     asked: list[str] = []
-    assert sweep_staging(st, now=now, alive=lambda run: asked.append(run) or run.endswith("run-live")) == [old]
-    assert sorted(asked) == sorted([old, older])  # young folders are never asked about
+    assert sweep_staging(st, now=now, alive=lambda run: asked.append(run) or run.endswith("run-live")) == [legacy, old]
+    assert st.list(LEGACY_STAGING) == []
+    assert sorted(asked) == sorted([legacy, old, older])  # young folders are never asked about
     assert sum(k.startswith(f"{STAGING}{older}/") for k in st.list(STAGING)) == 2
     left = st.list(STAGING)
     assert not any(k.startswith(f"{STAGING}{old}/") for k in left)
