@@ -255,9 +255,12 @@ class S3Settings(BaseSettings):
                     "AWS_REQUEST_CHECKSUM_CALCULATION / AWS_RESPONSE_CHECKSUM_VALIDATION, when set, win",
     )
     missing_on_403: bool = Field(
-        True,
+        False,
         description="read a 403 on a read-if-exists path as 'no such object': without s3:ListBucket, "
-                    "S3 answers 403 AccessDenied, not 404, for a key that does not exist",
+                    "S3 answers 403 AccessDenied, not 404, for a key that does not exist. Off by default: "
+                    "a real permission error (a tuned configuration or champion pointer the worker may not "
+                    "read) must fail loudly, not pass for an absent object; turn it on only for credentials "
+                    "that lack s3:ListBucket",
     )
 
 
@@ -382,7 +385,7 @@ class S3Store:
         return True
 
     def exists(self, key: str) -> bool:
-        """Whether the object exists; a 403 counts as missing unless ``missing_on_403`` is off."""
+        """Whether the object exists; a 403 is an error unless ``missing_on_403`` is on."""
         from botocore.exceptions import ClientError
 
         with self._errors("head", key):

@@ -262,7 +262,8 @@ def _denied(store, *operations):
     return stub
 
 
-def test_403_reads_as_missing_on_read_if_exists_paths(s3_env):
+def test_403_reads_as_missing_on_read_if_exists_paths_when_configured(s3_env, monkeypatch):
+    monkeypatch.setenv("NIGHTCAST_S3_MISSING_ON_403", "true")  # credentials without s3:ListBucket
     store = S3Store(f"s3://{s3_env}/p")
     with _denied(store, "head_object", "get_object", "get_object"):
         assert store.exists("k") is False
@@ -273,8 +274,9 @@ def test_403_reads_as_missing_on_read_if_exists_paths(s3_env):
         store.write_bytes("k", b"x")  # a write is never "missing"
 
 
-def test_403_is_an_error_when_missing_on_403_is_off(s3_env, monkeypatch):
-    monkeypatch.setenv("NIGHTCAST_S3_MISSING_ON_403", "false")
+def test_403_is_an_error_by_default(s3_env, monkeypatch):
+    """A permission error must not pass for an absent object (a tuned configuration silently ignored)."""
+    monkeypatch.delenv("NIGHTCAST_S3_MISSING_ON_403", raising=False)
     store = S3Store(f"s3://{s3_env}/p")
     with _denied(store, "get_object", "head_object"):
         with pytest.raises(StorageError, match=f"s3://{s3_env}/p/k failed: AccessDenied") as info:
