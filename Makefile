@@ -21,8 +21,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-test-slow: $(VENV)/.installed
-	$(PY) -m pytest -m slow
+# s3rver (npm): a second, independent S3 server for the slow suite (it ignores conditional writes)
+S3RVER := .cache/s3rver/node_modules/.bin/s3rver
+
+$(S3RVER):
+	npm install -q --no-audit --no-fund --prefix .cache/s3rver s3rver@3.7.1
+
+test-slow: $(VENV)/.installed $(S3RVER)
+	NIGHTCAST_TEST_S3RVER=$(abspath $(S3RVER)) $(PY) -m pytest -m slow
 
 test-all: test test-slow
 
@@ -34,4 +40,4 @@ bench-scale: $(VENV)/.installed
 	$(PY) bench/scale.py $(SCALE_ARGS)
 
 clean:
-	rm -rf $(VENV) nightcast-store nightcast-logs nightcast-optuna.db .pytest_cache
+	rm -rf $(VENV) .cache/s3rver nightcast-store nightcast-logs nightcast-optuna.db .pytest_cache

@@ -19,7 +19,7 @@ from tasks.plots import forecast_vs_actual_png, learning_curve_png
 from tasks.prepare import Prepared, fingerprint, prepare_refit, prepare_training
 from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_bundle,
                             load_champion, new_version, promote, read_champion, save_bundle, sweep_incomplete)
-from tasks.storage import Store
+from tasks.storage import Store, require_conditional_writes
 from tasks.train import TrainResult, best_steps, network_args_for, predict_scaled, refit_model, train_model
 from tasks.tune import apply_overrides, best_key, load_tuned, tuned_for
 from tasks.warm import incompatibility, plan_warm_start
@@ -244,6 +244,7 @@ read_tuned = step(load_tuned, "read-tuned", io=True)
 current_champion = step(_current_champion, "load-champion", io=True)
 warm_start = step(_warm_start, "warm-start")
 evaluate = step(_evaluate, "backtest", timeout_s=3600)
+check_promotion_store = step(require_conditional_writes, "check-conditional-writes", io=True)
 refit = step(_refit, "refit", timeout_s=6 * 3600)
 register = step(_register, "register", io=True)
 
@@ -279,6 +280,7 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     settings, st = start_run(store, params.data)
     if params.data is None:
         params = params.model_copy(update={"data": settings.data})
+    check_promotion_store(st)  # S3: fail now, not after training, if promotion could not be safe
     tuned = read_tuned(st, params.model_name) if params.use_tuned else None
     if tuned is not None:
         applied, kept, refused = tuned_for(params, tuned)

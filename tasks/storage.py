@@ -28,6 +28,10 @@ _HASH_CHARS = 16
 _TOKEN = re.compile(r"%([0-9A-F]{2})|(.)", re.DOTALL)
 
 
+class ConditionalWritesUnsupported(RuntimeError):
+    """The S3 endpoint ignores ``If-Match`` / ``If-None-Match``: a compare-and-swap would overwrite blindly."""
+
+
 class StorageError(RuntimeError):
     """A read or write against the object store failed.
 
@@ -262,10 +266,18 @@ class S3Settings(BaseSettings):
                     "read) must fail loudly, not pass for an absent object; turn it on only for credentials "
                     "that lack s3:ListBucket",
     )
+    single_writer: bool = Field(
+        False,
+        description="accept an endpoint that ignores conditional writes (If-Match / If-None-Match): the "
+                    "champion pointer then moves last-writer-wins, safe only when one run at a time can promote "
+                    "(the nightly deployment's concurrency limit, no CLI retrain beside it)",
+    )
 
 
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_CONDITIONAL_WRITES: dict[tuple[str | None, str], bool] = {}
+"""(endpoint, bucket) -> whether conditional PUTs are honoured, probed once per process."""
 _DENIED_CODES = frozenset({"403", "AccessDenied"})
 
 
@@ -358,8 +370,47 @@ class S3Store:
         with self._errors("put", key):
             self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
+    def conditional_writes(self) -> bool:
+        """Whether the endpoint honours conditional PUTs, probed once per endpoint and bucket in a process:
+        a PUT with ``If-None-Match: *`` onto an object that exists must be refused. The probe object
+        (``_nightcast/probe/<uuid>`` under the prefix) is deleted afterwards."""
+        import uuid
+
+        from botocore.exceptions import ClientError
+
+        cache_key = (self.endpoint_url, self.bucket)
+        if cache_key in _CONDITIONAL_WRITES:
+            return _CONDITIONAL_WRITES[cache_key]
+        key = f"_nightcast/probe/{uuid.uuid4().hex}"
+        with self._errors("conditional-write probe", key):
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=b"1")
+            try:
+                self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=b"2", IfNoneMatch="*")
+                honoured = False
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if not (_error_code(exc) in _CONFLICT_CODES or status in (409, 412)):
+                    raise
+                honoured = True
+            finally:
+                self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+        _CONDITIONAL_WRITES[cache_key] = honoured
+        return honoured
+
+    def require_conditional_writes(self) -> None:
+        if self.settings.single_writer or self.conditional_writes():
+            return
+        raise ConditionalWritesUnsupported(
+            f"the S3 endpoint {self.endpoint_url or 'of AWS'} (bucket {self.bucket}) ignores conditional writes "
+            "(a PUT with If-None-Match: * onto an existing object was not refused), so the champion's "
+            "compare-and-swap would overwrite blindly; use an endpoint that honours them (AWS S3, MinIO, moto), "
+            "or set NIGHTCAST_S3_SINGLE_WRITER=true if only one run at a time can promote")
+
     def write_if(self, key: str, data: bytes, expected: str | None) -> bool:
         """Write only if the object's ETag is still ``expected`` (None: only if it does not exist).
+
+        Refuses (``ConditionalWritesUnsupported``) on an endpoint that ignores the conditions, found by
+        ``conditional_writes``, unless ``S3Settings.single_writer`` accepts last-writer-wins.
 
         An S3 conditional PUT (``IfMatch`` / ``IfNoneMatch="*"``): S3 itself
         decides, atomically, against every other writer. Returns True when
@@ -367,12 +418,11 @@ class S3Store:
         ConditionalRequestConflict, or the object gone), when nothing was written.
         One caveat: if a PUT's response is lost and botocore retries it, the retry
         of a write that did land sees the new ETag and reports False; a caller
-        that must know re-reads and compares the content with what it wrote. An
-        endpoint that ignores the headers would write unconditionally: use one
-        that supports them (AWS, MinIO, moto 5.1+).
+        that must know re-reads and compares the content with what it wrote.
         """
         from botocore.exceptions import ClientError
 
+        self.require_conditional_writes()
         condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
         with self._errors("conditional put", key):
             try:
@@ -425,3 +475,11 @@ def open_store(url: str, endpoint_url: str | None = None) -> Store:
     if "://" in url and not url.startswith("file://"):
         raise StorageError(f"unsupported store URL {url!r}: use a local path or s3://bucket/prefix")
     return LocalStore(url.removeprefix("file://"))
+
+
+def require_conditional_writes(store: Store) -> None:
+    """Raise ``ConditionalWritesUnsupported`` when ``store`` is an S3 endpoint that ignores conditional writes
+    (and ``NIGHTCAST_S3_SINGLE_WRITER`` does not accept that); a local store always has them."""
+    check = getattr(store, "require_conditional_writes", None)
+    if check is not None:
+        check()

@@ -303,3 +303,45 @@ def test_list_modified_gives_each_key_its_write_time_on_both_stores(tmp_path, s3
         got = store.list_modified("v/")
         assert list(got) == store.list("v/") == ["v/a.bin", "v/b/c.bin"]
         assert all(before <= t <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5) for t in got.values())
+
+
+def test_conditional_writes_are_probed_once_and_the_probe_cleaned_up(s3_env):
+    import tasks.storage as storage
+
+    store = S3Store(f"s3://{s3_env}/p")
+    assert store.conditional_writes() is True  # moto honours If-None-Match
+    assert store.list("_nightcast/") == []
+    assert storage._CONDITIONAL_WRITES[(store.endpoint_url, s3_env)] is True
+
+
+def _ignoring_conditions(store: S3Store) -> None:
+    """Make ``store``'s client behave like an endpoint that ignores If-Match / If-None-Match (s3rver does;
+    the slow suite runs the real one)."""
+    put = store._s3.put_object
+
+    def put_object(**kwargs):
+        kwargs.pop("IfMatch", None)
+        kwargs.pop("IfNoneMatch", None)
+        return put(**kwargs)
+
+    store._s3.put_object = put_object
+
+
+def test_an_endpoint_that_ignores_conditions_refuses_compare_and_swap(s3_env, monkeypatch):
+    from tasks.storage import ConditionalWritesUnsupported, require_conditional_writes
+
+    monkeypatch.setattr("tasks.storage._CONDITIONAL_WRITES", {})
+    store = S3Store(f"s3://{s3_env}/p")
+    _ignoring_conditions(store)
+    store.write_bytes("ptr", b"theirs")
+    with pytest.raises(ConditionalWritesUnsupported, match=r"endpoint http://127\.0\.0\.1:\d+ \(bucket .*ignores "
+                                                          r"conditional writes.*NIGHTCAST_S3_SINGLE_WRITER=true"):
+        store.write_if("ptr", b"mine", None)
+    assert store.read_bytes("ptr") == b"theirs"  # nothing overwritten
+    with pytest.raises(ConditionalWritesUnsupported):
+        require_conditional_writes(store)
+    require_conditional_writes(LocalStore("/tmp"))  # a local store always has them
+    monkeypatch.setenv("NIGHTCAST_S3_SINGLE_WRITER", "true")  # the operator accepts last-writer-wins
+    single = S3Store(f"s3://{s3_env}/p")
+    _ignoring_conditions(single)
+    assert single.write_if("ptr", b"mine", None) is True and single.read_bytes("ptr") == b"mine"
