@@ -39,7 +39,9 @@ def trained_store(tmp_path_factory, sample_raw, prefect_harness):
 def test_retrain_registers_bundle_and_champion(trained_store):
     store_url, csv, out = trained_store
     store = open_store(store_url)
-    assert out["promoted"], out["decision"]
+    # a fresh store always promotes its first model; what can fail is whether it earns it on the test span
+    assert out["comparison"]["new"] < out["comparison"]["seasonal_naive"], out["comparison"]
+    assert out["decision"].startswith("promoted: first servable model") and "beats seasonal naive" in out["decision"]
     pointer = json.loads(store.read_bytes("models/lstm/champion.json"))
     assert pointer["version"] == out["version"]
     prefix = f"models/lstm/versions/{out['version']}"
