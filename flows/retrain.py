@@ -224,6 +224,9 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
                          metrics=metrics_json,
                          history_csv=first.history.write_csv(), manifest=manifest, extra_files=extra)
     logger.info("bundle written to %s", store.uri(prefix))
+    # read back and verify every file before the pointer may name it: a bundle that lost a file after it
+    # was written (a sweep racing a writer that was frozen for hours) fails here, the champion untouched
+    load_bundle(store, params.model_name, version)
     decision, pointer = promote(store, params.model_name, version, _decider(store, params, prepared, evaluation))
     promoted = pointer is not None and pointer["version"] == version
     logger.info("promotion decision: %s", decision.reason)

@@ -13,7 +13,7 @@ import pytest
 from flows.retrain import retrain_flow
 from flows.score import score_flow
 from schemas.frames import FORECASTS_LAYOUT, Forecasts
-from schemas.params import PromotionRule, ScoreParams
+from schemas.params import PromotionRule, ScoreParams, TrainConfig
 from tasks.registry import RegistryError, load_champion
 from tasks.score import ScoreError, read_forecasts
 from tasks.storage import open_store
@@ -132,6 +132,40 @@ def test_failed_or_worse_retrain_never_moves_the_champion(trained_store, tmp_pat
     assert worse["comparison"]["champion_version"] == out["version"]
     assert store.read_bytes("models/lstm/champion.json") == before
     assert store.exists(f"models/lstm/versions/{worse['version']}/manifest.json")  # kept for inspection
+
+
+def test_a_bundle_that_lost_a_file_while_written_is_never_promoted(tmp_path, sample_raw, monkeypatch):
+    """A writer frozen for hours while the sweep of another run deletes its files: when it wakes and finishes,
+    the bundle is read back and verified before the pointer may name it; the champion stays where it was."""
+    import flows.retrain
+    from tasks.registry import sweep_incomplete
+
+    csv = tmp_path / "in.csv"
+    sample_raw.write_csv(csv)
+    store_url = str(tmp_path / "s")
+    first = retrain_flow(fast_params(str(csv)), store=store_url)
+    store = open_store(store_url)
+    before = store.read_bytes("models/lstm/champion.json")
+    real_save = flows.retrain.save_bundle
+
+    def frozen_then_swept(st, name, version, **kw):
+        manifest = kw["manifest"]
+        # the writer writes everything but its manifest, then is frozen; 7 hours later another run sweeps
+        for fname, data in {"config.json": b"{}", "weights.pt": b"partial"}.items():
+            st.write_bytes(f"models/{name}/versions/{version}/{fname}", data)
+        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=7)
+        assert sweep_incomplete(st, name, now=later) == [version]
+        # the writer wakes: it writes the whole bundle again, but the sweep takes weights.pt meanwhile
+        prefix = real_save(st, name, version, manifest=manifest, **{k: v for k, v in kw.items() if k != "manifest"})
+        st.delete(f"{prefix}/weights.pt")
+        return prefix
+
+    monkeypatch.setattr(flows.retrain, "save_bundle", frozen_then_swept)
+    with pytest.raises(RegistryError, match="lacks weights.pt"):
+        retrain_flow(fast_params(str(csv), train=TrainConfig(max_epochs=15, patience=4, batch_size=64, seed=9,
+                                                             early_stopping=True)), store=store_url)
+    assert store.read_bytes("models/lstm/champion.json") == before
+    assert json.loads(before)["version"] == first["version"]
 
 
 def test_same_inputs_give_the_same_model(trained_store):
