@@ -16,7 +16,7 @@ from tasks.clean import Calendar
 from tasks.ingest import load_observations
 from tasks.monitor import (artifact_rows, assess, emit_drift_event, gather_actuals, hold_drift_event, horizon_days,
                            last_drift_event, monitoring_dates, record_drift_event, retrains_in_flight,
-                           read_forecast_window, read_points, test_span_mase, write_monitoring)
+                           read_forecast_window, read_state, test_span_mase, write_monitoring)
 from tasks.registry import load_champion
 from tasks.validate import validate_observations
 from flows.report import publish_report
@@ -26,7 +26,7 @@ ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
 champion = step(load_champion, "load-champion", io=True)
 read_forecasts = step(read_forecast_window, "read-forecasts", io=True, timeout_s=3600)
-read_state = step(read_points, "read-monitoring-state", io=True, timeout_s=3600)
+read_previous = step(read_state, "read-monitoring-state", io=True, timeout_s=3600)
 assess_day = step(assess, "assess", timeout_s=3600)
 write = step(write_monitoring, "write-monitoring", io=True)
 emit_drift = step(emit_drift_event, "emit-drift-event")
@@ -63,7 +63,7 @@ def monitor_flow(params: MonitorParams = MonitorParams(), store: str | None = No
     reach = horizon_days(bundle.config["params"]["window"]["horizon"], calendar) + 1
     recheck_from = day - dt.timedelta(days=max(params.recheck_days, reach))
     forecasts, partitions = read_forecasts(st, params.model_name, recheck_from, day)
-    previous = read_state(st, params.model_name, before=day)
+    previous = read_previous(st, params.model_name, before=day)
     result = assess_day(forecasts, actuals, previous, model=params.model_name, day=day,
                         season=int(bundle.config.get("season_length") or bundle.config["network_args"]["season"]),
                         calendar=calendar, recheck_from=recheck_from,

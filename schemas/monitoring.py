@@ -1,6 +1,6 @@
 """Accuracy on actuals: the monitor's parameters, its drift rule and the frames it writes.
 
-The monitoring layout (version ``MONITORING_LAYOUT``) is three tables under ``monitoring/`` in the
+The monitoring layout (version ``MONITORING_LAYOUT``) is five tables under ``monitoring/`` in the
 store, each partitioned by model and monitoring date, one Parquet object per partition:
 
 ``monitoring/points/model=<m>/date=<D>/points.parquet`` (``MonitoringPoints``)
@@ -11,8 +11,14 @@ store, each partitioned by model and monitoring date, one Parquet object per par
 ``monitoring/summary/model=<m>/date=<D>/summary.parquet`` (``MonitoringSummary``)
     Metrics of every scored point known on day D (all origins), for the model and for seasonal naive
     on the same points, overall and by origin, model version, served method, horizon step and series.
+``monitoring/active/model=<m>/date=<D>/active.parquet`` (``MonitoringPoints``) and
+``monitoring/frozen/model=<m>/date=<D>/frozen.parquet`` (``tasks.monitor.SUMS_SCHEMA``)
+    The state the next run starts from: every point of the recheck window once, and the additive
+    sums, by summary group, of the points older than it (``nightcast.active_since`` in the metadata).
+    Kept for the newest runs only.
 ``monitoring/runs/model=<m>/date=<D>/run.parquet`` (``MonitoringRun``)
-    One row: what the run for D read and changed, the overall metrics, and the drift decision.
+    One row: what the run for D read and changed, the overall metrics, and the drift decision;
+    written last, so a date with a run row has every other file whole.
 
 Every file carries ``nightcast.monitoring_layout`` (and ``nightcast.model``, ``nightcast.date``)
 in its Parquet metadata. The layout changes only with a change a reader would notice.

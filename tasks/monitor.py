@@ -24,16 +24,21 @@ What a run for monitoring date ``D`` does (``flows/monitor.py``):
    actuals both before the end of ``as_of``, ``t - m`` exactly ``m`` calendar steps earlier; lag 1
    when the series has no more than ``m`` actuals before the origin; floored against the panel and 1.0
    where undefined: ``tasks.evaluate.mase_scale_rule``, the rule evaluation and the backtest use.
-5. **Changes.** The state before ``D`` (the newest row per key in the change logs dated before
-   ``D``) is compared with the points just computed; only points that changed are written to ``D``'s
-   change log (``schemas.monitoring.CHANGES``): ``new``, ``late`` (pending before, scored now),
+5. **Changes.** The state before ``D`` is what the newest *complete* run before ``D`` left (a date
+   with a run row; a run that died before writing it is never read): its snapshot of the points in
+   its recheck window (``active``), and the additive sums of every older point by summary group
+   (``frozen``). Points whose origin has now left the recheck window are folded into those sums once
+   and never read again, so a run's cost does not grow with the history. The window's points are
+   compared with the points just computed; only points that changed are written to ``D``'s change
+   log (``schemas.monitoring.CHANGES``): ``new``, ``late`` (pending before, scored now),
    ``revised`` (another actual: re-scored, ``revisions`` + 1), ``updated``, ``withdrawn``,
    ``dropped`` (its forecast partition was re-scored by another version). A point is in the state
-   once, so nothing is counted twice; a run for ``D`` never reads ``D``'s own log, so running ``D``
-   again with the same input writes byte-identical files. Run the dates in order: a run for a date
-   before the newest one rewrites that date only.
-6. **Metrics** (``summarise``) over every scored point of the state: MASE, sMAPE, RMSE, MAE, bias
-   and interval coverage, for the model and for seasonal naive on the same points, overall and by
+   once, so nothing is counted twice; a run for ``D`` never reads ``D``'s own files, so running ``D``
+   again with the same input writes byte-identical files. Run the dates in order (the ``accuracy``
+   deployment runs one at a time): a run for a date before the newest one rewrites that date only.
+   A point frozen once stays frozen: a later run with a longer ``recheck_days`` does not reopen it.
+6. **Metrics** (``summary_from_sums``) over every scored point ever, the window's and the frozen
+   ones, each a ratio of sums: MASE, sMAPE, RMSE, MAE, bias and interval coverage, for the model and for seasonal naive on the same points, overall and by
    origin, model version, served method, horizon step and series.
 7. **Drift** (``decide_drift``, ``schemas.monitoring.DriftRule``): the champion's scored points from
    its newest N origins against seasonal naive on the same points and/or its test-span MASE.
@@ -43,9 +48,14 @@ as ``nightcast.monitoring_layout``), one object per partition, written atomicall
 
     monitoring/points/model=<m>/date=<D>/points.parquet    # MonitoringPoints: D's change log
     monitoring/summary/model=<m>/date=<D>/summary.parquet  # MonitoringSummary: metrics as of D
+    monitoring/active/model=<m>/date=<D>/active.parquet    # MonitoringPoints: the recheck window's state
+    monitoring/frozen/model=<m>/date=<D>/frozen.parquet    # SUMS of the older points, by summary group
     monitoring/runs/model=<m>/date=<D>/run.parquet         # MonitoringRun: one row, written last
 
-Read them with ``read_points`` (the state as of a date, each point once), ``read_summary`` and
+The ``active`` and ``frozen`` snapshots of the newest ``KEEP_SNAPSHOTS`` runs are kept; the change
+logs, summaries and run rows are the audit trail and stay. Read them with ``read_points`` (every
+point's state as of a date, rebuilt from the change logs: an audit reader, as slow as the history
+is long), ``read_state`` (what the next run starts from), ``read_summary`` and
 ``read_runs`` (every run: accuracy over time), or with polars directly, e.g.
 ``pl.scan_parquet("<store>/monitoring/runs/**/*.parquet", hive_partitioning=True)``.
 """
@@ -74,7 +84,13 @@ from tasks.validate import ValidationResult, coerce_observations
 KEY = ["series_id", "timestamp", "as_of", "model_version"]
 LAYOUT_META = "nightcast.monitoring_layout"
 DRIFT_EVENT = "nightcast.drift.detected"
-TABLES = {"points": "points.parquet", "summary": "summary.parquet", "runs": "run.parquet"}
+TABLES = {"points": "points.parquet", "summary": "summary.parquet", "active": "active.parquet",
+          "frozen": "frozen.parquet", "runs": "run.parquet"}
+"""Written in this order; the run row last: a date with a run row has every other table whole."""
+SINCE_META = "nightcast.active_since"
+KEEP_SNAPSHOTS = 7
+"""Runs whose state snapshot (``active`` and ``frozen``) is kept: a re-run of one of the newest seven
+dates starts from the snapshot before it; an older one rebuilds its state from the change logs."""
 UNSCORED = ("pending", "quarantined", "no_baseline")
 
 
@@ -84,6 +100,12 @@ def _schema(model: type) -> dict[str, pl.DataType]:
 
 
 POINTS_SCHEMA = _schema(MonitoringPoints)
+_METRIC_SUMS = ("ase", "smape", "se", "ae", "e")  # |e|/scale, sMAPE term, e², |e|, e over scored points
+SUMS_SCHEMA: dict[str, pl.DataType] = {
+    "dimension": pl.String, "key": pl.String,
+    **{c: pl.Int64 for c in ("points", "pending", "quarantined", "no_baseline", "interval_points", "covered")},
+    **{f"{p}sum_{m}": pl.Float64 for p in ("", "snaive_") for m in _METRIC_SUMS}}
+"""Additive sums of the live points of one summary group: the frozen part of the state."""
 # What makes a point's state differ from the last run's (a change-log row).
 _STATE = ["horizon", "method", "forecast", "lower", "upper", "actual", "snaive", "scale", "status"]
 
@@ -118,14 +140,35 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class State:
+    """What one run hands the next, whatever the length of the history.
+
+    ``active``: every point whose origin is ``since`` or later (the recheck window: it may still change),
+    once, as ``MonitoringPoints``. ``frozen``: the additive sums (``SUMS``) of every older point, by summary
+    group; a point whose origin has left the recheck window never changes again, so its contribution to
+    the metrics is folded in once and its rows are never read again.
+    """
+
+    active: pl.DataFrame
+    frozen: pl.DataFrame
+    since: dt.date | None  # None: nothing frozen yet
+
+    @classmethod
+    def empty(cls) -> "State":
+        return cls(pl.DataFrame(schema=POINTS_SCHEMA), pl.DataFrame(schema=SUMS_SCHEMA), None)
+
+
+@dataclass(frozen=True)
 class Assessment:
     """Everything one run computes: the change log, the state after it, the summary, the drift verdict."""
 
     changes: pl.DataFrame  # MonitoringPoints: this date's change log
-    state: pl.DataFrame  # MonitoringPoints: every point once, as of this date
-    summary: pl.DataFrame  # MonitoringSummary
+    state: pl.DataFrame  # MonitoringPoints: every point of the recheck window once, as of this date
+    summary: pl.DataFrame  # MonitoringSummary: every point ever (the window's and the frozen sums)
     run: pl.DataFrame  # MonitoringRun
     drift: Drift
+    frozen: pl.DataFrame | None = None  # SUMS of the points older than ``since``
+    since: dt.date | None = None
 
 
 # --- keys and I/O -------------------------------------------------------------------------------
@@ -208,24 +251,61 @@ def read_runs(store: Store, model: str) -> pl.DataFrame:
     return pl.concat(runs, how="vertical") if runs else pl.DataFrame()
 
 
-def _parquet(frame: pl.DataFrame, model: str, day: dt.date) -> bytes:
+def _parquet(frame: pl.DataFrame, model: str, day: dt.date, extra: dict[str, str] | None = None) -> bytes:
     buf = io.BytesIO()
     frame.write_parquet(buf, metadata={LAYOUT_META: MONITORING_LAYOUT, "nightcast.model": model,
-                                       "nightcast.date": day.isoformat()})
+                                       "nightcast.date": day.isoformat(), **(extra or {})})
     return buf.getvalue()
 
 
 def write_monitoring(store: Store, model: str, day: dt.date, assessment: Assessment) -> dict[str, str]:
-    """Write the day's change log, summary and run row (last: a run row means the partition set is whole).
+    """Write the day's change log, summary, state snapshot and run row (last: a run row means the date's
+    partitions are whole), then drop snapshots older than the newest ``KEEP_SNAPSHOTS`` runs.
 
     One object per partition, each replaced atomically; the same assessment gives the same bytes.
     """
+    since = {SINCE_META: assessment.since.isoformat()} if assessment.since else {}
+    frozen = assessment.frozen if assessment.frozen is not None else pl.DataFrame(schema=SUMS_SCHEMA)
     out = {}
-    for table, frame in (("points", assessment.changes), ("summary", assessment.summary), ("runs", assessment.run)):
+    for table, frame, extra in (("points", assessment.changes, None), ("summary", assessment.summary, None),
+                                ("active", assessment.state, since), ("frozen", frozen, since),
+                                ("runs", assessment.run, None)):
         key = monitoring_key(table, model, day)
-        store.write_bytes(key, _parquet(frame, model, day))
+        store.write_bytes(key, _parquet(frame, model, day, extra))
         out[table] = key
+    runs = monitoring_dates(store, "runs", model)
+    for table in ("active", "frozen"):
+        for old in monitoring_dates(store, table, model):
+            if old not in runs[-KEEP_SNAPSHOTS:] and old != day:
+                store.delete(monitoring_key(table, model, old))
     return out
+
+
+def read_state(store: Store, model: str, before: dt.date) -> State:
+    """The state the newest complete run before ``before`` left (a date with a run row; a run that died
+    before its run row is never read). From its snapshot when kept, else rebuilt from the change logs
+    of the complete runs up to it (a store written before snapshots, or a re-run of an old date)."""
+    runs = [d for d in monitoring_dates(store, "runs", model) if d < before]
+    if not runs:
+        return State.empty()
+    last = runs[-1]
+    try:
+        active_raw = store.read_bytes(monitoring_key("active", model, last))
+        frozen_raw = store.read_bytes(monitoring_key("frozen", model, last))
+    except FileNotFoundError:
+        logs = _read_tables(store, "points", model, [d for d in monitoring_dates(store, "points", model)
+                                                     if d in set(runs)])
+        points = latest_state(pl.concat(logs, how="vertical")) if logs else pl.DataFrame(schema=POINTS_SCHEMA)
+        return State(points, pl.DataFrame(schema=SUMS_SCHEMA), None)
+    for raw, what in ((active_raw, "active"), (frozen_raw, "frozen")):
+        layout = pl.read_parquet_metadata(io.BytesIO(raw)).get(LAYOUT_META)
+        if layout != MONITORING_LAYOUT:
+            raise MonitorError(f"{store.uri(monitoring_key(what, model, last))} has monitoring layout {layout!r}; "
+                               f"this code reads {MONITORING_LAYOUT!r}")
+    since = pl.read_parquet_metadata(io.BytesIO(frozen_raw)).get(SINCE_META)
+    return State(pl.read_parquet(io.BytesIO(active_raw)).cast(POINTS_SCHEMA),
+                 pl.read_parquet(io.BytesIO(frozen_raw)).cast(SUMS_SCHEMA),
+                 dt.date.fromisoformat(since) if since else None)
 
 
 # --- actuals --------------------------------------------------------------------------------------
@@ -388,43 +468,70 @@ def latest_state(logs: pl.DataFrame) -> pl.DataFrame:
     return logs.sort("date", maintain_order=True).unique(KEY, keep="last", maintain_order=True).sort(KEY)
 
 
-def _aggregates(scored: pl.Expr) -> list[pl.Expr]:
-    a, f, s = pl.col("actual"), pl.col("forecast"), pl.col("snaive")
+def _sum_exprs() -> list[pl.Expr]:
+    a, f, sn, st = pl.col("actual"), pl.col("forecast"), pl.col("snaive"), pl.col("status")
+    scored = st == "scored"
     interval = scored & pl.col("lower").is_not_null() & pl.col("upper").is_not_null()
 
-    def metrics(pred: pl.Expr, prefix: str) -> list[pl.Expr]:
+    def sums(pred: pl.Expr, prefix: str) -> list[pl.Expr]:
         e = pred - a
         denom = a.abs() + pred.abs()
-        smape = pl.when(denom > 0).then(200 * e.abs() / denom).otherwise(0.0)
-        return [(e.abs() / pl.col("scale")).filter(scored).mean().alias(f"{prefix}mase"),
-                smape.filter(scored).mean().alias(f"{prefix}smape"),
-                (e * e).filter(scored).mean().sqrt().alias(f"{prefix}rmse"),
-                e.abs().filter(scored).mean().alias(f"{prefix}mae"),
-                e.filter(scored).mean().alias(f"{prefix}bias")]
+        terms = {"ase": e.abs() / pl.col("scale"), "smape": pl.when(denom > 0).then(200 * e.abs() / denom)
+                 .otherwise(0.0), "se": e * e, "ae": e.abs(), "e": e}
+        return [terms[m].filter(scored).sum().cast(pl.Float64).alias(f"{prefix}sum_{m}") for m in _METRIC_SUMS]
 
     return [scored.sum().cast(pl.Int64).alias("points"),
-            pl.col("status").is_in(["pending", "quarantined"]).sum().cast(pl.Int64).alias("pending"),
-            (pl.col("status") == "no_baseline").sum().cast(pl.Int64).alias("no_baseline"),
-            *metrics(f, ""),
-            ((pl.col("lower") <= a) & (a <= pl.col("upper"))).filter(interval).cast(pl.Float64).mean()
-            .alias("coverage"),
+            (st == "pending").sum().cast(pl.Int64).alias("pending"),
+            (st == "quarantined").sum().cast(pl.Int64).alias("quarantined"),
+            (st == "no_baseline").sum().cast(pl.Int64).alias("no_baseline"),
             interval.sum().cast(pl.Int64).alias("interval_points"),
-            *metrics(s, "snaive_")]
+            ((pl.col("lower") <= a) & (a <= pl.col("upper"))).filter(interval).sum().cast(pl.Int64).alias("covered"),
+            *sums(f, ""), *sums(sn, "snaive_")]
+
+
+def group_sums(points: pl.DataFrame) -> pl.DataFrame:
+    """``SUMS`` of the live points (not ``dropped``) overall and by each of ``DIMENSIONS``."""
+    live = points.filter(pl.col("status") != "dropped")
+    frames = [live.select(pl.lit("all").alias("dimension"), pl.lit("all").alias("key"), *_sum_exprs())]
+    for dim in DIMENSIONS[1:]:
+        frames.append(live.group_by(dim).agg(*_sum_exprs())
+                      .select(pl.lit(dim).alias("dimension"), pl.col(dim).cast(pl.String).alias("key"),
+                              pl.exclude(dim)))
+    return pl.concat(frames, how="vertical_relaxed").cast(SUMS_SCHEMA)
+
+
+def add_sums(*parts: pl.DataFrame) -> pl.DataFrame:
+    """Sums of the same groups added (a group missing from a part counts zero)."""
+    stacked = pl.concat([p.cast(SUMS_SCHEMA) for p in parts], how="vertical")
+    return stacked.group_by("dimension", "key").agg(pl.exclude("dimension", "key").sum()).cast(SUMS_SCHEMA)
+
+
+def summary_from_sums(sums: pl.DataFrame, model: str, day: dt.date) -> pl.DataFrame:
+    """``MonitoringSummary`` from group sums: every metric a ratio of sums (null where a group has no scored
+    point; coverage null where it has no interval), ordered by dimension, then key (steps by number)."""
+    n = pl.col("points")
+
+    def ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
+        return pl.when(den > 0).then(num / den.cast(pl.Float64))
+
+    metrics = []
+    for p in ("", "snaive_"):
+        metrics += [ratio(pl.col(f"{p}sum_ase"), n).alias(f"{p}mase"), ratio(pl.col(f"{p}sum_smape"), n)
+                    .alias(f"{p}smape"), ratio(pl.col(f"{p}sum_se"), n).sqrt().alias(f"{p}rmse"),
+                    ratio(pl.col(f"{p}sum_ae"), n).alias(f"{p}mae"), ratio(pl.col(f"{p}sum_e"), n).alias(f"{p}bias")]
+    order = pl.col("dimension").replace_strict(list(DIMENSIONS), list(range(len(DIMENSIONS))), return_dtype=pl.Int32)
+    step = pl.when(pl.col("dimension") == "horizon").then(pl.col("key").cast(pl.Int64, strict=False))
+    out = (sums.with_columns(*metrics, (pl.col("pending") + pl.col("quarantined")).alias("pending"),
+                             ratio(pl.col("covered"), pl.col("interval_points")).alias("coverage"))
+           .sort(order, step, "key", nulls_last=True))
+    return out.select(pl.lit(model).alias("model"), pl.lit(day, dtype=pl.Date).alias("date"), "dimension", "key",
+                      *[c for c in MonitoringSummary.to_schema().columns if c not in ("model", "date", "dimension",
+                                                                                        "key")])
 
 
 def summarise(state: pl.DataFrame, model: str, day: dt.date) -> pl.DataFrame:
     """``MonitoringSummary``: the live points' metrics overall and by each of ``DIMENSIONS``."""
-    live = state.filter(pl.col("status") != "dropped")
-    aggs = _aggregates(pl.col("status") == "scored")
-    frames = [live.select(pl.lit("all").alias("key"), *aggs).with_columns(pl.lit("all").alias("dimension"))]
-    for dim in DIMENSIONS[1:]:
-        frames.append(live.group_by(dim).agg(*aggs).sort(dim)
-                      .select(pl.col(dim).cast(pl.String).alias("key"), pl.exclude(dim))
-                      .with_columns(pl.lit(dim).alias("dimension")))
-    out = pl.concat(frames, how="vertical_relaxed")
-    return out.select(pl.lit(model).alias("model"), pl.lit(day, dtype=pl.Date).alias("date"), "dimension", "key",
-                      *[c for c in MonitoringSummary.to_schema().columns if c not in ("model", "date", "dimension",
-                                                                                        "key")])
+    return summary_from_sums(group_sums(state), model, day)
 
 
 def test_span_mase(metrics: dict) -> float | None:
@@ -469,15 +576,16 @@ def decide_drift(state: pl.DataFrame, rule: DriftRule, champion: str | None, tes
 
 
 def _run_row(model: str, day: dt.date, partitions: int, actuals: Actuals, changes: pl.DataFrame,
-             state: pl.DataFrame, summary: pl.DataFrame, drift: Drift) -> pl.DataFrame:
+             totals: pl.DataFrame, summary: pl.DataFrame, drift: Drift) -> pl.DataFrame:
     counts = changes.group_by("change").len()
     changed = dict(zip(counts["change"].to_list(), counts["len"].to_list()))
-    status = state.group_by("status").len()
-    held = dict(zip(status["status"].to_list(), status["len"].to_list()))
+    everything = totals.filter(pl.col("dimension") == "all")
+    held = everything.row(0, named=True) if everything.height else dict.fromkeys(SUMS_SCHEMA, 0)
+    held["scored"] = held["points"]
     overall = summary.filter(pl.col("dimension") == "all").row(0, named=True)
     row = {"model": model, "date": day, "champion": drift.champion, "forecast_partitions": partitions,
-           "points": sum(v for s, v in held.items() if s != "dropped"),
-           **{s: held.get(s, 0) for s in ("scored", "pending", "quarantined", "no_baseline")},
+           "points": sum(held[s] for s in ("scored", "pending", "quarantined", "no_baseline")),
+           **{s: held[s] for s in ("scored", "pending", "quarantined", "no_baseline")},
            **{c: changed.get(c, 0) for c in ("new", "late", "revised", "updated", "withdrawn", "dropped")},
            "actual_rows": actuals.values.height, "duplicate_rows_dropped": actuals.duplicate_rows_dropped,
            "duplicate_keys_refused": actuals.duplicate_keys_refused,
@@ -488,20 +596,32 @@ def _run_row(model: str, day: dt.date, partitions: int, actuals: Actuals, change
     return pl.DataFrame([row], schema=_schema(MonitoringRun))
 
 
-def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: pl.DataFrame, *, model: str, day: dt.date,
+def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: State | pl.DataFrame, *, model: str, day: dt.date,
            season: int, calendar: Calendar, recheck_from: dt.date, partitions: int, rule: DriftRule,
            champion: str | None, test_mase: float | None) -> Assessment:
-    """One monitoring date, from its inputs to what it writes: points, changes, state, summary, drift."""
-    current = join_actuals(forecasts, actuals, season, calendar, day)
-    changes = track_changes(previous, current, model, day, recheck_from)
-    state = latest_state(pl.concat([previous.select(list(POINTS_SCHEMA)), changes], how="vertical"))
-    summary = summarise(state, model, day)
+    """One monitoring date, from its inputs to what it writes: points, changes, state, summary, drift.
+
+    Only the points of the recheck window are joined, compared and carried; points of the previous state
+    whose origin left the window are folded into the frozen sums. A window never reopens: with a longer
+    ``recheck_days`` than the previous run's, points already frozen stay frozen (``since`` only moves on).
+    """
+    if isinstance(previous, pl.DataFrame):  # a full state (every point), as rebuilt from the change logs
+        previous = State(previous, pl.DataFrame(schema=SUMS_SCHEMA), None)
+    since = recheck_from if previous.since is None else max(recheck_from, previous.since)
+    after = pl.col("as_of") >= since
+    carried = previous.active.filter(after).select(list(POINTS_SCHEMA))
+    frozen = add_sums(previous.frozen, group_sums(previous.active.filter(~after)))
+    current = join_actuals(forecasts.filter(after), actuals, season, calendar, day)
+    changes = track_changes(carried, current, model, day, since)
+    state = latest_state(pl.concat([carried, changes], how="vertical"))
+    totals = add_sums(frozen, group_sums(state))
+    summary = summary_from_sums(totals, model, day)
     drift = decide_drift(state, rule, champion, test_mase)
-    run = _run_row(model, day, partitions, actuals, changes, state, summary, drift)
+    run = _run_row(model, day, partitions, actuals, changes, totals, summary, drift)
     MonitoringPoints.validate(changes, lazy=True)
     MonitoringSummary.validate(summary, lazy=True)
     MonitoringRun.validate(run, lazy=True)
-    return Assessment(changes, state, summary, run, drift)
+    return Assessment(changes, state, summary, run, drift, frozen.sort("dimension", "key"), since)
 
 
 # --- publishing -----------------------------------------------------------------------------------

@@ -102,9 +102,10 @@ def test_monitor_replays_days_of_late_duplicated_and_revised_actuals(scored, sam
     point = read_points(st, "lstm").filter(pl.col("series_id") == "site-3", pl.col("timestamp") == revised_at)
     assert point["actual"].to_list() == [1000.0] and point["revisions"].to_list() == [1]
     # the files: one per table, schema-valid, and a re-run of the day rewrites the same bytes
-    keys = [monitoring_key(t, "lstm", _day(13)) for t in ("points", "summary", "runs")]
+    tables = ("points", "summary", "active", "frozen", "runs")
+    keys = [monitoring_key(t, "lstm", _day(13)) for t in tables]
     before = [st.read_bytes(k) for k in keys]
-    assert d13["files"] == {"points": st.uri(keys[0]), "summary": st.uri(keys[1]), "runs": st.uri(keys[2])}
+    assert d13["files"] == {t: st.uri(k) for t, k in zip(tables, keys)}
     again = monitor_flow(params, store=store)
     assert [st.read_bytes(k) for k in keys] == before and again["run"] == d13["run"]
     MonitoringPoints.validate(read_points(st, "lstm").with_columns(), lazy=True)
@@ -175,7 +176,7 @@ def test_a_drift_that_persists_asks_for_one_retrain_not_one_a_day(scored, sample
     assert days[0]["event"] is not None and days[1]["event"] is None and days[2]["event"] is None
     assert days[1]["drift"]["held"].startswith(f"not sent: a retrain was asked for champion {version} on 2026-09-13")
     deadline = time.monotonic() + 30
-    while len(events := _drift_events(since)) < 1 and time.monotonic() < deadline:
+    while not _drift_events(since) and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(1)
     assert len(_drift_events(since)) == 1  # one event, so the trigger starts one retrain

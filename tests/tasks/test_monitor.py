@@ -72,7 +72,7 @@ def _monitor(store: LocalStore, rows: list[tuple], day: int, rule: DriftRule = R
     checked = validate_observations(_raw(rows), max_bad_share=0.5)
     recheck_from = DAY[day] - dt.timedelta(days=recheck_days)
     forecasts, partitions = M.read_forecast_window(store, "m", recheck_from, DAY[day])
-    out = M.assess(forecasts, M.gather_actuals(checked, DAY[day]), M.read_points(store, "m", before=DAY[day]),
+    out = M.assess(forecasts, M.gather_actuals(checked, DAY[day]), M.read_state(store, "m", before=DAY[day]),
                    model="m", day=DAY[day], season=2, calendar=Calendar("1d"), recheck_from=recheck_from,
                    partitions=partitions, rule=rule, champion=champion, test_mase=0.5)
     M.write_monitoring(store, "m", DAY[day], out)
@@ -232,9 +232,64 @@ def test_a_rescored_partition_drops_the_old_version(store):
     live = out.state.filter(pl.col("status") != "dropped", pl.col("as_of") == DAY[5])
     assert live["model_version"].unique().to_list() == ["v2"] and live.height == 2
     assert _summary(out, "model_version", "v2")["points"] == 2
-    # outside the recheck window nothing is re-joined, so nothing is dropped or changed
+    # outside the recheck window nothing is re-joined, so nothing is dropped or changed: those points are
+    # folded into the frozen sums, never read again, and every metric stays what it was
     later = _monitor(store, _rows_day7(), 8, recheck_days=1)
-    assert later.changes.height == 0 and later.state.equals(out.state.with_columns())
+    assert later.changes.height == 0 and later.state.height == 0 and later.since == DAY[7]
+    assert later.summary.drop("date").equals(out.summary.drop("date"))
+    counts = ["points", "scored", "pending", "quarantined", "no_baseline", "mase", "snaive_mase"]
+    assert later.run.select(counts).equals(out.run.select(counts))
+
+
+def _outputs(store: LocalStore, day: int) -> dict[str, bytes]:
+    return {t: store.read_bytes(M.monitoring_key(t, "m", DAY[day])) for t in M.TABLES}
+
+
+def test_a_run_reads_one_snapshot_not_the_history(store, tmp_path):
+    """The state a run starts from is the previous complete run's snapshot: the change logs of earlier days
+    are never read (deleting them changes nothing), and without a snapshot the logs rebuild the same state."""
+    import shutil
+
+    for day, rows in ((5, _rows_day5()), (6, _rows_day6())):
+        _monitor(store, rows, day)
+    twin = LocalStore(tmp_path / "twin")
+    shutil.copytree(store.root, twin.root, dirs_exist_ok=True)
+    store.delete(M.monitoring_key("points", "m", DAY[5]))
+    store.delete(M.monitoring_key("points", "m", DAY[6]))
+    _monitor(store, _rows_day7(), 7)
+    _monitor(twin, _rows_day7(), 7)
+    assert _outputs(store, 7) == _outputs(twin, 7)
+    # a store from before snapshots: the state is rebuilt from the change logs, to the same bytes
+    rebuilt = LocalStore(tmp_path / "rebuilt")
+    shutil.copytree(twin.root, rebuilt.root, dirs_exist_ok=True)
+    for table in ("active", "frozen"):
+        rebuilt.delete(M.monitoring_key(table, "m", DAY[7]))
+    assert rebuilt.exists(M.monitoring_key("runs", "m", DAY[7]))  # the run itself is there
+    a, b = _monitor(twin, _rows_day7(), 8), _monitor(rebuilt, _rows_day7(), 8)
+    assert a.summary.equals(b.summary) and a.run.equals(b.run) and a.state.equals(b.state)
+
+
+def test_a_run_that_died_before_its_run_row_leaks_nothing_into_the_next(store, tmp_path):
+    import shutil
+
+    _monitor(store, _rows_day5(), 5)
+    clean = LocalStore(tmp_path / "clean")
+    shutil.copytree(store.root, clean.root, dirs_exist_ok=True)
+    # day 6 writes its change log and snapshot, then dies before its run row
+    died = _monitor(store, _rows_day6(), 6)
+    store.delete(M.monitoring_key("runs", "m", DAY[6]))
+    assert store.exists(M.monitoring_key("points", "m", DAY[6])) and died.changes.height > 0
+    a, b = _monitor(store, _rows_day7(), 7), _monitor(clean, _rows_day7(), 7)
+    assert a.summary.equals(b.summary) and a.changes.equals(b.changes) and a.run.equals(b.run)
+
+
+def test_snapshots_are_kept_for_the_newest_runs_only(store, monkeypatch):
+    monkeypatch.setattr(M, "KEEP_SNAPSHOTS", 2)
+    for day, rows in ((5, _rows_day5()), (6, _rows_day6()), (7, _rows_day7())):
+        _monitor(store, rows, day)
+    assert M.monitoring_dates(store, "active", "m") == [DAY[6], DAY[7]]
+    assert M.monitoring_dates(store, "frozen", "m") == [DAY[6], DAY[7]]
+    assert M.monitoring_dates(store, "points", "m") == [DAY[5], DAY[6], DAY[7]]  # the audit trail stays
 
 
 def test_drift_rule_judges_the_champion_on_its_newest_origins(store):
