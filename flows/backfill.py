@@ -16,7 +16,7 @@ import datetime as dt
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.futures import wait
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import BackfillParams, ColumnMap
@@ -182,15 +182,24 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
         # Unsharded dates share this process's frame, open store and loaded bundles: they run on a
         # thread pool here even when the flow's runner is Dask (a boto3 client does not pickle, and
         # shipping the whole catalogue to a worker per date is what shards are for).
+        # A sliding window of max_parallel dates: the next date starts as soon as any one finishes, so a
+        # slow date never holds back the others (no batch waits for its slowest member).
         with ThreadPoolTaskRunner(max_workers=params.max_parallel) as pool:
-            for i in range(0, len(todo), params.max_parallel):
-                batch = todo[i:i + params.max_parallel]
-                futures = {d: pool.submit(score_date, {"store": st, "bundle": bundles[plan[d]],
-                                                       "observations": observations, "as_of": d,
-                                                       "model_name": params.model_name}) for d in batch}
-                wait(list(futures.values()))
-                for day, fut in futures.items():
-                    record(day, fut.result(raise_on_failure=False))
+            queue, in_flight = list(todo), {}
+
+            def start_next() -> None:
+                day = queue.pop(0)
+                in_flight[pool.submit(score_date, {"store": st, "bundle": bundles[plan[day]],
+                                                   "observations": observations, "as_of": day,
+                                                   "model_name": params.model_name})] = day
+
+            while queue and len(in_flight) < params.max_parallel:
+                start_next()
+            while in_flight:
+                done = next(as_completed(list(in_flight)))
+                record(in_flight.pop(done), done.result(raise_on_failure=False))
+                if queue:
+                    start_next()
 
     table = [{"as_of": d.isoformat(), **rows[d]} for d in sorted(rows)]
     counts = {s: sum(r["status"] == s for r in table) for s in ("done", "skipped", "failed")}

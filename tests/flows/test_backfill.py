@@ -118,6 +118,34 @@ def test_dates_that_fail_are_reported_and_the_rest_are_written(tmp_path, registr
     assert not open_store(store).list(partition_key("lstm", last + dt.timedelta(days=1)))
 
 
+def test_a_slow_date_does_not_hold_back_the_others(tmp_path, registry, monkeypatch):
+    """Two at a time, four dates, the first one slow: the third and fourth start while it runs (a sliding
+    window), rather than waiting for it as a batch would. The slow date waits for the last date to start,
+    so it finishes only if that happens."""
+    import flows.backfill
+    from flows.runtime import step
+
+    store = _fresh_store(tmp_path, registry)
+    days = [dt.date(2026, 9, d) for d in (11, 12, 13, 14)]
+    last_started = threading.Event()
+    started: list[dt.date] = []
+    real = flows.backfill.forecast_and_write
+
+    def forecast(store, bundle, observations, as_of, model_name):  # noqa: ANN001 - the step's arguments
+        started.append(as_of)
+        if as_of == days[-1]:
+            last_started.set()
+        if as_of == days[0]:
+            assert last_started.wait(60), "the other dates waited for the slow one"
+        return real(store, bundle, observations, as_of, model_name)
+
+    monkeypatch.setattr(flows.backfill, "score_date", step(forecast, "score-date", io=True))
+    out = backfill_flow(start=days[0], end=days[-1], data=registry[1], store=store, max_parallel=2,
+                        model=registry[3])
+    assert (out["done"], out["failed"]) == (4, 0), out["summary"]
+    assert started[0] in days[:2] and set(started) == set(days)
+
+
 class Lockstep:
     """Makes two runs meet at every store call on the partitions they share.
 
