@@ -136,10 +136,23 @@ class FeatureConfig(_Config):
 
     calendar: list[Literal["hour", "dow", "month", "doy"]] = Field(
         default_factory=list, description="cyclical sin/cos of these timestamp parts, as known-future inputs")
+    timezone: str = Field(
+        "UTC", description="IANA time zone the calendar parts are read in (e.g. Europe/Berlin: the local hour and "
+                           "weekday a demand cycle follows, DST included); timestamps themselves stay UTC")
     seasonal_lags: list[int] = Field(
         default_factory=list, description="the target this many steps back (e.g. [24, 168] for hourly data)")
     pca_components: int | None = Field(
         None, ge=1, description="compress the numeric past covariates to this many principal components")
+
+    @model_validator(mode="after")
+    def _known_zone(self) -> "FeatureConfig":
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {self.timezone!r} (an IANA name such as 'Europe/Berlin')") from exc
+        return self
 
     @model_validator(mode="after")
     def _positive_lags(self) -> "FeatureConfig":

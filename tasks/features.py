@@ -3,7 +3,9 @@
 Derived features, all switchable from ``FeatureConfig``:
 
 - calendar: hour, day of week, month, day of year as sin/cos pairs from the
-  timestamp. Known for any future step, so they are known-future inputs.
+  timestamp, read in a configurable time zone (``FeatureConfig.timezone``: the
+  local clock a daily and weekly cycle follows, DST included; the data's
+  timestamps stay UTC). Known for any future step, so they are known-future inputs.
 - seasonal lags: the scaled target ``L`` steps back, per series, as extra
   input channels (they reach past the lookback, e.g. a week back for hourly data).
 - PCA: the scaled numeric past covariates compressed to ``k`` components.
@@ -36,6 +38,7 @@ class FeatureState:
     calendar: list[str] = field(default_factory=list)  # hour / dow / month / doy
     lags: list[int] = field(default_factory=list)  # seasonal lags of the scaled target, in steps
     pca: dict | None = None  # {"inputs": [num__...], "mean": [...], "components": [[...], ...]}
+    timezone: str = "UTC"  # IANA zone the calendar parts are read in
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,7 +74,7 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
                  numeric: list[str], categorical: list[str],
                  past_covariates: list[str] | None, future_covariates: list[str],
                  calendar: list[str] | None = None, lags: list[int] | None = None,
-                 pca_components: int | None = None) -> FeatureState:
+                 pca_components: int | None = None, timezone: str = "UTC") -> FeatureState:
     """Fit scalers, encoders (and PCA) on rows up to ``train_end`` (observed values only)."""
     known = set(numeric) | set(categorical)
     past = list(past_covariates) if past_covariates is not None else sorted(known - set(future_covariates))
@@ -88,7 +91,7 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
         numeric_stats[c] = [float(center or 0.0), float(scale) if scale and scale > _EPS else 1.0]
     categories = {c: sorted(train[c].drop_nulls().unique().to_list()) for c in used if c in categorical}
     state = FeatureState(scaler, target_stats, numeric_stats, categories, past, list(future_covariates),
-                         calendar=list(calendar or []), lags=sorted(set(lags or [])))
+                         calendar=list(calendar or []), lags=sorted(set(lags or [])), timezone=timezone)
     cal = calendar_columns(state.calendar)
     encoded_past = [e for c in [*past, *future_covariates] for e in _encoded(c, state)]
     numeric_past = [f"num__{c}" for c in past if c in numeric_stats]
@@ -121,9 +124,12 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
         else:
             c, s = state.numeric_stats[name]
             exprs.append(((pl.col(name) - c) / s).fill_null(0.0).cast(pl.Float32).alias(f"num__{name}"))
+    local = pl.col("timestamp")
+    if state.calendar and state.timezone != "UTC":  # naive UTC stamps, read on the local clock (DST included)
+        local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
     for part in state.calendar:
         fn, period = _PERIODS[part]
-        angle = fn(pl.col("timestamp")).cast(pl.Float64) * (2 * math.pi / period)
+        angle = fn(local).cast(pl.Float64) * (2 * math.pi / period)
         exprs += [angle.sin().cast(pl.Float32).alias(f"cal__{part}_sin"),
                   angle.cos().cast(pl.Float32).alias(f"cal__{part}_cos")]
     frame = frame.with_columns(exprs).drop("_c", "_s")

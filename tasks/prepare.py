@@ -83,7 +83,8 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     report.validation = dict(valid.notes)  # one report of what was read, dropped and filled, for the manifest
     f = params.features
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
-                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components)
+                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components,
+                         f.timezone)
     frame, no_training_data = transform_features(clean, state)
     lookback = w.lookback or auto_lookback(season, w.horizon)
     index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon,
@@ -124,7 +125,8 @@ def prepare_refit(prepared: Prepared, valid: ValidationResult, params: RetrainPa
         clean, _, iqr = clean_observations(valid.valid, cfg, prepared.calendar, end)
     f, w = params.features, params.window
     state = fit_features(clean, end, params.clean.scaler, valid.numeric, valid.categorical,
-                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components)
+                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components,
+                         f.timezone)
     frame, no_training_data = transform_features(clean, state)
     lookback, season = prepared.index.lookback, prepared.season_length
     index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon, end, end, w.stride,

@@ -40,6 +40,31 @@ def test_calendar_features_are_cyclical_and_known_in_the_future():
     assert row["cal__dow_sin"] == pytest.approx(0.0, abs=1e-6)  # a Monday
 
 
+def test_calendar_features_follow_the_local_clock_across_dst():
+    """Europe/Berlin: 06:00 local is 05:00 UTC in winter and 04:00 UTC in summer (DST from 2024-03-31); the
+    hour feature follows the local clock, the timestamps stay UTC. The zone is kept with the fitted state."""
+    clean = _clean(24 * 100)  # 2024-01-01 .. 2024-04-09, hourly UTC
+    state = fit_features(clean, clean["timestamp"][99], "standard", [], [], [], [], calendar=["hour", "dow"],
+                         timezone="Europe/Berlin")
+    frame, _ = transform_features(clean, state)
+
+    def hour_sin(stamp: dt.datetime) -> float:
+        return frame.filter(pl.col("timestamp") == stamp)["cal__hour_sin"].item()
+
+    assert hour_sin(dt.datetime(2024, 1, 10, 5)) == pytest.approx(1.0)  # 06:00 CET
+    assert hour_sin(dt.datetime(2024, 4, 5, 4)) == pytest.approx(1.0)  # 06:00 CEST
+    assert hour_sin(dt.datetime(2024, 4, 5, 5)) != pytest.approx(1.0)
+    assert frame["timestamp"].dtype == pl.Datetime("us")  # naive UTC, unchanged
+    again = FeatureState.from_json(json.loads(json.dumps(state.to_json())))
+    assert again.timezone == "Europe/Berlin"
+    assert transform_features(clean, again)[0].equals(frame)
+    # bundles fitted before the setting read their calendar in UTC
+    old = {k: v for k, v in state.to_json().items() if k != "timezone"}
+    assert FeatureState.from_json(old).timezone == "UTC"
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        FeatureConfig(calendar=["hour"], timezone="Mars/Olympus")
+
+
 def test_seasonal_lags_look_back_exactly_n_steps_per_series():
     clean = pl.concat([_clean(50), _clean(50).with_columns(pl.lit("b").alias("series_id"),
                                                            (pl.col("target") + 1000).alias("target"))])
