@@ -47,6 +47,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "accuracy.md"
 DATASETS = ["fred_md", "fred_md_q", "txhousing", "txhousing_q", "tourism", "vic_elec", "co2", "elnino",
             "elec_equip", "macro", "sunspots", "fertility", "indices", "trump_approval", "tmy_temp",
             "synthetic hourly"]
+CYCLE_ABLATION = "calendar season only"
+"""On data whose calendar has no season of its own (yearly): season 1, as before the cycle rule
+(``tasks.clean.decide_season`` finding a cycle in the data); skipped where the calendar has one."""
 ABLATIONS = {"no refit": {"refit": False}, "one network seed": {"seeds": 1}, "hard switch": {"combine": "switch"},
              "no classical": {"classical": "none"}, "clipped truth": {"truth": "clean"}}
 SERVED = "nightcast served"
@@ -146,12 +149,13 @@ def neuralforecast_lstm(history: pl.DataFrame, ids: list[str], ds, lookback: int
 
 
 def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int, workdir: str,
-                  serve: dict | None = None, train: dict | None = None) -> tuple[np.ndarray, float, dict]:
+                  serve: dict | None = None, train: dict | None = None,
+                  clean: dict | None = None) -> tuple[np.ndarray, float, dict]:
     """``retrain_flow`` + ``score_flow`` on the history with the defaults (horizon and seed set); the (S, H)
     forecasts in ``ids`` order (seasonal naive's value where a series got none: counted as missing)."""
     from flows.retrain import retrain_flow
     from flows.score import score_flow
-    from schemas.params import RetrainParams, ScoreParams, ServeConfig, TrainConfig, WindowConfig
+    from schemas.params import CleanConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig, WindowConfig
     from tasks.score import read_forecasts
     from tasks.storage import open_store
 
@@ -159,7 +163,7 @@ def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int
     data = f"{run}/history.parquet"
     history.write_parquet(data)
     params = RetrainParams(data=data, window=WindowConfig(horizon=horizon), train=TrainConfig(seed=seed, **(train or {})),
-                           serve=ServeConfig(**(serve or {})))
+                           serve=ServeConfig(**(serve or {})), clean=CleanConfig(**(clean or {})))
     t0 = time.monotonic()
     out = retrain_flow(params, store=f"{run}/store")
     as_of = history["timestamp"].max().date()
@@ -178,7 +182,7 @@ def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int
 
 
 def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str,
-                max_steps: int | None = None) -> tuple[list[dict], dict]:
+                max_steps: int | None = None, only: list[str] | None = None) -> tuple[list[dict], dict]:
     ds = load_dataset(name)
     history, future = split_final(ds.frame, ds.horizon)
     keep = future.group_by("series_id").len().filter(pl.col("len") == ds.horizon)["series_id"]
@@ -203,8 +207,15 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str,
         seconds[SERVED] = seconds.get(SERVED, 0.0) + sec / seeds
         print(f"  {name} seed {42 + k}: MASE {rows[SERVED][-1]:.3f} ({sec:.0f} s) {meta}", flush=True)
     if ablations:
-        for label, change in ABLATIONS.items():
-            got, sec, meta = run_nightcast(history, ids, ds.horizon, 42, workdir, change, train)
+        from tasks.clean import Calendar, season_length_for
+
+        runs = {label: (change, None) for label, change in ABLATIONS.items()}
+        if ds.frequency and season_length_for(Calendar(ds.frequency)) == 1:
+            runs[CYCLE_ABLATION] = (None, {"season_length": 1})
+        for label, (change, clean) in runs.items():
+            if only and label not in only:
+                continue
+            got, sec, meta = run_nightcast(history, ids, ds.horizon, 42, workdir, change, train, clean)
             missing = ~np.isfinite(got).all(axis=1)
             got[missing] = snaive[missing]
             rows[label] = [mase_table(history, future, {"x": got}, ds.season, ds.horizon)["x"]]
@@ -301,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--ablate", help="comma-separated datasets that get the ablation rows (default: all)")
+    ap.add_argument("--ablations", help="comma-separated ablation rows to run (default: every one that applies)")
     ap.add_argument("--neuralforecast", action="store_true", help="add neuralforecast's LSTM (minutes per dataset)")
     ap.add_argument("--max-steps", type=int, help="cap the network's training steps (a quick check, not the defaults)")
     ap.add_argument("--out", default=str(RESULTS))
@@ -320,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.datasets.split(","):
             print(f"{name} ...", flush=True)
             ablate = not a.no_ablations and (a.ablate is None or name in a.ablate.split(","))
-            table, info = run_dataset(name, a.seeds, ablate, a.neuralforecast, work, a.max_steps)
+            table, info = run_dataset(name, a.seeds, ablate, a.neuralforecast, work, a.max_steps,
+                                      a.ablations.split(",") if a.ablations else None)
             rows += table
             infos[name] = info
             text = render(rows, infos, a.seeds, (time.monotonic() - t0) / 60)
