@@ -152,6 +152,9 @@ def test_the_documented_reader_never_meets_staged_files(panel, monkeypatch):
     st = open_store(store)
     assert any(k.endswith(".parquet") for k in st.list(STAGING))  # the staging is still there
     everything = pl.scan_parquet(f"{store}/forecasts/**/*.parquet", hive_partitioning=True).collect()
+    assert everything.height == sum(read_forecasts(st, "lstm", dt.date.fromisoformat(k.split("as_of=")[1][:10])).height
+                                    for k in st.list("forecasts/"))  # every partition, nothing staged
+    everything = everything.filter(pl.col("as_of").cast(pl.String) == str(as_of))
     expected = read_forecasts(st, "lstm", as_of)
     cols = [c for c in expected.columns if c not in ("model", "as_of")]  # the hive keys' types are the reader's
     assert everything.height == expected.height
