@@ -156,10 +156,11 @@ def test_sharded_backfill_on_dask_equals_single_process(trained, cluster, monkey
     address, _, _ = cluster
     end = single["as_of"]
     start = end - dt.timedelta(days=2)
-    backfill_flow(start=start, end=end, overwrite=True, data=data, store=store)
+    backfill_flow(start=start, end=end, overwrite=True, data=data, store=store, allow_look_ahead=True)
     expected = {d: _partition(store, d) for d in (start, start + dt.timedelta(days=1), end)}
     monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", address)
-    out = backfill_flow(start=start, end=end, overwrite=True, data=data, shards=4, store=store)
+    out = backfill_flow(start=start, end=end, overwrite=True, data=data, shards=4, store=store,
+                        allow_look_ahead=True)
     assert (out["done"], out["failed"]) == (3, 0)
     for day, frame in expected.items():
         assert _partition(store, day).equals(frame), day

@@ -177,7 +177,7 @@ def assert_whole(found: dict[str, pl.DataFrame], reference: dict[str, pl.DataFra
 def assert_rerun_completes(faults: Faults, store: str, found: dict[str, pl.DataFrame],
                            reference: dict[str, pl.DataFrame]) -> None:
     """A re-run of the whole range skips the dates already whole and writes the rest, as undisturbed."""
-    rerun = faults.cli("backfill", "--start", FIRST_DAY, "--end", LAST_DAY, store=store)
+    rerun = faults.cli("backfill", "--start", FIRST_DAY, "--end", LAST_DAY, "--allow-look-ahead", store=store)
     assert rerun.wait() == 0, rerun.output()[-4000:]
     assert f"{12 - len(found)} done, {len(found)} skipped, 0 failed" in rerun.output()
     found = faults.partitions(store)
@@ -330,6 +330,7 @@ def test_outage_during_score_and_backfill_leaves_only_whole_partitions(faults):
                                  lambda _: re.search(r"\[\d+/12\] [\d-]+ failed: ", backfill.output()))
         score = faults.cli("score", "--as-of", LAST_DAY, store="cut-score", endpoint=to_score.url)
         backfill = faults.cli("backfill", "--start", FIRST_DAY, "--end", LAST_DAY, "--max-parallel", "4",
+                              "--allow-look-ahead",
                               store="cut-backfill", endpoint=to_backfill.url)
         score_code, backfill_code = score.wait(), backfill.wait()
         score_outage.check(score)
@@ -386,6 +387,7 @@ def test_sigkill_mid_backfill_leaves_only_whole_partitions(faults):
     with TcpProxy(faults.moto_port) as proxy:
         held = proxy.hold_on(FORECAST_PUT, body_bytes=64, skip=2)  # the third date's write, half sent
         run = faults.cli("backfill", "--start", FIRST_DAY, "--end", LAST_DAY, "--max-parallel", "1",
+                         "--allow-look-ahead",
                          store="killed", endpoint=proxy.url)
         wait_for(lambda: held.is_set() or run.proc.poll() is not None, RUN_TIMEOUT, "the third partition's PUT")
         assert held.is_set(), run.output()[-4000:]

@@ -70,8 +70,10 @@ def test_retrain_run_left_a_champion_and_artifacts(served):
 
 
 def test_backfill_from_the_cli_writes_one_partition_per_date(served):
+    # the champion was trained on the whole sample (to 2026-09-14): these dates need the look-ahead accepted
     run = served.prefect("deployment", "run", "backfill/backfill", "--param", "start=2026-09-05",
-                         "--param", "end=2026-09-07", "--watch", "--watch-timeout", "300")
+                         "--param", "end=2026-09-07", "--param", "allow_look_ahead=true",
+                         "--watch", "--watch-timeout", "300")
     assert run.returncode == 0, run.stdout[-3000:]
     assert {"as_of=2026-09-05", "as_of=2026-09-06", "as_of=2026-09-07"} <= set(partitions(served))
     frame = pl.read_parquet(io.BytesIO(served.read("forecasts/model=lstm/as_of=2026-09-06/forecasts.parquet")))
@@ -113,8 +115,9 @@ def test_backfill_from_the_prefect_ui(served):
             page.get_by_role("menuitem", name="Custom run").click()
             submit = page.get_by_role("button", name="Submit")
             submit.wait_for(timeout=30_000)
-            for name, value, shown in (("start", "2026-09-11", "September 11th, 2026"),
-                                       ("end", "2026-09-13", "September 13th, 2026")):
+            # the newest date of the data: the only one the champion (trained on all of it) has not seen past
+            for name, value, shown in (("start", "2026-09-14", "September 14th, 2026"),
+                                       ("end", "2026-09-14", "September 14th, 2026")):
                 picker = page.get_by_role("button", name=name).first  # the date picker, labelled by the parameter
                 picker.click()
                 box = page.get_by_placeholder("yyyy-MM-dd")
@@ -135,13 +138,13 @@ def test_backfill_from_the_prefect_ui(served):
     def finished():
         runs = httpx.post(f"{served.api_url}/flow_runs/filter",
                           json={"deployments": {"id": {"any_": [dep_id]}}}, timeout=10).json()
-        mine = [r for r in runs if r["parameters"].get("start") == "2026-09-11"]
+        mine = [r for r in runs if r["parameters"].get("start") == "2026-09-14"]
         return mine and mine[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and mine[0]
 
     run = wait_for(finished, 300, "the backfill submitted from the UI to finish")
     assert run["state_type"] == "COMPLETED", served.procs.log("serve")[-5000:]
-    assert run["parameters"]["end"] == "2026-09-13"
-    assert {"as_of=2026-09-11", "as_of=2026-09-12", "as_of=2026-09-13"} <= set(partitions(served))
+    assert run["parameters"]["end"] == "2026-09-14"
+    assert "as_of=2026-09-14" in set(partitions(served))
     assert Path(SCREENSHOT_DIR / "backfill-custom-run.png").stat().st_size > 10_000
 
 
