@@ -32,7 +32,7 @@ from schemas.params import ColumnMap
 from tasks.clean import Calendar
 from tasks.ingest import load_observations
 from tasks.registry import Bundle, load_bundle
-from tasks.score import (ScorePart, ScoreReport, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
+from tasks.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
                          score_calendar, scoring_span_start, write_forecasts)
 from tasks.storage import Store, open_store
 from tasks.validate import validate_observations

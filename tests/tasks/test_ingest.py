@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import polars as pl
 import pytest
