@@ -112,7 +112,7 @@ def run(series: int, days: int, horizon: int, actual_days: int, checkpoints: lis
             t3 = time.perf_counter()
             row = {"day": d + 1, "read_state_s": t1 - t0, "assess_s": t2 - t1, "write_s": t3 - t2,
                    "total_s": t3 - t0, "active_rows": out.state.height,
-                   "frozen_rows": 0 if out.frozen is None else out.frozen.height,
+                   "frozen_rows": out.frozen.height,
                    "written_mb": sum(Path(store.uri(k)).stat().st_size for k in keys.values()) / 1e6,
                    "scored": out.run["scored"][0], "mase": out.run["mase"][0], "rss_mb": rss_mb()}
             if d + 1 in checkpoints:

@@ -167,8 +167,8 @@ class Assessment:
     summary: pl.DataFrame  # MonitoringSummary: every point ever (the window's and the frozen sums)
     run: pl.DataFrame  # MonitoringRun
     drift: Drift
-    frozen: pl.DataFrame | None = None  # SUMS of the points older than ``since``
-    since: dt.date | None = None
+    frozen: pl.DataFrame  # SUMS of the points older than ``since``
+    since: dt.date  # the first origin of the recheck window: ``state`` holds the origins from it on
 
 
 # --- keys and I/O -------------------------------------------------------------------------------
@@ -210,12 +210,18 @@ def read_forecast_window(store: Store, model: str, first: dt.date, last: dt.date
     return (pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=_schema(Forecasts))), len(dates)
 
 
-def _read_table(store: Store, key: str) -> pl.DataFrame:
+def _read_checked(store: Store, key: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """A monitoring table and its Parquet metadata, refused when its layout is not this code's."""
     data = store.read_bytes(key)
-    layout = pl.read_parquet_metadata(io.BytesIO(data)).get(LAYOUT_META)
+    meta = pl.read_parquet_metadata(io.BytesIO(data))
+    layout = meta.get(LAYOUT_META)
     if layout != MONITORING_LAYOUT:
         raise MonitorError(f"{store.uri(key)} has monitoring layout {layout!r}; this code reads {MONITORING_LAYOUT!r}")
-    return pl.read_parquet(io.BytesIO(data))
+    return pl.read_parquet(io.BytesIO(data)), meta
+
+
+def _read_table(store: Store, key: str) -> pl.DataFrame:
+    return _read_checked(store, key)[0]
 
 
 def _read_tables(store: Store, table: str, model: str, dates: list[dt.date]) -> list[pl.DataFrame]:
@@ -264,19 +270,18 @@ def write_monitoring(store: Store, model: str, day: dt.date, assessment: Assessm
 
     One object per partition, each replaced atomically; the same assessment gives the same bytes.
     """
-    since = {SINCE_META: assessment.since.isoformat()} if assessment.since else {}
-    frozen = assessment.frozen if assessment.frozen is not None else pl.DataFrame(schema=SUMS_SCHEMA)
+    since = {SINCE_META: assessment.since.isoformat()}
     out = {}
     for table, frame, extra in (("points", assessment.changes, None), ("summary", assessment.summary, None),
-                                ("active", assessment.state, since), ("frozen", frozen, since),
+                                ("active", assessment.state, since), ("frozen", assessment.frozen, since),
                                 ("runs", assessment.run, None)):
         key = monitoring_key(table, model, day)
         store.write_bytes(key, _parquet(frame, model, day, extra))
         out[table] = key
-    runs = monitoring_dates(store, "runs", model)
+    keep = {day, *monitoring_dates(store, "runs", model)[-KEEP_SNAPSHOTS:]}
     for table in ("active", "frozen"):
         for old in monitoring_dates(store, table, model):
-            if old not in runs[-KEEP_SNAPSHOTS:] and old != day:
+            if old not in keep:
                 store.delete(monitoring_key(table, model, old))
     return out
 
@@ -290,22 +295,16 @@ def read_state(store: Store, model: str, before: dt.date) -> State:
         return State.empty()
     last = runs[-1]
     try:
-        active_raw = store.read_bytes(monitoring_key("active", model, last))
-        frozen_raw = store.read_bytes(monitoring_key("frozen", model, last))
+        active = _read_table(store, monitoring_key("active", model, last))
+        frozen, meta = _read_checked(store, monitoring_key("frozen", model, last))
     except FileNotFoundError:
+        complete = set(runs)
         logs = _read_tables(store, "points", model, [d for d in monitoring_dates(store, "points", model)
-                                                     if d in set(runs)])
+                                                     if d in complete])
         points = latest_state(pl.concat(logs, how="vertical")) if logs else pl.DataFrame(schema=POINTS_SCHEMA)
         return State(points, pl.DataFrame(schema=SUMS_SCHEMA), None)
-    for raw, what in ((active_raw, "active"), (frozen_raw, "frozen")):
-        layout = pl.read_parquet_metadata(io.BytesIO(raw)).get(LAYOUT_META)
-        if layout != MONITORING_LAYOUT:
-            raise MonitorError(f"{store.uri(monitoring_key(what, model, last))} has monitoring layout {layout!r}; "
-                               f"this code reads {MONITORING_LAYOUT!r}")
-    since = pl.read_parquet_metadata(io.BytesIO(frozen_raw)).get(SINCE_META)
-    return State(pl.read_parquet(io.BytesIO(active_raw)).cast(POINTS_SCHEMA),
-                 pl.read_parquet(io.BytesIO(frozen_raw)).cast(SUMS_SCHEMA),
-                 dt.date.fromisoformat(since) if since else None)
+    since = meta.get(SINCE_META)
+    return State(active.cast(POINTS_SCHEMA), frozen.cast(SUMS_SCHEMA), dt.date.fromisoformat(since) if since else None)
 
 
 # --- actuals --------------------------------------------------------------------------------------
@@ -529,11 +528,6 @@ def summary_from_sums(sums: pl.DataFrame, model: str, day: dt.date) -> pl.DataFr
                                                                                         "key")])
 
 
-def summarise(state: pl.DataFrame, model: str, day: dt.date) -> pl.DataFrame:
-    """``MonitoringSummary``: the live points' metrics overall and by each of ``DIMENSIONS``."""
-    return summary_from_sums(group_sums(state), model, day)
-
-
 def test_span_mase(metrics: dict) -> float | None:
     """The served forecasts' test-span MASE from a bundle's ``metrics.json`` (None when absent)."""
     for row in metrics.get("test") or []:
@@ -596,7 +590,7 @@ def _run_row(model: str, day: dt.date, partitions: int, actuals: Actuals, change
     return pl.DataFrame([row], schema=_schema(MonitoringRun))
 
 
-def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: State | pl.DataFrame, *, model: str, day: dt.date,
+def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: State, *, model: str, day: dt.date,
            season: int, calendar: Calendar, recheck_from: dt.date, partitions: int, rule: DriftRule,
            champion: str | None, test_mase: float | None) -> Assessment:
     """One monitoring date, from its inputs to what it writes: points, changes, state, summary, drift.
@@ -605,8 +599,6 @@ def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: State | pl.DataF
     whose origin left the window are folded into the frozen sums. A window never reopens: with a longer
     ``recheck_days`` than the previous run's, points already frozen stay frozen (``since`` only moves on).
     """
-    if isinstance(previous, pl.DataFrame):  # a full state (every point), as rebuilt from the change logs
-        previous = State(previous, pl.DataFrame(schema=SUMS_SCHEMA), None)
     since = recheck_from if previous.since is None else max(recheck_from, previous.since)
     after = pl.col("as_of") >= since
     carried = previous.active.filter(after).select(list(POINTS_SCHEMA))

@@ -276,14 +276,20 @@ class S3Settings(BaseSettings):
 
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_DENIED_CODES = frozenset({"403", "AccessDenied"})
 _CONDITIONAL_WRITES: dict[tuple[str | None, str], bool] = {}
 """(endpoint, bucket) -> whether conditional PUTs are honoured, probed once per process."""
-_DENIED_CODES = frozenset({"403", "AccessDenied"})
 
 
 def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code") or type(exc).__name__)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A conditional PUT refused: 412 PreconditionFailed, 409 ConditionalRequestConflict, or the object gone."""
+    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _error_code(exc) in _CONFLICT_CODES or status == 412
 
 
 class S3Store:
@@ -388,8 +394,7 @@ class S3Store:
                 self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=b"2", IfNoneMatch="*")
                 honoured = False
             except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if not (_error_code(exc) in _CONFLICT_CODES or status in (409, 412)):
+                if not _is_conflict(exc):
                     raise
                 honoured = True
             finally:
@@ -428,8 +433,7 @@ class S3Store:
             try:
                 self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
             except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if _error_code(exc) in _CONFLICT_CODES or status == 412:
+                if _is_conflict(exc):
                     return False
                 raise
         return True
