@@ -280,8 +280,9 @@ def render(rows: list[dict], infos: dict[str, dict], seeds: int, minutes: float)
 
 def merge(paths: list[str], out: str) -> str:
     """One table from several runs' markdown files (datasets split across processes): rows and dataset
-    notes read back, the summary over all datasets recomputed. A dataset in a later file replaces every
-    row and note of that dataset in the earlier ones (a re-measured dataset, not a second copy)."""
+    notes read back, the summary over all datasets recomputed. A dataset served in a later file replaces every
+    row and note of that dataset in the earlier ones (a re-measured dataset, not a second copy); a later file
+    with references only (``--seeds 0``) replaces or adds just those rows."""
     rows, infos, seeds, minutes = [], {}, 1, 0.0
     for path in paths:
         text = Path(path).read_text()
@@ -298,9 +299,11 @@ def merge(paths: list[str], out: str) -> str:
                 new_infos.setdefault(cells[0], {"series": cells[1], "horizon": cells[2]})
             elif line.startswith("- **"):
                 new_infos.setdefault(line[4:].split("**", 1)[0], {})["note"] = line
-        here = {r["dataset"] for r in new_rows}
-        rows = [r for r in rows if r["dataset"] not in here] + new_rows
-        infos = {k: v for k, v in infos.items() if k not in here} | new_infos
+        here = {r["dataset"] for r in new_rows if r["model"] == SERVED}  # re-measured: replaced whole
+        added = {(r["dataset"], r["model"]) for r in new_rows}  # references only (--seeds 0): row by row
+        rows = [r for r in rows if r["dataset"] not in here and (r["dataset"], r["model"]) not in added] + new_rows
+        infos = {k: v for k, v in infos.items() if k not in here} | {k: v for k, v in new_infos.items()
+                                                                       if k in here or k not in infos}
     text = render(rows, infos, seeds, minutes)
     Path(out).write_text(text)
     return text

@@ -27,6 +27,22 @@ def test_a_later_file_replaces_a_re_measured_dataset(tmp_path):
     assert "in 5.0 min (process minutes)" in text
 
 
+def test_a_references_only_file_adds_its_rows_and_keeps_the_served_ones(tmp_path):
+    """``--seeds 0 --neuralforecast`` on a dataset already measured adds the reference, nothing else moves."""
+    old = accuracy.render([_row("a", "nightcast served", 0.9), _row("a", "no refit", 1.1),
+                           _row("a", "seasonal naive", 1.0)], {"a": {"series": 1, "horizon": 6, "note": "- **a** old"}},
+                          3, 2.0)
+    new = accuracy.render([_row("a", "neuralforecast LSTM", 1.2), _row("a", "seasonal naive", 1.0)],
+                          {"a": {"series": 1, "horizon": 6, "note": "- **a** refs"}}, 1, 1.0)
+    (tmp_path / "old.md").write_text(old)
+    (tmp_path / "new.md").write_text(new)
+    text = accuracy.merge([str(tmp_path / "old.md"), str(tmp_path / "new.md")], str(tmp_path / "out.md"))
+    rows = [line for line in text.splitlines() if line.startswith("| a |")]
+    assert {line.split("|")[4].strip() for line in rows} == {"nightcast served", "no refit", "seasonal naive",
+                                                             "neuralforecast LSTM"}
+    assert len(rows) == 4 and "- **a** old" in text and "- **a** refs" not in text
+
+
 def test_importing_the_bench_leaves_the_environment_alone(monkeypatch):
     """A test that imports the bench must not quiet Prefect for the CLI subprocesses of later tests."""
     import importlib

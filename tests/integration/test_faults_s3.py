@@ -347,7 +347,11 @@ def test_outage_during_score_and_backfill_leaves_only_whole_partitions(faults):
     assert re.search(rf"^error: BackfillError: {len(failed)} of 12 dates failed", out, re.M), out[-4000:]
     found = faults.partitions("cut-backfill")
     assert_whole(found, reference)
-    assert backfill_outage.held_day() in failed - set(found)  # its PUT never arrived whole: nothing written
+    # The stalled PUT never lands half-written (every partition found is whole, above). Its date either
+    # failed or, retried after the restore, was written whole: which one depends on which task ran out of
+    # retries first, not on nightcast. The outage itself cost at least one date.
+    assert backfill_outage.held_day() in failed | set(found), out[-4000:]
+    assert failed - set(found), out[-4000:]
     # A date reported failed may still be whole in the store: its PUT landed and the answer was lost, or
     # the cleanup listing after it failed. The reverse never happens: every missing date was reported.
     assert set(reference) - set(found) <= failed and set(reference) - failed <= set(found)
