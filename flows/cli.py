@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=dt.date.fromisoformat, help="YYYY-MM-DD (default: the newest date in the data)")
     p.add_argument("--shards", type=int, default=1,
                    help="score in this many shards, as parallel tasks (on Dask when $NIGHTCAST_DASK_ADDRESS is set)")
+    p.add_argument("--no-adapt-widths", dest="adapt_widths", action="store_false",
+                   help="serve the bundle's interval widths, not the ones adapted to the monitored actuals")
     _add_common(p)
     p = sub.add_parser("backfill", help="forecast every as_of date in a range (skips dates already written)")
     p.add_argument("--data", help=data_help)
@@ -202,7 +204,7 @@ def _score_params(args: argparse.Namespace, data: str | None, as_of: dt.date | N
     from schemas.params import ScoreParams
 
     return ScoreParams(data=data, as_of=as_of, model_name=args.model_name, columns=_columns(args),
-                       shards=getattr(args, "shards", 1))
+                       shards=getattr(args, "shards", 1), adapt_widths=getattr(args, "adapt_widths", True))
 
 
 def _print_retrain(out: dict) -> None:
@@ -267,6 +269,9 @@ def _print_score(out: dict) -> None:
     print(f"\nforecasts {out['forecasts']}  (as of {out['as_of']}, {out['rows']} rows, {out['series']} series, "
           f"model version {out['model_version']})")
     print("served by method: " + ", ".join(f"{m} {n}" for m, n in out.get("methods", {}).items()))
+    if widths := out.get("widths"):
+        print(f"interval widths x {', '.join(f'{f:.2f}' for f in widths['factors'])} per horizon step "
+              f"({sum(widths['points'])} monitored actuals through {widths['monitored_through']})")
     notes = out.get("input_notes") or {}
     if n := notes.get("series_every_row_quarantined_count"):
         print(f"every input row quarantined (not scored): {n} series: "

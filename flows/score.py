@@ -14,6 +14,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from schemas.params import ColumnMap, ScoreParams, Settings
 from tasks.ingest import load_observations, load_series_ids
+from tasks.intervals import widen
+from tasks.monitor import width_factors
 from tasks.registry import Bundle, load_champion
 from tasks.score import covariate_kinds, forecast_from_bundle, scoring_span_start, write_forecasts
 from tasks.shard import plan_shards
@@ -28,13 +30,39 @@ validate = step(validate_observations, "validate", timeout_s=3600)
 champion = step(load_champion, "load-champion", io=True)
 
 
+def adapted_widths(store: Store, bundle: Bundle, model_name: str, as_of: dt.date, adapt: bool) -> dict | None:
+    """The monitor's interval multipliers for this date (``tasks.monitor.width_factors``), logged; None when
+    not asked for or nothing was monitored. A store the monitor cannot read leaves the widths alone."""
+    if not adapt:
+        return None
+    try:
+        found = width_factors(store, bundle, model_name, as_of)
+    except Exception as exc:  # noqa: BLE001 - a damaged monitoring table must not stop forecasts
+        get_run_logger().warning("interval widths not adapted (monitoring state unreadable: %s)", exc)
+        return None
+    if found:
+        get_run_logger().info("interval widths x %s per horizon step, from %s monitored actuals through %s",
+                              _short(found["factors"]), sum(found["points"]), found["monitored_through"])
+    return found
+
+
+def _short(values: list[float], n: int = 6) -> str:
+    head = ", ".join(f"{v:.2f}" for v in values[:n])
+    return f"[{head}{', ...' if len(values) > n else ''}]"
+
+
 def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
-                       model_name: str) -> dict:
-    """Forecast as of one date and replace that date's partition; a summary row for the run."""
+                       model_name: str, adapt_widths: bool = True) -> dict:
+    """Forecast as of one date and replace that date's partition; a summary row for the run. With
+    ``adapt_widths``, the intervals take the monitor's multipliers (``adapted_widths``)."""
     forecasts, report = forecast_from_bundle(bundle, observations, as_of)
+    widths = adapted_widths(store, bundle, model_name, as_of, adapt_widths)
+    if widths:
+        forecasts = widen(forecasts, widths["factors"])
     key = write_forecasts(store, forecasts, model_name, as_of)
     return {"as_of": as_of, "rows": forecasts.height, "series": report.series_scored, "methods": report.methods,
-            "skipped": report.skipped, "model_version": bundle.version, "forecasts": store.uri(key)}
+            "skipped": report.skipped, "model_version": bundle.version, "forecasts": store.uri(key),
+            "widths": widths}
 
 
 score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=3600)
@@ -122,7 +150,8 @@ def read_in_shards(st: Store, model_name: str, version: str, data: str, columns:
     return ShardedInput(run, shards, merged["n_quarantined"], merged["notes"])
 
 
-def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date | None, model_name: str) -> dict:
+def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date | None, model_name: str,
+                 adapt_widths: bool = True) -> dict:
     """Score staged shards as of one date (None: the newest date of the data): every shard as a
     mapped task, then one task writes the partition. Parts stage under the run's folder."""
     as_of, calendar = plan_calendar(bundle, read.shards, as_of)
@@ -138,7 +167,9 @@ def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date |
             st.delete(key)
         raise
     max_gap = bundle.config["params"]["clean"]["max_gap"]
-    return assemble_step(st.url, parts, max_gap, calendar, as_of, model_name, bundle.version)
+    widths = adapted_widths(st, bundle, model_name, as_of, adapt_widths)
+    return {**assemble_step(st.url, parts, max_gap, calendar, as_of, model_name, bundle.version,
+                            widths["factors"] if widths else None), "widths": widths}
 
 
 def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -> tuple[dict, ShardedInput]:
@@ -148,7 +179,7 @@ def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -
     since = scoring_span_start(bundle, params.as_of) if params.as_of else None
     read = read_in_shards(st, params.model_name, bundle.version, data, params.columns, params.shards, since)
     try:
-        return score_staged(st, bundle, read, params.as_of, params.model_name), read
+        return score_staged(st, bundle, read, params.as_of, params.model_name, params.adapt_widths), read
     finally:
         discard_staging(st.url, read.run)
 
@@ -172,7 +203,7 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
         checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format,
                            covariate_kinds(bundle))
         out = score_date(st, bundle, checked.valid, params.as_of or checked.valid["timestamp"].max().date(),
-                         params.model_name)
+                         params.model_name, params.adapt_widths)
         n_quarantined, notes = checked.n_quarantined, checked.notes
     as_of = out["as_of"]
     lost = notes.get("series_every_row_quarantined") or []
@@ -192,5 +223,8 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
                   f"- `{out['forecasts']}`\n- {out['rows']} rows, {out['series']} series, "
                   f"model version `{bundle.version}`\n- served by method: {out['methods']}\n"
                   f"- quarantined input rows: {n_quarantined}\n"
+                  + (f"- interval widths x {_short(out['widths']['factors'], 48)} per horizon step, from "
+                     f"{sum(out['widths']['points'])} monitored actuals through {out['widths']['monitored_through']}\n"
+                     if out.get("widths") else "")
                   + (f"\n## Not scored{skipped}\n" if skipped else "")))
     return {**out, "quarantined_rows": n_quarantined, "input_notes": notes}

@@ -126,7 +126,8 @@ class WindowConfig(_Config):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     stride: int = Field(1, ge=1, description="step between training window origins")
     max_eval_windows: int = Field(
-        20_000, ge=100, description="validation / test windows kept per split (every k-th origin per series, k ≤ H)")
+        20_000, ge=100, description="validation / test windows kept per split: every k-th origin per series, newest kept; "
+                                "past one window per series, every m-th series")
     past_covariates: list[str] | None = Field(None, description="None: every extra column")
     future_covariates: list[str] = Field(default_factory=list, description="known in advance for the horizon")
 
@@ -245,6 +246,9 @@ class ServeConfig(_Config):
     naive: bool = Field(True, description="include the last value (naive) as a candidate")
     prior: float = Field(4.0, ge=0, description="horizons of panel evidence each series' own backtest is shrunk toward")
     power: float = Field(2.0, gt=0, description="weights ∝ (MAE relative to seasonal naive) ** -power")
+    trim: float | None = Field(
+        None, ge=1, description="a candidate whose shrunk relative MAE is more than this many times the best "
+                                "candidate's gets no weight (weighted mode); empty: every candidate keeps one")
     truth: Literal["raw", "clean"] = Field(
         "raw", description="what backtests are judged on: the raw observations (clean: the clipped and filled "
                            "values, only to measure what judging on them costs)")
@@ -290,6 +294,9 @@ class ScoreParams(_Config):
     columns: ColumnMap = ColumnMap()
     shards: int = Field(1, ge=1, le=4096, description="split the series into this many shards (stable hash of the "
                                                     "id), scored as parallel tasks; 1: one task")
+    adapt_widths: bool = Field(
+        True, description="scale the bundle's interval widths per horizon step by how the monitor's recent actuals "
+                          "were covered (only actuals known before as_of; no monitoring: the bundle's widths)")
 
 
 class BackfillParams(_Config):

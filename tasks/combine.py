@@ -11,7 +11,9 @@ combinations):
   10 % trimmed at each end). One near-flat series cannot move it, whatever its MASE.
 - Per series: its own log ratio shrunk toward the pooled one by its evidence in horizons,
   ``(n·own + prior·pooled) / (n + prior)``, so a short series is decided mostly by the panel.
-- Weights ∝ (relative MAE)^-power over the candidates a window has.
+- Weights ∝ (relative MAE)^-power over the candidates a window has; with ``trim``, a candidate whose
+  shrunk relative MAE is more than ``trim`` times the best one's gets none (a trimmed combination:
+  a poor candidate's small weight still costs when it is far off).
 
 Only backtest windows set weights; the test span only reports. Everything runs on stacked
 arrays (``np.bincount`` per series), never a loop over series or windows.
@@ -39,9 +41,10 @@ class Weights:
     evidence: np.ndarray  # (S,) horizons of backtest evidence per series
     mode: str = "weighted"
     power: float = 2.0
+    trim: float | None = None  # candidates worse than the best by more than this ratio get no weight
 
     def pooled_weights(self) -> np.ndarray:
-        return _normalise(np.exp(-self.power * self.pooled)[None, :], np.ones((1, len(self.candidates)), bool))[0]
+        return _normalise(np.exp(-self.power * self.pooled)[None, :], _kept(self.pooled[:, None], self.trim).T)[0]
 
     def rows(self, series_ids: np.ndarray) -> np.ndarray:
         """(n, C) weights for rows labelled ``series_ids``; unseen series get the pooled weights."""
@@ -56,7 +59,7 @@ class Weights:
         return per[pos]
 
     def to_json(self) -> dict:
-        return {"mode": self.mode, "power": self.power, "candidates": self.candidates,
+        return {"mode": self.mode, "power": self.power, "trim": self.trim, "candidates": self.candidates,
                 "pooled_log_rel_mae": [float(v) for v in self.pooled],
                 "pooled_weights": [round(float(v), 6) for v in self.pooled_weights()],
                 "per_series": {s: [round(float(v), 6) for v in w] for s, w in zip(self.series_ids, self.per_series)},
@@ -69,13 +72,20 @@ class Weights:
         per = np.array([d["per_series"][s] for s in ids], dtype=np.float64).reshape(len(ids), c)
         ev = np.array([d.get("evidence", {}).get(s, 0.0) for s in ids], dtype=np.float64)
         return cls(list(d["candidates"]), np.asarray(d["pooled_log_rel_mae"], dtype=np.float64), ids, per, ev,
-                   d.get("mode", "weighted"), float(d.get("power", 2.0)))
+                   d.get("mode", "weighted"), float(d.get("power", 2.0)), d.get("trim"))
 
 
 def _normalise(w: np.ndarray, available: np.ndarray) -> np.ndarray:
     w = np.where(available, w, 0.0)
     total = w.sum(axis=1, keepdims=True)
     return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+
+
+def _kept(log_rel: np.ndarray, trim: float | None) -> np.ndarray:
+    """(C, S) which candidates keep a weight: within ``trim`` times the best relative MAE (all when None)."""
+    if not trim:
+        return np.ones(log_rel.shape, bool)
+    return log_rel <= log_rel.min(axis=0, keepdims=True) + np.log(trim)
 
 
 def ensemble_median(members: list[np.ndarray]) -> np.ndarray:
@@ -118,7 +128,8 @@ def relative_errors(forecasts: dict[str, np.ndarray], truth: np.ndarray, codes: 
 
 
 def fit_weights(forecasts: dict[str, np.ndarray], truth: np.ndarray, codes: np.ndarray, series_ids: list[str],
-                horizon: int, mode: str = "weighted", prior: float = 4.0, power: float = 2.0) -> Weights:
+                horizon: int, mode: str = "weighted", prior: float = 4.0, power: float = 2.0,
+                trim: float | None = None) -> Weights:
     """Combination weights from backtest forecasts of each candidate (see the module docstring).
 
     ``mode``: ``weighted`` (the default), ``mean`` (equal weights), ``median`` (served as the median of
@@ -136,7 +147,7 @@ def fit_weights(forecasts: dict[str, np.ndarray], truth: np.ndarray, codes: np.n
     n = np.where(has, evidence[None, :], 0.0)
     shrunk = (n * own + prior * pooled[:, None]) / (n + prior)  # (C, S)
     if mode == "weighted":
-        w = np.exp(-power * shrunk.T)
+        w = np.where(_kept(shrunk, trim).T, np.exp(-power * shrunk.T), 0.0)
     elif mode in ("mean", "median"):
         w = np.ones((len(series_ids), len(names)))
     elif mode == "switch":
@@ -145,7 +156,7 @@ def fit_weights(forecasts: dict[str, np.ndarray], truth: np.ndarray, codes: np.n
     else:
         raise ValueError(f"combination mode must be weighted, mean, median or switch, not {mode!r}")
     per = _normalise(w, np.ones_like(w, dtype=bool))
-    return Weights(names, pooled, list(series_ids), per, evidence, mode, power)
+    return Weights(names, pooled, list(series_ids), per, evidence, mode, power, trim if mode == "weighted" else None)
 
 
 def combine(forecasts: dict[str, np.ndarray], weights: np.ndarray, mode: str = "weighted") -> np.ndarray:

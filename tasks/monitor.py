@@ -307,6 +307,29 @@ def read_state(store: Store, model: str, before: dt.date) -> State:
     return State(active.cast(POINTS_SCHEMA), frozen.cast(SUMS_SCHEMA), dt.date.fromisoformat(since) if since else None)
 
 
+def width_factors(store: Store, bundle, model: str, as_of: dt.date) -> dict | None:  # noqa: ANN001 - a Bundle
+    """Interval multipliers for ``bundle``'s forecasts as of ``as_of``, from the actuals the monitor has
+    scored (``tasks.intervals.recalibrate``): the bundle's scored points in the state the newest complete
+    monitoring run before ``as_of`` left, so only actuals known before the origin count. None when the
+    bundle has no combined conformal widths or the monitor has scored none of its points."""
+    from tasks.features import FeatureState
+    from tasks.intervals import recalibrate
+
+    conformal = bundle.preprocessing.get("conformal") or {}
+    if bundle.preprocessing.get("combination") is None or not conformal.get("half_widths"):
+        return None
+    runs = [d for d in monitoring_dates(store, "runs", model) if d < as_of]
+    if not runs:
+        return None
+    points = read_state(store, model, before=as_of).active.filter(
+        pl.col("status") == "scored", pl.col("model_version") == bundle.version)
+    if points.height == 0:
+        return None
+    state = FeatureState.from_json(bundle.preprocessing["features"])
+    return {**recalibrate(points, conformal["half_widths"], state, conformal["level"]),
+            "monitored_through": runs[-1].isoformat()}
+
+
 # --- actuals --------------------------------------------------------------------------------------
 
 def gather_actuals(checked: ValidationResult, day: dt.date, timestamp_format: str | None = None) -> Actuals:

@@ -31,6 +31,7 @@ import polars as pl
 from schemas.params import ColumnMap
 from tasks.clean import Calendar
 from tasks.ingest import load_observations
+from tasks.intervals import widen
 from tasks.registry import Bundle, load_bundle
 from tasks.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
                          score_calendar, scoring_span_start, write_forecasts)
@@ -144,13 +145,16 @@ def score_shard(store_url: str, model_name: str, version: str, staged_input: str
 
 
 def assemble_shards(store_url: str, parts: list[ScorePart], max_gap: int, calendar: Calendar, as_of: dt.date,
-                    model_name: str, version: str) -> dict:
-    """Read the staged parts, settle staleness across shards and write the partition in one atomic
-    object (``write_forecasts``); the parts are deleted. A summary row like an unsharded run's."""
+                    model_name: str, version: str, width_factors: list[float] | None = None) -> dict:
+    """Read the staged parts, settle staleness across shards, widen the intervals by ``width_factors`` (per
+    horizon step; ``tasks.intervals.widen``) and write the partition in one atomic object
+    (``write_forecasts``); the parts are deleted. A summary row like an unsharded run's."""
     store = open_store(store_url)
     loaded = [dataclasses.replace(p, forecasts=pl.read_parquet(io.BytesIO(store.read_bytes(p.staged))))
               if p.staged else p for p in parts]
     forecasts, report = assemble_parts(loaded, max_gap, calendar, as_of)
+    if width_factors:
+        forecasts = widen(forecasts, width_factors)
     key = write_forecasts(store, forecasts, model_name, as_of)
     for p in parts:
         if p.staged:

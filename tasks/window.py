@@ -159,19 +159,30 @@ def space_windows(index: WindowIndex, starts: np.ndarray, k: int) -> np.ndarray:
 
 
 def thin_windows(index: WindowIndex, starts: np.ndarray, cap: int) -> np.ndarray:
-    """At most about ``cap`` evaluation windows: every k-th origin of each series (k ≤ horizon).
+    """At most ``cap`` evaluation windows, whatever the catalogue size.
 
-    Overlapping windows repeat most of their targets; keeping every k-th per series leaves
-    every series and every part of the span represented, at a cost that no longer grows
-    with history length × series (non-overlapping at k = horizon).
+    Every k-th origin of each series counted back from its newest (``space_windows``), with the
+    smallest k that fits the cap: overlapping windows repeat most of their targets, and every
+    series keeps its newest window. When the series alone outnumber the cap, every m-th series
+    (in catalogue order) keeps its newest window, so the sample still spans the catalogue.
     """
     if len(starts) <= cap:
         return starts
-    k = min(index.horizon, -(-len(starts) // cap))
     codes = index.series[index.origin(starts)]
-    first = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1])  # each series' first window
-    rank = np.arange(len(starts)) - np.repeat(first, np.diff(np.concatenate([first, [len(starts)]])))
-    return starts[rank % k == 0]
+    counts = np.bincount(codes)
+    counts = counts[counts > 0]
+    k = -(-len(starts) // cap)
+    while k < counts.max() and int((-(-counts // k)).sum()) > cap:  # at most log2(windows per series) trips
+        k *= 2
+    kept = space_windows(index, starts, k)
+    if len(kept) > cap:
+        k = int(counts.max())
+        kept = space_windows(index, starts, k)
+    if len(kept) > cap:  # more series than the cap: one window each from every m-th series
+        series = index.series[index.origin(kept)]
+        rank = np.cumsum(np.r_[True, np.diff(series) != 0]) - 1
+        kept = kept[rank % -(-len(kept) // cap) == 0]
+    return kept
 
 
 class WindowDataset(Dataset):

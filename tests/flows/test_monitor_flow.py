@@ -196,3 +196,42 @@ def test_a_drift_that_persists_asks_for_one_retrain_not_one_a_day(scored, sample
     again = monitor_flow(MonitorParams(data=data, as_of=_day(15), drift=rule.model_copy(update={"cooldown_days": 0})),
                          store=copy)
     assert again["event"] is not None and again["drift"]["held"] is None
+
+
+def test_score_adapts_interval_widths_to_the_actuals_monitored_before_its_origin(scored, sample_raw, tmp_path,
+                                                                                 monkeypatch):
+    """After a monitoring run for the 12th, scoring the 13th scales each step's interval by the multiplier
+    the monitored actuals call for; scoring the 12th itself cannot use that run (its actuals reach the end
+    of the 12th, after the origin). ``adapt_widths=False`` serves the bundle's widths."""
+    from tasks.monitor import width_factors
+    from tasks.registry import load_champion
+
+    monkeypatch.setattr("tasks.intervals.MIN_POINTS", 3)  # 3 series: a few points per step
+    _, store, version = scored
+    work = str(tmp_path / "store")
+    shutil.copytree(store, work)
+    st = open_store(work)
+    full = _csv(tmp_path, "full.csv", sample_raw)
+    monitor_flow(MonitorParams(data=_csv(tmp_path, "d12.csv", sample_raw.filter(_before_end_of(12))),
+                               as_of=_day(12)), store=work)
+    bundle = load_champion(st, "lstm")
+    assert bundle.version == version
+    earlier = width_factors(st, bundle, "lstm", _day(12))  # earlier tests of this module may have run the 11th
+    assert earlier is None or earlier["monitored_through"] < "2026-09-12"
+    found = width_factors(st, bundle, "lstm", _day(13))
+    assert found["monitored_through"] == "2026-09-12" and min(found["points"]) >= 3
+    assert any(abs(f - 1.0) > 1e-3 for f in found["factors"])
+
+    plain = score_flow(ScoreParams(data=full, as_of=_day(13), adapt_widths=False), store=work)
+    before = read_forecasts(st, "lstm", _day(13)).sort("series_id", "horizon")
+    adapted = score_flow(ScoreParams(data=full, as_of=_day(13)), store=work)
+    after = read_forecasts(st, "lstm", _day(13)).sort("series_id", "horizon")
+    assert plain["widths"] is None and adapted["widths"]["factors"] == found["factors"]
+    assert after["forecast"].to_list() == before["forecast"].to_list()
+    ratio = ((after["upper"] - after["forecast"]) / (before["upper"] - before["forecast"])).to_numpy()
+    expected = [found["factors"][h - 1] for h in after["horizon"].to_list()]
+    assert ratio == pytest.approx(expected, rel=1e-6)
+    sharded = score_flow(ScoreParams(data=full, as_of=_day(13), shards=2), store=work)  # the same widths
+    assert sharded["widths"]["factors"] == found["factors"]
+    again = read_forecasts(st, "lstm", _day(13)).sort("series_id", "horizon")
+    assert again.select("lower", "upper").to_numpy() == pytest.approx(after.select("lower", "upper").to_numpy())

@@ -116,3 +116,49 @@ def test_no_validation_windows_is_a_clear_error(fitted):
     with pytest.raises(ValueError, match="no validation windows"):
         fit_conformal(prepared.index, prepared.state, np.zeros((0, prepared.index.horizon)),
                       np.array([], dtype=np.int64), 0.8)
+
+
+def _state(scales: dict[str, float]) -> FeatureState:
+    return FeatureState("standard", {s: [100.0, v] for s, v in scales.items()}, {}, {}, [], [])
+
+
+def _points(errors: np.ndarray, scales: dict[str, float], horizon: int) -> pl.DataFrame:
+    """Monitored points whose errors, in each series' scaled units, are ``errors`` (n per step)."""
+    ids = list(scales)
+    n = errors.shape[0]
+    sid = np.array([ids[i % len(ids)] for i in range(n)])
+    scale = np.array([scales[s] for s in sid])
+    rows = [pl.DataFrame({"series_id": sid, "horizon": np.full(n, h, np.int32), "forecast": 100.0 + scale,
+                          "actual": 100.0 + scale + errors[:, h - 1] * scale}) for h in range(1, horizon + 1)]
+    return pl.concat(rows)
+
+
+def test_widths_follow_the_monitored_actuals_shrunk_by_their_number():
+    """Errors twice the bundle's width at step 1 and half of it at step 2, in every series' own units:
+    the multipliers move toward 2 and 0.5 (shrunk by n / (n + 50)); too few points leave a step at 1."""
+    from tasks.intervals import PRIOR_POINTS, conformal_quantile, recalibrate
+
+    scales = {"a": 1.0, "b": 40.0, "c": 0.01}
+    rng = np.random.default_rng(3)
+    n, level, half = 600, 0.9, [1.0, 1.0, 1.0]
+    errors = np.abs(rng.normal(size=(n, 3)))
+    errors[:, 0] *= 2.0 / conformal_quantile(errors[:, 0], level)  # covered 90 % at exactly 2 widths
+    errors[:, 1] *= 0.5 / conformal_quantile(errors[:, 1], level)
+    points = _points(errors, scales, 3).filter((pl.col("horizon") < 3) | (pl.int_range(pl.len()) % 100 == 0))
+    got = recalibrate(points, half, _state(scales), level)
+    shrink = n / (n + PRIOR_POINTS)
+    assert got["points"] == [n, n, 6]
+    assert got["factors"][0] == pytest.approx(2.0 ** shrink, rel=1e-4)
+    assert got["factors"][1] == pytest.approx(0.5 ** shrink, rel=1e-4)
+    assert got["factors"][2] == 1.0
+
+
+def test_widen_scales_each_bound_about_the_forecast_by_its_step():
+    from tasks.intervals import widen
+
+    frame = pl.DataFrame({"horizon": pl.Series([1, 2, 1], dtype=pl.Int32), "forecast": [10.0, 10.0, 0.0],
+                          "lower": [9.0, 8.0, -1.0], "upper": [12.0, 11.0, None]})
+    out = widen(frame, [2.0, 0.5])
+    assert out["lower"].to_list() == [8.0, 9.0, -2.0]
+    assert out["upper"].to_list() == [14.0, 10.5, None]
+    assert out.columns == frame.columns
