@@ -51,7 +51,8 @@ CYCLE_ABLATION = "calendar season only"
 """On data whose calendar has no season of its own (yearly): season 1, as before the cycle rule
 (``tasks.clean.decide_season`` finding a cycle in the data); skipped where the calendar has one."""
 ABLATIONS = {"no refit": {"refit": False}, "one network seed": {"seeds": 1}, "hard switch": {"combine": "switch"},
-             "no classical": {"classical": "none"}, "clipped truth": {"truth": "clean"}}
+             "no classical": {"classical": "none"}, "clipped truth": {"truth": "clean"},
+             "no trim": {"trim": None}}
 SERVED = "nightcast served"
 
 

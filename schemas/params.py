@@ -247,8 +247,8 @@ class ServeConfig(_Config):
     prior: float = Field(4.0, ge=0, description="horizons of panel evidence each series' own backtest is shrunk toward")
     power: float = Field(2.0, gt=0, description="weights ∝ (MAE relative to seasonal naive) ** -power")
     trim: float | None = Field(
-        None, ge=1, description="a candidate whose shrunk relative MAE is more than this many times the best "
-                                "candidate's gets no weight (weighted mode); empty: every candidate keeps one")
+        1.5, ge=1, description="a candidate whose shrunk relative MAE is more than this many times the best "
+                               "candidate's gets no weight (weighted mode); empty: every candidate keeps one")
     truth: Literal["raw", "clean"] = Field(
         "raw", description="what backtests are judged on: the raw observations (clean: the clipped and filled "
                            "values, only to measure what judging on them costs)")

@@ -74,3 +74,21 @@ def test_switch_mode_is_a_hard_choice_per_series():
     truth, codes, cands = _panel(10, 3, 4, rng, {"seasonal_naive": 4.0, "lstm": 1.0})
     w = fit_weights(cands, truth, codes, [f"s{i}" for i in range(10)], 4, mode="switch")
     assert set(np.unique(w.per_series)) <= {0.0, 1.0} and (w.per_series.sum(axis=1) == 1).all()
+
+
+def test_trim_drops_a_candidate_far_worse_than_the_best_and_keeps_the_close_ones():
+    """With trim 1.5 a candidate whose relative MAE is over 1.5x the best one's gets no weight, in every
+    series and in the pooled weights unseen series get; a close second keeps its share. Without trim the
+    far-off candidate keeps a small weight that costs when it is far off."""
+    rng = np.random.default_rng(1)
+    truth, codes, cands = _panel(30, 4, 6, rng, {"seasonal_naive": 1.2, "lstm": 1.0, "autotheta": 4.0})
+    ids = [f"s{i}" for i in range(30)]
+    trimmed = fit_weights(cands, truth, codes, ids, horizon=6, trim=1.5)
+    plain = fit_weights(cands, truth, codes, ids, horizon=6)
+    far, close = trimmed.candidates.index("autotheta"), trimmed.candidates.index("seasonal_naive")
+    assert np.all(trimmed.per_series[:, far] == 0) and trimmed.pooled_weights()[far] == 0
+    assert np.all(plain.per_series[:, far] > 0)
+    assert np.all(trimmed.per_series[:, close] > 0.2)
+    np.testing.assert_allclose(trimmed.per_series.sum(axis=1), 1.0)
+    back = Weights.from_json(trimmed.to_json())
+    assert back.trim == 1.5 and back.pooled_weights()[far] == 0
