@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import io
+import threading
 from typing import Callable
 
 import polars as pl
@@ -67,6 +69,24 @@ class ShardInput:
     days: pl.DataFrame  # per calendar day: up to two series ids seen that day, and the day's newest timestamp
 
 
+_BUNDLE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_bundle(store_url: str, model_name: str, version: str) -> Bundle:
+    return load_bundle(open_store(store_url), model_name, version)
+
+
+def worker_bundle(store_url: str, model_name: str, version: str) -> Bundle:
+    """The bundle, loaded and verified once per process: a version never changes once complete (its
+    manifest is written last and checksums every file), so every shard a thread, a Dask worker or a
+    remote worker scores after the first reuses it (the lock keeps threads that start together from
+    loading it twice). ``Bundle.networks()`` builds fresh modules each call, so threads that share the
+    cached bundle share no module state."""
+    with _BUNDLE_LOCK:
+        return _cached_bundle(store_url, model_name, version)
+
+
 def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str],
                shard: tuple[int, int], since: dt.datetime | None, staged_key: str) -> ShardInput:
     """Read, validate and stage one shard's series.
@@ -77,7 +97,7 @@ def read_shard(store_url: str, model_name: str, version: str, data: str, columns
     staged (``keep_for_scoring``). Validation's share limit applies to each shard's own rows.
     """
     store = open_store(store_url)
-    bundle = load_bundle(store, model_name, version)
+    bundle = worker_bundle(store_url, model_name, version)
     raw = load_observations(data, columns, series=series, shard=shard)
     checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
                                     columns.timestamp_format, covariate_kinds(bundle))
@@ -133,7 +153,7 @@ def score_shard(store_url: str, model_name: str, version: str, staged_input: str
     """Forecast one staged shard and write its part to ``staged_key``; the part comes back without its
     frame (``staged`` names where it is), so only the small report travels through the task runner."""
     store = open_store(store_url)
-    bundle = load_bundle(store, model_name, version)
+    bundle = worker_bundle(store_url, model_name, version)
     valid = pl.read_parquet(io.BytesIO(store.read_bytes(staged_input)))
     part = forecast_part(bundle, valid, as_of, calendar)
     if part.forecasts is None:

@@ -159,3 +159,21 @@ def test_the_documented_reader_never_meets_staged_files(panel, monkeypatch):
     cols = [c for c in expected.columns if c not in ("model", "as_of")]  # the hive keys' types are the reader's
     assert everything.height == expected.height
     assert everything.select(cols).sort("series_id", "horizon").equals(expected.select(cols).sort("series_id", "horizon"))
+
+
+def test_the_bundle_is_loaded_once_per_process_however_many_shards(panel, monkeypatch):
+    """Reading and scoring 4 shards loads and verifies the bundle once in this process (the thread
+    runner's workers share it); on Dask each worker process loads it once."""
+    import tasks.sharded
+
+    data, store, as_of, _ = panel
+    loads = []
+    real = tasks.sharded.load_bundle
+    monkeypatch.setattr(tasks.sharded, "load_bundle", lambda *a: loads.append(a[1:]) or real(*a))
+    tasks.sharded._cached_bundle.cache_clear()
+    try:
+        score_flow(ScoreParams(data=data, as_of=as_of, shards=4), store=store)
+        score_flow(ScoreParams(data=data, as_of=as_of, shards=4), store=store)
+    finally:
+        tasks.sharded._cached_bundle.cache_clear()
+    assert len(loads) == 1, loads
