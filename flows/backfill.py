@@ -147,7 +147,8 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
             read = read_in_shards(st, params.model_name, first.version, params.data or settings.data,
                                   params.columns, params.shards, since)
         else:
-            raw = ingest(params.data or settings.data, params.columns)
+            since = min(scoring_span_start(bundles[plan[d]], d) for d in todo) if todo else None
+            raw = ingest(params.data or settings.data, params.columns, since=since)
             observations = validate(raw, first.config["params"]["clean"]["max_bad_share"],
                                     params.columns.timestamp_format, covariate_kinds(first)).valid
 

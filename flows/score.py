@@ -13,7 +13,7 @@ from prefect.futures import wait
 from prefect.artifacts import create_markdown_artifact
 
 from schemas.params import ColumnMap, ScoreParams, Settings
-from tasks.ingest import load_observations, load_series_ids
+from tasks.ingest import load_observations, load_series_ids, newest_date
 from tasks.intervals import widen
 from tasks.monitor import width_factors
 from tasks.registry import Bundle, load_champion
@@ -184,6 +184,23 @@ def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -
         discard_staging(st.url, read.run)
 
 
+def read_for_scoring(bundle: Bundle, data: str, params: ScoreParams):  # noqa: ANN201 - (ValidationResult, date)
+    """Read and validate what scoring as of ``params.as_of`` (empty: the newest date) needs: on Parquet
+    with a typed timestamp, only the rows from the bundle's scoring span on (``load_observations``'s
+    ``since``); validation judges the rows read. When the newest valid date turns out earlier than the
+    newest date read (its rows all quarantined), the data is read again whole for that date."""
+    max_bad = bundle.config["params"]["clean"]["max_bad_share"]
+    as_of = params.as_of or newest_date(data, params.columns)
+    since = scoring_span_start(bundle, as_of) if as_of else None
+    checked = validate(ingest(data, params.columns, since=since), max_bad, params.columns.timestamp_format,
+                       covariate_kinds(bundle))
+    newest = checked.valid["timestamp"].max().date()
+    if params.as_of is None and since is not None and newest < as_of:
+        checked = validate(ingest(data, params.columns), max_bad, params.columns.timestamp_format,
+                           covariate_kinds(bundle))
+    return checked, params.as_of or newest
+
+
 @flow(name="score", log_prints=True, task_runner=SettingsTaskRunner())
 def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) -> dict:
     """Forecast every series from the champion as of ``params.as_of``.
@@ -199,11 +216,8 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
         out, read = score_in_shards(st, bundle, params.data or settings.data, params)
         n_quarantined, notes = read.n_quarantined, read.notes
     else:
-        raw = ingest(params.data or settings.data, params.columns)
-        checked = validate(raw, bundle.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format,
-                           covariate_kinds(bundle))
-        out = score_date(st, bundle, checked.valid, params.as_of or checked.valid["timestamp"].max().date(),
-                         params.model_name, params.adapt_widths)
+        checked, as_of = read_for_scoring(bundle, params.data or settings.data, params)
+        out = score_date(st, bundle, checked.valid, as_of, params.model_name, params.adapt_widths)
         n_quarantined, notes = checked.n_quarantined, checked.notes
     as_of = out["as_of"]
     lost = notes.get("series_every_row_quarantined") or []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import glob as globlib
 import os
 import re
@@ -66,14 +67,18 @@ nightcast's own, never covariates."""
 
 
 def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | None = None,
-                      shard: tuple[int, int] | None = None) -> pl.DataFrame:
+                      shard: tuple[int, int] | None = None, since: dt.datetime | None = None) -> pl.DataFrame:
     """Read the raw observations and rename the mapped columns to the canonical names.
 
     ``sample://`` is the bundled sample panel (the embedded default input). ``series``: read only
     the rows of these series ids (one shard): the filter is part of the lazy scan, so Parquet
     skips the row groups whose id statistics exclude them (and CSV drops rows while reading).
     ``shard=(k, n)``: on input in the shard layout with ``nshards=n``, only the files of
-    ``shard=k`` are opened at all (hive partition pruning, local or S3).
+    ``shard=k`` are opened at all (hive partition pruning, local or S3). ``since`` (naive UTC): on
+    Parquet with a typed timestamp column, only the rows from ``since`` on are read (the predicate
+    sits in the scan: row groups whose timestamp statistics end before it are skipped), plus, for
+    each series, one row with its newest older timestamp and nothing else (``older_rows``: what
+    tells scoring a series exists and is stale). Other inputs are read whole.
 
     CSV is read as text so that a bad value becomes a reported row, not a
     failed read; typing happens in validation. Covariates keep their names.
@@ -91,7 +96,8 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
             scan = scan.filter((pl.col("nshards") == shard[1]) & (pl.col("shard") == shard[0]))
         if series is not None and columns.series_col in schema:
             scan = scan.filter(_only(schema, columns.series_col, series))
-        return scan.drop(SHARD_COLUMNS) if layout else scan
+        scan = scan.drop(SHARD_COLUMNS) if layout else scan
+        return rows_since(scan, schema, columns, since)
 
     frame, fmt, source, opts = _read(uri, shard_rows)
     if frame.width == 0 or (frame.height == 0 and fmt == "csv" and frame.width <= 1):
@@ -99,6 +105,45 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
     if fmt == "csv" and any(_DUPLICATED in c for c in frame.columns):
         _reject_repeated_header(source, opts, uri)
     return _rename(frame, columns, uri)
+
+
+def _bound(when: dt.datetime, dtype: pl.DataType) -> pl.Expr:
+    """``when`` (naive UTC) as a literal comparable with a column of ``dtype``."""
+    if isinstance(dtype, pl.Date):
+        return pl.lit(when.date())
+    lit = pl.lit(when).cast(pl.Datetime(dtype.time_unit))
+    return lit.dt.replace_time_zone("UTC").dt.convert_time_zone(dtype.time_zone) if dtype.time_zone else lit
+
+
+def rows_since(scan: pl.LazyFrame, schema: pl.Schema, columns: ColumnMap, since: dt.datetime | None) -> pl.LazyFrame:
+    """The rows from ``since`` on, and each series' newest older timestamp as a row of its own (other
+    columns null: a gap, never a value), when the timestamp column is typed (Parquet); else every row."""
+    ts, sid = columns.timestamp_col, columns.series_col
+    dtype = schema.get(ts)
+    if since is None or sid not in schema or not isinstance(dtype, (pl.Datetime, pl.Date)):
+        return scan
+    t = pl.col(ts)
+    older = scan.filter(t < _bound(since, dtype)).group_by(sid).agg(t.max())
+    return pl.concat([older, scan.filter(t >= _bound(since, dtype))],
+                     how="diagonal_relaxed").select(scan.collect_schema().names())
+
+
+def newest_date(uri: str, columns: ColumnMap = ColumnMap()) -> dt.date | None:
+    """The date of the newest timestamp, read from the timestamp column alone (Parquet statistics),
+    when the input is Parquet with a typed timestamp; None otherwise (the caller reads the data)."""
+    if uri == SAMPLE_DATA:
+        return None
+
+    def newest(scan: pl.LazyFrame, schema: pl.Schema, fmt: str) -> pl.LazyFrame:
+        dtype = schema.get(columns.timestamp_col)
+        if fmt != "parquet" or not isinstance(dtype, (pl.Datetime, pl.Date)):
+            return scan.select(pl.lit(None, dtype=pl.Date).alias("d")).head(0)
+        t = pl.col(columns.timestamp_col)
+        t = t.dt.convert_time_zone("UTC") if isinstance(dtype, pl.Datetime) and dtype.time_zone else t
+        return scan.select(t.max().dt.date().alias("d"))
+
+    frame = _read(uri, newest)[0]
+    return frame["d"][0] if frame.height else None
 
 
 def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame] | None = None

@@ -98,7 +98,7 @@ def read_shard(store_url: str, model_name: str, version: str, data: str, columns
     """
     store = open_store(store_url)
     bundle = worker_bundle(store_url, model_name, version)
-    raw = load_observations(data, columns, series=series, shard=shard)
+    raw = load_observations(data, columns, series=series, shard=shard, since=since)
     checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
                                     columns.timestamp_format, covariate_kinds(bundle))
     valid = checked.valid  # never empty: validation stops a shard with no valid row

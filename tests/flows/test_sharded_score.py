@@ -177,3 +177,38 @@ def test_the_bundle_is_loaded_once_per_process_however_many_shards(panel, monkey
     finally:
         tasks.sharded._cached_bundle.cache_clear()
     assert len(loads) == 1, loads
+
+
+def test_typed_parquet_is_read_from_the_scoring_span_on_and_scores_the_same(panel, tmp_path):
+    """The same data as typed Parquet (timestamps as datetimes) is read from the scoring span on, not
+    whole; forecasts, skipped series and the newest date equal those from the text-typed file, single
+    and sharded, including a series that stopped long before the span (named stale from one row)."""
+    from tasks.ingest import load_observations
+    from tasks.registry import load_champion
+    from tasks.score import scoring_span_start
+
+    data, store, as_of, _ = panel
+    raw = pl.read_parquet(data)
+    ts = pl.col("timestamp").str.to_datetime()
+    gone = sorted(raw["series_id"].unique().to_list())[1]
+    since = scoring_span_start(load_champion(open_store(store), "lstm"), as_of)
+    # four more weeks of older history (the sample's two weeks, twice, earlier): outside the scoring span
+    raw = pl.concat([raw.with_columns((ts - dt.timedelta(days=d)).dt.strftime("%Y-%m-%dT%H:%M:%S").alias("timestamp"))
+                     for d in (28, 14)] + [raw])
+    raw = raw.filter((pl.col("series_id") != gone) | (ts < since - dt.timedelta(days=1)))
+    text, typed = str(tmp_path / "text.parquet"), str(tmp_path / "typed.parquet")
+    raw.write_parquet(text)
+    raw.with_columns(ts).sort("series_id", "timestamp").write_parquet(typed, row_group_size=100)
+    read = load_observations(typed, since=since)
+    assert read.height < raw.height / 2 and read.filter(pl.col("series_id") == gone).height == 1
+
+    def run(path: str, **kw: object) -> tuple[dict, pl.DataFrame]:
+        out = score_flow(ScoreParams(data=path, **kw), store=store)
+        return out, read_forecasts(open_store(store), "lstm", out["as_of"]).sort("series_id", "horizon")
+
+    whole, expected = run(text, as_of=as_of)
+    assert gone in whole["skipped"] and whole["skipped"][gone].startswith("stale")
+    for kw in ({"as_of": as_of}, {}, {"as_of": as_of, "shards": 3}):
+        out, got = run(typed, **kw)
+        assert out["as_of"] == as_of and got.equals(expected), kw
+        assert out["skipped"] == whole["skipped"], kw

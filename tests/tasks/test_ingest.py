@@ -109,3 +109,33 @@ def test_gzipped_csv_is_read_as_csv_from_a_file_and_a_directory(tmp_path):
     for uri in (str(tmp_path / "obs.csv.gz"), str(tmp_path / "d")):
         got = load_observations(uri)
         assert got["series_id"].to_list() == ["a", "a"] and got["target"].to_list() == ["1.0", "2.0"]
+
+
+def test_reading_since_a_time_pushes_the_predicate_into_the_parquet_scan(tmp_path):
+    """Typed Parquet: the rows from ``since`` on, plus one row per series with its newest older timestamp
+    (nothing else); the timestamp predicate is part of the scan. CSV (text) is read whole."""
+    import datetime as dt
+
+    from tasks.ingest import load_observations, rows_since
+
+    stamps = [dt.datetime(2026, 1, 1) + dt.timedelta(hours=h) for h in range(48)]
+    frame = pl.DataFrame({"sid": ["a"] * 48 + ["b"] * 10, "ts": stamps + stamps[:10],
+                          "target": [float(i) for i in range(58)], "x": ["u"] * 58})
+    frame.write_parquet(tmp_path / "x.parquet", row_group_size=8)
+    frame.with_columns(pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S")).write_csv(tmp_path / "x.csv")
+    cols = ColumnMap(series_col="sid", timestamp_col="ts")
+    since = dt.datetime(2026, 1, 2, 12)
+    got = load_observations(str(tmp_path / "x.parquet"), cols, since=since).sort("series_id", "timestamp")
+    assert got.columns == ["series_id", "timestamp", "target", "x"]
+    recent = got.filter(pl.col("timestamp") >= since)
+    assert recent.height == 12 and recent["target"].to_list() == [float(i) for i in range(36, 48)]
+    older = got.filter(pl.col("timestamp") < since)
+    assert older.select("series_id", "timestamp").rows() == [("a", dt.datetime(2026, 1, 2, 11)),
+                                                             ("b", dt.datetime(2026, 1, 1, 9))]
+    assert older["target"].null_count() == 2 and older["x"].null_count() == 2
+    assert load_observations(str(tmp_path / "x.csv"), cols, since=since).height == 58
+    scan = pl.scan_parquet(tmp_path / "x.parquet")
+    plan = rows_since(scan, scan.collect_schema(), cols, since).explain()
+    assert plan.count("Parquet SCAN") == 2 and "FILTER" not in plan, plan  # both predicates in the scans
+    assert 'SELECTION: col("ts") >= 2026-01-02 12:00:00' in plan and 'SELECTION: col("ts") < 2026-01-02' in plan, plan
+    assert "PROJECT 2/4 COLUMNS" in plan, plan  # the older rows: their id and timestamp, no other column
