@@ -50,6 +50,7 @@ DATASETS = ["fred_md", "fred_md_q", "txhousing", "txhousing_q", "tourism", "vic_
 CYCLE_ABLATION = "calendar season only"
 """On data whose calendar has no season of its own (yearly): season 1, as before the cycle rule
 (``tasks.clean.decide_season`` finding a cycle in the data); skipped where the calendar has one."""
+CALENDAR_ABLATION = "no calendar features"  # sub-daily data: hour and day of week off (the default before)
 ABLATIONS = {"no refit": {"refit": False}, "one network seed": {"seeds": 1}, "hard switch": {"combine": "switch"},
              "no classical": {"classical": "none"}, "clipped truth": {"truth": "clean"},
              "no trim": {"trim": None}}
@@ -151,12 +152,13 @@ def neuralforecast_lstm(history: pl.DataFrame, ids: list[str], ds, lookback: int
 
 def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int, workdir: str,
                   serve: dict | None = None, train: dict | None = None,
-                  clean: dict | None = None) -> tuple[np.ndarray, float, dict]:
+                  clean: dict | None = None, features: dict | None = None) -> tuple[np.ndarray, float, dict]:
     """``retrain_flow`` + ``score_flow`` on the history with the defaults (horizon and seed set); the (S, H)
     forecasts in ``ids`` order (seasonal naive's value where a series got none: counted as missing)."""
     from flows.retrain import retrain_flow
     from flows.score import score_flow
-    from schemas.params import CleanConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig, WindowConfig
+    from schemas.params import (CleanConfig, FeatureConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig,
+                                WindowConfig)
     from tasks.score import read_forecasts
     from tasks.storage import open_store
 
@@ -164,7 +166,8 @@ def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int
     data = f"{run}/history.parquet"
     history.write_parquet(data)
     params = RetrainParams(data=data, window=WindowConfig(horizon=horizon), train=TrainConfig(seed=seed, **(train or {})),
-                           serve=ServeConfig(**(serve or {})), clean=CleanConfig(**(clean or {})))
+                           serve=ServeConfig(**(serve or {})), clean=CleanConfig(**(clean or {})),
+                           features=FeatureConfig(**(features or {})))
     t0 = time.monotonic()
     out = retrain_flow(params, store=f"{run}/store")
     as_of = history["timestamp"].max().date()
@@ -208,15 +211,17 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str,
         seconds[SERVED] = seconds.get(SERVED, 0.0) + sec / seeds
         print(f"  {name} seed {42 + k}: MASE {rows[SERVED][-1]:.3f} ({sec:.0f} s) {meta}", flush=True)
     if ablations:
-        from tasks.clean import Calendar, season_length_for
+        from tasks.clean import Calendar, calendar_parts_for, season_length_for
 
-        runs = {label: (change, None) for label, change in ABLATIONS.items()}
+        runs = {label: (change, None, None) for label, change in ABLATIONS.items()}
         if ds.frequency and season_length_for(Calendar(ds.frequency)) == 1:
-            runs[CYCLE_ABLATION] = (None, {"season_length": 1})
-        for label, (change, clean) in runs.items():
+            runs[CYCLE_ABLATION] = (None, {"season_length": 1}, None)
+        if ds.frequency and calendar_parts_for(Calendar(ds.frequency)):
+            runs[CALENDAR_ABLATION] = (None, None, {"calendar": []})
+        for label, (change, clean, features) in runs.items():
             if only and label not in only:
                 continue
-            got, sec, meta = run_nightcast(history, ids, ds.horizon, 42, workdir, change, train, clean)
+            got, sec, meta = run_nightcast(history, ids, ds.horizon, 42, workdir, change, train, clean, features)
             missing = ~np.isfinite(got).all(axis=1)
             got[missing] = snaive[missing]
             rows[label] = [mase_table(history, future, {"x": got}, ds.season, ds.horizon)["x"]]

@@ -135,8 +135,9 @@ class WindowConfig(_Config):
 class FeatureConfig(_Config):
     """Derived features, each fitted on the training span (see ``tasks.features``)."""
 
-    calendar: list[Literal["hour", "dow", "month", "doy"]] = Field(
-        default_factory=list, description="cyclical sin/cos of these timestamp parts, as known-future inputs")
+    calendar: list[Literal["hour", "dow", "month", "doy"]] | None = Field(
+        None, description="cyclical sin/cos of these timestamp parts, as known-future inputs; empty: from the "
+                          "frequency (sub-daily: hour and dow; daily and coarser: none); []: none")
     timezone: str = Field(
         "UTC", description="IANA time zone the calendar parts are read in (e.g. Europe/Berlin: the local hour and "
                            "weekday a demand cycle follows, DST included); timestamps themselves stay UTC")

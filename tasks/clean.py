@@ -117,6 +117,14 @@ def infer_frequency(frame: pl.DataFrame) -> str:
     raise ValueError(f"cannot express a step of {us} microseconds as a frequency; pass --frequency")
 
 
+def calendar_parts_for(calendar: Calendar) -> list[str]:
+    """The calendar features a frequency gets by default: sub-daily data sees its daily and weekly cycle
+    (hour and day of week, as known-future inputs), which a daily season and a lookback of a few days
+    cannot show the network; daily and coarser data get none (their season and lags carry the cycle)."""
+    us = _duration_us(calendar.frequency)
+    return ["hour", "dow"] if us is not None and us < _DAY_US else []
+
+
 def season_length_for(calendar: Calendar) -> int:
     """The natural seasonal period of a frequency (daily for sub-daily data, weekly for days...)."""
     fixed = {"1mo": 12, "3mo": 4, "1y": 1}

@@ -12,7 +12,8 @@ import polars as pl
 
 from schemas.frames import CleanSeries
 from schemas.params import RetrainParams
-from tasks.clean import Calendar, CleanReport, clean_observations, decide_calendar, decide_season, regularize
+from tasks.clean import (Calendar, CleanReport, calendar_parts_for, clean_observations, decide_calendar, decide_season,
+                         regularize)
 from tasks.features import FeatureState, fit_features, transform_features
 from tasks.validate import ValidationResult
 from tasks.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
@@ -82,8 +83,9 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     CleanSeries.validate(clean, lazy=True)
     report.validation = dict(valid.notes)  # one report of what was read, dropped and filled, for the manifest
     f = params.features
+    parts = f.calendar if f.calendar is not None else calendar_parts_for(calendar)
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
-                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components,
+                         w.past_covariates, w.future_covariates, parts, f.seasonal_lags, f.pca_components,
                          f.timezone)
     frame, no_training_data = transform_features(clean, state)
     lookback = w.lookback or auto_lookback(season, w.horizon)
@@ -125,8 +127,8 @@ def prepare_refit(prepared: Prepared, valid: ValidationResult, params: RetrainPa
         clean, _, iqr = clean_observations(valid.valid, cfg, prepared.calendar, end)
     f, w = params.features, params.window
     state = fit_features(clean, end, params.clean.scaler, valid.numeric, valid.categorical,
-                         w.past_covariates, w.future_covariates, f.calendar, f.seasonal_lags, f.pca_components,
-                         f.timezone)
+                         w.past_covariates, w.future_covariates, prepared.state.calendar, f.seasonal_lags,
+                         f.pca_components, f.timezone)
     frame, no_training_data = transform_features(clean, state)
     lookback, season = prepared.index.lookback, prepared.season_length
     index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon, end, end, w.stride,

@@ -103,3 +103,21 @@ def test_features_are_reachable_from_config_and_the_search_space():
     run = apply_overrides(fast_params("-"), {"features.calendar": ["hour"], "features.seasonal_lags": [24]})
     assert run.features.calendar == ["hour"] and run.features.seasonal_lags == [24]
     assert params.space["features.calendar"].grid_values() == [[], ["hour", "dow"]]
+
+
+def test_sub_daily_data_sees_its_weekly_cycle_by_default(sample_raw):
+    """No calendar given: hourly data gets hour and day-of-week features (the weekly cycle a 24-step season
+    and a two-day lookback cannot show), daily and monthly data none; an explicit [] turns them off."""
+    from schemas.params import RetrainParams, WindowConfig
+    from tasks.clean import Calendar, calendar_parts_for
+    from tasks.prepare import prepare_training
+    from tasks.validate import validate_observations
+
+    assert calendar_parts_for(Calendar("1h")) == calendar_parts_for(Calendar("15m")) == ["hour", "dow"]
+    assert calendar_parts_for(Calendar("1d")) == calendar_parts_for(Calendar("1mo")) == []
+    valid = validate_observations(sample_raw)
+    auto = prepare_training(valid, RetrainParams(window=WindowConfig(lookback=24, horizon=6)))
+    assert auto.state.calendar == ["hour", "dow"] and len(auto.state.future_columns) == 4
+    off = prepare_training(valid, RetrainParams(window=WindowConfig(lookback=24, horizon=6),
+                                                features=FeatureConfig(calendar=[])))
+    assert off.state.calendar == [] and off.state.future_columns == []
