@@ -235,3 +235,59 @@ def test_score_adapts_interval_widths_to_the_actuals_monitored_before_its_origin
     assert sharded["widths"]["factors"] == found["factors"]
     again = read_forecasts(st, "lstm", _day(13)).sort("series_id", "horizon")
     assert again.select("lower", "upper").to_numpy() == pytest.approx(after.select("lower", "upper").to_numpy())
+
+
+def test_two_monitor_runs_started_together_give_the_metrics_a_sequential_run_gives(scored, sample_raw, tmp_path,
+                                                                                    monkeypatch):
+    """The 11th and the 12th monitored at the same time, both reading the state before either writes
+    (a barrier after the state read makes the overlap certain), then the 13th: every metric and every
+    point's status and actual equal those of running the three dates in order. Each run's result is a
+    function of a complete earlier state and the inputs, so an overlap costs re-work, never a count."""
+    import threading
+
+    import flows.monitor
+    from tasks.monitor import read_state
+
+    _, store, _ = scored
+    frames = {d: _csv(tmp_path, f"d{d}.csv", sample_raw.filter(_before_end_of(d))) for d in (11, 12, 13)}
+    stores = {}
+    for name in ("in_order", "together"):
+        stores[name] = str(tmp_path / name)
+        shutil.copytree(store, stores[name])
+        shutil.rmtree(tmp_path / name / "monitoring", ignore_errors=True)  # what earlier tests monitored
+
+    def run(name: str, d: int) -> None:
+        monitor_flow(MonitorParams(data=frames[d], as_of=_day(d)), store=stores[name])
+
+    for d in (11, 12, 13):
+        run("in_order", d)
+
+    barrier, done = threading.Barrier(2, timeout=300), []
+
+    def stale_read(*args, **kwargs):  # noqa: ANN002, ANN003
+        state = read_state(*args, **kwargs)
+        barrier.wait()  # neither run writes before both have read
+        return state
+
+    monkeypatch.setattr(flows.monitor, "read_previous", stale_read)
+    def run_together(d: int) -> None:
+        run("together", d)
+        done.append(d)
+
+    threads = [threading.Thread(target=run_together, args=(d,)) for d in (11, 12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert sorted(done) == [11, 12], "a concurrent run failed (its error is in the captured log)"
+    monkeypatch.undo()
+    run("together", 13)
+
+    key = ["dimension", "key"]
+    a, b = (read_summary(open_store(stores[n]), "lstm", _day(13)).sort(key) for n in ("in_order", "together"))
+    metrics = [c for c in a.columns if c not in ("date",)]
+    assert a.select(metrics).equals(b.select(metrics))
+    cols = ["series_id", "timestamp", "as_of", "status", "actual", "forecast"]
+    sa, sb = (read_state(open_store(stores[n]), "lstm", _day(14)).active.select(cols).sort(cols[:3])
+              for n in ("in_order", "together"))
+    assert sa.height > 0 and sa.equals(sb)
