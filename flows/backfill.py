@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.params import BackfillParams, ColumnMap
 from tasks.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
-from tasks.score import covariate_kinds, forecasts_key, scoring_span_start
+from tasks.score import covariate_kinds, forecasts_key, scoring_span_start, timestamps_zone
 from tasks.sharded import discard_staging
 from tasks.storage import Store
 from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
@@ -149,8 +149,9 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
         else:
             since = min(scoring_span_start(bundles[plan[d]], d) for d in todo) if todo else None
             raw = ingest(params.data or settings.data, params.columns, since=since)
-            observations = validate(raw, first.config["params"]["clean"]["max_bad_share"],
-                                    params.columns.timestamp_format, covariate_kinds(first)).valid
+            checked = validate(raw, first.config["params"]["clean"]["max_bad_share"],
+                               params.columns.timestamp_format, covariate_kinds(first))
+            observations, zone = checked.valid, timestamps_zone(checked.notes)
 
     def record(day: dt.date, result: dict | BaseException) -> None:
         nonlocal finished
@@ -192,7 +193,7 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
                 day = queue.pop(0)
                 in_flight[pool.submit(score_date, {"store": st, "bundle": bundles[plan[day]],
                                                    "observations": observations, "as_of": day,
-                                                   "model_name": params.model_name})] = day
+                                                   "model_name": params.model_name, "zone": zone})] = day
 
             while queue and len(in_flight) < params.max_parallel:
                 start_next()

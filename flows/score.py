@@ -17,7 +17,8 @@ from tasks.ingest import load_observations, load_series_ids, newest_date
 from tasks.intervals import widen
 from tasks.monitor import width_factors
 from tasks.registry import Bundle, load_champion
-from tasks.score import covariate_kinds, forecast_from_bundle, scoring_span_start, write_forecasts
+from tasks.score import (covariate_kinds, forecast_from_bundle, scoring_span_start, timestamps_zone,
+                         write_forecasts)
 from tasks.shard import plan_shards
 from tasks.sharded import (STAGING, ShardInput, assemble_shards, discard_staging, merge_inputs, plan_calendar,
                            read_shard, run_of, score_shard, staging_prefix, staging_run, sweep_staging)
@@ -52,14 +53,14 @@ def _short(values: list[float], n: int = 6) -> str:
 
 
 def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
-                       model_name: str, adapt_widths: bool = True) -> dict:
+                       model_name: str, adapt_widths: bool = True, zone: str = "UTC") -> dict:
     """Forecast as of one date and replace that date's partition; a summary row for the run. With
     ``adapt_widths``, the intervals take the monitor's multipliers (``adapted_widths``)."""
     forecasts, report = forecast_from_bundle(bundle, observations, as_of)
     widths = adapted_widths(store, bundle, model_name, as_of, adapt_widths)
     if widths:
         forecasts = widen(forecasts, widths["factors"])
-    key = write_forecasts(store, forecasts, model_name, as_of)
+    key = write_forecasts(store, forecasts, model_name, as_of, zone)
     return {"as_of": as_of, "rows": forecasts.height, "series": report.series_scored, "methods": report.methods,
             "skipped": report.skipped, "model_version": bundle.version, "forecasts": store.uri(key),
             "widths": widths}
@@ -169,7 +170,7 @@ def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date |
     max_gap = bundle.config["params"]["clean"]["max_gap"]
     widths = adapted_widths(st, bundle, model_name, as_of, adapt_widths)
     return {**assemble_step(st.url, parts, max_gap, calendar, as_of, model_name, bundle.version,
-                            widths["factors"] if widths else None), "widths": widths}
+                            widths["factors"] if widths else None, timestamps_zone(read.notes)), "widths": widths}
 
 
 def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -> tuple[dict, ShardedInput]:
@@ -217,7 +218,8 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
         n_quarantined, notes = read.n_quarantined, read.notes
     else:
         checked, as_of = read_for_scoring(bundle, params.data or settings.data, params)
-        out = score_date(st, bundle, checked.valid, as_of, params.model_name, params.adapt_widths)
+        out = score_date(st, bundle, checked.valid, as_of, params.model_name, params.adapt_widths,
+                         timestamps_zone(checked.notes))
         n_quarantined, notes = checked.n_quarantined, checked.notes
     as_of = out["as_of"]
     lost = notes.get("series_every_row_quarantined") or []

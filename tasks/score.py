@@ -463,13 +463,25 @@ def _intervals(out: np.ndarray, methods: np.ndarray, widths: dict[str, list[floa
     return lower, upper
 
 
-def write_forecasts(store: Store, forecasts: pl.DataFrame, model: str, as_of: dt.date) -> str:
-    """Replace the partition for (model, as_of) with one atomic object; nothing else is touched."""
+TIMESTAMPS_META = "nightcast.timestamps"
+"""Parquet metadata key: what the forecast timestamps are (``timestamps_zone``)."""
+
+
+def timestamps_zone(notes: dict) -> str:
+    """What the forecast timestamps of input with these validation notes are: ``UTC`` (naive UTC, offsets
+    converted), or ``local dates`` (date-level input stamped at local midnight with an offset, read as its
+    local dates: the forecasts fall on local dates at midnight)."""
+    return "local dates" if notes.get("timestamps_local_midnight_read_as_dates") else "UTC"
+
+
+def write_forecasts(store: Store, forecasts: pl.DataFrame, model: str, as_of: dt.date, zone: str = "UTC") -> str:
+    """Replace the partition for (model, as_of) with one atomic object; nothing else is touched. ``zone``
+    (``timestamps_zone``) is recorded in the file's metadata."""
     prefix = partition_key(model, as_of)
     buf = io.BytesIO()
     versions = forecasts["model_version"].unique().sort().to_list()
     forecasts.write_parquet(buf, metadata={"nightcast.forecasts_layout": FORECASTS_LAYOUT,
-                                           "nightcast.model_version": ",".join(versions)})
+                                           "nightcast.model_version": ",".join(versions), TIMESTAMPS_META: zone})
     key = forecasts_key(model, as_of)
     store.write_bytes(key, buf.getvalue())
     for stale in store.list(prefix + "/"):

@@ -165,7 +165,8 @@ def score_shard(store_url: str, model_name: str, version: str, staged_input: str
 
 
 def assemble_shards(store_url: str, parts: list[ScorePart], max_gap: int, calendar: Calendar, as_of: dt.date,
-                    model_name: str, version: str, width_factors: list[float] | None = None) -> dict:
+                    model_name: str, version: str, width_factors: list[float] | None = None,
+                    zone: str = "UTC") -> dict:
     """Read the staged parts, settle staleness across shards, widen the intervals by ``width_factors`` (per
     horizon step; ``tasks.intervals.widen``) and write the partition in one atomic object
     (``write_forecasts``); the parts are deleted. A summary row like an unsharded run's."""
@@ -175,7 +176,7 @@ def assemble_shards(store_url: str, parts: list[ScorePart], max_gap: int, calend
     forecasts, report = assemble_parts(loaded, max_gap, calendar, as_of)
     if width_factors:
         forecasts = widen(forecasts, width_factors)
-    key = write_forecasts(store, forecasts, model_name, as_of)
+    key = write_forecasts(store, forecasts, model_name, as_of, zone)
     for p in parts:
         if p.staged:
             store.delete(p.staged)

@@ -131,13 +131,13 @@ def test_a_slow_date_does_not_hold_back_the_others(tmp_path, registry, monkeypat
     started: list[dt.date] = []
     real = flows.backfill.forecast_and_write
 
-    def forecast(store, bundle, observations, as_of, model_name):  # noqa: ANN001 - the step's arguments
+    def forecast(store, bundle, observations, as_of, model_name, zone):  # noqa: ANN001 - the step's arguments
         started.append(as_of)
         if as_of == days[-1]:
             last_started.set()
         if as_of == days[0]:
             assert last_started.wait(60), "the other dates waited for the slow one"
-        return real(store, bundle, observations, as_of, model_name)
+        return real(store, bundle, observations, as_of, model_name, zone=zone)
 
     monkeypatch.setattr(flows.backfill, "score_date", step(forecast, "score-date", io=True))
     out = backfill_flow(start=days[0], end=days[-1], data=registry[1], store=store, max_parallel=2,

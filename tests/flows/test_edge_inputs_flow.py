@@ -80,4 +80,6 @@ def test_a_ragged_panel_with_every_broken_case_retrains_scores_and_names_the_bro
     day = dt.datetime(2024, 1, 15)
     assert first["half_past"] == day + dt.timedelta(minutes=30)  # forecast on its own phase
     assert first["zoned"] == first["good_0"] == first["one_row"] == day  # +01:00 read as UTC
+    written = f"{store}/forecasts/model=lstm/as_of={as_of}/forecasts.parquet"
+    assert pl.read_parquet_metadata(written)["nightcast.timestamps"] == "UTC"  # what the timestamps are
     assert first["trail_blank"] == day - dt.timedelta(hours=2)  # from its last observed value

@@ -66,3 +66,23 @@ def test_times_of_day_with_an_offset_are_still_converted_to_utc():
                         "target": ["1", "2"]})
     typed = coerce_observations(raw)
     assert typed["timestamp"].to_list() == [dt.datetime(2024, 1, 2, 0), dt.datetime(2024, 1, 2, 1)]
+
+
+def test_forecasts_record_what_their_timestamps_are(tmp_path):
+    """Date-level input with offsets is forecast on local dates, anything else in UTC: the partition's
+    Parquet metadata says which."""
+    from tasks.score import TIMESTAMPS_META, timestamps_zone, write_forecasts
+    from tasks.storage import open_store
+
+    local, utc = {}, {}
+    coerce_observations(pl.DataFrame({"series_id": "a", "timestamp": ["2024-01-02T00:00:00+01:00"], "target": ["1"]}),
+                        notes=local)
+    coerce_observations(pl.DataFrame({"series_id": "a", "timestamp": ["2024-01-02T01:00:00+01:00"], "target": ["1"]}),
+                        notes=utc)
+    assert timestamps_zone(local) == "local dates" and timestamps_zone(utc) == "UTC"
+    frame = pl.DataFrame({"series_id": ["a"], "timestamp": [dt.datetime(2024, 1, 3)], "horizon": [1],
+                          "forecast": [1.0], "model_version": ["v1"]})
+    store = open_store(str(tmp_path))
+    for zone in ("local dates", "UTC"):
+        key = write_forecasts(store, frame, "lstm", dt.date(2024, 1, 2), zone)
+        assert pl.read_parquet_metadata(tmp_path / key)[TIMESTAMPS_META] == zone
