@@ -212,3 +212,42 @@ def test_typed_parquet_is_read_from_the_scoring_span_on_and_scores_the_same(pane
         out, got = run(typed, **kw)
         assert out["as_of"] == as_of and got.equals(expected), kw
         assert out["skipped"] == whole["skipped"], kw
+
+
+def test_the_documented_reader_reads_while_a_sharded_run_is_frozen_mid_flight(panel, monkeypatch):
+    """A sharded run held just before it assembles (every shard's input and part staged, the partition not
+    yet replaced): the README's reader of every forecast reads exactly the partitions already written, and
+    the run then finishes as usual."""
+    import threading
+
+    import flows.score
+
+    data, store, as_of, _ = panel
+    st = open_store(store)
+    score_flow(ScoreParams(data=data, as_of=as_of), store=store)  # a partition the reader must see whole
+    before = read_forecasts(st, "lstm", as_of).sort("series_id", "horizon")
+    frozen, release, done = threading.Event(), threading.Event(), []
+    real = flows.score.assemble_step
+
+    def held(*args, **kwargs):  # noqa: ANN002, ANN003
+        frozen.set()
+        assert release.wait(300), "never released"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flows.score, "assemble_step", held)
+    run = threading.Thread(target=lambda: done.append(
+        score_flow(ScoreParams(data=data, as_of=as_of, shards=3), store=store)))
+    run.start()
+    try:
+        assert frozen.wait(300), "the run never reached its assemble step"
+        staged = [k for k in st.list(STAGING) if k.endswith(".parquet")]
+        assert any("/input/" in k for k in staged) and any("/parts/" in k for k in staged), staged
+        everything = pl.scan_parquet(f"{store}/forecasts/**/*.parquet", hive_partitioning=True).collect()
+        mine = everything.filter(pl.col("as_of").cast(pl.String) == str(as_of))
+        cols = [c for c in before.columns if c not in ("model", "as_of")]
+        assert mine.select(cols).sort("series_id", "horizon").equals(before.select(cols))
+    finally:
+        release.set()
+        run.join(300)
+    assert done and done[0]["series"] == before["series_id"].n_unique()
+    assert st.list(STAGING) == []
