@@ -68,7 +68,7 @@ def test_accuracy_bench_runs_from_one_command(tmp_path):
                           "--max-steps", "30", "--out", str(out)], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     for model in ("nightcast served", "no refit", "one network seed", "hard switch", "no classical", "clipped truth",
-                  "calendar season only",
+                  "no trim", "calendar season only",
                   "seasonal naive", "AutoETS", "AutoTheta"):
         assert f"| {model} |" in run.stdout, model
     assert "**Over datasets**" in run.stdout and out.read_text() in run.stdout
