@@ -184,10 +184,11 @@ def test_attention_pooling_trains_and_round_trips(trained):
 
 
 def test_known_future_covariates_reach_the_network(sample_raw):
-    from schemas.params import WindowConfig
+    from schemas.params import FeatureConfig, WindowConfig
 
     params = fast_params("-", window=WindowConfig(lookback=24, horizon=6, future_covariates=["promo"]),
-                         train=TrainConfig(max_epochs=1))
+                         train=TrainConfig(max_epochs=1),
+                         features=FeatureConfig(calendar=[]))  # promo alone: no calendar inputs beside it
     prepared = prepare_training(validate_observations(sample_raw), params)
     assert prepared.state.future_columns == ["cat__promo=off", "cat__promo=on"]
     assert prepared.state.past_covariates == ["temperature"]
