@@ -174,10 +174,7 @@ def thin_windows(index: WindowIndex, starts: np.ndarray, cap: int) -> np.ndarray
     k = -(-len(starts) // cap)
     while k < counts.max() and int((-(-counts // k)).sum()) > cap:  # at most log2(windows per series) trips
         k *= 2
-    kept = space_windows(index, starts, k)
-    if len(kept) > cap:
-        k = int(counts.max())
-        kept = space_windows(index, starts, k)
+    kept = space_windows(index, starts, k)  # ceil(count / k) per series: one each once k reaches the longest
     if len(kept) > cap:  # more series than the cap: one window each from every m-th series
         series = index.series[index.origin(kept)]
         rank = np.cumsum(np.r_[True, np.diff(series) != 0]) - 1
