@@ -14,14 +14,17 @@ from prefect.artifacts import create_markdown_artifact
 
 from schemas.params import ColumnMap, ScoreParams, Settings
 from tasks.ingest import load_observations, load_series_ids, newest_date
+from tasks.clean import Calendar
 from tasks.intervals import widen
 from tasks.monitor import width_factors
 from tasks.registry import Bundle, load_champion
 from tasks.score import (covariate_kinds, forecast_from_bundle, scoring_span_start, timestamps_zone,
                          write_forecasts)
 from tasks.shard import plan_shards
-from tasks.sharded import (STAGING, ShardInput, assemble_shards, discard_staging, merge_inputs, plan_calendar,
-                           read_shard, run_of, score_shard, staging_prefix, staging_run, sweep_staging)
+from tasks.score import ScoreError
+from tasks.sharded import (STAGING, ShardInput, ShardRun, assemble_shards, discard_staging, fixed_calendar,
+                           merge_inputs, plan_calendar, read_and_score_shard, read_shard, run_of, score_shard,
+                           staging_prefix, staging_run, sweep_staging)
 from tasks.storage import Store
 from tasks.validate import validate_observations
 from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
@@ -69,21 +72,25 @@ def forecast_and_write(store: Store, bundle: Bundle, observations: pl.DataFrame,
 score_date = step(forecast_and_write, "forecast-and-write", io=True, timeout_s=3600)
 
 
-@functools.wraps(score_shard)
-def _score_shard_here(*args, **kwargs):
-    """``score_shard`` with torch's threads set as ``start_run`` sets them: on a Dask worker a shard runs
-    in another process, which the flow's own setting never reached."""
-    import torch
+def _torch_threads_here(fn):  # noqa: ANN001, ANN202 - a shard task
+    """``fn`` with torch's threads set as ``start_run`` sets them: on a Dask worker a shard runs in
+    another process, which the flow's own setting never reached."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        import torch
 
-    torch.set_num_threads(Settings().torch_threads)
-    return score_shard(*args, **kwargs)
+        torch.set_num_threads(Settings().torch_threads)
+        return fn(*args, **kwargs)
+    return run
 
 
 plan_step = step(load_series_ids, "list-series", io=True, timeout_s=3600)
 read_step = step(read_shard, "read-shard", io=True, timeout_s=3600).with_options(
     task_run_name="read-shard-{staged_key}")
-shard_step = step(_score_shard_here, "score-shard", io=True, timeout_s=3600).with_options(
+shard_step = step(_torch_threads_here(score_shard), "score-shard", io=True, timeout_s=3600).with_options(
     task_run_name="score-shard-{staged_key}")
+one_pass_step = step(_torch_threads_here(read_and_score_shard), "read-and-score-shard", io=True,
+                     timeout_s=3600).with_options(task_run_name="read-and-score-shard-{staged_key}")
 assemble_step = step(assemble_shards, "assemble-shards", io=True, timeout_s=3600)
 
 
@@ -118,10 +125,8 @@ def _still_running(staging: str) -> bool:
     return state is None or not state.is_final()
 
 
-def read_in_shards(st: Store, model_name: str, version: str, data: str, columns: ColumnMap, n_shards: int,
-                   since: dt.datetime | None) -> ShardedInput:
-    """Plan the shards from the series ids alone, then read, validate and stage every shard as a
-    mapped task. Staging folders that killed runs left behind are swept first."""
+def _plan(st: Store, data: str, columns: ColumnMap, n_shards: int) -> tuple[str, list[list[str]], list[int]]:
+    """A new run's staging folder (after sweeping what killed runs left), and its shards from the series ids."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -136,7 +141,16 @@ def read_in_shards(st: Store, model_name: str, version: str, data: str, columns:
     groups = plan_shards(ids, n_shards, data)
     todo = [k for k, g in enumerate(groups) if g]
     logger.info("%d series in %d shards (%d empty); staging under %s", ids.height, n_shards,
-                n_shards - len(todo), st.uri(staging_prefix(run) + "input"))
+                n_shards - len(todo), st.uri(STAGING + run))
+    return run, groups, todo
+
+
+def read_in_shards(st: Store, model_name: str, version: str, data: str, columns: ColumnMap, n_shards: int,
+                   since: dt.datetime | None) -> ShardedInput:
+    """Plan the shards from the series ids alone, then read, validate and stage every shard as a
+    mapped task (a backfill scores the staged rows for many dates). Staging folders that killed runs
+    left behind are swept first."""
+    run, groups, todo = _plan(st, data, columns, n_shards)
     keys = [f"{staging_prefix(run)}input/{k:05d}.parquet" for k in todo]
     futures = read_step.map(unmapped(st.url), unmapped(model_name), unmapped(version), unmapped(data),
                             unmapped(columns), [groups[k] for k in todo], [(k, n_shards) for k in todo],
@@ -149,6 +163,37 @@ def read_in_shards(st: Store, model_name: str, version: str, data: str, columns:
         raise
     merged = merge_inputs(shards)
     return ShardedInput(run, shards, merged["n_quarantined"], merged["notes"])
+
+
+def score_one_pass(st: Store, bundle: Bundle, data: str, params: ScoreParams, as_of: dt.date,
+                   calendar: Calendar) -> tuple[dict, ShardedInput] | None:
+    """Every shard read, validated and forecast by one task that writes only its part (its rows never
+    leave the worker), then one atomic assemble: the sharded run when ``as_of`` and the calendar are
+    known before any shard is read. None when ``as_of`` was the newest date read but no shard has a
+    valid row on it (every row of that date quarantined): the staged run then finds the date."""
+    run, groups, todo = _plan(st, data, params.columns, params.shards)
+    keys = [f"{staging_prefix(run)}parts/{as_of}/{k:05d}.parquet" for k in todo]
+    try:
+        futures = one_pass_step.map(unmapped(st.url), unmapped(params.model_name), unmapped(bundle.version),
+                                    unmapped(data), unmapped(params.columns), [groups[k] for k in todo],
+                                    [(k, params.shards) for k in todo], unmapped(as_of), unmapped(calendar), keys)
+        wait(futures)
+        runs: list[ShardRun] = [f.result() for f in futures]
+        shards = [r.input for r in runs]
+        first, last = min(s.first for s in shards), max(s.last for s in shards)
+        if params.as_of is None and last.date() < as_of:
+            return None
+        if as_of < first.date() or as_of > last.date():
+            raise ScoreError(f"unknown as_of {as_of}: the data covers {first.date()} to {last.date()}")
+        merged = merge_inputs(shards)
+        read = ShardedInput(run, shards, merged["n_quarantined"], merged["notes"])
+        max_gap = bundle.config["params"]["clean"]["max_gap"]
+        widths = adapted_widths(st, bundle, params.model_name, as_of, params.adapt_widths)
+        out = assemble_step(st.url, [r.part for r in runs], max_gap, calendar, as_of, params.model_name,
+                            bundle.version, widths["factors"] if widths else None, timestamps_zone(read.notes))
+        return {**out, "widths": widths}, read
+    finally:
+        discard_staging(st.url, run)
 
 
 def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date | None, model_name: str,
@@ -176,7 +221,18 @@ def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date |
 def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -> tuple[dict, ShardedInput]:
     """``forecast_and_write`` with no process holding the whole catalogue (``tasks.sharded``): the
     partition is written only once every shard is done, in one atomic object, and a failed run
-    leaves it as it was. The run's staging is deleted either way."""
+    leaves it as it was. The run's staging is deleted either way.
+
+    One pass per shard (``score_one_pass``) when the model's calendar is fixed and ``as_of`` is given
+    or read from the timestamp column's statistics; otherwise (business-day holidays come from the
+    whole catalogue; CSV input) shards stage their rows, the calendar is planned, then they score."""
+    calendar = fixed_calendar(bundle)
+    as_of = params.as_of or (newest_date(data, params.columns) if calendar else None)
+    if calendar and as_of:
+        done = score_one_pass(st, bundle, data, params, as_of, calendar)
+        if done is not None:
+            return done
+        get_run_logger().info("no valid row on %s, the newest date read: finding the newest valid date", as_of)
     since = scoring_span_start(bundle, params.as_of) if params.as_of else None
     read = read_in_shards(st, params.model_name, bundle.version, data, params.columns, params.shards, since)
     try:

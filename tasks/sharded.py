@@ -1,13 +1,23 @@
 """Sharded scoring: no process reads the whole catalogue.
 
-A run has three stages, and only the first and last run in the flow's own process:
+The plan runs in the flow's own process: the distinct series ids (a scan of the id column alone),
+split by ``tasks.shard``. Then, when ``as_of`` and the calendar are known before any shard is read
+(the model's calendar is regular, and ``as_of`` is given or read from the timestamp column's
+statistics), one pass per shard:
 
-1. plan: the distinct series ids (a scan of the id column alone) split by ``tasks.shard``;
-2. per shard, as mapped tasks: ``read_shard`` reads its own series (Parquet predicate pushdown;
-   with the shard layout ``nightcast partition`` writes, only its own files), validates them and
-   stages the rows scoring needs; ``plan_calendar`` then decides the calendar from the small
-   per-day digests the shards return; ``score_shard`` forecasts a staged shard and stages its part;
-3. ``assemble_shards`` settles staleness across shards and replaces the partition in one atomic write.
+- ``read_and_score_shard``, as mapped tasks: read its own series (Parquet predicate pushdown; with the
+  shard layout ``nightcast partition`` writes, only its own files), validate, forecast, write its part
+  once; its rows never leave the worker;
+
+otherwise (business-day holidays are read from every shard; CSV input, where ``as_of`` is the newest
+valid date) the staged run:
+
+- ``read_shard`` reads, validates and stages the rows scoring needs; ``plan_calendar`` decides the
+  calendar from the small per-day digests the shards return; ``score_shard`` forecasts a staged shard
+  and stages its part (a backfill scores the staged rows for every date).
+
+Both end in ``assemble_shards``: staleness settled across shards, the partition replaced in one
+atomic write.
 
 Everything staged lives under ``staging/score/<stamp>-<run>/``, outside ``forecasts/`` (so a reader
 globbing ``forecasts/**/*.parquet`` never meets a staged file, during a run or after a killed one); a
@@ -87,6 +97,18 @@ def worker_bundle(store_url: str, model_name: str, version: str) -> Bundle:
         return _cached_bundle(store_url, model_name, version)
 
 
+def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str], shard: tuple[int, int],
+                since: dt.datetime | None) -> tuple[pl.DataFrame, ShardInput]:
+    """One shard's validated rows (from ``since`` on, and each series' last row before it), and its counts."""
+    raw = load_observations(data, columns, series=series, shard=shard, since=since)
+    checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
+                                    columns.timestamp_format, covariate_kinds(bundle))
+    valid = checked.valid  # never empty: validation stops a shard with no valid row
+    counts = ShardInput("", checked.n_quarantined, checked.notes, valid["timestamp"].min(),
+                        valid["timestamp"].max(), pl.DataFrame())
+    return valid, counts
+
+
 def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str],
                shard: tuple[int, int], since: dt.datetime | None, staged_key: str) -> ShardInput:
     """Read, validate and stage one shard's series.
@@ -98,18 +120,41 @@ def read_shard(store_url: str, model_name: str, version: str, data: str, columns
     """
     store = open_store(store_url)
     bundle = worker_bundle(store_url, model_name, version)
-    raw = load_observations(data, columns, series=series, shard=shard, since=since)
-    checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
-                                    columns.timestamp_format, covariate_kinds(bundle))
-    valid = checked.valid  # never empty: validation stops a shard with no valid row
-    first, last = valid["timestamp"].min(), valid["timestamp"].max()
-    kept = keep_for_scoring(valid, since or scoring_span_start(bundle, last.date()))
+    valid, counts = _read_valid(bundle, data, columns, series, shard, since)
+    kept = keep_for_scoring(valid, since or scoring_span_start(bundle, counts.last.date()))
     buf = io.BytesIO()
     kept.write_parquet(buf)
     store.write_bytes(staged_key, buf.getvalue())
     days = (kept.group_by(pl.col("timestamp").dt.date().alias("day"))
             .agg(pl.col("series_id").unique().sort().head(2).alias("ids"), pl.col("timestamp").max().alias("newest")))
-    return ShardInput(staged_key, checked.n_quarantined, checked.notes, first, last, days)
+    return dataclasses.replace(counts, staged=staged_key, days=days)
+
+
+def fixed_calendar(bundle: Bundle) -> Calendar | None:
+    """The calendar every shard scores on, when no shard's data can change it: the model's own for a
+    regular calendar. None for a business-day model, whose holidays a run re-reads from the whole
+    catalogue (``plan_calendar``) before any shard is scored."""
+    calendar = Calendar.from_json(bundle.config["calendar"])
+    return calendar if calendar.kind == "regular" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRun:
+    """What one shard scored in a single pass: its input counts and its part (staged, without the frame)."""
+
+    input: ShardInput
+    part: ScorePart
+
+
+def read_and_score_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap,
+                         series: list[str], shard: tuple[int, int], as_of: dt.date, calendar: Calendar,
+                         staged_key: str) -> ShardRun:
+    """Read, validate and forecast one shard in one task, and write its part once: what a run does when
+    ``as_of`` and the calendar (``fixed_calendar``) are known before any shard is read. The shard's
+    rows never leave the worker; it reads only its own series from the scoring span of ``as_of`` on."""
+    bundle = worker_bundle(store_url, model_name, version)
+    valid, counts = _read_valid(bundle, data, columns, series, shard, scoring_span_start(bundle, as_of))
+    return ShardRun(counts, _stage_part(store_url, forecast_part(bundle, valid, as_of, calendar), staged_key))
 
 
 def merge_inputs(inputs: list[ShardInput]) -> dict:
@@ -155,12 +200,15 @@ def score_shard(store_url: str, model_name: str, version: str, staged_input: str
     store = open_store(store_url)
     bundle = worker_bundle(store_url, model_name, version)
     valid = pl.read_parquet(io.BytesIO(store.read_bytes(staged_input)))
-    part = forecast_part(bundle, valid, as_of, calendar)
+    return _stage_part(store_url, forecast_part(bundle, valid, as_of, calendar), staged_key)
+
+
+def _stage_part(store_url: str, part: ScorePart, staged_key: str) -> ScorePart:
     if part.forecasts is None:
         return part
     buf = io.BytesIO()
     part.forecasts.write_parquet(buf)
-    store.write_bytes(staged_key, buf.getvalue())
+    open_store(store_url).write_bytes(staged_key, buf.getvalue())
     return dataclasses.replace(part, forecasts=None, staged=staged_key)
 
 

@@ -148,7 +148,8 @@ def test_the_documented_reader_never_meets_staged_files(panel, monkeypatch):
 
     data, store, as_of, _ = panel
     monkeypatch.setattr(flows.score, "discard_staging", lambda store_url, run: None)
-    score_flow(ScoreParams(data=data, as_of=as_of, shards=3), store=store)
+    # no as_of on text timestamps: the staged run (inputs and parts staged), the newest date is as_of
+    assert score_flow(ScoreParams(data=data, shards=3), store=store)["as_of"] == as_of
     st = open_store(store)
     assert any(k.endswith(".parquet") for k in st.list(STAGING))  # the staging is still there
     everything = pl.scan_parquet(f"{store}/forecasts/**/*.parquet", hive_partitioning=True).collect()
@@ -236,8 +237,8 @@ def test_the_documented_reader_reads_while_a_sharded_run_is_frozen_mid_flight(pa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(flows.score, "assemble_step", held)
-    run = threading.Thread(target=lambda: done.append(
-        score_flow(ScoreParams(data=data, as_of=as_of, shards=3), store=store)))
+    run = threading.Thread(target=lambda: done.append(  # the staged run: no as_of on text timestamps
+        score_flow(ScoreParams(data=data, shards=3), store=store)))
     run.start()
     try:
         assert frozen.wait(300), "the run never reached its assemble step"
@@ -252,3 +253,67 @@ def test_the_documented_reader_reads_while_a_sharded_run_is_frozen_mid_flight(pa
         run.join(300)
     assert done and done[0]["series"] == before["series_id"].n_unique()
     assert set(st.list(STAGING)) == left  # the run removed its own staging
+
+
+def _typed(data: str, path) -> str:  # noqa: ANN001
+    """The panel as typed Parquet (datetime timestamps): what lets a run know as_of before reading shards."""
+    out = str(path)
+    pl.read_parquet(data).with_columns(pl.col("timestamp").str.to_datetime()).sort(
+        "series_id", "timestamp").write_parquet(out, row_group_size=100)
+    return out
+
+
+def test_one_pass_shards_stage_no_input_and_write_each_part_once(panel, tmp_path, monkeypatch):
+    """With the calendar fixed by the model and as_of known (given, or read from the timestamp statistics),
+    each shard is read, validated and forecast by one task: no input is staged through the store, each
+    shard's part is written once, and the partition equals the single-process run's."""
+    from tasks.storage import LocalStore
+
+    data, store, as_of, _ = panel
+    typed = _typed(data, tmp_path / "typed.parquet")
+    left = set(open_store(store).list(STAGING))  # what an earlier test's "killed" run left: not this run's
+    one = score_flow(ScoreParams(data=typed, as_of=as_of), store=store)
+    single = read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
+    writes: list[str] = []
+    real = LocalStore.write_bytes
+    monkeypatch.setattr(LocalStore, "write_bytes", lambda self, key, body, *a, **k: writes.append(key)
+                        or real(self, key, body, *a, **k))
+    for kw in ({"as_of": as_of}, {}):
+        writes.clear()
+        many = score_flow(ScoreParams(data=typed, shards=3, **kw), store=store)
+        staged = [k for k in writes if k.startswith(STAGING)]
+        assert staged and not any("/input/" in k for k in staged), staged
+        assert len(staged) == len(set(staged)) == 3, staged  # one part per shard, written once
+        assert many["as_of"] == as_of and many["skipped"] == one["skipped"]
+        assert many["quarantined_rows"] == one["quarantined_rows"] >= 1
+        assert read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single), kw
+    assert set(open_store(store).list(STAGING)) == left
+
+
+def test_one_pass_finds_the_newest_valid_date_when_the_newest_read_is_all_quarantined(panel, tmp_path):
+    """The timestamp statistics say the newest date, but every row of it is unreadable: the sharded run
+    scores the newest valid date, as the single-process run does."""
+    data, store, as_of, _ = panel
+    raw = pl.read_parquet(_typed(data, tmp_path / "t.parquet"))
+    newest = raw["timestamp"].max()
+    bad = raw.with_columns(pl.when(pl.col("timestamp") == newest).then(pl.lit("oops"))
+                           .otherwise(pl.col("target")).alias("target"))
+    path = str(tmp_path / "bad.parquet")
+    bad.write_parquet(path)
+    one = score_flow(ScoreParams(data=path), store=store)
+    single = read_forecasts(open_store(store), "lstm", one["as_of"]).sort("series_id", "horizon")
+    many = score_flow(ScoreParams(data=path, shards=3), store=store)
+    assert many["as_of"] == one["as_of"]
+    assert read_forecasts(open_store(store), "lstm", one["as_of"]).sort("series_id", "horizon").equals(single)
+
+
+def test_only_a_business_day_model_plans_its_calendar_from_every_shard():
+    from types import SimpleNamespace
+
+    from tasks.clean import Calendar
+    from tasks.sharded import fixed_calendar
+
+    hourly = SimpleNamespace(config={"calendar": {"frequency": "1h", "kind": "regular", "holidays": []}})
+    business = SimpleNamespace(config={"calendar": {"frequency": "1d", "kind": "business", "holidays": []}})
+    assert fixed_calendar(hourly) == Calendar("1h")
+    assert fixed_calendar(business) is None

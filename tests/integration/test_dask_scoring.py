@@ -78,6 +78,16 @@ def cluster(tmp_path, prefect_harness):
         procs.stop()
 
 
+def _task_names(flow_run_id) -> list[str]:  # noqa: ANN001 - a UUID
+    """The task runs of one flow run, as the Prefect API recorded them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [r.name for r in runs]
+
+
 def _partition(store: str, as_of) -> pl.DataFrame:
     return read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
 
@@ -88,8 +98,13 @@ def test_sharded_on_dask_equals_single_process(trained, cluster, monkeypatch):
     address, _, _ = cluster
     expected = _partition(store, single["as_of"])
     monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", address)
-    out = score_flow(ScoreParams(data=data, shards=4), store=store)
+    state = score_flow(ScoreParams(data=data, shards=4), store=store, return_state=True)
+    out = state.result()
     assert _partition(store, single["as_of"]).equals(expected)
+    # each worker read its own shard and forecast it in one task: no input staged through the store
+    names = _task_names(state.state_details.flow_run_id)
+    assert sum(n.startswith("read-and-score-shard-") for n in names) == 4, names
+    assert not any(n.startswith(("read-shard-", "score-shard-")) or "/input/" in n for n in names), names
     assert (out["series"], out["skipped"]) == (single["series"], single["skipped"])
     assert out["series"] > N_SERIES // 2
     assert open_store(store).list(STAGING) == []
