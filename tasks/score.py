@@ -334,7 +334,8 @@ def _candidates(bundle: Bundle, clean: pl.DataFrame, net: tuple[np.ndarray, np.n
                 horizon: int) -> dict[str, np.ndarray]:
     """(n, H) forecasts of every candidate the bundle combines, for the live series in ``clean`` (sorted
     by series, each series' last row its origin): the network (NaN where it cannot forecast a series),
-    the baselines and the classical model, from the same stacked arrays the backtest used."""
+    the baselines and the classical model, from the same stacked arrays the backtest used. The classical
+    model is fitted only for the series it has a weight for (the rest get NaN, which serving skips)."""
     from models.baselines import naive, seasonal_naive
     from models.classical import classical_forecasts, tail_length
     from tasks.backtest import champion_weights
@@ -347,11 +348,19 @@ def _candidates(bundle: Bundle, clean: pl.DataFrame, net: tuple[np.ndarray, np.n
     values, usable = net
     out = {NETWORK: np.where(usable[:, None], values, np.nan),
            "seasonal_naive": seasonal_naive(y, origins, horizon, season, first), "naive": naive(y, origins, horizon)}
-    wanted = champion_weights(bundle).candidates
-    for model in (m for m in wanted if m not in out):  # the classical candidate, fitted at the origin
+    weights = champion_weights(bundle)
+    wanted = weights.candidates
+    classical = [m for m in wanted if m not in out]
+    if classical:  # fitted at the origin, only where it has a weight (a zero weight adds nothing to the mean)
+        rows = weights.rows(clean["series_id"].unique(maintain_order=True).to_numpy())
         tail = np.minimum(lengths, tail_length(season, horizon))
-        keep = np.arange(len(y)) >= np.repeat(origins - tail + 1, lengths)
-        out[model] = classical_forecasts(y[keep], tail, horizon, season, model)
+        recent = np.arange(len(y)) >= np.repeat(origins - tail + 1, lengths)
+    for model in classical:
+        fit = rows[:, wanted.index(model)] > 0 if weights.mode != "median" else np.ones(len(lengths), bool)
+        out[model] = np.full((len(lengths), horizon), np.nan)
+        if fit.any():
+            keep = recent & np.repeat(fit, lengths)
+            out[model][fit] = classical_forecasts(y[keep], tail[fit], horizon, season, model)
     return {m: out[m] for m in wanted}
 
 

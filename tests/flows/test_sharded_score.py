@@ -317,3 +317,37 @@ def test_only_a_business_day_model_plans_its_calendar_from_every_shard():
     business = SimpleNamespace(config={"calendar": {"frequency": "1d", "kind": "business", "holidays": []}})
     assert fixed_calendar(hourly) == Calendar("1h")
     assert fixed_calendar(business) is None
+
+
+def test_the_classical_candidate_is_fitted_only_where_it_has_a_weight(panel, monkeypatch):
+    """Scoring fits the classical model at the origin only for the series whose combination gives it a
+    weight: a zero weight adds nothing to the served mean, so the fit would be thrown away."""
+    import models.classical
+    from tasks.ingest import load_observations
+    from tasks.registry import load_champion
+    from tasks.score import forecast_from_bundle
+    from tasks.validate import validate_observations
+
+    data, store, as_of, _ = panel
+    bundle = load_champion(open_store(store), "lstm")
+    comb = bundle.preprocessing["combination"]
+    col = comb["candidates"].index("theta")
+    ids = sorted(comb["per_series"])
+    with_theta = set(ids[::2])
+    for sid in ids:  # theta: half the weight on every other series, none on the rest
+        w = [0.0] * len(comb["candidates"])
+        w[comb["candidates"].index("seasonal_naive")] = 0.5
+        w[col] = 0.5 if sid in with_theta else 0.0
+        comb["per_series"][sid] = w if sid in with_theta else [v * 2 for v in w]
+    fitted: list[int] = []
+    real = models.classical.classical_forecasts
+    monkeypatch.setattr(models.classical, "classical_forecasts",
+                        lambda values, lengths, *a, **k: fitted.append(len(lengths)) or real(values, lengths, *a, **k))
+    valid = validate_observations(load_observations(data)).valid
+    forecasts, report = forecast_from_bundle(bundle, valid, as_of)
+    scored = set(forecasts["series_id"].unique().to_list())
+    assert fitted == [len(scored & with_theta)] and 0 < fitted[0] < len(scored)
+    methods = dict(forecasts.filter(pl.col("horizon") == 1).select("series_id", "method").iter_rows())
+    assert {methods[s] for s in scored & with_theta} == {"combination"}
+    assert {methods[s] for s in scored - with_theta} == {"seasonal_naive"}
+    assert forecasts["forecast"].is_finite().all()
