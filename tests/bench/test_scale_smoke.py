@@ -21,13 +21,15 @@ def test_scale_bench_runs_from_one_command(tmp_path):
     assert "## 50 series × 300 steps" in table
     assert "served: 1 network seed(s), classical `theta`" in table
     assert "error" not in table, table
-    for row in ("| ingest → validate → prepare vs polars floor |", "| peak RSS ingest → prepare vs the frame |",
+    for row in ("| ingest → validate → prepare vs polars floor |", "| peak RSS ingest → prepare vs the polars floor's peak |",
                 "| training windows/s: `train_model` vs raw loop |", "vs sgemm peak |",
-                "| scoring series/minute (`forecast_from_bundle`) |",
+                "| scoring series/minute, network + baselines (`forecast_from_bundle` less the classical fits) |",
+                "| scoring series/minute, all of `forecast_from_bundle` (classical fits included) |",
                 "| test-span MASE, served vs seasonal naive (short retrain_flow) |"):
         assert row in table
     for step in ("ingest (`load_observations`)", "validate (`validate_observations`)", "`prepare_training`",
-                 "train: `train_model` (Lightning)", "train: raw PyTorch loop", "score: `forecast_from_bundle`"):
+                 "train: `train_model` (Lightning)", "train: raw PyTorch loop", "score: `forecast_from_bundle`",
+                 "score: raw LSTM forward (reference)"):
         assert step in table
     assert table.count(" met |") + table.count(" **missed** |") == 4  # every target has a verdict
     # the worker-scaling rows: one process, then Dask with 1 and 2 workers, and the estimate from them
