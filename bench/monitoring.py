@@ -58,9 +58,9 @@ def forecasts_for(ids: pl.Series, values: np.ndarray, as_of: int, horizon: int, 
     cols = np.minimum(as_of + steps, values.shape[1] - 1)
     f = values[:, cols] + rng.normal(0, 4, (n, horizon))
     day = START + dt.timedelta(days=as_of)
-    stamps = [dt.datetime.combine(day + dt.timedelta(days=int(h)), dt.time()) for h in steps]
+    stamps = np.datetime64(day, "us") + steps.astype("timedelta64[D]")
     return pl.DataFrame({
-        "series_id": np.repeat(ids.to_numpy(), horizon), "timestamp": stamps * n,
+        "series_id": np.repeat(ids.to_numpy(), horizon), "timestamp": np.tile(stamps, n),
         "horizon": pl.Series(np.tile(steps, n), dtype=pl.Int32), "forecast": f.ravel(),
         "lower": f.ravel() - 8.0, "upper": f.ravel() + 8.0, "method": "combination", "model": "bench",
         "model_version": "v1", "as_of": day}).with_columns(pl.col("timestamp").cast(pl.Datetime("us")))
@@ -70,11 +70,11 @@ def actuals_for(ids: pl.Series, values: np.ndarray, day: int, window: int) -> M.
     """The actuals known at the end of ``day``: the last ``window`` days up to and including it."""
     first = max(0, day - window + 1) if window else 0
     span = np.arange(first, day + 1)
-    stamps = [dt.datetime.combine(START + dt.timedelta(days=int(d)), dt.time()) for d in span]
-    frame = pl.DataFrame({"series_id": np.repeat(ids.to_numpy(), len(span)), "timestamp": stamps * len(ids),
+    stamps = np.datetime64(START, "us") + span.astype("timedelta64[D]")
+    frame = pl.DataFrame({"series_id": np.repeat(ids.to_numpy(), len(span)), "timestamp": np.tile(stamps, len(ids)),
                           "actual": values[:, span].ravel()}).with_columns(pl.col("timestamp").cast(pl.Datetime("us")))
     empty = pl.DataFrame(schema={"series_id": pl.String, "timestamp": pl.Datetime("us")})
-    return M.Actuals(frame, empty, stamps[-1], 0, 0)
+    return M.Actuals(frame, empty, stamps[-1].astype(dt.datetime), 0, 0)
 
 
 def rss_mb() -> float:

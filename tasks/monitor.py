@@ -85,9 +85,11 @@ KEY = ["series_id", "timestamp", "as_of", "model_version"]
 LAYOUT_META = "nightcast.monitoring_layout"
 DRIFT_EVENT = "nightcast.drift.detected"
 TABLES = {"points": "points.parquet", "summary": "summary.parquet", "active": "active.parquet",
-          "frozen": "frozen.parquet", "runs": "run.parquet"}
+          "frozen": "frozen.parquet", "scales": "scales.parquet", "runs": "run.parquet"}
 """Written in this order; the run row last: a date with a run row has every other table whole."""
 SINCE_META = "nightcast.active_since"
+SCALE_CUT_META = "nightcast.scale_cut"
+SNAPSHOTS = ("active", "frozen", "scales")
 KEEP_SNAPSHOTS = 7
 """Runs whose state snapshot (``active`` and ``frozen``) is kept: a re-run of one of the newest seven
 dates starts from the snapshot before it; an older one rebuilds its state from the change logs."""
@@ -106,6 +108,13 @@ SUMS_SCHEMA: dict[str, pl.DataType] = {
     **{c: pl.Int64 for c in ("points", "pending", "quarantined", "no_baseline", "interval_points", "covered")},
     **{f"{p}sum_{m}": pl.Float64 for p in ("", "snaive_") for m in _METRIC_SUMS}}
 """Additive sums of the live points of one summary group: the frozen part of the state."""
+SCALE_SUMS_SCHEMA: dict[str, pl.DataType] = {
+    "series_id": pl.String, "season_sum": pl.Float64, "season_n": pl.Int64, "one_sum": pl.Float64,
+    "one_n": pl.Int64, "rows": pl.Int64, "level_sum": pl.Float64}
+"""Per series, over its actuals before a cut: the sums the MASE scale is made of (``mase_scale_rule``)."""
+SCALE_TOLERANCE = 1e-9
+"""A scale that moved by less than this share (float rounding: the carried sums are added in another
+order) is not a change of the point."""
 # What makes a point's state differ from the last run's (a change-log row).
 _STATE = ["horizon", "method", "forecast", "lower", "upper", "actual", "snaive", "scale", "status"]
 
@@ -152,10 +161,23 @@ class State:
     active: pl.DataFrame
     frozen: pl.DataFrame
     since: dt.date | None  # None: nothing frozen yet
+    scales: "ScaleSums | None" = None  # None: the next run sums the MASE scales over every actual
 
     @classmethod
     def empty(cls) -> "State":
         return cls(pl.DataFrame(schema=POINTS_SCHEMA), pl.DataFrame(schema=SUMS_SCHEMA), None)
+
+
+@dataclass(frozen=True)
+class ScaleSums:
+    """Each series' MASE scale sums over its actuals before ``cut`` (``SCALE_SUMS_SCHEMA``): carried from run
+    to run, so a run reads only the actuals from ``cut`` on (and a season before, for the lagged values).
+    The cut is the end of the recheck window's first origin, which never moves back: every origin a later
+    run scores ends at or after it. An actual older than the cut that is revised later no longer moves the
+    scale (it is the history the forecasts of the window were judged against)."""
+
+    sums: pl.DataFrame
+    cut: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,7 @@ class Assessment:
     drift: Drift
     frozen: pl.DataFrame  # SUMS of the points older than ``since``
     since: dt.date  # the first origin of the recheck window: ``state`` holds the origins from it on
+    scales: ScaleSums | None = None  # the MASE scale sums up to the end of ``since``
 
 
 # --- keys and I/O -------------------------------------------------------------------------------
@@ -271,15 +294,17 @@ def write_monitoring(store: Store, model: str, day: dt.date, assessment: Assessm
     One object per partition, each replaced atomically; the same assessment gives the same bytes.
     """
     since = {SINCE_META: assessment.since.isoformat()}
+    tables = [("points", assessment.changes, None), ("summary", assessment.summary, None),
+              ("active", assessment.state, since), ("frozen", assessment.frozen, since)]
+    if assessment.scales is not None:
+        tables.append(("scales", assessment.scales.sums, {SCALE_CUT_META: assessment.scales.cut.isoformat()}))
     out = {}
-    for table, frame, extra in (("points", assessment.changes, None), ("summary", assessment.summary, None),
-                                ("active", assessment.state, since), ("frozen", assessment.frozen, since),
-                                ("runs", assessment.run, None)):
+    for table, frame, extra in [*tables, ("runs", assessment.run, None)]:
         key = monitoring_key(table, model, day)
         store.write_bytes(key, _parquet(frame, model, day, extra))
         out[table] = key
     keep = {day, *monitoring_dates(store, "runs", model)[-KEEP_SNAPSHOTS:]}
-    for table in ("active", "frozen"):
+    for table in SNAPSHOTS:
         for old in monitoring_dates(store, table, model):
             if old not in keep:
                 store.delete(monitoring_key(table, model, old))
@@ -304,7 +329,13 @@ def read_state(store: Store, model: str, before: dt.date) -> State:
         points = latest_state(pl.concat(logs, how="vertical")) if logs else pl.DataFrame(schema=POINTS_SCHEMA)
         return State(points, pl.DataFrame(schema=SUMS_SCHEMA), None)
     since = meta.get(SINCE_META)
-    return State(active.cast(POINTS_SCHEMA), frozen.cast(SUMS_SCHEMA), dt.date.fromisoformat(since) if since else None)
+    try:  # a store written before scale sums were carried has none: that run sums every actual once
+        sums, scale_meta = _read_checked(store, monitoring_key("scales", model, last))
+        scales = ScaleSums(sums.cast(SCALE_SUMS_SCHEMA), dt.datetime.fromisoformat(scale_meta[SCALE_CUT_META]))
+    except FileNotFoundError:
+        scales = None
+    return State(active.cast(POINTS_SCHEMA), frozen.cast(SUMS_SCHEMA), dt.date.fromisoformat(since) if since else None,
+                 scales)
 
 
 def width_factors(store: Store, bundle, model: str, as_of: dt.date) -> dict | None:  # noqa: ANN001 - a Bundle
@@ -385,43 +416,85 @@ def horizon_days(horizon: int, calendar: Calendar) -> int:
     return -(-(end - start) // dt.timedelta(days=1))
 
 
-def mase_scales(actuals: pl.DataFrame, origins: pl.DataFrame, season: int, calendar: Calendar) -> pl.DataFrame:
-    """Per (series_id, as_of) of ``origins``: the MASE denominator from the actuals before the end of as_of.
-
-    The mean of ``|y_t - y_(t-m)|`` over pairs of actuals ``m`` calendar steps apart, both before the
-    cut (cumulative sums per series, read at each cut by an as-of join), turned into a scale by
-    ``mase_scale_rule`` (lag 1 for short series, the panel floor, 1.0 where undefined).
-    """
-    a = actuals.select("series_id", "timestamp", "actual").sort("series_id", "timestamp")
+def _pair_rows(actuals: pl.DataFrame, season: int, calendar: Calendar, start: dt.datetime | None) -> pl.DataFrame:
+    """The actuals from ``start`` on (all when None), sorted, with ``|y_t - y_(t-m)|`` (``_dm``) and
+    ``|y_t - y_(t-1)|`` (``_d1``): null where the value ``m`` (1) calendar steps back is not an actual."""
+    a = actuals.select("series_id", "timestamp", "actual")
     prev = a.select("series_id", pl.col("timestamp").alias("_t"), pl.col("actual").alias("_p"))
+    if start is not None:
+        a = a.filter(pl.col("timestamp") >= start)
+        prev = prev.filter(pl.col("_t") >= steps_back(pl.lit(start, dtype=pl.Datetime("us")),
+                                                     pl.lit(max(season, 1)), calendar))
+    a = a.sort("series_id", "timestamp")
 
     def diffs(m: int) -> pl.Series:
         return (a.with_columns(steps_back(pl.col("timestamp"), pl.lit(m), calendar).alias("_t"))
                 .join(prev, on=["series_id", "_t"], how="left", maintain_order="left")
                 .select((pl.col("actual") - pl.col("_p")).abs())).to_series()
 
-    a = a.with_columns(diffs(season).alias("_dm"), diffs(1).alias("_d1"))
-    per = pl.col("series_id")
-    cum = a.select(
-        "series_id", "timestamp",
-        pl.col("_dm").fill_null(0.0).cum_sum().over(per).alias("_sm"),
-        pl.col("_dm").is_not_null().cast(pl.Int64).cum_sum().over(per).alias("_nm"),
-        pl.col("_d1").fill_null(0.0).cum_sum().over(per).alias("_s1"),
-        pl.col("_d1").is_not_null().cast(pl.Int64).cum_sum().over(per).alias("_n1"),
-        pl.int_range(1, pl.len() + 1).over(per).alias("_rows"),
-        pl.col("actual").abs().fill_null(0.0).cum_sum().over(per).alias("_level"),
-    ).sort("timestamp")
+    return a.with_columns(diffs(season).alias("_dm"), diffs(1).alias("_d1"))
+
+
+def _sum_terms(over: str | None = None) -> list[pl.Expr]:
+    """``SCALE_SUMS_SCHEMA``'s sums of ``_pair_rows``: per series (``over`` None, in a group_by) or running
+    (``over="series_id"``: cumulative, each row's sums up to and including it)."""
+    def run(e: pl.Expr) -> pl.Expr:
+        return e.cum_sum().over(over) if over else e.sum()
+
+    return [run(pl.col("_dm").fill_null(0.0)).alias("season_sum"),
+            run(pl.col("_dm").is_not_null().cast(pl.Int64)).alias("season_n"),
+            run(pl.col("_d1").fill_null(0.0)).alias("one_sum"),
+            run(pl.col("_d1").is_not_null().cast(pl.Int64)).alias("one_n"),
+            (pl.int_range(1, pl.len() + 1).over(over) if over else pl.len()).cast(pl.Int64).alias("rows"),
+            run(pl.col("actual").abs().fill_null(0.0)).alias("level_sum")]
+
+
+def _add_scale_sums(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    cols = [c for c in SCALE_SUMS_SCHEMA if c != "series_id"]
+    return (pl.concat([a.select(list(SCALE_SUMS_SCHEMA)).cast(SCALE_SUMS_SCHEMA),
+                       b.select(list(SCALE_SUMS_SCHEMA)).cast(SCALE_SUMS_SCHEMA)])
+            .group_by("series_id").agg(pl.col(cols).sum()).sort("series_id"))
+
+
+def advance_scale_sums(actuals: pl.DataFrame, season: int, calendar: Calendar, base: ScaleSums | None,
+                       cut: dt.datetime) -> ScaleSums:
+    """The scale sums up to ``cut``: ``base``'s and those of the actuals from its cut to ``cut``."""
+    start = base.cut if base is not None else None
+    if base is not None and cut <= base.cut:
+        return base
+    rows = _pair_rows(actuals, season, calendar, start).filter(pl.col("timestamp") < cut)
+    new = rows.group_by("series_id").agg(_sum_terms())
+    return ScaleSums(_add_scale_sums(base.sums, new) if base is not None else
+                     new.select(list(SCALE_SUMS_SCHEMA)).cast(SCALE_SUMS_SCHEMA).sort("series_id"), cut)
+
+
+def mase_scales(actuals: pl.DataFrame, origins: pl.DataFrame, season: int, calendar: Calendar,
+                base: ScaleSums | None = None) -> pl.DataFrame:
+    """Per (series_id, as_of) of ``origins``: the MASE denominator from the actuals before the end of as_of.
+
+    The mean of ``|y_t - y_(t-m)|`` over pairs of actuals ``m`` calendar steps apart, both before the
+    cut (cumulative sums per series, read at each cut by an as-of join), turned into a scale by
+    ``mase_scale_rule`` (lag 1 for short series, the panel floor, 1.0 where undefined). With ``base``
+    (sums up to its cut, no later than any origin's end) only the actuals from that cut on are read.
+    """
+    a = _pair_rows(actuals, season, calendar, base.cut if base is not None else None)
+    cum = a.select("series_id", "timestamp", *_sum_terms(over="series_id")).sort("timestamp")
     cuts = origins.select("series_id", "as_of").unique().with_columns(_end_of(pl.col("as_of")).alias("_cut"))
     got = cuts.sort("_cut").join_asof(cum, left_on="_cut", right_on="timestamp", by="series_id",
                                       strategy="backward", allow_exact_matches=False, check_sortedness=False)
-    col = {c: got[c].fill_null(0).to_numpy().astype(float) for c in ("_sm", "_nm", "_s1", "_n1", "_rows", "_level")}
-    level = col["_level"] / np.maximum(col["_rows"], 1)
-    scale = mase_scale_rule(col["_sm"], col["_nm"], col["_s1"], col["_n1"], col["_rows"], level, season)
+    names = [c for c in SCALE_SUMS_SCHEMA if c != "series_id"]
+    if base is not None:
+        got = got.join(base.sums.rename({c: f"_b_{c}" for c in names}), on="series_id", how="left")
+        got = got.with_columns([(pl.col(c).fill_null(0) + pl.col(f"_b_{c}").fill_null(0)).alias(c) for c in names])
+    col = {c: got[c].fill_null(0).to_numpy().astype(float) for c in names}
+    level = col["level_sum"] / np.maximum(col["rows"], 1)
+    scale = mase_scale_rule(col["season_sum"], col["season_n"], col["one_sum"], col["one_n"], col["rows"], level,
+                            season)
     return got.select("series_id", "as_of").with_columns(pl.Series("scale", scale))
 
 
 def join_actuals(forecasts: pl.DataFrame, actuals: Actuals, season: int, calendar: Calendar,
-                 day: dt.date) -> pl.DataFrame:
+                 day: dt.date, scale_base: ScaleSums | None = None) -> pl.DataFrame:
     """Every forecast point due by the end of ``day``, with its actual, seasonal naive, scale and status.
 
     Due: its target time is before the end of ``day`` and not after the newest timestamp of the data
@@ -432,15 +505,17 @@ def join_actuals(forecasts: pl.DataFrame, actuals: Actuals, season: int, calenda
     due = forecasts.filter(pl.col("timestamp") < cutoff, pl.col("timestamp") <= newest, pl.col("as_of") <= day)
     vals = actuals.values.filter(pl.col("timestamp") < cutoff)
     seasons = seasonal_lag(pl.col("horizon").cast(pl.Int64), season)  # m·ceil(h/m), as the backtest's
-    pts = (due.with_columns(steps_back(pl.col("timestamp"), seasons, calendar).alias("_ref"))
-           .join(vals, on=["series_id", "timestamp"], how="left")
-           .join(vals.select("series_id", pl.col("timestamp").alias("_ref"), pl.col("actual").alias("snaive")),
+    due = due.with_columns(steps_back(pl.col("timestamp"), seasons, calendar).alias("_ref"))
+    oldest = due.select(pl.min_horizontal(pl.col("timestamp").min(), pl.col("_ref").min())).item()
+    near = vals.filter(pl.col("timestamp") >= oldest) if oldest is not None else vals.head(0)  # what the points read
+    pts = (due.join(near, on=["series_id", "timestamp"], how="left")
+           .join(near.select("series_id", pl.col("timestamp").alias("_ref"), pl.col("actual").alias("snaive")),
                  on=["series_id", "_ref"], how="left")
            .join(actuals.quarantined.with_columns(pl.lit(True).alias("_q")), on=["series_id", "timestamp"],
                  how="left"))
     # known at the origin: a reference after the end of as_of would be look-ahead (never, on the grid)
     pts = pts.with_columns(pl.when(pl.col("_ref") < _end_of(pl.col("as_of"))).then(pl.col("snaive")).alias("snaive"))
-    scales = mase_scales(vals, pts.select("series_id", "as_of"), season, calendar)
+    scales = mase_scales(vals, pts.select("series_id", "as_of"), season, calendar, scale_base)
     pts = pts.join(scales, on=["series_id", "as_of"], how="left")
     status = (pl.when(pl.col("actual").is_null() & pl.col("_q").fill_null(False)).then(pl.lit("quarantined"))
               .when(pl.col("actual").is_null()).then(pl.lit("pending"))
@@ -448,6 +523,14 @@ def join_actuals(forecasts: pl.DataFrame, actuals: Actuals, season: int, calenda
               .otherwise(pl.lit("scored")))
     return pts.select("series_id", "timestamp", "as_of", "model_version", "horizon", "method", "forecast",
                       "lower", "upper", "actual", "snaive", pl.col("scale").fill_null(1.0), status.alias("status"))
+
+
+def _differs(column: str) -> pl.Expr:
+    """Whether a point's ``column`` differs from its previous state's (the scale within ``SCALE_TOLERANCE``)."""
+    now, before = pl.col(column), pl.col(f"{column}_prev")
+    if column != "scale":
+        return now.ne_missing(before)
+    return (now.is_null() != before.is_null()) | ((now - before).abs() > SCALE_TOLERANCE * before.abs()).fill_null(False)
 
 
 def track_changes(previous: pl.DataFrame, current: pl.DataFrame, model: str, day: dt.date,
@@ -460,7 +543,7 @@ def track_changes(previous: pl.DataFrame, current: pl.DataFrame, model: str, day
     here, before = pl.col("status"), pl.col("status_prev")
     live = before.is_not_null() & (before != "dropped")
     scored, was_scored = here == "scored", before == "scored"
-    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_prev")) for c in _STATE])
+    differs = pl.any_horizontal([_differs(c) for c in _STATE])
     change = (pl.when(here.is_not_null() & ~live).then(pl.lit("new"))
               .when(here.is_not_null() & scored & before.is_in(UNSCORED)).then(pl.lit("late"))
               .when(here.is_not_null() & scored & was_scored & pl.col("actual").ne_missing(pl.col("actual_prev")))
@@ -626,7 +709,7 @@ def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: State, *, model:
     after = pl.col("as_of") >= since
     carried = previous.active.filter(after).select(list(POINTS_SCHEMA))
     frozen = add_sums(previous.frozen, group_sums(previous.active.filter(~after)))
-    current = join_actuals(forecasts.filter(after), actuals, season, calendar, day)
+    current = join_actuals(forecasts.filter(after), actuals, season, calendar, day, previous.scales)
     changes = track_changes(carried, current, model, day, since)
     state = latest_state(pl.concat([carried, changes], how="vertical"))
     totals = add_sums(frozen, group_sums(state))
@@ -636,7 +719,9 @@ def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: State, *, model:
     MonitoringPoints.validate(changes, lazy=True)
     MonitoringSummary.validate(summary, lazy=True)
     MonitoringRun.validate(run, lazy=True)
-    return Assessment(changes, state, summary, run, drift, frozen.sort("dimension", "key"), since)
+    scales = advance_scale_sums(actuals.values.filter(pl.col("timestamp") < _cutoff(day)), season, calendar,
+                                previous.scales, _cutoff(since))
+    return Assessment(changes, state, summary, run, drift, frozen.sort("dimension", "key"), since, scales)
 
 
 # --- publishing -----------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_monitor_replays_days_of_late_duplicated_and_revised_actuals(scored, sam
     point = read_points(st, "lstm").filter(pl.col("series_id") == "site-3", pl.col("timestamp") == revised_at)
     assert point["actual"].to_list() == [1000.0] and point["revisions"].to_list() == [1]
     # the files: one per table, schema-valid, and a re-run of the day rewrites the same bytes
-    tables = ("points", "summary", "active", "frozen", "runs")
+    tables = ("points", "summary", "active", "frozen", "scales", "runs")
     keys = [monitoring_key(t, "lstm", _day(13)) for t in tables]
     before = [st.read_bytes(k) for k in keys]
     assert d13["files"] == {t: st.uri(k) for t, k in zip(tables, keys)}

@@ -405,3 +405,44 @@ def test_the_monitor_reads_seasonal_naive_where_the_backtest_does():
     expected = seasonal_naive(y, np.array([origin]), horizon, 7, np.array([0]))[0]
     assert pts["snaive"].to_list() == pytest.approx(expected.tolist())
     assert pts["actual"].to_list() == pytest.approx(y[origin + 1:origin + 11].tolist())
+
+
+def test_the_mase_scale_is_carried_in_the_state_not_summed_from_every_actual():
+    """A run's MASE scales are the sums the state carries up to its cut plus the actuals after it: equal to
+    summing every actual (but for float rounding), and the actuals older than the cut less a season are never
+    read (garbage there changes nothing), so a run's cost does not grow with the history."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    start = dt.datetime(2026, 1, 1)
+    act = pl.DataFrame({"series_id": np.repeat(["a", "b", "c"], 60).tolist(),
+                        "timestamp": [start + dt.timedelta(days=d) for d in range(60)] * 3,
+                        "actual": rng.normal(100, 10, 180)}).filter(pl.int_range(pl.len()) % 11 != 3)  # gaps
+    cal = Calendar("1d")
+    cut = start + dt.timedelta(days=40)
+    base = M.advance_scale_sums(act, 7, cal, None, start + dt.timedelta(days=20))
+    base = M.advance_scale_sums(act, 7, cal, base, cut)  # carried over two runs
+    assert base.cut == cut and base.sums["rows"].sum() == act.filter(pl.col("timestamp") < cut).height
+    origins = pl.DataFrame({"series_id": ["a", "b", "c", "a"],
+                            "as_of": [(start + dt.timedelta(days=d)).date() for d in (39, 45, 50, 59)]})
+    full = M.mase_scales(act, origins, 7, cal).sort("series_id", "as_of")
+    carried = M.mase_scales(act, origins, 7, cal, base).sort("series_id", "as_of")
+    assert full.select("series_id", "as_of").equals(carried.select("series_id", "as_of"))
+    assert ((full["scale"] - carried["scale"]).abs() / full["scale"]).max() < 1e-12
+    assert (full["scale"] != 1.0).all()
+    old = pl.col("timestamp") < cut - dt.timedelta(days=7)
+    garbage = act.with_columns(pl.when(old).then(1e9).otherwise(pl.col("actual")).alias("actual"))
+    assert M.mase_scales(garbage, origins, 7, cal, base).sort("series_id", "as_of")["scale"].equals(carried["scale"])
+    assert not M.mase_scales(garbage, origins, 7, cal).sort("series_id", "as_of")["scale"].equals(carried["scale"])
+
+
+def test_runs_carry_the_scale_sums_and_a_rounding_move_is_no_change(store):
+    """Each run writes its scale sums with its snapshot; the next run starts from them; a scale that moves by
+    float rounding alone does not make a point ``updated``."""
+    _score_days(store)
+    _monitor(store, _rows_day5(), 5, recheck_days=1)
+    state = M.read_state(store, "m", before=DAY[6])
+    assert state.scales is not None and state.scales.cut == _t(5)  # the end of since = day 4
+    assert set(state.scales.sums["series_id"]) == {"a", "b"}
+    prev = pl.DataFrame({"scale": [2.0, 2.0, None], "scale_prev": [2.0 * (1 + 1e-12), 2.5, None]})
+    assert prev.select(M._differs("scale")).to_series().to_list() == [False, True, False]
