@@ -304,6 +304,22 @@ def _steps_from(t: np.ndarray, a: np.ndarray, calendar: Calendar) -> np.ndarray:
     return before[day_t - first] - before[day_a - first]
 
 
+def _is_by_series(s: np.ndarray, names: pl.Series, t: np.ndarray) -> bool:
+    """Whether rows with series numbers ``s`` (``_runs``), ids ``names`` and times ``t`` are sorted by
+    series id, then strictly by time."""
+    grouped = names.len() < 2 or bool((names.slice(1) > names.slice(0, names.len() - 1)).all())
+    return grouped and bool(np.all((np.diff(t) > 0) | (np.diff(s) != 0)))
+
+
+def by_series(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by series id, then time: itself, not a copy, when it already is (a sort would
+    gather every column of a catalogue-sized frame)."""
+    s, _, names = _runs(frame["series_id"])
+    if _is_by_series(s, names, frame["timestamp"].to_physical().to_numpy()):
+        return frame
+    return frame.sort("series_id", "timestamp")
+
+
 def _sorted(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
     """Typed and sorted by series then time (validation hands it over sorted: then no copy).
 
@@ -313,8 +329,7 @@ def _sorted(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, n
                            pl.col("target").cast(pl.Float64))
     s, _, names = _runs(f["series_id"])
     t = f["timestamp"].to_physical().to_numpy()
-    grouped = names.len() < 2 or bool((names.slice(1) > names.slice(0, names.len() - 1)).all())
-    if not (grouped and np.all((np.diff(t) > 0) | (np.diff(s) != 0))):
+    if not _is_by_series(s, names, t):
         f = f.sort("series_id", "timestamp")
         s, _, names = _runs(f["series_id"])
         t = f["timestamp"].to_physical().to_numpy()

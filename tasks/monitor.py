@@ -91,7 +91,7 @@ SINCE_META = "nightcast.active_since"
 SCALE_CUT_META = "nightcast.scale_cut"
 SNAPSHOTS = ("active", "frozen", "scales")
 KEEP_SNAPSHOTS = 7
-"""Runs whose state snapshot (``active`` and ``frozen``) is kept: a re-run of one of the newest seven
+"""Runs whose state snapshot (``SNAPSHOTS``) is kept: a re-run of one of the newest seven
 dates starts from the snapshot before it; an older one rebuilds its state from the change logs."""
 UNSCORED = ("pending", "quarantined", "no_baseline")
 

@@ -12,8 +12,8 @@ import polars as pl
 
 from schemas.frames import CleanSeries
 from schemas.params import RetrainParams
-from tasks.clean import (Calendar, CleanReport, calendar_parts_for, clean_observations, decide_calendar, decide_season,
-                         regularize)
+from tasks.clean import (Calendar, CleanReport, by_series, calendar_parts_for, clean_observations, decide_calendar,
+                         decide_season, regularize)
 from tasks.features import FeatureState, fit_features, transform_features
 from tasks.validate import ValidationResult
 from tasks.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
@@ -52,7 +52,7 @@ class _Hasher(io.RawIOBase):
 
 def fingerprint(frame: pl.DataFrame) -> str:
     """SHA-256 of the validated data in a canonical order (columns by name, rows by key), as Arrow IPC."""
-    canon = frame.sort("series_id", "timestamp").select(sorted(frame.columns))
+    canon = by_series(frame).select(sorted(frame.columns))
     sink = _Hasher()
     canon.write_ipc(sink, compression="uncompressed")
     return sink.sha.hexdigest()

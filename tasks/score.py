@@ -12,7 +12,7 @@ import polars as pl
 
 from schemas.frames import FORECASTS_LAYOUT, Forecasts
 from schemas.params import CleanConfig
-from tasks.clean import Calendar, clean_observations, decide_calendar
+from tasks.clean import Calendar, by_series, clean_observations, decide_calendar
 from tasks.evaluate import NETWORK
 from tasks.features import FeatureState, inverse_scale, scale_values, transform_features
 from tasks.intervals import bounds
@@ -340,7 +340,7 @@ def _candidates(bundle: Bundle, clean: pl.DataFrame, net: tuple[np.ndarray, np.n
     from models.classical import classical_forecasts, tail_length
     from tasks.backtest import champion_weights
 
-    clean = clean.sort("series_id", "timestamp")
+    clean = by_series(clean)
     y = clean["target"].to_numpy().astype(np.float64)
     lengths = clean.group_by("series_id", maintain_order=True).len()["len"].to_numpy().astype(np.int64)
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -427,7 +427,7 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
         pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap"))],
         how="diagonal_relaxed")
     frame, _ = transform_features(rows.with_columns(pl.col("target").fill_null(0.0)), state)
-    index = make_windows(frame.sort("series_id", "timestamp"), state.past_columns, state.future_columns,
+    index = make_windows(frame, state.past_columns, state.future_columns,
                          lookback, horizon, min_input=need if args.get("mask") else None,
                          season=int(args.get("season", 1)))
     index.splits = {}

@@ -15,6 +15,8 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset
 
+from tasks.clean import by_series
+
 
 class WindowError(ValueError):
     """The data cannot give the windows the configuration asks for."""
@@ -97,7 +99,7 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     ``train_end``; validation targets lie in (train_end, val_end]; test targets after
     ``val_end``. Without cut points everything is "all". Vectorised over all series.
     """
-    frame = frame.sort("series_id", "timestamp")
+    frame = by_series(frame)
     runs = frame["series_id"].rle()  # sorted: one run per series, in id order (no Python-object sort)
     ids, counts = runs.struct.field("value").to_numpy(), runs.struct.field("len").to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -136,9 +138,11 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
 
 
 def _stack(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
-    if not columns:
-        return np.zeros((frame.height, 0), np.float32)
-    return np.require(frame.select(pl.col(columns).cast(pl.Float32)).to_numpy(), np.float32, ["C", "W"])
+    """(rows, columns) float32, C order, filled a column at a time: memory is the array and one column."""
+    out = np.empty((frame.height, len(columns)), np.float32)
+    for j, name in enumerate(columns):  # a handful of feature columns, never rows or series
+        out[:, j] = frame[name].cast(pl.Float32).to_numpy()
+    return out
 
 
 def observed_origins(index: WindowIndex, starts: np.ndarray) -> np.ndarray:

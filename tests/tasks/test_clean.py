@@ -141,3 +141,18 @@ def test_the_cycle_is_read_on_the_oldest_share_only():
     old, new = _yearly_panel(None, years=84), _yearly_panel(7, years=120, seed=1)
     frame = pl.concat([old, new.filter(pl.col("timestamp") >= dt.datetime(1884, 1, 1))])
     assert decide_season(frame, CleanConfig(), Calendar("1y"), share=0.7) == 1
+
+
+def test_by_series_returns_a_sorted_frame_itself_and_sorts_the_rest():
+    """Catalogue-sized frames are sorted only when they are not already (a sort copies every column)."""
+    import datetime as dt
+
+    from tasks.clean import by_series
+
+    t = [dt.datetime(2026, 1, 1, h) for h in range(3)]
+    done = pl.DataFrame({"series_id": ["a"] * 3 + ["b"] * 3, "timestamp": t + t, "target": range(6)})
+    assert by_series(done) is done
+    shuffled = done.sample(fraction=1.0, shuffle=True, seed=3)
+    assert by_series(shuffled).equals(done)
+    interleaved = done.sort("timestamp")  # grouped by time, not by series
+    assert by_series(interleaved).equals(done)
