@@ -13,15 +13,14 @@ from prefect.futures import wait
 from prefect.artifacts import create_markdown_artifact
 
 from schemas.params import ColumnMap, ScoreParams, Settings
-from tasks.ingest import load_observations, load_series_ids, newest_date
 from tasks.clean import Calendar
+from tasks.ingest import load_observations, load_series_ids, newest_date
 from tasks.intervals import widen
 from tasks.monitor import width_factors
 from tasks.registry import Bundle, load_champion
-from tasks.score import (covariate_kinds, forecast_from_bundle, scoring_span_start, timestamps_zone,
-                         write_forecasts)
+from tasks.score import (ScoreError, ScorePart, covariate_kinds, forecast_from_bundle, scoring_span_start,
+                         timestamps_zone, write_forecasts)
 from tasks.shard import plan_shards
-from tasks.score import ScoreError
 from tasks.sharded import (STAGING, ShardInput, ShardRun, assemble_shards, discard_staging, fixed_calendar,
                            merge_inputs, plan_calendar, read_and_score_shard, read_shard, run_of, score_shard,
                            staging_prefix, staging_run, sweep_staging)
@@ -187,11 +186,8 @@ def score_one_pass(st: Store, bundle: Bundle, data: str, params: ScoreParams, as
             raise ScoreError(f"unknown as_of {as_of}: the data covers {first.date()} to {last.date()}")
         merged = merge_inputs(shards)
         read = ShardedInput(run, shards, merged["n_quarantined"], merged["notes"])
-        max_gap = bundle.config["params"]["clean"]["max_gap"]
-        widths = adapted_widths(st, bundle, params.model_name, as_of, params.adapt_widths)
-        out = assemble_step(st.url, [r.part for r in runs], max_gap, calendar, as_of, params.model_name,
-                            bundle.version, widths["factors"] if widths else None, timestamps_zone(read.notes))
-        return {**out, "widths": widths}, read
+        return _assemble(st, bundle, [r.part for r in runs], calendar, as_of, params.model_name,
+                         params.adapt_widths, read.notes), read
     finally:
         discard_staging(st.url, run)
 
@@ -212,10 +208,16 @@ def score_staged(st: Store, bundle: Bundle, read: ShardedInput, as_of: dt.date |
         for key in keys:
             st.delete(key)
         raise
-    max_gap = bundle.config["params"]["clean"]["max_gap"]
+    return _assemble(st, bundle, parts, calendar, as_of, model_name, adapt_widths, read.notes)
+
+
+def _assemble(st: Store, bundle: Bundle, parts: list[ScorePart], calendar: Calendar, as_of: dt.date,
+              model_name: str, adapt_widths: bool, notes: dict) -> dict:
+    """The partition from every shard's part, widths adapted from the monitor's actuals (one task)."""
     widths = adapted_widths(st, bundle, model_name, as_of, adapt_widths)
-    return {**assemble_step(st.url, parts, max_gap, calendar, as_of, model_name, bundle.version,
-                            widths["factors"] if widths else None, timestamps_zone(read.notes)), "widths": widths}
+    return {**assemble_step(st.url, parts, bundle.config["params"]["clean"]["max_gap"], calendar, as_of,
+                            model_name, bundle.version, widths["factors"] if widths else None,
+                            timestamps_zone(notes)), "widths": widths}
 
 
 def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -> tuple[dict, ShardedInput]:

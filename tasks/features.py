@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
+from tasks.clean import by_series
+
 _EPS = 1e-8
 
 
@@ -134,8 +136,6 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
                   angle.cos().cast(pl.Float32).alias(f"cal__{part}_cos")]
     frame = frame.with_columns(exprs).drop("_c", "_s")
     if state.lags:  # on the regular grid, a shift of n rows is n steps back; the first n rows get 0
-        from tasks.clean import by_series
-
         frame = by_series(frame).with_columns(
             pl.col("y").shift(n).over("series_id").fill_null(0.0).alias(f"lag__{n}") for n in state.lags)
     if state.pca:

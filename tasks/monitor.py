@@ -112,6 +112,7 @@ SCALE_SUMS_SCHEMA: dict[str, pl.DataType] = {
     "series_id": pl.String, "season_sum": pl.Float64, "season_n": pl.Int64, "one_sum": pl.Float64,
     "one_n": pl.Int64, "rows": pl.Int64, "level_sum": pl.Float64}
 """Per series, over its actuals before a cut: the sums the MASE scale is made of (``mase_scale_rule``)."""
+_SCALE_SUMS = [c for c in SCALE_SUMS_SCHEMA if c != "series_id"]
 SCALE_TOLERANCE = 1e-9
 """A scale that moved by less than this share (float rounding: the carried sums are added in another
 order) is not a change of the point."""
@@ -450,10 +451,9 @@ def _sum_terms(over: str | None = None) -> list[pl.Expr]:
 
 
 def _add_scale_sums(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
-    cols = [c for c in SCALE_SUMS_SCHEMA if c != "series_id"]
     return (pl.concat([a.select(list(SCALE_SUMS_SCHEMA)).cast(SCALE_SUMS_SCHEMA),
                        b.select(list(SCALE_SUMS_SCHEMA)).cast(SCALE_SUMS_SCHEMA)])
-            .group_by("series_id").agg(pl.col(cols).sum()).sort("series_id"))
+            .group_by("series_id").agg(pl.col(_SCALE_SUMS).sum()).sort("series_id"))
 
 
 def advance_scale_sums(actuals: pl.DataFrame, season: int, calendar: Calendar, base: ScaleSums | None,
@@ -482,7 +482,7 @@ def mase_scales(actuals: pl.DataFrame, origins: pl.DataFrame, season: int, calen
     cuts = origins.select("series_id", "as_of").unique().with_columns(_end_of(pl.col("as_of")).alias("_cut"))
     got = cuts.sort("_cut").join_asof(cum, left_on="_cut", right_on="timestamp", by="series_id",
                                       strategy="backward", allow_exact_matches=False, check_sortedness=False)
-    names = [c for c in SCALE_SUMS_SCHEMA if c != "series_id"]
+    names = _SCALE_SUMS
     if base is not None:
         got = got.join(base.sums.rename({c: f"_b_{c}" for c in names}), on="series_id", how="left")
         got = got.with_columns([(pl.col(c).fill_null(0) + pl.col(f"_b_{c}").fill_null(0)).alias(c) for c in names])
@@ -719,8 +719,7 @@ def assess(forecasts: pl.DataFrame, actuals: Actuals, previous: State, *, model:
     MonitoringPoints.validate(changes, lazy=True)
     MonitoringSummary.validate(summary, lazy=True)
     MonitoringRun.validate(run, lazy=True)
-    scales = advance_scale_sums(actuals.values.filter(pl.col("timestamp") < _cutoff(day)), season, calendar,
-                                previous.scales, _cutoff(since))
+    scales = advance_scale_sums(actuals.values, season, calendar, previous.scales, _cutoff(since))  # since <= day
     return Assessment(changes, state, summary, run, drift, frozen.sort("dimension", "key"), since, scales)
 
 
