@@ -49,7 +49,7 @@ DATASETS = ["fred_md", "fred_md_q", "txhousing", "txhousing_q", "tourism", "vic_
             "synthetic hourly"]
 CYCLE_ABLATION = "calendar season only"
 """On data whose calendar has no season of its own (yearly): season 1, as before the cycle rule
-(``tasks.clean.decide_season`` finding a cycle in the data); skipped where the calendar has one."""
+(``nightcast.tasks.data.clean.decide_season`` finding a cycle in the data); skipped where the calendar has one."""
 CALENDAR_ABLATION = "no calendar features"  # sub-daily data: hour and day of week off (the default before)
 ABLATIONS = {"no refit": {"refit": False}, "one network seed": {"seeds": 1}, "hard switch": {"combine": "switch"},
              "no classical": {"classical": "none"}, "clipped truth": {"truth": "clean"},
@@ -59,13 +59,13 @@ SERVED = "nightcast served"
 
 def load_dataset(name: str):  # noqa: ANN201 - bench/datasets.Dataset
     import datasets
-    from tasks.sample import make_sample
+    from nightcast.tasks.data.sample import make_sample
 
     if name == "synthetic hourly":
         frame = make_sample(n_series=8, days=42, seed=11).select("series_id", "timestamp", "target")
         frame = frame.with_columns(pl.col("timestamp").str.to_datetime(time_unit="us"),
                                    pl.col("target").cast(pl.Float64, strict=False))
-        return datasets.Dataset("synthetic hourly", frame, "1h", 24, 24, "tasks.sample.make_sample(8, 42, seed=11)")
+        return datasets.Dataset("synthetic hourly", frame, "1h", 24, 24, "nightcast.tasks.data.sample.make_sample(8, 42, seed=11)")
     return datasets.load(name)
 
 
@@ -97,8 +97,8 @@ def mase_table(history: pl.DataFrame, future: pl.DataFrame, forecasts: dict[str,
 
 
 def seasonal_naive(history: pl.DataFrame, ids: list[str], season: int, horizon: int) -> np.ndarray:
-    """nightcast's own seasonal naive (``models.baselines``) from each series' last observed value, by position."""
-    from models.baselines import seasonal_naive as snaive
+    """nightcast's own seasonal naive (``nightcast.models.baselines``) from each series' last observed value, by position."""
+    from nightcast.models.baselines import seasonal_naive as snaive
 
     h = pl.DataFrame({"series_id": ids}).join(history, on="series_id", how="left", maintain_order="left")
     lengths = h.group_by("series_id", maintain_order=True).len()["len"].to_numpy().astype(np.int64)
@@ -155,12 +155,12 @@ def run_nightcast(history: pl.DataFrame, ids: list[str], horizon: int, seed: int
                   clean: dict | None = None, features: dict | None = None) -> tuple[np.ndarray, float, dict]:
     """``retrain_flow`` + ``score_flow`` on the history with the defaults (horizon and seed set); the (S, H)
     forecasts in ``ids`` order (seasonal naive's value where a series got none: counted as missing)."""
-    from flows.retrain import retrain_flow
-    from flows.score import score_flow
-    from schemas.params import (CleanConfig, FeatureConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig,
+    from nightcast.flows.retrain import retrain_flow
+    from nightcast.flows.score import score_flow
+    from nightcast.schemas.params import (CleanConfig, FeatureConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig,
                                 WindowConfig)
-    from tasks.score import read_forecasts
-    from tasks.storage import open_store
+    from nightcast.tasks.serving.score import read_forecasts
+    from nightcast.tasks.ops.storage import open_store
 
     run = tempfile.mkdtemp(dir=workdir)
     data = f"{run}/history.parquet"
@@ -211,7 +211,7 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str,
         seconds[SERVED] = seconds.get(SERVED, 0.0) + sec / seeds
         print(f"  {name} seed {42 + k}: MASE {rows[SERVED][-1]:.3f} ({sec:.0f} s) {meta}", flush=True)
     if ablations:
-        from tasks.clean import Calendar, calendar_parts_for, season_length_for
+        from nightcast.tasks.data.clean import Calendar, calendar_parts_for, season_length_for
 
         runs = {label: (change, None, None) for label, change in ABLATIONS.items()}
         if ds.frequency and season_length_for(Calendar(ds.frequency)) == 1:
@@ -228,7 +228,7 @@ def run_dataset(name: str, seeds: int, ablations: bool, nf: bool, workdir: str,
             seconds[label] = sec
             print(f"  {name} {label}: MASE {rows[label][0]:.3f} ({sec:.0f} s)", flush=True)
     if nf:
-        from tasks.window import auto_lookback
+        from nightcast.tasks.data.window import auto_lookback
 
         lstm, sec = neuralforecast_lstm(history, ids, ds, auto_lookback(ds.season, ds.horizon))
         if lstm is not None:
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.monotonic()
     rows, infos = [], {}
-    from flows.embedded import embedded_server
+    from nightcast.flows.embedded import embedded_server
 
     with tempfile.TemporaryDirectory(prefix="nightcast-bench-") as work, embedded_server():
         for name in a.datasets.split(","):

@@ -33,11 +33,11 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from schemas.monitoring import DriftRule  # noqa: E402
-from tasks import monitor as M  # noqa: E402
-from tasks.clean import Calendar  # noqa: E402
-from tasks.score import write_forecasts  # noqa: E402
-from tasks.storage import LocalStore  # noqa: E402
+from nightcast.schemas.monitoring import DriftRule  # noqa: E402
+from nightcast.tasks.ops import monitor as M  # noqa: E402
+from nightcast.tasks.data.clean import Calendar  # noqa: E402
+from nightcast.tasks.serving.score import write_forecasts  # noqa: E402
+from nightcast.tasks.ops.storage import LocalStore  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "monitoring.md"
 START = dt.date(2026, 1, 1)

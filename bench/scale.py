@@ -176,9 +176,9 @@ def raw_loop(index, model_cfg, cfg) -> int:  # noqa: ANN001 - WindowIndex, Model
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from models.network import LSTMForecaster
-    from tasks.train import network_args_for
-    from tasks.window import WindowDataset, collate_batch
+    from nightcast.models.network import LSTMForecaster
+    from nightcast.tasks.forecast.train import network_args_for
+    from nightcast.tasks.data.window import WindowDataset, collate_batch
 
     torch.manual_seed(cfg.seed)
     net = LSTMForecaster(**network_args_for(index, model_cfg))
@@ -229,11 +229,11 @@ def pipeline_worker(data: str, train_steps: int, threads: int, repeats: int = 2)
     import lightning  # noqa: F401 - its import (seconds) is not part of any step
     import torch
 
-    from schemas.params import RetrainParams, TrainConfig, WindowConfig
-    from tasks.ingest import load_observations
-    from tasks.prepare import prepare_training
-    from tasks.train import network_args_for, train_model
-    from tasks.validate import validate_observations
+    from nightcast.schemas.params import RetrainParams, TrainConfig, WindowConfig
+    from nightcast.tasks.data.ingest import load_observations
+    from nightcast.tasks.data.prepare import prepare_training
+    from nightcast.tasks.forecast.train import network_args_for, train_model
+    from nightcast.tasks.data.validate import validate_observations
 
     torch.set_num_threads(threads)
     params = RetrainParams(window=WindowConfig(horizon=HORIZON))
@@ -275,13 +275,13 @@ def score_worker(data: str, store: str, train_steps: int, threads: int, seeds: i
     import lightning  # noqa: F401
     import torch
 
-    from flows.retrain import retrain_flow
-    from schemas.params import RetrainParams, ServeConfig, TrainConfig, WindowConfig
-    from tasks.ingest import load_observations
-    from tasks.registry import load_bundle
-    from tasks.score import forecast_from_bundle
-    from tasks.storage import open_store
-    from tasks.validate import validate_observations
+    from nightcast.flows.retrain import retrain_flow
+    from nightcast.schemas.params import RetrainParams, ServeConfig, TrainConfig, WindowConfig
+    from nightcast.tasks.data.ingest import load_observations
+    from nightcast.tasks.ops.registry import load_bundle
+    from nightcast.tasks.serving.score import forecast_from_bundle
+    from nightcast.tasks.ops.storage import open_store
+    from nightcast.tasks.data.validate import validate_observations
 
     torch.set_num_threads(threads)
     steps = _Steps()
@@ -298,10 +298,10 @@ def score_worker(data: str, store: str, train_steps: int, threads: int, seeds: i
         checked = validate_observations(load_observations(data))
         as_of = checked.valid["timestamp"].max().date()
     if steps.ok("score_input"):
-        import models.classical
+        import nightcast.models.classical
 
         spent = {"seconds": 0.0, "histories": 0}
-        real = models.classical.classical_forecasts
+        real = nightcast.models.classical.classical_forecasts
 
         def timed(values, lengths, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
             t0 = time.perf_counter()
@@ -311,13 +311,13 @@ def score_worker(data: str, store: str, train_steps: int, threads: int, seeds: i
                 spent["seconds"] += time.perf_counter() - t0
                 spent["histories"] += len(lengths)
 
-        models.classical.classical_forecasts = timed
+        nightcast.models.classical.classical_forecasts = timed
         try:
             with steps.step("score"):
                 _, report = forecast_from_bundle(bundle, checked.valid, as_of)
                 steps.out.update(series_scored=report.series_scored, series_skipped=len(report.skipped))
         finally:
-            models.classical.classical_forecasts = real
+            nightcast.models.classical.classical_forecasts = real
         steps.out["score_classical"] = spent
         if steps.ok("score"):
             with steps.step("score_raw_forward"):
@@ -371,10 +371,10 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
     the workers' imports). Per-task seconds come from the Prefect API."""
     from distributed import Client, LocalCluster
 
-    from flows.runtime import on_task_runner
-    from flows.score import score_flow
-    from schemas.params import ScoreParams, Settings
-    from tasks.shard import write_shard_layout
+    from nightcast.flows.runtime import on_task_runner
+    from nightcast.flows.score import score_flow
+    from nightcast.schemas.params import ScoreParams, Settings
+    from nightcast.tasks.serving.shard import write_shard_layout
 
     steps = _Steps()
     layout = str(Path(store) / "layout")
@@ -777,7 +777,7 @@ def render(results: list[dict], args: argparse.Namespace, started: dt.datetime, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from schemas.params import ServeConfig
+    from nightcast.schemas.params import ServeConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", type=int, nargs="+", default=[1000, 10000], help="panel sizes (series)")

@@ -1,0 +1,1 @@
+"""Deployment declarations (prefect.yaml): schedules, triggers and the work pool, nothing else."""

@@ -19,13 +19,13 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from schemas.params import BackfillParams, ColumnMap
-from tasks.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
-from tasks.score import covariate_kinds, forecasts_key, scoring_span_start, timestamps_zone
-from tasks.sharded import discard_staging
-from tasks.storage import Store
-from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
-from flows.score import forecast_and_write, ingest, read_in_shards, score_staged, validate
+from nightcast.schemas.params import BackfillParams, ColumnMap
+from nightcast.tasks.ops.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
+from nightcast.tasks.serving.score import covariate_kinds, forecasts_key, scoring_span_start, timestamps_zone
+from nightcast.tasks.serving.sharded import discard_staging
+from nightcast.tasks.ops.storage import Store
+from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
+from nightcast.flows.score import forecast_and_write, ingest, read_in_shards, score_staged, validate
 
 score_date = step(forecast_and_write, "score-date", io=True).with_options(
     task_run_name="score-{as_of}")

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _columns(args: argparse.Namespace) -> Any:
-    from schemas.params import ColumnMap
+    from nightcast.schemas.params import ColumnMap
 
     return ColumnMap(series_col=args.series_col, timestamp_col=args.timestamp_col,
                      target_col=args.target_col, timestamp_format=args.timestamp_format)
@@ -142,7 +142,7 @@ def _given(config: Any, **values: Any) -> Any:
 
 
 def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
-    from schemas.params import CleanConfig, ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
+    from nightcast.schemas.params import CleanConfig, ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
 
     return RetrainParams(
         data=data, model_name=args.model_name, columns=_columns(args),
@@ -160,7 +160,7 @@ def _tune_params(args: argparse.Namespace) -> Any:
     import json
     from pathlib import Path
 
-    from schemas.params import TuneParams
+    from nightcast.schemas.params import TuneParams
 
     extra = {"space": json.loads(Path(args.space).read_text())} if args.space else {}
     return TuneParams(base=_retrain_params(args, args.data), sampler=args.sampler, n_trials=args.n_trials,
@@ -169,7 +169,7 @@ def _tune_params(args: argparse.Namespace) -> Any:
 
 
 def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
-    from schemas.monitoring import DriftRule, MonitorParams
+    from nightcast.schemas.monitoring import DriftRule, MonitorParams
 
     drift: dict[str, Any] = {k: v for k, v in {"origins": args.origins, "min_origins": args.min_origins,
                              "min_points": args.min_points, "vs_test_span": args.vs_test_span}.items()
@@ -201,14 +201,14 @@ def _print_tune(out: dict) -> None:
 
 
 def _score_params(args: argparse.Namespace, data: str | None, as_of: dt.date | None) -> Any:
-    from schemas.params import ScoreParams
+    from nightcast.schemas.params import ScoreParams
 
     return ScoreParams(data=data, as_of=as_of, model_name=args.model_name, columns=_columns(args),
                        shards=getattr(args, "shards", 1), adapt_widths=getattr(args, "adapt_widths", True))
 
 
 def _print_retrain(out: dict) -> None:
-    from tasks.evaluate import format_metrics
+    from nightcast.tasks.forecast.evaluate import format_metrics
 
     print("\nTest-span metrics (every candidate and the served combination, on the same windows, raw truth):")
     print(format_metrics(out["metrics"]))
@@ -285,41 +285,41 @@ def _print_score(out: dict) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     """Run one command and print its summary."""
-    from flows.retrain import retrain_flow
-    from flows.score import score_flow
+    from nightcast.flows.retrain import retrain_flow
+    from nightcast.flows.score import score_flow
 
     if args.command == "retrain":
         _print_retrain(retrain_flow(_retrain_params(args, args.data)))
     elif args.command == "score":
         _print_score(score_flow(_score_params(args, args.data, args.as_of)))
     elif args.command == "tune":
-        from flows.tune import tune_flow
+        from nightcast.flows.tune import tune_flow
 
         _print_tune(tune_flow(_tune_params(args)))
     elif args.command == "backfill":
-        from flows.backfill import backfill_flow
+        from nightcast.flows.backfill import backfill_flow
 
         out = backfill_flow(start=args.start, end=args.end, model=args.model, overwrite=args.overwrite,
                             max_parallel=args.max_parallel, data=args.data, model_name=args.model_name,
                             columns=_columns(args), shards=args.shards, allow_look_ahead=args.allow_look_ahead)
         print(f"\n{out['summary']}\n\n{out['done']} done, {out['skipped']} skipped, {out['failed']} failed")
     elif args.command == "monitor":
-        from flows.monitor import monitor_flow
-        from tasks.monitor import format_monitoring
+        from nightcast.flows.monitor import monitor_flow
+        from nightcast.tasks.ops.monitor import format_monitoring
 
         out = monitor_flow(_monitor_params(args, args.data))
         print("\n" + format_monitoring(out))
         if out.get("report"):
             print(f"report {out['report']}")
     elif args.command == "report":
-        from flows.report import report_flow
+        from nightcast.flows.report import report_flow
 
         out = report_flow(model_name=args.model_name, store=args.store)
         print(f"\nreport for {args.model_name} (champion {out['version']}): {out['latest']}")
         print(f"  dated copy: {out['dated']}")
         print(f"  monitoring data: {'yes' if out['monitoring'] else 'not yet (run nightcast monitor)'}")
     elif args.command == "serve":
-        from flows.serve import serve
+        from nightcast.flows.serve import serve
 
         serve()
     else:
@@ -329,11 +329,11 @@ def _run(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     import polars as pl
 
-    from flows.retrain import retrain_flow
-    from flows.score import score_flow
-    from schemas.params import Settings
-    from tasks.sample import make_sample
-    from tasks.storage import open_store
+    from nightcast.flows.retrain import retrain_flow
+    from nightcast.flows.score import score_flow
+    from nightcast.schemas.params import Settings
+    from nightcast.tasks.data.sample import make_sample
+    from nightcast.tasks.ops.storage import open_store
 
     store = open_store(Settings().store)
     sample = make_sample()
@@ -344,7 +344,7 @@ def _demo(args: argparse.Namespace) -> None:
     as_of = sample.select(pl.col("timestamp").str.to_datetime().max()).item().date()
     scored = score_flow(_score_params(args, data, as_of))
     _print_score(scored)
-    from flows.report import report_flow
+    from nightcast.flows.report import report_flow
 
     report = report_flow(model_name=args.model_name)["latest"]
     print(f"\nreport {report}  (open it in a browser; `nightcast monitor` adds accuracy on actuals once they arrive)")
@@ -354,7 +354,7 @@ def _print_failure(exc: BaseException, log_path: Path | None, verbose: bool) -> 
     """On stderr: one line naming the step, the error type and the reason, then the details."""
     import traceback
 
-    from flows.runtime import failed_step
+    from nightcast.flows.runtime import failed_step
 
     if isinstance(exc, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
@@ -373,7 +373,7 @@ def _print_failure(exc: BaseException, log_path: Path | None, verbose: bool) -> 
 def _partition(args: argparse.Namespace) -> int:
     import traceback
 
-    from tasks.shard import write_shard_layout
+    from nightcast.tasks.serving.shard import write_shard_layout
 
     try:
         out = write_shard_layout(args.data, args.out, args.shards, args.series_col)
@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NIGHTCAST_STORE"] = args.store
     if getattr(args, "storage", None):  # a URL with a password stays in this process's environment
         os.environ["NIGHTCAST_OPTUNA_STORAGE"] = args.storage
-    from flows.console import FILE_ONLY, cli_logging
-    from flows.embedded import embedded_server
+    from nightcast.flows.console import FILE_ONLY, cli_logging
+    from nightcast.flows.embedded import embedded_server
 
     started = time.monotonic()
     with cli_logging(args.command, args.verbose) as log_path:

@@ -1,6 +1,6 @@
 """monitor: score the stored forecasts on the actuals that arrived; emit a drift event for a retrain.
 
-Daily, after scoring. See ``tasks/monitor.py`` for what is computed and the ``monitoring/`` layout,
+Daily, after scoring. See ``tasks/ops/monitor.py`` for what is computed and the ``monitoring/`` layout,
 ``schemas/monitoring.py`` for the frames and the drift rule.
 """
 
@@ -11,16 +11,16 @@ import datetime as dt
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from schemas.monitoring import MonitorParams
-from tasks.clean import Calendar
-from tasks.ingest import load_observations
-from tasks.monitor import (artifact_rows, assess, emit_drift_event, gather_actuals, hold_drift_event, horizon_days,
+from nightcast.schemas.monitoring import MonitorParams
+from nightcast.tasks.data.clean import Calendar
+from nightcast.tasks.data.ingest import load_observations
+from nightcast.tasks.ops.monitor import (artifact_rows, assess, emit_drift_event, gather_actuals, hold_drift_event, horizon_days,
                            last_drift_event, monitoring_dates, record_drift_event, retrains_in_flight,
                            read_forecast_window, read_state, test_span_mase, write_monitoring)
-from tasks.registry import load_champion
-from tasks.validate import validate_observations
-from flows.report import publish_report
-from flows.runtime import artifact_key, start_run, step
+from nightcast.tasks.ops.registry import load_champion
+from nightcast.tasks.data.validate import validate_observations
+from nightcast.flows.report import publish_report
+from nightcast.flows.runtime import artifact_key, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)

@@ -8,10 +8,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from schemas.params import _MODEL_NAME
-from tasks.report import ReportError, write_report
-from tasks.storage import Store
-from flows.runtime import artifact_key, start_run, step
+from nightcast.schemas.params import _MODEL_NAME
+from nightcast.tasks.ops.report import ReportError, write_report
+from nightcast.tasks.ops.storage import Store
+from nightcast.flows.runtime import artifact_key, start_run, step
 
 write = step(write_report, "write-report", io=True, timeout_s=1800)
 

@@ -10,22 +10,22 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from schemas.params import RetrainParams
-from tasks.backtest import compare_with_champion, run_backtest
-from tasks.evaluate import format_metrics
-from tasks.features import scale_values
-from tasks.ingest import load_observations
-from tasks.plots import forecast_vs_actual_png, learning_curve_png
-from tasks.prepare import Prepared, fingerprint, prepare_refit, prepare_training
-from tasks.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_bundle,
+from nightcast.schemas.params import RetrainParams
+from nightcast.tasks.forecast.backtest import compare_with_champion, run_backtest
+from nightcast.tasks.forecast.evaluate import format_metrics
+from nightcast.tasks.data.features import scale_values
+from nightcast.tasks.data.ingest import load_observations
+from nightcast.tasks.ops.plots import forecast_vs_actual_png, learning_curve_png
+from nightcast.tasks.data.prepare import Prepared, fingerprint, prepare_refit, prepare_training
+from nightcast.tasks.ops.registry import (Bundle, Decision, RegistryError, decide_promotion, library_versions, load_bundle,
                             load_champion, new_version, promote, read_champion, save_bundle, sweep_incomplete)
-from tasks.storage import Store, require_conditional_writes
-from tasks.train import TrainResult, best_steps, network_args_for, predict_scaled, refit_model, train_model
-from tasks.tune import apply_overrides, best_key, load_tuned, tuned_for
-from tasks.warm import incompatibility, plan_warm_start
-from tasks.validate import ValidationResult, validate_observations
-from flows.report import publish_report
-from flows.runtime import artifact_key, start_run, step
+from nightcast.tasks.ops.storage import Store, require_conditional_writes
+from nightcast.tasks.forecast.train import TrainResult, best_steps, network_args_for, predict_scaled, refit_model, train_model
+from nightcast.tasks.forecast.tune import apply_overrides, best_key, load_tuned, tuned_for
+from nightcast.tasks.forecast.warm import incompatibility, plan_warm_start
+from nightcast.tasks.data.validate import ValidationResult, validate_observations
+from nightcast.flows.report import publish_report
+from nightcast.flows.runtime import artifact_key, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)

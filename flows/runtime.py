@@ -13,8 +13,8 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from schemas.params import Settings
-from tasks.storage import Store, open_store
+from nightcast.schemas.params import Settings
+from nightcast.tasks.ops.storage import Store, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,7 +25,7 @@ RETRY_DELAYS_S = [3.0, 6.0, 12.0, 24.0]
 """Waits before an I/O step's 4 retries. With ``RETRY_JITTER`` each wait lands in
 [0.75, 1.3] × its value, so a step keeps trying for at least 33 s (at most 59 s) plus
 the time its own attempts take, botocore's retries inside each S3 request included
-(``tasks.storage.S3Settings``): a 30 s outage of the store never fails a step."""
+(``nightcast.tasks.ops.storage.S3Settings``): a 30 s outage of the store never fails a step."""
 RETRY_JITTER = 0.3
 
 # Error codes S3 (and AWS generally) answers when a later attempt may succeed.

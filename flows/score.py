@@ -12,21 +12,21 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
 from prefect.artifacts import create_markdown_artifact
 
-from schemas.params import ColumnMap, ScoreParams, Settings
-from tasks.clean import Calendar
-from tasks.ingest import load_observations, load_series_ids, newest_date
-from tasks.intervals import widen
-from tasks.monitor import width_factors
-from tasks.registry import Bundle, load_champion
-from tasks.score import (ScoreError, ScorePart, covariate_kinds, forecast_from_bundle, scoring_span_start,
+from nightcast.schemas.params import ColumnMap, ScoreParams, Settings
+from nightcast.tasks.data.clean import Calendar
+from nightcast.tasks.data.ingest import load_observations, load_series_ids, newest_date
+from nightcast.tasks.forecast.intervals import widen
+from nightcast.tasks.ops.monitor import width_factors
+from nightcast.tasks.ops.registry import Bundle, load_champion
+from nightcast.tasks.serving.score import (ScoreError, ScorePart, covariate_kinds, forecast_from_bundle, scoring_span_start,
                          timestamps_zone, write_forecasts)
-from tasks.shard import plan_shards
-from tasks.sharded import (STAGING, ShardInput, ShardRun, assemble_shards, discard_staging, fixed_calendar,
+from nightcast.tasks.serving.shard import plan_shards
+from nightcast.tasks.serving.sharded import (STAGING, ShardInput, ShardRun, assemble_shards, discard_staging, fixed_calendar,
                            merge_inputs, plan_calendar, read_and_score_shard, read_shard, run_of, score_shard,
                            staging_prefix, staging_run, sweep_staging)
-from tasks.storage import Store
-from tasks.validate import validate_observations
-from flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
+from nightcast.tasks.ops.storage import Store
+from nightcast.tasks.data.validate import validate_observations
+from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
@@ -34,7 +34,7 @@ champion = step(load_champion, "load-champion", io=True)
 
 
 def adapted_widths(store: Store, bundle: Bundle, model_name: str, as_of: dt.date, adapt: bool) -> dict | None:
-    """The monitor's interval multipliers for this date (``tasks.monitor.width_factors``), logged; None when
+    """The monitor's interval multipliers for this date (``nightcast.tasks.ops.monitor.width_factors``), logged; None when
     not asked for or nothing was monitored. A store the monitor cannot read leaves the widths alone."""
     if not adapt:
         return None
@@ -97,7 +97,7 @@ assemble_step = step(assemble_shards, "assemble-shards", io=True, timeout_s=3600
 class ShardedInput:
     """A sharded run's input: where each shard's validated rows are staged, and what was read."""
 
-    run: str  # the staging folder (``tasks.sharded.staging_run``)
+    run: str  # the staging folder (``nightcast.tasks.serving.sharded.staging_run``)
     shards: list[ShardInput]
     n_quarantined: int
     notes: dict
@@ -221,7 +221,7 @@ def _assemble(st: Store, bundle: Bundle, parts: list[ScorePart], calendar: Calen
 
 
 def score_in_shards(st: Store, bundle: Bundle, data: str, params: ScoreParams) -> tuple[dict, ShardedInput]:
-    """``forecast_and_write`` with no process holding the whole catalogue (``tasks.sharded``): the
+    """``forecast_and_write`` with no process holding the whole catalogue (``nightcast.tasks.serving.sharded``): the
     partition is written only once every shard is done, in one atomic object, and a failed run
     leaves it as it was. The run's staging is deleted either way.
 

@@ -31,10 +31,14 @@ def load_declarations(path: Path = DECLARATIONS) -> list[dict[str, Any]]:
 
 
 def load_flow(entrypoint: str) -> Any:
-    """``flows/retrain.py:retrain_flow`` → the flow object, imported as a module (no exec of paths)."""
-    file, _, attr = entrypoint.partition(":")
-    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
-    return getattr(module, attr)
+    """``nightcast.flows.retrain.retrain_flow`` → the flow object, imported from the installed package
+    (a ``flows/retrain.py:retrain_flow`` path names the same module; nothing is exec'd from a path)."""
+    if ":" in entrypoint:
+        file, _, attr = entrypoint.partition(":")
+        module = "nightcast." + file.removesuffix(".py").replace("/", ".")
+    else:
+        module, _, attr = entrypoint.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
 
 
 def load_triggers(declaration: dict[str, Any]) -> list[Any]:
@@ -53,6 +57,7 @@ def build_deployments(path: Path = DECLARATIONS) -> list[Any]:
     """``RunnerDeployment`` objects for ``prefect.serve``: same names, schedules, parameters, concurrency
     limits and triggers (automations, created when the deployment is registered)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.types.entrypoint import EntrypointType
     from prefect.schedules import Cron
 
     out = []
@@ -61,7 +66,7 @@ def build_deployments(path: Path = DECLARATIONS) -> list[Any]:
                      for s in d.get("schedules") or []]
         limit = d.get("concurrency_limit")
         out.append(load_flow(d["entrypoint"]).to_deployment(
-            name=d["name"], description=d.get("description"), tags=d.get("tags"),
+            name=d["name"], entrypoint_type=EntrypointType.MODULE_PATH, description=d.get("description"), tags=d.get("tags"),
             parameters=d.get("parameters") or {}, schedules=schedules,
             concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
             triggers=load_triggers(d)))

@@ -1,7 +1,7 @@
 """tune: an Optuna study over rolling-origin folds; the best configuration is saved for retrain.
 
 Each trial is a Prefect task run, judged by the combination it would serve (see
-``tasks.tune``); the study is one per model, horizon and data fingerprint. Trials talk to the study through its storage
+``nightcast.tasks.forecast.tune``); the study is one per model, horizon and data fingerprint. Trials talk to the study through its storage
 (SQLite by default, PostgreSQL for many workers), so several runs of this flow,
 on several workers, can add trials to the same study at the same time.
 """
@@ -14,14 +14,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 
-from schemas.params import TuneParams
-from tasks.storage import Store
-from tasks.prepare import fingerprint
-from tasks.tune import (TUNING_PREFIX, best_key, claim_study, default_study_name, grid_size, open_study, plots,
+from nightcast.schemas.params import TuneParams
+from nightcast.tasks.ops.storage import Store
+from nightcast.tasks.data.prepare import fingerprint
+from nightcast.tasks.forecast.tune import (TUNING_PREFIX, best_key, claim_study, default_study_name, grid_size, open_study, plots,
                         redact, resolve_storage, rolling_origin_folds, run_trial, study_scope, summarize,
                         trials_table)
-from flows.runtime import artifact_key, start_run, step
-from flows.score import ingest, validate
+from nightcast.flows.runtime import artifact_key, start_run, step
+from nightcast.flows.score import ingest, validate
 
 plan_folds = step(rolling_origin_folds, "plan-folds")
 trial_task = step(run_trial, "trial")  # submitted to threads: a Prefect timeout could not interrupt it

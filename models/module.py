@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from models.network import LSTMForecaster
+from nightcast.models.network import LSTMForecaster
 
 _LOSSES = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}
 

@@ -1,7 +1,7 @@
 """Every data contract of nightcast: pandera frames and pydantic parameters."""
 
-from schemas.frames import CleanSeries, Forecasts, RawObservations
-from schemas.params import (
+from nightcast.schemas.frames import CleanSeries, Forecasts, RawObservations
+from nightcast.schemas.params import (
     CleanConfig,
     ColumnMap,
     ModelConfig,

@@ -89,7 +89,7 @@ Written into every partition's Parquet metadata as ``nightcast.forecasts_layout`
 bumped on any change a downstream reader would notice. 3 added ``method`` (which
 forecaster produced the series: ``lstm``, ``seasonal_naive`` or ``naive``); 4 added the
 classical candidates and ``combination`` (a weighted mean of several, the usual case); layout 2
-partitions read through ``tasks.score.read_forecasts`` get ``method = "lstm"``.
+partitions read through ``nightcast.tasks.serving.score.read_forecasts`` get ``method = "lstm"``.
 """
 
 FORECAST_METHODS = ("lstm", "seasonal_naive", "naive", "theta", "optimized_theta", "autotheta", "autoets",

@@ -6,13 +6,13 @@ store, each partitioned by model and monitoring date, one Parquet object per par
 ``monitoring/points/model=<m>/date=<D>/points.parquet`` (``MonitoringPoints``)
     A change log: the forecast points whose state the run for date ``D`` changed (new, scored late,
     revised, ...). The state of a point ``(series_id, timestamp, as_of, model_version)`` on day D is
-    its row in the newest partition dated D or earlier; ``tasks.monitor.read_points`` returns that,
+    its row in the newest partition dated D or earlier; ``nightcast.tasks.ops.monitor.read_points`` returns that,
     each point once.
 ``monitoring/summary/model=<m>/date=<D>/summary.parquet`` (``MonitoringSummary``)
     Metrics of every scored point known on day D (all origins), for the model and for seasonal naive
     on the same points, overall and by origin, model version, served method, horizon step and series.
 ``monitoring/active/model=<m>/date=<D>/active.parquet`` (``MonitoringPoints``) and
-``monitoring/frozen/model=<m>/date=<D>/frozen.parquet`` (``tasks.monitor.SUMS_SCHEMA``)
+``monitoring/frozen/model=<m>/date=<D>/frozen.parquet`` (``nightcast.tasks.ops.monitor.SUMS_SCHEMA``)
     The state the next run starts from: every point of the recheck window once, and the additive
     sums, by summary group, of the points older than it (``nightcast.active_since`` in the metadata).
     Kept for the newest runs only.
@@ -32,8 +32,8 @@ import pandera.polars as pa
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.frames import FORECAST_METHODS
-from schemas.params import _DATA_HELP, _MODEL_NAME, ColumnMap
+from nightcast.schemas.frames import FORECAST_METHODS
+from nightcast.schemas.params import _DATA_HELP, _MODEL_NAME, ColumnMap
 
 MONITORING_LAYOUT = "1"
 """Version of the ``monitoring/`` layout (these three frames and their keys)."""

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 SAMPLE_DATA = "sample://"
-"""The bundled sample panel (``tasks.sample.make_sample``): the input when none is configured."""
+"""The bundled sample panel (``nightcast.tasks.data.sample.make_sample``): the input when none is configured."""
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -133,7 +133,7 @@ class WindowConfig(_Config):
 
 
 class FeatureConfig(_Config):
-    """Derived features, each fitted on the training span (see ``tasks.features``)."""
+    """Derived features, each fitted on the training span (see ``nightcast.tasks.data.features``)."""
 
     calendar: list[Literal["hour", "dow", "month", "doy"]] | None = Field(
         None, description="cyclical sin/cos of these timestamp parts, as known-future inputs; empty: from the "
@@ -229,7 +229,7 @@ class WarmStartConfig(_Config):
 
 
 class ServeConfig(_Config):
-    """How the served forecast is decided on backtest windows and built at the origin (``tasks.combine``)."""
+    """How the served forecast is decided on backtest windows and built at the origin (``nightcast.tasks.forecast.combine``)."""
 
     refit: bool = Field(True, description="refit the network on all history up to the origin (scalers too) for "
                                           "the backtest's best step count, and serve that; false: serve the "

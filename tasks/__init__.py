@@ -1,1 +1,2 @@
-"""The steps of the pipeline: plain, typed functions; flows wrap them as Prefect tasks."""
+"""The steps of the pipeline, grouped by concern: data, forecast, serving, ops. Plain, typed
+functions; flows wrap them as Prefect tasks."""

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 import torch
 
-from schemas.params import ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
-from tasks.sample import make_sample
+from nightcast.schemas.params import ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
+from nightcast.tasks.data.sample import make_sample
 
 torch.set_num_threads(1)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -13,12 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from flows.retrain import retrain_flow  # noqa: E402
-from flows.score import score_flow  # noqa: E402
-from schemas.params import CleanConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig, WindowConfig  # noqa: E402
-from tasks.registry import read_champion  # noqa: E402
-from tasks.score import read_forecasts  # noqa: E402
-from tasks.storage import open_store  # noqa: E402
+from nightcast.flows.retrain import retrain_flow  # noqa: E402
+from nightcast.flows.score import score_flow  # noqa: E402
+from nightcast.schemas.params import CleanConfig, RetrainParams, ScoreParams, ServeConfig, TrainConfig, WindowConfig  # noqa: E402
+from nightcast.tasks.ops.registry import read_champion  # noqa: E402
+from nightcast.tasks.serving.score import read_forecasts  # noqa: E402
+from nightcast.tasks.ops.storage import open_store  # noqa: E402
 
 NAMES = ["co2", "elnino", "elec_equip", "core_cpi", "macro", "sunspots", "nile", "fertility", "indices", "wti",
          "trump_approval", "water_flow", "tmy_temp", "fred_md", "fred_md_q", "txhousing", "txhousing_q", "tourism",

@@ -8,15 +8,15 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from flows.backfill import BackfillError, backfill_flow, plan_versions
-from flows.retrain import retrain_flow
-from schemas.frames import Forecasts
-from schemas.params import BackfillParams, TrainConfig
-from tasks.ingest import load_observations
-from tasks.registry import Decision, RegistryError, load_bundle, read_champion, set_champion
-from tasks.score import forecast_from_bundle, partition_key
-from tasks.storage import LocalStore, open_store
-from tasks.validate import validate_observations
+from nightcast.flows.backfill import BackfillError, backfill_flow, plan_versions
+from nightcast.flows.retrain import retrain_flow
+from nightcast.schemas.frames import Forecasts
+from nightcast.schemas.params import BackfillParams, TrainConfig
+from nightcast.tasks.data.ingest import load_observations
+from nightcast.tasks.ops.registry import Decision, RegistryError, load_bundle, read_champion, set_champion
+from nightcast.tasks.serving.score import forecast_from_bundle, partition_key
+from nightcast.tasks.ops.storage import LocalStore, open_store
+from nightcast.tasks.data.validate import validate_observations
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -122,14 +122,14 @@ def test_a_slow_date_does_not_hold_back_the_others(tmp_path, registry, monkeypat
     """Two at a time, four dates, the first one slow: the third and fourth start while it runs (a sliding
     window), rather than waiting for it as a batch would. The slow date waits for the last date to start,
     so it finishes only if that happens."""
-    import flows.backfill
-    from flows.runtime import step
+    import nightcast.flows.backfill
+    from nightcast.flows.runtime import step
 
     store = _fresh_store(tmp_path, registry)
     days = [dt.date(2026, 9, d) for d in (11, 12, 13, 14)]
     last_started = threading.Event()
     started: list[dt.date] = []
-    real = flows.backfill.forecast_and_write
+    real = nightcast.flows.backfill.forecast_and_write
 
     def forecast(store, bundle, observations, as_of, model_name, zone):  # noqa: ANN001 - the step's arguments
         started.append(as_of)
@@ -139,7 +139,7 @@ def test_a_slow_date_does_not_hold_back_the_others(tmp_path, registry, monkeypat
             assert last_started.wait(60), "the other dates waited for the slow one"
         return real(store, bundle, observations, as_of, model_name, zone=zone)
 
-    monkeypatch.setattr(flows.backfill, "score_date", step(forecast, "score-date", io=True))
+    monkeypatch.setattr(nightcast.flows.backfill, "score_date", step(forecast, "score-date", io=True))
     out = backfill_flow(start=days[0], end=days[-1], data=registry[1], store=store, max_parallel=2,
                         model=registry[3])
     assert (out["done"], out["failed"]) == (4, 0), out["summary"]
@@ -239,7 +239,7 @@ def test_dates_before_the_champions_data_end_are_refused(tmp_path, registry):
     """No look-ahead by default: the current champion was fitted on data to 2026-09-14 23:00, so scoring
     2026-09-10..12 with it would use their future. Refused before anything is written; the last date of its
     data is fine; a named version or allow_look_ahead is the user's explicit choice."""
-    from flows.backfill import LookAheadError
+    from nightcast.flows.backfill import LookAheadError
 
     store = _fresh_store(tmp_path, registry)
     with pytest.raises(LookAheadError, match=r"3 date\(s\) \(2026-09-10\.\.2026-09-12\) come before the end of the "

@@ -10,11 +10,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from flows.retrain import retrain_flow  # noqa: E402
-from flows.score import score_flow  # noqa: E402
-from schemas.params import ModelConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig  # noqa: E402
-from tasks.score import read_forecasts  # noqa: E402
-from tasks.storage import open_store  # noqa: E402
+from nightcast.flows.retrain import retrain_flow  # noqa: E402
+from nightcast.flows.score import score_flow  # noqa: E402
+from nightcast.schemas.params import ModelConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig  # noqa: E402
+from nightcast.tasks.serving.score import read_forecasts  # noqa: E402
+from nightcast.tasks.ops.storage import open_store  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, main
+from nightcast.flows.cli import build_parser, main
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -75,7 +75,7 @@ def test_accuracy_bench_runs_from_one_command(tmp_path):
 
 
 def test_retrain_summary_names_the_series_the_input_lost_or_trimmed():
-    from flows.cli import _input_notes
+    from nightcast.flows.cli import _input_notes
 
     lines = _input_notes({"leading_blanks_dropped": 5, "leading_blank_series": {"a": 3, "b": 2},
                           "trailing_blanks_dropped": 0, "empty_series_count": 12,
@@ -89,7 +89,7 @@ def test_retrain_summary_names_the_series_the_input_lost_or_trimmed():
 
 
 def test_monitor_flags_become_the_drift_rule():
-    from flows.cli import _monitor_params
+    from nightcast.flows.cli import _monitor_params
 
     args = build_parser().parse_args(["monitor", "--data", "x.csv", "--as-of", "2026-10-13", "--origins", "5",
                                       "--vs-seasonal-naive", "off", "--vs-test-span", "0.2", "--no-drift-event",
@@ -103,7 +103,7 @@ def test_monitor_flags_become_the_drift_rule():
 
 
 def test_season_flag_sets_the_season_every_rule_reads():
-    from flows.cli import _retrain_params
+    from nightcast.flows.cli import _retrain_params
 
     args = build_parser().parse_args(["retrain", "--data", "x.csv", "--season", "11"])
     assert _retrain_params(args, args.data).clean.season_length == 11

@@ -1,6 +1,6 @@
 """What a failure looks like in the terminal, and the temporary Prefect server of a CLI process.
 
-The command-line tests run ``python -m flows.cli`` as a user would: its own
+The command-line tests run ``python -m nightcast.flows.cli`` as a user would: its own
 process, no PREFECT_API_URL, so each starts Prefect's temporary server.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import prefect.main  # noqa: F401 - Prefect's logging set-up binds the streams of now, not of a test's capsys
 import pytest
 
-from flows import console, embedded
+from nightcast.flows import console, embedded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def nightcast(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "nightcast.flows.cli", *args]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -82,7 +82,7 @@ def wait_until(check, timeout: float) -> bool:
 
 @pytest.fixture()
 def tiny_csv(tmp_path: Path) -> str:
-    from tasks.sample import make_sample
+    from nightcast.tasks.data.sample import make_sample
 
     path = tmp_path / "tiny.csv"
     make_sample(n_series=2, days=10, seed=3).write_csv(path)
@@ -331,7 +331,7 @@ def test_the_server_command_is_prefects_own(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_child_started_with_die_with_parent_ends_when_the_parent_is_killed(tmp_path):
-    script = ("import subprocess, time; from flows.embedded import die_with_parent; "
+    script = ("import subprocess, time; from nightcast.flows.embedded import die_with_parent; "
               "p = subprocess.Popen(['sleep', '120'], preexec_fn=die_with_parent()); "
               "print(p.pid, flush=True); time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)

@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from flows.retrain import retrain_flow
-from flows.score import score_flow
-from schemas.params import ScoreParams
-from tasks.score import read_forecasts
-from tasks.storage import open_store
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.score import score_flow
+from nightcast.schemas.params import ScoreParams
+from nightcast.tasks.serving.score import read_forecasts
+from nightcast.tasks.ops.storage import open_store
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -10,14 +10,14 @@ import polars as pl
 
 import pytest
 
-from flows.retrain import retrain_flow
-from flows.score import score_flow
-from schemas.frames import FORECASTS_LAYOUT, Forecasts
-from schemas.params import PromotionRule, ScoreParams, TrainConfig
-from tasks.registry import RegistryError, load_champion
-from tasks.score import ScoreError, read_forecasts
-from tasks.storage import open_store
-from tasks.validate import DataValidationError
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.score import score_flow
+from nightcast.schemas.frames import FORECASTS_LAYOUT, Forecasts
+from nightcast.schemas.params import PromotionRule, ScoreParams, TrainConfig
+from nightcast.tasks.ops.registry import RegistryError, load_champion
+from nightcast.tasks.serving.score import ScoreError, read_forecasts
+from nightcast.tasks.ops.storage import open_store
+from nightcast.tasks.data.validate import DataValidationError
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -137,8 +137,8 @@ def test_failed_or_worse_retrain_never_moves_the_champion(trained_store, tmp_pat
 def test_a_bundle_that_lost_a_file_while_written_is_never_promoted(tmp_path, sample_raw, monkeypatch):
     """A writer frozen for hours while the sweep of another run deletes its files: when it wakes and finishes,
     the bundle is read back and verified before the pointer may name it; the champion stays where it was."""
-    import flows.retrain
-    from tasks.registry import sweep_incomplete
+    import nightcast.flows.retrain
+    from nightcast.tasks.ops.registry import sweep_incomplete
 
     csv = tmp_path / "in.csv"
     sample_raw.write_csv(csv)
@@ -146,7 +146,7 @@ def test_a_bundle_that_lost_a_file_while_written_is_never_promoted(tmp_path, sam
     first = retrain_flow(fast_params(str(csv)), store=store_url)
     store = open_store(store_url)
     before = store.read_bytes("models/lstm/champion.json")
-    real_save = flows.retrain.save_bundle
+    real_save = nightcast.flows.retrain.save_bundle
 
     def frozen_then_swept(st, name, version, **kw):
         manifest = kw["manifest"]
@@ -160,7 +160,7 @@ def test_a_bundle_that_lost_a_file_while_written_is_never_promoted(tmp_path, sam
         st.delete(f"{prefix}/weights.pt")
         return prefix
 
-    monkeypatch.setattr(flows.retrain, "save_bundle", frozen_then_swept)
+    monkeypatch.setattr(nightcast.flows.retrain, "save_bundle", frozen_then_swept)
     with pytest.raises(RegistryError, match="lacks weights.pt"):
         retrain_flow(fast_params(str(csv), train=TrainConfig(max_epochs=15, patience=4, batch_size=64, seed=9,
                                                              early_stopping=True)), store=store_url)
@@ -191,7 +191,7 @@ def test_corrupt_or_missing_champion_is_a_clear_score_error(tmp_path, sample_raw
 
 def test_a_series_born_after_the_backtest_training_span_is_forecast_by_the_refit_network(tmp_path, sample_raw,
                                                                                         monkeypatch):
-    import tasks.score as score_module
+    import nightcast.tasks.serving.score as score_module
 
     short = sample_raw.filter(pl.col("series_id") == "site-1").sort("timestamp").tail(30).with_columns(pl.lit("tiny").alias("series_id"))
     csv = tmp_path / "with-short.csv"
@@ -239,14 +239,14 @@ def test_retrain_then_score_on_s3(s3_env, sample_raw):
     Forecasts.validate(frame, lazy=True)
     assert frame["series_id"].n_unique() == 2 and frame["model_version"].unique().to_list() == [out["version"]]
     # polars reads the partition straight from S3 too
-    from tasks.ingest import storage_options
+    from nightcast.tasks.data.ingest import storage_options
     lazy = pl.scan_parquet(f"s3://{s3_env}/nightcast/forecasts/model=lstm/as_of={as_of}/forecasts.parquet",
                            storage_options=storage_options())
     assert lazy.collect().height == frame.height
 
 
 def test_derived_features_train_and_score_end_to_end(tmp_path, sample_raw, sample_csv):
-    from schemas.params import FeatureConfig
+    from nightcast.schemas.params import FeatureConfig
 
     store = str(tmp_path / "s")
     params = fast_params(sample_csv, features=FeatureConfig(calendar=["hour", "dow"], seasonal_lags=[24]),
@@ -263,8 +263,8 @@ def test_derived_features_train_and_score_end_to_end(tmp_path, sample_raw, sampl
 
 
 def test_scoring_cleans_only_the_tail_it_needs_and_forecasts_the_same(trained_store, sample_raw, monkeypatch):
-    import tasks.score as score_mod
-    from tasks.validate import validate_observations
+    import nightcast.tasks.serving.score as score_mod
+    from nightcast.tasks.data.validate import validate_observations
 
     store_url, _, _ = trained_store
     bundle = load_champion(open_store(store_url), "lstm")
@@ -282,7 +282,7 @@ def test_scoring_cleans_only_the_tail_it_needs_and_forecasts_the_same(trained_st
 def test_yearly_data_with_a_cycle_is_trained_and_scored_on_that_season(tmp_path):
     """Yearly data has no calendar season: the cycle in the data becomes the season of the bundle, and
     scoring, its cleaning and its seasonal naive use the bundle's season, not the calendar's 1."""
-    from schemas.params import WindowConfig
+    from nightcast.schemas.params import WindowConfig
     from tests.tasks.test_clean import _yearly_panel
 
     path = tmp_path / "yearly.csv"

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-import flows.runtime as runtime
-from schemas.params import SAMPLE_DATA, RetrainParams, Settings, TuneParams
+import nightcast.flows.runtime as runtime
+from nightcast.schemas.params import SAMPLE_DATA, RetrainParams, Settings, TuneParams
 
 
 @pytest.fixture()

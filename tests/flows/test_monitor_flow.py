@@ -9,14 +9,14 @@ import time
 import polars as pl
 import pytest
 
-from flows.monitor import monitor_flow
-from flows.retrain import retrain_flow
-from flows.score import score_flow
-from schemas.monitoring import DriftRule, MonitoringPoints, MonitoringRun, MonitoringSummary, MonitorParams
-from schemas.params import ScoreParams
-from tasks.score import read_forecasts
-from tasks.monitor import DRIFT_EVENT, monitoring_key, read_points, read_runs, read_summary
-from tasks.storage import open_store
+from nightcast.flows.monitor import monitor_flow
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.score import score_flow
+from nightcast.schemas.monitoring import DriftRule, MonitoringPoints, MonitoringRun, MonitoringSummary, MonitorParams
+from nightcast.schemas.params import ScoreParams
+from nightcast.tasks.serving.score import read_forecasts
+from nightcast.tasks.ops.monitor import DRIFT_EVENT, monitoring_key, read_points, read_runs, read_summary
+from nightcast.tasks.ops.storage import open_store
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -182,7 +182,7 @@ def test_a_drift_that_persists_asks_for_one_retrain_not_one_a_day(scored, sample
     assert len(_drift_events(since)) == 1  # one event, so the trigger starts one retrain
     # no cooldown, but a retrain of this model already running: nothing more is queued behind it
     with get_client(sync_client=True) as client:
-        from flows.retrain import retrain_flow as flow_obj
+        from nightcast.flows.retrain import retrain_flow as flow_obj
 
         running = client.create_flow_run(flow_obj, parameters={"params": {"model_name": "lstm"}}, state=Running())
         try:
@@ -203,10 +203,10 @@ def test_score_adapts_interval_widths_to_the_actuals_monitored_before_its_origin
     """After a monitoring run for the 12th, scoring the 13th scales each step's interval by the multiplier
     the monitored actuals call for; scoring the 12th itself cannot use that run (its actuals reach the end
     of the 12th, after the origin). ``adapt_widths=False`` serves the bundle's widths."""
-    from tasks.monitor import width_factors
-    from tasks.registry import load_champion
+    from nightcast.tasks.ops.monitor import width_factors
+    from nightcast.tasks.ops.registry import load_champion
 
-    monkeypatch.setattr("tasks.intervals.MIN_POINTS", 3)  # 3 series: a few points per step
+    monkeypatch.setattr("nightcast.tasks.forecast.intervals.MIN_POINTS", 3)  # 3 series: a few points per step
     _, store, version = scored
     work = str(tmp_path / "store")
     shutil.copytree(store, work)
@@ -245,8 +245,8 @@ def test_two_monitor_runs_started_together_give_the_metrics_a_sequential_run_giv
     function of a complete earlier state and the inputs, so an overlap costs re-work, never a count."""
     import threading
 
-    import flows.monitor
-    from tasks.monitor import read_state
+    import nightcast.flows.monitor
+    from nightcast.tasks.ops.monitor import read_state
 
     _, store, _ = scored
     frames = {d: _csv(tmp_path, f"d{d}.csv", sample_raw.filter(_before_end_of(d))) for d in (11, 12, 13)}
@@ -269,7 +269,7 @@ def test_two_monitor_runs_started_together_give_the_metrics_a_sequential_run_giv
         barrier.wait()  # neither run writes before both have read
         return state
 
-    monkeypatch.setattr(flows.monitor, "read_previous", stale_read)
+    monkeypatch.setattr(nightcast.flows.monitor, "read_previous", stale_read)
     def run_together(d: int) -> None:
         run("together", d)
         done.append(d)

@@ -5,15 +5,15 @@ import polars as pl
 import pytest
 import torch
 
-from flows.retrain import retrain_flow
-from schemas.params import ServeConfig, WindowConfig
-from tasks.evaluate import NETWORK
-from tasks.ingest import load_observations
-from tasks.prepare import prepare_training
-from tasks.registry import load_champion
-from tasks.storage import open_store
-from tasks.train import best_steps, predict_scaled, train_model
-from tasks.validate import validate_observations
+from nightcast.flows.retrain import retrain_flow
+from nightcast.schemas.params import ServeConfig, WindowConfig
+from nightcast.tasks.forecast.evaluate import NETWORK
+from nightcast.tasks.data.ingest import load_observations
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.ops.registry import load_champion
+from nightcast.tasks.ops.storage import open_store
+from nightcast.tasks.forecast.train import best_steps, predict_scaled, train_model
+from nightcast.tasks.data.validate import validate_observations
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -33,11 +33,11 @@ def test_the_served_networks_are_refit_on_all_history_and_are_not_the_backtest_m
     prepared = prepare_training(checked, run)
     backtest = train_model(prepared.index, run.model, run.train, progress=False)
     # it is the model that was judged: its own test-span figure is the one recorded ...
-    from tasks.backtest import candidate_forecasts
-    from tasks.window import space_windows
+    from nightcast.tasks.forecast.backtest import candidate_forecasts
+    from nightcast.tasks.data.window import space_windows
 
     test = space_windows(prepared.index, prepared.index.splits["test"], run.window.horizon // 2)
-    from tasks.evaluate import mase_scales, score_forecasts
+    from nightcast.tasks.forecast.evaluate import mase_scales, score_forecasts
 
     both = [predict_scaled(backtest.net, prepared.index, test)]
     b2 = train_model(prepared.index, run.model, run.train.model_copy(update={"seed": run.train.seed + 1}),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flows.serve import DECLARATIONS, build_deployments, load_declarations, load_flow
+from nightcast.flows.serve import DECLARATIONS, build_deployments, load_declarations, load_flow
 
 
 def test_declarations_name_real_flows_with_explicit_time_zones():
@@ -51,7 +51,7 @@ def test_drift_events_trigger_the_retrain_deployment():
     """The monitor's ``nightcast.drift.detected`` starts retrain/nightly for the model it names, on its store."""
     from prefect.events.schemas.automations import Posture
 
-    from tasks.monitor import DRIFT_EVENT
+    from nightcast.tasks.ops.monitor import DRIFT_EVENT
 
     built = {d.name: d for d in build_deployments()}
     assert {name for name, d in built.items() if d.triggers} == {"nightly"}
@@ -78,7 +78,7 @@ def test_an_unknown_trigger_field_type_is_refused(tmp_path):
     (nightly,) = [d for d in load_declarations(bad) if d["name"] == "nightly"]
     from pydantic import ValidationError
 
-    from flows.serve import load_triggers
+    from nightcast.flows.serve import load_triggers
 
     with pytest.raises(ValidationError, match="threshold"):
         load_triggers(nightly)

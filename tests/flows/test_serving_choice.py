@@ -8,12 +8,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from flows.retrain import retrain_flow
-from flows.score import score_flow
-from schemas.frames import FORECASTS_LAYOUT
-from schemas.params import ModelConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig
-from tasks.score import forecasts_key, read_forecasts
-from tasks.storage import open_store
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.score import score_flow
+from nightcast.schemas.frames import FORECASTS_LAYOUT
+from nightcast.schemas.params import ModelConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig
+from nightcast.tasks.serving.score import forecasts_key, read_forecasts
+from nightcast.tasks.ops.storage import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

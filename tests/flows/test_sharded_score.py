@@ -5,14 +5,14 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from flows.retrain import retrain_flow
-from flows.score import score_flow
-from schemas.params import ScoreParams
-from tasks.sample import make_sample
-from tasks.score import read_forecasts
-from tasks.storage import open_store
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.score import score_flow
+from nightcast.schemas.params import ScoreParams
+from nightcast.tasks.data.sample import make_sample
+from nightcast.tasks.serving.score import read_forecasts
+from nightcast.tasks.ops.storage import open_store
 from tests.conftest import fast_params
-from tasks.sharded import STAGING
+from nightcast.tasks.serving.sharded import STAGING
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -64,7 +64,7 @@ def test_more_shards_than_series_still_equal(panel):
 
 
 def test_sharded_run_on_the_shard_layout_equals_the_plain_run(panel, tmp_path):
-    from tasks.shard import write_shard_layout
+    from nightcast.tasks.serving.shard import write_shard_layout
 
     data, store, as_of, _ = panel
     score_flow(ScoreParams(data=data, as_of=as_of), store=store)
@@ -76,7 +76,7 @@ def test_sharded_run_on_the_shard_layout_equals_the_plain_run(panel, tmp_path):
 
 
 def test_sharded_backfill_equals_the_plain_backfill(panel, tmp_path):
-    from flows.backfill import backfill_flow
+    from nightcast.flows.backfill import backfill_flow
 
     data, store, as_of, _ = panel
     start = as_of - dt.timedelta(days=3)
@@ -99,8 +99,8 @@ def test_shard_layout_and_sharded_score_on_s3(s3_env, sample_raw):
 
     import boto3
 
-    from flows.cli import main
-    from tasks.sharded import STAGING
+    from nightcast.flows.cli import main
+    from nightcast.tasks.serving.sharded import STAGING
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     s3.put_object(Bucket=s3_env, Key="raw/obs.csv", Body=sample_raw.write_csv().encode())
@@ -125,8 +125,8 @@ def test_still_running_asks_the_prefect_api(panel):
 
     from prefect import flow
 
-    from flows.score import _still_running
-    from tasks.sharded import staging_run
+    from nightcast.flows.score import _still_running
+    from nightcast.tasks.serving.sharded import staging_run
 
     @flow
     def probe() -> bool:
@@ -144,10 +144,10 @@ def test_still_running_asks_the_prefect_api(panel):
 def test_the_documented_reader_never_meets_staged_files(panel, monkeypatch):
     """A run killed before it cleans up (here: its clean-up skipped) leaves its staged inputs and parts; the
     README's reader of every forecast still reads exactly the partitions."""
-    import flows.score
+    import nightcast.flows.score
 
     data, store, as_of, _ = panel
-    monkeypatch.setattr(flows.score, "discard_staging", lambda store_url, run: None)
+    monkeypatch.setattr(nightcast.flows.score, "discard_staging", lambda store_url, run: None)
     # no as_of on text timestamps: the staged run (inputs and parts staged), the newest date is as_of
     assert score_flow(ScoreParams(data=data, shards=3), store=store)["as_of"] == as_of
     st = open_store(store)
@@ -165,18 +165,18 @@ def test_the_documented_reader_never_meets_staged_files(panel, monkeypatch):
 def test_the_bundle_is_loaded_once_per_process_however_many_shards(panel, monkeypatch):
     """Reading and scoring 4 shards loads and verifies the bundle once in this process (the thread
     runner's workers share it); on Dask each worker process loads it once."""
-    import tasks.sharded
+    import nightcast.tasks.serving.sharded
 
     data, store, as_of, _ = panel
     loads = []
-    real = tasks.sharded.load_bundle
-    monkeypatch.setattr(tasks.sharded, "load_bundle", lambda *a: loads.append(a[1:]) or real(*a))
-    tasks.sharded._cached_bundle.cache_clear()
+    real = nightcast.tasks.serving.sharded.load_bundle
+    monkeypatch.setattr(nightcast.tasks.serving.sharded, "load_bundle", lambda *a: loads.append(a[1:]) or real(*a))
+    nightcast.tasks.serving.sharded._cached_bundle.cache_clear()
     try:
         score_flow(ScoreParams(data=data, as_of=as_of, shards=4), store=store)
         score_flow(ScoreParams(data=data, as_of=as_of, shards=4), store=store)
     finally:
-        tasks.sharded._cached_bundle.cache_clear()
+        nightcast.tasks.serving.sharded._cached_bundle.cache_clear()
     assert len(loads) == 1, loads
 
 
@@ -184,9 +184,9 @@ def test_typed_parquet_is_read_from_the_scoring_span_on_and_scores_the_same(pane
     """The same data as typed Parquet (timestamps as datetimes) is read from the scoring span on, not
     whole; forecasts, skipped series and the newest date equal those from the text-typed file, single
     and sharded, including a series that stopped long before the span (named stale from one row)."""
-    from tasks.ingest import load_observations
-    from tasks.registry import load_champion
-    from tasks.score import scoring_span_start
+    from nightcast.tasks.data.ingest import load_observations
+    from nightcast.tasks.ops.registry import load_champion
+    from nightcast.tasks.serving.score import scoring_span_start
 
     data, store, as_of, _ = panel
     raw = pl.read_parquet(data)
@@ -221,7 +221,7 @@ def test_the_documented_reader_reads_while_a_sharded_run_is_frozen_mid_flight(pa
     the run then finishes as usual."""
     import threading
 
-    import flows.score
+    import nightcast.flows.score
 
     data, store, as_of, _ = panel
     st = open_store(store)
@@ -229,14 +229,14 @@ def test_the_documented_reader_reads_while_a_sharded_run_is_frozen_mid_flight(pa
     score_flow(ScoreParams(data=data, as_of=as_of), store=store)  # a partition the reader must see whole
     before = read_forecasts(st, "lstm", as_of).sort("series_id", "horizon")
     frozen, release, done = threading.Event(), threading.Event(), []
-    real = flows.score.assemble_step
+    real = nightcast.flows.score.assemble_step
 
     def held(*args, **kwargs):  # noqa: ANN002, ANN003
         frozen.set()
         assert release.wait(300), "never released"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(flows.score, "assemble_step", held)
+    monkeypatch.setattr(nightcast.flows.score, "assemble_step", held)
     run = threading.Thread(target=lambda: done.append(  # the staged run: no as_of on text timestamps
         score_flow(ScoreParams(data=data, shards=3), store=store)))
     run.start()
@@ -267,7 +267,7 @@ def test_one_pass_shards_stage_no_input_and_write_each_part_once(panel, tmp_path
     """With the calendar fixed by the model and as_of known (given, or read from the timestamp statistics),
     each shard is read, validated and forecast by one task: no input is staged through the store, each
     shard's part is written once, and the partition equals the single-process run's."""
-    from tasks.storage import LocalStore
+    from nightcast.tasks.ops.storage import LocalStore
 
     data, store, as_of, _ = panel
     typed = _typed(data, tmp_path / "typed.parquet")
@@ -310,8 +310,8 @@ def test_one_pass_finds_the_newest_valid_date_when_the_newest_read_is_all_quaran
 def test_only_a_business_day_model_plans_its_calendar_from_every_shard():
     from types import SimpleNamespace
 
-    from tasks.clean import Calendar
-    from tasks.sharded import fixed_calendar
+    from nightcast.tasks.data.clean import Calendar
+    from nightcast.tasks.serving.sharded import fixed_calendar
 
     hourly = SimpleNamespace(config={"calendar": {"frequency": "1h", "kind": "regular", "holidays": []}})
     business = SimpleNamespace(config={"calendar": {"frequency": "1d", "kind": "business", "holidays": []}})
@@ -322,11 +322,11 @@ def test_only_a_business_day_model_plans_its_calendar_from_every_shard():
 def test_the_classical_candidate_is_fitted_only_where_it_has_a_weight(panel, monkeypatch):
     """Scoring fits the classical model at the origin only for the series whose combination gives it a
     weight: a zero weight adds nothing to the served mean, so the fit would be thrown away."""
-    import models.classical
-    from tasks.ingest import load_observations
-    from tasks.registry import load_champion
-    from tasks.score import forecast_from_bundle
-    from tasks.validate import validate_observations
+    import nightcast.models.classical
+    from nightcast.tasks.data.ingest import load_observations
+    from nightcast.tasks.ops.registry import load_champion
+    from nightcast.tasks.serving.score import forecast_from_bundle
+    from nightcast.tasks.data.validate import validate_observations
 
     data, store, as_of, _ = panel
     bundle = load_champion(open_store(store), "lstm")
@@ -340,8 +340,8 @@ def test_the_classical_candidate_is_fitted_only_where_it_has_a_weight(panel, mon
         w[col] = 0.5 if sid in with_theta else 0.0
         comb["per_series"][sid] = w if sid in with_theta else [v * 2 for v in w]
     fitted: list[int] = []
-    real = models.classical.classical_forecasts
-    monkeypatch.setattr(models.classical, "classical_forecasts",
+    real = nightcast.models.classical.classical_forecasts
+    monkeypatch.setattr(nightcast.models.classical, "classical_forecasts",
                         lambda values, lengths, *a, **k: fitted.append(len(lengths)) or real(values, lengths, *a, **k))
     valid = validate_observations(load_observations(data)).valid
     forecasts, report = forecast_from_bundle(bundle, valid, as_of)

@@ -3,9 +3,9 @@
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from flows.runtime import on_task_runner, task_runner
-from flows.score import score_flow
-from schemas.params import Settings
+from nightcast.flows.runtime import on_task_runner, task_runner
+from nightcast.flows.score import score_flow
+from nightcast.schemas.params import Settings
 
 
 def test_thread_pool_by_default_and_dask_by_setting(monkeypatch):
@@ -25,7 +25,7 @@ def test_thread_pool_by_default_and_dask_by_setting(monkeypatch):
 def test_flows_pick_their_runner_when_a_run_starts_not_at_import(monkeypatch):
     """A deployment's runs reach Dask by setting NIGHTCAST_DASK_ADDRESS on the worker: Prefect starts
     every run with ``task_runner.duplicate()``, which reads the settings then."""
-    from flows.backfill import backfill_flow
+    from nightcast.flows.backfill import backfill_flow
 
     monkeypatch.delenv("NIGHTCAST_DASK_ADDRESS", raising=False)
     for flow in (score_flow, backfill_flow):

@@ -5,12 +5,12 @@ import json
 import optuna
 import pytest
 
-import tasks.tune
-from flows.retrain import retrain_flow
-from flows.tune import tune_flow
-from schemas.params import Dimension, ModelConfig, TrainConfig, TuneParams
-from tasks.registry import load_bundle
-from tasks.storage import open_store
+import nightcast.tasks.forecast.tune
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.tune import tune_flow
+from nightcast.schemas.params import Dimension, ModelConfig, TrainConfig, TuneParams
+from nightcast.tasks.ops.registry import load_bundle
+from nightcast.tasks.ops.storage import open_store
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -30,7 +30,7 @@ class PruneFrom(optuna.pruners.BasePruner):
 def known_pruner():
     """Trials 0 and 1 (the first batch of two) complete; 2 and 3 are pruned after their first epoch."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tasks.tune, "make_pruner", lambda params: PruneFrom(2))
+        mp.setattr(nightcast.tasks.forecast.tune, "make_pruner", lambda params: PruneFrom(2))
         yield
 
 
@@ -117,7 +117,7 @@ def test_a_study_is_never_continued_on_other_data(tmp_path, tuned, sample_raw):
     before any trial runs, naming the fingerprints."""
     import polars as pl
 
-    from tasks.tune import TuneError
+    from nightcast.tasks.forecast.tune import TuneError
 
     params, store, out = tuned
     csv = tmp_path / "next-week.csv"

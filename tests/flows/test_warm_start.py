@@ -6,11 +6,11 @@ import polars as pl
 import pytest
 import torch
 
-from flows.retrain import retrain_flow
-from schemas.params import ModelConfig, PromotionRule, TrainConfig, WarmStartConfig
-from tasks.registry import load_bundle
-from tasks.storage import open_store
-from tasks.warm import incompatibility, plan_warm_start
+from nightcast.flows.retrain import retrain_flow
+from nightcast.schemas.params import ModelConfig, PromotionRule, TrainConfig, WarmStartConfig
+from nightcast.tasks.ops.registry import load_bundle
+from nightcast.tasks.ops.storage import open_store
+from nightcast.tasks.forecast.warm import incompatibility, plan_warm_start
 from tests.conftest import fast_params
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)

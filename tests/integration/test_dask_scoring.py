@@ -15,18 +15,18 @@ import threading
 import polars as pl
 import pytest
 
-from flows.runtime import on_task_runner
-from flows.retrain import retrain_flow
-from flows.score import score_flow
-from schemas.params import ScoreParams, ServeConfig, Settings, TrainConfig
-from tasks.score import read_forecasts
-from tasks.storage import open_store
+from nightcast.flows.runtime import on_task_runner
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.score import score_flow
+from nightcast.schemas.params import ScoreParams, ServeConfig, Settings, TrainConfig
+from nightcast.tasks.serving.score import read_forecasts
+from nightcast.tasks.ops.storage import open_store
 from tests.conftest import _free_port, fast_params
 from tests.integration.conftest import BIN, REPO, Processes, wait_for
 
 sys.path.insert(0, str(REPO / "bench"))
 from panel import make_panel  # noqa: E402
-from tasks.sharded import STAGING
+from nightcast.tasks.serving.sharded import STAGING
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -115,7 +115,7 @@ def test_unsharded_backfill_under_dask_runs_its_dates_in_the_flow_process(s3_env
     S3 store (a boto3 client) does not pickle, and the whole frame would travel once per date."""
     import boto3
 
-    from flows.backfill import backfill_flow
+    from nightcast.flows.backfill import backfill_flow
 
     address, _, _ = cluster
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).put_object(
@@ -164,7 +164,7 @@ def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, clus
 
 
 def test_sharded_backfill_on_dask_equals_single_process(trained, cluster, monkeypatch):
-    from flows.backfill import backfill_flow
+    from nightcast.flows.backfill import backfill_flow
 
     data, store, single = trained
     address, _, _ = cluster

@@ -12,7 +12,7 @@ import httpx
 import polars as pl
 import pytest
 
-from tasks.monitor import DRIFT_EVENT
+from nightcast.tasks.ops.monitor import DRIFT_EVENT
 from tests.integration.conftest import BIN, FAST_RETRAIN, Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.slow

@@ -24,8 +24,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks.registry import RegistryError, load_bundle, load_champion, read_champion
-from tasks.storage import Store, open_store
+from nightcast.tasks.ops.registry import RegistryError, load_bundle, load_champion, read_champion
+from nightcast.tasks.ops.storage import Store, open_store
 from tests.integration.conftest import BIN, Stack, TcpProxy, start_stack, wait_for
 
 pytestmark = pytest.mark.slow

@@ -12,13 +12,13 @@ import shutil
 import polars as pl
 import pytest
 
-from flows.monitor import monitor_flow
-from flows.report import report_flow
-from flows.retrain import retrain_flow
-from flows.score import score_flow
-from schemas.monitoring import MonitorParams
-from schemas.params import ScoreParams
-from tasks.report import SECTIONS
+from nightcast.flows.monitor import monitor_flow
+from nightcast.flows.report import report_flow
+from nightcast.flows.retrain import retrain_flow
+from nightcast.flows.score import score_flow
+from nightcast.schemas.monitoring import MonitorParams
+from nightcast.schemas.params import ScoreParams
+from nightcast.tasks.ops.report import SECTIONS
 from tests.conftest import fast_params
 from tests.integration.conftest import REPO
 

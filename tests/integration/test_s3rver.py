@@ -34,7 +34,7 @@ def s3rver(tmp_path, monkeypatch):
         for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER",
                      "AWS_DEFAULT_REGION": "us-east-1"}.items():
             monkeypatch.setenv(k, v)
-        monkeypatch.setattr("tasks.storage._CONDITIONAL_WRITES", {})
+        monkeypatch.setattr("nightcast.tasks.ops.storage._CONDITIONAL_WRITES", {})
         yield url
     finally:
         proc.terminate()
@@ -44,12 +44,12 @@ def s3rver(tmp_path, monkeypatch):
 
 def test_an_endpoint_that_ignores_conditional_writes_is_refused_unless_single_writer(s3rver, tmp_path, sample_raw,
                                                                                     monkeypatch):
-    from flows.retrain import retrain_flow
-    from flows.score import score_flow
-    from schemas.params import ScoreParams
-    from tasks.registry import read_champion
-    from tasks.score import read_forecasts
-    from tasks.storage import ConditionalWritesUnsupported, open_store
+    from nightcast.flows.retrain import retrain_flow
+    from nightcast.flows.score import score_flow
+    from nightcast.schemas.params import ScoreParams
+    from nightcast.tasks.ops.registry import read_champion
+    from nightcast.tasks.serving.score import read_forecasts
+    from nightcast.tasks.ops.storage import ConditionalWritesUnsupported, open_store
 
     csv = tmp_path / "obs.csv"
     sample_raw.write_csv(csv)

@@ -12,7 +12,7 @@ import httpx
 import polars as pl
 import pytest
 
-from schemas.frames import Forecasts
+from nightcast.schemas.frames import Forecasts
 from tests.integration.conftest import BIN, FAST_RETRAIN, REPO, Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import httpx
 import polars as pl
 import pytest
 
-from schemas.frames import Forecasts
+from nightcast.schemas.frames import Forecasts
 from tests.integration.conftest import BIN, FAST_RETRAIN, start_stack, wait_for
 
 pytestmark = pytest.mark.slow

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.baselines import seasonal_naive
-from models.network import LSTMForecaster
-from schemas.params import TrainConfig
-from tasks.prepare import prepare_training
-from tasks.train import predict_scaled, train_model
-from tasks.validate import validate_observations
+from nightcast.models.baselines import seasonal_naive
+from nightcast.models.network import LSTMForecaster
+from nightcast.schemas.params import TrainConfig
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.forecast.train import predict_scaled, train_model
+from nightcast.tasks.data.validate import validate_observations
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.slow

@@ -6,13 +6,13 @@ import polars as pl
 import pytest
 import torch
 
-from models.baselines import naive, seasonal_naive
-from models.network import LSTMForecaster
-from schemas.params import ModelConfig, TrainConfig
-from tasks.prepare import prepare_training
-from tasks.train import predict_scaled, train_model
-from tasks.validate import validate_observations
-from tasks.window import make_windows
+from nightcast.models.baselines import naive, seasonal_naive
+from nightcast.models.network import LSTMForecaster
+from nightcast.schemas.params import ModelConfig, TrainConfig
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.forecast.train import predict_scaled, train_model
+from nightcast.tasks.data.validate import validate_observations
+from nightcast.tasks.data.window import make_windows
 from tests.conftest import fast_params
 
 
@@ -184,7 +184,7 @@ def test_attention_pooling_trains_and_round_trips(trained):
 
 
 def test_known_future_covariates_reach_the_network(sample_raw):
-    from schemas.params import FeatureConfig, WindowConfig
+    from nightcast.schemas.params import FeatureConfig, WindowConfig
 
     params = fast_params("-", window=WindowConfig(lookback=24, horizon=6, future_covariates=["promo"]),
                          train=TrainConfig(max_epochs=1),

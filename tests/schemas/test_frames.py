@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 from pandera.errors import SchemaErrors
 
-from schemas.frames import CleanSeries, Forecasts, RawObservations
+from nightcast.schemas.frames import CleanSeries, Forecasts, RawObservations
 
 
 def _forecasts(**over) -> pl.DataFrame:

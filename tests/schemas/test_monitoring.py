@@ -7,8 +7,8 @@ import pytest
 from pandera.errors import SchemaErrors
 from pydantic import ValidationError
 
-from schemas.monitoring import DriftRule, MonitoringPoints, MonitoringRun, MonitoringSummary, MonitorParams
-from tasks.monitor import POINTS_SCHEMA, _schema
+from nightcast.schemas.monitoring import DriftRule, MonitoringPoints, MonitoringRun, MonitoringSummary, MonitorParams
+from nightcast.tasks.ops.monitor import POINTS_SCHEMA, _schema
 
 DAY = dt.date(2026, 3, 5)
 

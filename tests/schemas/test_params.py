@@ -3,7 +3,7 @@
 import pydantic
 import pytest
 
-from schemas.params import RetrainParams, ScoreParams
+from nightcast.schemas.params import RetrainParams, ScoreParams
 
 
 @pytest.mark.parametrize("bad", ["../lstm", "a/b", ".hidden", "x" * 65, "", "a b"])
@@ -19,7 +19,7 @@ def test_plain_names_pass(good):
 
 
 def test_the_optuna_storage_password_never_prints_with_the_settings(monkeypatch):
-    from schemas.params import Settings
+    from nightcast.schemas.params import Settings
 
     url = "postgresql+psycopg2://nightcast:s3cr3t-pw@db:5432/optuna"
     monkeypatch.setenv("NIGHTCAST_OPTUNA_STORAGE", url)

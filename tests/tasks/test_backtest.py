@@ -5,12 +5,12 @@ import datetime as dt
 import numpy as np
 import polars as pl
 
-from schemas.params import CleanConfig, ServeConfig
-from tasks.backtest import run_backtest
-from tasks.clean import Calendar, clean_observations
-from tasks.evaluate import mase_scales, score_forecasts
-from tasks.features import fit_features, transform_features
-from tasks.window import make_windows, observed_origins
+from nightcast.schemas.params import CleanConfig, ServeConfig
+from nightcast.tasks.forecast.backtest import run_backtest
+from nightcast.tasks.data.clean import Calendar, clean_observations
+from nightcast.tasks.forecast.evaluate import mase_scales, score_forecasts
+from nightcast.tasks.data.features import fit_features, transform_features
+from nightcast.tasks.data.window import make_windows, observed_origins
 
 T0 = dt.datetime(2024, 1, 1)
 
@@ -106,7 +106,7 @@ def test_one_near_flat_series_cannot_decide_the_pooled_mase():
 
 
 def test_the_refit_trains_the_budget_the_backtest_model_kept():
-    from tasks.train import TrainResult, best_steps
+    from nightcast.tasks.forecast.train import TrainResult, best_steps
 
     history = pl.DataFrame({"epoch": [0, 1, 2, 3], "train_loss": [1.0, 0.8, 0.7, 0.6], "val_loss": [0.9, 0.5, 0.6, 0.7]})
     stopped = TrainResult(None, {}, history, 0.5, 4, 200, {"steps_per_epoch": 50, "early_stopping": True})

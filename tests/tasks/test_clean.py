@@ -4,10 +4,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.params import CleanConfig
-from tasks.clean import (Calendar, clean_observations, decide_calendar, infer_frequency, make_grid,
+from nightcast.schemas.params import CleanConfig
+from nightcast.tasks.data.clean import (Calendar, clean_observations, decide_calendar, infer_frequency, make_grid,
                          season_length_for)
-from tasks.score import future_steps
+from nightcast.tasks.serving.score import future_steps
 
 
 def _series(stamps, values, sid="a") -> pl.DataFrame:
@@ -122,7 +122,7 @@ def _yearly_panel(period: int | None, n_series: int = 6, years: int = 120, seed:
 
 
 def test_a_yearly_cycle_is_found_and_a_random_walk_has_none():
-    from tasks.clean import decide_season, detect_cycle
+    from nightcast.tasks.data.clean import decide_season, detect_cycle
 
     assert detect_cycle(_yearly_panel(11)) == 11
     assert detect_cycle(_yearly_panel(None)) is None
@@ -135,7 +135,7 @@ def test_a_yearly_cycle_is_found_and_a_random_walk_has_none():
 
 
 def test_the_cycle_is_read_on_the_oldest_share_only():
-    from tasks.clean import decide_season
+    from nightcast.tasks.data.clean import decide_season
 
     # a cycle that only exists in the newest 30 % of each series (the evaluation spans) is not seen
     old, new = _yearly_panel(None, years=84), _yearly_panel(7, years=120, seed=1)
@@ -147,7 +147,7 @@ def test_by_series_returns_a_sorted_frame_itself_and_sorts_the_rest():
     """Catalogue-sized frames are sorted only when they are not already (a sort copies every column)."""
     import datetime as dt
 
-    from tasks.clean import by_series
+    from nightcast.tasks.data.clean import by_series
 
     t = [dt.datetime(2026, 1, 1, h) for h in range(3)]
     done = pl.DataFrame({"series_id": ["a"] * 3 + ["b"] * 3, "timestamp": t + t, "target": range(6)})

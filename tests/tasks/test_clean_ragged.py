@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.frames import CleanSeries
-from schemas.params import CleanConfig
-from tasks.clean import (Calendar, _runs, _trailing_hampel, clean_observations, decide_calendar, regularize,
+from nightcast.schemas.frames import CleanSeries
+from nightcast.schemas.params import CleanConfig
+from nightcast.tasks.data.clean import (Calendar, _runs, _trailing_hampel, clean_observations, decide_calendar, regularize,
                          treat_outliers)
 
 NO_OUTLIERS = CleanConfig(outliers="none")

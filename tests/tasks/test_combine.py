@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.combine import COMBINATION, Weights, combine, fit_weights, method_names, robust_mean
+from nightcast.tasks.forecast.combine import COMBINATION, Weights, combine, fit_weights, method_names, robust_mean
 
 
 def _panel(n_series: int, windows: int, horizon: int, rng: np.random.Generator, noise: dict[str, float]):

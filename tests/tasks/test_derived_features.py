@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.params import FeatureConfig, TuneParams
-from tasks.features import FeatureState, fit_features, transform_features
-from tasks.tune import apply_overrides
+from nightcast.schemas.params import FeatureConfig, TuneParams
+from nightcast.tasks.data.features import FeatureState, fit_features, transform_features
+from nightcast.tasks.forecast.tune import apply_overrides
 from tests.conftest import fast_params
 
 
@@ -108,10 +108,10 @@ def test_features_are_reachable_from_config_and_the_search_space():
 def test_sub_daily_data_sees_its_weekly_cycle_by_default(sample_raw):
     """No calendar given: hourly data gets hour and day-of-week features (the weekly cycle a 24-step season
     and a two-day lookback cannot show), daily and monthly data none; an explicit [] turns them off."""
-    from schemas.params import RetrainParams, WindowConfig
-    from tasks.clean import Calendar, calendar_parts_for
-    from tasks.prepare import prepare_training
-    from tasks.validate import validate_observations
+    from nightcast.schemas.params import RetrainParams, WindowConfig
+    from nightcast.tasks.data.clean import Calendar, calendar_parts_for
+    from nightcast.tasks.data.prepare import prepare_training
+    from nightcast.tasks.data.validate import validate_observations
 
     assert calendar_parts_for(Calendar("1h")) == calendar_parts_for(Calendar("15m")) == ["hour", "dow"]
     assert calendar_parts_for(Calendar("1d")) == calendar_parts_for(Calendar("1mo")) == []

@@ -7,10 +7,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.params import CleanConfig
-from tasks.clean import Calendar, clean_observations
-from tasks.ingest import IngestError, load_observations
-from tasks.validate import DataValidationError, validate_observations
+from nightcast.schemas.params import CleanConfig
+from nightcast.tasks.data.clean import Calendar, clean_observations
+from nightcast.tasks.data.ingest import IngestError, load_observations
+from nightcast.tasks.data.validate import DataValidationError, validate_observations
 
 T0 = dt.datetime(2024, 1, 1)
 
@@ -161,8 +161,8 @@ def test_leading_and_trailing_blanks_name_their_series():
 
 
 def test_prepare_carries_what_validation_did_into_the_cleaning_report(sample_raw):
-    from schemas.params import RetrainParams, WindowConfig
-    from tasks.prepare import prepare_training
+    from nightcast.schemas.params import RetrainParams, WindowConfig
+    from nightcast.tasks.data.prepare import prepare_training
 
     raw = sample_raw.with_columns(pl.when(pl.int_range(pl.len()) == 50).then(pl.lit("NaN"))
                                   .otherwise("target").alias("target"))

@@ -4,11 +4,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.params import RetrainParams, WindowConfig
-from tasks.features import fit_features, inverse_scale, transform_features
-from tasks.prepare import prepare_training
-from tasks.validate import validate_observations
-from tasks.window import WindowDataset, WindowError, make_windows, split_times
+from nightcast.schemas.params import RetrainParams, WindowConfig
+from nightcast.tasks.data.features import fit_features, inverse_scale, transform_features
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.data.validate import validate_observations
+from nightcast.tasks.data.window import WindowDataset, WindowError, make_windows, split_times
 
 
 def _clean(n=100, sids=("a", "b")) -> pl.DataFrame:
@@ -106,8 +106,8 @@ def test_series_too_short_for_any_span_is_a_clear_error():
 
 def test_split_points_on_the_clean_frame_equal_those_on_the_placed_grid(sample_raw):
     # prepare_training splits on the cleaned frame (one pass) unless IQR needs the span first
-    from schemas.params import CleanConfig
-    from tasks.clean import clean_observations, decide_calendar, regularize
+    from nightcast.schemas.params import CleanConfig
+    from nightcast.tasks.data.clean import clean_observations, decide_calendar, regularize
 
     valid = validate_observations(sample_raw).valid
     calendar = decide_calendar(valid, CleanConfig())

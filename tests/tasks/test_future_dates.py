@@ -4,10 +4,10 @@ import datetime as dt
 
 import polars as pl
 
-from schemas.params import CleanConfig
-from tasks.clean import Calendar, clean_observations, decide_calendar
-from tasks.score import _series_status, future_steps
-from tasks.validate import coerce_observations
+from nightcast.schemas.params import CleanConfig
+from nightcast.tasks.data.clean import Calendar, clean_observations, decide_calendar
+from nightcast.tasks.serving.score import _series_status, future_steps
+from nightcast.tasks.data.validate import coerce_observations
 
 
 def _future(history: list[dt.datetime], calendar: Calendar, n: int) -> list[dt.datetime]:
@@ -71,8 +71,8 @@ def test_times_of_day_with_an_offset_are_still_converted_to_utc():
 def test_forecasts_record_what_their_timestamps_are(tmp_path):
     """Date-level input with offsets is forecast on local dates, anything else in UTC: the partition's
     Parquet metadata says which."""
-    from tasks.score import TIMESTAMPS_META, timestamps_zone, write_forecasts
-    from tasks.storage import open_store
+    from nightcast.tasks.serving.score import TIMESTAMPS_META, timestamps_zone, write_forecasts
+    from nightcast.tasks.ops.storage import open_store
 
     local, utc = {}, {}
     coerce_observations(pl.DataFrame({"series_id": "a", "timestamp": ["2024-01-02T00:00:00+01:00"], "target": ["1"]}),

@@ -2,8 +2,8 @@
 import polars as pl
 import pytest
 
-from schemas.params import ColumnMap
-from tasks.ingest import IngestError, load_observations
+from nightcast.schemas.params import ColumnMap
+from nightcast.tasks.data.ingest import IngestError, load_observations
 
 
 def _frame() -> pl.DataFrame:
@@ -60,7 +60,7 @@ def test_reads_s3_csv_through_moto(s3_env):
 
 
 def test_sample_uri_is_the_bundled_sample():
-    from schemas.params import SAMPLE_DATA, Settings
+    from nightcast.schemas.params import SAMPLE_DATA, Settings
 
     frame = load_observations(SAMPLE_DATA)
     assert Settings().data == SAMPLE_DATA  # the embedded default input
@@ -82,7 +82,7 @@ def test_csv_column_named_like_a_polars_rename_is_not_a_repeat(tmp_path):
 
 
 def test_reading_one_shard_filters_in_the_scan(tmp_path):
-    from tasks.ingest import load_observations
+    from nightcast.tasks.data.ingest import load_observations
 
     frame = pl.DataFrame({"sid": ["a", "a", "b", "c"], "timestamp": ["2026-01-01"] * 4, "target": [1.0, 2, 3, 4]})
     frame.write_parquet(tmp_path / "x.parquet")
@@ -116,7 +116,7 @@ def test_reading_since_a_time_pushes_the_predicate_into_the_parquet_scan(tmp_pat
     (nothing else); the timestamp predicate is part of the scan. CSV (text) is read whole."""
     import datetime as dt
 
-    from tasks.ingest import load_observations, rows_since
+    from nightcast.tasks.data.ingest import load_observations, rows_since
 
     stamps = [dt.datetime(2026, 1, 1) + dt.timedelta(hours=h) for h in range(48)]
     frame = pl.DataFrame({"sid": ["a"] * 48 + ["b"] * 10, "ts": stamps + stamps[:10],

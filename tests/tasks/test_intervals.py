@@ -6,13 +6,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.params import TrainConfig
-from tasks.features import FeatureState
-from tasks.intervals import bounds, coverage, fit_conformal
-from tasks.prepare import prepare_training
-from tasks.train import predict_scaled, train_model
-from tasks.validate import validate_observations
-from tasks.window import make_windows
+from nightcast.schemas.params import TrainConfig
+from nightcast.tasks.data.features import FeatureState
+from nightcast.tasks.forecast.intervals import bounds, coverage, fit_conformal
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.forecast.train import predict_scaled, train_model
+from nightcast.tasks.data.validate import validate_observations
+from nightcast.tasks.data.window import make_windows
 from tests.conftest import fast_params
 
 
@@ -136,7 +136,7 @@ def _points(errors: np.ndarray, scales: dict[str, float], horizon: int) -> pl.Da
 def test_widths_follow_the_monitored_actuals_shrunk_by_their_number():
     """Errors twice the bundle's width at step 1 and half of it at step 2, in every series' own units:
     the multipliers move toward 2 and 0.5 (shrunk by n / (n + 50)); too few points leave a step at 1."""
-    from tasks.intervals import PRIOR_POINTS, conformal_quantile, recalibrate
+    from nightcast.tasks.forecast.intervals import PRIOR_POINTS, conformal_quantile, recalibrate
 
     scales = {"a": 1.0, "b": 40.0, "c": 0.01}
     rng = np.random.default_rng(3)
@@ -154,7 +154,7 @@ def test_widths_follow_the_monitored_actuals_shrunk_by_their_number():
 
 
 def test_widen_scales_each_bound_about_the_forecast_by_its_step():
-    from tasks.intervals import widen
+    from nightcast.tasks.forecast.intervals import widen
 
     frame = pl.DataFrame({"horizon": pl.Series([1, 2, 1], dtype=pl.Int32), "forecast": [10.0, 10.0, 0.0],
                           "lower": [9.0, 8.0, -1.0], "upper": [12.0, 11.0, None]})

@@ -22,12 +22,12 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from schemas.monitoring import DriftRule, MonitoringPoints
-from tasks import monitor as M
-from tasks.clean import Calendar
-from tasks.score import write_forecasts
-from tasks.storage import LocalStore
-from tasks.validate import validate_observations
+from nightcast.schemas.monitoring import DriftRule, MonitoringPoints
+from nightcast.tasks.ops import monitor as M
+from nightcast.tasks.data.clean import Calendar
+from nightcast.tasks.serving.score import write_forecasts
+from nightcast.tasks.ops.storage import LocalStore
+from nightcast.tasks.data.validate import validate_observations
 
 DAY = {i: dt.date(2026, 3, i) for i in range(1, 12)}
 A = {1: 10, 2: 12, 3: 13, 4: 16, 5: 15, 6: 18, 7: 20}
@@ -384,10 +384,10 @@ def test_a_near_flat_series_is_floored_in_the_monitor_as_in_evaluation():
 
 def test_the_monitor_reads_seasonal_naive_where_the_backtest_does():
     """One seasonal naive: the monitor's reference for each stored point is the value the backtest's
-    ``models.baselines.seasonal_naive`` gives from the same origin (m = 7, H = 10: two seasons back for h > 7)."""
+    ``nightcast.models.baselines.seasonal_naive`` gives from the same origin (m = 7, H = 10: two seasons back for h > 7)."""
     import numpy as np
 
-    from models.baselines import seasonal_naive
+    from nightcast.models.baselines import seasonal_naive
 
     y = np.random.default_rng(0).normal(100, 10, 40).round(2)
     start = dt.datetime(2026, 1, 1)

@@ -7,11 +7,11 @@ import pickle
 import pytest
 import torch
 
-from models.network import LSTMForecaster
-from schemas.params import PromotionRule
-from tasks.registry import (RegistryError, champion_as_of, decide_promotion, load_bundle, load_champion, promote,
+from nightcast.models.network import LSTMForecaster
+from nightcast.schemas.params import PromotionRule
+from nightcast.tasks.ops.registry import (RegistryError, champion_as_of, decide_promotion, load_bundle, load_champion, promote,
                             read_champion, save_bundle, set_champion, sweep_incomplete, Decision)
-from tasks.storage import LocalStore, S3Store
+from nightcast.tasks.ops.storage import LocalStore, S3Store
 from tests.conftest import fork_child
 
 ARGS = {"n_past": 2, "n_future": 0, "horizon": 3, "hidden_size": 4, "num_layers": 1}

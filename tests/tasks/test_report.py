@@ -15,11 +15,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.report import report_flow
-from flows.retrain import retrain_flow
-from tasks.report import (NO_MONITORING, SECTIONS, ReportError, gather_report, read_monitoring, render_report,
+from nightcast.flows.report import report_flow
+from nightcast.flows.retrain import retrain_flow
+from nightcast.tasks.ops.report import (NO_MONITORING, SECTIONS, ReportError, gather_report, read_monitoring, render_report,
                           report_keys, write_report)
-from tasks.storage import open_store, safe_key_part
+from nightcast.tasks.ops.storage import open_store, safe_key_part
 from tests.conftest import fast_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -20,11 +20,11 @@ from prefect import flow
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.utilities.math import lower_clamp_multiple
 
-from flows import runtime
-from flows.runtime import is_transient_error, step
-from tasks.ingest import IngestError
-from tasks.registry import RegistryError
-from tasks.storage import S3Settings, S3Store, StorageError
+from nightcast.flows import runtime
+from nightcast.flows.runtime import is_transient_error, step
+from nightcast.tasks.data.ingest import IngestError
+from nightcast.tasks.ops.registry import RegistryError
+from nightcast.tasks.ops.storage import S3Settings, S3Store, StorageError
 
 
 def _client_error(code: str, status: int) -> ClientError:

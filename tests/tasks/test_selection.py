@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 import torch
 
-from models.network import LSTMForecaster
-from tasks.evaluate import baseline_forecasts, mase_scales, score_forecasts
-from tasks.features import fit_features, transform_features
-from tasks.window import WindowDataset, auto_lookback, make_windows, min_history
+from nightcast.models.network import LSTMForecaster
+from nightcast.tasks.forecast.evaluate import baseline_forecasts, mase_scales, score_forecasts
+from nightcast.tasks.data.features import fit_features, transform_features
+from nightcast.tasks.data.window import WindowDataset, auto_lookback, make_windows, min_history
 
 
 def _frame(lengths: dict[str, int], season: int = 4) -> pl.DataFrame:
@@ -115,7 +115,7 @@ def test_vectorised_metrics_match_a_direct_computation():
 
 
 def test_skip_auto_corrects_the_baseline_that_is_better_on_the_training_windows():
-    from tasks.train import choose_skip
+    from nightcast.tasks.forecast.train import choose_skip
 
     seasonal, _ = _index({"a": 60, "b": 60}, season=4, min_input=4)  # sine of period 4: seasonal naive wins
     assert choose_skip(seasonal) == "seasonal"

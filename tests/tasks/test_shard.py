@@ -4,7 +4,7 @@ import sys
 import polars as pl
 import pytest
 
-from tasks.shard import shard_of, split_series
+from nightcast.tasks.serving.shard import shard_of, split_series
 
 
 def test_shards_are_stable_known_values_and_cover_every_id_once():
@@ -20,7 +20,7 @@ def test_shards_are_stable_known_values_and_cover_every_id_once():
 
 
 def test_same_shards_in_another_process():
-    code = ("import polars as pl; from tasks.shard import shard_of; "
+    code = ("import polars as pl; from nightcast.tasks.serving.shard import shard_of; "
             "print(shard_of(pl.Series([f's{i}' for i in range(50)]), 5).to_list())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=".")
@@ -38,8 +38,8 @@ def test_numeric_ids_hash_as_their_text_and_bad_counts_fail():
 def test_staging_of_killed_runs_is_swept_once_old_and_only_then(tmp_path):
     import datetime as dt
 
-    from tasks.sharded import LEGACY_STAGING, STAGING, staging_run, sweep_staging
-    from tasks.storage import open_store
+    from nightcast.tasks.serving.sharded import LEGACY_STAGING, STAGING, staging_run, sweep_staging
+    from nightcast.tasks.ops.storage import open_store
 
     st = open_store(str(tmp_path))
     now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.timezone.utc)
@@ -71,9 +71,9 @@ def test_shard_layout_opens_only_the_shards_own_files(tmp_path):
     """After ``write_shard_layout``, a shard's read never reads another shard's rows: with shards 1 and 3
     replaced by garbage, shard 2 still reads, and a whole read fails. (The first file's footer gives
     polars the schema, so shard 0 stays intact.)"""
-    from tasks.ingest import IngestError, load_observations
-    from tasks.sample import make_sample
-    from tasks.shard import write_shard_layout
+    from nightcast.tasks.data.ingest import IngestError, load_observations
+    from nightcast.tasks.data.sample import make_sample
+    from nightcast.tasks.serving.shard import write_shard_layout
 
     raw = make_sample(n_series=12, days=5, seed=1)
     raw.write_csv(tmp_path / "obs.csv")
@@ -96,9 +96,9 @@ def test_shard_layout_opens_only_the_shards_own_files(tmp_path):
 
 
 def test_a_layout_for_another_count_or_another_hash_is_refused_not_read_short(tmp_path):
-    from tasks.ingest import IngestError, load_series_ids
-    from tasks.sample import make_sample
-    from tasks.shard import ShardLayoutError, plan_shards, write_shard_layout
+    from nightcast.tasks.data.ingest import IngestError, load_series_ids
+    from nightcast.tasks.data.sample import make_sample
+    from nightcast.tasks.serving.shard import ShardLayoutError, plan_shards, write_shard_layout
 
     raw = make_sample(n_series=12, days=5, seed=1)
     raw.write_csv(tmp_path / "obs.csv")

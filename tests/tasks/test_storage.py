@@ -7,7 +7,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from tasks.storage import (LocalStore, S3Settings, S3Store, StorageError, open_store, safe_key_part,
+from nightcast.tasks.ops.storage import (LocalStore, S3Settings, S3Store, StorageError, open_store, safe_key_part,
                            unsafe_key_part)
 from tests.conftest import fork_child
 
@@ -37,7 +37,7 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("tasks.storage.os.replace", boom)
+    monkeypatch.setattr("nightcast.tasks.ops.storage.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         store.write_bytes("k.txt", b"partial")
     assert store.read_bytes("k.txt") == b"good"
@@ -306,7 +306,7 @@ def test_list_modified_gives_each_key_its_write_time_on_both_stores(tmp_path, s3
 
 
 def test_conditional_writes_are_probed_once_and_the_probe_cleaned_up(s3_env):
-    import tasks.storage as storage
+    import nightcast.tasks.ops.storage as storage
 
     store = S3Store(f"s3://{s3_env}/p")
     assert store.conditional_writes() is True  # moto honours If-None-Match
@@ -328,9 +328,9 @@ def _ignoring_conditions(store: S3Store) -> None:
 
 
 def test_an_endpoint_that_ignores_conditions_refuses_compare_and_swap(s3_env, monkeypatch):
-    from tasks.storage import ConditionalWritesUnsupported, require_conditional_writes
+    from nightcast.tasks.ops.storage import ConditionalWritesUnsupported, require_conditional_writes
 
-    monkeypatch.setattr("tasks.storage._CONDITIONAL_WRITES", {})
+    monkeypatch.setattr("nightcast.tasks.ops.storage._CONDITIONAL_WRITES", {})
     store = S3Store(f"s3://{s3_env}/p")
     _ignoring_conditions(store)
     store.write_bytes("ptr", b"theirs")

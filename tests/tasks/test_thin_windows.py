@@ -1,9 +1,9 @@
-"""The evaluation-window cap holds whatever the catalogue size (``tasks.window.thin_windows``)."""
+"""The evaluation-window cap holds whatever the catalogue size (``nightcast.tasks.data.window.thin_windows``)."""
 
 import numpy as np
 import pytest
 
-from tasks.window import WindowIndex, thin_windows
+from nightcast.tasks.data.window import WindowIndex, thin_windows
 
 
 def _index(n_series: int, length: int, lookback: int = 4, horizon: int = 3) -> tuple[WindowIndex, np.ndarray]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tasks.train as train
-from tasks.train import RankBatchSampler, RankSlice
+import nightcast.tasks.forecast.train as train
+from nightcast.tasks.forecast.train import RankBatchSampler, RankSlice
 
 
 def _as_rank(monkeypatch: pytest.MonkeyPatch, rank: int, world: int) -> None:
@@ -51,7 +51,7 @@ def test_validation_windows_are_split_without_padding(monkeypatch):
 
 
 def test_auto_strategy_is_spawn_only_with_several_devices():
-    from schemas.params import TrainConfig
+    from nightcast.schemas.params import TrainConfig
 
     assert train._strategy(TrainConfig()) == "auto"  # one device: the loop is exactly as before
     assert train._strategy(TrainConfig(devices=2)) == "ddp_spawn"

@@ -7,10 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from schemas.params import TrainConfig
-from tasks.prepare import prepare_training
-from tasks.train import train_model
-from tasks.validate import validate_observations
+from nightcast.schemas.params import TrainConfig
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.forecast.train import train_model
+from nightcast.tasks.data.validate import validate_observations
 from tests.conftest import fast_params
 
 

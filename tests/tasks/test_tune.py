@@ -5,14 +5,14 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-import tasks.tune as tune
-from schemas.params import Dimension, ModelConfig, TrainConfig, TuneParams, WindowConfig
-from tasks.clean import decide_calendar, regularize
-from tasks.prepare import prepare_training
-from tasks.tune import (TuneError, apply_overrides, grid_size, open_study, rolling_origin_folds, run_trial,
+import nightcast.tasks.forecast.tune as tune
+from nightcast.schemas.params import Dimension, ModelConfig, TrainConfig, TuneParams, WindowConfig
+from nightcast.tasks.data.clean import decide_calendar, regularize
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.forecast.tune import (TuneError, apply_overrides, grid_size, open_study, rolling_origin_folds, run_trial,
                         trials_table)
-from tasks.validate import ValidationResult, validate_observations
-from tasks.window import split_times
+from nightcast.tasks.data.validate import ValidationResult, validate_observations
+from nightcast.tasks.data.window import split_times
 from tests.conftest import fast_params
 
 
@@ -170,8 +170,8 @@ def test_list_valued_choices_work_with_the_grid_sampler(tmp_path, checked):
 
 
 def test_tuned_values_never_replace_what_the_run_was_given():
-    from schemas.params import ModelConfig, RetrainParams, TrainConfig
-    from tasks.tune import tuned_for
+    from nightcast.schemas.params import ModelConfig, RetrainParams, TrainConfig
+    from nightcast.tasks.forecast.tune import tuned_for
 
     tuned = {"best_params": {"model.hidden_size": 128, "train.learning_rate": 0.005, "model.dropout": 0.2},
              "horizon": 12, "frequency": None}
@@ -182,7 +182,7 @@ def test_tuned_values_never_replace_what_the_run_was_given():
     applied, kept, _ = tuned_for(RetrainParams(), tuned)  # nothing given: every tuned value applies
     assert kept == {} and applied == tuned["best_params"]
     # the CLI passes only the flags typed: --hidden-size kept, the rest tuned
-    from flows.cli import _retrain_params, build_parser
+    from nightcast.flows.cli import _retrain_params, build_parser
 
     args = build_parser().parse_args(["retrain", "--data", "x.csv", "--hidden-size", "16"])
     assert tuned_for(_retrain_params(args, args.data), tuned)[1] == {"model.hidden_size": 128}
@@ -213,7 +213,7 @@ def test_a_fold_is_judged_by_the_combination_it_would_serve(checked):
 
 
 def test_a_study_holds_trials_of_one_model_horizon_data_and_objective(tmp_path, checked):
-    from tasks.prepare import fingerprint
+    from nightcast.tasks.data.prepare import fingerprint
 
     params = _tiny()
     scope = tune.study_scope(params.base, fingerprint(checked.valid), "served")

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from tasks.validate import DataValidationError, validate_observations
+from nightcast.tasks.data.validate import DataValidationError, validate_observations
 
 
 def _raw(n: int = 40, **cols) -> pl.DataFrame:

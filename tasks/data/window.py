@@ -15,7 +15,7 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset
 
-from tasks.clean import by_series
+from nightcast.tasks.data.clean import by_series
 
 
 class WindowError(ValueError):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from tasks.clean import by_series
+from nightcast.tasks.data.clean import by_series
 
 _EPS = 1e-8
 

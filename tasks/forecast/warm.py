@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from schemas.params import WarmStartConfig
+from nightcast.schemas.params import WarmStartConfig
 
 
 @dataclass(frozen=True)

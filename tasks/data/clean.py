@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import polars as pl
 
-from schemas.params import CleanConfig
+from nightcast.schemas.params import CleanConfig
 
 _US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _DAY_US = _US["d"]

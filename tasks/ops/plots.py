@@ -7,9 +7,9 @@ import io
 import numpy as np
 import polars as pl
 
-from tasks.features import FeatureState, inverse_scale
-from tasks.intervals import bounds
-from tasks.window import WindowIndex
+from nightcast.tasks.data.features import FeatureState, inverse_scale
+from nightcast.tasks.forecast.intervals import bounds
+from nightcast.tasks.data.window import WindowIndex
 
 
 def _png(fig) -> bytes:  # noqa: ANN001 - a matplotlib Figure

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from schemas.frames import CleanSeries
-from schemas.params import RetrainParams
-from tasks.clean import (Calendar, CleanReport, by_series, calendar_parts_for, clean_observations, decide_calendar,
+from nightcast.schemas.frames import CleanSeries
+from nightcast.schemas.params import RetrainParams
+from nightcast.tasks.data.clean import (Calendar, CleanReport, by_series, calendar_parts_for, clean_observations, decide_calendar,
                          decide_season, regularize)
-from tasks.features import FeatureState, fit_features, transform_features
-from tasks.validate import ValidationResult
-from tasks.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
+from nightcast.tasks.data.features import FeatureState, fit_features, transform_features
+from nightcast.tasks.data.validate import ValidationResult
+from nightcast.tasks.data.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
                           thin_windows)
 
 

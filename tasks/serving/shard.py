@@ -54,7 +54,7 @@ def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> lis
             raise ShardLayoutError(
                 f"{wrong.height} series of {uri} sit in another shard's folder than nightcast's hash puts them "
                 f"(was the layout written with another hash?): {sample}. Write it with `nightcast partition`, "
-                "or use the hash documented in tasks/shard.py")
+                "or use the hash documented in tasks/serving/shard.py")
     return _by_shard(ids["series_id"], shards, n_shards)
 
 
@@ -81,8 +81,8 @@ def write_shard_layout(uri: str, out: str, n_shards: int, series_col: str = "ser
     pipeline that produces the data (the hash is documented above). ``out`` must be new or empty,
     so that two shard counts never mix in one layout.
     """
-    from tasks.ingest import IngestError, read_as_written, storage_options
-    from tasks.storage import open_store
+    from nightcast.tasks.data.ingest import IngestError, read_as_written, storage_options
+    from nightcast.tasks.ops.storage import open_store
 
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")

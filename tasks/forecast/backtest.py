@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from models.classical import choose_classical, classical_forecasts, tail_length
-from schemas.params import ServeConfig
-from tasks.combine import REFERENCE, Weights, combine, ensemble_median, fit_weights, method_names
-from tasks.evaluate import NETWORK, SERVED, baseline_forecasts, mase_scales, score_forecasts
-from tasks.features import FeatureState, inverse_scale, scale_values
-from tasks.intervals import coverage, fit_conformal
-from tasks.window import WindowIndex, space_windows
+from nightcast.models.classical import choose_classical, classical_forecasts, tail_length
+from nightcast.schemas.params import ServeConfig
+from nightcast.tasks.forecast.combine import REFERENCE, Weights, combine, ensemble_median, fit_weights, method_names
+from nightcast.tasks.forecast.evaluate import NETWORK, SERVED, baseline_forecasts, mase_scales, score_forecasts
+from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values
+from nightcast.tasks.forecast.intervals import coverage, fit_conformal
+from nightcast.tasks.data.window import WindowIndex, space_windows
 
 
 @dataclass
@@ -128,8 +128,8 @@ def compare_with_champion(champion, prepared, backtest: Backtest, metric: str) -
     recorded test-span result is used, as a ratio to seasonal naive on its windows (so spans of different
     difficulty compare), and the note says so. ``comparable`` is False when neither is possible.
     """
-    from tasks.prepare import index_with_state, window_keys
-    from tasks.train import predict_scaled
+    from nightcast.tasks.data.prepare import index_with_state, window_keys
+    from nightcast.tasks.forecast.train import predict_scaled
 
     index, season = prepared.index, prepared.season_length
     train_end = np.datetime64(prepared.train_end, "us")

@@ -17,8 +17,8 @@ import math
 import numpy as np
 import polars as pl
 
-from tasks.features import FeatureState, inverse_scale, scale_values
-from tasks.window import WindowIndex
+from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values
+from nightcast.tasks.data.window import WindowIndex
 
 
 def conformal_widths(residual: np.ndarray, level: float) -> list[float]:

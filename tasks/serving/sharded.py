@@ -1,7 +1,7 @@
 """Sharded scoring: no process reads the whole catalogue.
 
 The plan runs in the flow's own process: the distinct series ids (a scan of the id column alone),
-split by ``tasks.shard``. Then, when ``as_of`` and the calendar are known before any shard is read
+split by ``nightcast.tasks.serving.shard``. Then, when ``as_of`` and the calendar are known before any shard is read
 (the model's calendar is regular, and ``as_of`` is given or read from the timestamp column's
 statistics), one pass per shard:
 
@@ -40,15 +40,15 @@ from typing import Callable
 
 import polars as pl
 
-from schemas.params import ColumnMap
-from tasks.clean import Calendar
-from tasks.ingest import load_observations
-from tasks.intervals import widen
-from tasks.registry import Bundle, load_bundle
-from tasks.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
+from nightcast.schemas.params import ColumnMap
+from nightcast.tasks.data.clean import Calendar
+from nightcast.tasks.data.ingest import load_observations
+from nightcast.tasks.forecast.intervals import widen
+from nightcast.tasks.ops.registry import Bundle, load_bundle
+from nightcast.tasks.serving.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
                          score_calendar, scoring_span_start, write_forecasts)
-from tasks.storage import Store, open_store
-from tasks.validate import validate_observations
+from nightcast.tasks.ops.storage import Store, open_store
+from nightcast.tasks.data.validate import validate_observations
 
 STAGING = "staging/score/"
 LEGACY_STAGING = "forecasts/_staging/"
@@ -177,7 +177,7 @@ def plan_calendar(bundle: Bundle, inputs: list[ShardInput], as_of: dt.date | Non
     several series are recent is known) at that day's newest timestamp."""
     days = pl.concat([s.days for s in inputs])
     if days.height == 0:
-        from tasks.score import ScoreError
+        from nightcast.tasks.serving.score import ScoreError
 
         raise ScoreError("no valid observations in any shard")
     firsts = [s.first for s in inputs if s.first is not None]
@@ -216,7 +216,7 @@ def assemble_shards(store_url: str, parts: list[ScorePart], max_gap: int, calend
                     model_name: str, version: str, width_factors: list[float] | None = None,
                     zone: str = "UTC") -> dict:
     """Read the staged parts, settle staleness across shards, widen the intervals by ``width_factors`` (per
-    horizon step; ``tasks.intervals.widen``) and write the partition in one atomic object
+    horizon step; ``nightcast.tasks.forecast.intervals.widen``) and write the partition in one atomic object
     (``write_forecasts``); the parts are deleted. A summary row like an unsharded run's."""
     store = open_store(store_url)
     loaded = [dataclasses.replace(p, forecasts=pl.read_parquet(io.BytesIO(store.read_bytes(p.staged))))

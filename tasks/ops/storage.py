@@ -36,7 +36,7 @@ class StorageError(RuntimeError):
     """A read or write against the object store failed.
 
     When it wraps an S3 or network error, that error is ``__cause__``: the retry
-    policy (``flows.runtime.is_transient_error``) reads the chain, so a wrapped
+    policy (``nightcast.flows.runtime.is_transient_error``) reads the chain, so a wrapped
     connection error is retried and a wrapped ``AccessDenied`` is not.
     """
 
@@ -240,7 +240,7 @@ class S3Settings(BaseSettings):
     full-jitter backoff ``rand() * min(0.05 s * 2**i, 20 s)``, 1 s base for
     throttling: about 13 s on average for 10 attempts, but it can be near 0).
     Above it, every I/O step retries 4 times after at least 33 s in all
-    (``flows.runtime.RETRY_DELAYS_S``), so an S3 outage of 30 s never fails a
+    (``nightcast.flows.runtime.RETRY_DELAYS_S``), so an S3 outage of 30 s never fails a
     step, and one of about a minute and a half usually does not.
     ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` (or ``retry_mode`` /
     ``max_attempts`` in the AWS profile), when set, win over these.

@@ -3,7 +3,7 @@ forecasts on stacked windows, judged on the raw observed values.
 
 Every function works on stacked arrays over all windows at once (``np.bincount``
 per series): no loop over series or windows. What is served is decided in
-``tasks.backtest`` / ``tasks.combine``.
+``nightcast.tasks.forecast.backtest`` / ``nightcast.tasks.forecast.combine``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from models.baselines import naive, seasonal_naive
-from tasks.features import FeatureState, inverse_scale
-from tasks.window import WindowIndex
+from nightcast.models.baselines import naive, seasonal_naive
+from nightcast.tasks.data.features import FeatureState, inverse_scale
+from nightcast.tasks.data.window import WindowIndex
 
 METRICS = ("rmse", "mae", "smape", "mase")
 NETWORK = "lstm"  # the method name of the network's forecasts (whatever the cell)

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from schemas.params import Dimension, RetrainParams, TuneParams, WindowConfig
-from tasks.clean import decide_calendar, decide_season, regularize
-from tasks.validate import ValidationResult
-from tasks.window import WindowError, auto_lookback, min_history, split_times
+from nightcast.schemas.params import Dimension, RetrainParams, TuneParams, WindowConfig
+from nightcast.tasks.data.clean import decide_calendar, decide_season, regularize
+from nightcast.tasks.data.validate import ValidationResult
+from nightcast.tasks.data.window import WindowError, auto_lookback, min_history, split_times
 
 TUNING_PREFIX = "tuning"
 
@@ -184,10 +184,10 @@ def score_fold(valid: ValidationResult, run: RetrainParams, fold: Fold, progress
     it adds to the classical candidate and the baselines. ``network``: the network alone. Both, and
     seasonal naive, are returned; ``objective`` names the one the study minimises.
     """
-    from tasks.backtest import run_backtest
-    from tasks.evaluate import NETWORK, SERVED
-    from tasks.prepare import prepare_training
-    from tasks.train import predict_scaled, train_model
+    from nightcast.tasks.forecast.backtest import run_backtest
+    from nightcast.tasks.forecast.evaluate import NETWORK, SERVED
+    from nightcast.tasks.data.prepare import prepare_training
+    from nightcast.tasks.forecast.train import predict_scaled, train_model
 
     upto = ValidationResult(valid.valid.filter(pl.col("timestamp") <= fold.end), valid.quarantine, valid.n_rows,
                             valid.exact_duplicates, valid.categorical, valid.numeric)
@@ -215,7 +215,7 @@ def study_scope(base: RetrainParams, data_fingerprint: str, objective: str) -> d
 def default_study_name(scope: dict[str, Any]) -> str:
     """One study per model name, horizon, data and objective: a weekly tune on new data starts a new study
     (its trial 0 the default configuration), never ranks its trials against last week's."""
-    from tasks.storage import safe_key_part
+    from nightcast.tasks.ops.storage import safe_key_part
 
     tag = "" if scope["objective"] == "served" else f"-{scope['objective']}"
     return f"nightcast-{safe_key_part(scope['model_name'])}-h{scope['horizon']}-{scope['fingerprint'][:12]}{tag}"
@@ -412,7 +412,7 @@ def tuned_for(params: RetrainParams, tuned: dict) -> tuple[dict[str, Any], dict[
 
 
 def best_key(model_name: str) -> str:
-    from tasks.storage import safe_key_part
+    from nightcast.tasks.ops.storage import safe_key_part
 
     return f"models/{safe_key_part(model_name)}/{TUNING_PREFIX}/best.json"
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import polars as pl
 
-from schemas.params import SAMPLE_DATA, ColumnMap
+from nightcast.schemas.params import SAMPLE_DATA, ColumnMap
 
 
 class IngestError(RuntimeError):
@@ -84,7 +84,7 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
     failed read; typing happens in validation. Covariates keep their names.
     """
     if uri == SAMPLE_DATA:
-        from tasks.sample import make_sample
+        from nightcast.tasks.data.sample import make_sample
 
         sample = make_sample()
         return _rename(sample.filter(_only(sample.schema, "series_id", series)) if series is not None else sample,

@@ -35,8 +35,8 @@ from typing import Any
 
 import polars as pl
 
-from tasks.registry import Bundle, RegistryError, load_bundle, read_champion
-from tasks.storage import Store, safe_key_part
+from nightcast.tasks.ops.registry import Bundle, RegistryError, load_bundle, read_champion
+from nightcast.tasks.ops.storage import Store, safe_key_part
 
 REPORT_PREFIX = "reports"
 MONITORING_PREFIX = "monitoring"
@@ -286,7 +286,7 @@ def _line_png(frame: pl.DataFrame, x: str, ys: dict[str, str], title: str, ylabe
     """One line per column of ``ys`` (column -> label) against the dates in ``x``."""
     import matplotlib.dates as mdates
 
-    from tasks.plots import _png, _pyplot
+    from nightcast.tasks.ops.plots import _png, _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -309,7 +309,7 @@ def _series_png(points: pl.DataFrame, series: list[str]) -> bytes:
     """Forecast vs actual on actuals for a few series, one panel each: per forecast origin its actuals
     and its forecast (no line across the steps no origin reached), the newest origin's interval.
     (Loops over these few series and their origins only.)"""
-    from tasks.plots import _png, _pyplot
+    from nightcast.tasks.ops.plots import _png, _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(series), 1, figsize=(8, 2.4 * len(series)), squeeze=False)

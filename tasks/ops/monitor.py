@@ -23,14 +23,14 @@ What a run for monitoring date ``D`` does (``flows/monitor.py``):
 4. **MASE scale** of a series at an origin: the mean of ``|y_t - y_(t-m)|`` over every pair of its
    actuals both before the end of ``as_of``, ``t - m`` exactly ``m`` calendar steps earlier; lag 1
    when the series has no more than ``m`` actuals before the origin; floored against the panel and 1.0
-   where undefined: ``tasks.evaluate.mase_scale_rule``, the rule evaluation and the backtest use.
+   where undefined: ``nightcast.tasks.forecast.evaluate.mase_scale_rule``, the rule evaluation and the backtest use.
 5. **Changes.** The state before ``D`` is what the newest *complete* run before ``D`` left (a date
    with a run row; a run that died before writing it is never read): its snapshot of the points in
    its recheck window (``active``), and the additive sums of every older point by summary group
    (``frozen``). Points whose origin has now left the recheck window are folded into those sums once
    and never read again, so a run's cost does not grow with the history. The window's points are
    compared with the points just computed; only points that changed are written to ``D``'s change
-   log (``schemas.monitoring.CHANGES``): ``new``, ``late`` (pending before, scored now),
+   log (``nightcast.schemas.monitoring.CHANGES``): ``new``, ``late`` (pending before, scored now),
    ``revised`` (another actual: re-scored, ``revisions`` + 1), ``updated``, ``withdrawn``,
    ``dropped`` (its forecast partition was re-scored by another version). A point is in the state
    once, so nothing is counted twice; a run for ``D`` never reads ``D``'s own files, so running ``D``
@@ -40,10 +40,10 @@ What a run for monitoring date ``D`` does (``flows/monitor.py``):
 6. **Metrics** (``summary_from_sums``) over every scored point ever, the window's and the frozen
    ones, each a ratio of sums: MASE, sMAPE, RMSE, MAE, bias and interval coverage, for the model and for seasonal naive on the same points, overall and by
    origin, model version, served method, horizon step and series.
-7. **Drift** (``decide_drift``, ``schemas.monitoring.DriftRule``): the champion's scored points from
+7. **Drift** (``decide_drift``, ``nightcast.schemas.monitoring.DriftRule``): the champion's scored points from
    its newest N origins against seasonal naive on the same points and/or its test-span MASE.
 
-The layout (``schemas.monitoring``, version ``MONITORING_LAYOUT``, in every file's Parquet metadata
+The layout (``nightcast.schemas.monitoring``, version ``MONITORING_LAYOUT``, in every file's Parquet metadata
 as ``nightcast.monitoring_layout``), one object per partition, written atomically::
 
     monitoring/points/model=<m>/date=<D>/points.parquet    # MonitoringPoints: D's change log
@@ -71,15 +71,15 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from models.baselines import seasonal_lag
-from schemas.frames import Forecasts
-from schemas.monitoring import (DIMENSIONS, MONITORING_LAYOUT, MonitoringPoints, MonitoringRun, MonitoringSummary,
+from nightcast.models.baselines import seasonal_lag
+from nightcast.schemas.frames import Forecasts
+from nightcast.schemas.monitoring import (DIMENSIONS, MONITORING_LAYOUT, MonitoringPoints, MonitoringRun, MonitoringSummary,
                                 DriftRule)
-from tasks.clean import Calendar
-from tasks.evaluate import mase_scale_rule
-from tasks.score import forecasts_key, read_forecasts
-from tasks.storage import Store, safe_key_part
-from tasks.validate import ValidationResult, coerce_observations
+from nightcast.tasks.data.clean import Calendar
+from nightcast.tasks.forecast.evaluate import mase_scale_rule
+from nightcast.tasks.serving.score import forecasts_key, read_forecasts
+from nightcast.tasks.ops.storage import Store, safe_key_part
+from nightcast.tasks.data.validate import ValidationResult, coerce_observations
 
 KEY = ["series_id", "timestamp", "as_of", "model_version"]
 LAYOUT_META = "nightcast.monitoring_layout"
@@ -341,11 +341,11 @@ def read_state(store: Store, model: str, before: dt.date) -> State:
 
 def width_factors(store: Store, bundle, model: str, as_of: dt.date) -> dict | None:  # noqa: ANN001 - a Bundle
     """Interval multipliers for ``bundle``'s forecasts as of ``as_of``, from the actuals the monitor has
-    scored (``tasks.intervals.recalibrate``): the bundle's scored points in the state the newest complete
+    scored (``nightcast.tasks.forecast.intervals.recalibrate``): the bundle's scored points in the state the newest complete
     monitoring run before ``as_of`` left, so only actuals known before the origin count. None when the
     bundle has no combined conformal widths or the monitor has scored none of its points."""
-    from tasks.features import FeatureState
-    from tasks.intervals import recalibrate
+    from nightcast.tasks.data.features import FeatureState
+    from nightcast.tasks.forecast.intervals import recalibrate
 
     conformal = bundle.preprocessing.get("conformal") or {}
     if bundle.preprocessing.get("combination") is None or not conformal.get("half_widths"):

@@ -18,7 +18,7 @@ import polars as pl
 from pandera.api.polars.container import DataFrameSchema
 from pandera.errors import SchemaErrors
 
-from schemas.frames import RawObservations
+from nightcast.schemas.frames import RawObservations
 
 CORE = ("series_id", "timestamp", "target")
 _LISTED = 20  # series named in a note; the count covers all of them

@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from schemas.frames import FORECASTS_LAYOUT, Forecasts
-from schemas.params import CleanConfig
-from tasks.clean import Calendar, by_series, clean_observations, decide_calendar
-from tasks.evaluate import NETWORK
-from tasks.features import FeatureState, inverse_scale, scale_values, transform_features
-from tasks.intervals import bounds
-from tasks.train import predict_scaled
-from tasks.window import make_windows, min_history
-from tasks.registry import Bundle
-from tasks.storage import Store, safe_key_part
+from nightcast.schemas.frames import FORECASTS_LAYOUT, Forecasts
+from nightcast.schemas.params import CleanConfig
+from nightcast.tasks.data.clean import Calendar, by_series, clean_observations, decide_calendar
+from nightcast.tasks.forecast.evaluate import NETWORK
+from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features
+from nightcast.tasks.forecast.intervals import bounds
+from nightcast.tasks.forecast.train import predict_scaled
+from nightcast.tasks.data.window import make_windows, min_history
+from nightcast.tasks.ops.registry import Bundle
+from nightcast.tasks.ops.storage import Store, safe_key_part
 
 
 class ScoreError(ValueError):
@@ -121,7 +121,7 @@ def _span(bundle: Bundle, as_of: dt.date) -> tuple[dt.datetime, int, Calendar]:
 def _keep(lookback: int, season: int, state: FeatureState, bundle: Bundle) -> int:
     """Steps of cleaned history the last window needs (the window, its seasonal base and its lags), and the
     classical candidate's fitting tail when the bundle combines one."""
-    from models.classical import CLASSICAL, tail_length
+    from nightcast.models.classical import CLASSICAL, tail_length
 
     need = lookback + max([season, *state.lags])
     combination = bundle.preprocessing.get("combination") or {}
@@ -336,9 +336,9 @@ def _candidates(bundle: Bundle, clean: pl.DataFrame, net: tuple[np.ndarray, np.n
     by series, each series' last row its origin): the network (NaN where it cannot forecast a series),
     the baselines and the classical model, from the same stacked arrays the backtest used. The classical
     model is fitted only for the series it has a weight for (the rest get NaN, which serving skips)."""
-    from models.baselines import naive, seasonal_naive
-    from models.classical import classical_forecasts, tail_length
-    from tasks.backtest import champion_weights
+    from nightcast.models.baselines import naive, seasonal_naive
+    from nightcast.models.classical import classical_forecasts, tail_length
+    from nightcast.tasks.forecast.backtest import champion_weights
 
     clean = by_series(clean)
     y = clean["target"].to_numpy().astype(np.float64)
@@ -368,8 +368,8 @@ def _serve(bundle: Bundle, candidates: dict[str, np.ndarray], ids: np.ndarray) -
     """Each series' served forecast and what made it: the bundle's combination weights over the candidates
     a series has (a series the network cannot forecast is served by the rest), or, for bundles from
     before combinations, its per-series choice (as one-hot weights)."""
-    from tasks.backtest import champion_weights
-    from tasks.combine import combine, method_names
+    from nightcast.tasks.forecast.backtest import champion_weights
+    from nightcast.tasks.forecast.combine import combine, method_names
 
     weights = champion_weights(bundle)
     rows = weights.rows(ids)

@@ -10,7 +10,7 @@ Layout under the store root::
 ``manifest.json`` is written last and lists every file's SHA-256: a bundle
 without it is incomplete (never a candidate, swept after a grace period), a
 file whose hash differs is corrupt. Nothing in a bundle executes code when
-loaded: JSON checked against ``schemas.bundle``, CSV and a weights-only state dict.
+loaded: JSON checked against ``nightcast.schemas.bundle``, CSV and a weights-only state dict.
 
 The champion pointer moves by compare-and-swap (``Store.write_if``: S3
 ``If-Match``/``If-None-Match``, a locked compare-and-replace on a local
@@ -37,10 +37,10 @@ from typing import Callable
 import torch
 from pydantic import ValidationError
 
-from models.network import LSTMForecaster
-from schemas.bundle import BundleConfig, ChampionPointer, Manifest
-from schemas.params import PromotionRule
-from tasks.storage import Store, safe_key_part
+from nightcast.models.network import LSTMForecaster
+from nightcast.schemas.bundle import BundleConfig, ChampionPointer, Manifest
+from nightcast.schemas.params import PromotionRule
+from nightcast.tasks.ops.storage import Store, safe_key_part
 
 BUNDLE_FORMAT = 1
 _LIBS = ("torch", "lightning", "polars", "pandera", "prefect", "scikit-learn", "numpy", "nightcast")

@@ -15,10 +15,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
-from models.module import ForecastModule
-from models.network import LSTMForecaster
-from schemas.params import ModelConfig, TrainConfig
-from tasks.window import WindowDataset, WindowError, WindowIndex, collate_batch
+from nightcast.models.module import ForecastModule
+from nightcast.models.network import LSTMForecaster
+from nightcast.schemas.params import ModelConfig, TrainConfig
+from nightcast.tasks.data.window import WindowDataset, WindowError, WindowIndex, collate_batch
 
 
 @dataclass
@@ -141,7 +141,7 @@ def choose_skip(index: WindowIndex, sample: int = 20_000) -> str:
     Seasonal naive when, over (a sample of) the training windows and all H steps, its scaled
     absolute error is below the last value's; otherwise the last value. Training span only.
     """
-    from models.baselines import naive, seasonal_naive
+    from nightcast.models.baselines import naive, seasonal_naive
 
     starts = index.splits.get("train", index.splits.get("all", np.empty(0, np.int64)))
     if index.season <= 1 or len(starts) == 0:

@@ -1,0 +1,3 @@
+"""The data steps: read (ingest), check (validate), put on a calendar and clean (clean), derive and
+scale features (features), index windows (window), and the whole training preparation (prepare);
+plus the bundled sample panel."""

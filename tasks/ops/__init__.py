@@ -1,0 +1,2 @@
+"""Operations: object storage (storage), model bundles and the champion pointer (registry),
+accuracy on actuals and drift (monitor), the HTML report (report) and its figures (plots)."""
