@@ -1,16 +1,17 @@
-"""Prefect's temporary API server for a CLI process that has no ``PREFECT_API_URL``.
+"""A temporary Prefect API server for a CLI process that has no ``PREFECT_API_URL``.
 
-Left alone, Prefect starts this server lazily, from whichever thread first asks
-for a client, and waits 20 s for it: on a busy 2-core machine that times out,
-and a killed CLI (SIGKILL, or SIGTERM, which skips ``atexit``) leaves the
-server running for ever. Here the CLI starts the very same server first, from
-its main thread, registered where Prefect looks for it, so every later client
-reuses it. The differences are how it is started and watched:
+Left alone, Prefect starts its own temporary server lazily, from whichever thread
+first asks for a client, and waits 20 s for it: on a busy 2-core machine that
+times out, and a killed CLI (SIGKILL, or SIGTERM, which skips ``atexit``) leaves
+the server running for ever. Here the CLI starts the same application first, from
+its main thread, through Prefect's public API only (``create_app(ephemeral=True)``
+served by uvicorn, its URL set in the environment and the settings every client
+reads), and watches it:
 
 - the start-up wait is ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
   when set (environment or Prefect profile), else 120 s, and a start that
   times out is stopped and tried once more;
-- on Linux the server is asked to receive SIGTERM when this process dies
+- on Linux the server receives SIGTERM when this process dies
   (``PR_SET_PDEATHSIG``), so no orphan outlives a kill;
 - its stdout and stderr go to the CLI's log file, not the terminal.
 """
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -78,59 +80,113 @@ class EmbeddedServerError(RuntimeError):
     """The temporary Prefect server did not come up."""
 
 
-@functools.cache
-def _server_class() -> type:
-    from prefect.server.api.server import SubprocessASGIServer
+def ephemeral_app() -> Any:
+    """The uvicorn factory of the temporary server: Prefect's API app in its ephemeral mode (the services
+    an ephemeral server runs, no UI)."""
+    from prefect.server.api.server import create_app
 
-    class ChildServer(SubprocessASGIServer):
-        """Prefect's temporary server, started as a child that dies with this process."""
+    return create_app(ephemeral=True, final=True)
 
-        output: Path | None = None
 
-        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            # Prefect 3.8.8's own command and environment (SubprocessASGIServer._run_uvicorn_command);
-            # tests/flows/test_cli_errors.py checks they still match. Only preexec_fn and the output differ.
-            import prefect
-            from prefect.settings import get_current_settings
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-            server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-            out = open(self.output, "ab") if self.output else None  # noqa: SIM115 - the child keeps its own copy
-            try:
-                return subprocess.Popen(
-                    args=[sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-                          "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                          "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                    env={**os.environ, **server_env,
-                         **get_current_settings().to_environment_variables(exclude_unset=True)},
-                    stdout=out, stderr=out, preexec_fn=die_with_parent(),
-                )
-            finally:
-                if out:
-                    out.close()
 
-    return ChildServer
+class ChildServer:
+    """The temporary server as a child process that dies with this one."""
+
+    def __init__(self, output: Path | None = None) -> None:
+        self.output = output
+        self.port = 0
+        self.process: subprocess.Popen[Any] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: int) -> None:
+        """Launch the server and wait until ``/api/health`` answers; RuntimeError (``TIMEOUT_MESSAGE``) when it
+        does not within ``timeout`` seconds, or with the log's tail when the process ends first."""
+        import httpx
+        from prefect.settings import get_current_settings
+
+        self.port = _free_port()
+        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+               "PREFECT_UI_ENABLED": "0"}
+        env.pop("PREFECT_API_URL", None)
+        out = open(self.output, "ab") if self.output else subprocess.DEVNULL  # noqa: SIM115 - the child keeps a copy
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:ephemeral_app", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+                env=env, stdout=out, stderr=out, preexec_fn=die_with_parent())
+        finally:
+            if self.output:
+                out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}"
+                                   + (f"; its log: {self.output}" if self.output else ""))
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.25)
+        raise RuntimeError(f"{TIMEOUT_MESSAGE} at {self.api_url} after {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def _pointed_at(url: str) -> Iterator[None]:
+    """Every Prefect client of this process uses ``url``: ``PREFECT_API_URL`` in the environment, the
+    process-wide settings rebuilt from it (what new threads read) and this context's settings."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        refresh_global_settings_context()
 
 
 @contextlib.contextmanager
 def embedded_server(output: Path | None = None) -> Iterator[str | None]:
-    """Start Prefect's temporary server for this process when it needs one; yield its API URL.
+    """Start a temporary Prefect server for this process when it needs one; yield its API URL.
 
-    Yields None (and starts nothing) when a server is configured or one is
-    already running here. ``output`` receives the server's stdout and stderr.
-    The server is stopped on exit; if this process is killed instead, the
-    kernel sends the server SIGTERM (Linux).
+    Yields None (and starts nothing) when a server is configured. ``output``
+    receives the server's stdout and stderr. The server is stopped on exit; if
+    this process is killed instead, the kernel sends the server SIGTERM (Linux).
     """
-    from prefect.server.api.server import SubprocessASGIServer
-
-    existing = SubprocessASGIServer._instances.get(None)
-    if not needs_embedded_server() or (existing is not None and existing.running):
+    if not needs_embedded_server():
         yield None
         return
     timeout = startup_timeout()
-    server = None
+    server = ChildServer(output)
     for attempt in range(1, START_ATTEMPTS + 1):
-        server = _server_class()()  # registered under Prefect's default key: its clients find it
-        server.output = output
+        server = ChildServer(output)
         try:
             server.start(timeout=timeout)
             break
@@ -147,9 +203,12 @@ def embedded_server(output: Path | None = None) -> Iterator[str | None]:
                         "(set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS to wait longer, "
                         "or PREFECT_API_URL to use a running server)", timeout)
     try:
-        yield server.api_url
+        with _pointed_at(server.api_url):
+            try:
+                yield server.api_url
+            finally:
+                _drain_to(server)
     finally:
-        _drain_to(server)
         server.stop()
 
 

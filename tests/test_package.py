@@ -49,3 +49,27 @@ def test_tasks_are_grouped_by_concern_and_each_group_says_what_it_owns():
     for group in ("data", "forecast", "serving", "ops"):
         init = (REPO / "tasks" / group / "__init__.py").read_text()
         assert init.startswith('"""') and len(init) > 60, group
+
+
+def test_no_private_prefect_name_is_used():
+    """The code reaches Prefect through its public API only: no underscored module, name or attribute."""
+    import ast
+
+    found = []
+    for path in [p for d in GENERIC for p in (REPO / d).rglob("*.py")]:
+        tree = ast.parse(path.read_text())
+        prefect_names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefect"):
+                parts = node.module.split(".") + [a.name for a in node.names]
+                found += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                          if any(p.startswith("_") for p in parts)]
+                prefect_names |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}: import {a.name}" for a in node.names
+                          if a.name.startswith("prefect") and any(p.startswith("_") for p in a.name.split("."))]
+        for node in ast.walk(tree):  # an underscored attribute of something imported from Prefect
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in prefect_names):
+                found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert found == []

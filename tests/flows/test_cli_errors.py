@@ -234,7 +234,7 @@ def test_log_file_falls_back_to_the_temp_dir(tmp_path, monkeypatch):
         handler.close()
 
 
-# --- the temporary server: start-up wait, retry, same command as Prefect's, dies with its parent ----
+# --- the temporary server: start-up wait, retry, public Prefect API, dies with its parent ------------
 
 def test_startup_wait_is_120s_unless_the_user_set_prefects_own(monkeypatch):
     from prefect.settings import Settings
@@ -248,10 +248,7 @@ def test_startup_wait_is_120s_unless_the_user_set_prefects_own(monkeypatch):
 
 @pytest.fixture()
 def fake_server(monkeypatch):
-    """The CLI's server class with start/stop recorded instead of run; ``fail`` lists errors to raise."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})  # none running, whatever else this session did
+    """The CLI's server with start/stop recorded instead of run; ``fail`` lists errors to raise."""
     monkeypatch.setattr(embedded, "needs_embedded_server", lambda: True)
     monkeypatch.setattr(embedded, "startup_timeout", lambda: 5)
     calls: list[str] = []
@@ -261,16 +258,10 @@ def fake_server(monkeypatch):
         calls.append(f"start {timeout}")
         if fail:
             raise fail.pop(0)
-        self.port, self.running = 4321, True
+        self.port = 4321
 
-    def stop(self):
-        calls.append("stop")
-        self.running = False
-        SubprocessASGIServer._instances.pop(None, None)
-
-    cls = embedded._server_class()
-    monkeypatch.setattr(cls, "start", start)
-    monkeypatch.setattr(cls, "stop", stop)
+    monkeypatch.setattr(embedded.ChildServer, "start", start)
+    monkeypatch.setattr(embedded.ChildServer, "stop", lambda self: calls.append("stop"))
     monkeypatch.setattr(embedded, "_drain_to", lambda server: calls.append("drain"))
     return calls, fail
 
@@ -310,23 +301,32 @@ def test_nothing_is_started_when_a_server_is_configured(monkeypatch):
             assert url is None
 
 
-def test_the_server_command_is_prefects_own(tmp_path, monkeypatch):
-    """Same argv and environment as Prefect's SubprocessASGIServer; only the death signal and output differ."""
-    from prefect.server.api.server import SubprocessASGIServer
+def test_the_temporary_server_answers_and_every_client_of_the_process_uses_it(tmp_path, monkeypatch):
+    """A real start: Prefect's app answers on its port, clients in this thread and in new threads (which read
+    the environment) reach it, and nothing of it is left after the block."""
+    import threading
 
-    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})
-    launched: list[dict] = []
-    monkeypatch.setattr(subprocess, "Popen", lambda **kwargs: launched.append(kwargs))
-    theirs = SubprocessASGIServer(port=8123)
-    ours = embedded._server_class()(port=8124)
-    ours.port = theirs.port
-    ours.output = tmp_path / "server.log"
-    theirs._run_uvicorn_command()
-    ours._run_uvicorn_command()
-    prefect_kwargs, our_kwargs = launched
-    assert our_kwargs["args"] == prefect_kwargs["args"] and our_kwargs["env"] == prefect_kwargs["env"]
-    assert set(our_kwargs) - set(prefect_kwargs) == {"preexec_fn", "stdout", "stderr"}
-    assert callable(our_kwargs["preexec_fn"]) and our_kwargs["stdout"].name == str(tmp_path / "server.log")
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(embedded, "needs_embedded_server", lambda: True)
+    log_file = tmp_path / "server.log"
+    with embedded.embedded_server(output=log_file) as url:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/api")
+        assert PREFECT_API_URL.value() == url
+        seen: list[str] = []
+        worker = threading.Thread(target=lambda: seen.append(get_current_settings().api.url))
+        worker.start()
+        worker.join()
+        assert seen == [url]
+        import httpx
+
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    assert os.environ.get("PREFECT_API_URL") is None
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/health", timeout=2)
+    assert log_file.exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
