@@ -371,7 +371,7 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
     the workers' imports). Per-task seconds come from the Prefect API."""
     from distributed import Client, LocalCluster
 
-    from nightcast.flows.runtime import on_task_runner
+    from nightcast.flows.runtime import task_runner
     from nightcast.flows.score import score_flow
     from nightcast.schemas.params import ScoreParams, Settings
     from nightcast.tasks.serving.shard import write_shard_layout
@@ -387,7 +387,7 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
         with steps.step(f"cluster_{k}"):
             cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None)
         try:
-            flow = on_task_runner(score_flow, Settings(dask_address=cluster.scheduler_address))
+            flow = score_flow.with_options(task_runner=task_runner(Settings(dask_address=cluster.scheduler_address)))
             with steps.step(f"warm_{k}"):
                 flow(ScoreParams(data=layout, shards=shards), store=store)
             with steps.step(f"dask_{k}"):

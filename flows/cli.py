@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the model's HTML report (reports/<model>/latest.html in the store)")
     p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
     p.add_argument("--model-name", default="lstm")
+    p = sub.add_parser("rollback", help="point the champion back at an earlier version (checked before the move)")
+    p.add_argument("version", help="the bundle version to serve (models/<name>/versions/ in the store; every "
+                                   "earlier champion is in models/<name>/champions/)")
+    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
+    p.add_argument("--model-name", default="lstm")
+    p.add_argument("--reason", default="", help="why, recorded in the pointer and its history")
     p = sub.add_parser("serve", help="serve every deployment in deployments/prefect.yaml from this process")
     p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
     p = sub.add_parser("demo", help="retrain and score on the bundled sample, then print where it all went")
@@ -387,11 +393,32 @@ def _partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollback(args: argparse.Namespace) -> int:
+    """Move the champion pointer to an earlier bundle, after loading it (checksums, files) as scoring would."""
+    from nightcast.schemas.params import Settings
+    from nightcast.tasks.ops.registry import Decision, load_bundle, read_champion, set_champion
+    from nightcast.tasks.ops.storage import open_store
+
+    try:
+        store = open_store(args.store or Settings().store)
+        load_bundle(store, args.model_name, args.version)  # a missing or damaged bundle is refused here
+        before = (read_champion(store, args.model_name) or {}).get("version")
+        reason = "rollback by an operator" + (f": {args.reason}" if args.reason else "")
+        pointer = set_champion(store, args.model_name, args.version, Decision(True, reason), {})
+    except Exception as exc:  # noqa: BLE001 - one line, as every command fails
+        print(f"error: rollback failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"champion of {args.model_name}: {before} -> {pointer['version']} ({reason})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if args.command == "partition":  # a file rewrite: no flow, no Prefect API
         return _partition(args)
+    if args.command == "rollback":  # a pointer swap: no flow, no Prefect API
+        return _rollback(args)
     if args.store:
         os.environ["NIGHTCAST_STORE"] = args.store
     if getattr(args, "storage", None):  # a URL with a password stays in this process's environment

@@ -86,11 +86,6 @@ class SettingsTaskRunner(ThreadPoolTaskRunner):
         return task_runner(Settings())
 
 
-def on_task_runner(flow: Any, settings: Settings | None = None) -> Any:
-    """The flow with the task runner the settings ask for (``flow.with_options``; the flow is unchanged)."""
-    return flow.with_options(task_runner=task_runner(settings or Settings()))
-
-
 def from_deployment() -> bool:
     """Whether this flow run was created from a deployment (by a schedule, the UI or the API)."""
     from prefect.runtime import deployment

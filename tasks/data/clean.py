@@ -207,15 +207,6 @@ def decide_calendar(frame: pl.DataFrame, cfg: CleanConfig) -> Calendar:
     return Calendar(frequency, kind, holidays)
 
 
-def make_grid(start: dt.datetime, end: dt.datetime, calendar: Calendar) -> pl.Series:
-    """Every timestamp the calendar has between start and end, inclusive."""
-    grid = pl.datetime_range(start, end, calendar.frequency, eager=True, time_unit="us")
-    if calendar.kind == "business":
-        holidays = [dt.date.fromisoformat(d) for d in calendar.holidays]
-        grid = grid.filter((grid.dt.weekday() <= 5) & ~grid.dt.date().is_in(holidays))
-    return grid.alias("timestamp")
-
-
 # --- placing on the grid --------------------------------------------------------------------------
 # Rows are stacked series (sorted by id, then time); ``s`` is each row's series number. Row
 # arithmetic on these numpy columns replaces any loop over series.

@@ -57,9 +57,3 @@ def make_sample(n_series: int = 5, days: int = 42, seed: int = 7,
                            .otherwise(pl.col("target")).alias("target"))
     dup = raw.slice(200, 1).with_columns(pl.lit("999.0").alias("target"))
     return pl.concat([raw, dup]).sample(fraction=1.0, shuffle=True, seed=seed)  # unsorted, as files are
-
-
-def write_sample(path: str, **kwargs: object) -> str:
-    """Write the sample as CSV and return the path."""
-    make_sample(**kwargs).write_csv(path)  # type: ignore[arg-type]
-    return path

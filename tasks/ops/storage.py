@@ -25,7 +25,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _SAFE = frozenset(string.ascii_letters + string.digits + "._-")
 _MAX_KEY_PART = 128
 _HASH_CHARS = 16
-_TOKEN = re.compile(r"%([0-9A-F]{2})|(.)", re.DOTALL)
 
 
 class ConditionalWritesUnsupported(RuntimeError):
@@ -91,23 +90,6 @@ def safe_key_part(value: str) -> str:
     if (cut := head.rfind("%", len(head) - 2)) != -1:  # never end on half an escape
         head = head[:cut]
     return f"{head}~{hashlib.sha256(raw).hexdigest()[:_HASH_CHARS]}"
-
-
-def unsafe_key_part(part: str) -> str:
-    """The string ``safe_key_part`` encoded; ``ValueError`` for anything it cannot have written.
-
-    A shortened part (``~`` + hash) cannot be decoded.
-    """
-    if "~" in part:
-        raise ValueError(f"key part {part!r} was shortened with a hash and cannot be decoded")
-    try:
-        raw = bytes(int(esc, 16) if esc else ord(ch) for esc, ch in _TOKEN.findall(part))
-        value = raw.decode("utf-8", "surrogatepass")
-    except ValueError:
-        value = ""
-    if not value or safe_key_part(value) != part:  # only the one canonical encoding decodes
-        raise ValueError(f"{part!r} is not a safe_key_part encoding")
-    return value
 
 
 def _check_key(key: str) -> str:

@@ -37,7 +37,8 @@ class ShardLayoutError(ValueError):
 
 
 def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> list[list[str]]:
-    """``split_series`` of the planner's ids (``load_series_ids``), after checking that input in the
+    """The distinct ids of each shard, sorted (``out[k]`` is shard ``k``, possibly empty), from the planner's
+    ids (``load_series_ids``), after checking that input in the
     shard layout was written for ``n_shards`` shards with this hash: each shard reads only its own
     folder, so an id in another folder would never be read."""
     shards = shard_of(ids["series_id"], n_shards)  # each id hashed once, for the check and the split
@@ -56,12 +57,6 @@ def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> lis
                 f"(was the layout written with another hash?): {sample}. Write it with `nightcast partition`, "
                 "or use the hash documented in tasks/serving/shard.py")
     return _by_shard(ids["series_id"], shards, n_shards)
-
-
-def split_series(series_ids: pl.Series, n_shards: int) -> list[list[str]]:
-    """The distinct ids of each shard, sorted: ``out[k]`` is shard ``k`` (possibly empty)."""
-    ids = series_ids.cast(pl.String).unique()
-    return _by_shard(ids, shard_of(ids, n_shards), n_shards)
 
 
 def _by_shard(ids: pl.Series, shards: pl.Series, n_shards: int) -> list[list[str]]:

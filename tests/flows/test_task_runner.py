@@ -3,7 +3,7 @@
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from nightcast.flows.runtime import on_task_runner, task_runner
+from nightcast.flows.runtime import task_runner
 from nightcast.flows.score import score_flow
 from nightcast.schemas.params import Settings
 
@@ -17,7 +17,7 @@ def test_thread_pool_by_default_and_dask_by_setting(monkeypatch):
     assert isinstance(local, DaskTaskRunner) and local.address is None
     assert local.cluster_kwargs["n_workers"] == 3
     monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", "tcp://127.0.0.1:9")
-    flow = on_task_runner(score_flow)
+    flow = score_flow.with_options(task_runner=task_runner(Settings()))
     assert isinstance(flow.task_runner, DaskTaskRunner) and flow.fn is score_flow.fn
     assert isinstance(score_flow.task_runner, ThreadPoolTaskRunner)  # the module's flow is unchanged
 

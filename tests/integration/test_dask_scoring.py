@@ -15,7 +15,7 @@ import threading
 import polars as pl
 import pytest
 
-from nightcast.flows.runtime import on_task_runner
+from nightcast.flows.runtime import task_runner
 from nightcast.flows.retrain import retrain_flow
 from nightcast.flows.score import score_flow
 from nightcast.schemas.params import ScoreParams, ServeConfig, Settings, TrainConfig
@@ -153,7 +153,7 @@ def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, clus
 
     killer = threading.Thread(target=kill_mid_shard, daemon=True)
     killer.start()
-    flow = on_task_runner(score_flow, Settings(dask_address=address))
+    flow = score_flow.with_options(task_runner=task_runner(Settings(dask_address=address)))
     out = flow(ScoreParams(data=data, shards=8), store=store)
     killer.join(timeout=5)
     assert staged_at_kill and staged_at_kill[0] < 8 and workers[0].wait(timeout=10) == -signal.SIGKILL

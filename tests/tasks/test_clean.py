@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from nightcast.schemas.params import CleanConfig
-from nightcast.tasks.data.clean import (Calendar, clean_observations, decide_calendar, infer_frequency, make_grid,
+from nightcast.tasks.data.clean import (Calendar, clean_observations, decide_calendar, infer_frequency,
                          season_length_for)
 from nightcast.tasks.serving.score import future_steps
 
@@ -98,11 +98,6 @@ def test_off_grid_rows_are_counted_not_invented():
     stamps = _hourly(10) + [dt.datetime(2024, 1, 1, 3, 30)]
     clean, report, _ = clean_observations(_series(stamps, list(range(11))), CleanConfig(outliers="none"), Calendar("1h"))
     assert report.off_grid_rows_dropped == 1 and clean.height == 10
-
-
-def test_grid_regular():
-    g = make_grid(dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2), Calendar("6h"))
-    assert g.len() == 5
 
 
 def _yearly_panel(period: int | None, n_series: int = 6, years: int = 120, seed: int = 0) -> pl.DataFrame:

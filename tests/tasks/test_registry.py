@@ -243,3 +243,25 @@ def test_incomplete_bundles_are_swept_after_a_grace_period(tmp_path):
     assert left == {fresh, done, "hand-made"}
     with pytest.raises(RegistryError, match="missing or incomplete"):
         load_bundle(store, "m", fresh)  # never a candidate while it is being written
+
+
+def test_rollback_command_moves_the_pointer_to_a_sound_bundle_and_refuses_a_damaged_one(tmp_path, capsys):
+    from nightcast.flows.cli import main
+    from nightcast.tasks.ops.storage import LocalStore
+
+    store = LocalStore(str(tmp_path))
+    for v in ("v1", "v2", "v3"):
+        _save(store, v)
+    promote(store, "m", "v1", lambda _c: (Decision(True, "first"), {}))
+    promote(store, "m", "v2", lambda _c: (Decision(True, "better"), {}))
+    assert main(["rollback", "v1", "--store", str(tmp_path), "--model-name", "m", "--reason", "v2 drifts"]) == 0
+    pointer = read_champion(store, "m")
+    assert (pointer["version"], pointer["previous"]) == ("v1", "v2")
+    assert pointer["reason"] == "rollback by an operator: v2 drifts"
+    assert "champion of m: v2 -> v1" in capsys.readouterr().out
+    _tamper(store, "weights.pt", b"not weights", version="v3")
+    assert main(["rollback", "v3", "--store", str(tmp_path), "--model-name", "m"]) == 1
+    assert main(["rollback", "v9", "--store", str(tmp_path), "--model-name", "m"]) == 1
+    err = capsys.readouterr().err
+    assert "rollback failed" in err and "v3" in err and "v9" in err and "missing or incomplete" in err
+    assert read_champion(store, "m")["version"] == "v1"  # neither moved it

@@ -4,7 +4,7 @@ import sys
 import polars as pl
 import pytest
 
-from nightcast.tasks.serving.shard import shard_of, split_series
+from nightcast.tasks.serving.shard import plan_shards, shard_of
 
 
 def test_shards_are_stable_known_values_and_cover_every_id_once():
@@ -13,10 +13,10 @@ def test_shards_are_stable_known_values_and_cover_every_id_once():
     assert shards.dtype == pl.UInt32 and shards.min() >= 0 and shards.max() <= 3
     # fixed values: a change of hash breaks every staged or partially-run shard plan
     assert shard_of(pl.Series(["s0", "s1", "s2", "a/b"]), 7).to_list() == [0, 5, 3, 2]
-    parts = split_series(pl.concat([ids, ids]), 4)  # repeats count once
+    parts = plan_shards(pl.DataFrame({"series_id": pl.concat([ids, ids])}), 4)  # repeats count once
     assert sorted(sum(parts, [])) == sorted(ids.to_list())
     assert min(len(p) for p in parts) > 200  # roughly balanced
-    assert split_series(ids, 1) == [sorted(ids.to_list())]
+    assert plan_shards(pl.DataFrame({"series_id": ids}), 1) == [sorted(ids.to_list())]
 
 
 def test_same_shards_in_another_process():
@@ -83,7 +83,7 @@ def test_shard_layout_opens_only_the_shards_own_files(tmp_path):
     as_csv = load_observations(str(tmp_path / "obs.csv"))
     assert whole.sort(whole.columns).equals(as_csv.sort(as_csv.columns))  # same columns, text kept as written
     mine = load_observations(str(tmp_path / "lay"), shard=(2, 4))
-    expected = set(split_series(raw["series_id"], 4)[2])
+    expected = set(plan_shards(pl.DataFrame({"series_id": raw["series_id"]}), 4)[2])
     assert set(mine["series_id"].unique().to_list()) == expected and expected
     for f in (tmp_path / "lay").rglob("*.parquet"):
         if "shard=1" in str(f) or "shard=3" in str(f):
@@ -104,7 +104,7 @@ def test_a_layout_for_another_count_or_another_hash_is_refused_not_read_short(tm
     raw.write_csv(tmp_path / "obs.csv")
     write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 4)
     ids = load_series_ids(str(tmp_path / "lay"))
-    assert plan_shards(ids, 4) == split_series(raw["series_id"], 4)
+    assert plan_shards(ids, 4) == plan_shards(pl.DataFrame({"series_id": raw["series_id"]}), 4)
     with pytest.raises(ShardLayoutError, match=r"for \[4\] shard\(s\), and this run asks for 3"):
         plan_shards(ids, 3, "lay")
     # another writer's hash: shard 1's file moved into shard 2's folder

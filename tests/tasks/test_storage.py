@@ -1,15 +1,33 @@
 import datetime as dt
 import hashlib
 import multiprocessing
+import re
 import string
 
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from nightcast.tasks.ops.storage import (LocalStore, S3Settings, S3Store, StorageError, open_store, safe_key_part,
-                           unsafe_key_part)
+from nightcast.tasks.ops.storage import (LocalStore, S3Settings, S3Store, StorageError, open_store, safe_key_part)
 from tests.conftest import fork_child
+
+
+_TOKEN = re.compile(r"%([0-9A-F]{2})|(.)", re.DOTALL)
+
+
+def unsafe_key_part(part: str) -> str:
+    """The string ``safe_key_part`` encoded (the test's own decoder: that every encoding decodes to one
+    string proves two names never share a key); ``ValueError`` for anything it cannot have written."""
+    if "~" in part:
+        raise ValueError(f"key part {part!r} was shortened with a hash and cannot be decoded")
+    try:
+        raw = bytes(int(esc, 16) if esc else ord(ch) for esc, ch in _TOKEN.findall(part))
+        value = raw.decode("utf-8", "surrogatepass")
+    except ValueError:
+        value = ""
+    if not value or safe_key_part(value) != part:  # only the one canonical encoding decodes
+        raise ValueError(f"{part!r} is not a safe_key_part encoding")
+    return value
 
 
 def _roundtrip(store) -> None:
