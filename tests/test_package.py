@@ -28,7 +28,8 @@ def test_the_wheel_installs_only_the_nightcast_package(wheel):
     assert tops == {"nightcast", next(t for t in tops if t.endswith(".dist-info"))}
     assert not any(n.split("/")[0] in GENERIC for n in names)
     for sub in ("flows/cli.py", "tasks/data/clean.py", "tasks/forecast/combine.py", "tasks/serving/score.py",
-                "tasks/ops/registry.py", "models/network.py", "schemas/params.py", "deployments/prefect.yaml"):
+                "tasks/ops/registry.py", "tasks/ops/templates/report.html", "models/network.py", "schemas/params.py",
+                "deployments/prefect.yaml"):
         assert f"nightcast/{sub}" in names, sub
     assert not any("/tests/" in n or n.startswith("nightcast/bench") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))

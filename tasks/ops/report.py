@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
-import html
 import io
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -236,35 +237,19 @@ def gather_report(store: Store, name: str) -> ReportInputs:
                         monitoring=read_monitoring(store, name), store_url=store.url, bundle_uri=store.uri(prefix))
 
 
-# ---------------------------------------------------------------- HTML pieces (pure)
+# ---------------------------------------------------------------- values for the template (pure)
 
-def _e(value: Any) -> str:
-    """Any value as escaped HTML text; numbers formatted compactly."""
+def _value(value: Any) -> str:
+    """Any value as text (the template escapes it); numbers formatted compactly, a missing one as a dash."""
     if value is None:
         return "–"
     if isinstance(value, float):
-        return "–" if value != value else html.escape(f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}")
-    return html.escape(str(value), quote=True)
+        return "–" if value != value else (f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}")
+    return str(value)
 
 
-def _table(rows: list[dict], columns: list[str] | None = None, labels: dict[str, str] | None = None) -> str:
-    if not rows:
-        return "<p class='muted'>none</p>"
-    columns = columns or list(rows[0])
-    labels = labels or {}
-    head = "".join(f"<th>{_e(labels.get(c, c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-
-
-def _dl(items: dict[str, Any]) -> str:
-    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items.items()) + "</dl>"
-
-
-def _img(png: bytes | None, alt: str) -> str:
-    if not png:
-        return f"<p class='muted'>{_e(alt)}: no plot</p>"
-    return f"<img alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+def _data_uri(png: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
 def _when(stamp: Any) -> Any:
@@ -371,9 +356,9 @@ def _summary_rows(frame: pl.DataFrame, first: str) -> list[dict]:
     return rows.to_dicts()
 
 
-# ---------------------------------------------------------------- sections (pure)
+# ---------------------------------------------------------------- sections (pure): what each shows
 
-def _champion_section(inp: ReportInputs) -> str:
+def _champion_section(inp: ReportInputs) -> dict:
     p, man = inp.pointer, inp.bundle.manifest
     data = man.get("data") or {}
     facts = {"model": inp.name, "version": p["version"], "promoted at": _when(p.get("promoted_at")),
@@ -381,13 +366,9 @@ def _champion_section(inp: ReportInputs) -> str:
              "trained on": f"{data.get('series')} series, {data.get('rows')} rows, {data.get('start')} to "
                            f"{data.get('end')}" if data else None,
              "data": data.get("uri"), "bundle": inp.bundle_uri}
-    html_ = _dl(facts)
-    if inp.latest:
-        html_ += (f"<p class='note'>The newest bundle, <code>{_e(inp.latest['version'])}</code>, is not the "
-                  f"champion: {_e(inp.latest['decision'])}</p>")
     rows = [{"promoted at": _when(r.get("promoted_at")), "version": r.get("version"), "previous": r.get("previous"),
              "reason": r.get("reason")} for r in inp.promotions]
-    return html_ + "<h3>Promotion history</h3>" + _table(rows)
+    return {"facts": facts, "latest": inp.latest, "promotions": rows}
 
 
 def _test_rows(metrics: dict) -> tuple[list[dict], list[dict]]:
@@ -398,62 +379,44 @@ def _test_rows(metrics: dict) -> tuple[list[dict], list[dict]]:
     return overall, worst
 
 
-def _metrics_section(inp: ReportInputs) -> str:
+def _metrics_section(inp: ReportInputs) -> dict:
     overall, _ = _test_rows(inp.bundle.metrics)
-    cols = ["model", "rmse", "mae", "smape", "mase", "n"]
-    labels = {"rmse": "RMSE", "mae": "MAE", "smape": "sMAPE %", "mase": "MASE", "n": "points"}
     comp = inp.bundle.metrics.get("comparison") or {}
-    text = ("<p>Every candidate (the network, the baselines, the classical models) and what is served (their "
-            "combination, weighted per series on the backtest windows), on the same test windows, judged on the "
-            "raw observations.</p>" + _table(overall, cols, labels))
+    out = {"overall": overall, "columns": ["model", "rmse", "mae", "smape", "mase", "n"],
+           "labels": {"rmse": "RMSE", "mae": "MAE", "smape": "sMAPE %", "mase": "MASE", "n": "points"},
+           "no_champion": None, "comparison": None}
     if comp and comp.get("champion_version") is None:
-        text += f"<p class='muted'>No champion to compare with ({_e(comp.get('note') or 'first model')}).</p>"
+        out["no_champion"] = comp.get("note") or "first model"
     elif comp:
         metric = (inp.bundle.config.get("params", {}).get("promotion") or {}).get("metric", "mase")
-        text += "<h3>Against the previous champion</h3>" + _dl({
+        out["comparison"] = {
             f"new (served), {metric}": comp.get("new"), f"champion, {metric}": comp.get("champion"),
             f"seasonal naive, {metric}": comp.get("seasonal_naive"), "champion version": comp.get("champion_version"),
-            "windows": comp.get("windows"), "note": comp.get("note")})
-    return text
+            "windows": comp.get("windows"), "note": comp.get("note")}
+    return out
 
 
-def _mix_section(inp: ReportInputs, mon: Monitoring | None) -> str:
+def _mix_section(inp: ReportInputs, mon: Monitoring | None) -> dict:
     served = inp.bundle.metrics.get("served") or inp.bundle.manifest.get("served") or {}
     total = sum(int(v) for v in served.values()) or 1
-    bars = "".join(
-        f"<tr><td>{_e(m)}</td><td>{_e(n)}</td><td class='bar'><span style='width:{100 * int(n) / total:.1f}%'>"
-        f"</span></td><td>{_pct(int(n) / total)}</td></tr>" for m, n in served.items())
     pooled = (inp.bundle.preprocessing.get("combination") or {})
     weights = dict(zip(pooled.get("candidates", []), pooled.get("pooled_weights", [])))
-    text = ("<p>What serves each series: the combination of the candidates, weighted by their backtest errors "
-            "(each series' own, shrunk toward the panel's); a candidate's name where it carries all the weight."
-            + (f" Panel weights: {_e(', '.join(f'{m} {w:.2f}' for m, w in weights.items()))}." if weights else "")
-            + "</p>"
-            "<table><thead><tr><th>method</th><th>series</th><th></th><th>share</th></tr></thead>"
-            f"<tbody>{bars}</tbody></table>")
     by_method = _dimension(mon.summary, "method") if mon else pl.DataFrame()
-    if by_method.height:
-        text += "<h3>On actuals, by served method</h3>" + _table(_summary_rows(by_method, "method"))
-    return text
+    return {"methods": [{"method": m, "series": n, "share": int(n) / total} for m, n in served.items()],
+            "weights": ", ".join(f"{m} {w:.2f}" for m, w in weights.items()),
+            "by_method": _summary_rows(by_method, "method") if by_method.height else []}
 
 
-def _no_monitoring(what: str = "") -> str:
-    return (f"<p class='empty'>{what}{NO_MONITORING}. This fills in once <code>nightcast monitor</code> has "
-            "joined stored forecasts with their actuals.</p>")
-
-
-def _actuals_section(mon: Monitoring | None) -> str:
+def _actuals_section(mon: Monitoring | None) -> dict:
     if mon is None or mon.summary.height == 0:
-        return _no_monitoring() + "".join(f"<p class='muted'>{_e(n)}</p>" for n in (mon.notes if mon else []))
-    overall = _dimension(mon.summary, "all")
-    day = mon.summary["date"].max() if "date" in mon.summary.columns else None
-    text = (f"<p>Every stored forecast whose target time has passed, joined with its actual, as of the monitoring "
-            f"run of {_e(day)}; seasonal naive from the same origin is scored on exactly the same points.</p>"
-            + _table(_summary_rows(overall, "all")))
+        return {"summary": False, "notes": mon.notes if mon else []}
+    out: dict[str, Any] = {"summary": True, "notes": mon.notes, "by_origin_png": None, "tables": [], "runs": None,
+                           "day": mon.summary["date"].max() if "date" in mon.summary.columns else None,
+                           "overall": _summary_rows(_dimension(mon.summary, "all"), "all")}
     origins = by_origin(mon.summary)
     if origins.height and {"mase", "snaive_mase"} <= set(origins.columns):
-        text += _img(_line_png(origins, "as_of", {"mase": "model (served)", "snaive_mase": "seasonal naive"},
-                               "MASE on actuals by forecast origin", "MASE"), "MASE on actuals by forecast origin")
+        out["by_origin_png"] = _line_png(origins, "as_of", {"mase": "model (served)", "snaive_mase": "seasonal naive"},
+                                         "MASE on actuals by forecast origin", "MASE")
     for dim, title, label in (("as_of", "By forecast origin (newest 30)", "origin"),
                               ("model_version", "By model version", "version"), ("horizon", "By horizon step", "step")):
         rows = _dimension(mon.summary, dim)
@@ -462,47 +425,46 @@ def _actuals_section(mon: Monitoring | None) -> str:
         elif dim == "horizon":
             rows = rows.sort(pl.col("key").cast(pl.Int64, strict=False))
         if rows.height:
-            text += f"<h3>{_e(title)}</h3>" + _table(_summary_rows(rows, label))
+            out["tables"].append({"title": title, "rows": _summary_rows(rows, label)})
     if mon.runs.height:
-        labels = {"date": "date", "champion": "champion", "scored": "scored", "pending": "pending",
-                  "quarantined": "quarantined", "late": "scored late", "revised": "revised", "withdrawn": "withdrawn",
-                  "mase": "MASE", "snaive_mase": "seasonal naive MASE", "drift": "drift", "drift_reason": "decision"}
-        runs = mon.runs.sort("date", descending=True).head(14) if "date" in mon.runs.columns else mon.runs.tail(14)
-        if "drift" in runs.columns:
-            runs = runs.with_columns(pl.when(pl.col("drift")).then(pl.lit("DRIFT")).otherwise(pl.lit("no"))
-                                     .alias("drift"))
-        same = "champion" in runs.columns and runs["champion"].n_unique() == 1
-        cols = [c for c in labels if c in runs.columns and not (same and c == "champion")]
-        judged = f", all judging champion <code>{_e(runs['champion'][0])}</code>" if same else ""
-        text += (f"<h3>Monitoring runs and drift decisions (newest first{judged})</h3>"
-                 + _table(runs.select(cols).to_dicts(), cols, labels))
-    return text + "".join(f"<p class='muted'>{_e(n)}</p>" for n in mon.notes)
+        out["runs"] = _runs_table(mon.runs)
+    return out
 
 
-def _coverage_section(inp: ReportInputs, mon: Monitoring | None) -> str:
+def _runs_table(runs: pl.DataFrame) -> dict:
+    """The newest 14 monitoring runs, drift as a word; the champion column only when they judged several."""
+    labels = {"date": "date", "champion": "champion", "scored": "scored", "pending": "pending",
+              "quarantined": "quarantined", "late": "scored late", "revised": "revised", "withdrawn": "withdrawn",
+              "mase": "MASE", "snaive_mase": "seasonal naive MASE", "drift": "drift", "drift_reason": "decision"}
+    runs = runs.sort("date", descending=True).head(14) if "date" in runs.columns else runs.tail(14)
+    if "drift" in runs.columns:
+        runs = runs.with_columns(pl.when(pl.col("drift")).then(pl.lit("DRIFT")).otherwise(pl.lit("no")).alias("drift"))
+    same = "champion" in runs.columns and runs["champion"].n_unique() == 1
+    cols = [c for c in labels if c in runs.columns and not (same and c == "champion")]
+    return {"rows": runs.select(cols).to_dicts(), "columns": cols, "labels": labels,
+            "champion": runs["champion"][0] if same else None}
+
+
+def _coverage_section(inp: ReportInputs, mon: Monitoring | None) -> dict:
     intervals = inp.bundle.metrics.get("intervals")
-    level = None
-    if not intervals:
-        text = "<p class='muted'>This model was trained without prediction intervals.</p>"
-    else:
-        level = intervals.get("level")
+    level = intervals.get("level") if intervals else None
+    out: dict[str, Any] = {"intervals": None, "on_actuals": None, "png": None}
+    if intervals:
         test = intervals.get("test") or {}
-        text = _dl({"method": intervals.get("method"), "nominal level": _pct(level),
-                    "coverage on the test span": _pct(test.get("coverage")), "mean width": test.get("mean_width"),
-                    "points": test.get("points")})
+        out["intervals"] = {"method": intervals.get("method"), "nominal level": _pct(level),
+                            "coverage on the test span": _pct(test.get("coverage")),
+                            "mean width": test.get("mean_width"), "points": test.get("points")}
     overall = _dimension(mon.summary, "all") if mon else pl.DataFrame()
     if overall.height == 0 or "coverage" not in overall.columns:
-        return text + _no_monitoring("Coverage on actuals: ")
+        return out
     row = overall.row(0, named=True)
-    text += "<h3>Coverage on actuals</h3>" + _dl({
-        "coverage on actuals": _pct(row["coverage"]), "points with an interval": row.get("interval_points")})
+    out["on_actuals"] = {"coverage on actuals": _pct(row["coverage"]), "points with an interval": row.get("interval_points")}
     origins = by_origin(mon.summary).drop_nulls("coverage") if "coverage" in mon.summary.columns else pl.DataFrame()
     if origins.height:
         hline = (float(level), "nominal level") if level is not None else None
-        text += _img(_line_png(origins, "as_of", {"coverage": "coverage on actuals"},
-                               "Interval coverage on actuals by forecast origin", "share inside", hline),
-                     "interval coverage on actuals by forecast origin")
-    return text
+        out["png"] = _line_png(origins, "as_of", {"coverage": "coverage on actuals"},
+                               "Interval coverage on actuals by forecast origin", "share inside", hline)
+    return out
 
 
 def _served_by(preprocessing: dict):  # noqa: ANN202 - series id -> text
@@ -521,61 +483,55 @@ def _served_by(preprocessing: dict):  # noqa: ANN202 - series id -> text
     return text
 
 
-def _worst_section(inp: ReportInputs, mon: Monitoring | None) -> str:
+def _worst_section(inp: ReportInputs, mon: Monitoring | None) -> dict:
     _, worst = _test_rows(inp.bundle.metrics)
     served_by = _served_by(inp.bundle.preprocessing)
-    rows = [{"series": r.get("series_id"), "served by": served_by(r.get("series_id")), "MASE": r.get("mase"),
-             "sMAPE %": r.get("smape"), "RMSE": r.get("rmse"), "points": r.get("n")} for r in worst[:_WORST]]
-    text = ("<h3>On the test span</h3>" + _table(rows)
-            + "<p class='muted'>Forecast vs actual on the last test window of the first few series (the bundle's "
-              "plot):</p>"
-            + _img(inp.files.get("plots/forecast_vs_actual.png"), "forecast vs actual on the test span")
-            + "<h3>On actuals</h3>")
+    out: dict[str, Any] = {
+        "test": [{"series": r.get("series_id"), "served by": served_by(r.get("series_id")), "MASE": r.get("mase"),
+                  "sMAPE %": r.get("smape"), "RMSE": r.get("rmse"), "points": r.get("n")} for r in worst[:_WORST]],
+        "test_png": inp.files.get("plots/forecast_vs_actual.png"), "on_actuals": None, "png": None,
+        "days": POINTS_DAYS}
     bad = worst_on_actuals(mon.summary) if mon else pl.DataFrame()
     if bad.height == 0:
-        return text + _no_monitoring()
-    text += _table(_summary_rows(bad.rename({"series_id": "key"}), "series"))
-    chosen = bad["series_id"].head(_WORST_PLOTS).to_list()
+        return out
+    out["on_actuals"] = _summary_rows(bad.rename({"series_id": "key"}), "series")
     if mon.points.height and {"series_id", "timestamp", "as_of", "forecast", "actual"} <= set(mon.points.columns):
-        shown = [sid for sid in chosen if sid in set(mon.points["series_id"].unique().to_list())]
+        present = set(mon.points["series_id"].unique().to_list())
+        shown = [sid for sid in bad["series_id"].head(_WORST_PLOTS).to_list() if sid in present]
         if shown:
-            text += (f"<p class='muted'>Forecast vs actual, forecasts made in the newest {POINTS_DAYS} days of "
-                     "monitoring:</p>"
-                     + _img(_series_png(mon.points, shown), "forecast vs actual, worst series on actuals"))
-    return text
+            out["png"] = _series_png(mon.points, shown)
+    return out
 
 
-def _learning_section(inp: ReportInputs) -> str:
+def _learning_section(inp: ReportInputs) -> dict:
     man = inp.bundle.manifest
-    png = inp.files.get("plots/learning_curve.png")
     tb = sorted(f for f in man.get("files", {}) if f.startswith("tensorboard/"))
     facts = {"epochs": man.get("epochs"), "optimiser steps": man.get("steps"),
              "best validation loss": man.get("best_val_loss"),
              "warm start": (man.get("warm_start") or {}).get("reason")}
     if tb:
         facts["TensorBoard log"] = f"{inp.bundle_uri}/tensorboard/ ({len(tb)} event file(s))"
-    return _dl(facts) + _img(png, "learning curve")
+    return {"facts": facts, "png": inp.files.get("plots/learning_curve.png")}
 
 
-def _tuning_section(inp: ReportInputs) -> str:
+def _tuning_section(inp: ReportInputs) -> dict:
     tuning = inp.bundle.manifest.get("tuning")
     if not tuning:
-        return "<p class='muted'>This model was not tuned: it was trained with the configured defaults.</p>"
-    text = _dl({"study": tuning.get("study_name"), "sampler": tuning.get("sampler"), "metric": tuning.get("metric"),
-                "judged by": tuning.get("objective") or "network",
-                "best value": tuning.get("best_value"), "best trial": tuning.get("best_trial"),
-                "trials by state": ", ".join(f"{k}: {v}" for k, v in (tuning.get("trials") or {}).items())})
-    text += "<h3>Best parameters</h3>" + _table([{"parameter": k, "value": v}
-                                                 for k, v in (tuning.get("best_params") or {}).items()])
-    for fname in ("tuning/optimization_history.png", "tuning/param_importances.png"):
-        if fname in inp.files:
-            text += _img(inp.files[fname], fname.rsplit("/", 1)[-1].removesuffix(".png").replace("_", " "))
+        return {"tuned": False}
+    facts = {"study": tuning.get("study_name"), "sampler": tuning.get("sampler"), "metric": tuning.get("metric"),
+             "judged by": tuning.get("objective") or "network",
+             "best value": tuning.get("best_value"), "best trial": tuning.get("best_trial"),
+             "trials by state": ", ".join(f"{k}: {v}" for k, v in (tuning.get("trials") or {}).items())}
+    images = [(inp.files[f], f.rsplit("/", 1)[-1].removesuffix(".png").replace("_", " "))
+              for f in ("tuning/optimization_history.png", "tuning/param_importances.png") if f in inp.files]
+    trials = None
     if "tuning/trials.csv" in inp.files:
-        trials = pl.read_csv(io.BytesIO(inp.files["tuning/trials.csv"]), infer_schema_length=None)
-        if "value" in trials.columns:
-            trials = trials.sort("value", nulls_last=True)
-        text += "<h3>Trials (best first)</h3>" + _table(trials.head(15).to_dicts())
-    return text
+        frame = pl.read_csv(io.BytesIO(inp.files["tuning/trials.csv"]), infer_schema_length=None)
+        if "value" in frame.columns:
+            frame = frame.sort("value", nulls_last=True)
+        trials = frame.head(15).to_dicts()
+    return {"tuned": True, "facts": facts, "images": images, "trials": trials,
+            "params": [{"parameter": k, "value": v} for k, v in (tuning.get("best_params") or {}).items()]}
 
 
 _CSS = """
@@ -596,8 +552,18 @@ dd{margin:0;overflow-wrap:anywhere}img{max-width:100%;display:block;margin:10px 
 """
 
 
+@functools.cache
+def _template():  # noqa: ANN202 - a jinja2.Template
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
+    env.filters.update(value=_value, pct=_pct, data_uri=_data_uri)
+    return env.get_template("report.html")
+
+
 def render_report(inp: ReportInputs, now: dt.datetime) -> str:
-    """The whole page as one HTML string (no script, no external resource)."""
+    """The whole page as one HTML string (no script, no external resource), from templates/report.html."""
     mon = inp.monitoring
     body = {
         "champion": _champion_section(inp),
@@ -609,20 +575,10 @@ def render_report(inp: ReportInputs, now: dt.datetime) -> str:
         "learning-curve": _learning_section(inp),
         "tuning": _tuning_section(inp),
     }
-    nav = "".join(f"<a href='#{sid}'>{_e(title)}</a>" for sid, title in SECTIONS.items())
-    sections = "".join(f"<section id='{sid}'><h2>{_e(SECTIONS[sid])}</h2>{content}</section>"
-                       for sid, content in body.items())
-    title = f"nightcast report: {inp.name}"
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
-        f"<style>{_CSS}</style></head><body>"
-        f"<header><h1>{_e(title)}</h1><p>champion <code>{_e(inp.pointer['version'])}</code> · generated "
-        f"{_e(now.strftime('%Y-%m-%d %H:%M UTC'))} · store {_e(inp.store_url)}</p></header>"
-        f"<nav>{nav}</nav><main>{sections}"
-        "<footer>Written by nightcast. Self-contained: no script, no network.</footer></main></body></html>")
+    return _template().render(
+        title=f"nightcast report: {inp.name}", version=inp.pointer["version"], store_url=inp.store_url,
+        generated=now.strftime("%Y-%m-%d %H:%M UTC"), sections=SECTIONS, body=body, css=_CSS.strip(),
+        no_monitoring_text=NO_MONITORING)
 
 
 def write_report(store: Store, name: str, now: dt.datetime | None = None) -> dict:
