@@ -1,10 +1,11 @@
 # Two commands for a fresh clone: `make demo` and `make test`.
-# Both create .venv on first use (torch's CPU wheel first, then the pinned stack).
+# Both create .venv on first use (torch first, then the pinned stack; for the CPU build of torch on a
+# machine where PyPI serves the CUDA one, install it into .venv first: see the README).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-slow test-all bench-accuracy bench-scale clean
+.PHONY: demo test test-slow test-all docs bench-accuracy bench-scale clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,11 @@ test-slow: $(VENV)/.installed $(S3RVER)
 	NIGHTCAST_TEST_S3RVER=$(abspath $(S3RVER)) $(PY) -m pytest -m slow
 
 test-all: test test-slow
+
+# the documentation site (mkdocs.yml, docs/) into site/; --strict: any warning (a broken link or
+# anchor, an API object that cannot be found) fails the build
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench-accuracy: $(VENV)/.installed
 	$(PY) bench/accuracy.py
