@@ -1,18 +1,15 @@
 """backfill: one forecasts partition per ``as_of`` date in a range, idempotent and bounded.
 
-Each date is forecast from the data up to the end of that date only, with the
-bundle given, else the champion in force on that date, else the current
-champion. No look-ahead: a date that comes before the end of its champion's
-training data (a backfill over history older than the first promotion) is
-refused before anything is read or written, unless a version is named or
-``allow_look_ahead`` is set. A date whose partition exists is skipped unless ``overwrite``; a
-partition is a single object written atomically, so a crashed or concurrent
-backfill leaves every partition either whole or absent, never mixed.
+The plan (which bundle scores each date, the look-ahead refusal, which dates are already written)
+is ``nightcast.tasks.serving.backfill``'s; this flow reads the input once and runs the dates. A date
+whose partition exists is skipped unless ``overwrite``; a partition is a single object written
+atomically, so a crashed or concurrent backfill leaves every partition either whole or absent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -20,73 +17,18 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from nightcast.schemas.params import BackfillParams, ColumnMap
-from nightcast.tasks.ops.registry import Bundle, RegistryError, champion_as_of, load_bundle, read_champion
-from nightcast.tasks.serving.score import covariate_kinds, forecasts_key, scoring_span_start, timestamps_zone
-from nightcast.tasks.serving.sharded import discard_staging
+from nightcast.tasks.ops.registry import Bundle, load_bundle
 from nightcast.tasks.ops.storage import Store
+from nightcast.tasks.serving.backfill import (BackfillError, format_summary, look_ahead,
+                                              outcome_row, outcome_table, plan_versions, refuse_look_ahead,
+                                              split_written)
+from nightcast.tasks.serving.score import covariate_kinds, scoring_span_start, timestamps_zone
+from nightcast.tasks.serving.sharded import discard_staging
 from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
 from nightcast.flows.score import forecast_and_write, ingest, read_in_shards, score_staged, validate
 
 score_date = step(forecast_and_write, "score-date", io=True).with_options(
     task_run_name="score-{as_of}")
-
-
-class BackfillError(RuntimeError):
-    """Some dates of a backfill failed; the others are written."""
-
-
-class LookAheadError(ValueError):
-    """The model chosen for some dates was trained on data after them."""
-
-
-def data_end(bundle: Bundle) -> dt.datetime | None:
-    """The newest timestamp of the data the bundle was fitted on (its manifest), ``None`` if unrecorded."""
-    end = (bundle.manifest.get("data") or {}).get("end")
-    return dt.datetime.fromisoformat(str(end)) if end else None
-
-
-def look_ahead(plan: dict[dt.date, str], bundles: dict[str, Bundle]) -> dict[dt.date, dt.datetime]:
-    """Dates whose model saw data after the end of that date: {date: end of the model's data}."""
-    ends = {v: data_end(b) for v, b in bundles.items()}
-    return {d: ends[v] for d, v in plan.items() if v in ends and ends[v] is not None and ends[v].date() > d}
-
-
-def refuse_look_ahead(ahead: dict[dt.date, dt.datetime], plan: dict[dt.date, str], model_name: str) -> None:
-    if not ahead:
-        return
-    days = sorted(ahead)
-    versions = sorted({plan[d] for d in days})
-    span = f"{days[0]}" if len(days) == 1 else f"{days[0]}..{days[-1]}"
-    raise LookAheadError(
-        f"backfill refused: {len(days)} date(s) ({span}) come before the end of the data their model was trained "
-        f"on ({model_name} {', '.join(versions)}, data to {max(ahead.values())}): no champion was in force then, "
-        "and the current one has seen those dates' future. Score them with a version trained on older data "
-        "(model=<version>, --model) or accept the look-ahead (allow_look_ahead=true, --allow-look-ahead)")
-
-
-def plan_versions(store: Store, params: BackfillParams) -> dict[dt.date, str]:
-    """Which bundle version scores each date."""
-    dates = params.dates()
-    if params.model:
-        return dict.fromkeys(dates, params.model)
-    current = read_champion(store, params.model_name)
-    if current is None:
-        raise RegistryError(f"model {params.model_name!r} has no champion in {store.url}: "
-                            "run retrain first or pass model=<version>")
-    plan = {}
-    for day in dates:
-        then = champion_as_of(store, params.model_name, day)
-        plan[day] = (then or current)["version"]
-    return plan
-
-
-def format_summary(rows: list[dict]) -> str:
-    head = f"{'as_of':<12}{'status':<9}{'rows':>6}{'series':>8}  {'model_version':<34}detail"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['as_of']:<12}{r['status']:<9}{r['rows']:>6}{r['series']:>8}  "
-                     f"{r['model_version']:<34}{r['detail']}")
-    return "\n".join(lines)
 
 
 @flow(name="backfill", log_prints=True, task_runner=SettingsTaskRunner())
@@ -118,93 +60,21 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
     settings, st = start_run(store, data)
     logger = get_run_logger()
     plan = plan_versions(st, params)
-    rows: dict[dt.date, dict] = {}
-    todo = []
-    for day, version in plan.items():
-        if not params.overwrite and st.exists(forecasts_key(params.model_name, day)):
-            rows[day] = {"status": "skipped", "rows": 0, "series": 0, "model_version": "",
-                         "detail": "partition exists (overwrite=false)"}
-        else:
-            todo.append(day)
+    todo, rows = split_written(st, params, plan)
     logger.info("backfill %s..%s: %d dates, %d to score, %d already done, up to %d at a time",
                 params.start, params.end, len(plan), len(todo), len(plan) - len(todo), params.max_parallel)
-
-    bundles: dict[str, Bundle] = {}
-    read = None
     if todo:
-        for version in sorted({plan[d] for d in todo}):
-            bundles[version] = load_bundle(st, params.model_name, version)
-        ahead = {} if params.model else look_ahead({d: plan[d] for d in todo}, bundles)
-        if not params.allow_look_ahead:
-            refuse_look_ahead(ahead, plan, params.model_name)
-        elif ahead:
-            logger.warning("scoring %d date(s) from %s with a model trained on data to %s (allow_look_ahead)",
-                           len(ahead), min(ahead), max(ahead.values()))
-        first = bundles[min(bundles)]  # validation's share limit and covariate types: the oldest version's
-        if params.shards > 1:
-            # every date's span starts at or after the earliest one any of its bundles looks at
-            since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
-            read = read_in_shards(st, params.model_name, first.version, params.data or settings.data,
-                                  params.columns, params.shards, since)
-        else:
-            since = min(scoring_span_start(bundles[plan[d]], d) for d in todo) if todo else None
-            raw = ingest(params.data or settings.data, params.columns, since=since)
-            checked = validate(raw, first.config["params"]["clean"]["max_bad_share"],
-                               params.columns.timestamp_format, covariate_kinds(first))
-            observations, zone = checked.valid, timestamps_zone(checked.notes)
-
-    def record(day: dt.date, result: dict | BaseException) -> None:
-        nonlocal finished
-        finished += 1
-        if isinstance(result, BaseException):
-            reason = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
-            rows[day] = {"status": "failed", "rows": 0, "series": 0, "model_version": plan[day],
-                         "detail": f"{type(result).__name__}: {reason}"}
-            logger.error("[%d/%d] %s failed: %s", finished, len(todo), day, rows[day]["detail"])
-        else:
-            skipped = len(result["skipped"])
-            rows[day] = {"status": "done", "rows": result["rows"], "series": result["series"],
-                         "model_version": result["model_version"],
-                         "detail": result["forecasts"] + (f" ({skipped} series skipped)" if skipped else "")}
-            logger.info("[%d/%d] %s done: %d rows, %d series", finished, len(todo), day,
-                        result["rows"], result["series"])
-
-    finished = 0
-    if read is not None:
-        try:
-            for day in todo:  # each date's shards run in parallel; a failed date does not stop the others
-                try:
-                    result: dict | BaseException = score_staged(st, bundles[plan[day]], read, day, params.model_name)
-                except Exception as exc:  # noqa: BLE001 - recorded as the date's failure, as below
-                    result = exc
-                record(day, result)
-        finally:
-            discard_staging(st.url, read.run)
-    elif todo:
-        # Unsharded dates share this process's frame, open store and loaded bundles: they run on a
-        # thread pool here even when the flow's runner is Dask (a boto3 client does not pickle, and
-        # shipping the whole catalogue to a worker per date is what shards are for).
-        # A sliding window of max_parallel dates: the next date starts as soon as any one finishes, so a
-        # slow date never holds back the others (no batch waits for its slowest member).
-        with ThreadPoolTaskRunner(max_workers=params.max_parallel) as pool:
-            queue, in_flight = list(todo), {}
-
-            def start_next() -> None:
-                day = queue.pop(0)
-                in_flight[pool.submit(score_date, {"store": st, "bundle": bundles[plan[day]],
-                                                   "observations": observations, "as_of": day,
-                                                   "model_name": params.model_name, "zone": zone})] = day
-
-            while queue and len(in_flight) < params.max_parallel:
-                start_next()
-            while in_flight:
-                done = next(as_completed(list(in_flight)))
-                record(in_flight.pop(done), done.result(raise_on_failure=False))
-                if queue:
-                    start_next()
-
-    table = [{"as_of": d.isoformat(), **rows[d]} for d in sorted(rows)]
-    counts = {s: sum(r["status"] == s for r in table) for s in ("done", "skipped", "failed")}
+        bundles = _checked_bundles(st, params, {d: plan[d] for d in todo})
+        outcomes = (_score_sharded(st, params, settings.data, plan, todo, bundles) if params.shards > 1
+                    else _score_dates(st, params, settings.data, plan, todo, bundles))
+        for k, (day, result) in enumerate(outcomes, start=1):
+            rows[day] = outcome_row(result, plan[day])
+            if rows[day]["status"] == "failed":
+                logger.error("[%d/%d] %s failed: %s", k, len(todo), day, rows[day]["detail"])
+            else:
+                logger.info("[%d/%d] %s done: %d rows, %d series", k, len(todo), day, rows[day]["rows"],
+                            rows[day]["series"])
+    table, counts = outcome_table(rows)
     summary = format_summary(table)
     logger.info("backfill summary: %(done)d done, %(skipped)d skipped, %(failed)d failed", counts)
     logger.info("\n%s", summary)
@@ -212,9 +82,69 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
         key=artifact_key("backfill", params.model_name), table=table,
         description=(f"backfill {params.model_name} {params.start}..{params.end}: {counts['done']} done, "
                      f"{counts['skipped']} skipped, {counts['failed']} failed"))
-    out = {"dates": len(table), **counts, "table": table, "summary": summary}
     if counts["failed"]:
         failed = [f"{r['as_of']}: {r['detail']}" for r in table if r["status"] == "failed"]
         raise BackfillError(f"{counts['failed']} of {len(table)} dates failed; the other dates are written, "
                             "re-run to retry (done dates are skipped):\n" + "\n".join(failed))
-    return out
+    return {"dates": len(table), **counts, "table": table, "summary": summary}
+
+
+def _checked_bundles(st: Store, params: BackfillParams, plan: dict[dt.date, str]) -> dict[str, Bundle]:
+    """Each planned version loaded once; dates their model has seen the future of refused (or warned of)."""
+    bundles = {v: load_bundle(st, params.model_name, v) for v in sorted(set(plan.values()))}
+    ahead = {} if params.model else look_ahead(plan, bundles)
+    if not params.allow_look_ahead:
+        refuse_look_ahead(ahead, plan, params.model_name)
+    elif ahead:
+        get_run_logger().warning("scoring %d date(s) from %s with a model trained on data to %s (allow_look_ahead)",
+                                 len(ahead), min(ahead), max(ahead.values()))
+    return bundles
+
+
+def _score_sharded(st: Store, params: BackfillParams, default_data: str, plan: dict[dt.date, str],
+                   todo: list[dt.date], bundles: dict[str, Bundle]) -> Iterator[tuple[dt.date, dict | BaseException]]:
+    """The input read once in shards from the earliest span any date needs; then each date's shards in
+    parallel, one date at a time. A failed date does not stop the others."""
+    since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
+    first = bundles[min(bundles)]  # validation's share limit and covariate types: the oldest version's
+    read = read_in_shards(st, params.model_name, first.version, params.data or default_data, params.columns,
+                          params.shards, since)
+    try:
+        for day in todo:
+            try:
+                yield day, score_staged(st, bundles[plan[day]], read, day, params.model_name)
+            except Exception as exc:  # noqa: BLE001 - recorded as the date's failure
+                yield day, exc
+    finally:
+        discard_staging(st.url, read.run)
+
+
+def _score_dates(st: Store, params: BackfillParams, default_data: str, plan: dict[dt.date, str],
+                 todo: list[dt.date], bundles: dict[str, Bundle]) -> Iterator[tuple[dt.date, dict | BaseException]]:
+    """The input read and validated once, then ``max_parallel`` dates at a time in a sliding window: the next
+    date starts as soon as any one finishes, so a slow date never holds back the others.
+
+    The dates share this process's frame, open store and loaded bundles, so they run on a thread pool here
+    even when the flow's runner is Dask (a boto3 client does not pickle, and shipping the whole catalogue
+    to a worker per date is what shards are for)."""
+    first = bundles[min(bundles)]
+    since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
+    raw = ingest(params.data or default_data, params.columns, since=since)
+    checked = validate(raw, first.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format,
+                       covariate_kinds(first))
+    shared = {"store": st, "observations": checked.valid, "model_name": params.model_name,
+              "zone": timestamps_zone(checked.notes)}
+    with ThreadPoolTaskRunner(max_workers=params.max_parallel) as pool:
+        queue, in_flight = list(todo), {}
+
+        def start_next() -> None:
+            day = queue.pop(0)
+            in_flight[pool.submit(score_date, {**shared, "bundle": bundles[plan[day]], "as_of": day})] = day
+
+        while queue and len(in_flight) < params.max_parallel:
+            start_next()
+        while in_flight:
+            done = next(as_completed(list(in_flight)))
+            yield in_flight.pop(done), done.result(raise_on_failure=False)
+            if queue:
+                start_next()

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from nightcast.flows.backfill import BackfillError, backfill_flow, plan_versions
+from nightcast.flows.backfill import backfill_flow
+from nightcast.tasks.serving.backfill import BackfillError, plan_versions
 from nightcast.flows.retrain import retrain_flow
 from nightcast.schemas.frames import Forecasts
 from nightcast.schemas.params import BackfillParams, TrainConfig
@@ -239,7 +240,7 @@ def test_dates_before_the_champions_data_end_are_refused(tmp_path, registry):
     """No look-ahead by default: the current champion was fitted on data to 2026-09-14 23:00, so scoring
     2026-09-10..12 with it would use their future. Refused before anything is written; the last date of its
     data is fine; a named version or allow_look_ahead is the user's explicit choice."""
-    from nightcast.flows.backfill import LookAheadError
+    from nightcast.tasks.serving.backfill import LookAheadError
 
     store = _fresh_store(tmp_path, registry)
     with pytest.raises(LookAheadError, match=r"3 date\(s\) \(2026-09-10\.\.2026-09-12\) come before the end of the "
