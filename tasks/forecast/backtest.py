@@ -9,18 +9,24 @@ judged on the raw observed values (``WindowIndex.truth``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from nightcast.models.classical import choose_classical, classical_forecasts, tail_length
-from nightcast.schemas.params import ServeConfig
+from nightcast.schemas.params import RetrainParams, ServeConfig
 from nightcast.tasks.forecast.combine import REFERENCE, Weights, combine, ensemble_median, fit_weights, method_names
 from nightcast.tasks.forecast.evaluate import NETWORK, SERVED, baseline_forecasts, mase_scales, score_forecasts
 from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values
 from nightcast.tasks.forecast.intervals import coverage, fit_conformal
 from nightcast.tasks.data.window import WindowIndex, space_windows
+from nightcast.tasks.data.prepare import Prepared
+from nightcast.tasks.forecast.evaluate import format_metrics
+from nightcast.tasks.forecast.train import TrainResult, predict_scaled
+from nightcast.tasks.ops.registry import Bundle, Decision, RegistryError, decide_promotion, load_bundle
+from nightcast.tasks.ops.storage import Store
 
 
 @dataclass
@@ -129,7 +135,6 @@ def compare_with_champion(champion, prepared, backtest: Backtest, metric: str) -
     difficulty compare), and the note says so. ``comparable`` is False when neither is possible.
     """
     from nightcast.tasks.data.prepare import index_with_state, window_keys
-    from nightcast.tasks.forecast.train import predict_scaled
 
     index, season = prepared.index, prepared.season_length
     train_end = np.datetime64(prepared.train_end, "us")
@@ -182,3 +187,66 @@ def compare_with_champion(champion, prepared, backtest: Backtest, metric: str) -
             "windows": common.height,
             "note": f"compared on {common.height} common test windows after the champion's data"}
 
+
+def evaluate_candidates(params: RetrainParams, prepared: Prepared, trained: list[TrainResult], champion: Bundle | None,
+              champion_error: str, log: logging.Logger | None = None) -> dict:
+    """Backtest: weights and widths from the validation windows; the test span scored and compared."""
+    logger = log or logging.getLogger(__name__)
+    index = prepared.index
+    val, test = index.splits["val"], index.splits["test"]
+    if len(test) == 0:
+        raise ValueError("no test windows: the test span is shorter than the horizon for every series")
+    level = params.intervals.level if params.intervals.method == "conformal" else None
+    bt = run_backtest(index, prepared.state, np.datetime64(prepared.train_end, "us"), prepared.season_length,
+                      [predict_scaled(t.net, index, val) for t in trained],
+                      [predict_scaled(t.net, index, test) for t in trained], params.serve, level)
+    comparison = compare_with_champion(champion, prepared, bt, params.promotion.metric)
+    if champion_error:
+        comparison["note"] = f"champion unusable ({champion_error})"
+    pooled = dict(zip(bt.weights.candidates, np.round(bt.weights.pooled_weights(), 3).tolist()))
+    logger.info("combination (%s) weights pooled over the panel, from %d backtest windows: %s; series served by: %s",
+                params.serve.combine, len(val), pooled, bt.served_counts)
+    logger.info("test-span metrics (%d windows):\n%s", len(test), format_metrics(bt.metrics))
+    if bt.intervals:
+        t = bt.intervals["test"]
+        logger.info("%.0f%% conformal intervals: test coverage %.1f%% over %d points, mean width %.3f",
+                    100 * level, 100 * t["coverage"], t["points"], t["mean_width"])
+    return {"metrics": bt.metrics, "comparison": comparison, "intervals": bt.intervals, "backtest": bt,
+            "served_counts": bt.served_counts}
+
+
+def promotion_decision(params: RetrainParams, comp: dict) -> Decision:
+    """The promotion rule applied to a comparison with the champion (or with none)."""
+    if comp["comparable"]:
+        return decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"], comp["champion"], comp["note"])
+    if not params.promotion.beat_champion:
+        return decide_promotion(params.promotion, comp["new"], comp["seasonal_naive"], None, comp["note"])
+    return Decision(False, f"not promoted: {comp['note']}; the champion stays "
+                           "(set promotion.beat_champion=false to replace it)")
+
+
+def champion_decider(store: Store, params: RetrainParams, prepared: Prepared, evaluation: dict,
+              log: logging.Logger | None = None):  # noqa: ANN202
+    """``promote``'s judge: the comparison made at evaluation time while the champion is the one this run
+    compared with; a fresh comparison on the same test windows when another run moved the pointer since."""
+    logger = log or logging.getLogger(__name__)
+    first = evaluation["comparison"]
+
+    def decide(current: dict | None) -> tuple[Decision, dict]:
+        comp = first
+        if (current or {}).get("version") != first["champion_version"]:
+            champion, why = None, ""
+            if current is not None:
+                try:
+                    champion = load_bundle(store, params.model_name, current["version"])
+                except RegistryError as exc:
+                    why = str(exc)
+            logger.info("the champion moved to %s while this run trained; comparing with it again",
+                        None if current is None else current["version"])
+            comp = compare_with_champion(champion, prepared, evaluation["backtest"], params.promotion.metric)
+            if why:
+                comp["note"] = f"champion unusable ({why})"
+        evaluation["comparison"] = comp
+        return promotion_decision(params, comp), {params.promotion.metric: comp["new"], "windows": comp["windows"]}
+
+    return decide

@@ -17,8 +17,10 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from nightcast.models.module import ForecastModule
 from nightcast.models.network import LSTMForecaster
-from nightcast.schemas.params import ModelConfig, TrainConfig
+from nightcast.schemas.params import ModelConfig, RetrainParams, TrainConfig
 from nightcast.tasks.data.window import WindowDataset, WindowError, WindowIndex, collate_batch
+from nightcast.tasks.data.prepare import Prepared, prepare_refit
+from nightcast.tasks.data.validate import ValidationResult
 
 
 @dataclass
@@ -319,3 +321,24 @@ def predict_scaled(net: LSTMForecaster, index: WindowIndex, starts: np.ndarray,
         past, future, _ = ds.__getitems__(torch.arange(i, min(i + batch_size, len(ds))))
         out.append(model(past.to(device), future.to(device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, index.horizon), np.float32)
+
+
+def refit_seeds(params: RetrainParams, prepared: Prepared, checked: ValidationResult, trained: list[TrainResult],
+                progress: bool, init_state: dict | None = None,
+                log: logging.Logger | None = None) -> tuple[list, Prepared | None, dict]:
+    """The networks that are served: each seed refit on all history up to the origin for the step count its
+    backtest model stopped at (``serve.refit``), or the backtest models themselves."""
+    logger = log or logging.getLogger(__name__)
+    if not params.serve.refit:
+        return [t.net for t in trained], None, {"refit": False}
+    data = prepare_refit(prepared, checked, params)
+    nets, steps = [], []
+    for k, t in enumerate(trained):  # a handful of seeds
+        n = best_steps(t)
+        cfg = params.train.model_copy(update={"seed": params.train.seed + k})
+        nets.append(refit_model(data.index, t.network_args, cfg, n, progress, init_state=init_state).net)
+        steps.append(n)
+    logger.info("refit %d network(s) on all %d windows up to %s for %s steps", len(nets),
+                len(data.index.splits["train"]), data.train_end, steps)
+    return nets, data, {"refit": True, "steps": steps, "windows": int(len(data.index.splits["train"])),
+                        "end": str(data.train_end)}

@@ -10,9 +10,13 @@ some series fine-tunes onto new series the same way (transfer).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
-from nightcast.schemas.params import WarmStartConfig
+from nightcast.schemas.params import RetrainParams, WarmStartConfig
+from nightcast.tasks.data.prepare import Prepared
+from nightcast.tasks.forecast.train import network_args_for
+from nightcast.tasks.ops.registry import Bundle
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,28 @@ def incompatibility(champion_config: dict, champion_features: dict, network_args
     if old_freq != frequency:
         return f"frequency differs: {old_freq} -> {frequency}"
     return None
+
+
+def warm_start_from(params: RetrainParams, prepared: Prepared, champion: Bundle | None,
+                    champion_error: str, log: logging.Logger | None = None) -> tuple[dict | None, dict]:
+    """The champion's weights to start from, or ``None``; and what was decided, for the manifest."""
+    logger = log or logging.getLogger(__name__)
+    if params.warm_start.policy == "never":
+        return None, {"used": False, "reason": "policy never"}
+    if champion_error:
+        logger.warning("warm start not possible, training from scratch: %s", champion_error)
+        return None, {"used": False, "reason": f"champion unusable: {champion_error}"}
+    plan = plan_warm_start(params.warm_start, champion.manifest if champion else None,
+                           dt.datetime.now(dt.timezone.utc))
+    if not plan.warm:
+        logger.info("training from scratch: %s", plan.reason)
+        return None, {"used": False, "reason": plan.reason}
+    why = incompatibility(champion.config, champion.preprocessing["features"],
+                          network_args_for(prepared.index, params.model),
+                          prepared.state.to_json(), prepared.calendar.frequency)
+    if why:
+        logger.warning("warm start not possible, training from scratch: %s", why)
+        return None, {"used": False, "reason": why}
+    logger.info("warm start from champion %s (%s)", champion.version, plan.reason)
+    return champion.networks()[0].state_dict(), {"used": True, "from": champion.version, "reason": plan.reason,
+                                 "full_trained_at": plan.full_trained_at}

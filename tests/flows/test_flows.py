@@ -137,7 +137,7 @@ def test_failed_or_worse_retrain_never_moves_the_champion(trained_store, tmp_pat
 def test_a_bundle_that_lost_a_file_while_written_is_never_promoted(tmp_path, sample_raw, monkeypatch):
     """A writer frozen for hours while the sweep of another run deletes its files: when it wakes and finishes,
     the bundle is read back and verified before the pointer may name it; the champion stays where it was."""
-    import nightcast.flows.retrain
+    import nightcast.tasks.ops.publish
     from nightcast.tasks.ops.registry import sweep_incomplete
 
     csv = tmp_path / "in.csv"
@@ -146,7 +146,7 @@ def test_a_bundle_that_lost_a_file_while_written_is_never_promoted(tmp_path, sam
     first = retrain_flow(fast_params(str(csv)), store=store_url)
     store = open_store(store_url)
     before = store.read_bytes("models/lstm/champion.json")
-    real_save = nightcast.flows.retrain.save_bundle
+    real_save = nightcast.tasks.ops.publish.save_bundle
 
     def frozen_then_swept(st, name, version, **kw):
         manifest = kw["manifest"]
@@ -160,7 +160,7 @@ def test_a_bundle_that_lost_a_file_while_written_is_never_promoted(tmp_path, sam
         st.delete(f"{prefix}/weights.pt")
         return prefix
 
-    monkeypatch.setattr(nightcast.flows.retrain, "save_bundle", frozen_then_swept)
+    monkeypatch.setattr(nightcast.tasks.ops.publish, "save_bundle", frozen_then_swept)
     with pytest.raises(RegistryError, match="lacks weights.pt"):
         retrain_flow(fast_params(str(csv), train=TrainConfig(max_epochs=15, patience=4, batch_size=64, seed=9,
                                                              early_stopping=True)), store=store_url)
