@@ -1,4 +1,5 @@
-"""The ``nightcast`` command: retrain, tune, score, backfill, serve, demo."""
+"""The ``nightcast`` command. Flags that set a parameter take their type, choices, default and help text
+from the parameter models in ``nightcast.schemas`` (one source for both)."""
 
 from __future__ import annotations
 
@@ -9,130 +10,194 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+
+def _option(p: argparse.ArgumentParser, flag: str, model: Any, field: str, *, given_only: bool = False,
+            **kw: Any) -> None:
+    """A flag for one field of a parameter model: its type, choices, default and help text come from the
+    field (one source for both); ``given_only`` flags default to None, so that a value nobody typed leaves
+    the field to the model (and to a tuned configuration, which an explicit flag overrides)."""
+    info = model.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    kinds = [a for a in (get_args(info.annotation) or (info.annotation,)) if a is not type(None)]
+    options: dict[str, Any] = {}
+    if get_origin(info.annotation) is Literal:
+        options["choices"] = list(get_args(info.annotation))
+    elif kinds and kinds[0] in (int, float):
+        options["type"] = kinds[0]
+    elif kinds and kinds[0] is dt.date:
+        options["type"] = dt.date.fromisoformat
+    text = kw.pop("help", None) or info.description or field.replace("_", " ")
+    if default is not None:
+        text += f" (default {default})"
+    p.add_argument(flag, dest=kw.pop("dest", field), default=None if given_only else default,
+                   help=text.replace("%", "%%"), **{**options, **kw})
+
+
+def _switch(p: argparse.ArgumentParser, flag: str, model: Any, field: str) -> None:
+    """A boolean field as one flag: ``--no-x`` turns a default-true field off, ``--x`` a default-false one on."""
+    info = model.model_fields[field]
+    on = bool(info.get_default())
+    p.add_argument(flag, dest=field, action="store_false" if on else "store_true", default=on,
+                   help=(info.description or field.replace("_", " ")).replace("%", "%%"))
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
-    p.add_argument("--model-name", default="lstm")
-    p.add_argument("--series-col", default="series_id")
-    p.add_argument("--timestamp-col", default="timestamp")
-    p.add_argument("--target-col", default="target")
-    p.add_argument("--timestamp-format", help="strftime format of the timestamps (inferred when omitted)")
+    from nightcast.schemas.params import ColumnMap, RetrainParams
+
+    p.add_argument("--store", help=STORE_HELP)
+    _option(p, "--model-name", RetrainParams, "model_name")
+    for flag in ("--series-col", "--timestamp-col", "--target-col", "--timestamp-format"):
+        _option(p, flag, ColumnMap, flag[2:].replace("-", "_"))
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--horizon", type=int, default=12)
-    p.add_argument("--lookback", type=int, help="input steps (default: 2 horizons, up to 3 seasons)")
-    p.add_argument("--frequency", help="polars duration such as 1h, 1d, 1mo (inferred when omitted)")
-    p.add_argument("--season", type=int, help="seasonal period in steps (default: the calendar's, e.g. 12 for "
-                   "months; for yearly data a cycle found in the data)")
-    p.add_argument("--max-steps", type=int, help="optimiser steps (default: sized to the data, 300 to 2,000)")
-    p.add_argument("--hidden-size", type=int, help="LSTM units (default 64; a tuned value when tuned)")
-    p.add_argument("--seed", type=int, help="training seed (default 42)")
-    p.add_argument("--seeds", type=int, default=3, help="network seeds; the network candidate is their median (3)")
-    p.add_argument("--combine", choices=["weighted", "mean", "median", "switch"], default="weighted",
-                   help="how candidates make the served forecast (weighted: from backtest errors)")
-    p.add_argument("--classical", choices=["auto", "theta", "optimized_theta", "autotheta", "autoets", "none"],
-                   default="auto", help="classical candidate(s) fitted at every origin (auto: AutoETS + AutoTheta "
-                                        "when affordable, else Theta)")
-    p.add_argument("--no-refit", action="store_true", help="serve the backtest model instead of refitting it on "
-                                                            "all history up to the origin")
-    p.add_argument("--devices", type=int, default=1,
-                   help="train on this many processes (CPU) or GPUs at once with Lightning's DDP (1)")
-    p.add_argument("--strategy", choices=["auto", "ddp_spawn", "ddp_fork", "ddp"], default="auto",
-                   help="Lightning strategy when --devices > 1 (auto: ddp_spawn, which works inside a flow)")
+    from nightcast.schemas.params import CleanConfig, ModelConfig, ServeConfig, TrainConfig, WindowConfig
+
+    _option(p, "--horizon", WindowConfig, "horizon", help="forecast steps")
+    _option(p, "--lookback", WindowConfig, "lookback")
+    _option(p, "--frequency", CleanConfig, "frequency")
+    _option(p, "--season", CleanConfig, "season_length", metavar="STEPS", help="seasonal period in steps (default: the calendar's, "
+            "e.g. 12 for months; for yearly data a cycle found in the data)")
+    _option(p, "--max-steps", TrainConfig, "max_steps")
+    _option(p, "--hidden-size", ModelConfig, "hidden_size", given_only=True, help="LSTM units (a tuned value when tuned)")
+    _option(p, "--seed", TrainConfig, "seed", given_only=True, help="training seed")
+    _option(p, "--seeds", ServeConfig, "seeds")
+    _option(p, "--combine", ServeConfig, "combine")
+    _option(p, "--classical", ServeConfig, "classical")
+    _switch(p, "--no-refit", ServeConfig, "refit")
+    _option(p, "--devices", TrainConfig, "devices")
+    _option(p, "--strategy", TrainConfig, "strategy")
 
 
 VERBOSE_HELP = "print tracebacks on the terminal too (they always go to the log file)"
+STORE_HELP = "local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)"
+DATA_HELP = "CSV/Parquet file, glob or directory; local or s3:// (default: $NIGHTCAST_DATA, else the bundled sample)"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; each subcommand's flags are built by its own function below."""
     parser = argparse.ArgumentParser(prog="nightcast", description="Batch LSTM forecasting on Prefect.")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
-    data_help = "CSV/Parquet file, glob or directory; local or s3:// (default: $NIGHTCAST_DATA, else the bundled sample)"
-    p = sub.add_parser("retrain", help="train, evaluate and maybe promote a model")
-    p.add_argument("--data", help=data_help)
-    _add_common(p)
-    _add_training(p)
-    p.add_argument("--no-tuned", action="store_true", help="ignore the saved tuned configuration of this model")
-    p = sub.add_parser("tune", help="search hyper-parameters (Optuna, rolling-origin folds); retrain uses the best")
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
-    p.add_argument("--n-trials", type=int, default=20)
-    p.add_argument("--folds", type=int, default=3, help="rolling-origin folds (expanding window)")
-    p.add_argument("--fold-fraction", type=float, default=0.08, help="evaluation span of each fold, share of steps")
-    p.add_argument("--parallel", type=int, default=1, help="trials at once in this process")
-    p.add_argument("--storage", help="Optuna storage URL (default $NIGHTCAST_OPTUNA_STORAGE, a SQLite file); "
-                                     "set for this process only, never sent as a flow parameter")
-    p.add_argument("--study", help="study name (default nightcast-<model>-h<horizon>-<data fingerprint>: one study "
-                                   "per model, horizon and data; a named study must hold trials on the same terms)")
-    p.add_argument("--objective", choices=["served", "network"], default="served",
-                   help="what a trial is judged by: the served combination (default) or the network alone")
-    p.add_argument("--space", help="JSON file: {\"model.hidden_size\": {\"choices\": [32, 64]}, ...}")
-    p.add_argument("--no-pruning", action="store_true")
-    _add_common(p)
-    _add_training(p)
-    p = sub.add_parser("score", help="forecast from the champion as of a date")
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--as-of", type=dt.date.fromisoformat, help="YYYY-MM-DD (default: the newest date in the data)")
-    p.add_argument("--shards", type=int, default=1,
-                   help="score in this many shards, as parallel tasks (on Dask when $NIGHTCAST_DASK_ADDRESS is set)")
-    p.add_argument("--no-adapt-widths", dest="adapt_widths", action="store_false",
-                   help="serve the bundle's interval widths, not the ones adapted to the monitored actuals")
-    _add_common(p)
-    p = sub.add_parser("backfill", help="forecast every as_of date in a range (skips dates already written)")
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--start", required=True, type=dt.date.fromisoformat, help="first as_of, YYYY-MM-DD")
-    p.add_argument("--end", required=True, type=dt.date.fromisoformat, help="last as_of, YYYY-MM-DD (inclusive)")
-    p.add_argument("--model", help="bundle version for every date (default: each date's champion)")
-    p.add_argument("--overwrite", action="store_true", help="re-score dates that already have forecasts")
-    p.add_argument("--allow-look-ahead", action="store_true",
-                   help="score dates before the end of the champion's training data with it anyway (refused by "
-                        "default: that model has seen those dates' future)")
-    p.add_argument("--max-parallel", type=int, default=2, help="dates scored at the same time (2)")
-    p.add_argument("--shards", type=int, default=1,
-                   help="read the data once in this many shards and score each date shard by shard, as parallel "
-                        "tasks (on Dask when $NIGHTCAST_DASK_ADDRESS is set)")
-    _add_common(p)
-    p = sub.add_parser("partition", help="rewrite input as Parquet in the shard layout, so each shard of a "
-                                         "sharded run opens only its own files")
-    p.add_argument("--data", required=True, help="CSV/Parquet file, glob or directory; local or s3://")
-    p.add_argument("--out", required=True, help="new directory (local or s3://); must not hold files yet")
-    p.add_argument("--shards", type=int, required=True, help="the shard count the runs will use")
-    p.add_argument("--series-col", default="series_id")
-    p = sub.add_parser("monitor", help="score stored forecasts on the actuals that arrived; flag drift")
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--as-of", type=dt.date.fromisoformat,
-                   help="monitoring date: actuals up to the end of it (default: the newest date in the data)")
-    p.add_argument("--recheck-days", type=int, help="re-join forecasts this many days back (default 28)")
-    p.add_argument("--origins", type=int, help="drift: judge the champion's newest N origins (7)")
-    p.add_argument("--min-origins", type=int, help="drift: judge only with this many origins (3)")
-    p.add_argument("--min-points", type=int, help="drift: ... and this many scored points (20)")
-    p.add_argument("--vs-seasonal-naive", help="drift when MASE exceeds seasonal naive's by this share (0.1); 'off'")
-    p.add_argument("--vs-test-span", type=float, help="drift when MASE exceeds the test-span MASE by this share (off)")
-    p.add_argument("--no-drift-event", action="store_true", help="judge drift but emit no event")
-    p.add_argument("--cooldown-days", type=int,
-                   help="no new drift event for the same champion within this many days of the last one (7)")
-    _add_common(p)
-    p = sub.add_parser("report", help="write the model's HTML report (reports/<model>/latest.html in the store)")
-    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
-    p.add_argument("--model-name", default="lstm")
-    p = sub.add_parser("rollback", help="point the champion back at an earlier version (checked before the move)")
-    p.add_argument("version", help="the bundle version to serve (models/<name>/versions/ in the store; every "
-                                   "earlier champion is in models/<name>/champions/)")
-    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
-    p.add_argument("--model-name", default="lstm")
-    p.add_argument("--reason", default="", help="why, recorded in the pointer and its history")
-    p = sub.add_parser("serve", help="serve every deployment in deployments/prefect.yaml from this process")
-    p.add_argument("--store", help="local directory or s3://bucket/prefix (default: $NIGHTCAST_STORE or ./nightcast-store)")
-    p = sub.add_parser("demo", help="retrain and score on the bundled sample, then print where it all went")
-    _add_common(p)
-    _add_training(p)
+    for name, help_, add in _COMMANDS:
+        add(sub.add_parser(name, help=help_))
     for p in sub.choices.values():  # also after the command; SUPPRESS keeps the global value when absent
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+def _retrain_flags(p: argparse.ArgumentParser) -> None:
+    from nightcast.schemas.params import RetrainParams
+
+    p.add_argument("--data", help=DATA_HELP)
+    _add_common(p)
+    _add_training(p)
+    _switch(p, "--no-tuned", RetrainParams, "use_tuned")
+
+
+def _tune_flags(p: argparse.ArgumentParser) -> None:
+    from nightcast.schemas.params import TuneParams
+
+    p.add_argument("--data", help=DATA_HELP)
+    for flag, field in (("--sampler", "sampler"), ("--n-trials", "n_trials"), ("--folds", "folds"),
+                        ("--fold-fraction", "fold_fraction"), ("--parallel", "parallel"), ("--study", "study_name"),
+                        ("--objective", "objective")):
+        _option(p, flag, TuneParams, field)
+    p.add_argument("--storage", help="Optuna storage URL (default $NIGHTCAST_OPTUNA_STORAGE, a SQLite file); "
+                                     "set for this process only, never sent as a flow parameter")
+    p.add_argument("--space", help="JSON file: {\"model.hidden_size\": {\"choices\": [32, 64]}, ...}")
+    _switch(p, "--no-pruning", TuneParams, "pruning")
+    _add_common(p)
+    _add_training(p)
+
+
+def _score_flags(p: argparse.ArgumentParser) -> None:
+    from nightcast.schemas.params import ScoreParams
+
+    p.add_argument("--data", help=DATA_HELP)
+    _option(p, "--as-of", ScoreParams, "as_of")
+    _option(p, "--shards", ScoreParams, "shards")
+    _switch(p, "--no-adapt-widths", ScoreParams, "adapt_widths")
+    _add_common(p)
+
+
+def _backfill_flags(p: argparse.ArgumentParser) -> None:
+    from nightcast.schemas.params import BackfillParams
+
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--start", required=True, type=dt.date.fromisoformat, help="first as_of, YYYY-MM-DD")
+    p.add_argument("--end", required=True, type=dt.date.fromisoformat, help="last as_of, YYYY-MM-DD (inclusive)")
+    _option(p, "--model", BackfillParams, "model")
+    _switch(p, "--overwrite", BackfillParams, "overwrite")
+    _switch(p, "--allow-look-ahead", BackfillParams, "allow_look_ahead")
+    _option(p, "--max-parallel", BackfillParams, "max_parallel")
+    _option(p, "--shards", BackfillParams, "shards")
+    _add_common(p)
+
+
+def _partition_flags(p: argparse.ArgumentParser) -> None:
+    from nightcast.schemas.params import ColumnMap
+
+    p.add_argument("--data", required=True, help="CSV/Parquet file, glob or directory; local or s3://")
+    p.add_argument("--out", required=True, help="new directory (local or s3://); must not hold files yet")
+    p.add_argument("--shards", type=int, required=True, help="the shard count the runs will use")
+    _option(p, "--series-col", ColumnMap, "series_col")
+
+
+def _monitor_flags(p: argparse.ArgumentParser) -> None:
+    from nightcast.schemas.monitoring import DriftRule, MonitorParams
+
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--as-of", type=dt.date.fromisoformat,
+                   help="monitoring date: actuals up to the end of it (default: the newest date in the data)")
+    _option(p, "--recheck-days", MonitorParams, "recheck_days", given_only=True)
+    for flag, field in (("--origins", "origins"), ("--min-origins", "min_origins"), ("--min-points", "min_points"),
+                        ("--vs-test-span", "vs_test_span"), ("--cooldown-days", "cooldown_days")):
+        _option(p, flag, DriftRule, field, given_only=True)
+    _option(p, "--vs-seasonal-naive", DriftRule, "vs_seasonal_naive", given_only=True, type=str,
+            help=DriftRule.model_fields["vs_seasonal_naive"].description + "; 'off' turns it off")
+    _switch(p, "--no-drift-event", DriftRule, "enabled")
+    _add_common(p)
+
+
+def _report_flags(p: argparse.ArgumentParser) -> None:
+    from nightcast.schemas.params import RetrainParams
+
+    p.add_argument("--store", help=STORE_HELP)
+    _option(p, "--model-name", RetrainParams, "model_name")
+
+
+def _rollback_flags(p: argparse.ArgumentParser) -> None:
+    _report_flags(p)
+    p.add_argument("version", help="the bundle version to serve (models/<name>/versions/ in the store; every "
+                                   "earlier champion is in models/<name>/champions/)")
+    p.add_argument("--reason", default="", help="why, recorded in the pointer and its history")
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help=STORE_HELP)
+
+
+def _demo_flags(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    _add_training(p)
+
+
+_COMMANDS = [
+    ("retrain", "train, evaluate and maybe promote a model", _retrain_flags),
+    ("tune", "search hyper-parameters (Optuna, rolling-origin folds); retrain uses the best", _tune_flags),
+    ("score", "forecast from the champion as of a date", _score_flags),
+    ("backfill", "forecast every as_of date in a range (skips dates already written)", _backfill_flags),
+    ("partition", "rewrite input as Parquet in the shard layout, so each shard of a sharded run opens only its "
+                  "own files", _partition_flags),
+    ("monitor", "score stored forecasts on the actuals that arrived; flag drift", _monitor_flags),
+    ("report", "write the model's HTML report (reports/<model>/latest.html in the store)", _report_flags),
+    ("rollback", "point the champion back at an earlier version (checked before the move)", _rollback_flags),
+    ("serve", "serve every deployment in deployments/prefect.yaml from this process", _serve_flags),
+    ("demo", "retrain and score on the bundled sample, then print where it all went", _demo_flags),
+]
 
 
 def _columns(args: argparse.Namespace) -> Any:
@@ -152,13 +217,13 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
 
     return RetrainParams(
         data=data, model_name=args.model_name, columns=_columns(args),
-        clean=CleanConfig(frequency=args.frequency, season_length=args.season),
+        clean=CleanConfig(frequency=args.frequency, season_length=args.season_length),
         window=_given(WindowConfig, lookback=args.lookback, horizon=args.horizon),
         model=_given(ModelConfig, hidden_size=args.hidden_size),
         train=_given(TrainConfig, max_steps=args.max_steps, seed=args.seed, devices=args.devices,
                      strategy=args.strategy),
-        serve=ServeConfig(seeds=args.seeds, combine=args.combine, classical=args.classical, refit=not args.no_refit),
-        use_tuned=not getattr(args, "no_tuned", False),
+        serve=ServeConfig(seeds=args.seeds, combine=args.combine, classical=args.classical, refit=args.refit),
+        use_tuned=getattr(args, "use_tuned", True),
     )
 
 
@@ -171,7 +236,7 @@ def _tune_params(args: argparse.Namespace) -> Any:
     extra = {"space": json.loads(Path(args.space).read_text())} if args.space else {}
     return TuneParams(base=_retrain_params(args, args.data), sampler=args.sampler, n_trials=args.n_trials,
                       folds=args.folds, fold_fraction=args.fold_fraction, parallel=args.parallel,
-                      study_name=args.study, objective=args.objective, pruning=not args.no_pruning, **extra)
+                      study_name=args.study_name, objective=args.objective, pruning=args.pruning, **extra)
 
 
 def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
@@ -182,7 +247,7 @@ def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
                              if v is not None}
     if args.vs_seasonal_naive is not None:
         drift["vs_seasonal_naive"] = None if args.vs_seasonal_naive == "off" else float(args.vs_seasonal_naive)
-    if args.no_drift_event:
+    if not args.enabled:
         drift["enabled"] = False
     if args.cooldown_days is not None:
         drift["cooldown_days"] = args.cooldown_days

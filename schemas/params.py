@@ -92,10 +92,10 @@ class _Config(BaseModel):
 class ColumnMap(_Config):
     """Which input columns hold the series id, timestamp and target."""
 
-    series_col: str = "series_id"
-    timestamp_col: str = "timestamp"
-    target_col: str = "target"
-    timestamp_format: str | None = Field(None, description="strftime format; inferred when empty")
+    series_col: str = Field("series_id", description="input column holding the series id")
+    timestamp_col: str = Field("timestamp", description="input column holding the timestamp")
+    target_col: str = Field("target", description="input column holding the value to forecast")
+    timestamp_format: str | None = Field(None, description="strftime format of the timestamps; inferred when empty")
 
 
 class CleanConfig(_Config):

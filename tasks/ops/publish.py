@@ -38,39 +38,8 @@ def register_bundle(store: Store, params: RetrainParams, checked: ValidationResu
     first = trained[0]
     config = {"params": params.model_dump(mode="json"), "network_args": first.network_args,
               "calendar": prepared.calendar.to_json(), "season_length": prepared.season_length}
-    manifest = {
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "seed": params.train.seed,
-        "data": {"uri": params.data, "fingerprint": fp, "rows": checked.valid.height,
-                 "series": checked.valid["series_id"].n_unique(), "quarantined": checked.n_quarantined,
-                 "start": str(checked.valid["timestamp"].min()), "end": str(checked.valid["timestamp"].max())},
-        "spans": {"train_end": str(prepared.train_end), "val_end": str(prepared.val_end)},
-        "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
-        "cleaning": prepared.report.to_json(worst=20), "epochs": [t.epochs for t in trained],
-        "steps": [t.steps for t in trained], "training_budget": first.budget, "served": evaluation["served_counts"],
-        "best_val_loss": [t.best_val_loss for t in trained], "libraries": library_versions(),
-        "seeds": [params.train.seed + k for k in range(len(trained))], "refit": refit_info,
-        "warm_start": warm,
-        "tuning": None if tuned is None else {k: tuned.get(k) for k in (
-            "study_name", "storage", "sampler", "metric", "objective", "best_value", "best_trial", "best_params",
-            "trials", "fingerprint", "applied", "kept")},
-    }
-    index = prepared.index
-    test = evaluation["backtest"].test_starts
-    extra = {  # diagnostics travel with the model
-        "plots/learning_curve.png": learning_curve_png(first.history),
-        "plots/forecast_vs_actual.png": forecast_vs_actual_png(
-            index, prepared.state, scale_values(evaluation["backtest"].served_test, index.series_of(test),
-                                                prepared.state), test,
-            (evaluation["intervals"] or {}).get("half_widths")),
-    }
-    extra.update({f"tensorboard/{name}": data for name, data in first.tensorboard.items()})
-    if tuned is not None:  # the search that chose this configuration travels with the model
-        prefix = best_key(params.model_name).rsplit("/", 1)[0]
-        for fname in tuned.get("files", []):
-            try:
-                extra[f"tuning/{fname}"] = store.read_bytes(f"{prefix}/{fname}")
-            except FileNotFoundError:
-                logger.warning("tuning file %s is missing; the bundle goes without it", fname)
+    manifest = bundle_manifest(params, checked, prepared, trained, evaluation, fp, tuned, warm, refit_info)
+    extra = diagnostics(store, params, prepared, first, evaluation, tuned, logger)
     metrics_json = {"test": summary_rows(evaluation["metrics"]), "comparison": comp,
                     "served": evaluation["served_counts"],
                     "intervals": evaluation["intervals"],
@@ -94,6 +63,54 @@ def register_bundle(store: Store, params: RetrainParams, checked: ValidationResu
     return {"version": version, "bundle": store.uri(prefix), "promoted": promoted,
             "decision": decision.reason, "fingerprint": fp, "comparison": evaluation["comparison"],
             "files": [store.uri(k) for k in store.list(prefix + "/")]}
+
+
+def bundle_manifest(params: RetrainParams, checked: ValidationResult, prepared: Prepared, trained: list[TrainResult],
+                    evaluation: dict, fp: str, tuned: dict | None, warm: dict | None, refit_info: dict) -> dict:
+    """What the bundle records about its making: the data (fingerprint, span, counts), the spans and windows,
+    cleaning, training (epochs, steps, seeds, budget), the refit, the warm start, the tuning and the versions."""
+    first = trained[0]
+    manifest = {
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "seed": params.train.seed,
+        "data": {"uri": params.data, "fingerprint": fp, "rows": checked.valid.height,
+                 "series": checked.valid["series_id"].n_unique(), "quarantined": checked.n_quarantined,
+                 "start": str(checked.valid["timestamp"].min()), "end": str(checked.valid["timestamp"].max())},
+        "spans": {"train_end": str(prepared.train_end), "val_end": str(prepared.val_end)},
+        "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
+        "cleaning": prepared.report.to_json(worst=20), "epochs": [t.epochs for t in trained],
+        "steps": [t.steps for t in trained], "training_budget": first.budget, "served": evaluation["served_counts"],
+        "best_val_loss": [t.best_val_loss for t in trained], "libraries": library_versions(),
+        "seeds": [params.train.seed + k for k in range(len(trained))], "refit": refit_info,
+        "warm_start": warm,
+        "tuning": None if tuned is None else {k: tuned.get(k) for k in (
+            "study_name", "storage", "sampler", "metric", "objective", "best_value", "best_trial", "best_params",
+            "trials", "fingerprint", "applied", "kept")},
+    }
+    return manifest
+
+
+def diagnostics(store: Store, params: RetrainParams, prepared: Prepared, first: TrainResult, evaluation: dict,
+                tuned: dict | None, logger: logging.Logger) -> dict[str, bytes]:
+    """Files that travel with the model: the learning curve, forecast vs actual on the test span, the TensorBoard
+    log and, when tuned, the search that chose the configuration."""
+    index = prepared.index
+    test = evaluation["backtest"].test_starts
+    extra = {
+        "plots/learning_curve.png": learning_curve_png(first.history),
+        "plots/forecast_vs_actual.png": forecast_vs_actual_png(
+            index, prepared.state, scale_values(evaluation["backtest"].served_test, index.series_of(test),
+                                                prepared.state), test,
+            (evaluation["intervals"] or {}).get("half_widths")),
+    }
+    extra.update({f"tensorboard/{name}": data for name, data in first.tensorboard.items()})
+    if tuned is not None:  # the search that chose this configuration travels with the model
+        prefix = best_key(params.model_name).rsplit("/", 1)[0]
+        for fname in tuned.get("files", []):
+            try:
+                extra[f"tuning/{fname}"] = store.read_bytes(f"{prefix}/{fname}")
+            except FileNotFoundError:
+                logger.warning("tuning file %s is missing; the bundle goes without it", fname)
+    return extra
 
 
 def summary_rows(metrics: pl.DataFrame, worst: int = 20) -> list[dict]:

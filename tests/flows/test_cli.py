@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nightcast.flows.cli import build_parser, main
+from nightcast.flows.cli import _retrain_params, build_parser, main
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -109,3 +109,24 @@ def test_season_flag_sets_the_season_every_rule_reads():
     assert _retrain_params(args, args.data).clean.season_length == 11
     args = build_parser().parse_args(["retrain", "--data", "x.csv"])
     assert _retrain_params(args, args.data).clean.season_length is None  # decided from the calendar and data
+
+
+def test_cli_defaults_and_help_come_from_the_parameter_models():
+    """No flag restates a default: a command given no flags builds exactly the models' defaults, and the help
+    text of a flag is its field's description."""
+    from nightcast.flows.cli import _monitor_params, _tune_params
+    from nightcast.schemas.monitoring import MonitorParams
+    from nightcast.schemas.params import RetrainParams, ServeConfig, TuneParams
+
+    parser = build_parser()
+    assert _retrain_params(parser.parse_args(["retrain"]), None) == RetrainParams(data=None)
+    assert _tune_params(parser.parse_args(["tune"])) == TuneParams(base=RetrainParams(data=None))
+    assert _monitor_params(parser.parse_args(["monitor"]), None) == MonitorParams(data=None)
+    retrain = next(a for a in parser._subparsers._group_actions[0].choices["retrain"]._actions
+                   if "--classical" in a.option_strings)
+    assert retrain.default == ServeConfig().classical
+    assert retrain.help.startswith(ServeConfig.model_fields["classical"].description)
+    assert retrain.choices == ["auto", "theta", "optimized_theta", "autotheta", "autoets", "none"]
+    flags = _retrain_params(parser.parse_args(["retrain", "--no-refit", "--no-tuned", "--seed", "7", "--season", "4"]),
+                            None)
+    assert (flags.serve.refit, flags.use_tuned, flags.train.seed, flags.clean.season_length) == (False, False, 7, 4)
