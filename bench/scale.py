@@ -464,13 +464,9 @@ def prefect_server(tmp: Path, env: dict[str, str], timeout: float = 180):  # noq
                 time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        from nightcast.flows.embedded import stop_child
+
+        stop_child(proc, group=True)
 
 
 def full_run(data: Path, store: Path, env: dict[str, str], tmp: Path, timeout: float, serve: list[str]) -> dict:

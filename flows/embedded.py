@@ -76,6 +76,20 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def stop_child(proc: subprocess.Popen[Any], group: bool = False, timeout: float = 20) -> None:
+    """SIGTERM a child (its whole process group with ``group``: started with ``start_new_session``), wait up
+    to ``timeout`` seconds, then SIGKILL it; nothing when it has already ended."""
+    if proc.poll() is not None:
+        return
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
+
+
 class EmbeddedServerError(RuntimeError):
     """The temporary Prefect server did not come up."""
 
@@ -141,14 +155,8 @@ class ChildServer:
         raise RuntimeError(f"{TIMEOUT_MESSAGE} at {self.api_url} after {timeout} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_child(self.process)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nightcast.schemas.frames import FORECAST_METHODS
-from nightcast.schemas.params import _DATA_HELP, _MODEL_NAME, ColumnMap
+from nightcast.schemas.params import RunOnData
 
 MONITORING_LAYOUT = "1"
 """Version of the ``monitoring/`` layout (these three frames and their keys)."""
@@ -211,14 +211,11 @@ class DriftRule(_Config):
         return self
 
 
-class MonitorParams(_Config):
+class MonitorParams(RunOnData):
     """Everything ``monitor_flow`` needs besides the settings."""
 
-    data: str | None = Field(None, description=_DATA_HELP)
     as_of: dt.date | None = Field(
         None, description="the monitoring date: actuals up to the end of this date; empty: the newest date in the data")
-    model_name: str = Field("lstm", pattern=_MODEL_NAME)
-    columns: ColumnMap = ColumnMap()
     recheck_days: int = Field(
         28, ge=1, le=3660,
         description="re-join forecasts whose as_of is at most this many days before the monitoring date with "

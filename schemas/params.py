@@ -285,14 +285,19 @@ class RetrainParams(_Config):
     use_tuned: bool = Field(True, description="apply this model's best tuned configuration when tuning saved one")
 
 
-class ScoreParams(_Config):
-    """Everything ``score_flow`` needs besides the settings."""
+class RunOnData(_Config):
+    """What every run over the input shares: where the data is, which model, which columns."""
 
     data: str | None = Field(None, description=_DATA_HELP)
+    model_name: str = Field("lstm", pattern=_MODEL_NAME, description="registry name; forecasts go under model=<name>")
+    columns: ColumnMap = ColumnMap()
+
+
+class ScoreParams(RunOnData):
+    """Everything ``score_flow`` needs besides the settings."""
+
     as_of: dt.date | None = Field(
         None, description="forecast from the data up to and including this date; empty: the newest date in the data")
-    model_name: str = Field("lstm", pattern=_MODEL_NAME)
-    columns: ColumnMap = ColumnMap()
     shards: int = Field(1, ge=1, le=4096, description="split the series into this many shards (stable hash of the "
                                                     "id), scored as parallel tasks; 1: one task")
     adapt_widths: bool = Field(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from nightcast.flows.embedded import stop_child
 from tests.conftest import _free_port, _wait_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,13 +50,7 @@ class Processes:
 
     def stop(self) -> None:
         for _, proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_child(proc, group=True)
         self.procs.clear()
 
 
