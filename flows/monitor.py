@@ -14,10 +14,11 @@ from prefect.artifacts import create_table_artifact
 from nightcast.schemas.monitoring import MonitorParams
 from nightcast.tasks.data.clean import Calendar
 from nightcast.tasks.data.ingest import load_observations
-from nightcast.tasks.ops.monitor import (artifact_rows, assess, emit_drift_event, gather_actuals, hold_drift_event, horizon_days,
+from nightcast.tasks.ops.monitor import (Drift, artifact_rows, assess, emit_drift_event, gather_actuals, hold_drift_event, horizon_days,
                            last_drift_event, monitoring_dates, record_drift_event, retrains_in_flight,
                            read_forecast_window, read_state, test_span_mase, write_monitoring)
 from nightcast.tasks.ops.registry import load_champion
+from nightcast.tasks.ops.storage import Store
 from nightcast.tasks.data.validate import validate_observations
 from nightcast.flows.report import publish_report
 from nightcast.flows.runtime import artifact_key, start_run, step
@@ -33,6 +34,31 @@ emit_drift = step(emit_drift_event, "emit-drift-event")
 read_last_event = step(last_drift_event, "read-last-drift-event", io=True)
 record_event = step(record_drift_event, "record-drift-event", io=True)
 list_runs = step(monitoring_dates, "list-monitoring-runs", io=True)
+
+
+def _drift_event(st: Store, params: MonitorParams, champion_version: str, day: dt.date, drift: Drift,
+                 data: str) -> tuple[dict | None, str | None]:
+    """When the champion drifted: the drift event, unless the cooldown or a retrain already in flight holds it
+    (then why). Nothing when it did not drift."""
+    logger = get_run_logger()
+    if not drift.fired:
+        logger.info("drift: %s", drift.reason)
+        return None, None
+    logger.warning("drift detected for %s: %s", params.model_name, drift.reason)
+    try:
+        in_flight = retrains_in_flight(params.model_name)
+    except Exception as exc:  # noqa: BLE001 - the API's run list is advisory; the event still goes out
+        logger.warning("could not list retrain runs in flight (%s); not deduplicating", exc)
+        in_flight = []
+    held = hold_drift_event(read_last_event(st, params.model_name), champion_version, day,
+                            params.drift.cooldown_days, in_flight)
+    if held:
+        logger.warning("drift event for %s %s", params.model_name, held)
+        return None, held
+    event = emit_drift(params.model_name, day, drift, st.url, data)
+    if event:
+        record_event(st, params.model_name, day, champion_version, event)
+    return event, None
 
 
 @flow(name="monitor", log_prints=True)
@@ -75,24 +101,7 @@ def monitor_flow(params: MonitorParams = MonitorParams(), store: str | None = No
                 "%d late, %d revised; MASE %s vs seasonal naive %s", params.model_name, day, run["points"],
                 run["scored"], run["pending"], run["quarantined"], run["new"], run["late"], run["revised"],
                 run["mase"], run["snaive_mase"])
-    event = held = None
-    if result.drift.fired:
-        logger.warning("drift detected for %s: %s", params.model_name, result.drift.reason)
-        try:
-            in_flight = retrains_in_flight(params.model_name)
-        except Exception as exc:  # noqa: BLE001 - the API's run list is advisory; the event still goes out
-            logger.warning("could not list retrain runs in flight (%s); not deduplicating", exc)
-            in_flight = []
-        held = hold_drift_event(read_last_event(st, params.model_name), bundle.version, day,
-                                params.drift.cooldown_days, in_flight)
-        if held:
-            logger.warning("drift event for %s %s", params.model_name, held)
-        else:
-            event = emit_drift(params.model_name, day, result.drift, st.url, data)
-            if event:
-                record_event(st, params.model_name, day, bundle.version, event)
-    else:
-        logger.info("drift: %s", result.drift.reason)
+    event, held = _drift_event(st, params, bundle.version, day, result.drift, data)
     table = artifact_rows(result.summary)
     create_table_artifact(
         key=artifact_key("monitor", params.model_name), table=table,

@@ -21,7 +21,7 @@ CLASSICAL = ("theta", "optimized_theta", "autotheta", "autoets")
 MIN_HISTORY = 6  # statsforecast refuses "tiny datasets" (a whole call fails); shorter histories get NaN
 
 
-# Fitting cost per history step on one core, measured here (bench note in the README): AutoETS about
+# Fitting cost per history step on one core (docs/benchmarks.md): AutoETS about
 # 1 ms, AutoTheta 0.2 ms, Theta 0.02 ms. ``auto`` takes the strong pair while it fits the budget.
 _MS_PER_STEP = {"autoets": 1.0, "autotheta": 0.2, "optimized_theta": 0.1, "theta": 0.02}
 
