@@ -6,6 +6,7 @@ import copy
 import logging
 import tempfile
 import warnings
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +170,43 @@ def network_args_for(index: WindowIndex, model_cfg: ModelConfig) -> dict:
             "target_channels": [i for i, c in enumerate(cols) if c == "y" or c.startswith("lag__")]}
 
 
+def training_budget(index: WindowIndex, train_cfg: TrainConfig) -> dict:
+    """Optimiser steps (the configured ones, else sized to the data), steps per epoch and what they read."""
+    n_train = len(index.splits["train"])
+    max_steps = train_cfg.max_steps or auto_steps(n_train, train_cfg.batch_size)
+    budget = {"max_steps": max_steps, "steps_per_epoch": min(train_cfg.steps_per_epoch, max_steps),
+              "batch_size": train_cfg.batch_size, "train_windows": n_train,
+              "val_windows": min(len(index.splits["val"]), train_cfg.val_windows),
+              "auto": train_cfg.max_steps is None, "early_stopping": train_cfg.early_stopping}
+    if train_cfg.devices > 1:  # each optimiser step reads batch_size windows on every device
+        budget.update(devices=train_cfg.devices, strategy=_strategy(train_cfg))
+    return budget
+
+
+def _trainer(train_cfg: TrainConfig, tmp: str, accelerator: str, max_steps: int, per_epoch: int, checkpoint: Any,
+             callbacks: list, progress: bool):  # noqa: ANN202 - a lightning.Trainer
+    """The Lightning trainer: deterministic, the step budget, early stopping when asked, CSV and TensorBoard logs."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # no GPU/TPU banners or tips
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return L.Trainer(
+        max_epochs=min(train_cfg.max_epochs, -(-max_steps // per_epoch)), max_steps=max_steps,
+        accelerator=accelerator, devices=train_cfg.devices, strategy=_strategy(train_cfg),
+        deterministic=True,
+        use_distributed_sampler=False,  # the loaders shard by rank themselves
+        gradient_clip_val=train_cfg.gradient_clip or None,
+        # fixed versions: with ddp_spawn this process reads the directories rank 0 wrote
+        logger=[CSVLogger(tmp, name="log", version=0),
+                TensorBoardLogger(tmp, name="tb", version="", default_hp_metric=False)],
+        callbacks=[*([EarlyStopping("val_loss", patience=train_cfg.patience, mode="min")]
+                     if train_cfg.early_stopping else []), checkpoint, _RunTotals(), *callbacks],
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+
+
 def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConfig,
                 progress: bool = True, accelerator: str = "auto", callbacks: list | None = None,
                 init_state: dict | None = None) -> TrainResult:
@@ -177,23 +215,17 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
     ``callbacks`` are extra Lightning callbacks (for example Optuna's pruning callback);
     ``init_state`` is a state dict to start from (warm start) instead of a fresh initialisation.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     for split in ("train", "val"):
         if len(index.splits[split]) == 0:
             raise WindowError(f"no {split} windows: series are too short for lookback={index.lookback} + "
                               f"horizon={index.horizon} in the {split} span")
+    import lightning as L
+
     L.seed_everything(train_cfg.seed, workers=True, verbose=False)
-    n_train = len(index.splits["train"])
-    max_steps = train_cfg.max_steps or auto_steps(n_train, train_cfg.batch_size)
-    per_epoch = min(train_cfg.steps_per_epoch, max_steps)
-    budget = {"max_steps": max_steps, "steps_per_epoch": per_epoch, "batch_size": train_cfg.batch_size,
-              "train_windows": n_train, "val_windows": min(len(index.splits["val"]), train_cfg.val_windows),
-              "auto": train_cfg.max_steps is None, "early_stopping": train_cfg.early_stopping}
-    if train_cfg.devices > 1:  # each optimiser step reads batch_size windows on every device
-        budget.update(devices=train_cfg.devices, strategy=_strategy(train_cfg))
+    budget = training_budget(index, train_cfg)
+    max_steps, per_epoch = budget["max_steps"], budget["steps_per_epoch"]
     network_args = network_args_for(index, model_cfg)
     extra = {k: v for k, v in network_args.items() if k not in ("n_past", "n_future", "horizon")}
     module = ForecastModule(network_args["n_past"], network_args["n_future"], index.horizon,
@@ -202,22 +234,7 @@ def train_model(index: WindowIndex, model_cfg: ModelConfig, train_cfg: TrainConf
         module.net.load_state_dict(init_state)
     with tempfile.TemporaryDirectory(prefix="nightcast-train-") as tmp:
         ckpt = ModelCheckpoint(dirpath=Path(tmp) / "ckpt", monitor="val_loss", mode="min", save_top_k=1, filename="best")
-        for name in ("lightning.pytorch", "lightning.fabric"):  # no GPU/TPU banners or tips
-            logging.getLogger(name).setLevel(logging.WARNING)
-        trainer = L.Trainer(
-            max_epochs=min(train_cfg.max_epochs, -(-max_steps // per_epoch)), max_steps=max_steps,
-            accelerator=accelerator, devices=train_cfg.devices, strategy=_strategy(train_cfg),
-            deterministic=True,
-            use_distributed_sampler=False,  # the loaders above shard by rank themselves
-            gradient_clip_val=train_cfg.gradient_clip or None,
-            # fixed versions: with ddp_spawn this process reads the directories rank 0 wrote
-            logger=[CSVLogger(tmp, name="log", version=0),
-                    TensorBoardLogger(tmp, name="tb", version="", default_hp_metric=False)],
-            callbacks=[*([EarlyStopping("val_loss", patience=train_cfg.patience, mode="min")]
-                         if train_cfg.early_stopping else []), ckpt, _RunTotals(),
-                       *(callbacks or [])],
-            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        )
+        trainer = _trainer(train_cfg, tmp, accelerator, max_steps, per_epoch, ckpt, callbacks or [], progress)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*number of training batches.*")
