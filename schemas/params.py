@@ -131,6 +131,11 @@ class WindowConfig(_Config):
     past_covariates: list[str] | None = Field(None, description="None: every extra column")
     future_covariates: list[str] = Field(default_factory=list, description="known in advance for the horizon")
 
+    @property
+    def train_share(self) -> float:
+        """The share of time steps before the validation and test spans."""
+        return 1 - self.val_fraction - self.test_fraction
+
 
 class FeatureConfig(_Config):
     """Derived features, each fitted on the training span (see ``nightcast.tasks.data.features``)."""

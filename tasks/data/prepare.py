@@ -67,7 +67,7 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     """
     calendar = decide_calendar(valid.valid, params.clean)
     w = params.window
-    season = decide_season(valid.valid, params.clean, calendar, share=1 - w.val_fraction - w.test_fraction)
+    season = decide_season(valid.valid, params.clean, calendar, share=w.train_share)
     cfg = params.clean.model_copy(update={"season_length": season})  # cleaning's windows see the same season
     if cuts is not None:
         train_end, val_end = cuts

@@ -61,6 +61,14 @@ class WindowIndex:
         return starts[:, None] + self.lookback + np.arange(self.horizon)
 
 
+def trailing_ends(n: int, sizes: list[int]) -> list[int]:
+    """Positions (into ``n`` sorted time steps) of the last step before each of the trailing blocks of
+    ``sizes`` steps (oldest block first), then of the newest step: the one rule every split and every
+    rolling-origin fold is cut by."""
+    left = np.cumsum([0, *sizes[::-1]])[::-1]  # steps from each block's start to the end
+    return [int(n - 1 - k) for k in left]
+
+
 def split_times(clean: pl.DataFrame, val_fraction: float, test_fraction: float,
                 horizon: int) -> tuple[dt.datetime, dt.datetime]:
     """Global cut points: train ≤ train_end < validation ≤ val_end < test."""
@@ -70,7 +78,8 @@ def split_times(clean: pl.DataFrame, val_fraction: float, test_fraction: float,
     if n - n_test - n_val < horizon + 1:
         raise WindowError(f"only {n} time steps: too few for train/validation/test spans of at least "
                           f"horizon={horizon} steps each")
-    return stamps[n - n_test - n_val - 1], stamps[n - n_test - 1]
+    train_end, val_end, _ = trailing_ends(n, [n_val, n_test])
+    return stamps[train_end], stamps[val_end]
 
 
 def auto_lookback(season: int, horizon: int) -> int:

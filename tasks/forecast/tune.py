@@ -34,7 +34,7 @@ import polars as pl
 from nightcast.schemas.params import Dimension, RetrainParams, TuneParams, WindowConfig
 from nightcast.tasks.data.clean import decide_calendar, decide_season, regularize
 from nightcast.tasks.data.validate import ValidationResult
-from nightcast.tasks.data.window import WindowError, auto_lookback, min_history, split_times
+from nightcast.tasks.data.window import WindowError, auto_lookback, min_history, split_times, trailing_ends
 
 TUNING_PREFIX = "tuning"
 
@@ -70,17 +70,14 @@ def rolling_origin_folds(valid: ValidationResult, base: RetrainParams, k: int, f
     n = stamps.len()
     block = max(int(n * fraction), w.horizon)
     first_train = n - (k + 1) * block
-    season = decide_season(valid.valid, base.clean, calendar, share=1 - w.val_fraction - w.test_fraction)
+    season = decide_season(valid.valid, base.clean, calendar, share=w.train_share)
     need = min_history(w.lookback or auto_lookback(season, w.horizon), season) + w.horizon + 1
     if first_train < need:
         raise TuneError(f"{n} time steps before the final test span are too few for {k} folds of {block} steps "
                         f"plus a training span of at least one window's history + horizon + 1 = {need}; "
                         "use fewer folds or a smaller fold_fraction")
-    folds = []
-    for j in range(k):
-        end_i = n - 1 - (k - 1 - j) * block
-        folds.append(Fold(stamps[end_i - 2 * block], stamps[end_i - block], stamps[end_i]))
-    return folds
+    ends = trailing_ends(n, [block] * (k + 1))  # fold j trains to ends[j], validates to ends[j+1], ends at ends[j+2]
+    return [Fold(stamps[ends[j]], stamps[ends[j + 1]], stamps[ends[j + 2]]) for j in range(k)]
 
 
 def apply_overrides(base: RetrainParams, values: dict[str, Any]) -> RetrainParams:

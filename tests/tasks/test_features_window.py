@@ -114,3 +114,12 @@ def test_split_points_on_the_clean_frame_equal_those_on_the_placed_grid(sample_r
     placed, _ = regularize(valid, calendar)
     clean, _, _ = clean_observations(valid, CleanConfig(), calendar)
     assert split_times(clean, 0.15, 0.15, 6) == split_times(placed, 0.15, 0.15, 6)
+
+
+def test_trailing_ends_cut_the_split_and_the_folds_by_one_rule():
+    from nightcast.tasks.data.window import trailing_ends
+
+    assert trailing_ends(100, [15, 15]) == [69, 84, 99]  # train ends at 69, validation at 84, test at 99
+    ends = trailing_ends(100, [8] * 4)  # three folds of 8 steps
+    assert ends == [67, 75, 83, 91, 99]
+    assert trailing_ends(10, []) == [9]
