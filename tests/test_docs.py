@@ -278,3 +278,16 @@ def test_checker_finds_unknown_commands_and_flags(tmp_path: Path, block: str, ex
     assert len(problems) == len(expected), problems
     for problem, fragment in zip(problems, expected):
         assert fragment in problem and problem.startswith("page.md:4:")
+
+
+def test_every_module_has_its_place_in_the_api_reference():
+    """A module added under flows/, tasks/, models/ or schemas/ must be listed in docs/reference/."""
+    shown = set()
+    for page in (ROOT / "docs" / "reference").glob("*.md"):
+        shown |= set(re.findall(r"^::: (nightcast\.[\w.]+)", page.read_text(), re.M))
+    modules = set()
+    for top in ("flows", "tasks", "models", "schemas"):
+        for path in (ROOT / top).rglob("*.py"):
+            if path.name != "__init__.py":
+                modules.add("nightcast." + ".".join(path.relative_to(ROOT).with_suffix("").parts))
+    assert sorted(modules - shown) == []
