@@ -361,7 +361,7 @@ def test_no_prefect_server_outlives_a_killed_cli(tmp_path, tiny_csv):
         assert wait_until(lambda: "Beginning flow run" in (tmp_path / "out.txt").read_text(), 300), \
             (tmp_path / "out.txt").read_text()[-3000:]
         kids = children(proc.pid)
-        servers = [pid for pid in kids if "prefect.server.api.server:create_app" in cmdline(pid)]
+        servers = [pid for pid in kids if f"{embedded.__name__}:ephemeral_app" in cmdline(pid)]
         assert servers, {pid: cmdline(pid) for pid in kids}
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL  # killed mid-run, not finished
