@@ -75,6 +75,17 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
                 logger.info("[%d/%d] %s done: %d rows, %d series", k, len(todo), day, rows[day]["rows"],
                             rows[day]["series"])
     table, counts = outcome_table(rows)
+    summary = _publish(params, table, counts)
+    if counts["failed"]:
+        failed = [f"{r['as_of']}: {r['detail']}" for r in table if r["status"] == "failed"]
+        raise BackfillError(f"{counts['failed']} of {len(table)} dates failed; the other dates are written, "
+                            "re-run to retry (done dates are skipped):\n" + "\n".join(failed))
+    return {"dates": len(table), **counts, "table": table, "summary": summary}
+
+
+def _publish(params: BackfillParams, table: list[dict], counts: dict[str, int]) -> str:
+    """The outcome table in the log and as a Prefect artifact; returns it as text."""
+    logger = get_run_logger()
     summary = format_summary(table)
     logger.info("backfill summary: %(done)d done, %(skipped)d skipped, %(failed)d failed", counts)
     logger.info("\n%s", summary)
@@ -82,11 +93,7 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
         key=artifact_key("backfill", params.model_name), table=table,
         description=(f"backfill {params.model_name} {params.start}..{params.end}: {counts['done']} done, "
                      f"{counts['skipped']} skipped, {counts['failed']} failed"))
-    if counts["failed"]:
-        failed = [f"{r['as_of']}: {r['detail']}" for r in table if r["status"] == "failed"]
-        raise BackfillError(f"{counts['failed']} of {len(table)} dates failed; the other dates are written, "
-                            "re-run to retry (done dates are skipped):\n" + "\n".join(failed))
-    return {"dates": len(table), **counts, "table": table, "summary": summary}
+    return summary
 
 
 def _checked_bundles(st: Store, params: BackfillParams, plan: dict[dt.date, str]) -> dict[str, Bundle]:

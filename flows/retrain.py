@@ -6,7 +6,7 @@ import datetime as dt
 import io
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
 from nightcast.schemas.params import RetrainParams
 from nightcast.tasks.data.ingest import load_observations
@@ -20,7 +20,7 @@ from nightcast.tasks.ops.publish import register_bundle, summary_rows
 from nightcast.tasks.ops.registry import Bundle, RegistryError, load_champion, new_version, read_champion
 from nightcast.tasks.ops.storage import Store, require_conditional_writes
 from nightcast.flows.report import publish_report
-from nightcast.flows.runtime import artifact_key, start_run, step
+from nightcast.flows.runtime import artifact_key, publish_markdown, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
@@ -89,15 +89,12 @@ def publish_artifacts(params: RetrainParams, out: dict) -> None:
         description=(f"**{params.model_name} {out['version']}**: test-span metrics of the network alone, the "
                      f"baselines and the served per-series choice ({out['served']}) on the same windows, then "
                      f"the served forecasts' worst series.\n\n**Decision:** {out['decision']}"))
-    files = "\n".join(f"- `{uri}`" for uri in out["files"])
-    create_markdown_artifact(
-        key=artifact_key("bundle", params.model_name),
-        description=f"model bundle {params.model_name} {out['version']}",
-        markdown=(f"# Bundle {params.model_name} / {out['version']}\n\n"
-                  f"- promoted: **{out['promoted']}** ({out['decision']})\n"
-                  f"- data fingerprint: `{out['fingerprint']}`\n"
-                  f"- quarantined rows: {out['quarantined_rows']}" + (f" → `{out['quarantine']}`" if out["quarantine"] else "")
-                  + f"\n\n## Files\n{files}\n"))
+    publish_markdown(
+        artifact_key("bundle", params.model_name), f"model bundle {params.model_name} {out['version']}",
+        f"Bundle {params.model_name} / {out['version']}",
+        [f"promoted: **{out['promoted']}** ({out['decision']})", f"data fingerprint: `{out['fingerprint']}`",
+         f"quarantined rows: {out['quarantined_rows']}" + (f" → `{out['quarantine']}`" if out["quarantine"] else "")],
+        {"Files": [f"`{uri}`" for uri in out["files"]]})
 
 
 @flow(name="retrain", log_prints=True)

@@ -186,6 +186,18 @@ def failed_step(exc: BaseException) -> str | None:
     return None
 
 
+def publish_markdown(key: str, description: str, title: str, facts: list[str],
+                     sections: dict[str, list[str]] | None = None) -> None:
+    """A Prefect markdown artifact: a title, a bullet list of facts, then titled bullet lists (empty ones left out)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    body = f"# {title}\n\n" + "".join(f"- {f}\n" for f in facts)
+    for heading, items in (sections or {}).items():
+        if items:
+            body += f"\n## {heading}\n" + "".join(f"- {i}\n" for i in items)
+    create_markdown_artifact(key=key, description=description, markdown=body)
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]

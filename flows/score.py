@@ -10,7 +10,6 @@ import uuid
 import polars as pl
 from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
-from prefect.artifacts import create_markdown_artifact
 
 from nightcast.schemas.params import ColumnMap, ScoreParams, Settings
 from nightcast.tasks.data.clean import Calendar
@@ -26,7 +25,7 @@ from nightcast.tasks.serving.sharded import (STAGING, ShardInput, ShardRun, asse
                            staging_prefix, staging_run, sweep_staging)
 from nightcast.tasks.ops.storage import Store
 from nightcast.tasks.data.validate import validate_observations
-from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, start_run, step
+from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, publish_markdown, start_run, step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
@@ -290,15 +289,12 @@ def score_flow(params: ScoreParams = ScoreParams(), store: str | None = None) ->
         logger.warning("... and %d more series not scored (listed in the score artifact)", len(out["skipped"]) - 20)
     logger.info("wrote %d forecasts for %d series as of %s to %s (served by method: %s)",
                 out["rows"], out["series"], as_of, out["forecasts"], out["methods"])
-    skipped = "".join(f"\n- `{sid}`: {why}" for sid, why in list(out["skipped"].items())[:200])
-    create_markdown_artifact(
-        key=artifact_key("score", params.model_name), description=f"forecasts as of {as_of}",
-        markdown=(f"# Forecasts {params.model_name} as of {as_of}\n\n"
-                  f"- `{out['forecasts']}`\n- {out['rows']} rows, {out['series']} series, "
-                  f"model version `{bundle.version}`\n- served by method: {out['methods']}\n"
-                  f"- quarantined input rows: {n_quarantined}\n"
-                  + (f"- interval widths x {_short(out['widths']['factors'], 48)} per horizon step, from "
-                     f"{sum(out['widths']['points'])} monitored actuals through {out['widths']['monitored_through']}\n"
-                     if out.get("widths") else "")
-                  + (f"\n## Not scored{skipped}\n" if skipped else "")))
+    facts = [f"`{out['forecasts']}`", f"{out['rows']} rows, {out['series']} series, model version `{bundle.version}`",
+             f"served by method: {out['methods']}", f"quarantined input rows: {n_quarantined}"]
+    if out.get("widths"):
+        facts.append(f"interval widths x {_short(out['widths']['factors'], 48)} per horizon step, from "
+                     f"{sum(out['widths']['points'])} monitored actuals through {out['widths']['monitored_through']}")
+    publish_markdown(artifact_key("score", params.model_name), f"forecasts as of {as_of}",
+                     f"Forecasts {params.model_name} as of {as_of}", facts,
+                     {"Not scored": [f"`{sid}`: {why}" for sid, why in list(out["skipped"].items())[:200]]})
     return {**out, "quarantined_rows": n_quarantined, "input_notes": notes}

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
 from nightcast.schemas.params import RetrainParams, TuneParams
@@ -22,7 +22,7 @@ from nightcast.tasks.data.prepare import fingerprint
 from nightcast.tasks.forecast.tune import (TUNING_PREFIX, best_key, claim_study, default_study_name, grid_size, open_study, plots,
                         redact, resolve_storage, rolling_origin_folds, run_trial, study_scope, summarize,
                         trials_table)
-from nightcast.flows.runtime import artifact_key, start_run, step
+from nightcast.flows.runtime import artifact_key, publish_markdown, start_run, step
 from nightcast.flows.score import ingest, validate
 
 plan_folds = step(rolling_origin_folds, "plan-folds")
@@ -78,14 +78,13 @@ def _publish(params: TuneParams, base: RetrainParams, st: Store, study_name: str
         table=[{k: v for k, v in r.items() if k != "params"} | {f"{k}": str(v) for k, v in r["params"].items()}
                for r in results],
         description=f"trials of this run in study {study_name}; best {best['metric']} {best['best_value']:.4f}")
-    create_markdown_artifact(
-        key=artifact_key("tuned", base.model_name), description=f"best configuration of {base.model_name}",
-        markdown=(f"# Tuned {base.model_name}\n\n- study `{study_name}` on `{best['storage']}`, "
-                  f"sampler {params.sampler}, trials {best['trials']}\n"
-                  f"- best {best['metric']} **{best['best_value']:.4f}** over {len(folds)} fold(s) "
-                  f"(seasonal naive {best['seasonal_naive']:.4f})\n\n"
-                  + "".join(f"- `{k}` = {v}\n" for k, v in best["best_params"].items())
-                  + "\n## Files\n" + "".join(f"- `{st.uri(k)}`\n" for k in keys)))
+    publish_markdown(
+        artifact_key("tuned", base.model_name), f"best configuration of {base.model_name}", f"Tuned {base.model_name}",
+        [f"study `{study_name}` on `{best['storage']}`, sampler {params.sampler}, trials {best['trials']}",
+         f"best {best['metric']} **{best['best_value']:.4f}** over {len(folds)} fold(s) "
+         f"(seasonal naive {best['seasonal_naive']:.4f})"],
+        {"Best parameters": [f"`{k}` = {v}" for k, v in best["best_params"].items()],
+         "Files": [f"`{st.uri(k)}`" for k in keys]})
 
 
 @flow(name="tune", log_prints=True)

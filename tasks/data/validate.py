@@ -84,6 +84,16 @@ def coerce_observations(raw: pl.DataFrame, timestamp_format: str | None = None,
             f"column 'timestamp' has type {ts_dtype}, rule timestamp_parseable: expected dates, "
             f"datetimes or text; first values {_first_values(raw, 'timestamp')}"
         )
+    target_cols, missing = _typed_target(raw)
+    cols += target_cols
+    notes["targets_missing_marker"] = missing
+    cols += [_typed_covariate(raw, name, (kinds or {}).get(name)) for name in raw.columns if name not in CORE]
+    return pl.DataFrame(cols)
+
+
+def _typed_target(raw: pl.DataFrame) -> tuple[list[pl.Series], int]:
+    """The target as Float64 (missing-value markers and NaN are gaps), its text when it was text, and how many
+    gaps the markers made."""
     if raw.schema["target"] == pl.String:
         text = _blank_to_null(raw["target"])
         target = text.cast(pl.Float64, strict=False)
@@ -94,29 +104,26 @@ def coerce_observations(raw: pl.DataFrame, timestamp_format: str | None = None,
         missing = int(gap.sum())
         if missing:
             text, target = text.set(gap, None), target.set(gap, None)
-        cols += [target, text.alias("_target_raw")]
+        return [target, text.alias("_target_raw")], missing
     elif raw.schema["target"].is_numeric():
         target = raw["target"].cast(pl.Float64)
         missing = int(target.is_nan().sum())
-        cols.append(target.fill_nan(None))
+        return [target.fill_nan(None)], missing
     else:
         raise DataValidationError(
             f"column 'target' has type {raw.schema['target']}, rule target_numeric: expected numbers; "
             f"first values {_first_values(raw, 'target')}"
         )
-    notes["targets_missing_marker"] = missing
-    kinds = kinds or {}
-    for name in raw.columns:
-        if name in CORE:
-            continue
-        if kinds.get(name) == "categorical":
-            cols.append(raw[name])
-        elif kinds.get(name) == "numeric":
-            cols.append(_trained_numeric(raw, name))
-        else:
-            as_num = _as_numbers(raw[name])
-            cols.append(raw[name] if as_num is None else as_num.alias(name))
-    return pl.DataFrame(cols)
+
+
+def _typed_covariate(raw: pl.DataFrame, name: str, kind: str | None) -> pl.Series:
+    """A covariate as the model reads it (``kind``), else Float64 when every row is a number, else text."""
+    if kind == "categorical":
+        return raw[name]
+    if kind == "numeric":
+        return _trained_numeric(raw, name)
+    as_num = _as_numbers(raw[name])
+    return raw[name] if as_num is None else as_num.alias(name)
 
 
 def _trained_numeric(raw: pl.DataFrame, name: str) -> pl.Series:

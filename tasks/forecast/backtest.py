@@ -126,6 +126,19 @@ def _relative(table: pl.DataFrame, metric: str) -> dict[str, float]:
     return {r["model"]: r[metric] for r in table.filter(pl.col("series_id") == "ALL").iter_rows(named=True)}
 
 
+def _recorded_comparison(champion, result: dict, metric: str) -> dict:  # noqa: ANN001 - a registry Bundle
+    """The champion's own recorded test-span result as a ratio to seasonal naive on its windows, scaled to this
+    run's seasonal naive (spans of different difficulty compare); not comparable when it records none."""
+    recorded = _relative(pl.DataFrame(champion.metrics["test"]), metric) if champion.metrics.get("test") else {}
+    if recorded.get(SERVED) is None or not recorded.get("seasonal_naive"):
+        return {**result, "comparable": False,
+                "note": "champion saw every test window (refit on them) and records no test-span result"}
+    ratio = recorded[SERVED] / recorded["seasonal_naive"]
+    return {**result, "champion": ratio * result["seasonal_naive"], "windows": 0,
+            "note": (f"champion was refit on every test window: its recorded test-span {metric} relative to "
+                     f"seasonal naive ({ratio:.4f}) is compared")}
+
+
 def compare_with_champion(champion, prepared, backtest: Backtest, metric: str) -> dict:  # noqa: ANN001
     """The new served forecasts vs the champion's vs seasonal naive, on test windows the champion never saw.
 
@@ -162,14 +175,7 @@ def compare_with_champion(champion, prepared, backtest: Backtest, metric: str) -
     common = (keys.filter(pl.col("origin") >= cut.cast(pl.Datetime("us")))
               .join(window_keys(c_index), on=["series_id", "origin"], suffix="_c"))
     if common.height == 0:
-        recorded = _relative(pl.DataFrame(champion.metrics["test"]), metric) if champion.metrics.get("test") else {}
-        if recorded.get(SERVED) is None or not recorded.get("seasonal_naive"):
-            return {**result, "comparable": False,
-                    "note": "champion saw every test window (refit on them) and records no test-span result"}
-        ratio = recorded[SERVED] / recorded["seasonal_naive"]
-        return {**result, "champion": ratio * result["seasonal_naive"], "windows": 0,
-                "note": (f"champion was refit on every test window: its recorded test-span {metric} relative to "
-                         f"seasonal naive ({ratio:.4f}) is compared")}
+        return _recorded_comparison(champion, result, metric)
     mine, theirs = common["pos"].to_numpy(), common["pos_c"].to_numpy()
     starts, c_starts = backtest.test_starts[mine], c_index.splits["test"][theirs]
     shared = {m: f[mine] for m, f in backtest.candidates_test.items()}

@@ -244,6 +244,37 @@ Optuna takes to pop a queued trial, so two threads could both start trial 0, and
 not record it ("Cannot tell a COMPLETE trial"). Across processes, use PostgreSQL (see the README)."""
 
 
+def _ready_sampler(study: Any, params: TuneParams, base: RetrainParams) -> None:
+    """Trial 0 of a new study is the default configuration; every trial but a grid's gets a fresh sampler seed
+    (sequential runs stay reproducible, parallel workers rarely collide; the grid is keyed by trial number)."""
+    if params.sampler == "grid":
+        return
+    if not study.trials:
+        study.enqueue_trial(default_values(params, base), skip_if_exists=True)
+    study.sampler = make_sampler(params, params.seed + len(study.trials))
+
+
+def _score_folds(trial: Any, params: TuneParams, run: RetrainParams, valid: ValidationResult, folds: list[Fold],
+                 progress: bool) -> list[dict]:
+    """Each fold scored in turn; pruned on validation loss while the first fold trains, then on the running
+    mean over folds (reported at steps past any epoch number)."""
+    import optuna
+
+    scores = []
+    for j, fold in enumerate(folds):
+        callbacks = []
+        if params.pruning and j == 0:
+            from optuna_integration import PyTorchLightningPruningCallback
+
+            callbacks.append(PyTorchLightningPruningCallback(trial, monitor="val_loss"))
+        scores.append(score_fold(valid, run, fold, progress, callbacks, params.objective))
+        mean = float(np.mean([x["model"] for x in scores]))
+        trial.report(mean, step=run.train.max_epochs + j)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after fold {j + 1}: mean {mean:.4f}")
+    return scores
+
+
 def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, folds: list[Fold],
               storage: str, study_name: str, progress: bool = False) -> dict[str, Any]:
     """Run one trial of the study: suggest, score over the folds, record. Never raises for a bad trial."""
@@ -253,11 +284,7 @@ def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, 
     _ASKING.acquire()  # released once this trial is taken (first thing in the objective), or below
     seen: dict[str, Any] = {}
     try:
-        if not study.trials and params.sampler != "grid":  # trial 0 is the default configuration
-            study.enqueue_trial(default_values(params, base), skip_if_exists=True)
-        if params.sampler != "grid":  # the grid's order must not change between trials: it is keyed by trial number
-            # a fresh seed per trial: sequential runs stay reproducible, parallel workers rarely collide
-            study.sampler = make_sampler(params, params.seed + len(study.trials))
+        _ready_sampler(study, params, base)
     except BaseException:
         _ASKING.release()
         raise
@@ -269,19 +296,7 @@ def run_trial(params: TuneParams, base: RetrainParams, valid: ValidationResult, 
         try:
             seen["params"] = values = suggest(trial, params)
             run = apply_overrides(base, values)
-            scores = []
-            for j, fold in enumerate(folds):
-                callbacks = []
-                if params.pruning and j == 0:  # prune on validation loss while the first fold trains
-                    from optuna_integration import PyTorchLightningPruningCallback
-
-                    callbacks.append(PyTorchLightningPruningCallback(trial, monitor="val_loss"))
-                scores.append(score_fold(valid, run, fold, progress, callbacks, params.objective))
-                mean = float(np.mean([x["model"] for x in scores]))
-                # after fold 0's epochs, the running mean over folds (at steps past any epoch number)
-                trial.report(mean, step=run.train.max_epochs + j)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after fold {j + 1}: mean {mean:.4f}")
+            scores = _score_folds(trial, params, run, valid, folds, progress)
         except optuna.TrialPruned as exc:
             seen["detail"] = str(exc)
             raise
