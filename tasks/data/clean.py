@@ -96,9 +96,10 @@ def _months_per_step(frequency: str) -> int | None:
 
 def infer_frequency(frame: pl.DataFrame) -> str:
     """The most common step between consecutive observations, as a polars duration."""
+    same_series = pl.col("series_id") == pl.col("series_id").shift()  # rows sorted by series, then time
     steps = (
-        frame.sort("series_id", "timestamp")
-        .select(pl.col("timestamp").diff().over("series_id").dt.total_microseconds().alias("d"))
+        by_series(frame)
+        .select(pl.when(same_series).then(pl.col("timestamp").diff()).dt.total_microseconds().alias("d"))
         .drop_nulls()
         .filter(pl.col("d") > 0)
     )

@@ -151,3 +151,16 @@ def test_by_series_returns_a_sorted_frame_itself_and_sorts_the_rest():
     assert by_series(shuffled).equals(done)
     interleaved = done.sort("timestamp")  # grouped by time, not by series
     assert by_series(interleaved).equals(done)
+
+
+def test_frequency_steps_never_cross_series_whatever_the_row_order():
+    """Five series of two rows, steps 1 h to 5 h, each starting a day after the previous one ends: a step taken
+    across series (always 1 day) would be the most common one."""
+    ids, stamps, start = [], [], dt.datetime(2024, 1, 1)
+    for i in range(5):
+        ids += [f"s{i}"] * 2
+        stamps += [start, start + dt.timedelta(hours=i + 1)]
+        start = stamps[-1] + dt.timedelta(days=1)
+    frame = pl.DataFrame({"series_id": ids, "timestamp": stamps, "target": [1.0] * 10})
+    assert infer_frequency(frame) == "1h"
+    assert infer_frequency(frame.sample(fraction=1.0, shuffle=True, seed=3)) == "1h"
