@@ -244,12 +244,13 @@ def _recent(observations: pl.DataFrame, cutoff: dt.datetime, calendar: Calendar,
     """The observations of the last ``2·steps`` calendar steps before ``cutoff`` (what cleaning and
     the last window need), the series with none there (stale), and where that span starts."""
     since = _steps_before(cutoff, calendar, 2 * steps)
-    history = observations.filter(pl.col("timestamp") < cutoff)
-    recent = history.filter(pl.col("timestamp") >= since)
+    recent = observations.filter((pl.col("timestamp") < cutoff) & (pl.col("timestamp") >= since))
     if recent.height == 0 and strict:
         raise ScoreError(f"no observations between {since} and {cutoff}: nothing recent enough to forecast from")
-    gone = history.select("series_id").unique().join(recent.select("series_id").unique(), on="series_id", how="anti")
-    return recent, sorted(gone["series_id"].to_list()), since
+    last = (observations.lazy().filter(pl.col("timestamp") < cutoff)  # one grouped max, not two distinct-id passes
+            .group_by("series_id").agg(pl.col("timestamp").max()).collect())
+    gone = last.filter(pl.col("timestamp") < since)["series_id"]
+    return recent, sorted(gone.to_list()), since
 
 
 def _step(calendar: Calendar) -> tuple[int, str]:
