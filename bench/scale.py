@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -442,9 +441,9 @@ def _worker(kind: str, args: list[str], env: dict[str, str], tmp: Path, timeout:
 @contextlib.contextmanager
 def prefect_server(tmp: Path, env: dict[str, str], timeout: float = 180):  # noqa: ANN201
     """``prefect server start`` on a free port with its own PREFECT_HOME; yields the API URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from nightcast.flows.embedded import free_port
+
+    port = free_port()
     env = {**env, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     exe = Path(sys.executable).with_name("prefect")
     with (tmp / "prefect-server.log").open("wb") as log:

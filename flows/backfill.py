@@ -65,8 +65,12 @@ def backfill_flow(start: dt.date, end: dt.date, model: str | None = None, overwr
                 params.start, params.end, len(plan), len(todo), len(plan) - len(todo), params.max_parallel)
     if todo:
         bundles = _checked_bundles(st, params, {d: plan[d] for d in todo})
-        outcomes = (_score_sharded(st, params, settings.data, plan, todo, bundles) if params.shards > 1
-                    else _score_dates(st, params, settings.data, plan, todo, bundles))
+        # every date's span starts at or after the earliest one any of its bundles looks at; validation's share
+        # limit and covariate types are the oldest version's
+        since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
+        data = params.data or settings.data
+        outcomes = (_score_sharded(st, params, data, since, plan, todo, bundles) if params.shards > 1
+                    else _score_dates(st, params, data, since, plan, todo, bundles))
         for k, (day, result) in enumerate(outcomes, start=1):
             rows[day] = outcome_row(result, plan[day])
             if rows[day]["status"] == "failed":
@@ -108,14 +112,11 @@ def _checked_bundles(st: Store, params: BackfillParams, plan: dict[dt.date, str]
     return bundles
 
 
-def _score_sharded(st: Store, params: BackfillParams, default_data: str, plan: dict[dt.date, str],
+def _score_sharded(st: Store, params: BackfillParams, data: str, since: dt.datetime, plan: dict[dt.date, str],
                    todo: list[dt.date], bundles: dict[str, Bundle]) -> Iterator[tuple[dt.date, dict | BaseException]]:
-    """The input read once in shards from the earliest span any date needs; then each date's shards in
-    parallel, one date at a time. A failed date does not stop the others."""
-    since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
-    first = bundles[min(bundles)]  # validation's share limit and covariate types: the oldest version's
-    read = read_in_shards(st, params.model_name, first.version, params.data or default_data, params.columns,
-                          params.shards, since)
+    """The input read once in shards from ``since``; then each date's shards in parallel, one date at a time.
+    A failed date does not stop the others."""
+    read = read_in_shards(st, params.model_name, min(bundles), data, params.columns, params.shards, since)
     try:
         for day in todo:
             try:
@@ -126,7 +127,7 @@ def _score_sharded(st: Store, params: BackfillParams, default_data: str, plan: d
         discard_staging(st.url, read.run)
 
 
-def _score_dates(st: Store, params: BackfillParams, default_data: str, plan: dict[dt.date, str],
+def _score_dates(st: Store, params: BackfillParams, data: str, since: dt.datetime, plan: dict[dt.date, str],
                  todo: list[dt.date], bundles: dict[str, Bundle]) -> Iterator[tuple[dt.date, dict | BaseException]]:
     """The input read and validated once, then ``max_parallel`` dates at a time in a sliding window: the next
     date starts as soon as any one finishes, so a slow date never holds back the others.
@@ -135,8 +136,7 @@ def _score_dates(st: Store, params: BackfillParams, default_data: str, plan: dic
     even when the flow's runner is Dask (a boto3 client does not pickle, and shipping the whole catalogue
     to a worker per date is what shards are for)."""
     first = bundles[min(bundles)]
-    since = min(scoring_span_start(bundles[plan[d]], d) for d in todo)
-    raw = ingest(params.data or default_data, params.columns, since=since)
+    raw = ingest(data, params.columns, since=since)
     checked = validate(raw, first.config["params"]["clean"]["max_bad_share"], params.columns.timestamp_format,
                        covariate_kinds(first))
     shared = {"store": st, "observations": checked.valid, "model_name": params.model_name,

@@ -28,11 +28,10 @@ def _option(p: argparse.ArgumentParser, flag: str, model: Any, field: str, *, gi
         options["type"] = kinds[0]
     elif kinds and kinds[0] is dt.date:
         options["type"] = dt.date.fromisoformat
-    text = kw.pop("help", None) or info.description or field.replace("_", " ")
+    text = _help(kw.pop("help", None) or info.description, field)
     if default is not None:
         text += f" (default {default})"
-    p.add_argument(flag, dest=kw.pop("dest", field), default=None if given_only else default,
-                   help=text.replace("%", "%%"), **{**options, **kw})
+    p.add_argument(flag, dest=field, default=None if given_only else default, help=text, **{**options, **kw})
 
 
 def _switch(p: argparse.ArgumentParser, flag: str, model: Any, field: str) -> None:
@@ -40,7 +39,12 @@ def _switch(p: argparse.ArgumentParser, flag: str, model: Any, field: str) -> No
     info = model.model_fields[field]
     on = bool(info.get_default())
     p.add_argument(flag, dest=field, action="store_false" if on else "store_true", default=on,
-                   help=(info.description or field.replace("_", " ")).replace("%", "%%"))
+                   help=_help(info.description, field))
+
+
+def _help(text: str | None, field: str) -> str:
+    """Help text for argparse (which formats ``%``): the field's description, else its name."""
+    return (text or field.replace("_", " ")).replace("%", "%%")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -150,8 +154,7 @@ def _monitor_flags(p: argparse.ArgumentParser) -> None:
     from nightcast.schemas.monitoring import DriftRule, MonitorParams
 
     p.add_argument("--data", help=DATA_HELP)
-    p.add_argument("--as-of", type=dt.date.fromisoformat,
-                   help="monitoring date: actuals up to the end of it (default: the newest date in the data)")
+    _option(p, "--as-of", MonitorParams, "as_of")
     _option(p, "--recheck-days", MonitorParams, "recheck_days", given_only=True)
     for flag, field in (("--origins", "origins"), ("--min-origins", "min_origins"), ("--min-points", "min_points"),
                         ("--vs-test-span", "vs_test_span"), ("--cooldown-days", "cooldown_days")):
@@ -243,14 +246,12 @@ def _monitor_params(args: argparse.Namespace, data: str | None) -> Any:
     from nightcast.schemas.monitoring import DriftRule, MonitorParams
 
     drift: dict[str, Any] = {k: v for k, v in {"origins": args.origins, "min_origins": args.min_origins,
-                             "min_points": args.min_points, "vs_test_span": args.vs_test_span}.items()
-                             if v is not None}
+                             "min_points": args.min_points, "vs_test_span": args.vs_test_span,
+                             "cooldown_days": args.cooldown_days}.items() if v is not None}
     if args.vs_seasonal_naive is not None:
         drift["vs_seasonal_naive"] = None if args.vs_seasonal_naive == "off" else float(args.vs_seasonal_naive)
     if not args.enabled:
         drift["enabled"] = False
-    if args.cooldown_days is not None:
-        drift["cooldown_days"] = args.cooldown_days
     extra = {"recheck_days": args.recheck_days} if args.recheck_days is not None else {}
     return MonitorParams(data=data, as_of=args.as_of, model_name=args.model_name, columns=_columns(args),
                          drift=DriftRule(**drift), **extra)

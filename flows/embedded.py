@@ -102,7 +102,8 @@ def ephemeral_app() -> Any:
     return create_app(ephemeral=True, final=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -130,7 +131,7 @@ class ChildServer:
         import httpx
         from prefect.settings import get_current_settings
 
-        self.port = _free_port()
+        self.port = free_port()
         env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
                "PREFECT_UI_ENABLED": "0"}
         env.pop("PREFECT_API_URL", None)
@@ -192,7 +193,6 @@ def embedded_server(output: Path | None = None) -> Iterator[str | None]:
         yield None
         return
     timeout = startup_timeout()
-    server = ChildServer(output)
     for attempt in range(1, START_ATTEMPTS + 1):
         server = ChildServer(output)
         try:

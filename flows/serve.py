@@ -7,7 +7,6 @@ reads it here for the embedded, one-machine shape.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,12 @@ def load_declarations(path: Path = DECLARATIONS) -> list[dict[str, Any]]:
 
 
 def load_flow(entrypoint: str) -> Any:
-    """``nightcast.flows.retrain.retrain_flow`` → the flow object, imported from the installed package
-    (a ``flows/retrain.py:retrain_flow`` path names the same module; nothing is exec'd from a path)."""
-    if ":" in entrypoint:
-        file, _, attr = entrypoint.partition(":")
-        module = "nightcast." + file.removesuffix(".py").replace("/", ".")
-    else:
-        module, _, attr = entrypoint.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
+    """``nightcast.flows.retrain.retrain_flow`` → the flow object, loaded as ``prefect deploy`` and workers load
+    an entrypoint (a module path: imported from the installed package); an entrypoint that does not load fails
+    here rather than becoming a placeholder flow."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
 
 
 def load_triggers(declaration: dict[str, Any]) -> list[Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import polars as pl
 import pytest
 import torch
 
+from nightcast.flows.embedded import free_port as _free_port  # one way to pick a port, the CLI's
 from nightcast.schemas.params import ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
 from nightcast.tasks.data.sample import make_sample
 
@@ -53,12 +53,6 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float = 30.0) -> None:

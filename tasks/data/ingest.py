@@ -162,11 +162,11 @@ def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame
         raise IngestError(f"input not found: {uri}") from exc
     except pl.exceptions.DuplicateError as exc:  # a Parquet schema that names a column twice
         name = re.search(r"name '(.*)' has more than one occurrence", str(exc))
-        what = f"column(s) {[name.group(1)]}" if name else f"a column ({_first_line(exc)})"
+        what = f"column(s) {[name.group(1)]}" if name else f"a column ({first_line(exc)})"
         raise IngestError(f"{what} appear more than once in the schema of "
                           f"{_files_with_repeats(source, opts) or uri}; rename or drop the copies") from exc
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise IngestError(f"cannot read {uri} as {fmt}: {_first_line(exc)}") from exc
+        raise IngestError(f"cannot read {uri} as {fmt}: {first_line(exc)}") from exc
     return frame, fmt, source, opts
 
 
@@ -209,7 +209,8 @@ def _only(schema: pl.Schema, column: str, series: list[str]) -> pl.Expr:
 _DUPLICATED = "_duplicated_"  # polars renames the second `x` of a CSV header to `x_duplicated_0`
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's first line, or its type's name when it has no text."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 

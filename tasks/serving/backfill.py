@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 from nightcast.schemas.params import BackfillParams
+from nightcast.tasks.data.ingest import first_line
 from nightcast.tasks.ops.registry import Bundle, RegistryError, champion_as_of, read_champion
 from nightcast.tasks.ops.storage import Store
 from nightcast.tasks.serving.score import forecasts_key
@@ -91,9 +92,8 @@ def split_written(store: Store, params: BackfillParams, plan: dict[dt.date, str]
 def outcome_row(result: dict | BaseException, version: str) -> dict:
     """A scored date's row of the outcome table: done (rows, series, where) or failed (the first line of why)."""
     if isinstance(result, BaseException):
-        reason = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
         return {"status": "failed", "rows": 0, "series": 0, "model_version": version,
-                "detail": f"{type(result).__name__}: {reason}"}
+                "detail": f"{type(result).__name__}: {first_line(result)}"}
     skipped = len(result["skipped"])
     return {"status": "done", "rows": result["rows"], "series": result["series"],
             "model_version": result["model_version"],
