@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	$(VENV)/bin/nightcast demo
 
+# one worker process per core (pytest-xdist), each test file on one worker: a module's fixtures (a
+# trained bundle, a server) are built once; PYTEST_WORKERS=0 runs in this process
+PYTEST_WORKERS ?= auto
+PYTEST_PAR := -n $(PYTEST_WORKERS) --dist loadfile
+
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PAR)
 
 # s3rver (npm): a second, independent S3 server for the slow suite (it ignores conditional writes)
 S3RVER := .cache/s3rver/node_modules/.bin/s3rver
@@ -29,7 +34,7 @@ $(S3RVER):
 	npm install -q --no-audit --no-fund --prefix .cache/s3rver s3rver@3.7.1
 
 test-slow: $(VENV)/.installed $(S3RVER)
-	NIGHTCAST_TEST_S3RVER=$(abspath $(S3RVER)) $(PY) -m pytest -m slow
+	NIGHTCAST_TEST_S3RVER=$(abspath $(S3RVER)) $(PY) -m pytest -m slow $(PYTEST_PAR)
 
 test-all: test test-slow
 

@@ -13,13 +13,17 @@ reads), and watches it:
   times out is stopped and tried once more;
 - on Linux the server receives SIGTERM when this process dies
   (``PR_SET_PDEATHSIG``), so no orphan outlives a kill;
-- its stdout and stderr go to the CLI's log file, not the terminal.
+- its stdout and stderr go to the CLI's log file, not the terminal;
+- starts that share a Prefect home take turns (a file lock held until the server answers): each
+  start migrates the home's database, and two migrations of a fresh SQLite file at once fail
+  (``duplicate column name``), which two CLI commands started together on a new machine would hit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -109,6 +113,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def start_lock(home: Path) -> Iterator[None]:
+    """Hold ``<PREFECT_HOME>/nightcast-server-start.lock`` exclusively: one server start (and database
+    migration) at a time per Prefect home. The kernel drops the lock when its holder exits, killed or not."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "nightcast-server-start.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class ChildServer:
     """The temporary server as a child process that dies with this one."""
 
@@ -127,14 +144,20 @@ class ChildServer:
 
     def start(self, timeout: int) -> None:
         """Launch the server and wait until ``/api/health`` answers; RuntimeError (``TIMEOUT_MESSAGE``) when it
-        does not within ``timeout`` seconds, or with the log's tail when the process ends first."""
-        import httpx
+        does not within ``timeout`` seconds, or with the log's tail when the process ends first. Waits first
+        for any other start in the same Prefect home (``start_lock``); that wait is not part of ``timeout``."""
         from prefect.settings import get_current_settings
 
-        self.port = free_port()
-        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-               "PREFECT_UI_ENABLED": "0"}
+        settings = get_current_settings()
+        env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), "PREFECT_UI_ENABLED": "0"}
         env.pop("PREFECT_API_URL", None)
+        with start_lock(Path(env.get("PREFECT_HOME") or settings.home).expanduser()):
+            self._launch(env, timeout)
+
+    def _launch(self, env: dict[str, str], timeout: int) -> None:
+        import httpx
+
+        self.port = free_port()
         out = open(self.output, "ab") if self.output else subprocess.DEVNULL  # noqa: SIM115 - the child keeps a copy
         try:
             self.process = subprocess.Popen(

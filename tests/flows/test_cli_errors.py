@@ -329,6 +329,51 @@ def test_the_temporary_server_answers_and_every_client_of_the_process_uses_it(tm
     assert log_file.exists()
 
 
+def test_server_starts_in_one_prefect_home_take_turns(tmp_path, monkeypatch):
+    """Each start migrates the home's database, and two migrations of a fresh SQLite file at once fail
+    (``duplicate column name``): a start waits while another holds the home's start lock, then starts."""
+    from prefect.context import refresh_global_settings_context
+
+    home = tmp_path / "home"
+    with monkeypatch.context() as env:
+        env.setenv("PREFECT_HOME", str(home))
+        env.delenv("PREFECT_API_URL", raising=False)
+        refresh_global_settings_context()  # what the start reads in its thread: this home
+        try:
+            _take_turns(home, tmp_path)
+        finally:
+            env.undo()
+            refresh_global_settings_context()
+
+
+def _take_turns(home: Path, tmp_path: Path) -> None:
+    import threading
+
+    import httpx
+
+    server = embedded.ChildServer(tmp_path / "server.log")
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start(timeout=120)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    try:
+        with embedded.start_lock(home):  # another start in progress
+            waiting = threading.Thread(target=start)
+            waiting.start()
+            waiting.join(3)
+            assert waiting.is_alive() and server.process is None  # nothing launched while the lock is held
+        waiting.join(150)
+        assert not waiting.is_alive() and errors == []
+        assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
+        assert (home / "prefect.db").exists()  # the database it migrated is the home's
+    finally:
+        server.stop()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_child_started_with_die_with_parent_ends_when_the_parent_is_killed(tmp_path):
     script = ("import subprocess, time; from nightcast.flows.embedded import die_with_parent; "
