@@ -110,15 +110,34 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
     return state
 
 
+_MAX_SLICES = 4096
+
+
+def _without(frame: pl.DataFrame, series: list[str]) -> pl.DataFrame:
+    """``frame`` without the rows of ``series``, rows in order: the runs of rows kept, as zero-copy slices of
+    ``frame`` (a filter would copy every column of the catalogue to drop a few late-starting series)."""
+    import numpy as np
+
+    keep = (~frame["series_id"].is_in(pl.Series(series, dtype=pl.String).implode())).to_numpy()
+    edges = np.flatnonzero(np.diff(np.r_[False, keep, False].astype(np.int8)))  # run starts, run ends, ...
+    if len(edges) // 2 > _MAX_SLICES:  # ids scattered (rows not grouped by series): a filter is cheaper
+        return frame.filter(pl.Series(keep))
+    return pl.concat([frame.slice(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])], rechunk=False,
+                     how="vertical") if len(edges) else frame.clear()
+
+
 def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.DataFrame, list[str]]:
     """Add the encoded model inputs (``y`` = scaled target). Unknown series are dropped and returned."""
     unknown = sorted(set(clean["series_id"].unique().to_list()) - set(state.target_stats))
-    frame = clean.filter(~pl.col("series_id").is_in(unknown)) if unknown else clean
+    frame = _without(clean, unknown) if unknown else clean
     stats = pl.DataFrame({"series_id": list(state.target_stats),
                           "_c": [v[0] for v in state.target_stats.values()],
                           "_s": [v[1] for v in state.target_stats.values()]})
-    frame = frame.join(stats, on="series_id", how="left", maintain_order="left")
-    exprs = [((pl.col("target") - pl.col("_c")) / pl.col("_s")).cast(pl.Float32).alias("y")]
+    # each row's centre and scale from a join of the id column alone: the frame's own columns are shared
+    # with ``clean``, never copied (a join of the whole frame would gather every column)
+    per_row = frame.select("series_id").join(stats, on="series_id", how="left", maintain_order="left")
+    exprs = [((pl.col("target") - per_row["_c"]) / per_row["_s"]).cast(pl.Float32).alias("y")]
+    del per_row
     for name in [*state.past_covariates, *state.future_covariates]:
         if name in state.categories:
             exprs += [(pl.col(name) == v).fill_null(False).cast(pl.Float32).alias(f"cat__{name}={v}")
@@ -134,7 +153,7 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
         angle = fn(local).cast(pl.Float64) * (2 * math.pi / period)
         exprs += [angle.sin().cast(pl.Float32).alias(f"cal__{part}_sin"),
                   angle.cos().cast(pl.Float32).alias(f"cal__{part}_cos")]
-    frame = frame.with_columns(exprs).drop("_c", "_s")
+    frame = frame.with_columns(exprs)
     if state.lags:  # on the regular grid, a shift of n rows is n steps back; the first n rows get 0
         frame = by_series(frame).with_columns(
             pl.col("y").shift(n).over("series_id").fill_null(0.0).alias(f"lag__{n}") for n in state.lags)

@@ -114,15 +114,14 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     codes = np.repeat(np.arange(len(ids), dtype=np.int32), counts)
     ts = frame["timestamp"].to_numpy()
-    gap = frame["in_long_gap"].to_numpy() if "in_long_gap" in frame.columns else np.zeros(frame.height, bool)
-    gap_cum = np.concatenate([[0], np.cumsum(gap)])
     need = lookback if min_input is None else max(1, min(int(min_input), lookback))
-    first, length = offsets[:-1][codes], counts[codes]
-    pos = np.arange(frame.height, dtype=np.int64) - first  # position of each row in its series
-    ok = (pos >= need - 1) & (pos + horizon <= length - 1)  # enough history, a full horizon after
-    origins = np.flatnonzero(ok)
-    real_start = np.maximum(origins - lookback + 1, first[origins])
-    origins = origins[gap_cum[origins + horizon + 1] - gap_cum[real_start] == 0]
+    origins, pos = _origins(offsets, need, horizon)
+    if "in_long_gap" in frame.columns and frame["in_long_gap"].any():  # no real step of a window in a long gap
+        gap_cum = np.concatenate([[0], np.cumsum(frame["in_long_gap"].to_numpy())])
+        real_start = np.maximum(origins - lookback + 1, origins - pos)
+        keep = gap_cum[origins + horizon + 1] == gap_cum[real_start]
+        del real_start
+        origins, pos = origins[keep], pos[keep]
     starts = origins - lookback + 1
     short = [str(s) for s in ids[counts < need + horizon]]
     splits: dict[str, np.ndarray]
@@ -131,19 +130,30 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     else:
         first_t, last_t = ts[origins + 1], ts[origins + horizon]
         te, ve = np.datetime64(train_end, "us"), np.datetime64(val_end, "us")
-        is_train = (last_t <= te) & ((pos[origins] - (need - 1)) % stride == 0)
+        is_train = (last_t <= te) & ((pos - (need - 1)) % stride == 0 if stride > 1 else True)
         splits = {"train": starts[is_train],
                   "val": starts[(first_t > te) & (last_t <= ve)],
                   "test": starts[first_t > ve]}
     return WindowIndex(
         past=_stack(frame, past_columns), future=_stack(frame, future_columns),
-        target=frame["target"].to_numpy().astype(np.float64),
+        target=np.asarray(frame["target"].to_numpy(), dtype=np.float64),  # no copy of a Float64 column
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),
         series=codes, timestamps=ts, series_ids=[str(s) for s in ids], offsets=offsets,
         lookback=lookback, horizon=horizon, splits=splits, short_series=short, pad=min_input is not None,
         min_input=need, season=season, past_columns=list(past_columns),
         truth=(frame["raw"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "raw" in frame.columns else None),
     )
+
+
+def _origins(offsets: np.ndarray, need: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row with ``need`` steps of its series up to it and a full horizon after, and its position in
+    its series: one range per series, built as concatenated ranges (memory: the origins, not every row)."""
+    counts = np.diff(offsets)
+    per = np.maximum(counts - (need - 1) - horizon, 0)  # origins of each series
+    pos = np.arange(int(per.sum()), dtype=np.int64)
+    pos -= np.repeat(np.cumsum(per) - per, per)  # 0, 1, ... within each series' range
+    pos += need - 1
+    return pos + np.repeat(offsets[:-1], per), pos
 
 
 def _stack(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:

@@ -123,3 +123,25 @@ def test_trailing_ends_cut_the_split_and_the_folds_by_one_rule():
     ends = trailing_ends(100, [8] * 4)  # three folds of 8 steps
     assert ends == [67, 75, 83, 91, 99]
     assert trailing_ends(10, []) == [9]
+
+
+def test_series_without_a_scaler_are_dropped_without_copying_the_catalogue(monkeypatch):
+    """Late-starting series (no observation in the training span) are dropped from the features frame; the
+    rows kept are those of a filter, in order, but as slices of the clean frame (no copy of every column)."""
+    import nightcast.tasks.data.features as features
+
+    clean = _clean(40, sids=("a", "b", "c", "d", "e"))
+    train_end = clean["timestamp"][29]
+    state = fit_features(clean.filter(pl.col("series_id").is_in(["a", "c", "e"])), train_end, "standard", [], [],
+                         None, [])
+    frame, unknown = transform_features(clean, state)
+    assert unknown == ["b", "d"]
+    kept = clean.filter(~pl.col("series_id").is_in(unknown))
+    assert frame.select(clean.columns).equals(kept)
+    assert frame["target"].n_chunks() == 3  # three runs of kept rows, each a slice of the clean frame
+    # ids not grouped by series: more runs than the cap, so a filter (the same rows)
+    monkeypatch.setattr(features, "_MAX_SLICES", 2)
+    shuffled = clean.sample(fraction=1.0, shuffle=True, seed=1)
+    frame, _ = transform_features(shuffled, state)
+    assert frame.select(clean.columns).equals(shuffled.filter(~pl.col("series_id").is_in(unknown)))
+    assert frame["target"].n_chunks() == 1
