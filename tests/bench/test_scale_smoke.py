@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_scale_bench_runs_from_one_command(tmp_path):
     out = tmp_path / "scale.md"
     run = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--series", "50", "--steps", "300",
-                          "--seeds", "1", "--classical", "theta", "--out", str(out)],  # the plumbing, not the defaults
+                          "--seeds", "1", "--classical", "theta", "--train-steps", "20", "--score-train-steps", "10",
+                          "--repeats", "1", "--out", str(out)],  # the plumbing, not the defaults
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     table = out.read_text()
