@@ -137,7 +137,6 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
     # with ``clean``, never copied (a join of the whole frame would gather every column)
     per_row = frame.select("series_id").join(stats, on="series_id", how="left", maintain_order="left")
     exprs = [((pl.col("target") - per_row["_c"]) / per_row["_s"]).cast(pl.Float32).alias("y")]
-    del per_row
     for name in [*state.past_covariates, *state.future_covariates]:
         if name in state.categories:
             exprs += [(pl.col(name) == v).fill_null(False).cast(pl.Float32).alias(f"cat__{name}={v}")

@@ -130,7 +130,7 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     else:
         first_t, last_t = ts[origins + 1], ts[origins + horizon]
         te, ve = np.datetime64(train_end, "us"), np.datetime64(val_end, "us")
-        is_train = (last_t <= te) & ((pos - (need - 1)) % stride == 0 if stride > 1 else True)
+        is_train = (last_t <= te) & ((pos - (need - 1)) % stride == 0)
         splits = {"train": starts[is_train],
                   "val": starts[(first_t > te) & (last_t <= ve)],
                   "test": starts[first_t > ve]}
