@@ -107,10 +107,29 @@ def ephemeral_app() -> Any:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    """A TCP port on 127.0.0.1 that nothing listens on now (another process may take it before it is used: for
+    servers nightcast starts itself, ``listening_socket``)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1 and listening: the port is this socket's from the
+    start, so no other process can take it before the server serves it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    return sock
+
+
+def serve_socket(fd: int) -> None:
+    """The temporary server's process: uvicorn serving ``ephemeral_app`` on the listening socket ``fd`` that
+    the parent bound and passed down (uvicorn's own ``--fd`` takes Unix sockets only)."""
+    import uvicorn
+
+    config = uvicorn.Config(ephemeral_app, factory=True, log_level="error", lifespan="on")
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
 @contextlib.contextmanager
@@ -157,14 +176,19 @@ class ChildServer:
     def _launch(self, env: dict[str, str], timeout: int) -> None:
         import httpx
 
-        self.port = free_port()
+        # The child serves a socket this process bound and passes down (``serve_socket``), not a port number
+        # it would bind later: a port picked free and bound afterwards can be taken in between by another
+        # process (another CLI, another test worker), and this start would then wait on a server that is not
+        # its own, on another Prefect home.
+        listener = listening_socket()
+        self.port = listener.getsockname()[1]
         out = open(self.output, "ab") if self.output else subprocess.DEVNULL  # noqa: SIM115 - the child keeps a copy
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:ephemeral_app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env=env, stdout=out, stderr=out, preexec_fn=die_with_parent())
+                [sys.executable, "-m", __name__, str(listener.fileno())],
+                env=env, stdout=out, stderr=out, pass_fds=(listener.fileno(),), preexec_fn=die_with_parent())
         finally:
+            listener.close()  # the child holds its own copy
             if self.output:
                 out.close()
         deadline = time.monotonic() + timeout
@@ -260,3 +284,7 @@ def _drain_to(server: Any) -> None:
 
     if server.running:
         run_coro_as_sync(drain())
+
+
+if __name__ == "__main__":  # the child ``ChildServer`` starts: python -m nightcast.flows.embedded FD
+    serve_socket(int(sys.argv[1]))

@@ -350,6 +350,7 @@ def _take_turns(home: Path, tmp_path: Path) -> None:
     import threading
 
     import httpx
+    import psutil
 
     server = embedded.ChildServer(tmp_path / "server.log")
     errors: list[BaseException] = []
@@ -370,6 +371,11 @@ def _take_turns(home: Path, tmp_path: Path) -> None:
         assert not waiting.is_alive() and errors == []
         assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
         assert (home / "prefect.db").exists()  # the database it migrated is the home's
+        # the port that answered is the child's own socket (bound here before the child started, so no other
+        # process could take it in between: two servers on one port once made this test pass on the wrong one)
+        listening = [c.laddr.port for c in psutil.Process(server.process.pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening == [server.port]
     finally:
         server.stop()
 
@@ -406,7 +412,7 @@ def test_no_prefect_server_outlives_a_killed_cli(tmp_path, tiny_csv):
         assert wait_until(lambda: "Beginning flow run" in (tmp_path / "out.txt").read_text(), 300), \
             (tmp_path / "out.txt").read_text()[-3000:]
         kids = children(proc.pid)
-        servers = [pid for pid in kids if f"{embedded.__name__}:ephemeral_app" in cmdline(pid)]
+        servers = [pid for pid in kids if f"-m {embedded.__name__} " in cmdline(pid)]
         assert servers, {pid: cmdline(pid) for pid in kids}
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL  # killed mid-run, not finished
