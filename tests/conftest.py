@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,12 +14,34 @@ import polars as pl
 import pytest
 import torch
 
-from nightcast.flows.embedded import free_port as _free_port  # one way to pick a port, the CLI's
 from nightcast.schemas.params import ModelConfig, RetrainParams, ServeConfig, TrainConfig, WindowConfig
 from nightcast.tasks.data.sample import make_sample
 
 torch.set_num_threads(1)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+_PORT_BLOCK = 1000
+_PORT_BASE = 15000  # below Linux's ephemeral range (32768-60999), which the kernel hands to clients and bind(0)
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_ports = itertools.count(_PORT_BASE + _PORT_BLOCK * (int(_worker[2:] or 0) % 17))
+
+
+def _free_port() -> int:
+    """A port for a server a test starts, from this test process's own block (xdist worker gwN: the N-th block
+    of 1,000 from 15000), never handed out twice in the process. Servers started as commands (moto_server,
+    ``prefect server start``, s3rver, dask) bind the port they are given some time after the pick; a port
+    picked by ``bind(0)`` was then sometimes taken in between by another worker's server, whose answer the
+    test took for its own. Disjoint blocks make that impossible. (The CLI's own server gets a bound socket.)"""
+    for port in _ports:
+        if port >= _PORT_BASE + _PORT_BLOCK * (int(_worker[2:] or 0) % 17 + 1):
+            break
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (a service of this machine): the next one
+            return port
+    raise RuntimeError(f"no free port left in this test process's block (worker {_worker})")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from prefect import flow
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.utilities.math import lower_clamp_multiple
 
+from tests.conftest import _free_port
 from nightcast.flows import runtime
 from nightcast.flows.runtime import is_transient_error, step
 from nightcast.tasks.data.ingest import IngestError
@@ -195,12 +196,6 @@ def test_non_io_step_never_retries(prefect_harness, no_wait):
 
 
 # --- against a real S3 endpoint ----------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture()
 def own_moto(monkeypatch):
