@@ -349,9 +349,10 @@ def test_outage_during_score_and_backfill_leaves_only_whole_partitions(faults):
     assert_whole(found, reference)
     # The stalled PUT never lands half-written (every partition found is whole, above). Its date either
     # failed or, retried after the restore, was written whole: which one depends on which task ran out of
-    # retries first, not on nightcast. The outage itself cost at least one date.
+    # retries first, not on nightcast. The outage itself failed at least one date (reported; it may still be
+    # whole in the store, below: a CI run once found the one failed date's PUT had landed).
     assert backfill_outage.held_day() in failed | set(found), out[-4000:]
-    assert failed - set(found), out[-4000:]
+    assert failed, out[-4000:]
     # A date reported failed may still be whole in the store: its PUT landed and the answer was lost, or
     # the cleanup listing after it failed. The reverse never happens: every missing date was reported.
     assert set(reference) - set(found) <= failed and set(reference) - failed <= set(found)
