@@ -364,7 +364,9 @@ def _peak_rss_mib() -> float:
 
 
 def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dict:
-    """The score flow on the bundle ``score_worker`` wrote: one process (thread pool, unsharded), then
+    """The score flow on the bundle ``score_worker`` wrote: one process (thread pool, unsharded), first with
+    the default (classical fits on every core, and the process's first flow run: conservative), then on one
+    core (``NIGHTCAST_CLASSICAL_JOBS=1``, as each Dask worker fits: the reference of the worker rows), then
     sharded on a Dask ``LocalCluster`` of 1, 2, ... worker processes (one thread each) on the
     shard layout; each Dask configuration runs twice and the second run counts (the first starts
     the workers' imports). Per-task seconds come from the Prefect API."""
@@ -379,9 +381,15 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
     layout = str(Path(store) / "layout")
     with steps.step("partition"):
         write_shard_layout(data, layout, shards)
-    with steps.step("flow_1proc"):
-        state = score_flow(ScoreParams(data=data), store=store, return_state=True)
-        steps.out["series"] = state.result()["series"]
+    with steps.step("flow_1proc_cores"):  # the default: classical fits on every core
+        score_flow(ScoreParams(data=data), store=store)
+    os.environ["NIGHTCAST_CLASSICAL_JOBS"] = "1"  # the reference for the workers: one core, as each worker has
+    try:
+        with steps.step("flow_1proc"):
+            state = score_flow(ScoreParams(data=data), store=store, return_state=True)
+            steps.out["series"] = state.result()["series"]
+    finally:
+        del os.environ["NIGHTCAST_CLASSICAL_JOBS"]
     for k in counts:
         with steps.step(f"cluster_{k}"):
             cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -676,7 +684,12 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
     base = w.get("flow_1proc", {}).get("seconds")
     one = w.get("dask_1", {}).get("seconds")
     if base:
-        lines.append(f"| score flow, 1 process, unsharded (thread pool) | {_f(base)} | {_f(n / base * 60, 0)} | 1.00× | |")
+        lines.append(f"| score flow, 1 process, unsharded, one core (`NIGHTCAST_CLASSICAL_JOBS=1`) | {_f(base)} | "
+                     f"{_f(n / base * 60, 0)} | 1.00× | |")
+    cores = w.get("flow_1proc_cores", {}).get("seconds")
+    if base and cores:
+        lines.append(f"| score flow, 1 process, unsharded, default (classical fits on {os.cpu_count()} cores) | "
+                     f"{_f(cores)} | {_f(n / cores * 60, 0)} | {base / cores:.2f}× | |")
     for k in args.workers:
         d = w.get(f"dask_{k}", {})
         if "seconds" not in d:

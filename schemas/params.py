@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     store: str = Field("./nightcast-store", description="Local directory or s3://bucket/prefix")
     data: str = Field(SAMPLE_DATA, description="Input used when a run names none (deployments, schedules)")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for small LSTMs on few cores)")
+    classical_jobs: int = Field(
+        0, ge=0, description="processes that fit the classical candidate when a call has a few seconds of fits "
+                             "(statsforecast's n_jobs); 0: one per usable core, except on a Dask worker (1)")
     dask_address: str | None = Field(
         None, description="run flow tasks (score shards) on Dask: a scheduler address (tcp://host:8786), or "
                           "'local' for a LocalCluster started for the run; empty: Prefect's thread pool")

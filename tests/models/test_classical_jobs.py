@@ -1,0 +1,88 @@
+"""The classical candidate fits on several cores when a call holds enough work, with the same forecasts."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from nightcast.models import classical
+from nightcast.models.classical import classical_forecasts, fit_jobs
+
+
+def _histories(n: int, length: int = 96, season: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = np.arange(length)
+    values = 100 + 10 * np.sin(2 * np.pi * t / season)[None, :] + rng.normal(0, 2, (n, length))
+    values += rng.uniform(0, 0.1, (n, 1)) * t
+    return values.ravel(), np.full(n, length)
+
+
+@pytest.fixture()
+def pools(monkeypatch):
+    """The ``n_jobs`` of every StatsForecast the fits build."""
+    import statsforecast
+
+    seen: list[int] = []
+    real = statsforecast.StatsForecast.__init__
+
+    def init(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(kwargs.get("n_jobs", 1))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(statsforecast.StatsForecast, "__init__", init)
+    return seen
+
+
+def test_fits_on_two_processes_give_the_same_forecasts_as_one(monkeypatch, pools):
+    values, lengths = _histories(300)
+    monkeypatch.setenv("NIGHTCAST_CLASSICAL_JOBS", "1")
+    one = classical_forecasts(values, lengths, 12, 24, "theta")
+    monkeypatch.setenv("NIGHTCAST_CLASSICAL_JOBS", "2")
+    two = classical_forecasts(values, lengths, 12, 24, "theta")
+    assert pools == [1, 2]
+    assert np.isfinite(one).all()
+    np.testing.assert_array_equal(two, one)
+
+
+def test_automatic_count_is_one_below_a_few_seconds_of_work_and_the_cores_above():
+    cores = classical._usable_cores()
+    assert fit_jobs("theta", 200, 200 * 144, configured=0) == 1  # ~0.6 s of estimated work
+    assert fit_jobs("theta", 10_000, 10_000 * 144, configured=0) == min(cores, 10_000)  # ~29 s
+    assert fit_jobs("autoets", 200, 200 * 48, configured=0) == min(cores, 200)  # ~10 s: AutoETS is slow
+    assert fit_jobs("theta", 10_000, 10_000 * 144, configured=1) == 1
+    assert fit_jobs("theta", 3, 3 * 10, configured=8) == 3  # never more processes than histories
+
+
+def test_a_dask_worker_fits_in_its_own_process():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        on_worker = client.submit(fit_jobs, "theta", 10_000, 10_000 * 144, 0).result()
+    assert on_worker == 1
+    assert fit_jobs("theta", 10_000, 10_000 * 144, configured=0) == min(classical._usable_cores(), 10_000)
+
+
+def test_while_one_thread_fits_on_a_pool_another_fits_in_its_own_thread(monkeypatch, pools):
+    values, lengths = _histories(20)
+    monkeypatch.setenv("NIGHTCAST_CLASSICAL_JOBS", "2")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with classical._pool_slot(2) as jobs:
+            assert jobs == 2
+            holding.set()
+            release.wait(30)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    try:
+        assert holding.wait(30)
+        classical_forecasts(values, lengths, 12, 24, "theta")
+    finally:
+        release.set()
+        other.join(30)
+    classical_forecasts(values, lengths, 12, 24, "theta")  # the pool is free again
+    assert pools == [1, 2]
