@@ -13,14 +13,18 @@ scoring and half the retrain), so a call with enough work fits on several cores 
 statsforecast's own process pool (``n_jobs``): one process per usable core in an ordinary
 process, one on a Dask worker (the worker process already is the unit of parallelism), and
 one for every other thread of the process while one thread's pool runs. ``classical_jobs``
-(``NIGHTCAST_CLASSICAL_JOBS``) overrides the count.
+(``NIGHTCAST_CLASSICAL_JOBS``) overrides the count. On Linux the pool's workers die with the process
+that started them (``PR_SET_PDEATHSIG``), so a killed run leaves none behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import signal
+import sys
 import threading
 import warnings
 from typing import Iterator
@@ -38,6 +42,29 @@ _MS_PER_STEP = {"autoets": 1.0, "autotheta": 0.2, "optimized_theta": 0.1, "theta
 
 _PARALLEL_MIN_S = 2.0  # estimated seconds of fitting before a call is worth a process pool (~0.2 s to start)
 _POOL = threading.Lock()  # one thread's pool at a time: threads that score shards together never multiply pools
+_PR_SET_PDEATHSIG = 1
+_starting_pool = False  # while True, processes this one forks are pool workers: they die with it
+
+
+def _pool_worker_dies_with_parent() -> None:
+    """At fork, in the child: a pool worker forked while ``_starting_pool`` is set gets SIGKILL when the
+    thread that started it ends (Linux ``PR_SET_PDEATHSIG``). Without it, a CLI killed mid-fit (SIGKILL,
+    or a timeout) left its workers blocked for ever on a pipe nobody reads."""
+    if not _starting_pool:
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != _forker:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _note_forker() -> None:
+    global _forker
+    _forker = os.getpid()
+
+
+_forker = os.getpid()  # the process that forks (set just before each fork)
+if sys.platform.startswith("linux"):
+    os.register_at_fork(before=_note_forker, after_in_child=_pool_worker_dies_with_parent)
 
 
 def _usable_cores() -> int:
@@ -77,12 +104,15 @@ def fit_jobs(model: str, histories: int, steps: int, configured: int | None = No
 @contextlib.contextmanager
 def _pool_slot(jobs: int) -> Iterator[int]:
     """``jobs`` while no other thread of this process runs a pool, else 1 (fit in this thread)."""
+    global _starting_pool
     if jobs <= 1 or not _POOL.acquire(blocking=False):
         yield 1
         return
+    _starting_pool = True
     try:
         yield jobs
     finally:
+        _starting_pool = False
         _POOL.release()
 
 

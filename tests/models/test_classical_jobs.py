@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -86,3 +90,32 @@ def test_while_one_thread_fits_on_a_pool_another_fits_in_its_own_thread(monkeypa
         other.join(30)
     classical_forecasts(values, lengths, 12, 24, "theta")  # the pool is free again
     assert pools == [1, 2]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_pool_workers_end_when_the_process_that_started_them_is_killed():
+    """Before: a CLI killed mid-fit left its pool workers blocked for ever on a pipe nobody reads."""
+    import psutil
+
+    script = ("import numpy as np; from nightcast.models.classical import classical_forecasts; "
+              "n, L = 20000, 144; v = (100 + np.random.default_rng(0).normal(0, 2, (n, L))).ravel(); "
+              "classical_forecasts(v, np.full(n, L), 24, 24, 'theta')")
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "NIGHTCAST_CLASSICAL_JOBS": "2"})
+    workers: list = []
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        while len(parent.children()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        workers = parent.children()
+        assert len(workers) == 2, "the pool never started"
+        proc.kill()
+        proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert alive == []
+    finally:
+        for p in [proc, *workers]:  # never leave one behind, whatever the test found
+            try:
+                p.kill()
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass
