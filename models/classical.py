@@ -89,12 +89,15 @@ def _on_dask_worker() -> bool:
 def fit_jobs(model: str, histories: int, steps: int, configured: int | None = None) -> int:
     """Processes for fitting ``histories`` histories of ``steps`` values in all: 1 when the estimated work
     (``_MS_PER_STEP``) is under ``_PARALLEL_MIN_S`` seconds or on a Dask worker, else ``configured``
-    (``Settings.classical_jobs``; 0: the usable cores), never more than the histories."""
+    (``Settings.classical_jobs``; 0: the usable cores), never more than the histories; always 1 in a daemonic
+    process (multiprocessing forbids it children)."""
     if configured is None:
         from nightcast.schemas.params import Settings
 
         configured = Settings().classical_jobs
-    if configured == 1 or histories < 2:
+    import multiprocessing
+
+    if configured == 1 or histories < 2 or multiprocessing.current_process().daemon:  # a daemon has no children
         return 1
     if configured == 0 and (_on_dask_worker() or steps * _MS_PER_STEP.get(model, 1.0) / 1000 < _PARALLEL_MIN_S):
         return 1

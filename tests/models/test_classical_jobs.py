@@ -59,6 +59,14 @@ def test_automatic_count_is_one_below_a_few_seconds_of_work_and_the_cores_above(
     assert fit_jobs("theta", 3, 3 * 10, configured=8) == 3  # never more processes than histories
 
 
+def test_a_daemonic_process_fits_in_itself(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert fit_jobs("theta", 10_000, 10_000 * 144, configured=0) == 1
+    assert fit_jobs("theta", 10_000, 10_000 * 144, configured=4) == 1
+
+
 def test_a_dask_worker_fits_in_its_own_process():
     from distributed import Client, LocalCluster
 
