@@ -20,20 +20,21 @@ from nightcast.tasks.data.sample import make_sample
 torch.set_num_threads(1)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-_PORT_BLOCK = 1000
-_PORT_BASE = 15000  # below Linux's ephemeral range (32768-60999), which the kernel hands to clients and bind(0)
-_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-_ports = itertools.count(_PORT_BASE + _PORT_BLOCK * (int(_worker[2:] or 0) % 17))
+_PORT_BASE, _PORT_END = 10000, 32768  # below Linux's ephemeral range (32768-60999), which bind(0) and clients use
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+_PORT_BLOCK = (_PORT_END - _PORT_BASE) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+_ports = itertools.count(_PORT_BASE + _PORT_BLOCK * _worker)
 
 
 def _free_port() -> int:
-    """A port for a server a test starts, from this test process's own block (xdist worker gwN: the N-th block
-    of 1,000 from 15000), never handed out twice in the process. Servers started as commands (moto_server,
-    ``prefect server start``, s3rver, dask) bind the port they are given some time after the pick; a port
-    picked by ``bind(0)`` was then sometimes taken in between by another worker's server, whose answer the
-    test took for its own. Disjoint blocks make that impossible. (The CLI's own server gets a bound socket.)"""
+    """A port for a server a test starts, from this test process's own block (xdist worker gwN: the N-th of
+    equal blocks of 10000-32767), never handed out twice in the process. Servers started as commands
+    (moto_server, ``prefect server start``, s3rver, dask) bind the port they are given some time after the
+    pick; a port picked by ``bind(0)`` was then sometimes taken in between by another worker's server, whose
+    answer the test took for its own. Disjoint blocks make that impossible. (The CLI's own server gets a
+    bound socket.)"""
     for port in _ports:
-        if port >= _PORT_BASE + _PORT_BLOCK * (int(_worker[2:] or 0) % 17 + 1):
+        if port >= _PORT_BASE + _PORT_BLOCK * (_worker + 1):
             break
         with socket.socket() as sock:
             try:
@@ -41,7 +42,7 @@ def _free_port() -> int:
             except OSError:
                 continue  # in use (a service of this machine): the next one
             return port
-    raise RuntimeError(f"no free port left in this test process's block (worker {_worker})")
+    raise RuntimeError(f"no free port left in this test process's block (worker gw{_worker})")
 
 
 @pytest.fixture(scope="session")
