@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import glob as globlib
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import polars as pl
 
@@ -146,18 +147,11 @@ def newest_date(uri: str, columns: ColumnMap = ColumnMap()) -> dt.date | None:
     return frame["d"][0] if frame.height else None
 
 
-def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame] | None = None
-          ) -> tuple[pl.DataFrame, str, list[str] | str, dict[str, str] | None]:
-    """Scan ``uri`` (CSV as text, Parquet with hive partitions), apply ``query`` to the lazy scan and
-    collect; read errors become ``IngestError`` naming the input. Also (format, source, options)."""
-    source, fmt = _resolve(uri)
-    opts = storage_options() if uri.startswith("s3://") else None
+@contextlib.contextmanager
+def _read_errors(uri: str, source: list[str] | str, opts: dict[str, str] | None, fmt: str) -> Iterator[None]:
+    """Read errors of ``uri`` as ``IngestError`` naming the input."""
     try:
-        if fmt == "csv":
-            scan = pl.scan_csv(source, infer_schema=False, storage_options=opts)
-        else:
-            scan = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts)
-        frame = (query(scan, scan.collect_schema(), fmt) if query else scan).collect()
+        yield
     except FileNotFoundError as exc:
         raise IngestError(f"input not found: {uri}") from exc
     except pl.exceptions.DuplicateError as exc:  # a Parquet schema that names a column twice
@@ -167,12 +161,34 @@ def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame
                           f"{_files_with_repeats(source, opts) or uri}; rename or drop the copies") from exc
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise IngestError(f"cannot read {uri} as {fmt}: {first_line(exc)}") from exc
+
+
+def _scan(source: list[str] | str, fmt: str, opts: dict[str, str] | None) -> pl.LazyFrame:
+    if fmt == "csv":
+        return pl.scan_csv(source, infer_schema=False, storage_options=opts)
+    return pl.scan_parquet(source, hive_partitioning=True, storage_options=opts)
+
+
+def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame] | None = None
+          ) -> tuple[pl.DataFrame, str, list[str] | str, dict[str, str] | None]:
+    """Scan ``uri`` (CSV as text, Parquet with hive partitions), apply ``query`` to the lazy scan and
+    collect; read errors become ``IngestError`` naming the input. Also (format, source, options)."""
+    source, fmt = _resolve(uri)
+    opts = storage_options() if uri.startswith("s3://") else None
+    with _read_errors(uri, source, opts, fmt):
+        scan = _scan(source, fmt, opts)
+        frame = (query(scan, scan.collect_schema(), fmt) if query else scan).collect()
     return frame, fmt, source, opts
 
 
-def read_as_written(uri: str) -> pl.DataFrame:
-    """The input with its own column names (CSV as text): what ``nightcast partition`` rewrites."""
-    return _read(uri)[0]
+@contextlib.contextmanager
+def scan_as_written(uri: str) -> Iterator[pl.LazyFrame]:
+    """The input as a lazy scan with its own column names (CSV as text): what ``nightcast partition``
+    streams. Read errors inside the block (collects and sinks of the scan) become ``IngestError``."""
+    source, fmt = _resolve(uri)
+    opts = storage_options() if uri.startswith("s3://") else None
+    with _read_errors(uri, source, opts, fmt):
+        yield _scan(source, fmt, opts)
 
 
 def load_series_ids(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFrame:
