@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -93,6 +94,36 @@ def test_shard_layout_opens_only_the_shards_own_files(tmp_path):
         load_observations(str(tmp_path / "lay"))
     with pytest.raises(IngestError, match="already holds files"):
         write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 4)
+
+
+def test_a_layout_partitioned_again_for_another_count_keeps_every_row_in_input_order(tmp_path):
+    """The streaming rewrite keeps each shard's rows in input order, and re-partitioning a layout replaces
+    its shard columns (the old ones would name the wrong folder)."""
+    from nightcast.tasks.data.ingest import load_observations
+    from nightcast.tasks.serving.shard import write_shard_layout
+
+    rng = np.random.default_rng(3)
+    raw = pl.DataFrame({"series_id": [f"s{i % 37:02d}" for i in range(2_000)],
+                        "timestamp": [f"2024-01-{1 + i // 37 % 28:02d} {i % 24:02d}:00" for i in range(2_000)],
+                        "target": rng.normal(size=2_000).round(3).astype(str)})
+    raw.write_csv(tmp_path / "obs.csv")
+    write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "five"), 5)
+    out = write_shard_layout(str(tmp_path / "five"), str(tmp_path / "three"), 3)
+    assert (out["rows"], out["series"]) == (2_000, 37)
+    ids = pl.DataFrame({"series_id": raw["series_id"].unique()})
+
+    def written(layout: str, n: int, k: int) -> pl.DataFrame:
+        files = sorted((tmp_path / layout / f"nshards={n}" / f"shard={k}").glob("*.parquet"))
+        return pl.concat([pl.read_parquet(f) for f in files])
+
+    for k, series in enumerate(plan_shards(ids, 5)):  # from the CSV: each shard's rows in input order
+        assert written("five", 5, k).equals(raw.filter(pl.col("series_id").is_in(series)))
+    for k, series in enumerate(plan_shards(ids, 3)):  # from the layout: the old shard columns replaced
+        got = written("three", 3, k)
+        assert set(got.columns) == set(raw.columns)
+        assert sorted(load_observations(str(tmp_path / "three"), shard=(k, 3))["series_id"].unique()) == series
+        mine = raw.filter(pl.col("series_id").is_in(series))
+        assert got.select(mine.columns).sort(mine.columns).equals(mine.sort(mine.columns))
 
 
 def test_a_layout_for_another_count_or_another_hash_is_refused_not_read_short(tmp_path):
