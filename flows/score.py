@@ -83,12 +83,14 @@ def _torch_threads_here(fn):  # noqa: ANN001, ANN202 - a shard task
 
 
 plan_step = step(load_series_ids, "list-series", io=True, timeout_s=3600)
-read_step = step(read_shard, "read-shard", io=True, timeout_s=3600).with_options(
+# Shard steps run mapped, in worker threads or on Dask workers, where a Prefect timeout cannot interrupt
+# them (Prefect logs a warning per task saying so, 100 a run at 100 shards): they have none, like backfill dates.
+read_step = step(read_shard, "read-shard", io=True).with_options(
     task_run_name="read-shard-{staged_key}")
-shard_step = step(_torch_threads_here(score_shard), "score-shard", io=True, timeout_s=3600).with_options(
+shard_step = step(_torch_threads_here(score_shard), "score-shard", io=True).with_options(
     task_run_name="score-shard-{staged_key}")
-one_pass_step = step(_torch_threads_here(read_and_score_shard), "read-and-score-shard", io=True,
-                     timeout_s=3600).with_options(task_run_name="read-and-score-shard-{staged_key}")
+one_pass_step = step(_torch_threads_here(read_and_score_shard), "read-and-score-shard", io=True).with_options(
+    task_run_name="read-and-score-shard-{staged_key}")
 assemble_step = step(assemble_shards, "assemble-shards", io=True, timeout_s=3600)
 
 

@@ -351,3 +351,12 @@ def test_the_classical_candidate_is_fitted_only_where_it_has_a_weight(panel, mon
     assert {methods[s] for s in scored & with_theta} == {"combination"}
     assert {methods[s] for s in scored - with_theta} == {"seasonal_naive"}
     assert forecasts["forecast"].is_finite().all()
+
+
+def test_shard_steps_have_no_timeout_that_could_not_interrupt_them():
+    """Shard steps run mapped, in worker threads or on Dask workers, where Prefect's timeout cannot interrupt
+    a task and logs a warning for each one (100 per run at 100 shards); the flow's own steps keep theirs."""
+    from nightcast.flows import score
+
+    assert [s.timeout_seconds for s in (score.read_step, score.shard_step, score.one_pass_step)] == [None] * 3
+    assert score.assemble_step.timeout_seconds == score.plan_step.timeout_seconds == 3600
