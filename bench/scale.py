@@ -383,13 +383,17 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
         write_shard_layout(data, layout, shards)
     with steps.step("flow_1proc_cores"):  # the default: classical fits on every core
         score_flow(ScoreParams(data=data), store=store)
+    before = os.environ.get("NIGHTCAST_CLASSICAL_JOBS")
     os.environ["NIGHTCAST_CLASSICAL_JOBS"] = "1"  # the reference for the workers: one core, as each worker has
     try:
         with steps.step("flow_1proc"):
             state = score_flow(ScoreParams(data=data), store=store, return_state=True)
             steps.out["series"] = state.result()["series"]
     finally:
-        del os.environ["NIGHTCAST_CLASSICAL_JOBS"]
+        if before is None:
+            del os.environ["NIGHTCAST_CLASSICAL_JOBS"]
+        else:
+            os.environ["NIGHTCAST_CLASSICAL_JOBS"] = before
     for k in counts:
         with steps.step(f"cluster_{k}"):
             cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None)

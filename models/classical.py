@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -43,28 +44,22 @@ _MS_PER_STEP = {"autoets": 1.0, "autotheta": 0.2, "optimized_theta": 0.1, "theta
 _PARALLEL_MIN_S = 2.0  # estimated seconds of fitting before a call is worth a process pool (~0.2 s to start)
 _POOL = threading.Lock()  # one thread's pool at a time: threads that score shards together never multiply pools
 _PR_SET_PDEATHSIG = 1
-_starting_pool = False  # while True, processes this one forks are pool workers: they die with it
+_pool_owner = 0  # while a pool starts: the pid of this process; the processes it forks are pool workers
 
 
 def _pool_worker_dies_with_parent() -> None:
-    """At fork, in the child: a pool worker forked while ``_starting_pool`` is set gets SIGKILL when the
+    """At fork, in the child: a pool worker (forked while ``_pool_owner`` is set) gets SIGKILL when the
     thread that started it ends (Linux ``PR_SET_PDEATHSIG``). Without it, a CLI killed mid-fit (SIGKILL,
     or a timeout) left its workers blocked for ever on a pipe nobody reads."""
-    if not _starting_pool:
+    if not _pool_owner:
         return
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != _forker:  # the parent died before prctl took effect
+    if os.getppid() != _pool_owner:  # the parent died before prctl took effect
         os._exit(1)
 
 
-def _note_forker() -> None:
-    global _forker
-    _forker = os.getpid()
-
-
-_forker = os.getpid()  # the process that forks (set just before each fork)
 if sys.platform.startswith("linux"):
-    os.register_at_fork(before=_note_forker, after_in_child=_pool_worker_dies_with_parent)
+    os.register_at_fork(after_in_child=_pool_worker_dies_with_parent)
 
 
 def _usable_cores() -> int:
@@ -95,8 +90,6 @@ def fit_jobs(model: str, histories: int, steps: int, configured: int | None = No
         from nightcast.schemas.params import Settings
 
         configured = Settings().classical_jobs
-    import multiprocessing
-
     if configured == 1 or histories < 2 or multiprocessing.current_process().daemon:  # a daemon has no children
         return 1
     if configured == 0 and (_on_dask_worker() or steps * _MS_PER_STEP.get(model, 1.0) / 1000 < _PARALLEL_MIN_S):
@@ -107,15 +100,15 @@ def fit_jobs(model: str, histories: int, steps: int, configured: int | None = No
 @contextlib.contextmanager
 def _pool_slot(jobs: int) -> Iterator[int]:
     """``jobs`` while no other thread of this process runs a pool, else 1 (fit in this thread)."""
-    global _starting_pool
+    global _pool_owner
     if jobs <= 1 or not _POOL.acquire(blocking=False):
         yield 1
         return
-    _starting_pool = True
+    _pool_owner = os.getpid()
     try:
         yield jobs
     finally:
-        _starting_pool = False
+        _pool_owner = 0
         _POOL.release()
 
 

@@ -148,10 +148,17 @@ def newest_date(uri: str, columns: ColumnMap = ColumnMap()) -> dt.date | None:
 
 
 @contextlib.contextmanager
-def _read_errors(uri: str, source: list[str] | str, opts: dict[str, str] | None, fmt: str) -> Iterator[None]:
-    """Read errors of ``uri`` as ``IngestError`` naming the input."""
+def _scanning(uri: str) -> Iterator[tuple[pl.LazyFrame, str, list[str] | str, dict[str, str] | None]]:
+    """A lazy scan of ``uri`` (CSV as text, Parquet with hive partitions) with (format, source, options);
+    read errors inside the block (collects and sinks of the scan) become ``IngestError`` naming the input."""
+    source, fmt = _resolve(uri)
+    opts = storage_options() if uri.startswith("s3://") else None
     try:
-        yield
+        if fmt == "csv":
+            scan = pl.scan_csv(source, infer_schema=False, storage_options=opts)
+        else:
+            scan = pl.scan_parquet(source, hive_partitioning=True, storage_options=opts)
+        yield scan, fmt, source, opts
     except FileNotFoundError as exc:
         raise IngestError(f"input not found: {uri}") from exc
     except pl.exceptions.DuplicateError as exc:  # a Parquet schema that names a column twice
@@ -163,20 +170,11 @@ def _read_errors(uri: str, source: list[str] | str, opts: dict[str, str] | None,
         raise IngestError(f"cannot read {uri} as {fmt}: {first_line(exc)}") from exc
 
 
-def _scan(source: list[str] | str, fmt: str, opts: dict[str, str] | None) -> pl.LazyFrame:
-    if fmt == "csv":
-        return pl.scan_csv(source, infer_schema=False, storage_options=opts)
-    return pl.scan_parquet(source, hive_partitioning=True, storage_options=opts)
-
-
 def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame] | None = None
           ) -> tuple[pl.DataFrame, str, list[str] | str, dict[str, str] | None]:
-    """Scan ``uri`` (CSV as text, Parquet with hive partitions), apply ``query`` to the lazy scan and
-    collect; read errors become ``IngestError`` naming the input. Also (format, source, options)."""
-    source, fmt = _resolve(uri)
-    opts = storage_options() if uri.startswith("s3://") else None
-    with _read_errors(uri, source, opts, fmt):
-        scan = _scan(source, fmt, opts)
+    """Scan ``uri``, apply ``query`` to the lazy scan and collect (``_scanning``). Also (format, source,
+    options)."""
+    with _scanning(uri) as (scan, fmt, source, opts):
         frame = (query(scan, scan.collect_schema(), fmt) if query else scan).collect()
     return frame, fmt, source, opts
 
@@ -185,10 +183,8 @@ def _read(uri: str, query: Callable[[pl.LazyFrame, pl.Schema, str], pl.LazyFrame
 def scan_as_written(uri: str) -> Iterator[pl.LazyFrame]:
     """The input as a lazy scan with its own column names (CSV as text): what ``nightcast partition``
     streams. Read errors inside the block (collects and sinks of the scan) become ``IngestError``."""
-    source, fmt = _resolve(uri)
-    opts = storage_options() if uri.startswith("s3://") else None
-    with _read_errors(uri, source, opts, fmt):
-        yield _scan(source, fmt, opts)
+    with _scanning(uri) as (scan, *_):
+        yield scan
 
 
 def load_series_ids(uri: str, columns: ColumnMap = ColumnMap()) -> pl.DataFrame:

@@ -15,9 +15,6 @@ from pathlib import Path
 import polars as pl
 
 _KEY = b"nightcast-shard"
-_FILE_BYTES = 32 * 2**20
-"""A shard's rows go to a new file every ~32 MiB (in memory): each open shard buffers at most this much
-while ``write_shard_layout`` streams (polars' own default let 100 shards buffer 17 GB)."""
 
 
 def _hash64(series_id: str) -> int:
@@ -82,7 +79,7 @@ def write_shard_layout(uri: str, out: str, n_shards: int, series_col: str = "ser
     this layout from the pipeline that produces the data (the hash is documented above). ``out`` must
     be new or empty, so that two shard counts never mix in one layout.
     """
-    from nightcast.tasks.data.ingest import IngestError, scan_as_written, storage_options
+    from nightcast.tasks.data.ingest import SHARD_COLUMNS, IngestError, scan_as_written, storage_options
     from nightcast.tasks.ops.storage import open_store
 
     if n_shards < 1:
@@ -92,8 +89,9 @@ def write_shard_layout(uri: str, out: str, n_shards: int, series_col: str = "ser
             else Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir())):
         raise IngestError(f"{out} already holds files; partition into a new directory")
     with scan_as_written(uri) as scan:
-        if series_col not in scan.collect_schema():
-            raise IngestError(f"missing column {series_col!r} in {uri}; found {scan.collect_schema().names()}. "
+        schema = scan.collect_schema()
+        if series_col not in schema:
+            raise IngestError(f"missing column {series_col!r} in {uri}; found {schema.names()}. "
                               "Name the id column with --series-col.")
         text = pl.col(series_col).cast(pl.String)
         blank = text.str.strip_chars().fill_null("") == ""
@@ -109,11 +107,9 @@ def write_shard_layout(uri: str, out: str, n_shards: int, series_col: str = "ser
         # re-partitioned) are replaced
         key = "__nightcast_shard_key"
         table = pl.DataFrame({key: ids, "shard": shards})
-        schema = scan.collect_schema()
-        (scan.drop([c for c in ("nshards", "shard") if c in schema])
+        (scan.drop([c for c in SHARD_COLUMNS if c in schema])
          .with_columns(text.alias(key), pl.lit(n_shards, dtype=pl.UInt32).alias("nshards"))
          .join(table.lazy(), on=key, how="left", maintain_order="left").drop(key)
-         .sink_parquet(pl.PartitionBy(out.rstrip("/"), key=["nshards", "shard"], include_key=False,
-                                      approximate_bytes_per_file=_FILE_BYTES),
+         .sink_parquet(pl.PartitionBy(out.rstrip("/"), key=list(SHARD_COLUMNS), include_key=False),
                        mkdir=not remote, storage_options=storage_options() if remote else None))
     return {"rows": rows, "series": ids.len(), "shards": shards.n_unique(), "out": out}
