@@ -65,7 +65,9 @@ def needs_embedded_server() -> bool:
 def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive SIGTERM when this process dies (Linux only).
 
-    The signal follows the thread that forks, so call Popen from the main thread.
+    The kernel sends it when the *thread* that forked ends, not the process: a child forked from a worker
+    thread is killed as soon as that thread returns. Call Popen from the main thread (``ChildServer.start``
+    refuses any other).
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -165,8 +167,13 @@ class ChildServer:
         """Launch the server and wait until ``/api/health`` answers; RuntimeError (``TIMEOUT_MESSAGE``) when it
         does not within ``timeout`` seconds, or with the log's tail when the process ends first. Waits first
         for any other start in the same Prefect home (``start_lock``); that wait is not part of ``timeout``."""
+        import threading
+
         from prefect.settings import get_current_settings
 
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("the temporary Prefect server must be started from the main thread: its parent-death "
+                               "signal follows the thread that starts it, which would stop it when that thread ends")
         settings = get_current_settings()
         env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), "PREFECT_UI_ENABLED": "0"}
         env.pop("PREFECT_API_URL", None)

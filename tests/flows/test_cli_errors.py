@@ -353,22 +353,21 @@ def _take_turns(home: Path, tmp_path: Path) -> None:
     import psutil
 
     server = embedded.ChildServer(tmp_path / "server.log")
-    errors: list[BaseException] = []
+    held, seen_while_held = threading.Event(), []
 
-    def start() -> None:
-        try:
-            server.start(timeout=120)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
+    def another_start() -> None:  # holds the home's start lock a while, as a start in progress does
+        with embedded.start_lock(home):
+            held.set()
+            time.sleep(3)
+            seen_while_held.append(server.process)
 
+    holder = threading.Thread(target=another_start)
+    holder.start()
     try:
-        with embedded.start_lock(home):  # another start in progress
-            waiting = threading.Thread(target=start)
-            waiting.start()
-            waiting.join(3)
-            assert waiting.is_alive() and server.process is None  # nothing launched while the lock is held
-        waiting.join(150)
-        assert not waiting.is_alive() and errors == []
+        assert held.wait(30)
+        server.start(timeout=120)  # the main thread, as the CLI: the server's parent-death signal follows it
+        holder.join(30)
+        assert seen_while_held == [None]  # nothing was launched while the other start held the lock
         assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
         assert (home / "prefect.db").exists()  # the database it migrated is the home's
         # the port that answered is the child's own socket (bound here before the child started, so no other
@@ -376,8 +375,30 @@ def _take_turns(home: Path, tmp_path: Path) -> None:
         listening = [c.laddr.port for c in psutil.Process(server.process.pid).net_connections("tcp")
                      if c.status == psutil.CONN_LISTEN]
         assert listening == [server.port]
+        time.sleep(1)  # still serving after a moment: a start from a thread that then ended was once stopped here
+        assert server.running and httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
     finally:
+        holder.join(30)
         server.stop()
+
+
+def test_the_server_is_started_only_from_the_main_thread(tmp_path):
+    """The kernel's parent-death signal follows the thread that forked: a server started from a worker thread
+    was stopped (SIGTERM) as soon as that thread returned, while the CLI still used it."""
+    import threading
+
+    server, errors = embedded.ChildServer(tmp_path / "server.log"), []
+
+    def start() -> None:
+        try:
+            server.start(timeout=5)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    worker = threading.Thread(target=start)
+    worker.start()
+    worker.join(30)
+    assert server.process is None and len(errors) == 1 and "main thread" in errors[0]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
