@@ -13,11 +13,12 @@ import datetime as dt
 import hashlib
 import os
 import re
+import shutil
 import string
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,13 @@ class Store(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
 
     def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    def upload_from(self, key: str, path: Path) -> None:
+        """Write the object ``key`` from a local file, atomically, without holding the file in memory."""
+
+    def download_to(self, key: str, path: Path) -> None:
+        """Copy the object ``key`` to a local file, without holding it in memory; ``FileNotFoundError`` when
+        it does not exist."""
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
 
@@ -126,13 +134,27 @@ class LocalStore:
             raise FileNotFoundError(f"no object {key!r} in store {self.url}") from exc
 
     def write_bytes(self, key: str, data: bytes) -> None:
+        self._replace(key, lambda fh: fh.write(data))
+
+    def upload_from(self, key: str, path: Path) -> None:
+        with open(path, "rb") as src:
+            self._replace(key, lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
+
+    def download_to(self, key: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"no object {key!r} in store {self.url}") from exc
+
+    def _replace(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
+        """Write the object through ``fill`` into a same-directory temp file, then ``os.replace`` it in:
+        atomic on POSIX and Windows (a reader sees the old object or the whole new one)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Same-directory temp file + os.replace: atomic on POSIX and Windows.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                fill(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -357,6 +379,29 @@ class S3Store:
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._errors("put", key):
             self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def upload_from(self, key: str, path: Path) -> None:
+        """A file of any size: boto3's managed transfer (multipart above 8 MiB). The object appears only when
+        the upload completes, whole (a multipart upload's parts are invisible until it is completed)."""
+        from boto3.exceptions import S3UploadFailedError
+
+        with self._errors("put", key):
+            try:
+                self._s3.upload_file(str(path), self.bucket, self._key(key))
+            except S3UploadFailedError as exc:
+                where = f"s3://{self.bucket}/{self._key(key)}"
+                raise StorageError(f"S3 put {where} failed: {exc}") from exc
+
+    def download_to(self, key: str, path: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        with self._errors("get", key):
+            try:
+                self._s3.download_file(self.bucket, self._key(key), str(path))
+            except ClientError as exc:
+                if self._missing(exc):
+                    raise FileNotFoundError(f"no object {key!r} in store {self.url}") from exc
+                raise
 
     def conditional_writes(self) -> bool:
         """Whether the endpoint honours conditional PUTs, probed once per endpoint and bucket in a process:

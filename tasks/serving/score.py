@@ -210,31 +210,33 @@ def _method_counts(methods: np.ndarray) -> dict[str, int]:
     return {str(m): int(n) for m, n in zip(*np.unique(methods, return_counts=True))}
 
 
-def assemble_parts(parts: list[ScorePart], max_gap: int, calendar: Calendar,
-                   as_of: dt.date) -> tuple[pl.DataFrame, ScoreReport]:
-    """The forecasts and report of a whole run from its shards, as one process would have made them.
+def assemble_parts(parts: list[ScorePart], max_gap: int, calendar: Calendar, as_of: dt.date,
+                   frames: list[pl.LazyFrame] | None = None) -> tuple[pl.LazyFrame, ScoreReport]:
+    """The forecasts (lazy, in no particular order) and report of a whole run from its shards, as one process
+    would have made them; ``frames``: the parts' forecasts when they are not in ``parts`` (staged files).
 
     Staleness is measured from the newest cleaned timestamp of the whole catalogue; a shard only
-    saw its own, so series stale against the newest of all shards are dropped (and named) here.
+    saw its own, so series stale against the newest of all shards are dropped (and named) here. Only the
+    parts' first steps are read here; ``write_forecasts_sorted`` reads the rest in slices.
     """
     lasts = [p.clean_last for p in parts if p.clean_last is not None]
     report = ScoreReport()
     for p in parts:
         report.skipped.update(p.report.skipped)
-    frames = [p.forecasts for p in parts if p.forecasts is not None]
+    if frames is None:
+        frames = [p.forecasts.lazy() for p in parts if p.forecasts is not None]
     if not frames or not lasts:
         raise ScoreError(f"no series could be scored for as_of {as_of}: {_first(report.skipped)}")
     global_last = max(lasts)
     seen = pl.concat([p.last_seen for p in parts])
     stale = _stale(seen, calendar, max_gap, global_last).filter(pl.col("skip").is_not_null())
     report.skipped.update(dict(stale.select("series_id", "skip").iter_rows()))
-    frame = pl.concat(frames).filter(~pl.col("series_id").is_in(stale["series_id"].implode()))
-    if frame.height == 0:
+    frame = pl.concat(frames, how="vertical").filter(~pl.col("series_id").is_in(stale["series_id"].implode()))
+    methods = frame.filter(pl.col("horizon") == 1).select("method").collect()["method"].to_numpy()
+    if len(methods) == 0:
         raise ScoreError(f"no series could be scored for as_of {as_of}: {_first(report.skipped)}")
-    frame = frame.sort("series_id", "horizon")
-    per_series = frame.filter(pl.col("horizon") == 1)["method"].to_numpy()
-    report.series_scored = len(per_series)
-    report.methods = _method_counts(per_series)
+    report.series_scored = len(methods)
+    report.methods = _method_counts(methods)
     report.skipped = dict(sorted(report.skipped.items()))
     return frame, report
 
@@ -484,17 +486,68 @@ def timestamps_zone(notes: dict) -> str:
     return "local dates" if notes.get("timestamps_local_midnight_read_as_dates") else "UTC"
 
 
+def forecasts_metadata(versions: list[str], zone: str) -> dict[str, str]:
+    """The key-value metadata of every forecasts file: its layout, model versions and timestamps' zone."""
+    return {"nightcast.forecasts_layout": FORECASTS_LAYOUT, "nightcast.model_version": ",".join(sorted(versions)),
+            TIMESTAMPS_META: zone}
+
+
 def write_forecasts(store: Store, forecasts: pl.DataFrame, model: str, as_of: dt.date, zone: str = "UTC") -> str:
     """Replace the partition for (model, as_of) with one atomic object; nothing else is touched. ``zone``
     (``timestamps_zone``) is recorded in the file's metadata."""
-    prefix = partition_key(model, as_of)
     buf = io.BytesIO()
-    versions = forecasts["model_version"].unique().sort().to_list()
-    forecasts.write_parquet(buf, metadata={"nightcast.forecasts_layout": FORECASTS_LAYOUT,
-                                           "nightcast.model_version": ",".join(versions), TIMESTAMPS_META: zone})
+    forecasts.write_parquet(buf, metadata=forecasts_metadata(forecasts["model_version"].unique().to_list(), zone))
+    return _replace_partition(store, model, as_of, lambda key: store.write_bytes(key, buf.getvalue()))
+
+
+ROWS_PER_SLICE = 2_000_000
+"""Rows ``write_forecasts_sorted`` sorts at a time: the assemble's memory, whatever the catalogue's size."""
+
+
+def write_forecasts_sorted(store: Store, forecasts: pl.LazyFrame, model: str, as_of: dt.date, zone: str = "UTC",
+                           rows_per_slice: int = ROWS_PER_SLICE) -> tuple[str, int]:
+    """``write_forecasts`` for a lazy frame of any size, rows sorted by series and horizon as a whole-frame sort
+    would leave them, without ever holding the whole frame: the series ids (one column of the first steps) are
+    cut into ranges of about ``rows_per_slice`` rows, each range is read (predicate pushdown), sorted and
+    appended to a local Parquet file as its own row groups, and the file goes to the store in one atomic
+    upload. Returns the key and the rows written."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    firsts = forecasts.filter(pl.col("horizon") == 1).select("series_id", "model_version").collect()
+    ids = firsts["series_id"].sort()
+    horizon = max(1, int(forecasts.select(pl.col("horizon").max()).collect().item() or 1))
+    slices = max(1, -(-len(ids) * horizon // rows_per_slice))
+    cuts = [ids[len(ids) * k // slices] for k in range(1, slices)]
+    meta = forecasts_metadata(firsts["model_version"].unique().to_list(), zone)
+    with tempfile.TemporaryDirectory(prefix="nightcast-assemble-") as tmp:
+        path = Path(tmp) / "forecasts.parquet"
+        writer, rows = None, 0
+        try:
+            for k in range(slices):
+                keep = pl.lit(True)
+                if k > 0:
+                    keep &= pl.col("series_id") >= cuts[k - 1]
+                if k < slices - 1:
+                    keep &= pl.col("series_id") < cuts[k]
+                table = forecasts.filter(keep).sort("series_id", "horizon").collect().to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema.with_metadata(meta), compression="zstd")
+                writer.write_table(table.replace_schema_metadata(meta))
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        return _replace_partition(store, model, as_of, lambda key: store.upload_from(key, path)), rows
+
+
+def _replace_partition(store: Store, model: str, as_of: dt.date, put) -> str:  # noqa: ANN001 - put(key)
+    """Write the partition's one object with ``put(key)``, then delete anything else under the partition."""
     key = forecasts_key(model, as_of)
-    store.write_bytes(key, buf.getvalue())
-    for stale in store.list(prefix + "/"):
+    put(key)
+    for stale in store.list(partition_key(model, as_of) + "/"):
         if stale != key:
             store.delete(stale)
     return key

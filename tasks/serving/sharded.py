@@ -35,7 +35,9 @@ import dataclasses
 import datetime as dt
 import functools
 import io
+import tempfile
 import threading
+from pathlib import Path
 from typing import Callable
 
 import polars as pl
@@ -46,7 +48,7 @@ from nightcast.tasks.data.ingest import load_observations
 from nightcast.tasks.forecast.intervals import widen
 from nightcast.tasks.ops.registry import Bundle, load_bundle
 from nightcast.tasks.serving.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
-                         score_calendar, scoring_span_start, write_forecasts)
+                         score_calendar, scoring_span_start, write_forecasts_sorted)
 from nightcast.tasks.ops.storage import Store, open_store
 from nightcast.tasks.data.validate import validate_observations
 
@@ -203,11 +205,15 @@ def score_shard(store_url: str, model_name: str, version: str, staged_input: str
     return _stage_part(store_url, forecast_part(bundle, valid, as_of, calendar), staged_key)
 
 
+PART_ROW_GROUP = 100_000
+"""Rows per row group of a staged part (sorted by series): the assemble's slices skip the groups outside them."""
+
+
 def _stage_part(store_url: str, part: ScorePart, staged_key: str) -> ScorePart:
     if part.forecasts is None:
         return part
     buf = io.BytesIO()
-    part.forecasts.write_parquet(buf)
+    part.forecasts.sort("series_id", "horizon").write_parquet(buf, row_group_size=PART_ROW_GROUP)
     open_store(store_url).write_bytes(staged_key, buf.getvalue())
     return dataclasses.replace(part, forecasts=None, staged=staged_key)
 
@@ -215,21 +221,31 @@ def _stage_part(store_url: str, part: ScorePart, staged_key: str) -> ScorePart:
 def assemble_shards(store_url: str, parts: list[ScorePart], max_gap: int, calendar: Calendar, as_of: dt.date,
                     model_name: str, version: str, width_factors: list[float] | None = None,
                     zone: str = "UTC") -> dict:
-    """Read the staged parts, settle staleness across shards, widen the intervals by ``width_factors`` (per
-    horizon step; ``nightcast.tasks.forecast.intervals.widen``) and write the partition in one atomic object
-    (``write_forecasts``); the parts are deleted. A summary row like an unsharded run's."""
+    """Settle staleness across shards, widen the intervals by ``width_factors`` (per horizon step;
+    ``nightcast.tasks.forecast.intervals.widen``) and write the partition in one atomic object; the staged
+    parts are deleted. The parts are copied to local files and read lazily, a slice of series at a time
+    (``write_forecasts_sorted``): the flow's memory does not grow with the catalogue. A summary row like an
+    unsharded run's."""
     store = open_store(store_url)
-    loaded = [dataclasses.replace(p, forecasts=pl.read_parquet(io.BytesIO(store.read_bytes(p.staged))))
-              if p.staged else p for p in parts]
-    forecasts, report = assemble_parts(loaded, max_gap, calendar, as_of)
-    if width_factors:
-        forecasts = widen(forecasts, width_factors)
-    key = write_forecasts(store, forecasts, model_name, as_of, zone)
+    with tempfile.TemporaryDirectory(prefix="nightcast-parts-") as tmp:
+        frames = []
+        for i, p in enumerate(parts):
+            if p.staged:
+                local = Path(tmp) / f"part-{i:05d}.parquet"
+                store.download_to(p.staged, local)
+                frames.append(pl.scan_parquet(local))
+            elif p.forecasts is not None:
+                frames.append(p.forecasts.lazy())
+        forecasts, report = assemble_parts(parts, max_gap, calendar, as_of, frames)
+        if width_factors:
+            forecasts = widen(forecasts, width_factors)
+        key, rows = write_forecasts_sorted(store, forecasts, model_name, as_of, zone)
     for p in parts:
         if p.staged:
             store.delete(p.staged)
-    return {"as_of": as_of, "rows": forecasts.height, "series": report.series_scored, "methods": report.methods,
-            "skipped": report.skipped, "model_version": version, "forecasts": store.uri(key)}
+    return {"as_of": as_of, "rows": rows, "series": report.series_scored,
+            "methods": report.methods, "skipped": report.skipped, "model_version": version,
+            "forecasts": store.uri(key)}
 
 
 def discard_staging(store_url: str, run: str) -> None:

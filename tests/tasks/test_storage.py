@@ -1,6 +1,7 @@
 import datetime as dt
 import hashlib
 import multiprocessing
+import os
 import re
 import string
 
@@ -44,8 +45,20 @@ def _roundtrip(store) -> None:
         store.read_bytes("a/missing")
 
 
+def _file_roundtrip(store, tmp_path) -> None:
+    data = os.urandom(9 << 20)  # above boto3's 8 MiB multipart threshold: S3 uploads it in parts
+    (tmp_path / "src.bin").write_bytes(data)
+    store.upload_from("f/big.bin", tmp_path / "src.bin")
+    store.download_to("f/big.bin", tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == data and store.read_bytes("f/big.bin") == data
+    assert store.list("f/") == ["f/big.bin"]
+    with pytest.raises(FileNotFoundError, match="f/missing"):
+        store.download_to("f/missing", tmp_path / "none.bin")
+
+
 def test_local_store_roundtrip(tmp_path):
     _roundtrip(open_store(str(tmp_path / "store")))
+    _file_roundtrip(open_store(str(tmp_path / "store")), tmp_path)
 
 
 def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
@@ -58,6 +71,10 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     monkeypatch.setattr("nightcast.tasks.ops.storage.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         store.write_bytes("k.txt", b"partial")
+    src = tmp_path.parent / f"{tmp_path.name}-src.bin"
+    src.write_bytes(b"partial")
+    with pytest.raises(OSError, match="disk full"):
+        store.upload_from("k.txt", src)
     assert store.read_bytes("k.txt") == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["k.txt"]
 
@@ -67,6 +84,13 @@ def test_s3_store_roundtrip_against_moto_server(s3_env):
     assert isinstance(store, S3Store)
     _roundtrip(store)
     assert store.uri("x/y") == f"s3://{s3_env}/some/prefix/x/y"
+
+
+def test_s3_file_transfers_against_moto_server(s3_env, tmp_path):
+    _file_roundtrip(open_store(f"s3://{s3_env}/files"), tmp_path)
+    (tmp_path / "small.bin").write_bytes(b"x")
+    with pytest.raises(StorageError, match=f"s3://{s3_env}-missing/pre/a/b failed"):
+        S3Store(f"s3://{s3_env}-missing/pre").upload_from("a/b", tmp_path / "small.bin")
 
 
 @pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/./b", ""])
