@@ -16,6 +16,7 @@ Every statistic is fitted on the training span only and kept as plain JSON
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,24 @@ def _stats(col: pl.Expr, scaler: str) -> list[pl.Expr]:
     return [col.median().alias("c"), (col.quantile(0.75) - col.quantile(0.25)).alias("s")]
 
 
+def _target_stats(observed: pl.DataFrame, scaler: str) -> dict[str, list[float]]:
+    """Each series' [centre, scale] of its target over ``observed`` rows (a flat series gets scale 1)."""
+    t = observed.group_by("series_id").agg(_stats(pl.col("target"), scaler))
+    return {sid: [float(c), float(s) if s and s > _EPS else 1.0] for sid, c, s in t.iter_rows()}
+
+
+def with_new_series(state: FeatureState, clean: pl.DataFrame) -> FeatureState:
+    """``state`` plus target scalers for the series of ``clean`` it has never seen, fitted by the same rule on
+    their observed values in ``clean`` (at scoring: the recent history each series keeps, up to the origin): a series that
+    appeared after training, or one outside the sample a catalogue-scale retrain trained on, is forecast by
+    the global network too. Known series keep their fitted scalers; nothing is refit."""
+    known = pl.Series("k", list(state.target_stats), dtype=pl.String).implode()
+    new = clean.filter(pl.col("observed") & ~pl.col("series_id").is_in(known))
+    if new.height == 0:
+        return state
+    return dataclasses.replace(state, target_stats={**state.target_stats, **_target_stats(new, state.scaler)})
+
+
 def _encoded(name: str, state: FeatureState) -> list[str]:
     if name in state.categories:
         return [f"cat__{name}={v}" for v in state.categories[name]]
@@ -84,8 +103,7 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
     if unknown:
         raise ValueError(f"covariate(s) {unknown} are not columns of the input; columns: {sorted(known)}")
     train = clean.filter((pl.col("timestamp") <= train_end) & pl.col("observed"))
-    t = train.group_by("series_id").agg(_stats(pl.col("target"), scaler))
-    target_stats = {sid: [float(c), float(s) if s and s > _EPS else 1.0] for sid, c, s in t.iter_rows()}
+    target_stats = _target_stats(train, scaler)
     used = [*past, *future_covariates]
     numeric_stats = {}
     for c in (c for c in used if c in numeric):

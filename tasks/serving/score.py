@@ -14,7 +14,7 @@ from nightcast.schemas.frames import FORECASTS_LAYOUT, Forecasts
 from nightcast.schemas.params import CleanConfig
 from nightcast.tasks.data.clean import Calendar, by_series, clean_observations, decide_calendar
 from nightcast.tasks.forecast.evaluate import NETWORK
-from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features
+from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features, with_new_series
 from nightcast.tasks.forecast.intervals import bounds
 from nightcast.tasks.forecast.train import predict_scaled
 from nightcast.tasks.data.window import make_windows, min_history
@@ -57,9 +57,10 @@ def forecast_from_bundle(bundle: Bundle, observations: pl.DataFrame,
                          as_of: dt.date) -> tuple[pl.DataFrame, ScoreReport]:
     """Clean the history up to ``as_of`` as training did; forecast every series with its served method.
 
-    The network forecasts the series it knows from its last window; each series is served
-    what the bundle chose for it on validation (first-generation bundles: the network).
-    Series the network cannot forecast (unseen in training, too short, a long gap in the
+    The network forecasts every series from its last window (a series unseen in training is scaled by
+    its own recent history, ``with_new_series``: new series get the global model too); each series is
+    served the bundle's combination for it (unseen series: the pooled weights; first-generation
+    bundles: the network). Series the network cannot forecast (too short, a long gap in the
     window) still get a baseline when their own history allows one, so the output never
     goes blank. All steps run on stacked frames and arrays, never per series.
     """
@@ -179,6 +180,7 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     live = series.filter(pl.col("skip").is_null())
     if live.height == 0:
         return ScorePart(None, report, series.select("series_id", "last_seen"), clean["timestamp"].max())
+    state = with_new_series(state, clean)  # series the bundle never saw get scalers from their history here
     future = future_steps(live.select("series_id", "last_seen", "dom"), calendar, horizon)
     ids = live["series_id"].to_list()
     net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
@@ -390,7 +392,7 @@ def _serve(bundle: Bundle, candidates: dict[str, np.ndarray], ids: np.ndarray) -
 def _combined_intervals(out: np.ndarray, half_widths: list[float] | None, state: FeatureState,
                         ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Conformal bounds of the served forecast: per-horizon widths in each series' scaled units; NaN for a
-    series the scalers never saw (no scale to size its interval by)."""
+    series without a scaler (``state`` has one for every series with an observed value in the scoring history)."""
     lower, upper = np.full(out.shape, np.nan), np.full(out.shape, np.nan)
     if not half_widths:
         return lower, upper

@@ -130,3 +130,46 @@ def test_a_series_shorter_than_lookback_plus_horizon_is_trained_on_and_forecast(
     frame = read_forecasts(store, "lstm", as_of).filter(pl.col("series_id") == "short")
     assert "short" not in scored["skipped"] and frame.height == 7
     assert frame["method"][0] == "combination"
+
+
+def test_a_series_the_bundle_never_saw_is_forecast_by_the_network_and_changes_no_other(tmp_path):
+    """A series that appears after training (or lies outside a retrain's sample) gets scalers from its own
+    recent history at scoring, so the global network forecasts it and its interval has a width; the other
+    series' forecasts are exactly what they are without it."""
+    panel = _panel()
+    csv = tmp_path / "obs.csv"
+    panel.write_csv(csv)
+    store = open_store(str(tmp_path / "s"))
+    retrain_flow(_params(str(csv)), store=store.url)
+    new = (panel.filter(pl.col("series_id") == "s2").tail(60)
+           .with_columns(pl.lit("new").alias("series_id"),
+                         (pl.col("target").cast(pl.Float64) * 3 + 500).round(4).cast(pl.String)))
+    with_new = tmp_path / "with_new.csv"
+    pl.concat([panel, new]).write_csv(with_new)
+    as_of = dt.date(2024, 1, 1) + dt.timedelta(days=239)
+    scored = score_flow(ScoreParams(data=str(with_new), as_of=as_of), store=store.url)
+    assert scored["series"] == 5 and not scored["skipped"]
+    both = read_forecasts(store, "lstm", as_of)
+    fresh = both.filter(pl.col("series_id") == "new")
+    assert fresh.height == 7 and fresh["forecast"].is_finite().all()
+    assert fresh["lower"].is_not_null().all() and (fresh["upper"] > fresh["lower"]).all()  # scaled: has a width
+    assert fresh["forecast"].mean() > 600  # on its own level (s2's ~150, times 3, plus 500), not another's
+    score_flow(ScoreParams(data=str(csv), as_of=as_of), store=store.url)
+    alone = read_forecasts(store, "lstm", as_of)
+    assert both.filter(pl.col("series_id") != "new").drop("model_version").equals(alone.drop("model_version"))
+
+
+def test_new_series_scalers_follow_the_training_rule_on_observed_values_only():
+    from nightcast.tasks.data.features import FeatureState, with_new_series
+
+    state = FeatureState("robust", {"a": [1.0, 2.0]}, {}, {}, [], [])
+    clean = pl.DataFrame({"series_id": ["a"] * 3 + ["b"] * 5 + ["c"] * 2,
+                          "target": [9.0, 9.0, 9.0, 1.0, 2.0, 3.0, 4.0, 100.0, 5.0, 5.0],
+                          "observed": [True] * 7 + [True, False, True]})
+    got = with_new_series(state, clean)
+    assert got.target_stats["a"] == [1.0, 2.0]  # known series keep their fitted scalers
+    b = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert got.target_stats["b"] == pytest.approx([np.median(b), np.quantile(b, 0.75) - np.quantile(b, 0.25)])
+    assert got.target_stats["c"] == [5.0, 1.0]  # the filled step is not a value; a flat series gets scale 1
+    assert state.target_stats == {"a": [1.0, 2.0]}  # the bundle's own state is not changed
+    assert with_new_series(got, clean) is got  # nothing new: the same state
