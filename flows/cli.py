@@ -99,6 +99,7 @@ def _retrain_flags(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     _add_training(p)
     _switch(p, "--no-tuned", RetrainParams, "use_tuned")
+    _option(p, "--sample", RetrainParams, "sample", given_only=True)
 
 
 def _tune_flags(p: argparse.ArgumentParser) -> None:
@@ -227,6 +228,7 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
                      strategy=args.strategy),
         serve=ServeConfig(seeds=args.seeds, combine=args.combine, classical=args.classical, refit=args.refit),
         use_tuned=getattr(args, "use_tuned", True),
+        **({"sample": args.sample} if getattr(args, "sample", None) is not None else {}),
     )
 
 

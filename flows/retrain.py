@@ -123,7 +123,10 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
                                   f"; kept the values this run was given: {kept}" if kept else "")
     started = dt.datetime.now(dt.timezone.utc)
     stamp = started.strftime("%Y%m%dT%H%M%S%fZ")
-    raw = ingest(params.data, params.columns)
+    raw = ingest(params.data, params.columns, sample=params.sample if params.sample < 1 else None)
+    if params.sample < 1:
+        get_run_logger().info("training on a sample of %.3g of the series (stable hash): %d series read",
+                              params.sample, raw["series_id"].n_unique())
     checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
     quarantine = save_quarantine(st, checked, stamp)
     prepared = prepare(checked, params)

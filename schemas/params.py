@@ -291,6 +291,12 @@ class RetrainParams(_Config):
     intervals: IntervalConfig = IntervalConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     use_tuned: bool = Field(True, description="apply this model's best tuned configuration when tuning saved one")
+    sample: float = Field(
+        1.0, gt=0, le=1,
+        description="train and backtest on this share of the series, picked by the stable hash the shard layout "
+                    "uses (on the layout: whole shards, only their files read); scoring still forecasts every "
+                    "series, those outside the sample with scalers from their own history and the pooled "
+                    "combination. For catalogues too big for one process; 1: every series")
 
 
 class RunOnData(_Config):

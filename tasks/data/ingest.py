@@ -67,8 +67,31 @@ SHARD_COLUMNS = ("nshards", "shard")
 nightcast's own, never covariates."""
 
 
+SAMPLE_BUCKETS = 1000
+"""Hash buckets a share of series is counted in (``sample_of``), when the input is not in the shard layout."""
+
+
+def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str], int, int]:
+    """The series of a ``share`` of the input's series, and (kept, of) buckets: those whose stable hash bucket
+    (``nightcast.tasks.serving.shard.shard_of``) is below ``round(share * n)``, at least one. ``n`` is the
+    layout's shard count on the shard layout (so the sample is whole shards, and only their files are read),
+    else ``SAMPLE_BUCKETS``. The same ids give the same sample on every machine and run."""
+    from nightcast.tasks.serving.shard import shard_of
+
+    ids = load_series_ids(uri, columns)
+    counts = ids["nshards"].unique().to_list() if "nshards" in ids.columns else [SAMPLE_BUCKETS]
+    if len(counts) != 1:
+        raise IngestError(f"{uri} mixes shard layouts for {sorted(counts)} shards; write it again with "
+                          "`nightcast partition`")
+    n = int(counts[0])
+    k = max(1, round(share * n))
+    buckets = shard_of(ids["series_id"], n)
+    return ids["series_id"].filter(buckets < k).unique().sort().to_list(), k, n
+
+
 def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | None = None,
-                      shard: tuple[int, int] | None = None, since: dt.datetime | None = None) -> pl.DataFrame:
+                      shard: tuple[int, int] | None = None, since: dt.datetime | None = None,
+                      sample: float | None = None) -> pl.DataFrame:
     """Read the raw observations and rename the mapped columns to the canonical names.
 
     ``sample://`` is the bundled sample panel (the embedded default input). ``series``: read only
@@ -79,22 +102,31 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
     Parquet with a typed timestamp column, only the rows from ``since`` on are read (the predicate
     sits in the scan: row groups whose timestamp statistics end before it are skipped), plus, for
     each series, one row with its newest older timestamp and nothing else (``older_rows``: what
-    tells scoring a series exists and is stale). Other inputs are read whole.
+    tells scoring a series exists and is stale). Other inputs are read whole. ``sample`` (0 < share < 1):
+    only the series of ``sample_of`` (on the shard layout, only the sampled shards' files are opened).
 
     CSV is read as text so that a bad value becomes a reported row, not a
     failed read; typing happens in validation. Covariates keep their names.
     """
+    sampled: tuple[int, int] | None = None
+    if sample is not None and sample < 1:
+        if series is not None:
+            raise ValueError("load_observations: give series or sample, not both")
+        series, k, n = sample_of(uri, columns, sample)
+        sampled = (k, n)
     if uri == SAMPLE_DATA:
         from nightcast.tasks.data.sample import make_sample
 
-        sample = make_sample()
-        return _rename(sample.filter(_only(sample.schema, "series_id", series)) if series is not None else sample,
+        panel = make_sample()
+        return _rename(panel.filter(_only(panel.schema, "series_id", series)) if series is not None else panel,
                        ColumnMap(), uri)
 
     def shard_rows(scan: pl.LazyFrame, schema: pl.Schema, fmt: str) -> pl.LazyFrame:
         layout = _is_layout(schema, fmt)
         if shard is not None and layout:
             scan = scan.filter((pl.col("nshards") == shard[1]) & (pl.col("shard") == shard[0]))
+        if sampled is not None and layout:  # whole shards: the others' files are never opened
+            scan = scan.filter((pl.col("nshards") == sampled[1]) & (pl.col("shard") < sampled[0]))
         if series is not None and columns.series_col in schema:
             scan = scan.filter(_only(schema, columns.series_col, series))
         scan = scan.drop(SHARD_COLUMNS) if layout else scan

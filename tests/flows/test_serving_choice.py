@@ -11,7 +11,7 @@ import pytest
 from nightcast.flows.retrain import retrain_flow
 from nightcast.flows.score import score_flow
 from nightcast.schemas.frames import FORECASTS_LAYOUT
-from nightcast.schemas.params import ModelConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig
+from nightcast.schemas.params import ColumnMap, ModelConfig, RetrainParams, ScoreParams, TrainConfig, WindowConfig
 from nightcast.tasks.serving.score import forecasts_key, read_forecasts
 from nightcast.tasks.ops.storage import open_store
 
@@ -173,3 +173,27 @@ def test_new_series_scalers_follow_the_training_rule_on_observed_values_only():
     assert got.target_stats["c"] == [5.0, 1.0]  # the filled step is not a value; a flat series gets scale 1
     assert state.target_stats == {"a": [1.0, 2.0]}  # the bundle's own state is not changed
     assert with_new_series(got, clean) is got  # nothing new: the same state
+
+
+def test_a_retrain_on_a_sample_of_the_series_still_forecasts_every_series(tmp_path):
+    """``sample``: training, the backtest and the bundle's scalers see only the sampled series (the stable
+    hash); scoring forecasts all of them, the others through the network with their own scalers."""
+    from nightcast.tasks.data.ingest import sample_of
+
+    panel = pl.concat([_panel().with_columns((pl.col("series_id") + f"-{k}").alias("series_id"),
+                                             (pl.col("target").cast(pl.Float64) + 10 * k).round(4).cast(pl.String))
+                       for k in range(3)])  # 12 series
+    csv = tmp_path / "obs.csv"
+    panel.write_csv(csv)
+    sampled, _, _ = sample_of(str(csv), ColumnMap(), 0.5)
+    assert 0 < len(sampled) < 12
+    store = open_store(str(tmp_path / "s"))
+    out = retrain_flow(_params(str(csv), sample=0.5), store=store.url)
+    assert out["promoted"], out["decision"]
+    features = _bundle_json(store, "lstm", out["version"], "preprocessing.json")["features"]
+    assert sorted(features["target_stats"]) == sampled  # trained and scaled on the sample alone
+    as_of = dt.date(2024, 1, 1) + dt.timedelta(days=239)
+    scored = score_flow(ScoreParams(data=str(csv), as_of=as_of), store=store.url)
+    assert scored["series"] == 12 and not scored["skipped"]
+    frame = read_forecasts(store, "lstm", as_of)
+    assert frame.height == 12 * 7 and frame["forecast"].is_finite().all() and frame["lower"].is_not_null().all()

@@ -152,3 +152,35 @@ def test_a_layout_for_another_count_or_another_hash_is_refused_not_read_short(tm
                      .alias("series_id")).write_csv(tmp_path / "blank.csv")
     with pytest.raises(IngestError, match=r"1 row\(s\) .* have no 'series_id' .*\[3\]"):
         write_shard_layout(str(tmp_path / "blank.csv"), str(tmp_path / "lay2"), 4)
+
+
+def test_a_sample_is_whole_shards_of_the_layout_and_the_same_hash_elsewhere(tmp_path, monkeypatch):
+    """``sample``: the series whose stable hash bucket is below share x n: on the layout whole shards, whose
+    files alone are opened for the rows (the others replaced by garbage still read); on CSV the same rule
+    over 1,000 buckets; every row of a sampled series, nothing of the rest, the same on every call."""
+    from nightcast.tasks.data import ingest
+    from nightcast.tasks.data.sample import make_sample
+    from nightcast.tasks.serving.shard import shard_of, write_shard_layout
+
+    raw = make_sample(n_series=40, days=5, seed=2)
+    raw.write_csv(tmp_path / "obs.csv")
+    write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 10)
+    ids, k, n = ingest.sample_of(str(tmp_path / "lay"), ingest.ColumnMap(), 0.3)
+    assert (k, n) == (3, 10)
+    shards = plan_shards(pl.DataFrame({"series_id": raw["series_id"]}), 10)
+    assert ids == sorted({*shards[0], *shards[1], *shards[2]})
+    got = ingest.load_observations(str(tmp_path / "lay"), sample=0.3)
+    expected = raw.filter(pl.col("series_id").is_in(ids))
+    assert got.height == expected.height and sorted(got["series_id"].unique().to_list()) == ids
+    monkeypatch.setattr(ingest, "sample_of", lambda *a: (ids, k, n))  # the id scan reads every shard's ids
+    for f in (tmp_path / "lay").rglob("*.parquet"):
+        if not any(f"shard={s}/" in str(f) for s in range(3)):
+            f.write_bytes(b"not parquet")
+    assert ingest.load_observations(str(tmp_path / "lay"), sample=0.3).equals(got)
+    monkeypatch.undo()
+    csv = ingest.load_observations(str(tmp_path / "obs.csv"), sample=0.5)
+    unique = raw["series_id"].unique()
+    want = sorted(unique.filter(shard_of(unique, ingest.SAMPLE_BUCKETS) < 500).to_list())
+    assert sorted(csv["series_id"].unique().to_list()) == want and 0 < len(want) < 40
+    assert csv.height == raw.filter(pl.col("series_id").is_in(want)).height
+    assert ingest.load_observations(str(tmp_path / "obs.csv"), sample=0.5).equals(csv)  # the same every call
