@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-slow test-all docs bench-accuracy bench-scale clean
+.PHONY: demo test test-slow test-all docs bench-accuracy bench-scale bench-million clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-accuracy: $(VENV)/.installed
 # 1,000 and 10,000 ragged series x 2,000 steps; SCALE_ARGS="--full" adds the CLI wall clock
 bench-scale: $(VENV)/.installed
 	$(PY) bench/scale.py $(SCALE_ARGS)
+
+# 1,000,000 ragged series x 200 steps: partition, retrain on a 1 % sample, score on a local Dask cluster (~30 min)
+bench-million: $(VENV)/.installed
+	$(PY) bench/scale.py --million
 
 clean:
 	rm -rf $(VENV) .cache/s3rver nightcast-store nightcast-logs nightcast-optuna.db .pytest_cache

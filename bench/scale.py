@@ -3,7 +3,14 @@
     python bench/scale.py                                   # 1,000 and 10,000 series x 2,000 steps
     python bench/scale.py --series 1000 --steps 2000        # one size
     python bench/scale.py --series 10000 --full             # + `nightcast retrain` / `score` wall clock
-    make bench-scale
+    python bench/scale.py --million                         # 1,000,000 series, as a user runs them
+    make bench-scale / make bench-million
+
+``--million`` (table: ``bench/results/scale-million.md``) writes a ragged 1,000,000 x 200 panel a block
+of series at a time, then runs the commands a user would: ``nightcast partition`` into 100 shards,
+``nightcast retrain --sample 0.01`` (one shard), ``nightcast score --shards 100`` on a local Dask cluster
+of 2 workers; each command's whole process tree is sampled for peak RSS every second, and the
+forecasts are counted against the panel's series (each forecast, or named by the run).
 
 For each size a seeded ragged panel (``bench/panel.py``) is written to a temporary directory and
 measured in child processes, one per group of steps, so that each group's peak RSS is its own:
@@ -38,6 +45,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -420,17 +428,23 @@ def _overall_mase(rows: list[dict]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- orchestration (parent)
 
-def _run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, float, float]:
-    """(exit code, seconds, the child's own peak RSS in MiB); killed (with its group) past ``timeout``."""
+def _run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float,
+               watch: "TreeSampler | None" = None) -> tuple[int, float, float]:
+    """(exit code, seconds, the child's own peak RSS in MiB); killed (with its group) past ``timeout``.
+    ``watch`` samples the RSS of the child's whole process tree while it runs."""
     t0 = time.perf_counter()
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
     timer.start()
+    if watch is not None:
+        watch.start(proc.pid)
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     finally:
         timer.cancel()
+        if watch is not None:
+            watch.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
 
@@ -536,6 +550,167 @@ def measure_size(n: int, t: int, args: argparse.Namespace, tmp: Path, env: dict[
         print(f"[{n} x {t}] nightcast retrain + score ...", flush=True)
         res["full"] = full_run(data, tmp / f"store-cli-{n}", flow_env, tmp, args.timeout, serve)
     return res
+
+
+# ---------------------------------------------------------------- a million series (--million)
+
+GIB = 2**30
+MILLION_PROCESS_LIMIT_GIB = 8.0
+"""Issue 19's bound: no process of the run above this."""
+
+
+class TreeSampler:
+    """Peak RSS of every process in a command's tree (the command and all its descendants: Prefect's task
+    threads share the command's process; Dask's LocalCluster workers and statsforecast's pool workers are
+    processes of their own), sampled every ``every`` seconds with psutil."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every, self.peaks, self._stop = every, {}, threading.Event()  # pid -> (peak bytes, role)
+        self._thread: threading.Thread | None = None
+
+    def start(self, pid: int) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @staticmethod
+    def _role(proc, root: int) -> str:  # noqa: ANN001 - psutil.Process
+        if proc.pid == root:
+            return "the command (flow)"
+        cmd = " ".join(proc.cmdline())
+        if "spawn_main" in cmd or "distributed" in cmd:
+            return "Dask process (worker / nanny)"
+        if "nightcast.flows.embedded" in cmd:
+            return "embedded Prefect server"
+        return "forked worker (statsforecast pool)"
+
+    def _run(self, pid: int) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+        except psutil.Error:
+            return
+        while not self._stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for p in procs:
+                try:
+                    rss = p.memory_info().rss
+                    if rss > self.peaks.get(p.pid, (0, ""))[0]:
+                        self.peaks[p.pid] = (rss, self.peaks.get(p.pid, (0, ""))[1] or self._role(p, pid))
+                except psutil.Error:
+                    continue
+            self._stop.wait(self.every)
+
+    def by_role(self) -> dict[str, tuple[float, int]]:
+        """role -> (largest peak in GiB, processes seen)."""
+        out: dict[str, tuple[float, int]] = {}
+        for rss, role in self.peaks.values():
+            peak, n = out.get(role, (0.0, 0))
+            out[role] = (max(peak, rss / GIB), n + 1)
+        return out
+
+
+def million_run(args: argparse.Namespace, tmp: Path, env: dict[str, str], api_url: str | None) -> dict:
+    """A ragged 1,000,000-series panel end to end as a user runs it, each command's process tree sampled:
+    panel (streamed), ``nightcast partition``, ``nightcast retrain --sample``, ``nightcast score`` on a local
+    Dask cluster, and the forecasts counted."""
+    import polars as pl
+
+    n, t = args.million_series, args.million_steps
+    exe = str(Path(sys.executable).with_name("nightcast"))
+    data, layout, store = tmp / "panel.parquet", tmp / "layout", tmp / "store"
+    flow_env = {**env, "PREFECT_API_URL": api_url} if api_url else dict(env)
+    dask = {"NIGHTCAST_DASK_ADDRESS": "local", "NIGHTCAST_DASK_LOCAL_WORKERS": str(args.million_workers)}
+    steps = [
+        ("panel", [sys.executable, str(REPO / "bench" / "panel.py"), str(n), str(t), str(data), "--seed",
+                   str(args.seed), "--stream"], env),
+        ("partition", [exe, "partition", "--data", str(data), "--out", str(layout), "--shards",
+                       str(args.million_shards)], env),
+        ("retrain", [exe, "retrain", "--data", str(layout), "--store", str(store), "--horizon", str(HORIZON),
+                     "--sample", str(args.million_sample), "--max-steps", str(args.score_train_steps), "--no-tuned",
+                     "--seeds", str(args.seeds), "--classical", args.classical], flow_env),
+        ("score", [exe, "score", "--data", str(layout), "--store", str(store), "--shards", str(args.million_shards)],
+         {**flow_env, **dask}),
+    ]
+    res: dict = {"series": n, "steps": t, "runs": {}}
+    for name, cmd, step_env in steps:
+        print(f"[1M] {name}: {' '.join(cmd[1:])}", flush=True)
+        watch = TreeSampler()
+        log = tmp / f"million-{name}.log"
+        code, secs, _ = _run_child(cmd, step_env, log, args.timeout, watch)
+        run = {"seconds": secs, "code": code, "roles": watch.by_role(),
+               "command": " ".join(["nightcast" if c == exe else Path(c).name if c == sys.executable else c
+                                    for c in cmd]).replace(str(tmp) + "/", "").replace(str(REPO) + "/", "")}
+        if code != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            run["error"] = " / ".join(tail)[-400:]
+        res["runs"][name] = run
+        print(f"    {secs:.0f} s, exit {code}, peaks {run['roles']}", flush=True)
+        if code != 0:
+            return res
+        if name == "score":
+            out = log.read_text(errors="replace")
+            m = re.search(r"(\d+) rows, (\d+) series", out)
+            more = re.search(r"and (\d+) more skipped", out)
+            res["skipped"] = (20 + int(more.group(1))) if more else out.count("  skipped ")
+            res["reported_series"] = int(m.group(2)) if m else None
+    files = sorted(store.glob("forecasts/**/*.parquet"))
+    res["forecast_series"] = pl.scan_parquet(files).select(pl.col("series_id").n_unique()).collect().item()
+    res["panel_series"] = pl.scan_parquet(data).select(pl.col("series_id").n_unique()).collect().item()
+    res["rows"] = pl.scan_parquet(data).select(pl.len()).collect().item()
+    return res
+
+
+def million_table(res: dict, args: argparse.Namespace, started: dt.datetime, wall: float) -> str:
+    import polars as pl
+
+    lines = [
+        "# A million series on one machine",
+        "",
+        f"`{' '.join(['python bench/scale.py', *sys.argv[1:]])}` — {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} min; "
+        f"{platform.platform()}, {os.cpu_count()} cores, {_mem_gib():.0f} GiB, Python {platform.python_version()}, "
+        f"polars {pl.__version__}; panel seed {args.seed}; horizon {HORIZON}.",
+        "",
+        f"A ragged hourly panel of {res['series']:,} series x up to {res['steps']:,} steps"
+        + (f" ({res['rows']:,} rows)" if "rows" in res else "")
+        + f", written to the shard layout ({args.million_shards} shards), retrained on a "
+        f"{args.million_sample:g} sample of the series (`--sample`: whole shards, {args.score_train_steps} optimiser "
+        f"steps, {args.seeds} seed(s), classical `{args.classical}`), and scored on a local Dask cluster of "
+        f"{args.million_workers} workers. Peak RSS: every process of each command's tree, sampled each second "
+        "(psutil); the largest per kind of process.",
+        "",
+        "| step | command | seconds | peak RSS by process (GiB) | ≤ 8 GiB each |",
+        "|---|---|---|---|---|",
+    ]
+    for name, run in res["runs"].items():
+        roles = "; ".join(f"{role} {peak:.2f}" + (f" (x{k})" if k > 1 else "")
+                          for role, (peak, k) in sorted(run["roles"].items(), key=lambda kv: -kv[1][0]))
+        ok = all(peak <= MILLION_PROCESS_LIMIT_GIB for peak, _ in run["roles"].values())
+        note = f" **failed**: {run['error']}" if "error" in run else ""
+        lines.append(f"| {name} | `{run['command']}` | {run['seconds']:,.0f} | {roles}{note} | "
+                     f"{'yes' if ok else '**no**'} |")
+    total = sum(r["seconds"] for r in res["runs"].values())
+    lines += ["", f"All steps: {total / 60:.1f} min."]
+    if "forecast_series" in res:
+        lines += [f"Series forecast: **{res['forecast_series']:,} of {res['panel_series']:,}**; the run named "
+                  f"{res.get('skipped', 0):,} as not forecast (stale: the panel's early-ending series); "
+                  f"{res['panel_series'] - res['forecast_series'] - res.get('skipped', 0):,} unaccounted."]
+    return "\n".join(lines) + "\n"
+
+
+def _mem_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().total / GIB
 
 
 # ---------------------------------------------------------------- the table
@@ -813,6 +988,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="nightly windows (minutes) the 1M-series worker estimate is made for")
     ap.add_argument("--big-shard-series", type=int, default=10_000,
                     help="series per shard assumed by the 1M-series estimate")
+    ap.add_argument("--million", action="store_true",
+                    help="instead of the sizes: a 1,000,000-series panel partitioned, retrained on a sample, scored "
+                         "on a local Dask cluster, every process's peak RSS (table: bench/results/scale-million.md)")
+    ap.add_argument("--million-series", type=int, default=1_000_000, help=argparse.SUPPRESS)
+    ap.add_argument("--million-steps", type=int, default=200, help="--million: hourly steps of the longest series")
+    ap.add_argument("--million-shards", type=int, default=100, help="--million: shards of the layout and the run")
+    ap.add_argument("--million-sample", type=float, default=0.01, help="--million: share of series retrained on")
+    ap.add_argument("--million-workers", type=int, default=2, help="--million: local Dask workers scoring")
     ap.add_argument("--counts", type=int, nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["generate", "floor", "pipeline", "score", "workers"], help=argparse.SUPPRESS)
     ap.add_argument("--shape", type=int, nargs=2, help=argparse.SUPPRESS)
@@ -837,14 +1020,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prefect server up in {time.perf_counter() - t_server:.1f} s", flush=True)
         except Exception as exc:  # scoring and --full report it; the rest still runs
             server_error = _one_line(exc)
-        for n in args.series:
+        if args.million:
+            million = million_run(args, tmp, env, api_url)
+        for n in [] if args.million else args.series:
             try:
                 results.append(measure_size(n, args.steps, args, tmp, env, api_url, server_error))
             except Exception as exc:
                 results.append({"series": n, "steps": args.steps, "error": _one_line(exc)})
         if args.keep:
             print(f"kept {tmp}")
-    table = render(results, args, started, time.perf_counter() - t0)
+    if args.million:
+        if args.out == RESULTS:
+            args.out = RESULTS.with_name("scale-million.md")
+        table = million_table(million, args, started, time.perf_counter() - t0)
+    else:
+        table = render(results, args, started, time.perf_counter() - t0)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)

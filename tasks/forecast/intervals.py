@@ -13,12 +13,15 @@ the intervals slightly narrow; the reported test coverage shows by how much.)
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
 
 from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values
 from nightcast.tasks.data.window import WindowIndex
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
 def conformal_widths(residual: np.ndarray, level: float) -> list[float]:
@@ -114,11 +117,13 @@ def recalibrate(points: pl.DataFrame, half_widths: list[float], state: FeatureSt
     return {"factors": factors, "points": counts, "level": level}
 
 
-def widen(forecasts: pl.DataFrame, factors: list[float]) -> pl.DataFrame:
-    """Bounds moved away from (or toward) the forecast by each horizon step's multiplier."""
+def widen(forecasts: FrameT, factors: list[float]) -> FrameT:
+    """Bounds moved away from (or toward) the forecast by each horizon step's multiplier (a DataFrame, or a
+    LazyFrame as the sharded assemble reads)."""
     f = pl.Series("f", factors, dtype=pl.Float64)
     step = pl.DataFrame({"horizon": pl.int_range(1, len(factors) + 1, eager=True).cast(pl.Int32), "_f": f})
-    out = forecasts.join(step, on="horizon", how="left", maintain_order="left")
+    out = forecasts.join(step.lazy() if isinstance(forecasts, pl.LazyFrame) else step, on="horizon", how="left",
+                         maintain_order="left")
     factor = pl.col("_f").fill_null(1.0)
     return out.with_columns(lower=pl.col("forecast") - factor * (pl.col("forecast") - pl.col("lower")),
                             upper=pl.col("forecast") + factor * (pl.col("upper") - pl.col("forecast"))).drop("_f")

@@ -69,3 +69,10 @@ def test_command_line_writes_parquet_or_csv(tmp_path, capsys):
     assert "rows, 5 series ->" in capsys.readouterr().out
     assert_frame_equal(pl.read_parquet(tmp_path / "p.parquet"), make_panel(5, 50, seed=1))
     assert pl.read_csv(tmp_path / "p.csv").height == pl.read_parquet(tmp_path / "p.parquet").height
+
+
+def test_streamed_panel_equals_the_whole_one(tmp_path, capsys):
+    """``--stream`` writes a block of series at a time (for millions of series) and the same rows."""
+    assert main(["1201", "40", str(tmp_path / "s.parquet"), "--seed", "2", "--stream"]) == 0  # 3 blocks, the last short
+    assert "rows, 1201 series ->" in capsys.readouterr().out
+    assert_frame_equal(pl.read_parquet(tmp_path / "s.parquet"), make_panel(1201, 40, seed=2))

@@ -39,3 +39,21 @@ def test_scale_bench_runs_from_one_command(tmp_path):
                 "| score flow on Dask, 2 worker(s), shard layout |", "**Estimate for 1,000,000 series**",
                 "- 60 min window: **"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_the_million_mode_runs_every_command_and_accounts_for_every_series(tmp_path):
+    """``--million`` at a tiny size: the panel streamed, partitioned, retrained on a sample, scored on a local
+    Dask cluster; every command's processes measured; each series forecast or named."""
+    out = tmp_path / "million.md"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--million", "--million-series", "600",
+                          "--million-steps", "150", "--million-shards", "4", "--million-sample", "0.5",
+                          "--score-train-steps", "10", "--seeds", "1", "--classical", "theta", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = out.read_text()
+    assert "failed" not in table, table
+    for step in ("| panel |", "| partition |", "| retrain |", "| score |"):
+        assert step in table
+    assert "--sample 0.5" in table and "Dask process (worker / nanny)" in table
+    assert "of 600**" in table and "; 0 unaccounted." in table

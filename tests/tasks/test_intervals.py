@@ -162,3 +162,4 @@ def test_widen_scales_each_bound_about_the_forecast_by_its_step():
     assert out["lower"].to_list() == [8.0, 9.0, -2.0]
     assert out["upper"].to_list() == [14.0, 10.5, None]
     assert out.columns == frame.columns
+    assert widen(frame.lazy(), [2.0, 0.5]).collect().equals(out)  # the sharded assemble widens lazily
