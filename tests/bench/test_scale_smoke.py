@@ -47,7 +47,7 @@ def test_the_million_mode_runs_every_command_and_accounts_for_every_series(tmp_p
     Dask cluster; every command's processes measured; each series forecast or named."""
     out = tmp_path / "million.md"
     run = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--million", "--million-series", "600",
-                          "--million-steps", "150", "--million-shards", "4", "--million-sample", "0.5",
+                          "--million-steps", "200", "--million-shards", "4", "--million-sample", "0.5",
                           "--score-train-steps", "10", "--seeds", "1", "--classical", "theta", "--out", str(out)],
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
