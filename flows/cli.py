@@ -103,7 +103,7 @@ def _retrain_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _tune_flags(p: argparse.ArgumentParser) -> None:
-    from nightcast.schemas.params import TuneParams
+    from nightcast.schemas.params import RetrainParams, TuneParams
 
     p.add_argument("--data", help=DATA_HELP)
     for flag, field in (("--sampler", "sampler"), ("--n-trials", "n_trials"), ("--folds", "folds"),
@@ -113,6 +113,7 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Optuna storage URL (default $NIGHTCAST_OPTUNA_STORAGE, a SQLite file); "
                                      "set for this process only, never sent as a flow parameter")
     p.add_argument("--space", help="JSON file: {\"model.hidden_size\": {\"choices\": [32, 64]}, ...}")
+    _option(p, "--sample", RetrainParams, "sample", given_only=True)
     _switch(p, "--no-pruning", TuneParams, "pruning")
     _add_common(p)
     _add_training(p)

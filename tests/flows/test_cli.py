@@ -130,3 +130,29 @@ def test_cli_defaults_and_help_come_from_the_parameter_models():
     flags = _retrain_params(parser.parse_args(["retrain", "--no-refit", "--no-tuned", "--seed", "7", "--season", "4"]),
                             None)
     assert (flags.serve.refit, flags.use_tuned, flags.train.seed, flags.clean.season_length) == (False, False, 7, 4)
+
+
+def test_sample_flag_reaches_retrain_and_tune_and_tune_reads_the_same_sample(monkeypatch, tmp_path, prefect_harness):
+    """``--sample`` is the base run's share of series for retrain and tune alike, and the tune flow reads
+    its data with it, as retrain does (a tune of a catalogue too big for one process reads the sample)."""
+    from nightcast.flows import tune as tune_module
+    from nightcast.flows.cli import _tune_params
+
+    parser = build_parser()
+    assert _retrain_params(parser.parse_args(["retrain", "--sample", "0.3"]), None).sample == 0.3
+    params = _tune_params(parser.parse_args(["tune", "--data", "x.csv", "--sample", "0.2"]))
+    assert params.base.sample == 0.2
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def ingest(data, columns, sample=None):  # noqa: ANN001, ANN202 - the step's stand-in
+        seen.update(data=data, sample=sample)
+        raise Stop
+
+    monkeypatch.setattr(tune_module, "ingest", ingest)
+    monkeypatch.setenv("NIGHTCAST_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    with pytest.raises(Stop):
+        tune_module.tune_flow(params, store=str(tmp_path / "store"))
+    assert seen == {"data": "x.csv", "sample": 0.2}
