@@ -85,8 +85,15 @@ def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str], in
                           "`nightcast partition`")
     n = int(counts[0])
     k = max(1, round(share * n))
-    buckets = shard_of(ids["series_id"], n)
-    return ids["series_id"].filter(buckets < k).unique().sort().to_list(), k, n
+    # on the layout, the folders decide (as the shard filter on the rows does); elsewhere the hash
+    buckets = ids["shard"] if "shard" in ids.columns else shard_of(ids["series_id"], n)
+    picked = ids["series_id"].filter(buckets < k).unique().sort().to_list()
+    if not picked:
+        total = ids["series_id"].n_unique()
+        raise IngestError(f"a sample of {share:g} of the series of {uri} picks none of its {total} series ({k} of "
+                          f"{n} hash buckets{', whole shards' if 'shard' in ids.columns else ''}); give a larger "
+                          "share, or no sample")
+    return picked, k, n
 
 
 def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | None = None,

@@ -141,10 +141,10 @@ class LocalStore:
             self._replace(key, lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
 
     def download_to(self, key: str, path: Path) -> None:
-        try:
-            shutil.copyfile(self._path(key), path)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"no object {key!r} in store {self.url}") from exc
+        source = self._path(key)
+        if not source.is_file():
+            raise FileNotFoundError(f"no object {key!r} in store {self.url}")
+        shutil.copyfile(source, path)
 
     def _replace(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
         """Write the object through ``fill`` into a same-directory temp file, then ``os.replace`` it in:
@@ -393,6 +393,7 @@ class S3Store:
                 raise StorageError(f"S3 put {where} failed: {exc}") from exc
 
     def download_to(self, key: str, path: Path) -> None:
+        from boto3.exceptions import RetriesExceededError
         from botocore.exceptions import ClientError
 
         with self._errors("get", key):
@@ -402,6 +403,8 @@ class S3Store:
                 if self._missing(exc):
                     raise FileNotFoundError(f"no object {key!r} in store {self.url}") from exc
                 raise
+            except RetriesExceededError as exc:  # the managed transfer's own retries ran out
+                raise StorageError(f"S3 get s3://{self.bucket}/{self._key(key)} failed: {exc}") from exc
 
     def conditional_writes(self) -> bool:
         """Whether the endpoint honours conditional PUTs, probed once per endpoint and bucket in a process:

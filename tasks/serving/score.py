@@ -518,6 +518,8 @@ def write_forecasts_sorted(store: Store, forecasts: pl.LazyFrame, model: str, as
 
     import pyarrow.parquet as pq
 
+    if rows_per_slice < 1:
+        raise ValueError(f"rows_per_slice must be at least 1, got {rows_per_slice}")
     firsts = forecasts.filter(pl.col("horizon") == 1).select("series_id", "model_version").collect()
     ids = firsts["series_id"].sort()
     horizon = max(1, int(forecasts.select(pl.col("horizon").max()).collect().item() or 1))

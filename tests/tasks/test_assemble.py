@@ -48,3 +48,11 @@ def test_the_sliced_writer_writes_what_the_one_piece_writer_writes(tmp_path):
     meta = {k: v for k, v in pl.read_parquet_metadata(tmp_path / "sliced" / key2).items() if k.startswith("nightcast")}
     assert meta == {k: v for k, v in pl.read_parquet_metadata(tmp_path / "one" / key).items()
                     if k.startswith("nightcast")}
+
+
+def test_a_slice_size_below_one_is_refused(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="rows_per_slice must be at least 1"):
+        write_forecasts_sorted(LocalStore(tmp_path), _forecasts(2, 2).lazy(), "m", dt.date(2024, 1, 1),
+                               rows_per_slice=0)

@@ -184,3 +184,11 @@ def test_a_sample_is_whole_shards_of_the_layout_and_the_same_hash_elsewhere(tmp_
     assert sorted(csv["series_id"].unique().to_list()) == want and 0 < len(want) < 40
     assert csv.height == raw.filter(pl.col("series_id").is_in(want)).height
     assert ingest.load_observations(str(tmp_path / "obs.csv"), sample=0.5).equals(csv)  # the same every call
+
+
+def test_a_sample_that_picks_no_series_is_refused_naming_the_share():
+    from nightcast.tasks.data.ingest import IngestError, load_observations
+
+    with pytest.raises(IngestError, match=r"a sample of 0.2 of the series of sample:// picks none of its 5 series"):
+        load_observations("sample://", sample=0.2)  # 5 series, none in the first 200 of 1,000 buckets
+    assert load_observations("sample://", sample=0.3)["series_id"].n_unique() == 3

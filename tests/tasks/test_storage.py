@@ -54,6 +54,9 @@ def _file_roundtrip(store, tmp_path) -> None:
     assert store.list("f/") == ["f/big.bin"]
     with pytest.raises(FileNotFoundError, match="f/missing"):
         store.download_to("f/missing", tmp_path / "none.bin")
+    with pytest.raises(FileNotFoundError) as missing_folder:  # a local folder that is not there: not the store's
+        store.download_to("f/big.bin", tmp_path / "no-such-folder" / "out.bin")
+    assert "in store" not in str(missing_folder.value)
 
 
 def test_local_store_roundtrip(tmp_path):
