@@ -333,14 +333,19 @@ def test_server_starts_in_one_prefect_home_take_turns(tmp_path, monkeypatch):
     """Each start migrates the home's database, and two migrations of a fresh SQLite file at once fail
     (``duplicate column name``): a start waits while another holds the home's start lock, then starts."""
     from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
     home = tmp_path / "home"
     with monkeypatch.context() as env:
         env.setenv("PREFECT_HOME", str(home))
         env.delenv("PREFECT_API_URL", raising=False)
         refresh_global_settings_context()  # what the start reads in its thread: this home
+        # the home's own database, whatever this worker's session set before: the session's shared test server
+        # (prefect_harness, entered by an earlier file on the same worker) leaves its database in the settings
+        database = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
         try:
-            _take_turns(home, tmp_path)
+            with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
+                _take_turns(home, tmp_path)
         finally:
             env.undo()
             refresh_global_settings_context()
