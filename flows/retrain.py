@@ -123,7 +123,7 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
                                   f"; kept the values this run was given: {kept}" if kept else "")
     started = dt.datetime.now(dt.timezone.utc)
     stamp = started.strftime("%Y%m%dT%H%M%S%fZ")
-    raw = ingest(params.data, params.columns, sample=params.sample if params.sample < 1 else None)
+    raw = ingest(params.data, params.columns, sample=params.sample)  # 1: every series (no id scan)
     if params.sample < 1:
         get_run_logger().info("training on a sample of %.3g of the series (stable hash): %d series read",
                               params.sample, raw["series_id"].n_unique())

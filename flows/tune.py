@@ -100,7 +100,7 @@ def tune_flow(params: TuneParams = TuneParams(), store: str | None = None) -> di
     logger = get_run_logger()
     base = params.base if params.base.data else params.base.model_copy(update={"data": settings.data})
     storage = resolve_storage(params, settings.optuna_storage.get_secret_value())
-    raw = ingest(base.data, base.columns, sample=base.sample if base.sample < 1 else None)  # as retrain reads
+    raw = ingest(base.data, base.columns, sample=base.sample)  # as retrain reads
     checked = validate(raw, base.clean.max_bad_share, base.columns.timestamp_format)
     scope = study_scope(base, fingerprint(checked.valid), params.objective)
     study_name = params.study_name or default_study_name(scope)

@@ -72,10 +72,11 @@ SAMPLE_BUCKETS = 1000
 
 
 def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str], int, int]:
-    """The series of a ``share`` of the input's series, and (kept, of) buckets: those whose stable hash bucket
-    (``nightcast.tasks.serving.shard.shard_of``) is below ``round(share * n)``, at least one. ``n`` is the
-    layout's shard count on the shard layout (so the sample is whole shards, and only their files are read),
-    else ``SAMPLE_BUCKETS``. The same ids give the same sample on every machine and run."""
+    """The series of a ``share`` of the input's series, and (kept, of) buckets: those whose bucket is below
+    ``round(share * n)``, at least one. On the shard layout the bucket is the shard folder and ``n`` the
+    layout's shard count (the sample is whole shards, and only their files are read); elsewhere the bucket
+    is the stable hash (``nightcast.tasks.serving.shard.shard_of``) over ``SAMPLE_BUCKETS``. The same ids give
+    the same sample on every machine and run; a share that picks no series is an ``IngestError``."""
     from nightcast.tasks.serving.shard import shard_of
 
     ids = load_series_ids(uri, columns)

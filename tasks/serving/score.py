@@ -520,9 +520,10 @@ def write_forecasts_sorted(store: Store, forecasts: pl.LazyFrame, model: str, as
 
     if rows_per_slice < 1:
         raise ValueError(f"rows_per_slice must be at least 1, got {rows_per_slice}")
-    firsts = forecasts.filter(pl.col("horizon") == 1).select("series_id", "model_version").collect()
+    firsts, steps = pl.collect_all([forecasts.filter(pl.col("horizon") == 1).select("series_id", "model_version"),
+                                    forecasts.select(pl.col("horizon").max())])  # collected together
     ids = firsts["series_id"].sort()
-    horizon = max(1, int(forecasts.select(pl.col("horizon").max()).collect().item() or 1))
+    horizon = max(1, int(steps.item() or 1))
     slices = max(1, -(-len(ids) * horizon // rows_per_slice))
     cuts = [ids[len(ids) * k // slices] for k in range(1, slices)]
     meta = forecasts_metadata(firsts["model_version"].unique().to_list(), zone)
