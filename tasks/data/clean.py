@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from nightcast.schemas.params import CleanConfig
+from nightcast.tasks.data.pages import on_small_pages
 
 _US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _DAY_US = _US["d"]
@@ -176,6 +177,7 @@ def detect_cycle(frame: pl.DataFrame, max_lag: int = 40, min_acf: float = 0.3) -
     return best + 1 if acf[best] >= min_acf and best + 1 >= 2 else None
 
 
+@on_small_pages
 def decide_season(frame: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, share: float = 1.0) -> int:
     """The season every rule uses: ``cfg.season_length`` when given; else the calendar's natural one
     (``season_length_for``); a calendar without one (yearly, odd steps) takes a cycle the data shows
@@ -190,12 +192,13 @@ def decide_season(frame: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, sha
     return detect_cycle(seen) or season
 
 
+@on_small_pages
 def decide_calendar(frame: pl.DataFrame, cfg: CleanConfig) -> Calendar:
     """Frequency and calendar kind, from the config or the data."""
     frequency = cfg.frequency or infer_frequency(frame)
     kind = cfg.calendar
-    if kind == "auto":
-        weekend = frame.select((pl.col("timestamp").dt.weekday() >= 6).any()).item()
+    if kind == "auto":  # trading-day data: daily with no weekend stamp (only daily data is read for them)
+        weekend = frequency == "1d" and frame.select((pl.col("timestamp").dt.weekday() >= 6).any()).item()
         kind = "business" if frequency == "1d" and not weekend else "regular"
     if kind == "business" and frequency != "1d":
         raise ValueError(f"calendar 'business' needs daily data, got frequency {frequency}")
@@ -223,8 +226,9 @@ def _first_last(mask: np.ndarray, s: np.ndarray, n_series: int) -> tuple[np.ndar
     """Per series, the first and last row where ``mask`` holds; -1 where it never does."""
     rows = np.flatnonzero(mask)
     of = s[rows]  # sorted, since the series are stacked in order
-    lo = np.searchsorted(of, np.arange(n_series), "left")
-    hi = np.searchsorted(of, np.arange(n_series), "right")
+    each = np.arange(n_series, dtype=of.dtype)  # of's own dtype: a mixed one would convert all of ``of``
+    lo = np.searchsorted(of, each, "left")
+    hi = np.searchsorted(of, each, "right")
     has = hi > lo
     first, last = np.full(n_series, -1, np.int64), np.full(n_series, -1, np.int64)
     first[has], last[has] = rows[lo[has]], rows[hi[has] - 1]
@@ -415,6 +419,7 @@ def _assemble(f: pl.DataFrame, names: pl.Series, gs: np.ndarray, gt: np.ndarray,
     return placed.drop("_s")
 
 
+@on_small_pages
 def regularize(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, int]:
     """Place each series on the calendar from its first to its last observed target.
 
@@ -576,6 +581,7 @@ def fill_gaps(frame: pl.DataFrame, max_gap: int, method: str) -> pl.DataFrame:
 
 # --- the whole step -------------------------------------------------------------------------------
 
+@on_small_pages
 def clean_observations(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar,
                        train_end: dt.datetime | None = None,
                        iqr_bounds: dict[str, list[float]] | None = None,

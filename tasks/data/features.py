@@ -21,9 +21,11 @@ import datetime as dt
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import polars as pl
 
 from nightcast.tasks.data.clean import by_series
+from nightcast.tasks.data.pages import on_small_pages
 
 _EPS = 1e-8
 
@@ -91,6 +93,7 @@ def calendar_columns(parts: list[str]) -> list[str]:
     return [f"cal__{p}_{f}" for p in parts for f in ("sin", "cos")]
 
 
+@on_small_pages
 def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
                  numeric: list[str], categorical: list[str],
                  past_covariates: list[str] | None, future_covariates: list[str],
@@ -134,8 +137,6 @@ _MAX_SLICES = 4096
 def _without(frame: pl.DataFrame, series: list[str]) -> pl.DataFrame:
     """``frame`` without the rows of ``series``, rows in order: the runs of rows kept, as zero-copy slices of
     ``frame`` (a filter would copy every column of the catalogue to drop a few late-starting series)."""
-    import numpy as np
-
     keep = (~frame["series_id"].is_in(pl.Series(series, dtype=pl.String).implode())).to_numpy()
     edges = np.flatnonzero(np.diff(np.r_[False, keep, False].astype(np.int8)))  # run starts, run ends, ...
     if len(edges) // 2 > _MAX_SLICES:  # ids scattered (rows not grouped by series): a filter is cheaper
@@ -144,6 +145,7 @@ def _without(frame: pl.DataFrame, series: list[str]) -> pl.DataFrame:
                      how="vertical") if len(edges) else frame.clear()
 
 
+@on_small_pages
 def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.DataFrame, list[str]]:
     """Add the encoded model inputs (``y`` = scaled target). Unknown series are dropped and returned."""
     unknown = sorted(set(clean["series_id"].unique().to_list()) - set(state.target_stats))
@@ -151,10 +153,14 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
     stats = pl.DataFrame({"series_id": list(state.target_stats),
                           "_c": [v[0] for v in state.target_stats.values()],
                           "_s": [v[1] for v in state.target_stats.values()]})
-    # each row's centre and scale from a join of the id column alone: the frame's own columns are shared
-    # with ``clean``, never copied (a join of the whole frame would gather every column)
-    per_row = frame.select("series_id").join(stats, on="series_id", how="left", maintain_order="left")
-    exprs = [((pl.col("target") - per_row["_c"]) / per_row["_s"]).cast(pl.Float32).alias("y")]
+    # each row's centre and scale: a join of one row per run of equal ids (one per series when the rows are
+    # grouped by series), gathered back by run number; the frame's own columns are shared with ``clean``, never
+    # copied (a join of the whole frame would gather every column, a join of the id column hash every row)
+    ids = frame["series_id"]
+    per_run = (ids.rle().struct.field("value").alias("series_id").to_frame()
+               .join(stats, on="series_id", how="left", maintain_order="left"))
+    run = ids.rle_id()
+    exprs = [((pl.col("target") - per_run["_c"].gather(run)) / per_run["_s"].gather(run)).cast(pl.Float32).alias("y")]
     for name in [*state.past_covariates, *state.future_covariates]:
         if name in state.categories:
             exprs += [(pl.col(name) == v).fill_null(False).cast(pl.Float32).alias(f"cat__{name}={v}")
@@ -165,17 +171,16 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
     local = pl.col("timestamp")
     if state.calendar and state.timezone != "UTC":  # naive UTC stamps, read on the local clock (DST included)
         local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
-    for part in state.calendar:
+    for part in state.calendar:  # a part takes `period` values: look its sine and cosine up, one per row
         fn, period = _PERIODS[part]
-        angle = fn(local).cast(pl.Float64) * (2 * math.pi / period)
-        exprs += [angle.sin().cast(pl.Float32).alias(f"cal__{part}_sin"),
-                  angle.cos().cast(pl.Float32).alias(f"cal__{part}_cos")]
+        angle = np.arange(period, dtype=np.float64) * (2 * math.pi / period)
+        exprs += [pl.lit(pl.Series(np.sin(angle), dtype=pl.Float32)).gather(fn(local)).alias(f"cal__{part}_sin"),
+                  pl.lit(pl.Series(np.cos(angle), dtype=pl.Float32)).gather(fn(local)).alias(f"cal__{part}_cos")]
     frame = frame.with_columns(exprs)
     if state.lags:  # on the regular grid, a shift of n rows is n steps back; the first n rows get 0
         frame = by_series(frame).with_columns(
             pl.col("y").shift(n).over("series_id").fill_null(0.0).alias(f"lag__{n}") for n in state.lags)
     if state.pca:
-        import numpy as np
 
         x = frame.select(state.pca["inputs"]).to_numpy().astype(np.float64) - np.asarray(state.pca["mean"])
         z = x @ np.asarray(state.pca["components"]).T
@@ -185,7 +190,6 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
 
 def _row_stats(series_ids, state: FeatureState):  # noqa: ANN001, ANN202 - numpy arrays
     """(center, scale) columns for rows labelled ``series_ids``: one dict lookup per distinct series."""
-    import numpy as np
 
     uniq, inverse = np.unique(np.asarray(series_ids, dtype=str), return_inverse=True)
     stats = np.array([state.target_stats[s] for s in uniq], dtype=np.float64).reshape(-1, 2)

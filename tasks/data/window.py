@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nightcast.tasks.data.clean import by_series
+from nightcast.tasks.data.pages import short_lived_arrays
 
 
 class WindowError(ValueError):
@@ -108,7 +109,17 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     ``train_end``; validation targets lie in (train_end, val_end]; test targets after
     ``val_end``. Without cut points everything is "all". Vectorised over all series.
     """
-    frame = by_series(frame)
+    with short_lived_arrays():  # the index's temporaries; the stacked arrays training reads keep huge pages
+        frame = by_series(frame)
+        index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input)
+    return WindowIndex(past=_stack(frame, past_columns), future=_stack(frame, future_columns),
+                       lookback=lookback, horizon=horizon, season=season, past_columns=list(past_columns),
+                       **index)
+
+
+def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datetime | None,
+           val_end: dt.datetime | None, stride: int, min_input: int | None) -> dict:
+    """Everything of a ``WindowIndex`` but the stacked feature arrays (``make_windows``)."""
     runs = frame["series_id"].rle()  # sorted: one run per series, in id order (no Python-object sort)
     ids, counts = runs.struct.field("value").to_numpy(), runs.struct.field("len").to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -130,17 +141,17 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     else:
         first_t, last_t = ts[origins + 1], ts[origins + horizon]
         te, ve = np.datetime64(train_end, "us"), np.datetime64(val_end, "us")
-        is_train = (last_t <= te) & ((pos - (need - 1)) % stride == 0)
+        is_train = last_t <= te
+        if stride > 1:
+            is_train &= (pos - (need - 1)) % stride == 0
         splits = {"train": starts[is_train],
                   "val": starts[(first_t > te) & (last_t <= ve)],
                   "test": starts[first_t > ve]}
-    return WindowIndex(
-        past=_stack(frame, past_columns), future=_stack(frame, future_columns),
+    return dict(
         target=np.asarray(frame["target"].to_numpy(), dtype=np.float64),  # no copy of a Float64 column
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),
         series=codes, timestamps=ts, series_ids=[str(s) for s in ids], offsets=offsets,
-        lookback=lookback, horizon=horizon, splits=splits, short_series=short, pad=min_input is not None,
-        min_input=need, season=season, past_columns=list(past_columns),
+        splits=splits, short_series=short, pad=min_input is not None, min_input=need,
         truth=(frame["raw"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "raw" in frame.columns else None),
     )
 

@@ -145,3 +145,17 @@ def test_series_without_a_scaler_are_dropped_without_copying_the_catalogue(monke
     frame, _ = transform_features(shuffled, state)
     assert frame.select(clean.columns).equals(shuffled.filter(~pl.col("series_id").is_in(unknown)))
     assert frame["target"].n_chunks() == 1
+
+
+def test_scaling_is_per_series_whatever_the_row_order():
+    """Each row gets its own series' centre and scale when the rows are grouped by series, and when they are
+    interleaved (rows of a, b, a, b, ...): the scalers are joined per run of equal ids."""
+    clean = _clean(60, sids=("a", "b", "c"))
+    state = fit_features(clean, clean["timestamp"][39], "standard", [], [], [], [])
+    grouped, _ = transform_features(clean, state)
+    mixed, _ = transform_features(clean.sort("timestamp", "series_id"), state)
+    by_key = ["series_id", "timestamp"]
+    assert mixed.sort(by_key).select(*by_key, "y").equals(grouped.sort(by_key).select(*by_key, "y"))
+    c, s = (np.array([state.target_stats[i][k] for i in grouped["series_id"]]) for k in (0, 1))
+    np.testing.assert_allclose(grouped["y"].to_numpy(), (grouped["target"].to_numpy() - c) / s, rtol=1e-6)
+    assert set(np.round(s, 6)) == {round(v[1], 6) for v in state.target_stats.values()} and len(set(s)) == 3

@@ -1,0 +1,95 @@
+"""Numpy's huge-page hint is off while the data steps make their temporaries, and back after."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import nightcast.tasks.data.clean as clean_mod
+import nightcast.tasks.data.window as window_mod
+from nightcast.schemas.params import RetrainParams, WindowConfig
+from nightcast.tasks.data import pages
+from nightcast.tasks.data.prepare import prepare_training
+from nightcast.tasks.data.validate import validate_observations
+
+pytestmark = pytest.mark.skipif(pages.huge_page_hint() is None, reason="this numpy has no huge-page switch")
+
+
+@pytest.fixture(params=[True, False], ids=["hint-on", "hint-off"])
+def process_default(request):
+    """The process's own setting (numpy's default, or NUMPY_MADVISE_HUGEPAGE=0), restored after."""
+    before = pages._set_madvise_hugepage(request.param)
+    yield request.param
+    pages._set_madvise_hugepage(before)
+
+
+def test_the_hint_is_off_inside_and_the_process_setting_is_restored(process_default):
+    with pages.short_lived_arrays():
+        assert pages.huge_page_hint() is False
+        with pages.short_lived_arrays():  # nested: still off, and the outer exit restores
+            assert pages.huge_page_hint() is False
+        assert pages.huge_page_hint() is False
+    assert pages.huge_page_hint() is process_default
+
+
+def test_overlapping_sections_in_threads_keep_it_off_until_the_last_ends(process_default):
+    inside, leave = threading.Event(), threading.Event()
+
+    def other():
+        with pages.short_lived_arrays():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert inside.wait(10)
+    with pages.short_lived_arrays():
+        pass  # this thread's section ends first: the other still runs, so the hint stays off
+    assert pages.huge_page_hint() is False
+    leave.set()
+    t.join(10)
+    assert pages.huge_page_hint() is process_default
+
+
+def test_an_error_inside_still_restores(process_default):
+    with pytest.raises(RuntimeError):
+        with pages.short_lived_arrays():
+            raise RuntimeError("boom")
+    assert pages.huge_page_hint() is process_default
+
+
+def test_cleaning_runs_on_small_pages_and_the_window_arrays_training_reads_do_not(sample_raw, monkeypatch, request):
+    """The policy, as prepare_training applies it: cleaning's temporaries off, the stacked arrays on."""
+    before = pages._set_madvise_hugepage(True)
+    request.addfinalizer(lambda: pages._set_madvise_hugepage(before))
+    seen: dict[str, list[bool]] = {"outliers": [], "stack": []}
+    treat, stack = clean_mod.treat_outliers, window_mod._stack
+
+    def spy_treat(*a, **k):
+        seen["outliers"].append(pages.huge_page_hint())
+        return treat(*a, **k)
+
+    def spy_stack(*a, **k):
+        seen["stack"].append(pages.huge_page_hint())
+        return stack(*a, **k)
+
+    monkeypatch.setattr(clean_mod, "treat_outliers", spy_treat)
+    monkeypatch.setattr(window_mod, "_stack", spy_stack)
+    prepared = prepare_training(validate_observations(sample_raw), RetrainParams(window=WindowConfig(horizon=24)))
+    assert seen["outliers"] == [False]
+    assert seen["stack"] == [True, True]  # past and future
+    assert pages.huge_page_hint() is True
+    assert prepared.index.past.dtype == np.float32 and prepared.index.past.flags.c_contiguous
+
+
+def test_same_windows_with_and_without_the_switch(sample_raw, monkeypatch):
+    """The hint changes speed only: the prepared arrays are identical."""
+    params = RetrainParams(window=WindowConfig(horizon=24))
+    checked = validate_observations(sample_raw)
+    a = prepare_training(checked, params)
+    monkeypatch.setattr(pages, "_set_madvise_hugepage", None)
+    b = prepare_training(checked, params)
+    assert a.clean.equals(b.clean)
+    np.testing.assert_array_equal(a.index.past, b.index.past)
+    for k in a.index.splits:
+        np.testing.assert_array_equal(a.index.splits[k], b.index.splits[k])
