@@ -405,18 +405,27 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
 
 def _assemble(f: pl.DataFrame, names: pl.Series, gs: np.ndarray, gt: np.ndarray,
               take: np.ndarray) -> pl.DataFrame:
-    """The grid (series number, µs) with the columns of row ``take`` of ``f`` (-1: a missing step)."""
+    """The grid (series number, µs) with the columns of row ``take`` of ``f`` (-1: a missing step).
+
+    Covariates carry forward (then back) within a series: a missing step takes the row before it, which
+    is the running maximum of ``take`` (each series' grid starts on one of its own rows, and rows
+    only grow), so no fill runs over the rows; only a covariate that is itself null in the input is
+    then filled per series.
+    """
     idx = pl.Series(take)
     idx = idx.set(idx < 0, None)
     data = [c for c in f.columns if c not in ("series_id", "timestamp")]
-    placed = pl.DataFrame({"series_id": names.gather(gs), "timestamp": pl.Series(gt).cast(pl.Datetime("us")),
-                           "_s": gs})
-    placed = placed.with_columns(f.select(pl.col(data).gather(idx)).get_columns())
-    placed = placed.with_columns(pl.col("target").is_not_null().alias("observed"))
     covs = [c for c in data if c != "target"]
-    if covs:  # covariates carry forward (then back) within a series
-        placed = placed.with_columns(pl.col(covs).forward_fill().backward_fill().over("_s"))
-    return placed.drop("_s")
+    placed = pl.DataFrame({"series_id": names.gather(gs), "timestamp": pl.Series(gt).cast(pl.Datetime("us")),
+                           "target": f["target"].gather(idx)})
+    if covs:
+        held = pl.Series(np.maximum.accumulate(take)) if len(take) else pl.Series([], dtype=pl.Int64)
+        placed = placed.with_columns(f.select(pl.col(covs).gather(held)).get_columns())
+        blank = [c for c in covs if placed[c].null_count()]
+        if blank:
+            placed = placed.with_columns(pl.col(blank).forward_fill().backward_fill().over(pl.Series(gs)))
+    return placed.select("series_id", "timestamp", *data).with_columns(
+        pl.col("target").is_not_null().alias("observed"))
 
 
 @on_small_pages
@@ -436,49 +445,68 @@ def regularize(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, i
 # --- outliers -------------------------------------------------------------------------------------
 
 def _trailing_hampel(y: np.ndarray, s: np.ndarray, starts: np.ndarray, window: int, k: float,
-                     chunk_values: int = _CHUNK_VALUES) -> tuple[np.ndarray, np.ndarray]:
+                     chunk_values: int = _CHUNK_VALUES, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Trailing Hampel rule over stacked series: each value against the ``window`` values before it.
 
     ``s`` is each row's series number and ``starts`` each series' first row;
     window values before a series' first row are masked, so no window looks
     across a series boundary. A window needs 3 non-missing values; the
     threshold is k·1.4826·MAD. Windows are copied and sorted a chunk of rows at
-    a time (memory: one chunk × window). Returns the flags and ``y`` with the
-    flagged values clipped to the bounds.
+    a time (memory: one chunk × window per thread). The chunks run on ``threads``
+    threads (default: polars' thread count, which ``POLARS_MAX_THREADS`` sets;
+    numpy's sorts release the GIL), each on its own contiguous block of rows; every
+    row's result is its own, so the thread count never changes a value. Returns
+    the flags and ``y`` with the flagged values clipped to the bounds.
     """
     n = len(y)
     flag = np.zeros(n, bool)
     out = y.copy()
     rows = max(1, chunk_values // window)
-    buf = np.empty((min(rows, n), window))
-    col = np.arange(window)
+    chunks = np.arange(0, n, rows)
     past = np.lib.stride_tricks.sliding_window_view(y, window) if n >= window else None  # row j: y[j:j+window]
-    for lo in range(0, n, rows):
-        hi = min(lo + rows, n)
-        w = buf[: hi - lo]  # (rows, window): the values before each row, oldest first
-        if lo >= window:
-            np.copyto(w, past[lo - window: hi - window])
-        else:
-            padded = np.concatenate([np.full(window, np.nan), y[:hi]])
-            np.copyto(w, np.lib.stride_tricks.sliding_window_view(padded, window)[lo:hi])
-        i = np.arange(lo, hi)
-        first = np.maximum(i - window, starts[s[lo:hi]])  # the window's first row in the same series
-        near = np.flatnonzero(first > i - window)
-        if near.size:
-            w[near] = np.where(col >= (first - i + window)[near, None], w[near], np.nan)
-        base = max(lo - window, 0)
-        seen = np.concatenate([[0], np.cumsum(~np.isnan(y[base:hi]))])  # seen[j]: values in y[base:base+j]
-        count = seen[i - base] - seen[first - base]
-        med, mad = _median_mad(w, count)
-        enough = count >= 3
-        mad = np.maximum(mad, 1e-9 + 1e-6 * np.abs(med))
-        low, high = med - k * mad, med + k * mad
-        v = y[lo:hi]
-        with np.errstate(invalid="ignore"):
-            f = enough & ~np.isnan(v) & ((v < low) | (v > high))
-        flag[lo:hi] = f
-        out[lo:hi][f] = np.clip(v[f], low[f], high[f])
+
+    def block(los: np.ndarray) -> None:
+        buf = np.empty((min(rows, n), window))
+        for lo in los.tolist():  # chunks of this thread's block: a handful per thread, never per row
+            _hampel_rows(y, s, starts, past, window, k, lo, min(lo + rows, n), buf, flag, out)
+
+    threads = max(1, min(threads or pl.thread_pool_size(), len(chunks)))
+    if threads == 1:
+        block(chunks)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="nightcast-hampel") as pool:
+            list(pool.map(block, np.array_split(chunks, threads)))
     return flag, out
+
+
+def _hampel_rows(y: np.ndarray, s: np.ndarray, starts: np.ndarray, past: np.ndarray | None, window: int, k: float,
+                 lo: int, hi: int, buf: np.ndarray, flag: np.ndarray, out: np.ndarray) -> None:
+    """``_trailing_hampel`` on rows lo..hi-1, in ``buf``: writes their flags and clipped values."""
+    w = buf[: hi - lo]  # (rows, window): the values before each row, oldest first
+    if lo >= window:
+        np.copyto(w, past[lo - window: hi - window])
+    else:
+        padded = np.concatenate([np.full(window, np.nan), y[:hi]])
+        np.copyto(w, np.lib.stride_tricks.sliding_window_view(padded, window)[lo:hi])
+    i = np.arange(lo, hi)
+    first = np.maximum(i - window, starts[s[lo:hi]])  # the window's first row in the same series
+    near = np.flatnonzero(first > i - window)
+    if near.size:
+        w[near] = np.where(np.arange(window) >= (first - i + window)[near, None], w[near], np.nan)
+    base = max(lo - window, 0)
+    seen = np.concatenate([[0], np.cumsum(~np.isnan(y[base:hi]))])  # seen[j]: values in y[base:base+j]
+    count = seen[i - base] - seen[first - base]
+    med, mad = _median_mad(w, count)
+    enough = count >= 3
+    mad = np.maximum(mad, 1e-9 + 1e-6 * np.abs(med))
+    low, high = med - k * mad, med + k * mad
+    v = y[lo:hi]
+    with np.errstate(invalid="ignore"):
+        f = enough & ~np.isnan(v) & ((v < low) | (v > high))
+    flag[lo:hi] = f
+    out[lo:hi][f] = np.clip(v[f], low[f], high[f])
 
 
 def _median_mad(w: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,22 +1,36 @@
-"""Short-lived arrays on small pages.
+"""Memory for the data steps' short-lived arrays: reused, not faulted in afresh.
 
-On Linux numpy asks the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``) on every
-array of 4 MiB or more. Where the kernel's THP ``defrag`` setting is ``madvise`` or
-``defer+madvise`` (Debian's and Ubuntu's default) and free memory is fragmented, the first write to
-such an array waits for the kernel to compact memory: measured on this project's 2-core VM, the
-cleaning and windowing of a 10,000 x 2,000 panel spent 2-5 s in the kernel on it (``_stack``: 2.2 s
-of system time for one 600 MB array; numpy issue #31590). Huge pages pay off for arrays that live
-long and are read at random (the stacked window arrays training gathers from: training ran 5-10 %
-slower without them), not for the dozens of row-sized temporaries cleaning makes and drops.
+Cleaning, features and the window index make dozens of row-sized numpy temporaries (150 MB each at
+10,000 x 2,000) and drop them at once. Two allocator defaults make each one cost far more than its
+arithmetic:
 
-``short_lived_arrays`` turns numpy's hint off while the data steps run and restores the process's
-own setting afterwards (``NUMPY_MADVISE_HUGEPAGE`` or numpy's default), so a user's choice stands
-outside them. The hint changes speed only, never a value.
+- glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on free, so each
+  temporary's pages are faulted in and zeroed by the kernel again. Measured on this project's 2-core
+  VM: ``prepare_training`` at 10,000 x 2,000 spent 7-15 s of its 15-25 s in the kernel.
+- numpy asks for transparent huge pages (``madvise(MADV_HUGEPAGE)``) on every array of 4 MiB or
+  more; where the kernel's THP ``defrag`` setting is ``madvise`` or ``defer+madvise`` (Debian's and
+  Ubuntu's default) and memory is fragmented, the first write waits for the kernel to compact memory
+  (numpy issue #31590): one 600 MB array took 2.5 s to fill, 2.2 s of it in the kernel.
+
+``short_lived_arrays`` therefore, while any data step runs (in any thread): serves large
+allocations from glibc's heap, where a freed temporary's pages are reused by the next one
+(``mallopt(M_MMAP_MAX, 0)``, with trimming held off), and turns numpy's huge-page hint off. After
+the last step it restores both and hands the freed heap back to the system (``malloc_trim``), so the
+process holds no more than before. The arrays training then gathers from at random (``make_windows``'
+stacked features) are made under the process's own settings (``long_lived_arrays``) and keep huge
+pages: without them training ran 5-10 % slower. A whole preparation (``prepare_training``) is one
+section, so one step's freed temporaries serve the next.
+
+Only speed changes, never a value. ``NIGHTCAST_DATA_MEMORY=default`` leaves both settings alone; on a
+C library other than glibc the heap part does nothing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
+import platform
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,27 +41,47 @@ try:  # numpy >= 2
 except ImportError:  # numpy 1.x
     try:
         from numpy.core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
-    except ImportError:  # no such switch (not Linux, or a numpy without it): nothing to do
+    except ImportError:  # no such switch (not Linux, or a numpy without it)
         _get_madvise_hugepage = _set_madvise_hugepage = None
 
+# glibc's mallopt parameters (malloc.h) and their documented defaults
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_HOLD = 2**31 - 1  # trim threshold while a section runs (2 GiB, mallopt's largest): freed temporaries stay
+
+_libc = ctypes.CDLL(None) if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else None
 _lock = threading.Lock()
-_active = 0  # data steps running now, in any thread: the hint is off while any is
-_default: bool | None = None  # the process's own setting, read when the first step starts
+_active = 0  # data steps running now, in any thread: the settings hold while any is
+_hint: bool | None = None  # numpy's own hint, read when the first section starts
 
 F = TypeVar("F", bound=Callable)
 
 
+def _enabled() -> bool:
+    return os.environ.get("NIGHTCAST_DATA_MEMORY", "reuse").strip().lower() != "default"
+
+
+def _heap_reuse(on: bool, trim: bool = True) -> None:
+    if _libc is None:
+        return
+    _libc.mallopt(_M_MMAP_MAX, 0 if on else _DEFAULT_MMAP_MAX)
+    _libc.mallopt(_M_TRIM_THRESHOLD, _HOLD if on else _DEFAULT_TRIM_THRESHOLD)
+    if not on and trim:
+        _libc.malloc_trim(0)  # the freed temporaries go back to the system
+
+
 @contextmanager
 def short_lived_arrays() -> Iterator[None]:
-    """Numpy's huge-page hint off inside (any thread's section keeps it off), back on after the last."""
-    global _active, _default
-    if _set_madvise_hugepage is None:
+    """Heap reuse on and numpy's huge-page hint off inside; both back as they were after the last section."""
+    global _active, _hint
+    if not _enabled():
         yield
         return
     with _lock:
         if _active == 0:
-            _default = bool(_get_madvise_hugepage())
-            _set_madvise_hugepage(False)
+            _heap_reuse(True)
+            if _set_madvise_hugepage is not None:
+                _hint = bool(_set_madvise_hugepage(False))  # returns the previous setting
         _active += 1
     try:
         yield
@@ -55,7 +89,29 @@ def short_lived_arrays() -> Iterator[None]:
         with _lock:
             _active -= 1
             if _active == 0:
-                _set_madvise_hugepage(bool(_default))
+                if _set_madvise_hugepage is not None:
+                    _set_madvise_hugepage(bool(_hint))
+                _heap_reuse(False)
+
+
+@contextmanager
+def long_lived_arrays() -> Iterator[None]:
+    """Inside a section, the process's own settings back for arrays that outlive it and are read at random
+    (``make_windows``' stacked features: a fresh mapping with numpy's huge-page hint); the section's after."""
+    with _lock:
+        inside = _active > 0
+        if inside:
+            _heap_reuse(False, trim=False)
+            if _set_madvise_hugepage is not None:
+                _set_madvise_hugepage(bool(_hint))
+    try:
+        yield
+    finally:
+        with _lock:
+            if inside and _active > 0:
+                _heap_reuse(True)
+                if _set_madvise_hugepage is not None:
+                    _set_madvise_hugepage(False)
 
 
 def on_small_pages(fn: F) -> F:
@@ -68,5 +124,10 @@ def on_small_pages(fn: F) -> F:
 
 
 def huge_page_hint() -> bool | None:
-    """Numpy's current setting (None where it has none): for tests and the bench's environment line."""
+    """Numpy's current setting (None where it has none): for tests."""
     return None if _get_madvise_hugepage is None else bool(_get_madvise_hugepage())
+
+
+def sections_running() -> int:
+    """Data steps inside ``short_lived_arrays`` now: for tests."""
+    return _active

@@ -15,6 +15,7 @@ from nightcast.schemas.params import RetrainParams
 from nightcast.tasks.data.clean import (Calendar, CleanReport, by_series, calendar_parts_for, clean_observations, decide_calendar,
                          decide_season, regularize)
 from nightcast.tasks.data.features import FeatureState, fit_features, transform_features
+from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.data.validate import ValidationResult
 from nightcast.tasks.data.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
                           thin_windows)
@@ -58,6 +59,7 @@ def fingerprint(frame: pl.DataFrame) -> str:
     return sink.sha.hexdigest()
 
 
+@on_small_pages
 def prepare_training(valid: ValidationResult, params: RetrainParams,
                      cuts: tuple[dt.datetime, dt.datetime] | None = None) -> Prepared:
     """Clean, split in time, fit scalers/encoders on the training span, index the windows.
@@ -98,6 +100,7 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     return Prepared(clean, report, calendar, season, train_end, val_end, state, iqr, index)
 
 
+@on_small_pages
 def index_with_state(clean: pl.DataFrame, state: FeatureState, network_args: dict,
                      train_end: dt.datetime, val_end: dt.datetime, lookback: int) -> WindowIndex:
     """Windows over an already-clean frame with someone else's fitted features (the champion's)."""
@@ -117,6 +120,7 @@ def window_keys(index: WindowIndex, split: str = "test") -> pl.DataFrame:
                         schema={"series_id": pl.String, "origin": pl.Datetime("us"), "pos": pl.Int64})
 
 
+@on_small_pages
 def prepare_refit(prepared: Prepared, valid: ValidationResult, params: RetrainParams) -> Prepared:
     """The same cleaned history with everything refit on all of it, up to the forecast origin: scalers and
     encoders fitted on every step, every window a training window. What the served network trains on."""

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nightcast.tasks.data.clean import by_series
-from nightcast.tasks.data.pages import short_lived_arrays
+from nightcast.tasks.data.pages import long_lived_arrays, short_lived_arrays
 
 
 class WindowError(ValueError):
@@ -112,9 +112,10 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     with short_lived_arrays():  # the index's temporaries; the stacked arrays training reads keep huge pages
         frame = by_series(frame)
         index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input)
-    return WindowIndex(past=_stack(frame, past_columns), future=_stack(frame, future_columns),
-                       lookback=lookback, horizon=horizon, season=season, past_columns=list(past_columns),
-                       **index)
+        with long_lived_arrays():
+            past, future = _stack(frame, past_columns), _stack(frame, future_columns)
+    return WindowIndex(past=past, future=future, lookback=lookback, horizon=horizon, season=season,
+                       past_columns=list(past_columns), **index)
 
 
 def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datetime | None,

@@ -260,10 +260,11 @@ def _random_catalogue(seed: int, n_series: int = 40) -> tuple[pl.DataFrame, list
 
 @pytest.mark.parametrize("window, k", [(3, 1.0), (7, 3.0), (24, 4.0), (50, 2.0)])
 @pytest.mark.parametrize("chunk_values", [64, 1 << 21])  # many chunks, each cut mid-series, and one
-def test_stacked_hampel_equals_the_per_series_reference(window, k, chunk_values):
+@pytest.mark.parametrize("threads", [1, 3])  # blocks of chunks on threads: the same values, bit for bit
+def test_stacked_hampel_equals_the_per_series_reference(window, k, chunk_values, threads):
     frame, values = _random_catalogue(seed=window)
     s, starts, _ = _runs(frame["series_id"])
-    flag, clipped = _trailing_hampel(frame["target"].to_numpy(), s, starts, window, k, chunk_values)
+    flag, clipped = _trailing_hampel(frame["target"].to_numpy(), s, starts, window, k, chunk_values, threads)
     reference = [_hampel(y, window, k) for y in values]
     assert np.array_equal(flag, np.concatenate([f for f, _ in reference]))
     expected = np.concatenate([np.where(f, c, y) for y, (f, c) in zip(values, reference)])
@@ -325,3 +326,28 @@ def test_a_ragged_catalogue_cleans_without_failing_the_schema():
     assert report.leading_blanks_dropped == 4 and report.trailing_blanks_dropped == 6
     assert report.off_grid_rows_dropped == 0 and report.rows_on_grid == 120 + 50 + 80 + 30 + 2
     assert set(report.to_json()) >= {"off_grid_by_series", "leading_blanks_dropped", "empty_series"}
+
+
+def test_covariates_carry_forward_then_back_within_each_series_on_the_grid():
+    """A missing step takes its series' covariate from the step before it; a covariate the input left null
+    takes the last value before it (the first one after it at a series' start); never another series'."""
+    rng = np.random.default_rng(5)
+    frames, expected = [], {}
+    for i in range(30):
+        n = int(rng.integers(3, 40))
+        steps = np.sort(rng.choice(np.arange(2 * n), size=n, replace=False))
+        steps -= steps[0]  # the first row starts the grid
+        promo = [None if rng.random() < 0.3 else f"p{i}-{j}" for j in range(n)]
+        temp = [None if rng.random() < 0.3 else float(i * 100 + j) for j in range(n)]
+        stamps = [T0 + dt.timedelta(hours=int(k)) for k in steps]
+        frames.append(_series(stamps, rng.normal(size=n).tolist(), f"s{i:02d}")
+                      .with_columns(pl.Series("promo", promo, dtype=pl.String), pl.Series("temp", temp, dtype=pl.Float64)))
+        grid = pl.DataFrame({"timestamp": pl.Series(_hours(int(steps[-1]) + 1), dtype=pl.Datetime("us"))})
+        ref = grid.join(frames[-1].select("timestamp", "promo", "temp"), on="timestamp", how="left")
+        expected[f"s{i:02d}"] = ref.with_columns(pl.col("promo", "temp").forward_fill().backward_fill())
+    clean, _, _ = clean_observations(pl.concat(frames), NO_OUTLIERS, Calendar("1h"))
+    for sid, ref in expected.items():
+        got = _of(clean, sid).select("timestamp", "promo", "temp")
+        assert got.equals(ref), sid
+    assert clean.filter(pl.col("promo").is_null() | pl.col("temp").is_null()).height == sum(
+        r.filter(pl.col("promo").is_null() | pl.col("temp").is_null()).height for r in expected.values())

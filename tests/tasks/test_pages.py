@@ -1,5 +1,6 @@
-"""Numpy's huge-page hint is off while the data steps make their temporaries, and back after."""
+"""The data steps' temporaries: heap memory reused and numpy's huge-page hint off inside, both back after."""
 
+import resource
 import threading
 
 import numpy as np
@@ -93,3 +94,37 @@ def test_same_windows_with_and_without_the_switch(sample_raw, monkeypatch):
     np.testing.assert_array_equal(a.index.past, b.index.past)
     for k in a.index.splits:
         np.testing.assert_array_equal(a.index.splits[k], b.index.splits[k])
+
+
+@pytest.mark.skipif(pages._libc is None, reason="glibc only")
+def test_a_freed_temporary_is_reused_inside_not_faulted_in_again():
+    """Inside, a second 64 MiB temporary lands on the pages the first one left: (almost) no page faults."""
+    def faults_to_fill() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        a = np.empty(8 * 2**20)  # 64 MiB
+        a.fill(1.0)
+        del a
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with pages.short_lived_arrays():
+        faults_to_fill()
+        again = faults_to_fill()
+    assert again < 64 * 2**20 / 4096 / 10  # a fresh mapping faults 16,384 small pages
+
+
+def test_default_leaves_numpy_and_glibc_alone(monkeypatch, process_default):
+    monkeypatch.setenv("NIGHTCAST_DATA_MEMORY", "default")
+    with pages.short_lived_arrays():
+        assert pages.huge_page_hint() is process_default
+        assert pages.sections_running() == 0
+
+
+def test_long_lived_arrays_get_the_process_settings_back_inside_a_section(process_default):
+    with pages.short_lived_arrays():
+        with pages.long_lived_arrays():
+            assert pages.huge_page_hint() is process_default
+        assert pages.huge_page_hint() is False and pages.sections_running() == 1
+    assert pages.huge_page_hint() is process_default and pages.sections_running() == 0
+    with pages.long_lived_arrays():  # outside any section it changes nothing
+        assert pages.huge_page_hint() is process_default
+    assert pages.huge_page_hint() is process_default
