@@ -13,7 +13,8 @@ from nightcast.tasks.data.ingest import load_observations
 from nightcast.tasks.data.prepare import Prepared, fingerprint, prepare_training
 from nightcast.tasks.data.validate import ValidationResult, validate_observations
 from nightcast.tasks.forecast.backtest import evaluate_candidates
-from nightcast.tasks.forecast.train import TrainResult, refit_seeds, train_model
+from nightcast.tasks.forecast.seeds import train_seeds
+from nightcast.tasks.forecast.train import TrainResult, refit_seeds
 from nightcast.tasks.forecast.tune import apply_overrides, load_tuned, tuned_for
 from nightcast.tasks.forecast.warm import warm_start_from
 from nightcast.tasks.ops.publish import register_bundle, summary_rows
@@ -25,7 +26,7 @@ from nightcast.flows.runtime import artifact_key, publish_markdown, start_run, s
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
 prepare = step(prepare_training, "clean-and-window", timeout_s=3600)
-train = step(train_model, "train", timeout_s=6 * 3600)
+train = step(train_seeds, "train", timeout_s=6 * 3600)
 
 
 def _save_quarantine(store: Store, checked: ValidationResult, run_stamp: str) -> str | None:
@@ -134,8 +135,9 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
     params = params.model_copy(update={"window": params.window.model_copy(update={"lookback": prepared.index.lookback})})
     champion, champion_error = current_champion(st, params.model_name)
     init_state, warm = warm_start(params, prepared, champion, champion_error)
-    trained = [train(prepared.index, params.model, params.train.model_copy(update={"seed": params.train.seed + k}),
-                     settings.progress, init_state=init_state) for k in range(params.serve.seeds)]
+    trained = train(prepared.index, params.model, [params.train.model_copy(update={"seed": params.train.seed + k})
+                                                   for k in range(params.serve.seeds)],
+                    settings.progress, init_state=init_state)
     evaluation = evaluate(params, prepared, trained, champion, champion_error)
     served = refit(params, prepared, checked, trained, settings.progress, init_state)
     fp = fingerprint(checked.valid)

@@ -303,6 +303,7 @@ def refit_model(index: WindowIndex, network_args: dict, train_cfg: TrainConfig, 
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*number of training batches.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*validation_step.*no `val_dataloader`.*")  # no validation: by design
         trainer.fit(module, _train_loader(index, cfg, per_epoch))
     budget = {"max_steps": steps, "steps_per_epoch": per_epoch, "batch_size": cfg.batch_size,
               "train_windows": int(len(starts)), "refit": True}
@@ -348,13 +349,13 @@ def refit_seeds(params: RetrainParams, prepared: Prepared, checked: ValidationRe
     logger = log or logging.getLogger(__name__)
     if not params.serve.refit:
         return [t.net for t in trained], None, {"refit": False}
+    from nightcast.tasks.forecast.seeds import refit_seeds_models
+
     data = prepare_refit(prepared, checked, params)
-    nets, steps = [], []
-    for k, t in enumerate(trained):  # a handful of seeds
-        n = best_steps(t)
-        cfg = params.train.model_copy(update={"seed": params.train.seed + k})
-        nets.append(refit_model(data.index, t.network_args, cfg, n, progress, init_state=init_state).net)
-        steps.append(n)
+    steps = [best_steps(t) for t in trained]
+    cfgs = [params.train.model_copy(update={"seed": params.train.seed + k}) for k in range(len(trained))]
+    nets = [r.net for r in refit_seeds_models(data.index, [t.network_args for t in trained], cfgs, steps, progress,
+                                              init_state=init_state)]
     logger.info("refit %d network(s) on all %d windows up to %s for %s steps", len(nets),
                 len(data.index.splits["train"]), data.train_end, steps)
     return nets, data, {"refit": True, "steps": steps, "windows": int(len(data.index.splits["train"])),
