@@ -9,7 +9,8 @@ identical to training them one after another in the flow's process.
 
 The prepared windows are not copied into each worker: their arrays are written once to ``.npy``
 files in a temporary folder and every worker maps them (copy-on-write), so the page cache holds one
-copy whatever the worker count. The workers start once per call (a few seconds: torch and
+copy whatever the worker count (the files need the windows' size on the temporary folder's disk: about
+1.5 GB at 10,000 x 2,000). The workers start once per call (a few seconds: torch and
 Lightning are imported) and are gone when it returns.
 
 ``NIGHTCAST_TRAIN_WORKERS`` sets the worker count: ``0`` (default) trains every seed at once when the
@@ -27,6 +28,7 @@ import pickle
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import fields
 from pathlib import Path
 
@@ -36,6 +38,10 @@ import torch
 from nightcast.schemas.params import ModelConfig, TrainConfig
 from nightcast.tasks.data.window import WindowIndex
 from nightcast.tasks.forecast.train import TrainResult, auto_steps, refit_model, train_model
+
+class SeedWorkerError(RuntimeError):
+    """A worker process training seeds side by side died (the seeds' own errors pass through unchanged)."""
+
 
 _ARRAYS = ("past", "future", "target", "observed", "series", "timestamps", "offsets", "truth")
 _INDEX: WindowIndex | None = None  # in a worker: the windows it trains on
@@ -114,6 +120,12 @@ def _in_workers(index: WindowIndex, workers: int, job, calls: list[tuple]) -> li
                                  initializer=_start_worker, initargs=(str(folder), torch.get_num_threads())) as pool:
             futures = [pool.submit(job, *args) for args in calls]
             return [f.result() for f in futures]
+    except BrokenProcessPool as exc:  # a worker was killed (out of memory, a signal): say what to do about it
+        raise SeedWorkerError(
+            f"a worker process training {len(calls)} network seed(s) side by side ({workers} at once) died before "
+            f"finishing ({exc}); the usual cause is memory: each worker holds torch and its batches (the windows "
+            "are shared). Set NIGHTCAST_TRAIN_WORKERS=1 to train the seeds one after another in this process, "
+            "or a smaller count") from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

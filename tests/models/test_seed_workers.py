@@ -1,5 +1,7 @@
 """Seeds trained side by side in worker processes give the weights training them one after another gives."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,13 @@ def test_worker_count_setting(monkeypatch):
     monkeypatch.setenv("NIGHTCAST_TRAIN_WORKERS", "1")
     monkeypatch.setattr(seeds_mod, "usable_cores", lambda: 16)
     assert seed_workers(3, TrainConfig()) == 1
+
+
+def _die(*_args) -> None:  # a job whose worker process is killed (as by the out-of-memory killer)
+    os._exit(9)
+
+
+def test_a_worker_that_dies_is_named_with_what_to_do(prepared):
+    _, prep = prepared
+    with pytest.raises(seeds_mod.SeedWorkerError, match="NIGHTCAST_TRAIN_WORKERS=1"):
+        seeds_mod._in_workers(prep.index, 2, _die, [(), ()])
