@@ -23,6 +23,7 @@ the flow's process.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -130,10 +131,17 @@ def _in_workers(index: WindowIndex, workers: int, job, calls: list[tuple]) -> li
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _say(log: logging.Logger | None, what: str, n: int, workers: int) -> None:
+    where = "in this process" if workers == 1 else f"side by side in {workers} worker processes"
+    (log or logging.getLogger(__name__)).info("training %d %s %s", n, what, where)
+
+
 def train_seeds(index: WindowIndex, model_cfg: ModelConfig, cfgs: list[TrainConfig], progress: bool = True,
-                init_state: dict | None = None, accelerator: str = "auto") -> list[TrainResult]:
+                init_state: dict | None = None, accelerator: str = "auto",
+                log: logging.Logger | None = None) -> list[TrainResult]:
     """``train_model`` for each of ``cfgs`` (one per seed), side by side when there are cores for it."""
     workers = seed_workers(len(cfgs), cfgs[0], accelerator, _work(index, cfgs[0]))
+    _say(log, "network seed(s)", len(cfgs), workers)
     if workers == 1:
         return [train_model(index, model_cfg, cfg, progress, accelerator, init_state=init_state) for cfg in cfgs]
     return _in_workers(index, workers, _train_job, [(model_cfg, cfg, init_state, accelerator) for cfg in cfgs])
@@ -141,9 +149,10 @@ def train_seeds(index: WindowIndex, model_cfg: ModelConfig, cfgs: list[TrainConf
 
 def refit_seeds_models(index: WindowIndex, network_args: list[dict], cfgs: list[TrainConfig], steps: list[int],
                        progress: bool = True, init_state: dict | None = None,
-                       accelerator: str = "auto") -> list[TrainResult]:
+                       accelerator: str = "auto", log: logging.Logger | None = None) -> list[TrainResult]:
     """``refit_model`` for each seed (its network arguments, config and step count), side by side."""
     workers = seed_workers(len(cfgs), cfgs[0], accelerator, _work(index, cfgs[0], max(steps)))
+    _say(log, "refit network(s)", len(cfgs), workers)
     if workers == 1:
         return [refit_model(index, a, cfg, n, progress, accelerator, init_state=init_state)
                 for a, cfg, n in zip(network_args, cfgs, steps)]

@@ -355,7 +355,7 @@ def refit_seeds(params: RetrainParams, prepared: Prepared, checked: ValidationRe
     steps = [best_steps(t) for t in trained]
     cfgs = [params.train.model_copy(update={"seed": params.train.seed + k}) for k in range(len(trained))]
     nets = [r.net for r in refit_seeds_models(data.index, [t.network_args for t in trained], cfgs, steps, progress,
-                                              init_state=init_state)]
+                                              init_state=init_state, log=logger)]
     logger.info("refit %d network(s) on all %d windows up to %s for %s steps", len(nets),
                 len(data.index.splits["train"]), data.train_end, steps)
     return nets, data, {"refit": True, "steps": steps, "windows": int(len(data.index.splits["train"])),
