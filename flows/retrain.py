@@ -26,6 +26,8 @@ from nightcast.flows.runtime import artifact_key, publish_markdown, start_run, s
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
 prepare = step(prepare_training, "clean-and-window", timeout_s=3600)
+
+
 def _train(index, model_cfg, cfgs, progress, init_state=None):  # noqa: ANN001, ANN202 - as train_seeds
     return train_seeds(index, model_cfg, cfgs, progress, init_state=init_state, log=get_run_logger())
 

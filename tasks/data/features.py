@@ -181,7 +181,6 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
         frame = by_series(frame).with_columns(
             pl.col("y").shift(n).over("series_id").fill_null(0.0).alias(f"lag__{n}") for n in state.lags)
     if state.pca:
-
         x = frame.select(state.pca["inputs"]).to_numpy().astype(np.float64) - np.asarray(state.pca["mean"])
         z = x @ np.asarray(state.pca["components"]).T
         frame = frame.with_columns(pl.Series(f"pca__{i}", z[:, i], dtype=pl.Float32) for i in range(z.shape[1]))
@@ -190,7 +189,6 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
 
 def _row_stats(series_ids, state: FeatureState):  # noqa: ANN001, ANN202 - numpy arrays
     """(center, scale) columns for rows labelled ``series_ids``: one dict lookup per distinct series."""
-
     uniq, inverse = np.unique(np.asarray(series_ids, dtype=str), return_inverse=True)
     stats = np.array([state.target_stats[s] for s in uniq], dtype=np.float64).reshape(-1, 2)
     rows = stats[inverse]

@@ -38,7 +38,7 @@ import torch
 
 from nightcast.schemas.params import ModelConfig, TrainConfig
 from nightcast.tasks.data.window import WindowIndex
-from nightcast.tasks.forecast.train import TrainResult, auto_steps, refit_model, train_model
+from nightcast.tasks.forecast.train import TrainResult, planned_steps, refit_model, train_model
 
 class SeedWorkerError(RuntimeError):
     """A worker process training seeds side by side died (the seeds' own errors pass through unchanged)."""
@@ -73,9 +73,7 @@ def seed_workers(seeds: int, train_cfg: TrainConfig, accelerator: str = "auto", 
 
 def _work(index: WindowIndex, cfg: TrainConfig, steps: int | None = None) -> int:
     """Window-steps one training reads: its step budget x batch size x lookback."""
-    if steps is None:
-        steps = cfg.max_steps or auto_steps(len(index.splits.get("train", ())), cfg.batch_size)
-    return int(steps) * cfg.batch_size * index.lookback
+    return int(planned_steps(index, cfg) if steps is None else steps) * cfg.batch_size * index.lookback
 
 
 def _dump(index: WindowIndex, folder: Path) -> None:

@@ -170,10 +170,15 @@ def network_args_for(index: WindowIndex, model_cfg: ModelConfig) -> dict:
             "target_channels": [i for i, c in enumerate(cols) if c == "y" or c.startswith("lag__")]}
 
 
+def planned_steps(index: WindowIndex, train_cfg: TrainConfig) -> int:
+    """Optimiser steps a training of ``index`` takes: the configured ones, else sized to its train windows."""
+    return train_cfg.max_steps or auto_steps(len(index.splits.get("train", ())), train_cfg.batch_size)
+
+
 def training_budget(index: WindowIndex, train_cfg: TrainConfig) -> dict:
     """Optimiser steps (the configured ones, else sized to the data), steps per epoch and what they read."""
     n_train = len(index.splits["train"])
-    max_steps = train_cfg.max_steps or auto_steps(n_train, train_cfg.batch_size)
+    max_steps = planned_steps(index, train_cfg)
     budget = {"max_steps": max_steps, "steps_per_epoch": min(train_cfg.steps_per_epoch, max_steps),
               "batch_size": train_cfg.batch_size, "train_windows": n_train,
               "val_windows": min(len(index.splits["val"]), train_cfg.val_windows),
