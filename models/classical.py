@@ -62,14 +62,16 @@ if sys.platform.startswith("linux"):
     os.register_at_fork(after_in_child=_pool_worker_dies_with_parent)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity mask)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 
-def _on_dask_worker() -> bool:
+def on_dask_worker() -> bool:
+    """Whether this runs inside a Dask worker (whose process is already the unit of parallelism)."""
     try:
         from distributed import get_worker
     except ImportError:
@@ -92,9 +94,9 @@ def fit_jobs(model: str, histories: int, steps: int, configured: int | None = No
         configured = Settings().classical_jobs
     if configured == 1 or histories < 2 or multiprocessing.current_process().daemon:  # a daemon has no children
         return 1
-    if configured == 0 and (_on_dask_worker() or steps * _MS_PER_STEP.get(model, 1.0) / 1000 < _PARALLEL_MIN_S):
+    if configured == 0 and (on_dask_worker() or steps * _MS_PER_STEP.get(model, 1.0) / 1000 < _PARALLEL_MIN_S):
         return 1
-    return max(1, min(configured or _usable_cores(), histories))
+    return max(1, min(configured or usable_cores(), histories))
 
 
 @contextlib.contextmanager

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     classical_jobs: int = Field(
         0, ge=0, description="processes that fit the classical candidate when a call has a few seconds of fits "
                              "(statsforecast's n_jobs); 0: one per usable core, except on a Dask worker (1)")
+    inference_threads: int = Field(
+        0, ge=0, description="threads that run batches of network inference side by side (scoring, backtests); "
+                             "0: one per usable core, except on a Dask worker or with torch_threads above 1 (1)")
     dask_address: str | None = Field(
         None, description="run flow tasks (score shards) on Dask: a scheduler address (tcp://host:8786), or "
                           "'local' for a LocalCluster started for the run; empty: Prefect's thread pool")

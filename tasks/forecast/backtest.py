@@ -24,7 +24,7 @@ from nightcast.tasks.forecast.intervals import coverage, fit_conformal
 from nightcast.tasks.data.window import WindowIndex, space_windows
 from nightcast.tasks.data.prepare import Prepared
 from nightcast.tasks.forecast.evaluate import format_metrics
-from nightcast.tasks.forecast.train import TrainResult, predict_scaled
+from nightcast.tasks.forecast.train import TrainResult, predict_seeds
 from nightcast.tasks.ops.registry import Bundle, Decision, RegistryError, decide_promotion, load_bundle
 from nightcast.tasks.ops.storage import Store
 
@@ -179,8 +179,8 @@ def compare_with_champion(champion, prepared, backtest: Backtest, metric: str) -
     mine, theirs = common["pos"].to_numpy(), common["pos_c"].to_numpy()
     starts, c_starts = backtest.test_starts[mine], c_index.splits["test"][theirs]
     shared = {m: f[mine] for m, f in backtest.candidates_test.items()}
-    champ_net = ensemble_median([inverse_scale(predict_scaled(n, c_index, c_starts).astype(np.float64),
-                                               c_index.series_of(c_starts), state) for n in champion.networks()])
+    champ_net = ensemble_median([inverse_scale(p.astype(np.float64), c_index.series_of(c_starts), state)
+                                 for p in predict_seeds(champion.networks(), c_index, c_starts)])
     cw = champion_weights(champion)
     champ_cands = {m: (champ_net if m == NETWORK else shared.get(m, np.full_like(champ_net, np.nan)))
                    for m in cw.candidates}
@@ -204,8 +204,8 @@ def evaluate_candidates(params: RetrainParams, prepared: Prepared, trained: list
         raise ValueError("no test windows: the test span is shorter than the horizon for every series")
     level = params.intervals.level if params.intervals.method == "conformal" else None
     bt = run_backtest(index, prepared.state, np.datetime64(prepared.train_end, "us"), prepared.season_length,
-                      [predict_scaled(t.net, index, val) for t in trained],
-                      [predict_scaled(t.net, index, test) for t in trained], params.serve, level)
+                      predict_seeds([t.net for t in trained], index, val),
+                      predict_seeds([t.net for t in trained], index, test), params.serve, level)
     comparison = compare_with_champion(champion, prepared, bt, params.promotion.metric)
     if champion_error:
         comparison["note"] = f"champion unusable ({champion_error})"

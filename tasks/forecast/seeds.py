@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from nightcast.schemas.params import ModelConfig, TrainConfig
+from nightcast.models.classical import usable_cores
 from nightcast.tasks.data.window import WindowIndex
 from nightcast.tasks.forecast.train import TrainResult, planned_steps, refit_model, train_model
 
@@ -46,10 +47,6 @@ class SeedWorkerError(RuntimeError):
 
 _ARRAYS = ("past", "future", "target", "observed", "series", "timestamps", "offsets", "truth")
 _INDEX: WindowIndex | None = None  # in a worker: the windows it trains on
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 MIN_WORK = 3_000_000

@@ -16,7 +16,7 @@ from nightcast.tasks.data.clean import Calendar, by_series, clean_observations, 
 from nightcast.tasks.forecast.evaluate import NETWORK
 from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features, with_new_series
 from nightcast.tasks.forecast.intervals import bounds
-from nightcast.tasks.forecast.train import predict_scaled
+from nightcast.tasks.forecast.train import predict_seeds
 from nightcast.tasks.data.window import make_windows, min_history
 from nightcast.tasks.ops.registry import Bundle
 from nightcast.tasks.ops.storage import Store, safe_key_part
@@ -426,7 +426,9 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
             raise ScoreError(f"known-future covariates {state.future_covariates} are missing for {missing.height} "
                              f"forecast step(s) of {missing['series_id'].n_unique()} series, first series "
                              f"{first['series_id']!r} at {first['timestamp']}; add those rows to the input")
-    hist = clean.filter(pl.col("series_id").is_in(ids))
+    # the last window's steps and the lags they read: the rest of the cleaned tail is the classical fits'
+    steps = lookback + max([0, *state.lags])
+    hist = clean.filter(pl.col("series_id").is_in(ids)).group_by("series_id", maintain_order=True).tail(steps)
     rows = pl.concat([hist, fut.drop("horizon").with_columns(
         pl.lit(None, dtype=pl.Float64).alias("target"), pl.lit(False).alias("observed"),
         pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap"))],
@@ -439,8 +441,8 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     # the origin of each series' forecast: its last history row, just before its H future rows
     origins = index.offsets[1:] - horizon - 1
     starts = origins - lookback + 1
-    got = np.median(np.stack([inverse_scale(_predict_fixed_batches(net, index, starts).astype(np.float64),
-                                            index.series_ids, state) for net in bundle.networks()]), axis=0)
+    got = np.median(np.stack([inverse_scale(p.astype(np.float64), index.series_ids, state)
+                              for p in _predict_fixed_batches(bundle.networks(), index, starts)]), axis=0)
     pos = live.with_row_index("_i").join(pl.DataFrame({"series_id": index.series_ids}), on="series_id",
                                          how="inner", maintain_order="right")["_i"].to_numpy()
     values[pos] = got
@@ -453,14 +455,14 @@ SCORE_BATCH = 512
 """Windows per forward pass when scoring; every pass has exactly this many (padded)."""
 
 
-def _predict_fixed_batches(net, index, starts: np.ndarray) -> np.ndarray:
-    """``predict_scaled`` with every batch the same shape, so that a series' forecast does not depend on
+def _predict_fixed_batches(nets: list, index, starts: np.ndarray) -> list[np.ndarray]:
+    """``predict_seeds`` with every batch the same shape, so that a series' forecast does not depend on
     which other series share its batch: CPU kernels choose their blocking by batch size, and with
     ragged batches the last float32 digits moved with the shard a series fell in (measured). Same
-    hardware and libraries give bit-identical forecasts, sharded or not."""
+    hardware and libraries give bit-identical forecasts, sharded or not, on any number of threads."""
     n = len(starts)
     padded = np.concatenate([starts, np.repeat(starts[:1], -n % SCORE_BATCH)])
-    return predict_scaled(net, index, padded, batch_size=SCORE_BATCH)[:n]
+    return [p[:n] for p in predict_seeds(nets, index, padded, batch_size=SCORE_BATCH)]
 
 
 def _intervals(out: np.ndarray, methods: np.ndarray, widths: dict[str, list[float]], state: FeatureState,

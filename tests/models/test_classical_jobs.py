@@ -51,7 +51,7 @@ def test_fits_on_two_processes_give_the_same_forecasts_as_one(monkeypatch, pools
 
 
 def test_automatic_count_is_one_below_a_few_seconds_of_work_and_the_cores_above():
-    cores = classical._usable_cores()
+    cores = classical.usable_cores()
     assert fit_jobs("theta", 200, 200 * 144, configured=0) == 1  # ~0.6 s of estimated work
     assert fit_jobs("theta", 10_000, 10_000 * 144, configured=0) == min(cores, 10_000)  # ~29 s
     assert fit_jobs("autoets", 200, 200 * 48, configured=0) == min(cores, 200)  # ~10 s: AutoETS is slow
@@ -74,7 +74,7 @@ def test_a_dask_worker_fits_in_its_own_process():
             Client(cluster) as client:
         on_worker = client.submit(fit_jobs, "theta", 10_000, 10_000 * 144, 0).result()
     assert on_worker == 1
-    assert fit_jobs("theta", 10_000, 10_000 * 144, configured=0) == min(classical._usable_cores(), 10_000)
+    assert fit_jobs("theta", 10_000, 10_000 * 144, configured=0) == min(classical.usable_cores(), 10_000)
 
 
 def test_while_one_thread_fits_on_a_pool_another_fits_in_its_own_thread(monkeypatch, pools):
