@@ -332,10 +332,31 @@ def score_worker(data: str, store: str, train_steps: int, threads: int, seeds: i
     return steps.out
 
 
+def _inference_threads(torch_threads: int) -> int:
+    """The threads scoring runs its batches on with ``torch_threads`` intra-op threads (``inference_threads``)."""
+    import torch
+
+    from nightcast.tasks.forecast.train import inference_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        return inference_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def raw_forward(bundle, n: int) -> int:  # noqa: ANN001 - a registry Bundle
     """The reference for scoring: a bare ``torch.nn.LSTM`` + linear head of the bundle's size, one forward
-    per served seed over ``n`` random windows of its lookback (no data path, no scalers, no serving)."""
+    per served seed over ``n`` random windows of its lookback (no data path, no scalers, no serving), in
+    scoring's batches (``SCORE_BATCH``, the fastest size here: one batch of every window ran 1.9x slower)
+    on as many threads as scoring runs its batches on (``inference_threads``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
+
+    from nightcast.tasks.forecast.train import inference_threads
+    from nightcast.tasks.serving.score import SCORE_BATCH
 
     args = bundle.config["network_args"]
     lookback = bundle.config["params"]["window"]["lookback"]
@@ -343,9 +364,14 @@ def raw_forward(bundle, n: int) -> int:  # noqa: ANN001 - a registry Bundle
     lstm = torch.nn.LSTM(args["n_past"], args["hidden_size"], args["num_layers"], batch_first=True)
     head = torch.nn.Linear(args["hidden_size"], args["horizon"])
     x = torch.randn(n, lookback, args["n_past"])
-    with torch.inference_mode():
-        for _ in range(seeds):
-            head(lstm(x)[0][:, -1])
+
+    def batch(i: int) -> None:
+        with torch.inference_mode():
+            for _ in range(seeds):
+                head(lstm(x[i:i + SCORE_BATCH])[0][:, -1])
+
+    with ThreadPoolExecutor(inference_threads()) as pool:
+        list(pool.map(batch, range(0, n, SCORE_BATCH)))
     return n
 
 
@@ -374,7 +400,8 @@ def _peak_rss_mib() -> float:
 def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dict:
     """The score flow on the bundle ``score_worker`` wrote: one process (thread pool, unsharded), first with
     the default (classical fits on every core, and the process's first flow run: conservative), then on one
-    core (``NIGHTCAST_CLASSICAL_JOBS=1``, as each Dask worker fits: the reference of the worker rows), then
+    core (``NIGHTCAST_CLASSICAL_JOBS=1``, ``NIGHTCAST_INFERENCE_THREADS=1``, as on each Dask worker: the
+    reference of the worker rows), then
     sharded on a Dask ``LocalCluster`` of 1, 2, ... worker processes (one thread each) on the
     shard layout; each Dask configuration runs twice and the second run counts (the first starts
     the workers' imports). Per-task seconds come from the Prefect API."""
@@ -391,17 +418,19 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
         write_shard_layout(data, layout, shards)
     with steps.step("flow_1proc_cores"):  # the default: classical fits on every core
         score_flow(ScoreParams(data=data), store=store)
-    before = os.environ.get("NIGHTCAST_CLASSICAL_JOBS")
-    os.environ["NIGHTCAST_CLASSICAL_JOBS"] = "1"  # the reference for the workers: one core, as each worker has
+    one_core = ("NIGHTCAST_CLASSICAL_JOBS", "NIGHTCAST_INFERENCE_THREADS")
+    before = {k: os.environ.get(k) for k in one_core}
+    os.environ.update(dict.fromkeys(one_core, "1"))  # the reference for the workers: one core, as each worker has
     try:
         with steps.step("flow_1proc"):
             state = score_flow(ScoreParams(data=data), store=store, return_state=True)
             steps.out["series"] = state.result()["series"]
     finally:
-        if before is None:
-            del os.environ["NIGHTCAST_CLASSICAL_JOBS"]
-        else:
-            os.environ["NIGHTCAST_CLASSICAL_JOBS"] = before
+        for k, v in before.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
     for k in counts:
         with steps.step(f"cluster_{k}"):
             cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -826,7 +855,7 @@ def target_rows(res: dict, args: argparse.Namespace) -> list[str]:
         per_min = n / (total - classical["seconds"]) * 60
         raw = score.get("score_raw_forward", {}).get("seconds")
         ref = n / raw * 60 if raw else None
-        row(label, f"{_f(per_min, 0)}", f"{_f(ref, 0)} (raw LSTM forward, same seeds)" if ref else "—",
+        row(label, f"{_f(per_min, 0)}", f"{_f(ref, 0)} (raw LSTM forward, same seeds, batches and threads)" if ref else "—",
             f"{per_min / ref:.2f}× raw; {per_min / TARGETS['score']:.2f}× target" if ref
             else f"{per_min / TARGETS['score']:.2f}× target", f"≥ {TARGETS['score']:,}",
             _verdict(per_min >= TARGETS["score"]))
@@ -863,11 +892,11 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
     base = w.get("flow_1proc", {}).get("seconds")
     one = w.get("dask_1", {}).get("seconds")
     if base:
-        lines.append(f"| score flow, 1 process, unsharded, one core (`NIGHTCAST_CLASSICAL_JOBS=1`) | {_f(base)} | "
+        lines.append(f"| score flow, 1 process, unsharded, one core (`NIGHTCAST_CLASSICAL_JOBS=1`, `NIGHTCAST_INFERENCE_THREADS=1`) | {_f(base)} | "
                      f"{_f(n / base * 60, 0)} | 1.00× | |")
     cores = w.get("flow_1proc_cores", {}).get("seconds")
     if base and cores:
-        lines.append(f"| score flow, 1 process, unsharded, default (classical fits on {os.cpu_count()} cores) | "
+        lines.append(f"| score flow, 1 process, unsharded, default (classical fits and inference on {os.cpu_count()} cores) | "
                      f"{_f(cores)} | {_f(n / cores * 60, 0)} | {base / cores:.2f}× | |")
     for k in args.workers:
         d = w.get(f"dask_{k}", {})
@@ -938,7 +967,8 @@ def render(results: list[dict], args: argparse.Namespace, started: dt.datetime, 
         "",
         f"`{' '.join(['python bench/scale.py', *sys.argv[1:]])}` — {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} min; "
         f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, polars {pl.__version__} "
-        f"({pl.thread_pool_size()} threads), torch {torch.__version__} ({args.threads} thread(s)); panel seed {args.seed}; "
+        f"({pl.thread_pool_size()} threads), torch {torch.__version__} ({args.threads} intra-op thread(s); inference batches on "
+        f"{_inference_threads(args.threads)} thread(s)); panel seed {args.seed}; "
         f"horizon {HORIZON}; training {args.train_steps} steps of {STEPS_PER_EPOCH} per epoch, fastest of "
         f"{args.repeats} interleaved runs each (scoring bundle: "
         f"{args.score_train_steps} steps; served: {args.seeds} network seed(s), classical `{args.classical}`, refit).",
