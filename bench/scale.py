@@ -434,6 +434,8 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
     for k in counts:
         with steps.step(f"cluster_{k}"):
             cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None)
+        if not steps.ok(f"cluster_{k}"):  # recorded: the table says why
+            continue
         try:
             flow = score_flow.with_options(task_runner=task_runner(Settings(dask_address=cluster.scheduler_address)))
             with steps.step(f"warm_{k}"):
