@@ -326,6 +326,15 @@ def by_series(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.sort("series_id", "timestamp")
 
 
+def series_tails(frame: pl.DataFrame, n: int) -> pl.DataFrame:
+    """The last ``n`` rows of each series, sorted by series then time (one mask over the rows, not a group-by)."""
+    frame = by_series(frame)
+    s = frame["series_id"].rle_id().to_numpy()
+    counts = np.bincount(s) if len(s) else np.zeros(0, np.int64)
+    from_end = np.repeat(np.cumsum(counts), counts) - np.arange(len(s))  # 1 on each series' last row
+    return frame.filter(pl.Series(from_end <= n))
+
+
 def _sorted(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
     """Typed and sorted by series then time (validation hands it over sorted: then no copy).
 

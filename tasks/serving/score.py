@@ -12,7 +12,7 @@ import polars as pl
 
 from nightcast.schemas.frames import FORECASTS_LAYOUT, Forecasts
 from nightcast.schemas.params import CleanConfig
-from nightcast.tasks.data.clean import Calendar, by_series, clean_observations, decide_calendar
+from nightcast.tasks.data.clean import Calendar, by_series, clean_observations, decide_calendar, series_tails
 from nightcast.tasks.forecast.evaluate import NETWORK
 from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features, with_new_series
 from nightcast.tasks.forecast.intervals import bounds
@@ -171,7 +171,7 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
         return ScorePart(None, report, none, None)
     clean, _, _ = clean_observations(history, clean_cfg, calendar,
                                      iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
-    clean = clean.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(keep)
+    clean = series_tails(clean, keep)
     empty = history.select("series_id").unique().join(clean.select("series_id").unique(), on="series_id", how="anti")
     report.skipped.update(dict.fromkeys(empty["series_id"].to_list(), f"no observed target since {since}"))
     series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
@@ -419,7 +419,7 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     fut = future.filter(pl.col("series_id").is_in(ids))
     if state.future_covariates:
         fut = fut.join(observations.select("series_id", "timestamp", *state.future_covariates),
-                       on=["series_id", "timestamp"], how="left")
+                       on=["series_id", "timestamp"], how="left", maintain_order="left")
         missing = fut.filter(pl.any_horizontal(pl.col(state.future_covariates).is_null()))
         if missing.height:
             first = missing.row(0, named=True)
@@ -428,11 +428,10 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
                              f"{first['series_id']!r} at {first['timestamp']}; add those rows to the input")
     # the last window's steps and the lags they read: the rest of the cleaned tail is the classical fits'
     steps = lookback + max([0, *state.lags])
-    hist = clean.filter(pl.col("series_id").is_in(ids)).group_by("series_id", maintain_order=True).tail(steps)
-    rows = pl.concat([hist, fut.drop("horizon").with_columns(
+    hist = series_tails(clean.filter(pl.col("series_id").is_in(ids)), steps)
+    rows = _then_future(hist, fut.drop("horizon").with_columns(
         pl.lit(None, dtype=pl.Float64).alias("target"), pl.lit(False).alias("observed"),
-        pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap"))],
-        how="diagonal_relaxed")
+        pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap")), horizon)
     frame, _ = transform_features(rows.with_columns(pl.col("target").fill_null(0.0)), state)
     index = make_windows(frame, state.past_columns, state.future_columns,
                          lookback, horizon, min_input=need if args.get("mask") else None,
@@ -449,6 +448,27 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     ok = np.zeros(n, bool)
     ok[pos] = True
     return values, ok
+
+
+def _then_future(hist: pl.DataFrame, fut: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """Each series' history rows, then its ``horizon`` future rows, sorted by series then time as windowing
+    needs them, by one gather (not a sort of every row): ``hist`` is sorted by series then time, ``fut`` holds
+    ``horizon`` rows per series in time order, for the same series in the same order."""
+    s = hist["series_id"].rle_id().to_numpy()
+    counts = np.bincount(s) if len(s) else np.zeros(0, np.int64)
+    firsts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
+    if len(counts) * horizon != fut.height or not hist["series_id"].gather(firsts).equals(
+            fut["series_id"].gather_every(horizon), check_names=False):
+        raise ValueError(f"the future rows ({fut.height}) are not {horizon} for each of the {len(counts)} series "
+                         "of the history, in its order")
+    ends = np.cumsum(counts)
+    dest = np.empty(hist.height + fut.height, np.int64)  # where each row of [hist; fut] goes
+    dest[:hist.height] = np.arange(hist.height) + np.repeat(np.arange(len(counts)) * horizon, counts)
+    j = np.arange(fut.height)
+    dest[hist.height:] = np.repeat(ends + np.arange(len(counts)) * horizon, horizon) + j % horizon
+    order = np.empty_like(dest)
+    order[dest] = np.arange(len(dest))
+    return pl.concat([hist, fut], how="diagonal_relaxed")[pl.Series(order)]
 
 
 SCORE_BATCH = 512

@@ -52,3 +52,16 @@ def test_scoring_follows_the_known_future_covariates_it_is_given(tmp_path, sampl
     with pytest.raises(Exception, match=r"known-future covariates \['promo'\] are missing for \d+ forecast step"
                                         r".*at 2026-09-15 05:00:00; add those rows"):
         score_flow(ScoreParams(data=str(short), as_of=AS_OF), store=store)
+
+
+def test_history_then_future_rows_are_gathered_in_series_then_time_order():
+    from nightcast.tasks.serving.score import _then_future
+
+    hist = pl.DataFrame({"series_id": ["a", "a", "a", "b", "c", "c"], "timestamp": [1, 2, 3, 5, 1, 2], "target": [1.0] * 6})
+    fut = pl.DataFrame({"series_id": ["a", "a", "b", "b", "c", "c"], "timestamp": [4, 5, 6, 7, 3, 4]})
+    out = _then_future(hist, fut, 2)
+    assert out.select("series_id", "timestamp").equals(
+        pl.concat([hist, fut], how="diagonal_relaxed").sort("series_id", "timestamp").select("series_id", "timestamp"))
+    assert out.filter(pl.col("timestamp") >= 4, pl.col("series_id") == "a")["target"].is_null().all()  # a's future
+    with pytest.raises(ValueError, match="not 2 for each of the 3 series"):
+        _then_future(hist, fut.reverse(), 2)  # another series order is refused, not silently misplaced

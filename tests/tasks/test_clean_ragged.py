@@ -351,3 +351,17 @@ def test_covariates_carry_forward_then_back_within_each_series_on_the_grid():
         assert got.equals(ref), sid
     assert clean.filter(pl.col("promo").is_null() | pl.col("temp").is_null()).height == sum(
         r.filter(pl.col("promo").is_null() | pl.col("temp").is_null()).height for r in expected.values())
+
+
+def test_series_tails_keeps_the_last_rows_of_each_series_in_order():
+    from nightcast.tasks.data.clean import series_tails
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 12, 30)
+    frame = pl.DataFrame({"series_id": np.repeat([f"s{i:02d}" for i in range(30)], lengths),
+                          "timestamp": np.concatenate([np.arange(n) for n in lengths]).astype("datetime64[D]")
+                          .astype("datetime64[us]"),
+                          "target": rng.normal(size=int(lengths.sum()))}).sample(fraction=1.0, shuffle=True, seed=2)
+    for n in (1, 4, 20):
+        expected = frame.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(n)
+        assert series_tails(frame, n).equals(expected)
