@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import threading
 import warnings
 from typing import Any
 from dataclasses import dataclass, field
@@ -380,14 +381,22 @@ def predict_seeds(nets: list[LSTMForecaster], index: WindowIndex, starts: np.nda
 
     firsts = range(0, n, batch_size)
     workers = min(threads or inference_threads(device), len(firsts))
-    if workers <= 1:
+    if workers <= 1 or not _INFERENCE_POOL.acquire(blocking=False):  # another thread's pool has the cores
         parts = [batch(i) for i in firsts]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="nightcast-inference") as pool:
-            parts = list(pool.map(batch, firsts))
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="nightcast-inference") as pool:
+                parts = list(pool.map(batch, firsts))
+        finally:
+            _INFERENCE_POOL.release()
     return [np.concatenate([p[k] for p in parts]) for k in range(len(nets))]
+
+
+_INFERENCE_POOL = threading.Lock()
+"""One thread's inference pool at a time: shards scored together on threads never multiply the pools (a
+thread that finds it taken predicts in itself), as for the classical fits' process pool."""
 
 
 def refit_seeds(params: RetrainParams, prepared: Prepared, checked: ValidationResult, trained: list[TrainResult],

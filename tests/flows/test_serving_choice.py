@@ -197,3 +197,36 @@ def test_a_retrain_on_a_sample_of_the_series_still_forecasts_every_series(tmp_pa
     assert scored["series"] == 12 and not scored["skipped"]
     frame = read_forecasts(store, "lstm", as_of)
     assert frame.height == 12 * 7 and frame["forecast"].is_finite().all() and frame["lower"].is_not_null().all()
+
+
+def test_the_network_windows_only_the_rows_its_last_window_and_lags_read(tmp_path, monkeypatch):
+    """Scoring transforms and windows each series' last ``lookback + max(lags)`` cleaned rows only: the
+    forecasts are exactly those made from the whole cleaned tail (a lag must still find its row)."""
+    from nightcast.schemas.params import FeatureConfig
+    from nightcast.tasks.data.ingest import load_observations
+    from nightcast.tasks.data.validate import validate_observations
+    from nightcast.tasks.ops.registry import load_champion
+    import nightcast.tasks.serving.score as score_mod
+
+    csv = tmp_path / "obs.csv"
+    _panel().write_csv(csv)
+    store = open_store(str(tmp_path / "s"))
+    retrain_flow(_params(str(csv), features=FeatureConfig(seasonal_lags=[7, 14])), store=store.url)
+    bundle = load_champion(store, "lstm")
+    assert bundle.preprocessing["features"]["lags"] == [7, 14]
+    valid = validate_observations(load_observations(str(csv))).valid
+    as_of = valid["timestamp"].max().date()
+    cut, _ = score_mod.forecast_from_bundle(bundle, valid, as_of)
+    real = score_mod.series_tails
+    kept = []
+
+    def everything(frame, n):  # noqa: ANN001, ANN202 - every cleaned row scoring has
+        kept.append(n)
+        return real(frame, n + 10_000)
+
+    monkeypatch.setattr(score_mod, "series_tails", everything)
+    whole, _ = score_mod.forecast_from_bundle(bundle, valid, as_of)
+    lookback = bundle.config["params"]["window"]["lookback"]
+    assert lookback + 14 in kept  # the network's cut was taken (and undone here)
+    assert cut["method"].unique().to_list() == ["combination"]
+    assert cut.equals(whole)

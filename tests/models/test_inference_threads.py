@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nightcast.models.network import LSTMForecaster
-from nightcast.tasks.data.window import WindowIndex
+from nightcast.tasks.data.window import WindowDataset, WindowIndex
 from nightcast.tasks.forecast import train as train_mod
 from nightcast.tasks.forecast.train import inference_threads, predict_scaled, predict_seeds
 
@@ -40,14 +40,20 @@ def test_threads_give_the_predictions_of_one_thread(mask):
     index = _index()
     starts = index.splits["all"]
     nets = _nets(3, mask)
-    one = predict_seeds(nets, index, starts, batch_size=64, threads=1)
-    many = predict_seeds(nets, index, starts, batch_size=64, threads=3)
+    cpu = torch.device("cpu")
+    one = predict_seeds(nets, index, starts, batch_size=64, device=cpu, threads=1)
+    many = predict_seeds(nets, index, starts, batch_size=64, device=cpu, threads=3)
     assert len(one) == 3 and one[0].shape == (len(starts), 6)
     for a, b in zip(one, many):
         np.testing.assert_array_equal(a, b)
     # each network's own predictions, batch for batch
-    for net, got in zip(nets, one):
-        np.testing.assert_array_equal(got, predict_scaled(net, index, starts, batch_size=64))
+    for net, got in zip(nets, one):  # each network's own forward, batch by batch, as predicting one at a time did
+        for i in range(0, len(starts), 64):
+            ds = WindowDataset(index, starts[i:i + 64], mask=mask)
+            past, future, _ = ds.__getitems__(list(range(len(ds))))
+            with torch.no_grad():
+                np.testing.assert_array_equal(got[i:i + 64], net(past, future).numpy())
+        np.testing.assert_array_equal(got, predict_scaled(net, index, starts, batch_size=64, device=cpu))
     assert not np.array_equal(one[0], one[1])  # the seeds differ: nothing was shared by mistake
 
 
@@ -62,10 +68,15 @@ def test_batches_really_run_on_several_threads(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(net, "forward", forward)
-    predict_seeds([net], index, index.splits["all"], batch_size=32, threads=2)
+    cpu = torch.device("cpu")
+    predict_seeds([net], index, index.splits["all"], batch_size=32, device=cpu, threads=2)
     assert len(seen) == 2 and all(name.startswith("nightcast-inference") for name in seen)
     seen.clear()
-    predict_seeds([net], index, index.splits["all"], batch_size=32, threads=1)
+    predict_seeds([net], index, index.splits["all"], batch_size=32, device=cpu, threads=1)
+    assert seen == {threading.current_thread().name}
+    seen.clear()
+    with train_mod._INFERENCE_POOL:  # another thread's pool holds the cores: this call predicts in itself
+        predict_seeds([net], index, index.splits["all"], batch_size=32, device=cpu, threads=2)
     assert seen == {threading.current_thread().name}
 
 
@@ -80,16 +91,17 @@ def test_thread_count_rule(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert inference_threads(configured=0) == 4
-        assert inference_threads(configured=3) == 3
-        monkeypatch.setenv("NIGHTCAST_INFERENCE_THREADS", "1")
-        assert inference_threads() == 1
-        assert inference_threads(torch.device("cuda")) == 1  # one device, one stream of batches
+        cpu = torch.device("cpu")
+        assert inference_threads(cpu, configured=0) == 4
+        assert inference_threads(cpu, configured=3) == 3
+        assert inference_threads(torch.device("cuda"), configured=0) == 1  # one device, one stream of batches
+        monkeypatch.setenv("NIGHTCAST_INFERENCE_THREADS", "2")
+        assert inference_threads(cpu) == 2  # the setting
         monkeypatch.setattr("nightcast.models.classical.on_dask_worker", lambda: True)
-        assert inference_threads(configured=0) == 1  # a Dask worker process is the unit of parallelism
+        assert inference_threads(cpu, configured=0) == 1  # a Dask worker process is the unit of parallelism
         torch.set_num_threads(2)
         monkeypatch.setattr("nightcast.models.classical.on_dask_worker", lambda: False)
-        assert inference_threads(configured=0) == 1  # torch's own threads would compete
+        assert inference_threads(cpu, configured=0) == 1  # torch's own threads would compete
     finally:
         torch.set_num_threads(before)
     assert train_mod.inference_device().type in ("cpu", "cuda")
