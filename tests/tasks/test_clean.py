@@ -26,6 +26,26 @@ def test_infer_frequency(step, freq):
     assert infer_frequency(_series(stamps, list(range(20)))) == freq
 
 
+def test_infer_frequency_takes_the_most_common_step_and_the_smallest_on_a_tie():
+    """The mode of every positive within-series step: a sample's mode is used only when it holds a majority,
+    so a mode without one (and a tie) is still found exactly; steps across series and repeats never count."""
+    hours = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=h) for h in (0, 1, 2, 3, 5, 7, 9, 11)]  # 3 x 1h, 4 x 2h
+    assert infer_frequency(_series(hours, list(range(8)))) == "2h"
+    tie = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=h) for h in (0, 1, 2, 4, 6)]  # 2 x 1h, 2 x 2h
+    assert infer_frequency(_series(tie, list(range(5)))) == "1h"
+    two = pl.concat([_series(_hourly(3), [1.0, 2.0, 3.0]).with_columns(pl.lit("b").alias("series_id")),
+                     _series([dt.datetime(2024, 1, 1) + dt.timedelta(days=d) for d in range(4)], [1.0] * 4),
+                     _series([dt.datetime(2024, 1, 1)] * 2, [1.0, 1.0])])  # days win; a repeat is no step
+    assert infer_frequency(two) == "1d"
+    # a sample of every other step sees only 1h steps, but 2h is the mode: the majority check catches it
+    steps = np.r_[np.tile([1, 2], 100_000), 2] * 3_600_000_000
+    stamps = np.datetime64("2024-01-01", "us") + np.r_[0, np.cumsum(steps)].astype("timedelta64[us]")
+    assert infer_frequency(pl.DataFrame({"series_id": "a", "timestamp": stamps, "target": 1.0})) == "2h"
+    dates = pl.DataFrame({"series_id": "a", "target": [1.0] * 4,
+                          "timestamp": [dt.date(2024, 1, d) for d in (1, 2, 3, 5)]})  # a Date column
+    assert infer_frequency(dates) == "1d"
+
+
 def test_infer_monthly():
     stamps = [dt.datetime(2020 + i // 12, i % 12 + 1, 1) for i in range(30)]
     assert infer_frequency(_series(stamps, list(range(30)))) == "1mo"
