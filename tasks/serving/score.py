@@ -459,7 +459,7 @@ def _then_future(hist: pl.DataFrame, fut: pl.DataFrame, horizon: int) -> pl.Data
     firsts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
     if len(counts) * horizon != fut.height or not hist["series_id"].gather(firsts).equals(
             fut["series_id"].gather_every(horizon), check_names=False):
-        raise ValueError(f"the future rows ({fut.height}) are not {horizon} for each of the {len(counts)} series "
+        raise ScoreError(f"the future rows ({fut.height}) are not {horizon} for each of the {len(counts)} series "
                          "of the history, in its order")
     ends = np.cumsum(counts)
     dest = np.empty(hist.height + fut.height, np.int64)  # where each row of [hist; fut] goes
