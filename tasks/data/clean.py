@@ -13,9 +13,11 @@ series.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import heapq
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import polars as pl
@@ -70,14 +72,19 @@ class CleanReport:
     validation: dict = field(default_factory=dict)  # ValidationResult.notes, when the caller has them
 
     def to_json(self, worst: int | None = None) -> dict:
-        """Everything; with ``worst``, ``by_series`` keeps only the series cleaning touched most."""
-        out = asdict(self)
+        """Everything; with ``worst``, ``by_series`` keeps only the series cleaning touched most (the first
+        ones in catalogue order on a tie). Only what is kept is copied: a copy of every series' counts cost
+        1.1 s at 100,000 series."""
+        out = {}
+        for f in fields(self):
+            if f.name != "by_series":
+                out[f.name] = copy.deepcopy(getattr(self, f.name))
+                continue
+            items = self.by_series.items()
+            if worst is not None and len(self.by_series) > worst:
+                items = heapq.nlargest(worst, items, key=lambda kv: sum(kv[1].values()))  # = sorted(...)[:worst]
+            out["by_series"] = {k: dict(v) for k, v in items}
         if worst is not None and len(self.by_series) > worst:
-            def touched(counts: dict[str, int]) -> int:
-                return sum(counts.values())
-
-            top = sorted(self.by_series.items(), key=lambda kv: touched(kv[1]), reverse=True)[:worst]
-            out["by_series"] = dict(top)
             out["by_series_listed"] = f"the {worst} of {len(self.by_series)} series cleaning touched most"
         return out
 

@@ -365,3 +365,24 @@ def test_series_tails_keeps_the_last_rows_of_each_series_in_order():
     for n in (1, 4, 20):
         expected = frame.sort("series_id", "timestamp").group_by("series_id", maintain_order=True).tail(n)
         assert series_tails(frame, n).equals(expected)
+
+
+def test_the_cleaning_report_lists_the_series_cleaning_touched_most_as_before():
+    """``to_json(worst)`` equals the whole report with ``by_series`` cut to the most touched series (first in
+    catalogue order on a tie), and copies what it returns."""
+    import dataclasses
+
+    from nightcast.tasks.data.clean import CleanReport
+
+    rng = np.random.default_rng(3)
+    by = {f"s{i:03d}": {"filled": int(rng.integers(0, 3)), "outliers": int(rng.integers(0, 2))} for i in range(200)}
+    report = CleanReport(series=200, by_series=by, empty_series=["x"], validation={"notes": [1, 2]})
+    whole = dataclasses.asdict(report)
+    assert report.to_json() == whole
+    cut = report.to_json(worst=20)
+    top = sorted(by.items(), key=lambda kv: sum(kv[1].values()), reverse=True)[:20]
+    assert cut == {**whole, "by_series": dict(top), "by_series_listed": "the 20 of 200 series cleaning touched most"}
+    assert list(cut) == [*whole, "by_series_listed"]  # the same key order
+    cut["by_series"][top[0][0]]["filled"] = 99
+    cut["validation"]["notes"].append(3)
+    assert by[top[0][0]]["filled"] != 99 and report.validation == {"notes": [1, 2]}  # a copy, not the report's own
