@@ -346,7 +346,6 @@ def inference_threads(device: torch.device | None = None, configured: int | None
     return configured
 
 
-@torch.no_grad()
 def predict_scaled(net: LSTMForecaster, index: WindowIndex, starts: np.ndarray,
                    batch_size: int = 2048, device: torch.device | None = None) -> np.ndarray:
     """Scaled (n, H) predictions for windows starting at ``starts``, in batches on ``device``
@@ -354,7 +353,6 @@ def predict_scaled(net: LSTMForecaster, index: WindowIndex, starts: np.ndarray,
     return predict_seeds([net], index, starts, batch_size, device)[0]
 
 
-@torch.no_grad()
 def predict_seeds(nets: list[LSTMForecaster], index: WindowIndex, starts: np.ndarray, batch_size: int = 2048,
                   device: torch.device | None = None, threads: int | None = None) -> list[np.ndarray]:
     """Scaled (n, H) predictions of each network for the windows starting at ``starts``.
@@ -375,7 +373,7 @@ def predict_seeds(nets: list[LSTMForecaster], index: WindowIndex, starts: np.nda
     def batch(i: int) -> list[np.ndarray]:
         items = torch.arange(i, min(i + batch_size, n))
         got = {m: ds.__getitems__(items) for m, ds in sets.items()}
-        with torch.no_grad():  # a fresh thread starts with gradients on
+        with torch.no_grad():  # here, not around the call: grad mode is per thread
             return [model(*(t.to(device) for t in got[bool(getattr(model, "mask", False))][:2])).cpu().numpy()
                     for model in models]
 

@@ -12,7 +12,8 @@ import polars as pl
 
 from nightcast.schemas.frames import FORECASTS_LAYOUT, Forecasts
 from nightcast.schemas.params import CleanConfig
-from nightcast.tasks.data.clean import Calendar, by_series, clean_observations, decide_calendar, series_tails
+from nightcast.tasks.data.clean import (Calendar, _runs, by_series, clean_observations, decide_calendar,
+                                        series_tails)
 from nightcast.tasks.forecast.evaluate import NETWORK
 from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features, with_new_series
 from nightcast.tasks.forecast.intervals import bounds
@@ -454,11 +455,10 @@ def _then_future(hist: pl.DataFrame, fut: pl.DataFrame, horizon: int) -> pl.Data
     """Each series' history rows, then its ``horizon`` future rows, sorted by series then time as windowing
     needs them, by one gather (not a sort of every row): ``hist`` is sorted by series then time, ``fut`` holds
     ``horizon`` rows per series in time order, for the same series in the same order."""
-    s = hist["series_id"].rle_id().to_numpy()
-    counts = np.bincount(s) if len(s) else np.zeros(0, np.int64)
-    firsts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
-    if len(counts) * horizon != fut.height or not hist["series_id"].gather(firsts).equals(
-            fut["series_id"].gather_every(horizon), check_names=False):
+    s, firsts, names = _runs(hist["series_id"])
+    counts = np.diff(np.r_[firsts, len(s)])
+    if len(counts) * horizon != fut.height or not names.equals(fut["series_id"].gather_every(horizon),
+                                                               check_names=False):
         raise ScoreError(f"the future rows ({fut.height}) are not {horizon} for each of the {len(counts)} series "
                          "of the history, in its order")
     ends = np.cumsum(counts)
