@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     store: str = Field("./nightcast-store", description="Local directory or s3://bucket/prefix")
     data: str = Field(SAMPLE_DATA, description="Input used when a run names none (deployments, schedules)")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for small LSTMs on few cores)")
+    train_workers: int = Field(
+        0, ge=0, description="processes that train a retrain's network seeds side by side (identical weights); "
+                             "0: every seed at once when there are cores and work enough for it, 1: in the flow's "
+                             "process (nightcast.tasks.forecast.seeds)")
     classical_jobs: int = Field(
         0, ge=0, description="processes that fit the classical candidate when a call has a few seconds of fits "
                              "(statsforecast's n_jobs); 0: one per usable core, except on a Dask worker (1)")

@@ -24,7 +24,6 @@ the flow's process.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import shutil
 import tempfile
@@ -36,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nightcast.schemas.params import ModelConfig, TrainConfig
+from nightcast.schemas.params import ModelConfig, Settings, TrainConfig
 from nightcast.models.classical import usable_cores
 from nightcast.tasks.data.window import WindowIndex
 from nightcast.tasks.forecast.train import TrainResult, planned_steps, refit_model, train_model
+
 
 class SeedWorkerError(RuntimeError):
     """A worker process training seeds side by side died (the seeds' own errors pass through unchanged)."""
@@ -61,8 +61,8 @@ def seed_workers(seeds: int, train_cfg: TrainConfig, accelerator: str = "auto", 
     (see the module doc)."""
     if seeds <= 1 or train_cfg.devices != 1 or accelerator not in ("auto", "cpu") or torch.cuda.is_available():
         return 1
-    wanted = int(os.environ.get("NIGHTCAST_TRAIN_WORKERS", "0") or 0)
-    if wanted <= 0:
+    wanted = Settings().train_workers
+    if wanted == 0:
         cores = usable_cores()
         wanted = 1 if cores < 2 or (work is not None and work < MIN_WORK) else 2 * cores
     return max(1, min(wanted, seeds))
