@@ -399,7 +399,8 @@ def _peak_rss_mib() -> float:
 
 def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dict:
     """The score flow on the bundle ``score_worker`` wrote: one process (thread pool, unsharded), first with
-    the default (classical fits on every core, and the process's first flow run: conservative), then on one
+    the default (inference, and statsforecast's classical fits when chosen, on every core; the process's first
+    flow run: conservative), then on one
     core (``NIGHTCAST_CLASSICAL_JOBS=1``, ``NIGHTCAST_INFERENCE_THREADS=1``, as on each Dask worker: the
     reference of the worker rows), then
     sharded on a Dask ``LocalCluster`` of 1, 2, ... worker processes (one thread each) on the
@@ -416,7 +417,7 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
     layout = str(Path(store) / "layout")
     with steps.step("partition"):
         write_shard_layout(data, layout, shards)
-    with steps.step("flow_1proc_cores"):  # the default: classical fits on every core
+    with steps.step("flow_1proc_cores"):  # the default: inference on every core
         score_flow(ScoreParams(data=data), store=store)
     one_core = ("NIGHTCAST_CLASSICAL_JOBS", "NIGHTCAST_INFERENCE_THREADS")
     before = {k: os.environ.get(k) for k in one_core}
@@ -898,7 +899,7 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
                      f"{_f(n / base * 60, 0)} | 1.00× | |")
     cores = w.get("flow_1proc_cores", {}).get("seconds")
     if base and cores:
-        lines.append(f"| score flow, 1 process, unsharded, default (classical fits and inference on {os.cpu_count()} cores) | "
+        lines.append(f"| score flow, 1 process, unsharded, default (inference and statsforecast's fits on {os.cpu_count()} cores) | "
                      f"{_f(cores)} | {_f(n / cores * 60, 0)} | {base / cores:.2f}× | |")
     for k in args.workers:
         d = w.get(f"dask_{k}", {})

@@ -38,9 +38,10 @@ CLASSICAL = ("theta", "optimized_theta", "autotheta", "autoets")
 MIN_HISTORY = 6  # statsforecast refuses "tiny datasets" (a whole call fails); shorter histories get NaN
 
 
-# Fitting cost per history step on one core (docs/benchmarks.md): AutoETS about
-# 1 ms, AutoTheta 0.2 ms, Theta (vectorised) 0.0003 ms. ``auto`` takes the strong pair while it fits the budget.
-_MS_PER_STEP = {"autoets": 1.0, "autotheta": 0.2, "optimized_theta": 0.1, "theta": 0.0003}
+# statsforecast's fitting cost per history step on one core (docs/benchmarks.md): AutoETS about 1 ms,
+# AutoTheta 0.2 ms (the vectorised Theta: about 0.0003 ms, never pooled). ``auto`` takes the strong pair
+# while it fits the budget.
+_MS_PER_STEP = {"autoets": 1.0, "autotheta": 0.2, "optimized_theta": 0.1}
 
 
 _PARALLEL_MIN_S = 2.0  # estimated seconds of fitting before a call is worth a process pool (~0.2 s to start)

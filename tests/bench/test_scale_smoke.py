@@ -35,7 +35,7 @@ def test_scale_bench_runs_from_one_command(tmp_path):
     assert table.count(" met |") + table.count(" **missed** |") == 4  # every target has a verdict
     # the worker-scaling rows: one process, then Dask with 1 and 2 workers, and the estimate from them
     for row in ("| score flow, 1 process, unsharded, one core (`NIGHTCAST_CLASSICAL_JOBS=1`, `NIGHTCAST_INFERENCE_THREADS=1`) |",
-                "| score flow, 1 process, unsharded, default (classical fits and inference on ", "| score flow on Dask, 1 worker(s), shard layout |",
+                "| score flow, 1 process, unsharded, default (inference and statsforecast's fits on ", "| score flow on Dask, 1 worker(s), shard layout |",
                 "| score flow on Dask, 2 worker(s), shard layout |", "**Estimate for 1,000,000 series**",
                 "- 60 min window: **"):
         assert row in table
