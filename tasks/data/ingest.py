@@ -97,7 +97,7 @@ def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str], in
     return picked, k, n
 
 
-def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | None = None,
+def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | pl.Series | None = None,
                       shard: tuple[int, int] | None = None, since: dt.datetime | None = None,
                       sample: float | None = None) -> pl.DataFrame:
     """Read the raw observations and rename the mapped columns to the canonical names.
@@ -250,7 +250,7 @@ def _is_layout(schema: pl.Schema, fmt: str) -> bool:
     return fmt == "parquet" and all(c in schema for c in SHARD_COLUMNS)
 
 
-def _only(schema: pl.Schema, column: str, series: list[str]) -> pl.Expr:
+def _only(schema: pl.Schema, column: str, series: list[str] | pl.Series) -> pl.Expr:
     """Rows of these series: a plain ``is_in`` on a text id column (Parquet statistics can prune on it);
     other id types are compared as text, as validation reads them (no statistics pruning then)."""
     if schema[column] == pl.String:

@@ -99,7 +99,7 @@ def worker_bundle(store_url: str, model_name: str, version: str) -> Bundle:
         return _cached_bundle(store_url, model_name, version)
 
 
-def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str], shard: tuple[int, int],
+def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str] | pl.Series, shard: tuple[int, int],
                 since: dt.datetime | None) -> tuple[pl.DataFrame, ShardInput]:
     """One shard's validated rows (from ``since`` on, and each series' last row before it), and its counts."""
     raw = load_observations(data, columns, series=series, shard=shard, since=since)
@@ -111,7 +111,7 @@ def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str]
     return valid, counts
 
 
-def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str],
+def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str] | pl.Series,
                shard: tuple[int, int], since: dt.datetime | None, staged_key: str) -> ShardInput:
     """Read, validate and stage one shard's series.
 
@@ -149,7 +149,7 @@ class ShardRun:
 
 
 def read_and_score_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap,
-                         series: list[str], shard: tuple[int, int], as_of: dt.date, calendar: Calendar,
+                         series: list[str] | pl.Series, shard: tuple[int, int], as_of: dt.date, calendar: Calendar,
                          staged_key: str) -> ShardRun:
     """Read, validate and forecast one shard in one task, and write its part once: what a run does when
     ``as_of`` and the calendar (``fixed_calendar``) are known before any shard is read. The shard's
