@@ -329,7 +329,45 @@ def score_worker(data: str, store: str, train_steps: int, threads: int, seeds: i
         if steps.ok("score"):
             with steps.step("score_raw_forward"):
                 steps.out["raw_forward_series"] = raw_forward(bundle, report.series_scored)
+        with steps.step("theta_reference"):
+            steps.out["theta"] = theta_reference(checked.valid)
     return steps.out
+
+
+THETA_REFERENCE_SERIES = 500
+
+
+def theta_reference(valid) -> dict:  # noqa: ANN001 - a polars frame
+    """The vectorised Theta (what scoring fits) against statsforecast's ``Theta`` (one series at a time, one
+    process) on the same histories: each series' last ``tail_length`` observed values, the first
+    ``THETA_REFERENCE_SERIES`` series with a full tail. Seconds per history and how far the forecasts differ."""
+    import numpy as np
+    import polars as pl
+
+    import nightcast.models.classical as classical
+    from nightcast.models.theta import theta_forecasts
+
+    season, tail = 24, classical.tail_length(24, HORIZON)
+    last = (valid.drop_nulls("target").sort("series_id", "timestamp").group_by("series_id", maintain_order=True)
+            .agg(pl.col("target").tail(tail)).filter(pl.col("target").list.len() == tail)
+            .head(THETA_REFERENCE_SERIES))
+    values = last["target"].explode().to_numpy().astype(np.float64)
+    lengths = np.full(last.height, tail)
+    t0 = time.perf_counter()
+    ours = theta_forecasts(values, lengths, HORIZON, season)
+    t_ours = time.perf_counter() - t0
+    before = os.environ.get("NIGHTCAST_CLASSICAL_JOBS")
+    os.environ["NIGHTCAST_CLASSICAL_JOBS"] = "1"  # statsforecast on one process, as the vectorised fit
+    try:
+        t0 = time.perf_counter()
+        ref = classical.statsforecast_forecasts(values, lengths, HORIZON, season, "theta")
+        t_ref = time.perf_counter() - t0
+    finally:
+        os.environ.pop("NIGHTCAST_CLASSICAL_JOBS") if before is None else os.environ.update(NIGHTCAST_CLASSICAL_JOBS=before)
+    rel = np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-9)
+    return {"histories": int(last.height), "tail": tail, "ours_s": t_ours, "statsforecast_s": t_ref,
+            "rel_median": float(np.nanmedian(rel)), "rel_p99": float(np.nanpercentile(rel, 99)),
+            "rel_max": float(np.nanmax(rel))}
 
 
 def _inference_threads(torch_threads: int) -> int:
@@ -864,6 +902,13 @@ def target_rows(res: dict, args: argparse.Namespace) -> list[str]:
             _verdict(per_min >= TARGETS["score"]))
         row("scoring series/minute, all of `forecast_from_bundle` (classical fits included)", f"{_f(n / total * 60, 0)}",
             f"classical fits {_f(classical['seconds'])} s on {classical['histories']:,} series", "", "report", "—")
+    if "theta" in score:
+        th = score["theta"]
+        per = th["ours_s"] / th["histories"] * 1000
+        ref_per = th["statsforecast_s"] / th["histories"] * 1000
+        row(f"Theta fit per history of {th['tail']} steps, vectorised vs statsforecast (same {th['histories']} histories, "
+            "one core)", f"{per:.3f} ms", f"{ref_per:.2f} ms", f"{th['statsforecast_s'] / th['ours_s']:.0f}× faster", "report",
+            f"forecasts differ by {th['rel_median']:.1e} (median), {th['rel_p99']:.1e} (99th pct), {th['rel_max']:.1e} (max), relative")
     if args.full:
         label = "`nightcast retrain` + `nightcast score` wall clock"
         if (why := _err(full, "cli_retrain", "cli_score")):

@@ -26,6 +26,7 @@ def test_scale_bench_runs_from_one_command(tmp_path):
                 "| training windows/s: `train_model` vs raw loop |", "vs sgemm peak |",
                 "| scoring series/minute, network + baselines (`forecast_from_bundle` less the classical fits) |",
                 "| scoring series/minute, all of `forecast_from_bundle` (classical fits included) |",
+                "| Theta fit per history of ", "× faster |",
                 "| test-span MASE, served vs seasonal naive (short retrain_flow) |"):
         assert row in table
     for step in ("ingest (`load_observations`)", "validate (`validate_observations`)", "`prepare_training`",
