@@ -15,14 +15,15 @@ form of Assimakopoulos & Nikolopoulos' method that won M3), step for step:
    after the first three.
 
 statsforecast fits one history at a time in a Python loop over series (about 1-3 ms each, most
-of a 10,000-series scoring run) and finds ``(ℓ₀, α)`` with Nelder-Mead. Here every history of
-one length is one array: for a given ``α`` the one-step errors are linear in ``ℓ₀``, so the best
-``ℓ₀`` is a closed-form least-squares solution, and ``α`` is searched on a grid refined twice
-around the best point, for all histories and grid points at once. The loops run over time steps,
-lags and filter taps (bounded by the history length, ≤ 400), never over series; every reduction
-is row by row, so a history's forecast does not depend on which others share its call. The objective reached
-is the global one on the grid, so it is at or below Nelder-Mead's local optimum (tested against
-statsforecast on real series).
+of a 10,000-series scoring run) and finds ``(ℓ₀, α)`` with Nelder-Mead. Here all histories are one
+right-aligned array (ragged ones padded before their first value): for a given ``α`` the one-step
+errors are linear in ``ℓ₀``, so the best ``ℓ₀`` is a closed-form least-squares solution, and ``α`` is
+searched on a grid refined twice around the best point, for all histories and grid points at once.
+The loops run over time steps, lags, filter taps and distinct lengths (each bounded by the history
+length, ≤ 400), never over series; every reduction is row by row (running sums where rows are
+padded), so a history's forecast does not depend on which others share its call. The objective
+reached is the best on the grid, at or below Nelder-Mead's local optimum up to the grid's resolution
+(tested against statsforecast on real series).
 """
 
 from __future__ import annotations
@@ -39,40 +40,49 @@ _CHUNK = 50_000  # histories per array pass: memory stays (chunk × grid), not (
 def theta_forecasts(values: np.ndarray, lengths: np.ndarray, horizon: int, season: int) -> np.ndarray:
     """(n, H) standard Theta forecasts of ``n`` histories stored back to back (``lengths`` their sizes).
     A history needs at least 4 values (statsforecast's minimum); shorter ones, and any whose fit is not
-    finite, get NaN rows."""
+    finite, get NaN rows.
+
+    The seasonal test and decomposition run on the histories of each length together (a handful of
+    array passes per distinct length); the smoothing then runs once over all of them, right-aligned
+    (``_stm``), so ragged histories cost one pass over the longest, not one per length."""
     values = np.asarray(values, dtype=np.float64)
     lengths = np.asarray(lengths, dtype=np.int64)
     out = np.full((len(lengths), horizon), np.nan)
-    if not len(lengths):
+    fit = np.flatnonzero(lengths > _BURN)
+    if not fit.size:
         return out
     ends = np.cumsum(lengths)
-    for length in np.unique(lengths[lengths > _BURN]):  # one array per distinct length (≤ the tail length)
-        rows = np.flatnonzero(lengths == length)
-        for lo in range(0, len(rows), _CHUNK):
-            part = rows[lo:lo + _CHUNK]
-            y = values[(ends[part] - length)[:, None] + np.arange(length)]
-            out[part] = _fit_forecast(y, horizon, int(season))
+    for lo in range(0, len(fit), _CHUNK):
+        rows = fit[lo:lo + _CHUNK]
+        width = int(lengths[rows].max())
+        padded = np.zeros((len(rows), width))  # right-aligned; zeros before a history's first value
+        ahead = np.zeros((len(rows), horizon))  # the seasonal indices each forecast step gets
+        multiplicative = np.zeros(len(rows), bool)
+        for length in np.unique(lengths[rows]):  # per distinct length (≤ the tail length), never per series
+            at = np.flatnonzero(lengths[rows] == length)
+            y = values[(ends[rows[at]] - length)[:, None] + np.arange(length)]
+            padded[at, width - length:], ahead[at], multiplicative[at] = _deseasonalise(y, horizon, int(season))
+        mean = _stm(padded, width - lengths[rows], horizon)
+        out[rows] = np.where(multiplicative[:, None], mean * ahead, mean + ahead)
     out[~np.isfinite(out).all(axis=1)] = np.nan
     return out
 
 
-def _fit_forecast(y: np.ndarray, horizon: int, m: int) -> np.ndarray:
-    """(k, H) forecasts for ``k`` histories of one length (a (k, n) array)."""
+def _deseasonalise(y: np.ndarray, horizon: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``k`` histories of one length (a (k, n) array): the values the model is fitted on (seasonally
+    adjusted where the test finds a season, else as they are), the (k, H) indices that reseasonalise the
+    forecast (0 to add where none), and whether each is multiplicative (then the forecast is multiplied)."""
     k, n = y.shape
     seasonal = _seasonal_test(y, m) if m >= 4 and n >= 2 * m else np.zeros(k, bool)
-    fc = np.empty((k, horizon))
-    plain = ~seasonal
-    if plain.any():
-        fc[plain] = _stm(y[plain], horizon)
+    adjusted, ahead, multiplicative = y.copy(), np.zeros((k, horizon)), np.zeros(k, bool)
     if seasonal.any():
         ys = y[seasonal]
-        index, multiplicative = _decompose(ys, m)  # (k_s, m) seasonal index by phase, kind per history
+        index, mult = _decompose(ys, m)  # (k_s, m) seasonal index by phase, kind per history
         phase = np.arange(n) % m
-        adjusted = np.where(multiplicative[:, None], ys / index[:, phase], ys - index[:, phase])
-        ahead = index[:, (n + np.arange(horizon)) % m]  # the last season's indices, repeated
-        mean = _stm(adjusted, horizon)
-        fc[seasonal] = np.where(multiplicative[:, None], mean * ahead, mean + ahead)
-    return fc
+        adjusted[seasonal] = np.where(mult[:, None], ys / index[:, phase], ys - index[:, phase])
+        ahead[seasonal] = index[:, (n + np.arange(horizon)) % m]  # the last season's indices, repeated
+        multiplicative[seasonal] = mult
+    return adjusted, ahead, multiplicative
 
 
 def _seasonal_test(y: np.ndarray, m: int) -> np.ndarray:
@@ -116,57 +126,68 @@ def _decompose(y: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return index, mult
 
 
-def _stm(y: np.ndarray, horizon: int) -> np.ndarray:
-    """(k, H) STM forecasts of (k, n) histories: ``(ℓ₀, α)`` fitted (see the module docstring)."""
-    k, n = y.shape
-    t = np.arange(1, n + 1, dtype=np.float64)
-    mean = y.mean(axis=1)
-    slope = 6 * (2 * (y * t).sum(axis=1) / n - (n + 1) * mean) / (n * n - 1)  # the least-squares line on t = 1..n
+def _stm(y: np.ndarray, start: np.ndarray, horizon: int) -> np.ndarray:
+    """(k, H) STM forecasts of (k, w) right-aligned histories (row ``r``'s first value in column
+    ``start[r]``, zeros before it): ``(ℓ₀, α)`` fitted (see the module docstring)."""
+    k, width = y.shape
+    n = (width - start).astype(np.float64)
+    steps = np.ascontiguousarray(y.T)  # one contiguous row per time step
+    total, weighted = np.zeros(k), np.zeros(k)
+    for col in range(width):  # running sums: the zeros before a history add exactly nothing
+        total += steps[col]
+        weighted += steps[col] * (col - start + 1)
+    mean = total / n
+    slope = 6 * (2 * weighted / n - (n + 1) * mean) / (n * n - 1)  # the least-squares line on t = 1..n
     intercept = mean - (n + 1) * slope / 2
     best = np.full(k, _GRIDS[0][0])
-    for step, grid in enumerate(_GRIDS):
-        if step == 0:
+    for stage, grid in enumerate(_GRIDS):
+        if stage == 0:
             alphas = np.broadcast_to(grid, (k, len(grid)))
         else:
             alphas = np.clip(best[:, None] + np.linspace(-grid, grid, 11), _ALPHA_LO, _ALPHA_HI)
-        sse, _ = _objective(y, intercept, slope, alphas)
+        sse, _ = _objective(steps, start, intercept, slope, alphas)
         best = alphas[np.arange(k), np.nanargmin(np.where(np.isfinite(sse), sse, np.inf), axis=1)]
-    _, (level, alpha) = _objective(y, intercept, slope, best[:, None])
+    _, (level, alpha) = _objective(steps, start, intercept, slope, best[:, None])
     return _ahead(level[:, 0], alpha[:, 0], intercept, slope, n, horizon)
 
 
-def _objective(y: np.ndarray, a: np.ndarray, b: np.ndarray,
+def _objective(steps: np.ndarray, start: np.ndarray, a: np.ndarray, b: np.ndarray,
                alphas: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """For each history and candidate ``α`` (``alphas``: (k, g)): the squared one-step errors after the
     burn-in at the best initial level, and the level after the last value with that initial level.
+    ``steps`` is the (w, k) transposed right-aligned array, history ``r`` starting at ``start[r]``.
 
     With ``q = 1 - α`` the level before step ``i`` is ``q^i·ℓ₀ + s_{i-1}`` (``s``: the smoothing run from
     0) and the drift term is ``½·(A·q^i + B·(1 - q^{i+1})/α) = c₁ + c₂·q^i``, so the error at ``i`` is
     ``r_i - q^i·ℓ₀`` with ``r_i = y_i - s_{i-1} - c₁ - c₂·q^i``: the best ``ℓ₀`` is ``Σ r_i q^i / Σ q^2i``
-    (the latter a geometric sum)."""
-    k, n = y.shape
+    (the latter a geometric sum). Before a history starts its smoothing stays 0 (its zeros), ``q^i``
+    does not advance and nothing is summed, so each row's arithmetic is what it would be alone."""
+    width, k = steps.shape
     q = 1.0 - alphas
     c1 = 0.5 * b[:, None] / alphas  # drift = 1 - 1/theta = ½ (theta = 2)
     c2 = 0.5 * (a[:, None] - b[:, None] * q / alphas)
-    steps = np.ascontiguousarray(y.T)  # one contiguous row per time step
-    smooth = alphas * steps[0][:, None]  # s_0 (the level after y_0 when ℓ₀ = 0)
+    smooth = alphas * steps[0][:, None]  # s_0 for histories starting in column 0, else 0
     qi = q.copy()  # q^i, from i = 1
     s_rq = np.zeros_like(alphas)
     s_rr = np.zeros_like(alphas)
     r = np.empty_like(alphas)
-    for i in range(1, n):
-        value = steps[i][:, None]
-        if i >= _BURN:
+    first, last_start = int(start.min()), int(start.max())
+    for col in range(1, width):
+        value = steps[col][:, None]
+        # masks only while some history has not started (ragged input); all-true columns take plain ops
+        counted = True if col >= last_start + _BURN else (col - start >= _BURN)[:, None]
+        if col >= first + _BURN:
             np.subtract(value, c1, out=r)
             r -= smooth
             r -= c2 * qi
-            s_rr += r * r
+            np.add(s_rr, r * r, out=s_rr, where=counted)
             r *= qi
-            s_rq += r
+            np.add(s_rq, r, out=s_rq, where=counted)
         smooth *= q
         smooth += alphas * value
-        qi *= q
+        np.multiply(qi, q, out=qi, where=True if col >= last_start + 1 else (col - start >= 1)[:, None])
     q2 = q * q
+    n = (width - start)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         s_qq = q2 ** _BURN * (1 - q2 ** (n - _BURN)) / (1 - q2)  # Σ_{i=3}^{n-1} q^2i
         level0 = np.clip(np.where(s_qq > 0, s_rq / s_qq, 0.0), -1e10, 1e10)
@@ -175,7 +196,7 @@ def _objective(y: np.ndarray, a: np.ndarray, b: np.ndarray,
     return sse, (last, alphas)
 
 
-def _ahead(level: np.ndarray, alpha: np.ndarray, a: np.ndarray, b: np.ndarray, n: int,
+def _ahead(level: np.ndarray, alpha: np.ndarray, a: np.ndarray, b: np.ndarray, n: np.ndarray,
            horizon: int) -> np.ndarray:
     """(k, H) the STM forecast path from the level after ``n`` values: each step's forecast becomes the
     next step's value (statsforecast's ``forecast`` with ``usemu``)."""

@@ -90,3 +90,16 @@ def test_a_constant_history_forecasts_its_value_and_short_ones_get_none():
     np.testing.assert_allclose(got[0], 7.5)
     assert 5 < MIN_HISTORY and np.isnan(got[1]).all()
     assert theta_forecasts(np.array([]), np.array([], dtype=np.int64), 3, 12).shape == (0, 3)
+
+
+def test_ragged_histories_share_one_smoothing_pass(monkeypatch):
+    """However many distinct lengths, the smoothing (the costly loop over time steps) runs once per grid
+    stage over all histories, right-aligned: not once per length."""
+    calls = []
+    real = theta_module._objective
+    monkeypatch.setattr(theta_module, "_objective", lambda steps, *a: calls.append(steps.shape) or real(steps, *a))
+    rng = np.random.default_rng(7)
+    lengths = np.arange(20, 60)  # 40 distinct lengths
+    values = np.concatenate([50 + np.cumsum(rng.normal(0.1, 1, n)) for n in lengths])
+    theta_forecasts(values, lengths, 5, 4)
+    assert calls == [(59, 40)] * (len(theta_module._GRIDS) + 1)  # the grid stages, then the chosen weight
