@@ -39,9 +39,9 @@ MIN_HISTORY = 6  # statsforecast refuses "tiny datasets" (a whole call fails); s
 
 
 # statsforecast's fitting cost per history step on one core (docs/benchmarks.md): AutoETS about 1 ms,
-# AutoTheta 0.2 ms, Theta 0.02 ms (the vectorised Theta that serves: about 0.0003 ms, never pooled).
+# AutoTheta 0.2 ms, Theta 0.03 ms (the vectorised Theta that serves: about 0.0004 ms, never pooled).
 # ``auto`` takes the strong pair while it fits the budget.
-_MS_PER_STEP = {"autoets": 1.0, "autotheta": 0.2, "optimized_theta": 0.1, "theta": 0.02}
+_MS_PER_STEP = {"autoets": 1.0, "autotheta": 0.2, "optimized_theta": 0.1, "theta": 0.03}
 
 
 _PARALLEL_MIN_S = 2.0  # estimated seconds of fitting before a call is worth a process pool (~0.2 s to start)

@@ -43,9 +43,9 @@ def pools(monkeypatch):
 def test_fits_on_two_processes_give_the_same_forecasts_as_one(monkeypatch, pools):
     values, lengths = _histories(300)
     monkeypatch.setenv("NIGHTCAST_CLASSICAL_JOBS", "1")
-    one = classical_forecasts(values, lengths, 12, 24, "autotheta")
+    one = classical_forecasts(values, lengths, 12, 24, "optimized_theta")
     monkeypatch.setenv("NIGHTCAST_CLASSICAL_JOBS", "2")
-    two = classical_forecasts(values, lengths, 12, 24, "autotheta")
+    two = classical_forecasts(values, lengths, 12, 24, "optimized_theta")
     assert pools == [1, 2]
     assert np.isfinite(one).all()
     np.testing.assert_array_equal(two, one)
@@ -53,19 +53,19 @@ def test_fits_on_two_processes_give_the_same_forecasts_as_one(monkeypatch, pools
 
 def test_automatic_count_is_one_below_a_few_seconds_of_work_and_the_cores_above():
     cores = classical.usable_cores()
-    assert fit_jobs("autotheta", 40, 40 * 144, configured=0) == 1  # ~1.2 s of estimated work
-    assert fit_jobs("autotheta", 10_000, 10_000 * 144, configured=0) == min(cores, 10_000)  # ~290 s
+    assert fit_jobs("optimized_theta", 40, 40 * 144, configured=0) == 1  # ~0.6 s of estimated work
+    assert fit_jobs("optimized_theta", 10_000, 10_000 * 144, configured=0) == min(cores, 10_000)  # ~144 s
     assert fit_jobs("autoets", 200, 200 * 48, configured=0) == min(cores, 200)  # ~10 s: AutoETS is slow
-    assert fit_jobs("autotheta", 10_000, 10_000 * 144, configured=1) == 1
-    assert fit_jobs("autotheta", 3, 3 * 10, configured=8) == 3  # never more processes than histories
+    assert fit_jobs("optimized_theta", 10_000, 10_000 * 144, configured=1) == 1
+    assert fit_jobs("optimized_theta", 3, 3 * 10, configured=8) == 3  # never more processes than histories
 
 
 def test_a_daemonic_process_fits_in_itself(monkeypatch):
     import multiprocessing
 
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
-    assert fit_jobs("autotheta", 10_000, 10_000 * 144, configured=0) == 1
-    assert fit_jobs("autotheta", 10_000, 10_000 * 144, configured=4) == 1
+    assert fit_jobs("optimized_theta", 10_000, 10_000 * 144, configured=0) == 1
+    assert fit_jobs("optimized_theta", 10_000, 10_000 * 144, configured=4) == 1
 
 
 def test_a_dask_worker_fits_in_its_own_process():
@@ -73,9 +73,9 @@ def test_a_dask_worker_fits_in_its_own_process():
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        on_worker = client.submit(fit_jobs, "autotheta", 10_000, 10_000 * 144, 0).result()
+        on_worker = client.submit(fit_jobs, "optimized_theta", 10_000, 10_000 * 144, 0).result()
     assert on_worker == 1
-    assert fit_jobs("autotheta", 10_000, 10_000 * 144, configured=0) == min(classical.usable_cores(), 10_000)
+    assert fit_jobs("optimized_theta", 10_000, 10_000 * 144, configured=0) == min(classical.usable_cores(), 10_000)
 
 
 def test_while_one_thread_fits_on_a_pool_another_fits_in_its_own_thread(monkeypatch, pools):
@@ -93,11 +93,11 @@ def test_while_one_thread_fits_on_a_pool_another_fits_in_its_own_thread(monkeypa
     other.start()
     try:
         assert holding.wait(30)
-        classical_forecasts(values, lengths, 12, 24, "autotheta")
+        classical_forecasts(values, lengths, 12, 24, "optimized_theta")
     finally:
         release.set()
         other.join(30)
-    classical_forecasts(values, lengths, 12, 24, "autotheta")  # the pool is free again
+    classical_forecasts(values, lengths, 12, 24, "optimized_theta")  # the pool is free again
     assert pools == [1, 2]
 
 
@@ -108,7 +108,7 @@ def test_pool_workers_end_when_the_process_that_started_them_is_killed():
 
     script = ("import numpy as np; from nightcast.models.classical import classical_forecasts; "
               "n, L = 20000, 144; v = (100 + np.random.default_rng(0).normal(0, 2, (n, L))).ravel(); "
-              "classical_forecasts(v, np.full(n, L), 24, 24, 'autotheta')")
+              "classical_forecasts(v, np.full(n, L), 24, 24, 'optimized_theta')")
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "NIGHTCAST_CLASSICAL_JOBS": "2"})
     workers: list = []
     try:

@@ -79,7 +79,7 @@ def test_ragged_histories_in_any_order_get_each_its_own_fit(monkeypatch):
     together = theta_forecasts(values, lengths, 6, 4)
     alone = np.vstack([theta_forecasts(h, np.array([len(h)]), 6, 4) for h in histories])
     np.testing.assert_array_equal(together, alone)
-    monkeypatch.setattr(theta_module, "_CHUNK", 3)  # histories of one length split into passes
+    monkeypatch.setattr(theta_module, "_CHUNK_VALUES", 3 * 90)  # a few histories per pass
     np.testing.assert_array_equal(theta_forecasts(values, lengths, 6, 4), together)
     np.testing.assert_allclose(together, _statsforecast(histories, 6, 4), rtol=0.05)
 
