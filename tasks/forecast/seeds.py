@@ -121,9 +121,24 @@ def _in_workers(index: WindowIndex, workers: int, job, calls: list[tuple]) -> li
             f"a worker process training {len(calls)} network seed(s) side by side ({workers} at once) died before "
             f"finishing ({exc}); the usual cause is memory: each worker holds torch and its batches (the windows "
             "are shared). Set NIGHTCAST_TRAIN_WORKERS=1 to train the seeds one after another in this process, "
-            "or a smaller count") from exc
+            f"or a smaller count{_script_hint()}") from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _script_hint() -> str:
+    """When this process was started from a Python file (a script, or ``python -m``): the other usual
+    cause. The workers start with ``spawn``, which imports that file again in each worker; without an
+    ``if __name__ == "__main__":`` guard the worker runs the caller's script instead and stops before
+    training."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or Path(path).name == "nightcast":  # interactive, or the CLI (whose entry point is guarded)
+        return ""
+    return (f". If {path} calls nightcast at import time, put that call under `if __name__ == \"__main__\":` "
+            "(the workers start with spawn, which imports that file again in each worker)")
 
 
 def _say(log: logging.Logger | None, what: str, n: int, workers: int) -> None:

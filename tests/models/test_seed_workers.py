@@ -93,7 +93,25 @@ def _die(*_args) -> None:  # a job whose worker process is killed (as by the out
     os._exit(9)
 
 
-def test_a_worker_that_dies_is_named_with_what_to_do(prepared):
+def test_a_worker_that_dies_is_named_with_what_to_do(prepared, monkeypatch):
     _, prep = prepared
-    with pytest.raises(seeds_mod.SeedWorkerError, match="NIGHTCAST_TRAIN_WORKERS=1"):
+    monkeypatch.setattr(seeds_mod, "_script_hint", lambda: ". <the script hint>")
+    with pytest.raises(seeds_mod.SeedWorkerError, match="NIGHTCAST_TRAIN_WORKERS=1") as raised:
         seeds_mod._in_workers(prep.index, 2, _die, [(), ()])
+    assert str(raised.value).endswith("<the script hint>")
+
+
+def test_the_hint_names_an_unguarded_script_spawn_imports_again(monkeypatch):
+    import sys
+    import types
+
+    script = types.ModuleType("__main__")
+    script.__file__ = "/somewhere/train_nightly.py"  # started as `python train_nightly.py`
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    hint = seeds_mod._script_hint()
+    assert "If /somewhere/train_nightly.py calls nightcast at import time" in hint
+    assert 'if __name__ == "__main__":' in hint
+    script.__file__ = "/venv/bin/nightcast"  # the CLI's entry point is guarded: no hint
+    assert seeds_mod._script_hint() == ""
+    del script.__file__  # interactive: nothing is imported again
+    assert seeds_mod._script_hint() == ""
