@@ -337,6 +337,21 @@ def score_worker(data: str, store: str, train_steps: int, threads: int, seeds: i
 THETA_REFERENCE_SERIES = 500
 
 
+@contextlib.contextmanager
+def _env(**values: str):  # noqa: ANN202 - a context manager
+    """Set these environment variables while the block runs, then put back what was there."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def theta_reference(valid) -> dict:  # noqa: ANN001 - a polars frame
     """The vectorised Theta (what scoring fits) against statsforecast's ``Theta`` (one series at a time, one
     process) on the same histories: each series' last ``tail_length`` observed values, the first
@@ -356,14 +371,10 @@ def theta_reference(valid) -> dict:  # noqa: ANN001 - a polars frame
     t0 = time.perf_counter()
     ours = theta_forecasts(values, lengths, HORIZON, season)
     t_ours = time.perf_counter() - t0
-    before = os.environ.get("NIGHTCAST_CLASSICAL_JOBS")
-    os.environ["NIGHTCAST_CLASSICAL_JOBS"] = "1"  # statsforecast on one process, as the vectorised fit
-    try:
+    with _env(NIGHTCAST_CLASSICAL_JOBS="1"):  # statsforecast on one process, as the vectorised fit
         t0 = time.perf_counter()
         ref = classical.statsforecast_forecasts(values, lengths, HORIZON, season, "theta")
         t_ref = time.perf_counter() - t0
-    finally:
-        os.environ.pop("NIGHTCAST_CLASSICAL_JOBS") if before is None else os.environ.update(NIGHTCAST_CLASSICAL_JOBS=before)
     rel = np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-9)
     return {"histories": int(last.height), "tail": tail, "ours_s": t_ours, "statsforecast_s": t_ref,
             "rel_median": float(np.nanmedian(rel)), "rel_p99": float(np.nanpercentile(rel, 99)),
@@ -457,19 +468,10 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
         write_shard_layout(data, layout, shards)
     with steps.step("flow_1proc_cores"):  # the default: inference on every core
         score_flow(ScoreParams(data=data), store=store)
-    one_core = ("NIGHTCAST_CLASSICAL_JOBS", "NIGHTCAST_INFERENCE_THREADS")
-    before = {k: os.environ.get(k) for k in one_core}
-    os.environ.update(dict.fromkeys(one_core, "1"))  # the reference for the workers: one core, as each worker has
-    try:
-        with steps.step("flow_1proc"):
-            state = score_flow(ScoreParams(data=data), store=store, return_state=True)
-            steps.out["series"] = state.result()["series"]
-    finally:
-        for k, v in before.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
+    # the reference for the workers: one core, as each worker has
+    with _env(NIGHTCAST_CLASSICAL_JOBS="1", NIGHTCAST_INFERENCE_THREADS="1"), steps.step("flow_1proc"):
+        state = score_flow(ScoreParams(data=data), store=store, return_state=True)
+        steps.out["series"] = state.result()["series"]
     for k in counts:
         with steps.step(f"cluster_{k}"):
             cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None)
