@@ -89,6 +89,25 @@ _PERIODS = {"hour": (lambda t: t.dt.hour(), 24), "dow": (lambda t: t.dt.weekday(
             "month": (lambda t: t.dt.month() - 1, 12), "doy": (lambda t: t.dt.ordinal_day() - 1, 366)}
 
 
+_US_WEEKS = 10**6 * 7 * 86_400_000_000  # a million weeks in µs: stamps from year -17,000 on count up from 0
+
+
+def _utc_steps(t: pl.Series, unit_us: int, period: int, shift: int = 0) -> pl.Series:
+    """(whole ``unit_us`` units since 1970 + ``shift``) mod ``period`` of naive UTC stamps, in numpy on their
+    integer µs: polars' hour and weekday without building a date per row (4x faster), and one row-sized
+    temporary at a time."""
+    a = t.dt.cast_time_unit("us").to_physical().to_numpy() + _US_WEEKS
+    a //= unit_us
+    a += shift
+    a %= period
+    return pl.Series(a.astype(np.int16))
+
+
+# hour and weekday of naive UTC stamps by integer arithmetic (1970-01-01 was a Thursday: Monday = 0 is 3 back)
+_UTC_PERIODS = {"hour": (lambda t: _utc_steps(t, 3_600_000_000, 24), 24),
+                "dow": (lambda t: _utc_steps(t, 86_400_000_000, 7, 3), 7)}
+
+
 def calendar_columns(parts: list[str]) -> list[str]:
     return [f"cal__{p}_{f}" for p in parts for f in ("sin", "cos")]
 
@@ -148,18 +167,21 @@ def _without(frame: pl.DataFrame, series: list[str]) -> pl.DataFrame:
 @on_small_pages
 def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.DataFrame, list[str]]:
     """Add the encoded model inputs (``y`` = scaled target). Unknown series are dropped and returned."""
-    unknown = sorted(set(clean["series_id"].unique().to_list()) - set(state.target_stats))
+    runs = clean["series_id"].rle()  # one run per series when the rows are grouped by series
+    unknown = sorted(set(runs.struct.field("value").unique().to_list()) - set(state.target_stats))
     frame = _without(clean, unknown) if unknown else clean
+    if unknown:
+        runs = frame["series_id"].rle()
     stats = pl.DataFrame({"series_id": list(state.target_stats),
                           "_c": [v[0] for v in state.target_stats.values()],
                           "_s": [v[1] for v in state.target_stats.values()]})
     # each row's centre and scale: a join of one row per run of equal ids (one per series when the rows are
     # grouped by series), gathered back by run number; the frame's own columns are shared with ``clean``, never
     # copied (a join of the whole frame would gather every column, a join of the id column hash every row)
-    ids = frame["series_id"]
-    per_run = (ids.rle().struct.field("value").alias("series_id").to_frame()
+    per_run = (runs.struct.field("value").alias("series_id").to_frame()
                .join(stats, on="series_id", how="left", maintain_order="left"))
-    run = ids.rle_id()
+    lengths = runs.struct.field("len").to_numpy()
+    run = pl.Series(np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths))  # each row's run number
     exprs = [((pl.col("target") - per_run["_c"].gather(run)) / per_run["_s"].gather(run)).cast(pl.Float32).alias("y")]
     for name in [*state.past_covariates, *state.future_covariates]:
         if name in state.categories:
@@ -169,13 +191,19 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
             c, s = state.numeric_stats[name]
             exprs.append(((pl.col(name) - c) / s).fill_null(0.0).cast(pl.Float32).alias(f"num__{name}"))
     local = pl.col("timestamp")
-    if state.calendar and state.timezone != "UTC":  # naive UTC stamps, read on the local clock (DST included)
+    utc = state.timezone == "UTC"
+    if state.calendar and not utc:  # naive UTC stamps, read on the local clock (DST included)
         local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
     for part in state.calendar:  # a part takes `period` values: look its sine and cosine up, one per row
-        fn, period = _PERIODS[part]
+        if utc and part in _UTC_PERIODS:
+            fn, period = _UTC_PERIODS[part]
+            at = fn(frame["timestamp"])  # a small-integer Series, computed once for both columns
+        else:
+            fn, period = _PERIODS[part]
+            at = fn(local)
         angle = np.arange(period, dtype=np.float64) * (2 * math.pi / period)
-        exprs += [pl.lit(pl.Series(np.sin(angle), dtype=pl.Float32)).gather(fn(local)).alias(f"cal__{part}_sin"),
-                  pl.lit(pl.Series(np.cos(angle), dtype=pl.Float32)).gather(fn(local)).alias(f"cal__{part}_cos")]
+        exprs += [pl.lit(pl.Series(np.sin(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_sin"),
+                  pl.lit(pl.Series(np.cos(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_cos")]
     frame = frame.with_columns(exprs)
     if state.lags:  # on the regular grid, a shift of n rows is n steps back; the first n rows get 0
         frame = by_series(frame).with_columns(

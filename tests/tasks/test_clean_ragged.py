@@ -9,7 +9,7 @@ import pytest
 
 from nightcast.schemas.frames import CleanSeries
 from nightcast.schemas.params import CleanConfig
-from nightcast.tasks.data.clean import (Calendar, _runs, _trailing_hampel, clean_observations, decide_calendar, regularize,
+from nightcast.tasks.data.clean import (Calendar, _runs, _trailing_hampel, clean_observations, decide_calendar, fill_gaps, regularize,
                          treat_outliers)
 
 NO_OUTLIERS = CleanConfig(outliers="none")
@@ -272,6 +272,27 @@ def test_stacked_hampel_equals_the_per_series_reference(window, k, chunk_values,
     assert flag.any()
 
 
+@pytest.mark.parametrize("window, k", [(3, 1.0), (7, 3.0), (24, 2.0), (24, 4.0)])
+def test_hampel_with_ties_and_values_on_the_band_edge_equals_the_reference(window, k):
+    # Few distinct values: windows full of ties, MADs of 0 (the floor), values exactly on med ± k·MAD.
+    # Only rows that may be outliers get their MAD computed; these catalogues put the most rows near
+    # that screen's edge, and the flags and clipped values must still be the per-series reference's.
+    rng = np.random.default_rng(window)
+    values = [rng.choice([0.0, 1.0, 2.0, 3.0, 8.0], size=int(n), p=[.3, .3, .2, .15, .05])
+              for n in rng.integers(1, 150, size=40)]
+    for y in values[::3]:
+        y[rng.random(len(y)) < 0.2] = np.nan
+    frame = pl.concat([_series(_hours(len(y)), y.tolist(), f"s{i:02d}") for i, y in enumerate(values)])
+    frame = frame.with_columns(pl.col("target").fill_nan(None))
+    s, starts, _ = _runs(frame["series_id"])
+    flag, clipped = _trailing_hampel(frame["target"].to_numpy(), s, starts, window, k, 1 << 10)
+    reference = [_hampel(y, window, k) for y in values]
+    assert np.array_equal(flag, np.concatenate([f for f, _ in reference]))
+    expected = np.concatenate([np.where(f, c, y) for y, (f, c) in zip(values, reference)])
+    assert np.array_equal(clipped, expected, equal_nan=True)
+    assert flag.any() and not flag.all()
+
+
 @pytest.mark.parametrize("action", ["clip", "drop"])
 def test_treat_outliers_matches_the_reference_per_series(action):
     frame, values = _random_catalogue(seed=11)
@@ -386,3 +407,48 @@ def test_the_cleaning_report_lists_the_series_cleaning_touched_most_as_before():
     cut["by_series"][top[0][0]]["filled"] = 99
     cut["validation"]["notes"].append(3)
     assert by[top[0][0]]["filled"] != 99 and report.validation == {"notes": [1, 2]}  # a copy, not the report's own
+
+
+# --- gaps and placement on the stacked frame ------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["interpolate", "ffill"])
+@pytest.mark.parametrize("max_gap", [0, 1, 3])
+@pytest.mark.parametrize("blank_edges", [False, True])  # True: some series start or end on a gap
+def test_gaps_filled_on_the_catalogue_equal_each_series_filled_alone(method, max_gap, blank_edges):
+    # With values at every series' edges the fills run over the whole column at once; no fill may then
+    # reach across a series boundary. With a blank edge (outliers dropped there) they run per series.
+    rng = np.random.default_rng(max_gap)
+    frames = []
+    for i in range(60):
+        y = rng.normal(size=int(rng.integers(1, 40)))
+        y[rng.random(len(y)) < rng.uniform(0, 0.6)] = np.nan
+        if not blank_edges or i % 7:
+            y[0], y[-1] = 1.0 + i, -1.0 - i
+        frames.append(_series(_hours(len(y)), y.tolist(), f"s{i:02d}").with_columns(pl.col("target").fill_nan(None)))
+    frames = [f for f in frames if f["target"].null_count() < f.height]  # cleaning drops all-blank series first
+    together = fill_gaps(pl.concat(frames), max_gap, method)
+    alone = pl.concat([fill_gaps(f, max_gap, method) for f in frames])
+    assert together.equals(alone)
+    assert together["target"].null_count() == 0
+    if max_gap == 0:  # every gap is a long one
+        assert together["in_long_gap"].sum() == sum(f["target"].null_count() for f in frames)
+
+
+def test_placing_without_gathers_equals_placing_with_them():
+    # Regular data is placed as it came; with an off-grid row the rows kept are filtered; with a missing
+    # step every column is gathered onto the grid. The three paths must agree row for row.
+    frames = [_series(_hours(30), _wave(30, level=i), f"s{i}").with_columns(
+        pl.Series("promo", [None, *range(29)], dtype=pl.Float64)) for i in range(3)]
+    regular = pl.concat(frames)
+    placed, off = regularize(regular, Calendar("1h"))
+    assert off == 0 and placed.drop("observed").equals(regular.with_columns(pl.col("promo").fill_null(0.0)))
+    odd = pl.concat([regular, regular.head(1).with_columns(pl.col("timestamp") + dt.timedelta(minutes=30))])
+    filtered, off = regularize(odd, Calendar("1h"))
+    assert off == 1 and filtered.equals(placed)
+    gap = regular.with_row_index().filter(pl.col("index") != 40).drop("index")  # s1's 11th hour missing
+    gathered, off = regularize(gap, Calendar("1h"))
+    expected = placed.with_columns(
+        pl.when(pl.int_range(pl.len()) == 40).then(None).otherwise(pl.col("target")).alias("target"),
+        (pl.int_range(pl.len()) != 40).alias("observed"),
+        pl.when(pl.int_range(pl.len()) == 40).then(pl.col("promo").shift(1)).otherwise(pl.col("promo")).alias("promo"))
+    assert off == 0 and gathered.equals(expected)

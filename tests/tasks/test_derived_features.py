@@ -40,6 +40,22 @@ def test_calendar_features_are_cyclical_and_known_in_the_future():
     assert row["cal__dow_sin"] == pytest.approx(0.0, abs=1e-6)  # a Monday
 
 
+@pytest.mark.parametrize("unit", ["us", "ns", "ms"])
+def test_utc_hour_and_weekday_by_arithmetic_equal_polars_calendar(unit):
+    # On naive UTC stamps the hour and weekday come from integer arithmetic on the stamps (no date built
+    # per row): the same encoded values as polars' own accessors, before 1970 and after, in any time unit.
+    rng = np.random.default_rng(1)
+    stamps = pl.Series(rng.integers(-4 * 10**15, 5 * 10**15, size=5_000)).cast(pl.Datetime("us")).cast(pl.Datetime(unit))
+    clean = pl.DataFrame({"series_id": "a", "timestamp": stamps.sort(), "target": 1.0, "observed": True})
+    state = fit_features(clean, clean["timestamp"][-1], "standard", [], [], [], [], calendar=["hour", "dow"])
+    frame, _ = transform_features(clean, state)
+    hour = clean["timestamp"].dt.hour().cast(pl.Float64) * (2 * np.pi / 24)
+    dow = (clean["timestamp"].dt.weekday() - 1).cast(pl.Float64) * (2 * np.pi / 7)
+    for column, angle, fn in (("cal__hour_sin", hour, np.sin), ("cal__hour_cos", hour, np.cos),
+                              ("cal__dow_sin", dow, np.sin), ("cal__dow_cos", dow, np.cos)):
+        assert np.array_equal(frame[column].to_numpy(), fn(angle.to_numpy()).astype(np.float32)), column
+
+
 def test_calendar_features_follow_the_local_clock_across_dst():
     """Europe/Berlin: 06:00 local is 05:00 UTC in winter and 04:00 UTC in summer (DST from 2024-03-31); the
     hour feature follows the local clock, the timestamps stay UTC. The zone is kept with the fitted state."""

@@ -8,7 +8,7 @@ from nightcast.schemas.params import RetrainParams, WindowConfig
 from nightcast.tasks.data.features import fit_features, inverse_scale, transform_features
 from nightcast.tasks.data.prepare import prepare_training
 from nightcast.tasks.data.validate import validate_observations
-from nightcast.tasks.data.window import WindowDataset, WindowError, make_windows, split_times
+from nightcast.tasks.data.window import WindowDataset, WindowError, _stack, make_windows, split_times
 
 
 def _clean(n=100, sids=("a", "b")) -> pl.DataFrame:
@@ -159,3 +159,21 @@ def test_scaling_is_per_series_whatever_the_row_order():
     c, s = (np.array([state.target_stats[i][k] for i in grouped["series_id"]]) for k in (0, 1))
     np.testing.assert_allclose(grouped["y"].to_numpy(), (grouped["target"].to_numpy() - c) / s, rtol=1e-6)
     assert set(np.round(s, 6)) == {round(v[1], 6) for v in state.target_stats.values()} and len(set(s)) == 3
+
+
+@pytest.mark.parametrize("block_values", [7, 1000, 1 << 20])  # blocks cut anywhere, and one block
+def test_stacked_features_are_the_columns_in_order_whatever_the_block(block_values):
+    # Float32 columns without nulls are read in place and transposed a block at a time; any other column
+    # (float64, nulls) is cast alone. The array must be the columns side by side, C order, in the asked order.
+    rng = np.random.default_rng(0)
+    n = 10_007
+    frame = pl.DataFrame({"a": rng.normal(size=n).astype(np.float32), "b": rng.normal(size=n),
+                          "c": rng.normal(size=n).astype(np.float32),
+                          "d": pl.Series(np.where(rng.random(n) < .1, np.nan, 1.0), dtype=pl.Float32).fill_nan(None)})
+    columns = ["c", "a", "b", "d"]
+    expected = np.column_stack([frame[c].cast(pl.Float32).to_numpy() for c in columns])
+    for cols, want in ((columns, expected), (["a", "c"], expected[:, [1, 0]])):
+        got = _stack(frame, cols, block_values)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got, want, equal_nan=True)
+    assert _stack(frame, [], block_values).shape == (n, 0)
