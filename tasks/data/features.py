@@ -92,15 +92,19 @@ _PERIODS = {"hour": (lambda t: t.dt.hour(), 24), "dow": (lambda t: t.dt.weekday(
 _US_WEEKS = 10**6 * 7 * 86_400_000_000  # a million weeks in µs: stamps from year -17,000 on count up from 0
 
 
-def _utc_steps(t: pl.Series, unit_us: int, period: int, shift: int = 0) -> pl.Series:
+def _utc_steps(t: pl.Series, unit_us: int, period: int, shift: int = 0, chunk: int = 1 << 20) -> pl.Series:
     """(whole ``unit_us`` units since 1970 + ``shift``) mod ``period`` of naive UTC stamps, in numpy on their
-    integer µs: polars' hour and weekday without building a date per row (4x faster), and one row-sized
-    temporary at a time."""
-    a = t.dt.cast_time_unit("us").to_physical().to_numpy() + _US_WEEKS
-    a //= unit_us
-    a += shift
-    a %= period
-    return pl.Series(a.astype(np.int16))
+    integer µs: polars' hour and weekday without building a date per row (4x faster). A chunk of rows at a
+    time, so the only row-sized array is the small-integer result."""
+    us = t.dt.cast_time_unit("us").to_physical().to_numpy()
+    out = np.empty(len(us), np.int16)
+    for lo in range(0, len(us), chunk):  # chunks of a million rows: temporaries of 8 MB
+        a = us[lo: lo + chunk] + _US_WEEKS
+        a //= unit_us
+        a += shift
+        a %= period
+        out[lo: lo + chunk] = a
+    return pl.Series(out)
 
 
 # hour and weekday of naive UTC stamps by integer arithmetic (1970-01-01 was a Thursday: Monday = 0 is 3 back)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from nightcast.schemas.params import FeatureConfig, TuneParams
-from nightcast.tasks.data.features import FeatureState, fit_features, transform_features
+from nightcast.tasks.data.features import FeatureState, _utc_steps, fit_features, transform_features
 from nightcast.tasks.forecast.tune import apply_overrides
 from tests.conftest import fast_params
 
@@ -54,6 +54,9 @@ def test_utc_hour_and_weekday_by_arithmetic_equal_polars_calendar(unit):
     for column, angle, fn in (("cal__hour_sin", hour, np.sin), ("cal__hour_cos", hour, np.cos),
                               ("cal__dow_sin", dow, np.sin), ("cal__dow_cos", dow, np.cos)):
         assert np.array_equal(frame[column].to_numpy(), fn(angle.to_numpy()).astype(np.float32)), column
+    for chunk in (7, 4096):  # computed a chunk of rows at a time: chunks cut anywhere give the same values
+        assert (_utc_steps(stamps, 3_600_000_000, 24, chunk=chunk) == stamps.dt.hour()).all()
+        assert (_utc_steps(stamps, 86_400_000_000, 7, 3, chunk=chunk) == stamps.dt.weekday() - 1).all()
 
 
 def test_calendar_features_follow_the_local_clock_across_dst():
