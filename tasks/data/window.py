@@ -168,7 +168,7 @@ def _origins(offsets: np.ndarray, need: int, horizon: int) -> tuple[np.ndarray, 
     return pos + np.repeat(offsets[:-1], per), pos
 
 
-def _stack(frame: pl.DataFrame, columns: list[str], block_values: int = 1 << 20) -> np.ndarray:
+def _stack(frame: pl.DataFrame, columns: list[str], block_values: int = 1 << 19) -> np.ndarray:
     """(rows, columns) float32, C order. Float32 columns without nulls (the encoded features) are read in
     place and written a block of rows at a time (a (columns, block) buffer transposed while it is in cache:
     2.3x faster than writing each column down the strided array); any other column is cast alone.
