@@ -128,9 +128,11 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
     unknown = [c for c in [*past, *future_covariates] if c not in known]
     if unknown:
         raise ValueError(f"covariate(s) {unknown} are not columns of the input; columns: {sorted(known)}")
-    train = clean.filter((pl.col("timestamp") <= train_end) & pl.col("observed"))
-    target_stats = _target_stats(train, scaler)
     used = [*past, *future_covariates]
+    # only the columns fitted here (and what PCA's transform reads) are filtered: not the whole clean frame
+    columns = ["series_id", "timestamp", "target", "observed", *dict.fromkeys(used)]
+    train = clean.select(columns).filter((pl.col("timestamp") <= train_end) & pl.col("observed"))
+    target_stats = _target_stats(train, scaler)
     numeric_stats = {}
     for c in (c for c in used if c in numeric):
         center, scale = train.select(_stats(pl.col(c), scaler)).row(0)

@@ -14,7 +14,7 @@ def test_scale_bench_runs_from_one_command(tmp_path):
     out = tmp_path / "scale.md"
     run = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--series", "50", "--steps", "300",
                           "--seeds", "1", "--classical", "theta", "--train-steps", "20", "--score-train-steps", "10",
-                          "--repeats", "1", "--out", str(out)],  # the plumbing, not the defaults
+                          "--repeats", "2", "--out", str(out)],  # the plumbing, not the defaults
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     table = out.read_text()
@@ -34,6 +34,8 @@ def test_scale_bench_runs_from_one_command(tmp_path):
                  "score: raw LSTM forward (reference)"):
         assert step in table
     assert table.count(" met |") + table.count(" **missed** |") == 4  # every target has a verdict
+    # the data path and its floor: the fastest of two fresh processes each, every run's seconds shown
+    assert table.count("fastest of 2 processes") == 2, table  # the floor row, and the data path's first row
     # the worker-scaling rows: one process, then Dask with 1 and 2 workers, and the estimate from them
     for row in ("| score flow, 1 process, unsharded, one core (`NIGHTCAST_CLASSICAL_JOBS=1`, `NIGHTCAST_INFERENCE_THREADS=1`) |",
                 "| score flow, 1 process, unsharded, default (inference and statsforecast's fits on ", "| score flow on Dask, 1 worker(s), shard layout |",
