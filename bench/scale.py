@@ -235,16 +235,19 @@ def _fastest(runs: list[dict]) -> dict:
 
 def _fastest_process(runs: list[dict], steps: tuple[str, ...]) -> dict:
     """Of whole processes that each ran ``steps``: the steps of the one whose sum was least, each step's
-    peak the highest any run reached, and every run's sum (``runs`` on the first step); the first error."""
-    failed = [r for r in runs if "error" in r or _err(r, *steps)]
-    if failed:
-        r = failed[0]
-        return r if "error" in r else {k: r[k] for k in steps if k in r}
-    total = [sum(r[k]["seconds"] for k in steps) for r in runs]
-    best = runs[total.index(min(total))]
-    out = {**best, **{k: {**best[k], "peak_mib": max(r[k]["peak_mib"] for r in runs)} for k in steps}}
+    peak the highest any successful run reached, and every run's sum (``runs`` on the first step; "failed"
+    for a run that did not finish them). Only when every run failed, the first failure, step by step (a
+    failed extra run never marks the process that went on to train as failed)."""
+    done = [r for r in runs if not _err(r, *steps)]
+    if not done:  # the first run as it ended: a dead process fails every step, else each step says its own
+        r = runs[0]
+        return {k: {"error": r["error"]} if "error" in r else r.get(k, {"error": "not run"}) for k in steps}
+    total = [sum(r[k]["seconds"] for k in steps) for r in done]
+    best = done[total.index(min(total))]
+    out = {**best, **{k: {**best[k], "peak_mib": max(r[k]["peak_mib"] for r in done)} for k in steps}}
     if len(runs) > 1:
-        out[steps[0]]["runs"] = total
+        out[steps[0]]["runs"] = [sum(r[k]["seconds"] for k in steps) if not _err(r, *steps) else "failed"
+                                 for r in runs]
     return out
 
 
@@ -541,6 +544,7 @@ def _run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float,
 def _worker(kind: str, args: list[str], env: dict[str, str], tmp: Path, timeout: float) -> dict:
     """Run one worker child; its JSON result, or ``{"error": ...}`` with the tail of its log."""
     result, log = tmp / f"{kind}.json", tmp / f"{kind}.log"
+    result.unlink(missing_ok=True)  # a repeat that dies before writing must not return the last run's result
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--result", str(result), *args]
     try:
         code, secs, _ = _run_child(cmd, env, log, timeout)
@@ -855,7 +859,8 @@ def step_rows(res: dict) -> list[str]:
 
     row("generate the panel (bench/panel.py)", res.get("generate", {}))
     def fastest(d: dict, what: str) -> str:
-        return f"; fastest of {len(d['runs'])} processes ({what}: {', '.join(_f(x) for x in d['runs'])} s)" \
+        runs = ", ".join(x if isinstance(x, str) else _f(x) for x in d.get("runs", []))
+        return f"; fastest of {len(d['runs'])} processes ({what}: {runs} s)" \
             if "runs" in d else ""
 
     row("floor: polars read + sort + interpolate + mean/std", floor.get("floor", floor),

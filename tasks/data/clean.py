@@ -490,6 +490,8 @@ def _trailing_hampel(y: np.ndarray, s: np.ndarray, starts: np.ndarray, window: i
     n = len(y)
     flag = np.zeros(n, bool)
     out = y.copy()
+    if window < 3:  # a window needs 3 values: nothing can be flagged
+        return flag, out
     rows = max(1, chunk_values // window)
     chunks = np.arange(0, n, rows)
     past = np.lib.stride_tricks.sliding_window_view(y, window) if n >= window else None  # row j: y[j:j+window]

@@ -130,7 +130,7 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
         raise ValueError(f"covariate(s) {unknown} are not columns of the input; columns: {sorted(known)}")
     used = [*past, *future_covariates]
     # only the columns fitted here (and what PCA's transform reads) are filtered: not the whole clean frame
-    columns = ["series_id", "timestamp", "target", "observed", *dict.fromkeys(used)]
+    columns = list(dict.fromkeys(["series_id", "timestamp", "target", "observed", *used]))
     train = clean.select(columns).filter((pl.col("timestamp") <= train_end) & pl.col("observed"))
     target_stats = _target_stats(train, scaler)
     numeric_stats = {}

@@ -169,13 +169,13 @@ def _origins(offsets: np.ndarray, need: int, horizon: int) -> tuple[np.ndarray, 
 
 
 def _stack(frame: pl.DataFrame, columns: list[str], block_values: int = 1 << 19) -> np.ndarray:
-    """(rows, columns) float32, C order. Float32 columns without nulls (the encoded features) are read in
-    place and written a block of rows at a time (a (columns, block) buffer transposed while it is in cache:
-    2.3x faster than writing each column down the strided array); any other column is cast alone.
-    Memory: the array, one block and at most one cast column."""
+    """(rows, columns) float32, C order. Float32 columns of one chunk without nulls (the encoded features)
+    are read in place and written a block of rows at a time (a (columns, block) buffer transposed while it
+    is in cache: 2.3x faster than writing each column down the strided array); any other column is cast
+    alone. Memory: the array, one block and at most one cast column."""
     out = np.empty((frame.height, len(columns)), np.float32)
-    direct = [j for j, name in enumerate(columns)
-              if frame[name].dtype == pl.Float32 and not frame[name].null_count()]
+    direct = [j for j, name in enumerate(columns)  # read in place: one float32 chunk without nulls
+              if frame[name].dtype == pl.Float32 and not frame[name].null_count() and frame[name].n_chunks() == 1]
     for j, name in enumerate(columns):  # a handful of feature columns, never rows or series
         if j not in direct:
             out[:, j] = frame[name].cast(pl.Float32).to_numpy()

@@ -272,6 +272,15 @@ def test_stacked_hampel_equals_the_per_series_reference(window, k, chunk_values,
     assert flag.any()
 
 
+def test_a_hampel_window_under_three_values_flags_nothing():
+    frame, _ = _random_catalogue(seed=5)
+    s, starts, _ = _runs(frame["series_id"])
+    y = frame["target"].to_numpy()
+    for window in (1, 2):
+        flag, clipped = _trailing_hampel(y, s, starts, window, 1.0)
+        assert not flag.any() and np.array_equal(clipped, y, equal_nan=True)
+
+
 @pytest.mark.parametrize("window, k", [(3, 1.0), (7, 3.0), (24, 2.0), (24, 4.0)])
 def test_hampel_with_ties_and_values_on_the_band_edge_equals_the_reference(window, k):
     # Few distinct values: windows full of ties, MADs of 0 (the floor), values exactly on med ± k·MAD.

@@ -140,3 +140,10 @@ def test_sub_daily_data_sees_its_weekly_cycle_by_default(sample_raw):
     off = prepare_training(valid, RetrainParams(window=WindowConfig(lookback=24, horizon=6),
                                                 features=FeatureConfig(calendar=[])))
     assert off.state.calendar == [] and off.state.future_columns == []
+
+
+def test_a_covariate_named_like_a_cleaning_column_is_fitted_without_error():
+    # "observed" is also the cleaning flag's name: fitting selects each column once.
+    clean = _clean()
+    state = fit_features(clean, clean["timestamp"][99], "standard", [], ["observed"], ["observed"], [])
+    assert state.categories == {"observed": [True]}

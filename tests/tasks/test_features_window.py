@@ -170,7 +170,10 @@ def test_stacked_features_are_the_columns_in_order_whatever_the_block(block_valu
     frame = pl.DataFrame({"a": rng.normal(size=n).astype(np.float32), "b": rng.normal(size=n),
                           "c": rng.normal(size=n).astype(np.float32),
                           "d": pl.Series(np.where(rng.random(n) < .1, np.nan, 1.0), dtype=pl.Float32).fill_nan(None)})
-    columns = ["c", "a", "b", "d"]
+    frame = frame.with_columns(  # a float32 column of two chunks (as after dropping unknown series): cast alone
+        e=pl.concat([frame["a"].slice(0, 5_000), frame["a"].slice(5_000)], rechunk=False))
+    assert frame["e"].n_chunks() == 2
+    columns = ["c", "a", "b", "d", "e"]
     expected = np.column_stack([frame[c].cast(pl.Float32).to_numpy() for c in columns])
     for cols, want in ((columns, expected), (["a", "c"], expected[:, [1, 0]])):
         got = _stack(frame, cols, block_values)
