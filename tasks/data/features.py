@@ -201,7 +201,7 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
     if state.calendar and not utc:  # naive UTC stamps, read on the local clock (DST included)
         local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
     for part in state.calendar:  # a part takes `period` values: look its sine and cosine up, one per row
-        if utc and part in _UTC_PERIODS:
+        if utc and part in _UTC_PERIODS and not frame["timestamp"].null_count():
             fn, period = _UTC_PERIODS[part]
             at = fn(frame["timestamp"])  # a small-integer Series, computed once for both columns
         else:

@@ -147,3 +147,13 @@ def test_a_covariate_named_like_a_cleaning_column_is_fitted_without_error():
     clean = _clean()
     state = fit_features(clean, clean["timestamp"][99], "standard", [], ["observed"], ["observed"], [])
     assert state.categories == {"observed": [True]}
+
+
+def test_a_null_timestamp_gets_null_calendar_features_as_polars_gives():
+    clean = _clean(10)
+    state = fit_features(clean, clean["timestamp"][9], "standard", [], [], [], [], calendar=["hour", "dow"])
+    rows = clean.with_columns(pl.when(pl.int_range(pl.len()) == 9).then(None).otherwise(pl.col("timestamp"))
+                              .alias("timestamp"))
+    frame, _ = transform_features(rows, state)
+    assert frame["cal__hour_sin"].null_count() == 1 and frame["cal__hour_sin"][9] is None
+    assert frame["cal__dow_cos"].slice(0, 9).equals(transform_features(clean, state)[0]["cal__dow_cos"].slice(0, 9))
