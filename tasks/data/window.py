@@ -109,7 +109,7 @@ def make_windows(frame: pl.DataFrame, past_columns: list[str], future_columns: l
     ``train_end``; validation targets lie in (train_end, val_end]; test targets after
     ``val_end``. Without cut points everything is "all". Vectorised over all series.
     """
-    with short_lived_arrays():  # the index's temporaries; the stacked arrays training reads keep huge pages
+    with short_lived_arrays():  # the index's temporaries on reused heap; the stacked arrays their own mappings
         frame = by_series(frame)
         index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input)
         with long_lived_arrays():
