@@ -447,9 +447,9 @@ def _assemble(f: pl.DataFrame, names: pl.Series, gs: np.ndarray, gt: np.ndarray,
         idx = idx.set(idx < 0, None)
         placed = pl.DataFrame({"series_id": names.gather(gs), "timestamp": pl.Series(gt).cast(pl.Datetime("us")),
                                "target": f["target"].gather(idx)})
-    if covs and len(placed.columns) < len(f.columns):
-        held = pl.Series(np.maximum.accumulate(take)) if len(take) else pl.Series([], dtype=pl.Int64)
-        placed = placed.with_columns(f.select(pl.col(covs).gather(held)).get_columns())
+        if covs:  # take is not empty here: it holds a -1
+            placed = placed.with_columns(f.select(pl.col(covs).gather(pl.Series(np.maximum.accumulate(take))))
+                                         .get_columns())
     blank = [c for c in covs if placed[c].null_count()]
     if blank:
         placed = placed.with_columns(pl.col(blank).forward_fill().backward_fill().over(pl.Series(gs)))

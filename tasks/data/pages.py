@@ -19,9 +19,10 @@ the last step it restores both and hands the freed heap back to the system (``ma
 process holds no more than before. The arrays that outlive a step (``make_windows``' stacked
 features, which training gathers from) are made as their own mappings again (``long_lived_arrays``:
 freed to the system when training drops them) but still without the hint: their first touch waited
-1.5-2.2 s for compaction in most preparations profiled one afternoon, and training gathered from them no faster with huge pages
-than without (interleaved, 4 runs each of 200 steps at 10,000 x 2,000: 4.3-5.1 s with, 4.0-5.2 s
-without, 4.7-5.2 s from the memory-mapped ``.npy`` copies the seed workers read). A whole
+1.5-2.2 s for compaction in most preparations profiled one afternoon, and training gathered from them
+no faster with huge pages than without (interleaved, 4 runs each of 200 steps at 10,000 x 2,000:
+4.3-5.1 s with, 4.0-5.2 s without, 4.7-5.2 s from the memory-mapped ``.npy`` copies the seed workers
+read). A whole
 preparation (``prepare_training``) is one section, so one step's freed temporaries serve the next.
 
 Only speed changes, never a value. ``NIGHTCAST_DATA_MEMORY=default`` leaves both settings alone; on a

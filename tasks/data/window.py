@@ -184,7 +184,7 @@ def _stack(frame: pl.DataFrame, columns: list[str], block_values: int = 1 << 19)
         rows = max(1, block_values // len(direct))
         buf = np.empty((len(direct), rows), np.float32)
         whole = len(direct) == len(columns)
-        for lo in range(0, frame.height, rows):  # blocks of rows: height / 2^20 * columns trips
+        for lo in range(0, frame.height, rows):  # blocks of rows: height * columns / 2^19 trips
             hi = min(lo + rows, frame.height)
             for i, a in enumerate(arrays):
                 buf[i, : hi - lo] = a[lo:hi]
