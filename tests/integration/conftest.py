@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 
 from nightcast.flows.embedded import stop_child
 from tests.conftest import _free_port, _wait_http
 
 REPO = Path(__file__).resolve().parents[2]
+FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 BIN = Path(sys.executable).parent
 
 # Small, fast training for runs triggered through the API (same as tests.conftest.fast_params).
@@ -71,6 +74,25 @@ class Stack:
         """Run the ``prefect`` CLI against this server, as a user would."""
         return subprocess.run([str(BIN / "prefect"), *args], env=self.env, cwd=REPO, capture_output=True,
                               text=True, timeout=timeout)
+
+    def run_deployment(self, name: str, *args: str, timeout: float) -> dict:
+        """``prefect deployment run NAME ARGS`` as a user would, then the run's final record from the API.
+
+        The state is polled over REST rather than followed with ``--watch``: the CLI's watcher follows the
+        server's event stream, and on a loaded CI machine it once missed a run's terminal event (the run
+        had completed a minute earlier; the watch timed out after 300 s)."""
+        created = self.prefect("deployment", "run", name, *args)
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-3000:]
+        (run_id,) = re.findall(r"UUID: ([0-9a-f-]{36})", created.stdout)
+
+        def final() -> dict | None:
+            try:
+                run = httpx.get(f"{self.api_url}/flow_runs/{run_id}", timeout=10).json()
+            except httpx.HTTPError:
+                return None
+            return run if run["state_type"] in FINISHED else None
+
+        return wait_for(final, timeout, f"flow run {run_id} of {name} to finish", interval=2)
 
     def keys(self, prefix: str) -> list[str]:
         s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"])

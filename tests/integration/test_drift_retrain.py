@@ -13,12 +13,11 @@ import polars as pl
 import pytest
 
 from nightcast.tasks.ops.monitor import DRIFT_EVENT
-from tests.integration.conftest import BIN, FAST_RETRAIN, Stack, start_stack, wait_for
+from tests.integration.conftest import BIN, FAST_RETRAIN, FINISHED, Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.slow
 
 TS = pl.col("timestamp").str.to_datetime()
-FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def _deployments(stack: Stack) -> dict[str, dict]:
@@ -60,22 +59,19 @@ def test_degrading_actuals_start_a_retrain_through_the_drift_trigger(tmp_path, m
         assert auto["actions"][0]["type"] == "run-deployment" and auto["actions"][0]["deployment_id"] == nightly["id"]
 
         # the champion, trained on data up to the 11th; then forecasts as of the 12th
-        run = stack.prefect("deployment", "run", "retrain/nightly", "--params", json.dumps(FAST_RETRAIN),
-                            "--watch", "--watch-timeout", "400")
-        assert run.returncode == 0, run.stdout[-3000:] + stack.procs.log("serve")[-5000:]
+        run = stack.run_deployment("retrain/nightly", "--params", json.dumps(FAST_RETRAIN), timeout=400)
+        assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.procs.log("serve")[-5000:]
         first = {r["id"] for r in _runs(stack, nightly["id"])}
         s3 = boto3.client("s3", endpoint_url=stack.env["AWS_ENDPOINT_URL"])
         s3.put_object(Bucket=stack.bucket, Key="in/obs.csv", Body=_degraded(sample_raw).write_csv().encode())
-        run = stack.prefect("deployment", "run", "score/daily", "--param", "params={\"as_of\": \"2026-09-12\"}",
-                            "--watch", "--watch-timeout", "300")
-        assert run.returncode == 0, run.stdout[-3000:] + stack.procs.log("serve")[-5000:]
+        run = stack.run_deployment("score/daily", "--param", "params={\"as_of\": \"2026-09-12\"}", timeout=300)
+        assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.procs.log("serve")[-5000:]
 
         # the actuals of the 13th arrive and the model loses to seasonal naive on them: the monitor fires
         monitor = {"params": {"as_of": "2026-09-13",
                               "drift": {"origins": 1, "min_origins": 1, "min_points": 6, "vs_seasonal_naive": 0.1}}}
-        run = stack.prefect("deployment", "run", "monitor/accuracy", "--params", json.dumps(monitor),
-                            "--watch", "--watch-timeout", "300")
-        assert run.returncode == 0, run.stdout[-3000:] + stack.procs.log("serve")[-5000:]
+        run = stack.run_deployment("monitor/accuracy", "--params", json.dumps(monitor), timeout=300)
+        assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.procs.log("serve")[-5000:]
         runs = stack.keys("monitoring/runs/model=lstm/")
         assert runs == ["monitoring/runs/model=lstm/date=2026-09-13/run.parquet"]
         row = pl.read_parquet(io.BytesIO(stack.read(runs[0]))).row(0, named=True)

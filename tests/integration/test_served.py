@@ -27,9 +27,8 @@ def served(tmp_path_factory, moto_endpoint, sample_raw, aws_for_tests):
         stack.procs.start("serve", [str(BIN / "nightcast"), "serve"], stack.env, stack.logs)
         wait_for(lambda: len(deployments(stack)) == 5, 180, "nightcast serve to register 5 deployments")
         # the first run trains the champion that every later test scores with
-        run = stack.prefect("deployment", "run", "retrain/nightly", "--params", json.dumps(FAST_RETRAIN),
-                            "--watch", "--watch-timeout", "400")
-        assert run.returncode == 0, run.stdout[-3000:] + stack.procs.log("serve")[-5000:]
+        run = stack.run_deployment("retrain/nightly", "--params", json.dumps(FAST_RETRAIN), timeout=400)
+        assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.procs.log("serve")[-5000:]
         yield stack
     finally:
         stack.procs.stop()
@@ -71,28 +70,25 @@ def test_retrain_run_left_a_champion_and_artifacts(served):
 
 def test_backfill_from_the_cli_writes_one_partition_per_date(served):
     # the champion was trained on the whole sample (to 2026-09-14): these dates need the look-ahead accepted
-    run = served.prefect("deployment", "run", "backfill/backfill", "--param", "start=2026-09-05",
-                         "--param", "end=2026-09-07", "--param", "allow_look_ahead=true",
-                         "--watch", "--watch-timeout", "300")
-    assert run.returncode == 0, run.stdout[-3000:]
+    run = served.run_deployment("backfill/backfill", "--param", "start=2026-09-05", "--param", "end=2026-09-07",
+                                "--param", "allow_look_ahead=true", timeout=300)
+    assert run["state_type"] == "COMPLETED", run["state"]["message"] + served.procs.log("serve")[-5000:]
     assert {"as_of=2026-09-05", "as_of=2026-09-06", "as_of=2026-09-07"} <= set(partitions(served))
     frame = pl.read_parquet(io.BytesIO(served.read("forecasts/model=lstm/as_of=2026-09-06/forecasts.parquet")))
     Forecasts.validate(frame)
     # a scheduled-style score run with no parameters: newest date of the data
-    run = served.prefect("deployment", "run", "score/daily", "--watch", "--watch-timeout", "300")
-    assert run.returncode == 0, run.stdout[-3000:]
+    run = served.run_deployment("score/daily", timeout=300)
+    assert run["state_type"] == "COMPLETED", run["state"]["message"] + served.procs.log("serve")[-5000:]
     assert "as_of=2026-09-14" in partitions(served)
 
 
 def test_bad_parameters_fail_the_run_before_any_work(served):
     before = partitions(served)
-    run = served.prefect("deployment", "run", "backfill/backfill", "--param", "start=yesterday",
-                         "--param", "end=2026-09-07", "--watch", "--watch-timeout", "120")
-    assert run.returncode == 1
-    runs = httpx.post(f"{served.api_url}/flow_runs/filter", json={}, timeout=10).json()
-    bad = [r for r in runs if r["parameters"].get("start") == "yesterday"]
-    message = bad[0]["state"]["message"]
-    assert bad[0]["state_type"] == "FAILED" and "start" in message and "valid date" in message, message
+    bad = served.run_deployment("backfill/backfill", "--param", "start=yesterday", "--param", "end=2026-09-07",
+                                timeout=120)
+    assert bad["parameters"]["start"] == "yesterday"
+    message = bad["state"]["message"]
+    assert bad["state_type"] == "FAILED" and "start" in message and "valid date" in message, message
     assert partitions(served) == before
 
 
@@ -152,9 +148,8 @@ def test_runs_from_the_api_cannot_steer_the_worker_elsewhere(served, tmp_path):
     """Whoever can reach the API can set any parameter; store and data must stay in the worker's locations."""
     outside = tmp_path / "elsewhere"
     for params in ({"store": str(outside)}, {"params": {"data": "/etc/passwd"}}):
-        run = served.prefect("deployment", "run", "score/daily", "--params", json.dumps(params),
-                             "--watch", "--watch-timeout", "180")
-        assert run.returncode == 1, run.stdout[-2000:]
+        run = served.run_deployment("score/daily", "--params", json.dumps(params), timeout=180)
+        assert run["state_type"] == "FAILED", run["state"]["message"]
     runs = httpx.post(f"{served.api_url}/flow_runs/filter", json={}, timeout=10).json()
     refused = [r for r in runs if r["parameters"].get("store") == str(outside)
                or r["parameters"].get("params", {}).get("data") == "/etc/passwd"]

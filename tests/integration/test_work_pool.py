@@ -37,14 +37,12 @@ def test_deploy_to_a_process_pool_and_run_through_a_worker(tmp_path, moto_endpoi
 
         stack.procs.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "nightcast"],
                           stack.env, stack.logs)
-        run = stack.prefect("deployment", "run", "retrain/nightly", "--params", json.dumps(FAST_RETRAIN),
-                            "--watch", "--watch-timeout", "400")
-        assert run.returncode == 0, run.stdout[-3000:] + stack.procs.log("worker")[-5000:]
+        run = stack.run_deployment("retrain/nightly", "--params", json.dumps(FAST_RETRAIN), timeout=400)
+        assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.procs.log("worker")[-5000:]
         # the champion saw the whole sample (to 2026-09-14): scoring earlier dates with it is accepted look-ahead
-        run = stack.prefect("deployment", "run", "backfill/backfill", "--param", "start=2026-09-08",
-                            "--param", "end=2026-09-09", "--param", "allow_look_ahead=true",
-                            "--watch", "--watch-timeout", "300")
-        assert run.returncode == 0, run.stdout[-3000:] + stack.procs.log("worker")[-5000:]
+        run = stack.run_deployment("backfill/backfill", "--param", "start=2026-09-08", "--param", "end=2026-09-09",
+                                   "--param", "allow_look_ahead=true", timeout=300)
+        assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.procs.log("worker")[-5000:]
         keys = stack.keys("forecasts/model=lstm/")
         assert keys == ["forecasts/model=lstm/as_of=2026-09-08/forecasts.parquet",
                         "forecasts/model=lstm/as_of=2026-09-09/forecasts.parquet"]
