@@ -14,6 +14,9 @@ reads), and watches it:
 - on Linux the server receives SIGTERM when this process dies
   (``PR_SET_PDEATHSIG``), so no orphan outlives a kill;
 - its stdout and stderr go to the CLI's log file, not the terminal;
+- flow runs send no heartbeats while it serves them: heartbeats exist so that a server which outlives a
+  dead run can mark it crashed, and this server dies with the process; each flow run's end also
+  waited up to a second for the heartbeat thread's sleep (measured: an empty flow took 1.07 s);
 - starts that share a Prefect home take turns (a file lock held until the server answers): each
   start migrates the home's database, and two migrations of a fresh SQLite file at once fail
   (``duplicate column name``), which two CLI commands started together on a new machine would hit.
@@ -236,6 +239,15 @@ def _pointed_at(url: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _without_heartbeats() -> Iterator[None]:
+    """Flow runs of this context send no heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` unset)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+@contextlib.contextmanager
 def embedded_server(output: Path | None = None) -> Iterator[str | None]:
     """Start a temporary Prefect server for this process when it needs one; yield its API URL.
 
@@ -265,7 +277,7 @@ def embedded_server(output: Path | None = None) -> Iterator[str | None]:
                         "(set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS to wait longer, "
                         "or PREFECT_API_URL to use a running server)", timeout)
     try:
-        with _pointed_at(server.api_url):
+        with _pointed_at(server.api_url), _without_heartbeats():
             try:
                 yield server.api_url
             finally:

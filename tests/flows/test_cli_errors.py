@@ -293,12 +293,27 @@ def test_other_start_errors_are_not_retried(fake_server):
 
 
 def test_nothing_is_started_when_a_server_is_configured(monkeypatch):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert not embedded.needs_embedded_server()
+        before = get_current_settings().flows.heartbeat_frequency
         with embedded.embedded_server() as url:
             assert url is None
+            # a server that outlives the run can act on heartbeats: Prefect's setting stays
+            assert get_current_settings().flows.heartbeat_frequency == before is not None
+
+
+def test_flow_runs_served_by_the_temporary_server_send_no_heartbeats(fake_server):
+    """The temporary server dies with the process, so no heartbeat could ever mark a run crashed; each run's
+    end waited for the heartbeat thread's one-second sleep."""
+    from prefect.settings import get_current_settings
+
+    before = get_current_settings().flows.heartbeat_frequency
+    assert before is not None  # Prefect's default sends them
+    with embedded.embedded_server():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == before
 
 
 def test_the_temporary_server_answers_and_every_client_of_the_process_uses_it(tmp_path, monkeypatch):

@@ -1,0 +1,87 @@
+"""Steps pass their arguments to Prefect unwalked: the contents of a bundle or a catalogue are never
+visited element by element, while the task that produced an argument is still recorded as its input."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+from prefect import flow, get_client
+from prefect.futures import wait
+
+from nightcast.flows.runtime import step, unwalked
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+class CountingDict(dict):
+    """A per-series table that counts how often anything walks its entries."""
+
+    walks = 0
+
+    def items(self):  # noqa: ANN201 - dict's own
+        CountingDict.walks += 1
+        return super().items()
+
+
+@dataclasses.dataclass
+class Catalogue:
+    per_series: CountingDict
+
+
+def _make() -> Catalogue:
+    return Catalogue(CountingDict({f"s{i}": [float(i)] * 3 for i in range(1000)}))
+
+
+def _use(catalogue: Catalogue, day: dt.date, name: str) -> tuple[int, int, str]:
+    return id(catalogue), len(catalogue.per_series), f"{name} {day}"
+
+
+make = step(_make, "make")
+use = step(_use, "use").with_options(task_run_name="use-{name}-{day}")
+
+
+def test_a_step_gets_its_argument_itself_unwalked_and_its_producer_is_recorded():
+    @flow(name="unwalked-probe")
+    def probe():
+        catalogue = make()
+        CountingDict.walks = 0
+        state = use(catalogue, dt.date(2026, 1, 2), name="x", return_state=True)
+        submitted = use.submit(catalogue, dt.date(2026, 1, 3), "y")
+        wait([submitted])
+        return id(catalogue), state, submitted.state, CountingDict.walks
+
+    made, called, submitted, walks = probe()
+    assert walks == 0  # Prefect walked none of the 1,000 entries, on the call or the submission
+    for state, day in ((called, "2026-01-02"), (submitted, "2026-01-03")):
+        got_id, n, label = state.result()
+        assert got_id == made and n == 1000 and label.endswith(day)  # the object itself, not a copy
+    with get_client(sync_client=True) as client:
+        run = client.read_task_run(called.state_details.task_run_id)
+        producer = {r.id for r in run.task_inputs["catalogue"]}
+        made_runs = client.read_task_runs()
+    assert run.name == "use-x-2026-01-02"  # names are still formatted from the scalar arguments
+    assert producer and producer <= {r.id for r in made_runs if r.name.startswith("make")}
+
+
+def test_a_plain_task_call_walks_every_entry():
+    """The cost the wrapper avoids: the same call through the bare Prefect task walks the table."""
+    @flow(name="walked-probe")
+    def probe():
+        catalogue = _make()
+        CountingDict.walks = 0
+        use.task(catalogue, dt.date(2026, 1, 2), name="x")
+        return CountingDict.walks
+
+    assert probe() >= 1
+
+
+def test_scalars_and_annotations_pass_as_they_are():
+    from prefect.utilities.annotations import opaque, unmapped
+
+    for value in ("a", 1, 2.5, True, None, dt.date(2026, 1, 1), dt.datetime(2026, 1, 1), b"x"):
+        assert unwalked(value) is value
+    marked = unmapped([1, 2])
+    assert unwalked(marked) is marked
+    assert isinstance(unwalked({"a": 1}), opaque) and isinstance(unwalked([1]), opaque)
