@@ -192,6 +192,8 @@ class Step:
         return Step(self.task.with_options(**options))
 
     def __getattr__(self, name: str) -> Any:
+        if name == "task" or name.startswith("__"):  # unpickling asks before ``task`` is set
+            raise AttributeError(name)
         return getattr(self.task, name)
 
 
