@@ -358,6 +358,13 @@ def _print_score(out: dict) -> None:
         print(f"  ... and {len(skipped) - 20} more skipped (see the score artifact)")
 
 
+def _import_flows() -> None:
+    """What ``_run`` imports (torch, Lightning, polars, Prefect's flows: ~4 s), done while a temporary
+    server boots (``embedded_server``'s ``meanwhile``) rather than after it answers."""
+    import nightcast.flows.retrain  # noqa: F401
+    import nightcast.flows.score  # noqa: F401
+
+
 def _run(args: argparse.Namespace) -> None:
     """Run one command and print its summary."""
     from nightcast.flows.retrain import retrain_flow
@@ -498,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with cli_logging(args.command, args.verbose) as log_path:
         try:
-            with embedded_server(output=log_path):
+            with embedded_server(output=log_path, meanwhile=_import_flows):
                 _run(args)
         except (KeyboardInterrupt, Exception) as exc:  # one line first, then the detail
             logging.getLogger("nightcast.cli").error("nightcast %s failed", args.command, exc_info=exc,

@@ -166,10 +166,12 @@ class ChildServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: int) -> None:
+    def start(self, timeout: int, meanwhile: Callable[[], None] | None = None) -> None:
         """Launch the server and wait until ``/api/health`` answers; RuntimeError (``TIMEOUT_MESSAGE``) when it
         does not within ``timeout`` seconds, or with the log's tail when the process ends first. Waits first
-        for any other start in the same Prefect home (``start_lock``); that wait is not part of ``timeout``."""
+        for any other start in the same Prefect home (``start_lock``); that wait is not part of ``timeout``.
+        ``meanwhile`` runs once the child is launched, before the wait (its time is not part of ``timeout``
+        either); if it raises, the child is stopped."""
         import threading
 
         from prefect.settings import get_current_settings
@@ -181,9 +183,9 @@ class ChildServer:
         env = {**os.environ, **settings.to_environment_variables(exclude_unset=True), "PREFECT_UI_ENABLED": "0"}
         env.pop("PREFECT_API_URL", None)
         with start_lock(Path(env.get("PREFECT_HOME") or settings.home).expanduser()):
-            self._launch(env, timeout)
+            self._launch(env, timeout, meanwhile)
 
-    def _launch(self, env: dict[str, str], timeout: int) -> None:
+    def _launch(self, env: dict[str, str], timeout: int, meanwhile: Callable[[], None] | None) -> None:
         import httpx
 
         # The child serves a socket this process bound and passes down (``serve_socket``), not a port number
@@ -201,6 +203,12 @@ class ChildServer:
             listener.close()  # the child holds its own copy
             if self.output:
                 out.close()
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException:
+                self.stop()
+                raise
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -248,21 +256,29 @@ def _without_heartbeats() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def embedded_server(output: Path | None = None) -> Iterator[str | None]:
+def embedded_server(output: Path | None = None, meanwhile: Callable[[], None] | None = None) -> Iterator[str | None]:
     """Start a temporary Prefect server for this process when it needs one; yield its API URL.
 
     Yields None (and starts nothing) when a server is configured. ``output``
     receives the server's stdout and stderr. The server is stopped on exit; if
     this process is killed instead, the kernel sends the server SIGTERM (Linux).
+    ``meanwhile`` (once, when a server is started) runs while the server boots: the CLI imports
+    its flows there (torch, Lightning, polars: about 4 s, as long as the server's own start).
     """
     if not needs_embedded_server():
         yield None
         return
     timeout = startup_timeout()
+    todo = [meanwhile] if meanwhile else []
+
+    def once() -> None:  # a second attempt only waits for its server
+        while todo:
+            todo.pop()()
+
     for attempt in range(1, START_ATTEMPTS + 1):
         server = ChildServer(output)
         try:
-            server.start(timeout=timeout)
+            server.start(timeout=timeout, meanwhile=once)
             break
         except RuntimeError as exc:
             server.stop()  # a timed-out start leaves its process running

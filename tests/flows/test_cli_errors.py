@@ -254,8 +254,10 @@ def fake_server(monkeypatch):
     calls: list[str] = []
     fail: list[Exception] = []
 
-    def start(self, timeout=None):
+    def start(self, timeout=None, meanwhile=None):
         calls.append(f"start {timeout}")
+        if meanwhile is not None:  # the real start runs it between the launch and the wait
+            meanwhile()
         if fail:
             raise fail.pop(0)
         self.port = 4321
@@ -272,6 +274,57 @@ def test_a_start_that_times_out_is_stopped_and_tried_once_more(fake_server):
     with embedded.embedded_server() as url:
         assert url == "http://127.0.0.1:4321/api"
     assert calls == ["start 5", "stop", "start 5", "drain", "stop"]
+
+
+def test_work_given_for_the_start_runs_once_even_when_the_start_is_tried_again(fake_server):
+    calls, fail = fake_server
+    fail.append(RuntimeError(embedded.TIMEOUT_MESSAGE + "."))
+    with embedded.embedded_server(meanwhile=lambda: calls.append("meanwhile")):
+        pass
+    assert calls == ["start 5", "meanwhile", "stop", "start 5", "drain", "stop"]
+
+
+def test_the_cli_imports_its_flows_while_the_server_boots(tmp_path, monkeypatch):
+    """A real start: the work given runs while the child server is alive and before it answers is awaited;
+    work that fails stops the child."""
+    import psutil
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(embedded, "needs_embedded_server", lambda: True)
+
+    def servers() -> list:
+        return [p for p in psutil.Process().children() if "nightcast.flows.embedded" in " ".join(p.cmdline())]
+
+    seen: list[int] = []
+    with embedded.embedded_server(meanwhile=lambda: seen.append(len(servers()))) as url:
+        assert url is not None
+    assert seen == [1]
+
+    with pytest.raises(ImportError, match="no such flow"):
+        with embedded.embedded_server(meanwhile=lambda: (_ for _ in ()).throw(ImportError("no such flow"))):
+            pass
+    psutil.wait_procs(servers(), timeout=30)
+    assert servers() == []
+
+
+def test_the_cli_gives_its_flow_imports_to_the_server_start(monkeypatch, tmp_path, capsys):
+    import contextlib
+
+    from nightcast.flows import cli
+
+    given = []
+
+    @contextlib.contextmanager
+    def recording(output=None, meanwhile=None):
+        given.append(meanwhile)
+        raise RuntimeError("stop here")
+        yield
+
+    monkeypatch.setattr(embedded, "embedded_server", recording)
+    monkeypatch.setenv("NIGHTCAST_LOG_DIR", str(tmp_path))
+    assert cli.main(["score", "--data", str(tmp_path / "none.csv")]) == 1
+    assert given == [cli._import_flows]
 
 
 def test_two_timeouts_give_up_with_a_clear_error(fake_server):
