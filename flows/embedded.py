@@ -14,9 +14,10 @@ reads), and watches it:
 - on Linux the server receives SIGTERM when this process dies
   (``PR_SET_PDEATHSIG``), so no orphan outlives a kill;
 - its stdout and stderr go to the CLI's log file, not the terminal;
-- flow runs send no heartbeats while it serves them: heartbeats exist so that a server which outlives a
-  dead run can mark it crashed, and this server dies with the process; each flow run's end also
-  waited up to a second for the heartbeat thread's sleep (measured: an empty flow took 1.07 s);
+- the flow runs this process executes send no heartbeats (unless the user set their frequency):
+  heartbeats exist so that a server which outlives a dead run can mark it crashed, and this server
+  dies with the process; each flow run's end also waited up to a second for the heartbeat thread's
+  sleep (measured: an empty flow took 1.07 s);
 - starts that share a Prefect home take turns (a file lock held until the server answers): each
   start migrates the home's database, and two migrations of a fresh SQLite file at once fail
   (``duplicate column name``), which two CLI commands started together on a new machine would hit.
@@ -203,21 +204,22 @@ class ChildServer:
             listener.close()  # the child holds its own copy
             if self.output:
                 out.close()
-        if meanwhile is not None:
-            try:
+        try:
+            if meanwhile is not None:
                 meanwhile()
-            except BaseException:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}"
+                                       + (f"; its log: {self.output}" if self.output else ""))
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                        return
+                time.sleep(0.25)
+        except BaseException as exc:  # the work given failed, or Ctrl-C: no child left behind
+            if not isinstance(exc, RuntimeError):  # a timed-out start is stopped (and retried) by the caller
                 self.stop()
-                raise
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}"
-                                   + (f"; its log: {self.output}" if self.output else ""))
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.25)
+            raise
         raise RuntimeError(f"{TIMEOUT_MESSAGE} at {self.api_url} after {timeout} s")
 
     def stop(self) -> None:
@@ -248,9 +250,14 @@ def _pointed_at(url: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _without_heartbeats() -> Iterator[None]:
-    """Flow runs of this context send no heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` unset)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    """Flow runs this process executes send no heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` unset),
+    unless the user set that frequency (environment or profile). Runs that ``nightcast serve`` starts
+    in child processes keep Prefect's default: None does not travel through their environment."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 

@@ -155,6 +155,26 @@ def is_transient(task: Task, task_run: Any, state: Any) -> bool:
 _SCALARS = (str, bytes, int, float, bool, type(None), dt.date, dt.datetime, dt.timedelta)
 
 
+def _opaque_type() -> type:
+    from prefect.utilities.annotations import opaque
+
+    class Unwalked(opaque):
+        """Prefect's ``opaque`` that survives pickling (a Dask submission): Prefect's annotations are tuple
+        subclasses without ``__reduce__``, and unpickled they wrap a 1-tuple of the value."""
+
+        def __reduce__(self) -> tuple:
+            return _unwalked_again, (self.unwrap(),)
+
+    return Unwalked
+
+
+def _unwalked_again(value: Any) -> Any:
+    return _UNWALKED(value)
+
+
+_UNWALKED = _opaque_type()
+
+
 def unwalked(value: Any) -> Any:
     """``value`` as a task argument that Prefect resolves but does not walk into (``opaque``).
 
@@ -163,11 +183,12 @@ def unwalked(value: Any) -> Any:
     prepared catalogue or a backtest carries per-series tables, so at 10,000 series that walk took 7.4 s
     of a 30 s retrain and 0.9 s of each scoring run, growing with the catalogue. ``opaque`` keeps what
     the walk is for at the top level (a future is still resolved; the task that made the object is
-    still recorded as an input) and skips the contents. Scalars pass as they are (task run names are
-    formatted from them)."""
-    from prefect.utilities.annotations import BaseAnnotation, opaque
+    still recorded as an input) and skips the contents: a future or a task's result *inside* a list or
+    dict is neither resolved nor recorded, so a step's arguments are values, or futures passed as
+    arguments themselves. Scalars pass as they are (nothing to walk)."""
+    from prefect.utilities.annotations import BaseAnnotation
 
-    return value if isinstance(value, (BaseAnnotation, *_SCALARS)) else opaque(value)
+    return value if isinstance(value, (BaseAnnotation, *_SCALARS)) else _UNWALKED(value)
 
 
 class Step:
@@ -190,6 +211,9 @@ class Step:
 
     def with_options(self, **options: Any) -> Step:
         return Step(self.task.with_options(**options))
+
+    def __repr__(self) -> str:
+        return f"Step({self.task.name!r})"
 
     def __getattr__(self, name: str) -> Any:
         if name == "task" or name.startswith("__"):  # unpickling asks before ``task`` is set

@@ -6,6 +6,8 @@ process, no PREFECT_API_URL, so each starts Prefect's temporary server.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import signal
@@ -288,22 +290,35 @@ def test_the_cli_imports_its_flows_while_the_server_boots(tmp_path, monkeypatch)
     """A real start: the work given runs while the child server is alive and before it answers is awaited;
     work that fails stops the child."""
     import psutil
-
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setattr(embedded, "needs_embedded_server", lambda: True)
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
     def servers() -> list:
         return [p for p in psutil.Process().children() if "nightcast.flows.embedded" in " ".join(p.cmdline())]
 
-    seen: list[int] = []
-    with embedded.embedded_server(meanwhile=lambda: seen.append(len(servers()))) as url:
-        assert url is not None
-    assert seen == [1]
+    def fail() -> None:
+        raise ImportError("no such flow")
 
-    with pytest.raises(ImportError, match="no such flow"):
-        with embedded.embedded_server(meanwhile=lambda: (_ for _ in ()).throw(ImportError("no such flow"))):
-            pass
+    home = tmp_path / "home"
+    monkeypatch.setattr(embedded, "needs_embedded_server", lambda: True)
+    with monkeypatch.context() as env:
+        env.setenv("PREFECT_HOME", str(home))
+        env.delenv("PREFECT_API_URL", raising=False)
+        refresh_global_settings_context()
+        # the home's own database, not the one the session's shared test server may have left in the settings
+        database = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+        try:
+            with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
+                seen: list[int] = []
+                with embedded.embedded_server(meanwhile=lambda: seen.append(len(servers()))) as url:
+                    assert url is not None
+                assert seen == [1]
+                with pytest.raises(ImportError, match="no such flow"):
+                    with embedded.embedded_server(meanwhile=fail):
+                        pass
+        finally:
+            env.undo()
+            refresh_global_settings_context()
     psutil.wait_procs(servers(), timeout=30)
     assert servers() == []
 
@@ -345,28 +360,56 @@ def test_other_start_errors_are_not_retried(fake_server):
     assert calls == ["start 5", "stop"]
 
 
-def test_nothing_is_started_when_a_server_is_configured(monkeypatch):
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+def _heartbeats():  # noqa: ANN202
+    from prefect.settings import get_current_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+    return get_current_settings().flows.heartbeat_frequency
+
+
+@contextlib.contextmanager
+def _prefect_default_heartbeats():  # noqa: ANN202
+    """Settings as a fresh process reads them (Prefect's default frequency, not set by anyone), whatever an
+    earlier test's session harness left in this process's context."""
+    from prefect.context import SettingsContext
+    from prefect.settings import Settings
+
+    saved = os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
+    try:
+        with SettingsContext(profile=SettingsContext.get().profile, settings=Settings()):
+            assert _heartbeats() is not None  # Prefect's default sends them
+            yield
+    finally:
+        if saved is not None:
+            os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = saved
+
+
+def test_nothing_is_started_when_a_server_is_configured(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with _prefect_default_heartbeats(), temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert not embedded.needs_embedded_server()
-        before = get_current_settings().flows.heartbeat_frequency
+        before = _heartbeats()
         with embedded.embedded_server() as url:
             assert url is None
-            # a server that outlives the run can act on heartbeats: Prefect's setting stays
-            assert get_current_settings().flows.heartbeat_frequency == before is not None
+            assert _heartbeats() == before  # a server that outlives the run can act on heartbeats: kept
 
 
 def test_flow_runs_served_by_the_temporary_server_send_no_heartbeats(fake_server):
     """The temporary server dies with the process, so no heartbeat could ever mark a run crashed; each run's
     end waited for the heartbeat thread's one-second sleep."""
-    from prefect.settings import get_current_settings
+    with _prefect_default_heartbeats():
+        before = _heartbeats()
+        with embedded.embedded_server():
+            assert _heartbeats() is None
+        assert _heartbeats() == before
 
-    before = get_current_settings().flows.heartbeat_frequency
-    assert before is not None  # Prefect's default sends them
-    with embedded.embedded_server():
-        assert get_current_settings().flows.heartbeat_frequency is None
-    assert get_current_settings().flows.heartbeat_frequency == before
+
+def test_a_heartbeat_frequency_the_user_set_is_kept(fake_server):
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
+        with embedded.embedded_server():
+            assert _heartbeats() == 60
 
 
 def test_the_temporary_server_answers_and_every_client_of_the_process_uses_it(tmp_path, monkeypatch):

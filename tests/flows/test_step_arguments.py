@@ -57,14 +57,16 @@ def test_a_step_gets_its_argument_itself_unwalked_and_its_producer_is_recorded()
     for state, day in ((called, "2026-01-02"), (submitted, "2026-01-03")):
         got_id, n, label = state.result()
         assert got_id == made and n == 1000 and label.endswith(day)  # the object itself, not a copy
-    run = _recorded(called.state_details.task_run_id)
+    # run names are formatted from the arguments (the server may first hold the default name)
+    run = _recorded(called.state_details.task_run_id, lambda r: r.name == "use-x-2026-01-02")
+    assert run.name == "use-x-2026-01-02"
     producer = {r.id for r in run.task_inputs["catalogue"]}
-    assert run.name == "use-x-2026-01-02"  # names are still formatted from the scalar arguments
     assert len(producer) == 1 and _recorded(next(iter(producer))).name.startswith("make")
 
 
-def _recorded(task_run_id):  # noqa: ANN001, ANN202
-    """A task run as the API stores it: the server records task runs from their events, a moment later."""
+def _recorded(task_run_id, ready=lambda run: True):  # noqa: ANN001, ANN202
+    """A task run as the API stores it once ``ready``: the server records task runs from their events, a
+    moment later, and updates them as further events arrive."""
     import time
 
     from prefect.exceptions import ObjectNotFound
@@ -73,11 +75,13 @@ def _recorded(task_run_id):  # noqa: ANN001, ANN202
     with get_client(sync_client=True) as client:
         while True:
             try:
-                return client.read_task_run(task_run_id)
+                run = client.read_task_run(task_run_id)
+                if ready(run) or time.monotonic() > deadline:
+                    return run
             except ObjectNotFound:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.2)
+            time.sleep(0.2)
 
 
 def test_a_plain_task_call_walks_every_entry():
@@ -110,3 +114,17 @@ def test_a_step_pickles_as_dask_ships_it():
     again = cloudpickle.loads(cloudpickle.dumps(use))
     assert again.name == "use" and again.task.name == "use"
     assert again.fn(_make(), dt.date(2026, 1, 2), "x")[1:] == (1000, "x 2026-01-02")
+
+
+def test_an_unwalked_argument_pickles_to_the_same_wrapper():
+    """Prefect's own annotations unpickle as a wrapper of a 1-tuple (a Dask submission would hand the task
+    ``(value,)``); the step's wrapper round-trips."""
+    import pickle
+
+    import cloudpickle
+    from prefect.utilities.annotations import opaque
+
+    wrapped = unwalked({"a": [1, 2]})
+    for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
+        again = loads(dumps(wrapped))
+        assert isinstance(again, opaque) and again.unwrap() == {"a": [1, 2]}
