@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import logging
 import os
 import sys
@@ -358,21 +359,30 @@ def _print_score(out: dict) -> None:
         print(f"  ... and {len(skipped) - 20} more skipped (see the score artifact)")
 
 
-def _import_flows() -> None:
-    """What ``_run`` imports (torch, Lightning, polars, Prefect's flows: ~4 s), done while a temporary
-    server boots (``embedded_server``'s ``meanwhile``) rather than after it answers."""
-    import nightcast.flows.retrain  # noqa: F401
-    import nightcast.flows.score  # noqa: F401
+_FLOW_MODULES = {"retrain": ("retrain",), "score": ("score",), "tune": ("tune",), "backfill": ("backfill",),
+                 "monitor": ("monitor",), "report": ("report",), "serve": ("serve",),
+                 "demo": ("retrain", "score", "report")}
+"""The flow modules each command runs (scoring's do not import Lightning: ``nightcast.tasks.forecast.predict``)."""
+
+
+def _import_flows(command: str) -> None:
+    """What ``_run`` imports for ``command`` (torch, polars, Prefect's flows, Lightning for training: 2.5-4.5 s),
+    done while a temporary server boots (``embedded_server``'s ``meanwhile``) rather than after it answers."""
+    import importlib
+
+    for name in _FLOW_MODULES.get(command, ()):
+        importlib.import_module(f"nightcast.flows.{name}")
 
 
 def _run(args: argparse.Namespace) -> None:
     """Run one command and print its summary."""
-    from nightcast.flows.retrain import retrain_flow
-    from nightcast.flows.score import score_flow
-
     if args.command == "retrain":
+        from nightcast.flows.retrain import retrain_flow
+
         _print_retrain(retrain_flow(_retrain_params(args, args.data)))
     elif args.command == "score":
+        from nightcast.flows.score import score_flow
+
         _print_score(score_flow(_score_params(args, args.data, args.as_of)))
     elif args.command == "tune":
         from nightcast.flows.tune import tune_flow
@@ -505,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with cli_logging(args.command, args.verbose) as log_path:
         try:
-            with embedded_server(output=log_path, meanwhile=_import_flows):
+            with embedded_server(output=log_path, meanwhile=functools.partial(_import_flows, args.command)):
                 _run(args)
         except (KeyboardInterrupt, Exception) as exc:  # one line first, then the detail
             logging.getLogger("nightcast.cli").error("nightcast %s failed", args.command, exc_info=exc,

@@ -17,7 +17,7 @@ from nightcast.tasks.data.clean import (Calendar, _runs, by_series, clean_observ
 from nightcast.tasks.forecast.evaluate import NETWORK
 from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features, with_new_series
 from nightcast.tasks.forecast.intervals import bounds
-from nightcast.tasks.forecast.train import predict_seeds
+from nightcast.tasks.forecast.predict import predict_seeds
 from nightcast.tasks.data.window import make_windows, min_history
 from nightcast.tasks.ops.registry import Bundle
 from nightcast.tasks.ops.storage import Store, safe_key_part

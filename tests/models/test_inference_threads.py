@@ -10,8 +10,8 @@ import torch
 
 from nightcast.models.network import LSTMForecaster
 from nightcast.tasks.data.window import WindowDataset, WindowIndex
-from nightcast.tasks.forecast import train as train_mod
-from nightcast.tasks.forecast.train import inference_threads, predict_scaled, predict_seeds
+from nightcast.tasks.forecast import predict as predict_mod
+from nightcast.tasks.forecast.predict import inference_threads, predict_scaled, predict_seeds
 
 
 def _index(series: int = 40, steps: int = 60, lookback: int = 12, horizon: int = 6) -> WindowIndex:
@@ -75,7 +75,7 @@ def test_batches_really_run_on_several_threads(monkeypatch):
     predict_seeds([net], index, index.splits["all"], batch_size=32, device=cpu, threads=1)
     assert seen == {threading.current_thread().name}
     seen.clear()
-    with train_mod._INFERENCE_POOL:  # another thread's pool holds the cores: this call predicts in itself
+    with predict_mod._INFERENCE_POOL:  # another thread's pool holds the cores: this call predicts in itself
         predict_seeds([net], index, index.splits["all"], batch_size=32, device=cpu, threads=2)
     assert seen == {threading.current_thread().name}
 
@@ -104,4 +104,4 @@ def test_thread_count_rule(monkeypatch):
         assert inference_threads(cpu, configured=0) == 1  # torch's own threads would compete
     finally:
         torch.set_num_threads(before)
-    assert train_mod.inference_device().type in ("cpu", "cuda")
+    assert predict_mod.inference_device().type in ("cpu", "cuda")
