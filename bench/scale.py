@@ -405,7 +405,7 @@ def _inference_threads(torch_threads: int) -> int:
     """The threads scoring runs its batches on with ``torch_threads`` intra-op threads (``inference_threads``)."""
     import torch
 
-    from nightcast.tasks.forecast.train import inference_threads
+    from nightcast.tasks.forecast.predict import inference_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
@@ -424,7 +424,7 @@ def raw_forward(bundle, n: int) -> int:  # noqa: ANN001 - a registry Bundle
 
     import torch
 
-    from nightcast.tasks.forecast.train import inference_threads
+    from nightcast.tasks.forecast.predict import inference_threads
     from nightcast.tasks.serving.score import SCORE_BATCH
 
     args = bundle.config["network_args"]

@@ -24,7 +24,8 @@ from nightcast.tasks.forecast.intervals import coverage, fit_conformal
 from nightcast.tasks.data.window import WindowIndex, space_windows
 from nightcast.tasks.data.prepare import Prepared
 from nightcast.tasks.forecast.evaluate import format_metrics
-from nightcast.tasks.forecast.train import TrainResult, predict_seeds
+from nightcast.tasks.forecast.predict import predict_seeds
+from nightcast.tasks.forecast.train import TrainResult
 from nightcast.tasks.ops.registry import Bundle, Decision, RegistryError, decide_promotion, load_bundle
 from nightcast.tasks.ops.storage import Store
 

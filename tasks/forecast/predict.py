@@ -1,6 +1,6 @@
 """Batched inference of trained networks: no Lightning here, so scoring (and every Dask worker that only
 scores) never imports it (about 2.3 s of a scoring command's start, measured with ``python -X importtime``).
-Training lives in ``nightcast.tasks.forecast.train``, which re-exports these names."""
+Training lives in ``nightcast.tasks.forecast.train``."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from nightcast.models.module import ForecastModule
 from nightcast.models.network import LSTMForecaster
 from nightcast.schemas.params import ModelConfig, RetrainParams, TrainConfig
 from nightcast.tasks.data.window import WindowDataset, WindowError, WindowIndex, collate_batch
-from nightcast.tasks.forecast.predict import inference_device, inference_threads, predict_scaled, predict_seeds  # noqa: F401
+
 from nightcast.tasks.data.prepare import Prepared, prepare_refit
 from nightcast.tasks.data.validate import ValidationResult
 

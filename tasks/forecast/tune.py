@@ -184,7 +184,8 @@ def score_fold(valid: ValidationResult, run: RetrainParams, fold: Fold, progress
     from nightcast.tasks.forecast.backtest import run_backtest
     from nightcast.tasks.forecast.evaluate import NETWORK, SERVED
     from nightcast.tasks.data.prepare import prepare_training
-    from nightcast.tasks.forecast.train import predict_scaled, train_model
+    from nightcast.tasks.forecast.predict import predict_scaled
+    from nightcast.tasks.forecast.train import train_model
 
     upto = ValidationResult(valid.valid.filter(pl.col("timestamp") <= fold.end), valid.quarantine, valid.n_rows,
                             valid.exact_duplicates, valid.categorical, valid.numeric)

@@ -12,7 +12,8 @@ from nightcast.tasks.data.ingest import load_observations
 from nightcast.tasks.data.prepare import prepare_training
 from nightcast.tasks.ops.registry import load_champion
 from nightcast.tasks.ops.storage import open_store
-from nightcast.tasks.forecast.train import best_steps, predict_scaled, train_model
+from nightcast.tasks.forecast.predict import predict_scaled
+from nightcast.tasks.forecast.train import best_steps, train_model
 from nightcast.tasks.data.validate import validate_observations
 from tests.conftest import fast_params
 

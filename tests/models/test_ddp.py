@@ -18,7 +18,8 @@ from nightcast.models.baselines import seasonal_naive
 from nightcast.models.network import LSTMForecaster
 from nightcast.schemas.params import TrainConfig
 from nightcast.tasks.data.prepare import prepare_training
-from nightcast.tasks.forecast.train import predict_scaled, train_model
+from nightcast.tasks.forecast.predict import predict_scaled
+from nightcast.tasks.forecast.train import train_model
 from nightcast.tasks.data.validate import validate_observations
 from tests.conftest import fast_params
 

@@ -10,7 +10,8 @@ from nightcast.models.baselines import naive, seasonal_naive
 from nightcast.models.network import LSTMForecaster
 from nightcast.schemas.params import ModelConfig, TrainConfig
 from nightcast.tasks.data.prepare import prepare_training
-from nightcast.tasks.forecast.train import predict_scaled, train_model
+from nightcast.tasks.forecast.predict import predict_scaled
+from nightcast.tasks.forecast.train import train_model
 from nightcast.tasks.data.validate import validate_observations
 from nightcast.tasks.data.window import make_windows
 from tests.conftest import fast_params
