@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -25,9 +26,11 @@ from nightcast.tasks.data.window import WindowIndex, space_windows
 from nightcast.tasks.data.prepare import Prepared
 from nightcast.tasks.forecast.evaluate import format_metrics
 from nightcast.tasks.forecast.predict import predict_seeds
-from nightcast.tasks.forecast.train import TrainResult
 from nightcast.tasks.ops.registry import Bundle, Decision, RegistryError, decide_promotion, load_bundle
 from nightcast.tasks.ops.storage import Store
+
+if TYPE_CHECKING:  # training (and Lightning) is not imported by scoring, which reads champion_weights here
+    from nightcast.tasks.forecast.train import TrainResult
 
 
 @dataclass

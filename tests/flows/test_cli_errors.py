@@ -343,19 +343,6 @@ def test_the_cli_gives_its_flow_imports_to_the_server_start(monkeypatch, tmp_pat
     assert imports.func is cli._import_flows and imports.args == ("score",)
 
 
-def test_scoring_never_imports_lightning():
-    """Scoring's flow (and a Dask worker that only scores) leaves Lightning out: ~2.3 s of every start."""
-    import subprocess
-    import sys
-
-    code = ("import sys; from nightcast.flows import cli; cli._import_flows('score'); "
-            "import nightcast.tasks.serving.sharded; print(sorted(m for m in sys.modules if m.startswith('lightning')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
-    assert out.stdout.strip() == "[]", out.stdout[-2000:]
-    code = "import sys; from nightcast.flows import cli; cli._import_flows('retrain'); print('lightning' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
-    assert out.stdout.strip() == "True"  # the same check can see Lightning when a command needs it
-
 
 def test_two_timeouts_give_up_with_a_clear_error(fake_server):
     calls, fail = fake_server
