@@ -24,7 +24,7 @@ from nightcast.tasks.serving.backfill import (BackfillError, format_summary, loo
                                               split_written)
 from nightcast.tasks.serving.score import covariate_kinds, scoring_span_start, timestamps_zone
 from nightcast.tasks.serving.sharded import discard_staging
-from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, start_run, step, unwalked
+from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, start_run, step, unwalked_parameters
 from nightcast.flows.score import forecast_and_write, ingest, read_in_shards, score_staged, validate
 
 score_date = step(forecast_and_write, "score-date", io=True).with_options(
@@ -147,7 +147,7 @@ def _score_dates(st: Store, params: BackfillParams, data: str, since: dt.datetim
         def start_next() -> None:
             day = queue.pop(0)
             args = {**shared, "bundle": bundles[plan[day]], "as_of": day}
-            in_flight[pool.submit(score_date.task, {k: unwalked(v) for k, v in args.items()})] = day
+            in_flight[pool.submit(score_date.task, unwalked_parameters(args))] = day
 
         while queue and len(in_flight) < params.max_parallel:
             start_next()

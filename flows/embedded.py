@@ -276,18 +276,13 @@ def embedded_server(output: Path | None = None, meanwhile: Callable[[], None] | 
         yield None
         return
     timeout = startup_timeout()
-    todo = [meanwhile] if meanwhile else []
-
-    def once() -> None:  # a second attempt only waits for its server
-        while todo:
-            todo.pop()()
-
     for attempt in range(1, START_ATTEMPTS + 1):
         server = ChildServer(output)
         try:
-            server.start(timeout=timeout, meanwhile=once)
+            server.start(timeout=timeout, meanwhile=meanwhile)
             break
         except RuntimeError as exc:
+            meanwhile = None  # it ran before the wait that failed: a second attempt only waits for its server
             server.stop()  # a timed-out start leaves its process running
             if TIMEOUT_MESSAGE not in str(exc):
                 raise

@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import BaseAnnotation, opaque
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from nightcast.schemas.params import Settings
@@ -155,24 +156,12 @@ def is_transient(task: Task, task_run: Any, state: Any) -> bool:
 _SCALARS = (str, bytes, int, float, bool, type(None), dt.date, dt.datetime, dt.timedelta)
 
 
-def _opaque_type() -> type:
-    from prefect.utilities.annotations import opaque
+class Unwalked(opaque):
+    """Prefect's ``opaque`` that survives pickling (a Dask submission): Prefect's annotations are tuple
+    subclasses without ``__reduce__``, and unpickled they wrap a 1-tuple of the value."""
 
-    class Unwalked(opaque):
-        """Prefect's ``opaque`` that survives pickling (a Dask submission): Prefect's annotations are tuple
-        subclasses without ``__reduce__``, and unpickled they wrap a 1-tuple of the value."""
-
-        def __reduce__(self) -> tuple:
-            return _unwalked_again, (self.unwrap(),)
-
-    return Unwalked
-
-
-def _unwalked_again(value: Any) -> Any:
-    return _UNWALKED(value)
-
-
-_UNWALKED = _opaque_type()
+    def __reduce__(self) -> tuple:
+        return Unwalked, (self.unwrap(),)
 
 
 def unwalked(value: Any) -> Any:
@@ -186,9 +175,12 @@ def unwalked(value: Any) -> Any:
     still recorded as an input) and skips the contents: a future or a task's result *inside* a list or
     dict is neither resolved nor recorded, so a step's arguments are values, or futures passed as
     arguments themselves. Scalars pass as they are (nothing to walk)."""
-    from prefect.utilities.annotations import BaseAnnotation
+    return value if isinstance(value, (BaseAnnotation, *_SCALARS)) else Unwalked(value)
 
-    return value if isinstance(value, (BaseAnnotation, *_SCALARS)) else _UNWALKED(value)
+
+def unwalked_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Every value of ``parameters`` ``unwalked`` (keyword arguments, a task runner's parameters)."""
+    return {k: unwalked(v) for k, v in parameters.items()}
 
 
 class Step:
@@ -203,11 +195,11 @@ class Step:
 
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any) -> Any:
         return self.task(*map(unwalked, args), return_state=return_state, wait_for=wait_for,
-                         **{k: unwalked(v) for k, v in kwargs.items()})
+                         **unwalked_parameters(kwargs))
 
     def submit(self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any) -> Any:
         return self.task.submit(*map(unwalked, args), return_state=return_state, wait_for=wait_for,
-                                **{k: unwalked(v) for k, v in kwargs.items()})
+                                **unwalked_parameters(kwargs))
 
     def with_options(self, **options: Any) -> Step:
         return Step(self.task.with_options(**options))

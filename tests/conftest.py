@@ -75,11 +75,11 @@ def fast_params(data: str, **overrides: object) -> RetrainParams:
 def prefect_harness():
     """One temporary Prefect API for the whole session (flows need an API to report to). Like the CLI's
     temporary server (``nightcast.flows.embedded``), it serves flow runs that send no heartbeats."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120), \
-            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    from nightcast.flows.embedded import _without_heartbeats
+
+    with prefect_test_harness(server_startup_timeout=120), _without_heartbeats():
         yield
 
 

@@ -19,7 +19,6 @@ from nightcast.models.module import ForecastModule
 from nightcast.models.network import LSTMForecaster
 from nightcast.schemas.params import ModelConfig, RetrainParams, TrainConfig
 from nightcast.tasks.data.window import WindowDataset, WindowError, WindowIndex, collate_batch
-
 from nightcast.tasks.data.prepare import Prepared, prepare_refit
 from nightcast.tasks.data.validate import ValidationResult
 
