@@ -75,6 +75,24 @@ def task_runner(settings: Settings) -> Any:
     return DaskTaskRunner(address=settings.dask_address)
 
 
+def worker_slots() -> int:
+    """Tasks the running flow's task runner runs at once: the worker threads of its Dask cluster as the
+    run starts (at least 1; an adaptive cluster counts the workers it has then), else the cores of this
+    process (Prefect's thread pool runs tasks in its threads, and more threads than cores add nothing)."""
+    from prefect.context import FlowRunContext
+
+    from nightcast.models.classical import usable_cores
+
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if type(runner).__module__.startswith("prefect_dask"):
+        try:
+            return max(1, sum(runner.client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer: one at a time
+            return 1
+    return usable_cores()
+
+
 class SettingsTaskRunner(ThreadPoolTaskRunner):
     """The task runner the settings ask for, decided when each flow run starts, not at import.
 

@@ -19,13 +19,13 @@ from nightcast.tasks.ops.monitor import width_factors
 from nightcast.tasks.ops.registry import Bundle, load_champion
 from nightcast.tasks.serving.score import (ScoreError, ScorePart, covariate_kinds, forecast_from_bundle, scoring_span_start,
                          timestamps_zone, write_forecasts)
-from nightcast.tasks.serving.shard import plan_shards
+from nightcast.tasks.serving.shard import plan_shards, task_groups
 from nightcast.tasks.serving.sharded import (STAGING, ShardInput, ShardRun, assemble_shards, discard_staging, fixed_calendar,
-                           merge_inputs, plan_calendar, read_and_score_shard, read_shard, run_of, score_shard,
+                           merge_inputs, plan_calendar, read_and_score_shards, read_shard, run_of, score_shard,
                            staging_prefix, staging_run, sweep_staging)
 from nightcast.tasks.ops.storage import Store
 from nightcast.tasks.data.validate import validate_observations
-from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, publish_markdown, start_run, step
+from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, publish_markdown, start_run, step, worker_slots
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
@@ -89,8 +89,8 @@ read_step = step(read_shard, "read-shard", io=True).with_options(
     task_run_name="read-shard-{staged_key}")
 shard_step = step(_torch_threads_here(score_shard), "score-shard", io=True).with_options(
     task_run_name="score-shard-{staged_key}")
-one_pass_step = step(_torch_threads_here(read_and_score_shard), "read-and-score-shard", io=True).with_options(
-    task_run_name="read-and-score-shard-{staged_key}")
+one_pass_step = step(_torch_threads_here(read_and_score_shards), "read-and-score-shards", io=True).with_options(
+    task_run_name="read-and-score-shards-{staged_key}")
 assemble_step = step(assemble_shards, "assemble-shards", io=True, timeout_s=3600)
 
 
@@ -169,19 +169,25 @@ def read_in_shards(st: Store, model_name: str, version: str, data: str, columns:
 
 def score_one_pass(st: Store, bundle: Bundle, data: str, params: ScoreParams, as_of: dt.date,
                    calendar: Calendar) -> tuple[dict, ShardedInput] | None:
-    """Every shard read, validated and forecast by one task that writes only its part (its rows never
-    leave the worker), then one atomic assemble: the sharded run when ``as_of`` and the calendar are
-    known before any shard is read. None when ``as_of`` was the newest date read but no shard has a
-    valid row on it (every row of that date quarantined): the staged run then finds the date."""
+    """Every shard read, validated and forecast in one pass, by tasks that each take a run of consecutive
+    shards (``task_groups``: at least one task per worker thread, at most ``Settings.shard_task_series``
+    series a task) and write only their part (the rows never leave the worker), then one atomic assemble:
+    the sharded run when ``as_of`` and the calendar are known before any shard is read. None when
+    ``as_of`` was the newest date read but no shard has a valid row on it (every row of that date
+    quarantined): the staged run then finds the date."""
     run, groups, todo = _plan(st, data, params.columns, params.shards)
-    keys = [f"{staging_prefix(run)}parts/{as_of}/{k:05d}.parquet" for k in todo]
+    tasks = [[todo[i] for i in g] for g in task_groups([len(groups[k]) for k in todo], worker_slots(),
+                                                        Settings().shard_task_series)]
+    get_run_logger().info("%d shard(s) scored by %d task(s)", len(todo), len(tasks))
+    keys = [f"{staging_prefix(run)}parts/{as_of}/{t[0]:05d}-{t[-1]:05d}.parquet" for t in tasks]
     try:
         futures = one_pass_step.map(unmapped(st.url), unmapped(params.model_name), unmapped(bundle.version),
-                                    unmapped(data), unmapped(params.columns), [groups[k] for k in todo],
-                                    [(k, params.shards) for k in todo], unmapped(as_of), unmapped(calendar), keys)
+                                    unmapped(data), unmapped(params.columns), [[groups[k] for k in t] for t in tasks],
+                                    [[(k, params.shards) for k in t] for t in tasks], unmapped(as_of),
+                                    unmapped(calendar), keys)
         wait(futures)
         runs: list[ShardRun] = [f.result() for f in futures]
-        shards = [r.input for r in runs]
+        shards = [s for r in runs for s in r.inputs]
         first, last = min(s.first for s in shards), max(s.last for s in shards)
         if params.as_of is None and last.date() < as_of:
             return None

@@ -471,8 +471,11 @@ def _then_future(hist: pl.DataFrame, fut: pl.DataFrame, horizon: int) -> pl.Data
     return pl.concat([hist, fut], how="diagonal_relaxed")[pl.Series(order)]
 
 
-SCORE_BATCH = 512
-"""Windows per forward pass when scoring; every pass has exactly this many (padded)."""
+SCORE_BATCH = 128
+"""Windows per forward pass when scoring; every pass has exactly this many (padded). The LSTM's forward
+runs as fast per window in passes of 128 as of 512 on one core (measured: 0.59 s a seed for 9,728
+windows either way), and a part pads at most 127 windows: a shard of 1,190 series padded to 1,536 at
+512 did 29 % more forward work than its series needed."""
 
 
 def _predict_fixed_batches(nets: list, index, starts: np.ndarray) -> list[np.ndarray]:

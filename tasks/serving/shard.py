@@ -59,6 +59,33 @@ def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> lis
     return _by_shard(ids["series_id"], shards, n_shards)
 
 
+def task_groups(sizes: list[int], slots: int, max_series: int) -> list[list[int]]:
+    """Which shards each scoring task takes: positions into ``sizes`` (each shard's series count), in
+    runs of consecutive shards.
+
+    The layout's shard count is a storage decision made when the data lands; how many tasks a run
+    has is a compute one, made when it starts: as many as the cluster has ``slots`` (worker threads)
+    to run at once, and more when the series would pass ``max_series`` a task (a task holds its
+    series' scoring span in memory), never more than one per shard; ``max_series`` 0 keeps one task per
+    shard. Each task then pays Prefect's and the forecast's fixed costs once for its shards, not
+    once per shard. Runs are cut where the running series count crosses each task's even share,
+    so tasks hold about the same number of series (a shard is never split).
+    """
+    sizes = [int(s) for s in sizes]
+    if not sizes:
+        return []
+    total = sum(sizes)
+    if max_series <= 0 or total == 0:
+        return [[i] for i in range(len(sizes))]
+    n = min(len(sizes), max(1, slots, -(-total // max_series)))
+    groups: list[list[int]] = [[] for _ in range(n)]
+    before = 0
+    for i, size in enumerate(sizes):  # one trip per shard (a run has tens to hundreds), never per series
+        groups[min(n - 1, (2 * before + size) * n // (2 * total))].append(i)  # by the shard's middle
+        before += size
+    return [g for g in groups if g]
+
+
 def _by_shard(ids: pl.Series, shards: pl.Series, n_shards: int) -> list[list[str]]:
     frame = pl.DataFrame({"series_id": ids.cast(pl.String), "shard": shards}).unique().sort("series_id")
     groups = dict(frame.group_by("shard").agg("series_id").iter_rows())

@@ -5,9 +5,11 @@ split by ``nightcast.tasks.serving.shard``. Then, when ``as_of`` and the calenda
 (the model's calendar is regular, and ``as_of`` is given or read from the timestamp column's
 statistics), one pass per shard:
 
-- ``read_and_score_shard``, as mapped tasks: read its own series (Parquet predicate pushdown; with the
-  shard layout ``nightcast partition`` writes, only its own files), validate, forecast, write its part
-  once; its rows never leave the worker;
+- ``read_and_score_shards``, as mapped tasks, each on a run of consecutive shards (as many tasks as the
+  cluster runs at once, ``nightcast.tasks.serving.shard.task_groups``): each shard reads its own series
+  (Parquet predicate pushdown; with the shard layout ``nightcast partition`` writes, only its own
+  files) and is validated; the task forecasts them together and writes its part once; the rows never
+  leave the worker;
 
 otherwise (business-day holidays are read from every shard; CSV input, where ``as_of`` is the newest
 valid date) the staged run:
@@ -43,7 +45,7 @@ from typing import Callable
 import polars as pl
 
 from nightcast.schemas.params import ColumnMap
-from nightcast.tasks.data.clean import Calendar
+from nightcast.tasks.data.clean import Calendar, concat_by_series
 from nightcast.tasks.data.ingest import load_observations
 from nightcast.tasks.forecast.intervals import widen
 from nightcast.tasks.ops.registry import Bundle, load_bundle
@@ -142,20 +144,31 @@ def fixed_calendar(bundle: Bundle) -> Calendar | None:
 
 @dataclasses.dataclass(frozen=True)
 class ShardRun:
-    """What one shard scored in a single pass: its input counts and its part (staged, without the frame)."""
+    """What one task scored in a single pass: each of its shards' input counts, and its one part (staged,
+    without the frame)."""
 
-    input: ShardInput
+    inputs: list[ShardInput]
     part: ScorePart
 
 
-def read_and_score_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap,
-                         series: list[str] | pl.Series, shard: tuple[int, int], as_of: dt.date, calendar: Calendar,
-                         staged_key: str) -> ShardRun:
-    """Read, validate and forecast one shard in one task, and write its part once: what a run does when
-    ``as_of`` and the calendar (``fixed_calendar``) are known before any shard is read. The shard's
-    rows never leave the worker; it reads only its own series from the scoring span of ``as_of`` on."""
+def read_and_score_shards(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap,
+                          series: list[pl.Series], shards: list[tuple[int, int]], as_of: dt.date, calendar: Calendar,
+                          staged_key: str) -> ShardRun:
+    """Read and validate each of these shards (``series[i]`` are shard ``shards[i]``'s ids), forecast them
+    together and write their part once: what a run does when ``as_of`` and the calendar (``fixed_calendar``)
+    are known before any shard is read. The rows never leave the worker; each shard reads only its own
+    series from the scoring span of ``as_of`` on, and validation's share limit applies to each shard's own
+    rows. A series' forecast does not depend on the series it is scored with (``forecast_part``), so any
+    grouping of shards (``nightcast.tasks.serving.shard.task_groups``) writes the same forecasts."""
     bundle = worker_bundle(store_url, model_name, version)
-    valid, counts = _read_valid(bundle, data, columns, series, shard, scoring_span_start(bundle, as_of))
+    since = scoring_span_start(bundle, as_of)
+    frames, counts = [], []
+    for ids, shard in zip(series, shards):  # a task's few shards, never its series
+        valid, shard_counts = _read_valid(bundle, data, columns, ids, shard, since)
+        frames.append(valid)
+        counts.append(shard_counts)
+    valid = concat_by_series(frames)  # each shard's rows come sorted by series; the forecast wants them all so
+    frames.clear()  # the concatenation is a copy: the shards' own frames are freed before the forecast
     return ShardRun(counts, _stage_part(store_url, forecast_part(bundle, valid, as_of, calendar), staged_key))
 
 

@@ -263,10 +263,15 @@ def _typed(data: str, path) -> str:  # noqa: ANN001
     return out
 
 
-def test_one_pass_shards_stage_no_input_and_write_each_part_once(panel, tmp_path, monkeypatch):
+@pytest.mark.parametrize("slots, task_series, parts", [(8, 0, 3), (2, 20_000, 2), (1, 20_000, 1), (1, 3, 3)])
+def test_one_pass_tasks_stage_no_input_and_write_each_part_once(panel, tmp_path, monkeypatch, slots, task_series,
+                                                                parts):
     """With the calendar fixed by the model and as_of known (given, or read from the timestamp statistics),
-    each shard is read, validated and forecast by one task: no input is staged through the store, each
-    shard's part is written once, and the partition equals the single-process run's."""
+    shards are read, validated and forecast by tasks of consecutive shards (one per shard with
+    ``shard_task_series`` 0; as many as the worker slots, more when a task would pass that many series): no
+    input is staged through the store, each task's part is written once, and the partition equals the
+    single-process run's whatever the grouping."""
+    import nightcast.flows.score
     from nightcast.tasks.ops.storage import LocalStore
 
     data, store, as_of, _ = panel
@@ -278,12 +283,14 @@ def test_one_pass_shards_stage_no_input_and_write_each_part_once(panel, tmp_path
     real = LocalStore.write_bytes
     monkeypatch.setattr(LocalStore, "write_bytes", lambda self, key, body, *a, **k: writes.append(key)
                         or real(self, key, body, *a, **k))
+    monkeypatch.setattr(nightcast.flows.score, "worker_slots", lambda: slots)
+    monkeypatch.setenv("NIGHTCAST_SHARD_TASK_SERIES", str(task_series))
     for kw in ({"as_of": as_of}, {}):
         writes.clear()
         many = score_flow(ScoreParams(data=typed, shards=3, **kw), store=store)
         staged = [k for k in writes if k.startswith(STAGING)]
         assert staged and not any("/input/" in k for k in staged), staged
-        assert len(staged) == len(set(staged)) == 3, staged  # one part per shard, written once
+        assert len(staged) == len(set(staged)) == parts, staged  # one part per task, written once
         assert many["as_of"] == as_of and many["skipped"] == one["skipped"]
         assert many["quarantined_rows"] == one["quarantined_rows"] >= 1
         assert read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single), kw

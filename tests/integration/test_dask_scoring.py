@@ -101,9 +101,11 @@ def test_sharded_on_dask_equals_single_process(trained, cluster, monkeypatch):
     state = score_flow(ScoreParams(data=data, shards=4), store=store, return_state=True)
     out = state.result()
     assert _partition(store, single["as_of"]).equals(expected)
-    # each worker read its own shard and forecast it in one task: no input staged through the store
+    # one task per worker thread (2), each reading its own 2 shards and forecasting them in one pass: no
+    # input staged through the store
     names = _task_names(state.state_details.flow_run_id)
-    assert sum(n.startswith("read-and-score-shard-") for n in names) == 4, names
+    tasks = sorted(n.rsplit("/", 1)[-1] for n in names if n.startswith("read-and-score-shards-"))
+    assert tasks == ["00000-00001.parquet", "00002-00003.parquet"], names
     assert not any(n.startswith(("read-shard-", "score-shard-")) or "/input/" in n for n in names), names
     assert (out["series"], out["skipped"]) == (single["series"], single["skipped"])
     assert out["series"] > N_SERIES // 2
@@ -129,7 +131,10 @@ def test_unsharded_backfill_under_dask_runs_its_dates_in_the_flow_process(s3_env
     assert len(open_store(store).list("forecasts/model=lstm/")) == 2
 
 
-def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, cluster):
+def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, cluster, monkeypatch):
+    """One task per shard (8 tasks on 2 workers), so that w0 is killed in the middle of a shard while
+    others are done: its shard moves to the other worker."""
+    monkeypatch.setenv("NIGHTCAST_SHARD_TASK_SERIES", "0")
     data, store, single = trained
     address, workers, procs = cluster
     expected = _partition(store, single["as_of"])

@@ -173,6 +173,27 @@ def test_by_series_returns_a_sorted_frame_itself_and_sorts_the_rest():
     assert by_series(interleaved).equals(done)
 
 
+def test_concat_by_series_moves_whole_series_into_id_order_as_a_sort_would():
+    from nightcast.tasks.data.clean import concat_by_series
+
+    rng = np.random.default_rng(3)
+    ids = [f"s{i:03d}" for i in rng.permutation(60)]
+    t0 = dt.datetime(2026, 1, 1)
+    rows = pl.DataFrame({"series_id": np.repeat(ids, rng.integers(1, 9, 60)).tolist()}).with_columns(
+        (pl.lit(t0) + pl.duration(hours=pl.int_range(pl.len()).over("series_id"))).alias("timestamp"),
+        pl.int_range(pl.len()).cast(pl.Float64).alias("target"))
+    keyed = rows.with_columns((pl.col("series_id").str.slice(1).cast(pl.Int64) % 4).alias("shard"))
+    shards = [part.drop("shard").sort("series_id", "timestamp")  # disjoint series, each shard sorted
+              for part in keyed.partition_by("shard")]
+    merged = concat_by_series(shards)
+    assert merged.equals(rows.sort("series_id", "timestamp"))
+    assert concat_by_series(shards[:1]).equals(shards[0])
+    # a series in two frames (not shards of one layout): still sorted, the long way
+    split = [rows.filter(pl.col("target") < 100).sort("series_id", "timestamp"),
+             rows.filter(pl.col("target") >= 100).sort("series_id", "timestamp")]
+    assert concat_by_series(split).equals(rows.sort("series_id", "timestamp"))
+
+
 def test_frequency_steps_never_cross_series_whatever_the_row_order():
     """Five series of two rows, steps 1 h to 5 h, each starting a day after the previous one ends: a step taken
     across series (always 1 day) would be the most common one."""

@@ -192,3 +192,31 @@ def test_a_sample_that_picks_no_series_is_refused_naming_the_share():
     with pytest.raises(IngestError, match=r"a sample of 0.2 of the series of sample:// picks none of its 5 series"):
         load_observations("sample://", sample=0.2)  # 5 series, none in the first 200 of 1,000 buckets
     assert load_observations("sample://", sample=0.3)["series_id"].n_unique() == 3
+
+
+def test_task_groups_take_consecutive_shards_one_task_per_slot_when_small():
+    from nightcast.tasks.serving.shard import task_groups
+
+    assert task_groups([1190] * 8, 1, 20_000) == [list(range(8))]
+    assert task_groups([1190] * 8, 2, 20_000) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert task_groups([5, 0, 3], 2, 20_000) == [[0], [1, 2]]  # an empty shard rides along, never alone
+    assert task_groups([], 4, 20_000) == []
+
+
+def test_task_groups_never_pass_the_series_cap_or_the_shard_count():
+    from nightcast.tasks.serving.shard import task_groups
+
+    groups = task_groups([10_000] * 100, 2, 20_000)  # a million series on two workers: memory bounds the task
+    assert len(groups) == 50 and all(len(g) == 2 for g in groups)
+    assert sum(groups, []) == list(range(100))
+    assert task_groups([1, 1, 1], 8, 20_000) == [[0], [1], [2]]  # more slots than shards: one shard a task
+    assert task_groups([30_000, 10, 10], 1, 20_000) == [[0], [1, 2]]  # a shard is never split
+    assert task_groups([3, 3, 3], 2, 0) == [[0], [1], [2]]  # 0: one task per shard
+
+
+def test_task_groups_hold_about_the_same_series():
+    from nightcast.tasks.serving.shard import task_groups
+
+    sizes = [900, 100, 500, 500, 800, 200, 1000, 0]
+    groups = task_groups(sizes, 2, 20_000)
+    assert [sum(sizes[i] for i in g) for g in groups] == [2000, 2000]
