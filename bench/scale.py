@@ -453,7 +453,7 @@ def _task_seconds(flow_run_id) -> dict[str, list[float]]:  # noqa: ANN001 - UUID
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     out: dict[str, list[float]] = {}
     for run in runs:
-        name = next((s for s in ("read-and-score-shard", "read-shard", "score-shard", "list-series", "assemble-shards")
+        name = next((s for s in ("read-and-score-shards", "read-shard", "score-shard", "list-series", "assemble-shards")
                      if run.name.startswith(s)),
                     run.name.rsplit("-", 1)[0])
         out.setdefault(name, []).append(run.total_run_time.total_seconds())
@@ -994,16 +994,17 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
         lines.append(f"| score flow on Dask, {k} worker(s), shard layout | {_f(sec)} | {_f(n / sec * 60, 0)} | "
                      f"{base / sec:.2f}× | {one / sec:.2f}× |" if base and one else f"| Dask {k} | {_f(sec)} | | | |")
     tasks = w.get("tasks_1") or {}
-    shard_tasks = tasks.get("read-and-score-shard", []) + tasks.get("read-shard", []) + tasks.get("score-shard", [])
+    shard_tasks = tasks.get("read-and-score-shards", []) + tasks.get("read-shard", []) + tasks.get("score-shard", [])
     if not (one and shard_tasks):
         return lines
     read, score = sum(tasks.get("read-shard", [])), sum(tasks.get("score-shard", []))
-    fused = sum(tasks.get("read-and-score-shard", []))
-    n_shards = len(tasks.get("read-and-score-shard", []) or tasks.get("read-shard", []))
+    fused = sum(tasks.get("read-and-score-shards", []))
+    n_shards = args.shards
     serial = sum(tasks.get("list-series", [0])) + sum(tasks.get("assemble-shards", [0]))
     other = max(one - read - score - fused - serial, 0.0)
-    shard_line = (f"read-and-score-shard {_f(fused)} s in {n_shards} tasks (one pass per shard: no input staged)"
-                  if fused else f"read-shard {_f(read)} s in {n_shards} tasks, score-shard {_f(score)} s")
+    shard_line = (f"read-and-score-shards {_f(fused)} s in {len(tasks.get('read-and-score-shards', []))} task(s) of "
+                  "consecutive shards (one pass: no input staged)"
+                  if fused else f"read-shard {_f(read)} s, score-shard {_f(score)} s in {len(shard_tasks)} tasks")
     lines += ["", "Per-task costs of the 1-worker run (Prefect API task run times): "
               f"list-series {_f(sum(tasks.get('list-series', [0])))} s, {shard_line}, assemble-shards "
               f"{_f(sum(tasks.get('assemble-shards', [0])))} s, the rest of the flow (planning, calendar, "
@@ -1013,18 +1014,21 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
               f"({max(args.workers)} workers), with {n // n_shards:,} series per shard; cluster start {_f(w.get('cluster_1', {}).get('seconds', 0))} s, "
               f"`nightcast partition` {_f(w.get('partition', {}).get('seconds', 0))} s (not in the runs)."]
     per_series = (read + score + fused) / n
+    from nightcast.schemas.params import Settings
+    from nightcast.tasks.serving.shard import task_groups
+
     n_tasks = len(shard_tasks)
     per_task = other / n_tasks
     two = w.get(f"dask_{max(args.workers)}", {}).get("seconds")
     kmax = max(args.workers)
     eff = min((one / two) / kmax, 1.0) if two and kmax > 1 else 1.0
     big, per_shard = 1_000_000, args.big_shard_series
-    tasks_big = (n_tasks // n_shards) * -(-big // per_shard)
+    tasks_big = len(task_groups([per_shard] * -(-big // per_shard), kmax, Settings().shard_task_series))
     serial_big = serial * big / n + per_task * tasks_big
     lines += ["", f"**Estimate for 1,000,000 series** of this shape ({res['steps']:,} hourly steps, horizon "
               f"{HORIZON}), in {-(-big // per_shard)} shards of {per_shard:,} series: the shards' tasks cost "
-              f"{per_series * 1000:.2f} worker-seconds per 1,000 series as measured here (with {n // n_shards:,} "
-              f"series per shard, so each shard's fixed costs weigh more than they would), "
+              f"{per_series * 1000:.2f} worker-seconds per 1,000 series as measured here (with {n // n_tasks:,} "
+              f"series per task, so each task's fixed costs weigh more than they would), "
               f"{per_series * big / 3600:.1f} worker-hours in all. The flow's own steps (id scan and assembly, "
               f"scaled linearly from {n:,} series) and the orchestration of {tasks_big} tasks at the "
               f"{per_task:.2f} s each measured here, counted as if none overlapped, take about "
