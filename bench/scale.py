@@ -1030,8 +1030,10 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
               f"{per_series * 1000:.2f} worker-seconds per 1,000 series as measured here (with {n // n_tasks:,} "
               f"series per task, so each task's fixed costs weigh more than they would), "
               f"{per_series * big / 3600:.1f} worker-hours in all. The flow's own steps (id scan and assembly, "
-              f"scaled linearly from {n:,} series) and the orchestration of {tasks_big} tasks at the "
-              f"{per_task:.2f} s each measured here, counted as if none overlapped, take about "
+              f"scaled linearly from {n:,} series) and the orchestration of the {tasks_big} tasks a 1,000,000-series "
+              f"run has ({kmax} workers, `NIGHTCAST_SHARD_TASK_SERIES` {Settings().shard_task_series:,}), each "
+              f"counted at the {per_task:.2f} s the rest of this run's flow took over its {n_tasks} task(s) (an upper "
+              f"bound: part of it is the run's own start and end) and none overlapping, take at most "
               f"{serial_big / 60:.1f} min. {kmax} workers on this {os.cpu_count()}-core machine ran at "
               f"{eff:.0%} parallel efficiency; the estimate divides by it."]
     for minutes in args.window_min:
