@@ -7,6 +7,7 @@ import errno
 import functools
 import re
 import socket
+import sys
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -85,7 +86,8 @@ def worker_slots() -> int:
 
     ctx = FlowRunContext.get()
     runner = ctx.task_runner if ctx is not None else None
-    if type(runner).__module__.startswith("prefect_dask"):
+    dask = sys.modules.get("prefect_dask")  # a run on Dask has imported it; a thread-pool run need not
+    if dask is not None and isinstance(runner, dask.DaskTaskRunner):
         try:
             return max(1, sum(runner.client.nthreads().values()))
         except Exception:  # noqa: BLE001 - a scheduler that does not answer: one at a time

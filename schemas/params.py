@@ -46,8 +46,9 @@ class Settings(BaseSettings):
                           "'local' for a LocalCluster started for the run; empty: Prefect's thread pool")
     dask_local_workers: int = Field(2, ge=1, description="worker processes of the 'local' Dask cluster")
     shard_task_series: int = Field(
-        20_000, ge=0, description="series a sharded scoring task scores at most, in runs of consecutive shards; a "
-                                  "run has at least one task per worker thread and never more than one per shard "
+        25_000, ge=0, description="series a sharded scoring task holds at most (a bigger shard is a task of its "
+                                  "own), in runs of consecutive shards; every worker thread gets a task while there "
+                                  "are shards, never more than one task per shard "
                                   "(nightcast.tasks.serving.shard.task_groups); 0: one task per shard")
     progress: bool = Field(True, description="Show a training progress bar")
     optuna_storage: SecretStr = Field(SecretStr("sqlite:///nightcast-optuna.db"),

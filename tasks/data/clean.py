@@ -329,7 +329,7 @@ def concat_by_series(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """Frames that are each sorted by series then time, with no series in two of them (shards), as one
     frame sorted by series then time: each series' rows are moved as one block, in id order, by one
     gather (a sort would compare every row's id). A series found in two frames is sorted the long way."""
-    whole = pl.concat(frames, how="vertical_relaxed", rechunk=True)
+    whole = pl.concat(frames, how="vertical_relaxed", rechunk=False)  # the gather below is the one copy
     if len(frames) < 2 or whole.height == 0:
         return whole
     _, firsts, names = _runs(whole["series_id"])

@@ -64,26 +64,38 @@ def task_groups(sizes: list[int], slots: int, max_series: int) -> list[list[int]
     runs of consecutive shards.
 
     The layout's shard count is a storage decision made when the data lands; how many tasks a run
-    has is a compute one, made when it starts: as many as the cluster has ``slots`` (worker threads)
-    to run at once, and more when the series would pass ``max_series`` a task (a task holds its
-    series' scoring span in memory), never more than one per shard; ``max_series`` 0 keeps one task per
-    shard. Each task then pays Prefect's and the forecast's fixed costs once for its shards, not
-    once per shard. Runs are cut where the running series count crosses each task's even share,
-    so tasks hold about the same number of series (a shard is never split).
+    has is a compute one, made when it starts. A task holds no more than ``max_series`` series (a task
+    holds its series' scoring span in memory; a shard bigger than that is a task of its own, never
+    split), there is at least one task per ``slots`` (worker threads that run at once) while there
+    are shards to give them, and never more than one per shard; ``max_series`` 0 keeps one task per
+    shard. Each task then pays Prefect's and the forecast's fixed costs once for its shards, not once
+    per shard. Runs are filled up to the cap in shard order (the fewest runs under it), then the
+    largest run is halved (by series) until every slot has one; the loops run over shards and tasks
+    (tens to hundreds), never over series.
     """
     sizes = [int(s) for s in sizes]
-    if not sizes:
-        return []
-    total = sum(sizes)
-    if max_series <= 0 or total == 0:
+    if max_series <= 0 or sum(sizes) == 0:
         return [[i] for i in range(len(sizes))]
-    n = min(len(sizes), max(1, slots, -(-total // max_series)))
-    groups: list[list[int]] = [[] for _ in range(n)]
-    before = 0
-    for i, size in enumerate(sizes):  # one trip per shard (a run has tens to hundreds), never per series
-        groups[min(n - 1, (2 * before + size) * n // (2 * total))].append(i)  # by the shard's middle
-        before += size
-    return [g for g in groups if g]
+    groups: list[list[int]] = []
+    held = 0
+    for i, size in enumerate(sizes):
+        if not groups or held + size > max_series:
+            groups.append([])
+            held = 0
+        groups[-1].append(i)
+        held += size
+    want = min(len(sizes), max(1, slots))
+    while len(groups) < want:  # a slot without a task: halve the largest run that has two shards
+        k = max((j for j in range(len(groups)) if len(groups[j]) > 1), key=lambda j: sum(sizes[i] for i in groups[j]))
+        g = groups[k]
+        half, held, cut = sum(sizes[i] for i in g) / 2, 0, len(g) - 1
+        for pos, i in enumerate(g[:-1], start=1):
+            held += sizes[i]
+            if held >= half:
+                cut = pos
+                break
+        groups[k:k + 1] = [g[:cut], g[cut:]]
+    return groups
 
 
 def _by_shard(ids: pl.Series, shards: pl.Series, n_shards: int) -> list[list[str]]:

@@ -131,37 +131,45 @@ def test_unsharded_backfill_under_dask_runs_its_dates_in_the_flow_process(s3_env
     assert len(open_store(store).list("forecasts/model=lstm/")) == 2
 
 
-def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, cluster, monkeypatch):
-    """One task per shard (8 tasks on 2 workers), so that w0 is killed in the middle of a shard while
-    others are done: its shard moves to the other worker."""
-    monkeypatch.setenv("NIGHTCAST_SHARD_TASK_SERIES", "0")
+@pytest.mark.parametrize("task_series", ["0", "20000"])
+def test_a_worker_killed_mid_run_still_ends_with_a_whole_partition(trained, cluster, monkeypatch, task_series):
+    """One task per shard (``0``: 8 tasks on 2 workers, w0 killed in the middle of a shard once another is
+    staged) and the default grouping (2 tasks of 4 shards, w0 killed in the middle of its task): the dead
+    worker's task moves to the other worker and the partition is whole."""
+    import time
+
+    monkeypatch.setenv("NIGHTCAST_SHARD_TASK_SERIES", task_series)
     data, store, single = trained
     address, workers, procs = cluster
     expected = _partition(store, single["as_of"])
     st = open_store(store)
     st.delete(f"forecasts/model=lstm/as_of={single['as_of']}/forecasts.parquet")
     staged_at_kill: list[int] = []
+    n_tasks = 8 if task_series == "0" else 2
 
     def parts() -> list[str]:
         return [k for k in st.list(STAGING) if "/parts/" in k]
 
-    def kill_mid_shard() -> None:
+    def kill_mid_task() -> None:
         from distributed import Client
 
         with Client(address, timeout=10) as client:
             w0 = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "w0")
-            # a shard's forecasts are staged and w0 is in the middle of scoring another one
-            wait_for(lambda: parts() and client.processing(workers=[w0])[w0], 300,
-                     "w0 scoring a shard after one is staged", interval=0.02)
+            if n_tasks == 8:  # a shard's forecasts are staged and w0 is in the middle of scoring another one
+                wait_for(lambda: parts() and client.processing(workers=[w0])[w0], 300,
+                         "w0 scoring a shard after one is staged", interval=0.02)
+            else:  # w0 has started its task (Prefect's own start alone takes longer than the pause)
+                wait_for(lambda: client.processing(workers=[w0])[w0], 300, "w0 scoring its task", interval=0.02)
+                time.sleep(0.2)
             os.kill(workers[0].pid, signal.SIGKILL)
         staged_at_kill.append(len(parts()))
 
-    killer = threading.Thread(target=kill_mid_shard, daemon=True)
+    killer = threading.Thread(target=kill_mid_task, daemon=True)
     killer.start()
     flow = score_flow.with_options(task_runner=task_runner(Settings(dask_address=address)))
     out = flow(ScoreParams(data=data, shards=8), store=store)
     killer.join(timeout=5)
-    assert staged_at_kill and staged_at_kill[0] < 8 and workers[0].wait(timeout=10) == -signal.SIGKILL
+    assert staged_at_kill and staged_at_kill[0] < n_tasks and workers[0].wait(timeout=10) == -signal.SIGKILL
     assert "Remove worker" in procs.log("scheduler")
     assert _partition(store, single["as_of"]).equals(expected)
     assert out["series"] == single["series"]

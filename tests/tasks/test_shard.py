@@ -212,6 +212,33 @@ def test_task_groups_never_pass_the_series_cap_or_the_shard_count():
     assert task_groups([1, 1, 1], 8, 20_000) == [[0], [1], [2]]  # more slots than shards: one shard a task
     assert task_groups([30_000, 10, 10], 1, 20_000) == [[0], [1, 2]]  # a shard is never split
     assert task_groups([3, 3, 3], 2, 0) == [[0], [1], [2]]  # 0: one task per shard
+    # shards that do not pair under the cap: the even share alone would put two in a task
+    assert task_groups([15_000] * 4, 1, 20_000) == [[0], [1], [2], [3]]
+    assert all(len(g) == 1 for g in task_groups([15_625] * 64, 2, 20_000))
+
+
+def test_task_groups_give_every_slot_a_task_while_there_are_shards():
+    from nightcast.tasks.serving.shard import task_groups
+
+    assert task_groups([30_000, 10_000, 10_000, 10_000], 4, 20_000) == [[0], [1], [2], [3]]
+    assert task_groups([100_000, 1, 1, 1], 4, 20_000) == [[0], [1], [2], [3]]
+    assert len(task_groups([100_000, 1, 1, 1], 3, 20_000)) == 3
+
+
+def test_task_groups_hold_every_rule_on_random_catalogues():
+    import random
+
+    from nightcast.tasks.serving.shard import task_groups
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        n, slots, cap = rng.randint(1, 40), rng.randint(1, 10), rng.choice([1, 100, 20_000, 60_000])
+        sizes = [rng.choice([0, rng.randint(1, 50_000)]) for _ in range(n)]
+        groups = task_groups(sizes, slots, cap)
+        assert sum(groups, []) == list(range(n)) and all(groups)  # consecutive runs covering every shard once
+        assert len(groups) >= min(n, slots) or sum(sizes) == 0
+        for g in groups:  # under the cap, or one shard (with empty ones) that is over it alone
+            assert sum(sizes[i] for i in g) <= cap or sum(sizes[i] > 0 for i in g) == 1, (sizes, slots, cap, g)
 
 
 def test_task_groups_hold_about_the_same_series():
