@@ -10,6 +10,7 @@ cluster need not run the version the planner ran.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import polars as pl
@@ -88,12 +89,9 @@ def task_groups(sizes: list[int], slots: int, max_series: int) -> list[list[int]
     while len(groups) < want:  # a slot without a task: halve the largest run that has two shards
         k = max((j for j in range(len(groups)) if len(groups[j]) > 1), key=lambda j: sum(sizes[i] for i in groups[j]))
         g = groups[k]
-        half, held, cut = sum(sizes[i] for i in g) / 2, 0, len(g) - 1
-        for pos, i in enumerate(g[:-1], start=1):
-            held += sizes[i]
-            if held >= half:
-                cut = pos
-                break
+        held = list(itertools.accumulate(sizes[i] for i in g[:-1]))  # series before each possible cut
+        half = (held[-1] + sizes[g[-1]]) / 2
+        cut = 1 + min(range(len(held)), key=lambda p: abs(held[p] - half))  # the most even halves
         groups[k:k + 1] = [g[:cut], g[cut:]]
     return groups
 

@@ -247,3 +247,5 @@ def test_task_groups_hold_about_the_same_series():
     sizes = [900, 100, 500, 500, 800, 200, 1000, 0]
     groups = task_groups(sizes, 2, 20_000)
     assert [sum(sizes[i] for i in g) for g in groups] == [2000, 2000]
+    sizes = [450, 560, 500, 490]  # the first run to pass half would be 3 shards: the even cut is 2 and 2
+    assert task_groups(sizes, 2, 20_000) == [[0, 1], [2, 3]]
