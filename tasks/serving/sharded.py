@@ -5,8 +5,8 @@ split by ``nightcast.tasks.serving.shard``. Then, when ``as_of`` and the calenda
 (the model's calendar is regular, and ``as_of`` is given or read from the timestamp column's
 statistics), one pass per shard:
 
-- ``read_and_score_shards``, as mapped tasks, each on a run of consecutive shards (as many tasks as the
-  cluster runs at once, ``nightcast.tasks.serving.shard.task_groups``): each shard reads its own series
+- ``read_and_score_shards``, as mapped tasks, each on a run of consecutive shards (a task per worker thread
+  at least, up to ``Settings.shard_task_series`` series each: ``nightcast.tasks.serving.shard.task_groups``): each shard reads its own series
   (Parquet predicate pushdown; with the shard layout ``nightcast partition`` writes, only its own
   files) and is validated; the task forecasts them together and writes its part once; the rows never
   leave the worker;
