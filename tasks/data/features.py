@@ -61,9 +61,17 @@ def _stats(col: pl.Expr, scaler: str) -> list[pl.Expr]:
     return [col.median().alias("c"), (col.quantile(0.75) - col.quantile(0.25)).alias("s")]
 
 
-def _target_stats(observed: pl.DataFrame, scaler: str) -> dict[str, list[float]]:
-    """Each series' [centre, scale] of its target over ``observed`` rows (a flat series gets scale 1)."""
-    t = observed.group_by("series_id").agg(_stats(pl.col("target"), scaler))
+def _target_stats(frame: pl.DataFrame, scaler: str, keep: pl.Expr | None = None) -> dict[str, list[float]]:
+    """Each series' [centre, scale] of its target over the rows of ``frame`` where ``keep`` holds (all rows
+    without it); a series with no such row gets none, a flat series scale 1. Nothing is copied but a flag
+    per row: the target is filtered inside each series' group, and rows already grouped by series (the
+    clean frame) are grouped as slices (polars' sorted fast path) instead of hashing every row's id."""
+    cols = frame.select("series_id", "target", (pl.lit(True) if keep is None else keep).alias("_keep"))
+    if cols["series_id"].is_sorted():
+        cols = cols.with_columns(cols["series_id"].set_sorted())
+    t = (cols.group_by("series_id").agg(pl.col("_keep").any().alias("_any"),
+                                        *_stats(pl.col("target").filter("_keep"), scaler))
+         .filter("_any").drop("_any"))
     return {sid: [float(c), float(s) if s and s > _EPS else 1.0] for sid, c, s in t.iter_rows()}
 
 
@@ -129,15 +137,15 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
     if unknown:
         raise ValueError(f"covariate(s) {unknown} are not columns of the input; columns: {sorted(known)}")
     used = [*past, *future_covariates]
-    # only the columns fitted here (and what PCA's transform reads) are filtered: not the whole clean frame
-    columns = list(dict.fromkeys(["series_id", "timestamp", "target", "observed", *used]))
-    train = clean.select(columns).filter((pl.col("timestamp") <= train_end) & pl.col("observed"))
-    target_stats = _target_stats(train, scaler)
+    # each statistic filters its own column to the training span: no copy of the training rows
+    keep = (pl.col("timestamp") <= train_end) & pl.col("observed")
+    target_stats = _target_stats(clean, scaler, keep)
     numeric_stats = {}
     for c in (c for c in used if c in numeric):
-        center, scale = train.select(_stats(pl.col(c), scaler)).row(0)
+        center, scale = clean.select(_stats(pl.col(c).filter(keep), scaler)).row(0)
         numeric_stats[c] = [float(center or 0.0), float(scale) if scale and scale > _EPS else 1.0]
-    categories = {c: sorted(train[c].drop_nulls().unique().to_list()) for c in used if c in categorical}
+    categories = {c: sorted(clean.select(pl.col(c).filter(keep).drop_nulls().unique())[c].to_list())
+                  for c in used if c in categorical}
     state = FeatureState(scaler, target_stats, numeric_stats, categories, past, list(future_covariates),
                          calendar=list(calendar or []), lags=sorted(set(lags or [])), timezone=timezone)
     cal = calendar_columns(state.calendar)
@@ -146,7 +154,8 @@ def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
     if pca_components and len(numeric_past) > pca_components:
         from sklearn.decomposition import PCA
 
-        scaled, _ = transform_features(train, state)  # no PCA yet: the scaled inputs
+        columns = list(dict.fromkeys(["series_id", "timestamp", "target", "observed", *used]))
+        scaled, _ = transform_features(clean.select(columns).filter(keep), state)  # no PCA yet: the scaled inputs
         fit = PCA(n_components=pca_components, random_state=0).fit(scaled.select(numeric_past).to_numpy())
         state.pca = {"inputs": numeric_past, "mean": fit.mean_.tolist(), "components": fit.components_.tolist(),
                      "explained_variance_ratio": fit.explained_variance_ratio_.tolist()}
@@ -170,55 +179,102 @@ def _without(frame: pl.DataFrame, series: list[str]) -> pl.DataFrame:
                      how="vertical") if len(edges) else frame.clear()
 
 
+class FeatureEncoder:
+    """The encoded model inputs of ``clean`` under ``state``, a block of rows at a time.
+
+    ``frame`` is ``clean`` without the series ``state`` has no scaler for (``unknown``), sorted by series
+    then time (itself when it already is; with ``in_series_order=False`` and no lags, in its own order). ``block(lo, hi)`` gives the encoded columns of rows lo..hi-1 (all
+    of ``columns``: the scaled target ``y``, encoded covariates, calendar parts, PCA components), each
+    row's own; seasonal lags read other rows and are ``lag_columns``, filled from ``y`` by whoever holds
+    it (``transform_features`` as frame columns, ``make_windows`` in its stacked array). One rule for
+    both: a block of every row is the whole transform. Memory: a per-series table and a row's run number,
+    never a copy of the frame.
+    """
+
+    def __init__(self, clean: pl.DataFrame, state: FeatureState, in_series_order: bool = True) -> None:
+        self.state = state
+        runs = clean["series_id"].rle()  # one run per series when the rows are grouped by series
+        self.unknown = sorted(set(runs.struct.field("value").unique().to_list()) - set(state.target_stats))
+        frame = _without(clean, self.unknown) if self.unknown else clean
+        self.frame = by_series(frame) if in_series_order or state.lags else frame
+        if self.unknown or self.frame is not frame:
+            runs = self.frame["series_id"].rle()
+        stats = pl.DataFrame({"series_id": list(state.target_stats),
+                              "_c": [v[0] for v in state.target_stats.values()],
+                              "_s": [v[1] for v in state.target_stats.values()]})
+        # each row's centre and scale: a join of one row per run of equal ids, gathered by each row's run
+        # number (a join of the whole frame would gather every column, a join of the id column hash every row)
+        per_run = (runs.struct.field("value").alias("series_id").to_frame()
+                   .join(stats, on="series_id", how="left", maintain_order="left"))
+        self._centre, self._scale = per_run["_c"], per_run["_s"]
+        lengths = runs.struct.field("len").to_numpy()
+        self._run = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)  # each row's run number
+        self._series_start = np.repeat(np.cumsum(lengths) - lengths, lengths)  # each row's series' first row
+        self._utc = state.timezone == "UTC" and not self.frame["timestamp"].null_count()
+        self.columns = ["y", *[e for c in [*state.past_covariates, *state.future_covariates]
+                               for e in _encoded(c, state)], *calendar_columns(state.calendar)]
+        if state.pca:
+            self.columns += [f"pca__{i}" for i in range(len(state.pca["components"]))]
+        self.lag_columns = {f"lag__{n}": n for n in state.lags}
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    def block(self, lo: int, hi: int) -> pl.DataFrame:
+        """The encoded columns (``columns``) of rows lo..hi-1 of ``frame``."""
+        state, sub = self.state, self.frame.slice(lo, hi - lo)
+        run = pl.Series(self._run[lo:hi])
+        exprs = [((pl.col("target") - self._centre.gather(run)) / self._scale.gather(run)).cast(pl.Float32).alias("y")]
+        for name in [*state.past_covariates, *state.future_covariates]:
+            if name in state.categories:
+                exprs += [(pl.col(name) == v).fill_null(False).cast(pl.Float32).alias(f"cat__{name}={v}")
+                          for v in state.categories[name]]
+            else:
+                c, s = state.numeric_stats[name]
+                exprs.append(((pl.col(name) - c) / s).fill_null(0.0).cast(pl.Float32).alias(f"num__{name}"))
+        local = pl.col("timestamp")
+        if state.calendar and state.timezone != "UTC":  # naive UTC stamps, read on the local clock (DST included)
+            local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
+        for part in state.calendar:  # a part takes `period` values: look its sine and cosine up, one per row
+            if self._utc and part in _UTC_PERIODS:
+                fn, period = _UTC_PERIODS[part]
+                at = fn(sub["timestamp"])  # a small-integer Series, computed once for both columns
+            else:
+                fn, period = _PERIODS[part]
+                at = fn(local)
+            angle = np.arange(period, dtype=np.float64) * (2 * math.pi / period)
+            exprs += [pl.lit(pl.Series(np.sin(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_sin"),
+                      pl.lit(pl.Series(np.cos(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_cos")]
+        out = sub.select(exprs)
+        if state.pca:
+            x = out.select(state.pca["inputs"]).to_numpy().astype(np.float64) - np.asarray(state.pca["mean"])
+            z = x @ np.asarray(state.pca["components"]).T
+            out = out.with_columns(pl.Series(f"pca__{i}", z[:, i], dtype=pl.Float32) for i in range(z.shape[1]))
+        return out
+
+    def lag(self, y: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi-1 of the seasonal lag ``n`` of the scaled target ``y`` (all rows): the value ``n`` rows
+        back in the same series (on the regular grid, ``n`` steps back), 0 before the series' first row."""
+        src = np.arange(lo - n, hi - n)
+        v = np.where(src >= self._series_start[lo:hi], y[np.maximum(src, 0)], 0.0).astype(np.float32)
+        v[np.isnan(v)] = 0.0  # a missing target reads as 0 in its lags, as before its series starts
+        return v
+
+
 @on_small_pages
 def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.DataFrame, list[str]]:
-    """Add the encoded model inputs (``y`` = scaled target). Unknown series are dropped and returned."""
-    runs = clean["series_id"].rle()  # one run per series when the rows are grouped by series
-    unknown = sorted(set(runs.struct.field("value").unique().to_list()) - set(state.target_stats))
-    frame = _without(clean, unknown) if unknown else clean
-    if unknown:
-        runs = frame["series_id"].rle()
-    stats = pl.DataFrame({"series_id": list(state.target_stats),
-                          "_c": [v[0] for v in state.target_stats.values()],
-                          "_s": [v[1] for v in state.target_stats.values()]})
-    # each row's centre and scale: a join of one row per run of equal ids (one per series when the rows are
-    # grouped by series), gathered back by run number; the frame's own columns are shared with ``clean``, never
-    # copied (a join of the whole frame would gather every column, a join of the id column hash every row)
-    per_run = (runs.struct.field("value").alias("series_id").to_frame()
-               .join(stats, on="series_id", how="left", maintain_order="left"))
-    lengths = runs.struct.field("len").to_numpy()
-    run = pl.Series(np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths))  # each row's run number
-    exprs = [((pl.col("target") - per_run["_c"].gather(run)) / per_run["_s"].gather(run)).cast(pl.Float32).alias("y")]
-    for name in [*state.past_covariates, *state.future_covariates]:
-        if name in state.categories:
-            exprs += [(pl.col(name) == v).fill_null(False).cast(pl.Float32).alias(f"cat__{name}={v}")
-                      for v in state.categories[name]]
-        else:
-            c, s = state.numeric_stats[name]
-            exprs.append(((pl.col(name) - c) / s).fill_null(0.0).cast(pl.Float32).alias(f"num__{name}"))
-    local = pl.col("timestamp")
-    utc = state.timezone == "UTC"
-    if state.calendar and not utc:  # naive UTC stamps, read on the local clock (DST included)
-        local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
-    for part in state.calendar:  # a part takes `period` values: look its sine and cosine up, one per row
-        if utc and part in _UTC_PERIODS and not frame["timestamp"].null_count():
-            fn, period = _UTC_PERIODS[part]
-            at = fn(frame["timestamp"])  # a small-integer Series, computed once for both columns
-        else:
-            fn, period = _PERIODS[part]
-            at = fn(local)
-        angle = np.arange(period, dtype=np.float64) * (2 * math.pi / period)
-        exprs += [pl.lit(pl.Series(np.sin(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_sin"),
-                  pl.lit(pl.Series(np.cos(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_cos")]
-    frame = frame.with_columns(exprs)
-    if state.lags:  # on the regular grid, a shift of n rows is n steps back; the first n rows get 0
-        frame = by_series(frame).with_columns(
-            pl.col("y").shift(n).over("series_id").fill_null(0.0).alias(f"lag__{n}") for n in state.lags)
-    if state.pca:
-        x = frame.select(state.pca["inputs"]).to_numpy().astype(np.float64) - np.asarray(state.pca["mean"])
-        z = x @ np.asarray(state.pca["components"]).T
-        frame = frame.with_columns(pl.Series(f"pca__{i}", z[:, i], dtype=pl.Float32) for i in range(z.shape[1]))
-    return frame, unknown
+    """Add the encoded model inputs (``y`` = scaled target) as columns. Unknown series are dropped and
+    returned. Rows keep their order (sorted by series then time when there are seasonal lags).
+    (``make_windows`` takes a ``FeatureEncoder`` instead and writes the same values straight into its
+    stacked arrays.)"""
+    enc = FeatureEncoder(clean, state, in_series_order=False)
+    frame = enc.frame.hstack(enc.block(0, enc.height).get_columns())
+    if enc.lag_columns:
+        y = frame["y"].to_numpy()
+        frame = frame.with_columns(pl.Series(name, enc.lag(y, n, 0, enc.height), dtype=pl.Float32)
+                                   for name, n in enc.lag_columns.items())
+    return frame, enc.unknown
 
 
 def _row_stats(series_ids, state: FeatureState):  # noqa: ANN001, ANN202 - numpy arrays

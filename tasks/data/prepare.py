@@ -14,7 +14,7 @@ from nightcast.schemas.frames import CleanSeries
 from nightcast.schemas.params import RetrainParams
 from nightcast.tasks.data.clean import (Calendar, CleanReport, by_series, calendar_parts_for, clean_observations, decide_calendar,
                          decide_season, regularize)
-from nightcast.tasks.data.features import FeatureState, fit_features, transform_features
+from nightcast.tasks.data.features import FeatureEncoder, FeatureState, fit_features
 from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.data.validate import ValidationResult
 from nightcast.tasks.data.window import (WindowIndex, auto_lookback, make_windows, min_history, observed_origins, split_times,
@@ -89,9 +89,10 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates, parts, f.seasonal_lags, f.pca_components,
                          f.timezone)
-    frame, no_training_data = transform_features(clean, state)
+    encoder = FeatureEncoder(clean, state)  # the inputs are encoded straight into the window arrays
+    no_training_data = encoder.unknown
     lookback = w.lookback or auto_lookback(season, w.horizon)
-    index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon,
+    index = make_windows(encoder, state.past_columns, state.future_columns, lookback, w.horizon,
                          train_end, val_end, w.stride, min_input=min_history(lookback, season), season=season)
     for split in ("val", "test"):
         index.splits[split] = thin_windows(index, observed_origins(index, index.splits[split]), w.max_eval_windows)
@@ -104,10 +105,9 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
 def index_with_state(clean: pl.DataFrame, state: FeatureState, network_args: dict,
                      train_end: dt.datetime, val_end: dt.datetime, lookback: int) -> WindowIndex:
     """Windows over an already-clean frame with someone else's fitted features (the champion's)."""
-    frame, _ = transform_features(clean, state)
     season = int(network_args.get("season", 1))
     min_input = min_history(lookback, season) if network_args.get("mask") else None
-    return make_windows(frame, state.past_columns, state.future_columns, lookback, network_args["horizon"],
+    return make_windows(FeatureEncoder(clean, state), state.past_columns, state.future_columns, lookback, network_args["horizon"],
                         train_end, val_end, min_input=min_input, season=season)
 
 
@@ -133,9 +133,10 @@ def prepare_refit(prepared: Prepared, valid: ValidationResult, params: RetrainPa
     state = fit_features(clean, end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates, prepared.state.calendar, f.seasonal_lags,
                          f.pca_components, f.timezone)
-    frame, no_training_data = transform_features(clean, state)
+    encoder = FeatureEncoder(clean, state)
+    no_training_data = encoder.unknown
     lookback, season = prepared.index.lookback, prepared.season_length
-    index = make_windows(frame, state.past_columns, state.future_columns, lookback, w.horizon, end, end, w.stride,
+    index = make_windows(encoder, state.past_columns, state.future_columns, lookback, w.horizon, end, end, w.stride,
                          min_input=min_history(lookback, season), season=season)
     index.short_series = sorted({*index.short_series, *no_training_data})
     return Prepared(clean, prepared.report, prepared.calendar, season, end, end, state, iqr, index)

@@ -15,7 +15,7 @@ from nightcast.schemas.params import CleanConfig
 from nightcast.tasks.data.clean import (Calendar, _runs, by_series, clean_observations, decide_calendar,
                                         series_tails)
 from nightcast.tasks.forecast.evaluate import NETWORK
-from nightcast.tasks.data.features import FeatureState, inverse_scale, scale_values, transform_features, with_new_series
+from nightcast.tasks.data.features import FeatureEncoder, FeatureState, inverse_scale, scale_values, with_new_series
 from nightcast.tasks.forecast.intervals import bounds
 from nightcast.tasks.forecast.predict import predict_seeds
 from nightcast.tasks.data.window import make_windows, min_history
@@ -433,10 +433,9 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     rows = _then_future(hist, fut.drop("horizon").with_columns(
         pl.lit(None, dtype=pl.Float64).alias("target"), pl.lit(False).alias("observed"),
         pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap")), horizon)
-    frame, _ = transform_features(rows.with_columns(pl.col("target").fill_null(0.0)), state)
-    index = make_windows(frame, state.past_columns, state.future_columns,
-                         lookback, horizon, min_input=need if args.get("mask") else None,
-                         season=int(args.get("season", 1)))
+    encoder = FeatureEncoder(rows.with_columns(pl.col("target").fill_null(0.0)), state)
+    index = make_windows(encoder, state.past_columns, state.future_columns, lookback, horizon,
+                         min_input=need if args.get("mask") else None, season=int(args.get("season", 1)))
     index.splits = {}
     # the origin of each series' forecast: its last history row, just before its H future rows
     origins = index.offsets[1:] - horizon - 1

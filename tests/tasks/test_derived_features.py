@@ -157,3 +157,56 @@ def test_a_null_timestamp_gets_null_calendar_features_as_polars_gives():
     frame, _ = transform_features(rows, state)
     assert frame["cal__hour_sin"].null_count() == 1 and frame["cal__hour_sin"][9] is None
     assert frame["cal__dow_cos"].slice(0, 9).equals(transform_features(clean, state)[0]["cal__dow_cos"].slice(0, 9))
+
+
+def _rich(series=("a", "b", "c"), n=60) -> pl.DataFrame:
+    """Three series (one unknown to the scalers below) with numeric, categorical and known-future inputs."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for k, sid in enumerate(series):
+        stamps = pl.Series([dt.datetime(2024, 3, 30) + dt.timedelta(hours=i + k) for i in range(n)],
+                           dtype=pl.Datetime("us"))
+        base = rng.normal(size=n)
+        parts.append(pl.DataFrame({
+            "series_id": sid, "timestamp": stamps, "target": rng.normal(10 * (k + 1), 1 + k, n),
+            "x1": base, "x2": base * 2 + rng.normal(0, 0.01, n), "x3": rng.normal(size=n),
+            "promo": rng.choice(["on", "off", None], n), "price": rng.normal(size=n),
+            "observed": True, "is_outlier": False, "in_long_gap": False}))
+    return pl.concat(parts)
+
+
+@pytest.mark.parametrize("future", [[], ["promo", "price"]])
+def test_windows_encoded_a_block_at_a_time_equal_the_transformed_frame(monkeypatch, future):
+    """``make_windows`` over a ``FeatureEncoder`` writes the inputs straight into its arrays, a block of rows
+    at a time (blocks of 7 rows here, so blocks and lags cross series): the same arrays as stacking the
+    columns ``transform_features`` adds, for scaled targets, numeric, categorical, PCA, calendar parts read
+    in a local zone across a DST change, and seasonal lags; series without a scaler left out of both."""
+    import nightcast.tasks.data.window as window
+    from nightcast.tasks.data.features import FeatureEncoder
+    from nightcast.tasks.data.window import make_windows
+
+    clean = _rich()
+    known = clean.filter(pl.col("series_id") != "b")
+    state = fit_features(known, known["timestamp"][40], "standard", ["x1", "x2", "x3", "price"], ["promo"],
+                         None if not future else ["x1", "x2", "x3"], future, calendar=["hour", "dow"],
+                         lags=[2, 5], pca_components=2, timezone="Europe/Berlin")
+    frame, unknown = transform_features(clean, state)
+    want = make_windows(frame, state.past_columns, state.future_columns, 8, 3)
+    monkeypatch.setattr(window, "ENCODE_ROWS", 7)
+    encoder = FeatureEncoder(clean, state)
+    got = make_windows(encoder, state.past_columns, state.future_columns, 8, 3)
+    assert unknown == encoder.unknown == ["b"]
+    assert got.past.shape == want.past.shape and got.series_ids == want.series_ids == ["a", "c"]
+    assert np.array_equal(got.past, want.past) and np.array_equal(got.future, want.future)
+    assert np.array_equal(got.splits["all"], want.splits["all"])
+    lag = state.past_columns.index("lag__5")
+    assert (got.past[got.offsets[1]:got.offsets[1] + 5, lag] == 0).all()  # the second series' first rows
+    shared = np.shares_memory(got.future, got.past)
+    assert shared == (not future)  # calendar parts only: the past array's last columns, not a copy
+
+
+def test_transform_features_keeps_the_row_order_without_lags():
+    clean = _rich(("a", "c")).sample(fraction=1.0, shuffle=True, seed=2)
+    state = fit_features(clean, clean["timestamp"].max(), "standard", ["x1"], [], None, [])
+    frame, _ = transform_features(clean, state)
+    assert frame.select(clean.columns).equals(clean)

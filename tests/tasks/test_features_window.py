@@ -176,7 +176,7 @@ def test_stacked_features_are_the_columns_in_order_whatever_the_block(block_valu
     columns = ["c", "a", "b", "d", "e"]
     expected = np.column_stack([frame[c].cast(pl.Float32).to_numpy() for c in columns])
     for cols, want in ((columns, expected), (["a", "c"], expected[:, [1, 0]])):
-        got = _stack(frame, cols, block_values)
+        got = _stack(frame, cols, block_values=block_values)
         assert got.dtype == np.float32 and got.flags.c_contiguous
         assert np.array_equal(got, want, equal_nan=True)
-    assert _stack(frame, [], block_values).shape == (n, 0)
+    assert _stack(frame, [], block_values=block_values).shape == (n, 0)

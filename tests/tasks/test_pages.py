@@ -79,7 +79,8 @@ def test_cleaning_and_the_window_arrays_run_without_the_huge_page_hint(sample_ra
     monkeypatch.setattr(window_mod, "_stack", spy_stack)
     prepared = prepare_training(validate_observations(sample_raw), RetrainParams(window=WindowConfig(horizon=24)))
     assert seen["outliers"] == [False]
-    assert seen["stack"] == [False, False]  # past and future
+    assert seen["stack"] == [False]  # past; the future columns (calendar parts) are its last ones: a view
+    assert np.shares_memory(prepared.index.future, prepared.index.past)
     assert pages.huge_page_hint() is True
     assert prepared.index.past.dtype == np.float32 and prepared.index.past.flags.c_contiguous
 
