@@ -63,15 +63,15 @@ def _stats(col: pl.Expr, scaler: str) -> list[pl.Expr]:
 
 def _target_stats(frame: pl.DataFrame, scaler: str, keep: pl.Expr | None = None) -> dict[str, list[float]]:
     """Each series' [centre, scale] of its target over the rows of ``frame`` where ``keep`` holds (all rows
-    without it); a series with no such row gets none, a flat series scale 1. Nothing is copied but a flag
-    per row: the target is filtered inside each series' group, and rows already grouped by series (the
-    clean frame) are grouped as slices (polars' sorted fast path) instead of hashing every row's id."""
-    cols = frame.select("series_id", "target", (pl.lit(True) if keep is None else keep).alias("_keep"))
+    without it); a series with no such row gets none, a flat series scale 1. No row is copied: the target
+    is masked to null outside ``keep`` (the statistics skip nulls), and rows already grouped by series
+    (the clean frame) are grouped as slices (polars' sorted fast path) instead of hashing every row's id."""
+    y = pl.col("target") if keep is None else pl.when(keep).then(pl.col("target"))
+    cols = frame.select("series_id", y.alias("target"))
     if cols["series_id"].is_sorted():
         cols = cols.with_columns(cols["series_id"].set_sorted())
-    t = (cols.group_by("series_id").agg(pl.col("_keep").any().alias("_any"),
-                                        *_stats(pl.col("target").filter("_keep"), scaler))
-         .filter("_any").drop("_any"))
+    t = (cols.group_by("series_id").agg(*_stats(pl.col("target"), scaler), pl.col("target").count().alias("_n"))
+         .filter(pl.col("_n") > 0).drop("_n"))
     return {sid: [float(c), float(s) if s and s > _EPS else 1.0] for sid, c, s in t.iter_rows()}
 
 

@@ -173,6 +173,40 @@ def test_by_series_returns_a_sorted_frame_itself_and_sorts_the_rest():
     assert by_series(interleaved).equals(done)
 
 
+def test_by_series_is_itself_exactly_when_the_rows_are_in_order_on_random_frames():
+    """The order check (sorted ids, ids compared only where time does not move forward) agrees with a full
+    sort on frames with ids out of order, a series in two runs, repeated or backward times inside a series,
+    and times that fall or rise across a series boundary; the series numbers of ``_runs`` match rle_id."""
+    import datetime as dt
+
+    from nightcast.tasks.data.clean import _runs, by_series
+
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        n = int(rng.integers(0, 12))
+        ids = sorted(rng.choice(["a", "b", "c", "d"], n).tolist())
+        hours = rng.integers(0, 5, n).tolist()
+        frame = pl.DataFrame({"series_id": pl.Series(ids, dtype=pl.String),
+                              "timestamp": pl.Series([dt.datetime(2026, 1, 1, h) for h in hours], dtype=pl.Datetime("us")),
+                              "target": np.arange(n, dtype=float)})
+        if case % 3 == 0:  # keep it sorted
+            frame = frame.sort("series_id", "timestamp").unique(["series_id", "timestamp"], maintain_order=True)
+        elif case % 3 == 1:
+            frame = frame.sample(fraction=1.0, shuffle=True, seed=case)
+        in_order = (frame.height < 2 or frame.with_columns(
+            ok=(pl.col("series_id") > pl.col("series_id").shift())
+            | ((pl.col("series_id") == pl.col("series_id").shift()) & (pl.col("timestamp") > pl.col("timestamp").shift())))
+            ["ok"].slice(1).all())
+        got = by_series(frame)
+        assert (got is frame) == in_order, (case, frame)
+        assert got.equals(frame.sort("series_id", "timestamp", maintain_order=True)) or (
+            not in_order and got.select("series_id", "timestamp").equals(
+                frame.sort("series_id", "timestamp").select("series_id", "timestamp")))
+        s, starts, names = _runs(frame["series_id"])
+        assert np.array_equal(s, frame["series_id"].rle_id().to_numpy())
+        assert names.to_list() == frame["series_id"].gather(starts).to_list()
+
+
 def test_concat_by_series_moves_whole_series_into_id_order_as_a_sort_would():
     from nightcast.tasks.data.clean import concat_by_series
 
