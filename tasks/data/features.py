@@ -209,7 +209,7 @@ class FeatureEncoder:
         self._centre, self._scale = per_run["_c"], per_run["_s"]
         lengths = runs.struct.field("len").to_numpy()
         self._run = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)  # each row's run number
-        self._series_start = np.repeat(np.cumsum(lengths) - lengths, lengths)  # each row's series' first row
+        self._firsts = np.cumsum(lengths) - lengths  # each run's first row (a series' when in series order)
         self._utc = state.timezone == "UTC" and not self.frame["timestamp"].null_count()
         self.columns = ["y", *[e for c in [*state.past_covariates, *state.future_covariates]
                                for e in _encoded(c, state)], *calendar_columns(state.calendar)]
@@ -257,7 +257,7 @@ class FeatureEncoder:
         """Rows lo..hi-1 of the seasonal lag ``n`` of the scaled target ``y`` (all rows): the value ``n`` rows
         back in the same series (on the regular grid, ``n`` steps back), 0 before the series' first row."""
         src = np.arange(lo - n, hi - n)
-        v = np.where(src >= self._series_start[lo:hi], y[np.maximum(src, 0)], 0.0).astype(np.float32)
+        v = np.where(src >= self._firsts[self._run[lo:hi]], y[np.maximum(src, 0)], 0.0).astype(np.float32)
         v[np.isnan(v)] = 0.0  # a missing target reads as 0 in its lags, as before its series starts
         return v
 

@@ -165,7 +165,7 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),
         series=codes, timestamps=ts, series_ids=[str(s) for s in ids], offsets=offsets,
         splits=splits, short_series=short, pad=min_input is not None, min_input=need,
-        truth=(frame["raw"].cast(pl.Float64).fill_null(np.nan).to_numpy() if "raw" in frame.columns else None),
+        truth=(frame["raw"].cast(pl.Float64).to_numpy() if "raw" in frame.columns else None),  # NaN where null
     )
 
 
