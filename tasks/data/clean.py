@@ -230,7 +230,8 @@ def _runs(ids: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
     runs = ids.rle()
     lengths = runs.struct.field("len").to_numpy().astype(np.int64)
     starts = np.cumsum(lengths) - lengths
-    return np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths), starts, runs.struct.field("value").alias(ids.name)
+    numbers = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
+    return numbers, starts, runs.struct.field("value").alias(ids.name)
 
 
 def _first_last(mask: np.ndarray, s: np.ndarray, n_series: int) -> tuple[np.ndarray, np.ndarray]:

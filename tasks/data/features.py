@@ -183,12 +183,12 @@ class FeatureEncoder:
     """The encoded model inputs of ``clean`` under ``state``, a block of rows at a time.
 
     ``frame`` is ``clean`` without the series ``state`` has no scaler for (``unknown``), sorted by series
-    then time (itself when it already is; with ``in_series_order=False`` and no lags, in its own order). ``block(lo, hi)`` gives the encoded columns of rows lo..hi-1 (all
-    of ``columns``: the scaled target ``y``, encoded covariates, calendar parts, PCA components), each
-    row's own; seasonal lags read other rows and are ``lag_columns``, filled from ``y`` by whoever holds
-    it (``transform_features`` as frame columns, ``make_windows`` in its stacked array). One rule for
-    both: a block of every row is the whole transform. Memory: a per-series table and a row's run number,
-    never a copy of the frame.
+    then time (itself when it already is; with ``in_series_order=False`` and no lags, in its own order).
+    ``block(lo, hi)`` gives the encoded columns of rows lo..hi-1 (all of ``columns``: the scaled target
+    ``y``, encoded covariates, calendar parts, PCA components), each row's own; seasonal lags read other
+    rows and are ``lag_columns``, filled from ``y`` by whoever holds it (``transform_features`` as frame
+    columns, ``make_windows`` in its stacked array). One rule for both: a block of every row is the whole
+    transform. Memory: a per-series table and a row's run number, never a copy of the frame.
     """
 
     def __init__(self, clean: pl.DataFrame, state: FeatureState, in_series_order: bool = True) -> None:

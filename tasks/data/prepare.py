@@ -107,8 +107,8 @@ def index_with_state(clean: pl.DataFrame, state: FeatureState, network_args: dic
     """Windows over an already-clean frame with someone else's fitted features (the champion's)."""
     season = int(network_args.get("season", 1))
     min_input = min_history(lookback, season) if network_args.get("mask") else None
-    return make_windows(FeatureEncoder(clean, state), state.past_columns, state.future_columns, lookback, network_args["horizon"],
-                        train_end, val_end, min_input=min_input, season=season)
+    return make_windows(FeatureEncoder(clean, state), state.past_columns, state.future_columns, lookback,
+                        network_args["horizon"], train_end, val_end, min_input=min_input, season=season)
 
 
 def window_keys(index: WindowIndex, split: str = "test") -> pl.DataFrame:

@@ -186,17 +186,16 @@ def test_by_series_is_itself_exactly_when_the_rows_are_in_order_on_random_frames
         n = int(rng.integers(0, 12))
         ids = sorted(rng.choice(["a", "b", "c", "d"], n).tolist())
         hours = rng.integers(0, 5, n).tolist()
-        frame = pl.DataFrame({"series_id": pl.Series(ids, dtype=pl.String),
-                              "timestamp": pl.Series([dt.datetime(2026, 1, 1, h) for h in hours], dtype=pl.Datetime("us")),
+        stamps = pl.Series([dt.datetime(2026, 1, 1, h) for h in hours], dtype=pl.Datetime("us"))
+        frame = pl.DataFrame({"series_id": pl.Series(ids, dtype=pl.String), "timestamp": stamps,
                               "target": np.arange(n, dtype=float)})
         if case % 3 == 0:  # keep it sorted
             frame = frame.sort("series_id", "timestamp").unique(["series_id", "timestamp"], maintain_order=True)
         elif case % 3 == 1:
             frame = frame.sample(fraction=1.0, shuffle=True, seed=case)
-        in_order = (frame.height < 2 or frame.with_columns(
-            ok=(pl.col("series_id") > pl.col("series_id").shift())
-            | ((pl.col("series_id") == pl.col("series_id").shift()) & (pl.col("timestamp") > pl.col("timestamp").shift())))
-            ["ok"].slice(1).all())
+        sid, ts = pl.col("series_id"), pl.col("timestamp")
+        ok = (sid > sid.shift()) | ((sid == sid.shift()) & (ts > ts.shift()))  # the next series, or later in time
+        in_order = frame.height < 2 or frame.with_columns(ok=ok)["ok"].slice(1).all()
         got = by_series(frame)
         assert (got is frame) == in_order, (case, frame)
         assert got.equals(frame.sort("series_id", "timestamp", maintain_order=True)) or (
