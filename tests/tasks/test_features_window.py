@@ -91,6 +91,41 @@ def test_long_gap_windows_excluded_and_short_series_reported():
         assert not ((gap >= s) & (gap < s + 16)).any()
 
 
+@pytest.mark.parametrize("min_input", [None, 3])
+def test_long_gap_rule_equals_a_brute_force_check_on_random_panels(min_input):
+    """Windows are dropped exactly when a real step (from the lookback's start, or the series' start when the
+    window is padded, to the horizon's end) is in a long gap: checked window by window against the flags, on
+    panels where some series have no gap, some several, some a gap at their first or last row."""
+    from nightcast.tasks.data.window import _index
+
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        parts = []
+        for k in range(int(rng.integers(1, 6))):
+            n = int(rng.integers(5, 40))
+            gap = np.zeros(n, bool)
+            if rng.random() < 0.6:
+                for _ in range(int(rng.integers(1, 3))):
+                    a = int(rng.integers(0, n))
+                    gap[a:a + int(rng.integers(1, 4))] = True
+            parts.append(pl.DataFrame({"series_id": f"s{k}", "timestamp": [dt.datetime(2024, 1, 1) + dt.timedelta(hours=i)
+                                                                            for i in range(n)],
+                                       "target": rng.normal(size=n), "observed": True, "in_long_gap": gap}))
+        frame = pl.concat(parts)
+        lookback, horizon = int(rng.integers(2, 8)), int(rng.integers(1, 4))
+        got = _index(frame, lookback, horizon, None, None, 1, min_input)["splits"]["all"]
+        flags, want = frame["in_long_gap"].to_numpy(), []
+        first = 0
+        for part in parts:  # the reference: every row of every series, one by one
+            need = lookback if min_input is None else min(min_input, lookback)
+            for origin in range(first + need - 1, first + part.height - horizon):
+                lo = max(origin - lookback + 1, first)
+                if not flags[lo:origin + horizon + 1].any():
+                    want.append(origin - lookback + 1)
+            first += part.height
+        assert got.tolist() == want, (trial, lookback, horizon)
+
+
 def test_prepare_training_on_the_sample(sample_raw):
     valid = validate_observations(sample_raw)
     prepared = prepare_training(valid, RetrainParams(data="-", window=WindowConfig(lookback=24, horizon=6)))
