@@ -196,7 +196,8 @@ class FeatureEncoder:
         runs = clean["series_id"].rle()  # one run per series when the rows are grouped by series
         self.unknown = sorted(set(runs.struct.field("value").unique().to_list()) - set(state.target_stats))
         frame = _without(clean, self.unknown) if self.unknown else clean
-        self.frame = by_series(frame) if in_series_order or state.lags else frame
+        self.in_series_order = bool(in_series_order or state.lags)  # lags read back within a series
+        self.frame = by_series(frame) if self.in_series_order else frame
         if self.unknown or self.frame is not frame:
             runs = self.frame["series_id"].rle()
         stats = pl.DataFrame({"series_id": list(state.target_stats),
@@ -269,7 +270,7 @@ def transform_features(clean: pl.DataFrame, state: FeatureState) -> tuple[pl.Dat
     (``make_windows`` takes a ``FeatureEncoder`` instead and writes the same values straight into its
     stacked arrays.)"""
     enc = FeatureEncoder(clean, state, in_series_order=False)
-    frame = enc.frame.hstack(enc.block(0, enc.height).get_columns())
+    frame = enc.frame.with_columns(enc.block(0, enc.height).get_columns())  # replacing same-named columns
     if enc.lag_columns:
         y = frame["y"].to_numpy()
         frame = frame.with_columns(pl.Series(name, enc.lag(y, n, 0, enc.height), dtype=pl.Float32)

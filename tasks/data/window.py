@@ -113,19 +113,23 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
     ``frame`` holds the input columns, or is a ``FeatureEncoder`` over the clean frame: its encoded
     columns are then written straight into the stacked arrays a block of rows at a time, never held
     as frame columns too. When the future columns are the past columns' last ones (the calendar
-    parts, without known-future covariates), ``future`` is a view of those columns of ``past``.
+    parts alone, the default), ``future`` is a view of those columns of ``past``.
     """
     with short_lived_arrays():  # the index's temporaries on reused heap; the stacked arrays their own mappings
         encoder = frame if isinstance(frame, FeatureEncoder) else None
+        if encoder is not None and not encoder.in_series_order:
+            raise ValueError("make_windows needs a FeatureEncoder whose rows are in series order "
+                             "(built with in_series_order=True)")
         frame = encoder.frame if encoder is not None else by_series(frame)
         index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input)
-        with long_lived_arrays():
-            past = _stack(frame, past_columns, encoder)
-            k = len(future_columns)
-            if k and list(past_columns[len(past_columns) - k:]) == list(future_columns):
-                future = past[:, len(past_columns) - k:]  # the same values: a view, not a second copy
-            else:
-                future = _stack(frame, future_columns, encoder)
+        k = len(future_columns)
+        shared = bool(k) and list(past_columns[len(past_columns) - k:]) == list(future_columns)
+        lists = [list(past_columns)] if shared else [list(past_columns), list(future_columns)]
+        with long_lived_arrays():  # only the arrays that outlive the call: their fill's temporaries stay on the heap
+            arrays = [np.empty((frame.height, len(c)), np.float32) for c in lists]
+        _fill_arrays(arrays, frame, lists, encoder)
+        past = arrays[0]
+        future = past[:, len(past_columns) - k:] if shared else arrays[1]  # the same values: a view, not a copy
     return WindowIndex(past=past, future=future, lookback=lookback, horizon=horizon, season=season,
                        past_columns=list(past_columns), **index)
 
@@ -203,31 +207,45 @@ def _origins(offsets: np.ndarray, need: int, horizon: int) -> tuple[np.ndarray, 
 
 ENCODE_ROWS = 1 << 18
 """Rows a ``FeatureEncoder`` encodes at a time for ``make_windows`` (13 float32 inputs: 14 MB a block)."""
+LAG_ROWS = 1 << 20
+"""Rows of a seasonal-lag channel filled at a time (8 MB temporaries)."""
 
 
 def _stack(frame: pl.DataFrame, columns: list[str], encoder: FeatureEncoder | None = None,
            block_values: int = 1 << 19) -> np.ndarray:
-    """(rows, columns) float32, C order: the frame's columns, or with ``encoder`` its encoded columns, a block
-    of ``ENCODE_ROWS`` rows encoded and written at a time, then the seasonal lags from the written target.
-    Memory: the array and one block."""
+    """(rows, columns) float32, C order: ``_fill_arrays`` into one new array."""
     out = np.empty((frame.height, len(columns)), np.float32)
+    _fill_arrays([out], frame, [list(columns)], encoder, block_values)
+    return out
+
+
+def _fill_arrays(arrays: list[np.ndarray], frame: pl.DataFrame, lists: list[list[str]],
+                 encoder: FeatureEncoder | None = None, block_values: int = 1 << 19) -> None:
+    """Fill each (rows, columns) float32 array with its columns: the frame's own, or with ``encoder`` its
+    encoded columns, a block of ``ENCODE_ROWS`` rows encoded once for every array and written at a time,
+    then the seasonal lags from the written target. Memory: the arrays and one block."""
     if encoder is None:
-        _fill(out, 0, frame, list(range(len(columns))), columns, block_values)
-        return out
-    lags = {j: encoder.lag_columns[c] for j, c in enumerate(columns) if c in encoder.lag_columns}
-    own = [j for j in range(len(columns)) if j not in lags]
-    names = [columns[j] for j in own]
-    if own:
+        for out, columns in zip(arrays, lists):
+            _fill(out, 0, frame, list(range(len(columns))), columns, block_values)
+        return
+    own = [[j for j, c in enumerate(columns) if c not in encoder.lag_columns] for columns in lists]
+    if any(own):
         for lo in range(0, frame.height, ENCODE_ROWS):  # height / 2^18 trips
             hi = min(lo + ENCODE_ROWS, frame.height)
-            _fill(out, lo, encoder.block(lo, hi).select(names), own, names, block_values)
-    if lags:
+            block = encoder.block(lo, hi)
+            for out, columns, js in zip(arrays, lists, own):
+                if js:
+                    names = [columns[j] for j in js]
+                    _fill(out, lo, block.select(names), js, names, block_values)
+    for out, columns in zip(arrays, lists):
+        lags = {j: encoder.lag_columns[c] for j, c in enumerate(columns) if c in encoder.lag_columns}
+        if not lags:
+            continue
         y = out[:, columns.index("y")]
-        for lo in range(0, frame.height, 1 << 20):  # temporaries of a million rows
-            hi = min(lo + (1 << 20), frame.height)
+        for lo in range(0, frame.height, LAG_ROWS):  # temporaries of a million rows
+            hi = min(lo + LAG_ROWS, frame.height)
             for j, n in lags.items():
                 out[lo:hi, j] = encoder.lag(y, n, lo, hi)
-    return out
 
 
 def _fill(out: np.ndarray, row0: int, frame: pl.DataFrame, targets: list[int], names: list[str],

@@ -193,8 +193,13 @@ def test_windows_encoded_a_block_at_a_time_equal_the_transformed_frame(monkeypat
     frame, unknown = transform_features(clean, state)
     want = make_windows(frame, state.past_columns, state.future_columns, 8, 3)
     monkeypatch.setattr(window, "ENCODE_ROWS", 7)
+    monkeypatch.setattr(window, "LAG_ROWS", 5)
     encoder = FeatureEncoder(clean, state)
+    calls = []
+    block = encoder.block
+    monkeypatch.setattr(encoder, "block", lambda lo, hi: calls.append(lo) or block(lo, hi))
     got = make_windows(encoder, state.past_columns, state.future_columns, 8, 3)
+    assert calls == list(range(0, encoder.height, 7))  # each block encoded once, for past and future alike
     assert unknown == encoder.unknown == ["b"]
     assert got.past.shape == want.past.shape and got.series_ids == want.series_ids == ["a", "c"]
     assert np.array_equal(got.past, want.past) and np.array_equal(got.future, want.future)
@@ -210,3 +215,16 @@ def test_transform_features_keeps_the_row_order_without_lags():
     state = fit_features(clean, clean["timestamp"].max(), "standard", ["x1"], [], None, [])
     frame, _ = transform_features(clean, state)
     assert frame.select(clean.columns).equals(clean)
+
+
+def test_make_windows_refuses_an_encoder_out_of_series_order_and_transform_replaces_columns():
+    from nightcast.tasks.data.features import FeatureEncoder
+    from nightcast.tasks.data.window import make_windows
+
+    clean = _rich(("a", "c")).sample(fraction=1.0, shuffle=True, seed=4)
+    state = fit_features(clean, clean["timestamp"].max(), "standard", ["x1"], [], None, [])
+    with pytest.raises(ValueError, match="series order"):
+        make_windows(FeatureEncoder(clean, state, in_series_order=False), state.past_columns, [], 8, 3)
+    assert make_windows(FeatureEncoder(clean, state), state.past_columns, [], 8, 3).series_ids == ["a", "c"]
+    frame, _ = transform_features(clean.with_columns(y=pl.lit(99.0)), state)  # an input column named like an input
+    assert frame["y"].equals(transform_features(clean, state)[0]["y"])

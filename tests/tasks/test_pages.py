@@ -65,7 +65,7 @@ def test_cleaning_and_the_window_arrays_run_without_the_huge_page_hint(sample_ra
     before = pages._set_madvise_hugepage(True)
     request.addfinalizer(lambda: pages._set_madvise_hugepage(before))
     seen: dict[str, list[bool]] = {"outliers": [], "stack": []}
-    treat, stack = clean_mod.treat_outliers, window_mod._stack
+    treat, stack = clean_mod.treat_outliers, window_mod._fill_arrays
 
     def spy_treat(*a, **k):
         seen["outliers"].append(pages.huge_page_hint())
@@ -76,10 +76,10 @@ def test_cleaning_and_the_window_arrays_run_without_the_huge_page_hint(sample_ra
         return stack(*a, **k)
 
     monkeypatch.setattr(clean_mod, "treat_outliers", spy_treat)
-    monkeypatch.setattr(window_mod, "_stack", spy_stack)
+    monkeypatch.setattr(window_mod, "_fill_arrays", spy_stack)
     prepared = prepare_training(validate_observations(sample_raw), RetrainParams(window=WindowConfig(horizon=24)))
     assert seen["outliers"] == [False]
-    assert seen["stack"] == [False]  # past; the future columns (calendar parts) are its last ones: a view
+    assert seen["stack"] == [False]  # one fill: the future columns (calendar parts) are the past's last ones
     assert np.shares_memory(prepared.index.future, prepared.index.past)
     assert pages.huge_page_hint() is True
     assert prepared.index.past.dtype == np.float32 and prepared.index.past.flags.c_contiguous
