@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 import os
 import socket
 import threading
@@ -35,6 +36,8 @@ from nightcast.schemas.params import Dimension, RetrainParams, TuneParams, Windo
 from nightcast.tasks.data.clean import decide_calendar, decide_season, regularize
 from nightcast.tasks.data.validate import ValidationResult
 from nightcast.tasks.data.window import WindowError, auto_lookback, min_history, split_times, trailing_ends
+
+log = logging.getLogger(__name__)
 
 TUNING_PREFIX = "tuning"
 
@@ -163,13 +166,30 @@ def grid_size(params: TuneParams) -> int:
     return int(np.prod([len(d.grid_values()) for d in params.space.values()]))
 
 
-def open_study(params: TuneParams, storage: str, study_name: str) -> Any:
-    """Create or load the study; several processes may do this at once."""
+def open_study(params: TuneParams, storage: str, study_name: str, attempts: int = 4) -> Any:
+    """Create or load the study; several processes may do this at once.
+
+    On a fresh database, workers that start together each create Optuna's schema, and all but one fail
+    with a duplicate type or table (PostgreSQL: ``duplicate key ... pg_type_typname_nsp_index``; optuna
+    #1092): such a failure is retried after a short wait, when the schema is there to load."""
+    import time
+
     import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True,
-                               sampler=make_sampler(params, params.seed), pruner=make_pruner(params))
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
+                                       load_if_exists=True, sampler=make_sampler(params, params.seed),
+                                       pruner=make_pruner(params))
+        except (IntegrityError, ProgrammingError, OperationalError) as err:
+            racing = any(s in str(err) for s in ("already exists", "duplicate key", "UNIQUE constraint"))
+            if not racing or attempt == attempts - 1:
+                raise
+            log.info("the study's storage was being created by another worker; opening it again (%s)",
+                     type(err).__name__)
+            time.sleep(0.5 * (attempt + 1))
 
 
 def score_fold(valid: ValidationResult, run: RetrainParams, fold: Fold, progress: bool = False,

@@ -234,3 +234,31 @@ def test_a_study_holds_trials_of_one_model_horizon_data_and_objective(tmp_path, 
     old.enqueue_trial({"model.hidden_size": 8})
     with pytest.raises(TuneError, match="records no data fingerprint"):
         tune.claim_study(open_study(params, _storage(tmp_path), "old"), scope)
+
+
+def test_a_study_whose_storage_another_worker_is_creating_is_opened_again(tmp_path, monkeypatch):
+    """Workers starting together on a fresh database race to create Optuna's schema; the loser's
+    duplicate-type error (optuna #1092) is retried and the study opens. Any other database error is not."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    monkeypatch.setattr("time.sleep", lambda s: None)  # the retry's wait
+    real, calls = optuna.create_study, []
+
+    def racing(**kw):
+        calls.append(kw["study_name"])
+        if len(calls) == 1:
+            raise IntegrityError("CREATE TYPE studydirection", {}, Exception(
+                'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
+        return real(**kw)
+
+    monkeypatch.setattr(optuna, "create_study", racing)
+    params = TuneParams(n_trials=1)
+    assert open_study(params, _storage(tmp_path), "race").study_name == "race" and calls == ["race", "race"]
+
+    def refused(**kw):
+        raise OperationalError("connect", {}, Exception("password authentication failed"))
+
+    monkeypatch.setattr(optuna, "create_study", refused)
+    with pytest.raises(OperationalError, match="password"):
+        open_study(params, _storage(tmp_path), "other")
