@@ -312,13 +312,6 @@ def _steps_from(t: np.ndarray, a: np.ndarray, calendar: Calendar) -> np.ndarray:
     return before[day_t - first] - before[day_a - first]
 
 
-def _is_by_series(s: np.ndarray, names: pl.Series, t: np.ndarray) -> bool:
-    """Whether rows with series numbers ``s`` (``_runs``), ids ``names`` and times ``t`` are sorted by
-    series id, then strictly by time."""
-    grouped = names.len() < 2 or bool((names.slice(1) > names.slice(0, names.len() - 1)).all())
-    return grouped and bool(np.all((np.diff(t) > 0) | (np.diff(s) != 0)))
-
-
 def by_series(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` sorted by series id, then time: itself, not a copy, when it already is (a sort would
     gather every column of a catalogue-sized frame). The check reads the ids once (sorted ids: each
@@ -370,13 +363,9 @@ def _sorted(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, n
 def _in_series_order(f: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
     """``f`` sorted by series then time (itself when it already is), each row's series number, the series
     ids and the timestamps (the physical integers)."""
+    f = by_series(f)
     s, _, names = _runs(f["series_id"])
-    t = f["timestamp"].to_physical().to_numpy()
-    if not _is_by_series(s, names, t):
-        f = f.sort("series_id", "timestamp")
-        s, _, names = _runs(f["series_id"])
-        t = f["timestamp"].to_physical().to_numpy()
-    return f, s, names, t
+    return f, s, names, f["timestamp"].to_physical().to_numpy()
 
 
 def _on_grid(f: pl.DataFrame, s: np.ndarray, t: np.ndarray, obs: np.ndarray,

@@ -179,7 +179,7 @@ def _outside_long_gaps(gap: np.ndarray, codes: np.ndarray, counts: np.ndarray, o
     step are counted by a binary search among the gap rows (no cumulative sum over every row)."""
     gap_rows = np.flatnonzero(gap)
     hit = np.unique(codes[gap_rows])  # the series with a long gap
-    per = np.maximum(counts - (need - 1) - horizon, 0)  # origins of each series, as ``_origins`` lays them out
+    per = _origins_per_series(counts, need, horizon)  # ``origins`` holds each series' origins in a run of these
     first = np.cumsum(per) - per
     n = per[hit]
     at = np.arange(int(n.sum()), dtype=np.int64)  # those series' origins, as positions into ``origins``
@@ -194,11 +194,15 @@ def _outside_long_gaps(gap: np.ndarray, codes: np.ndarray, counts: np.ndarray, o
     return origins[keep], pos[keep]
 
 
+def _origins_per_series(counts: np.ndarray, need: int, horizon: int) -> np.ndarray:
+    """How many origins each series of ``counts`` rows has: ``need`` steps up to one, a horizon after it."""
+    return np.maximum(counts - (need - 1) - horizon, 0)
+
+
 def _origins(offsets: np.ndarray, need: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Every row with ``need`` steps of its series up to it and a full horizon after, and its position in
     its series: one range per series, built as concatenated ranges (memory: the origins, not every row)."""
-    counts = np.diff(offsets)
-    per = np.maximum(counts - (need - 1) - horizon, 0)  # origins of each series
+    per = _origins_per_series(np.diff(offsets), need, horizon)
     pos = np.arange(int(per.sum()), dtype=np.int64)
     pos -= np.repeat(np.cumsum(per) - per, per)  # 0, 1, ... within each series' range
     pos += need - 1
