@@ -16,6 +16,7 @@ from nightcast.tasks.data.clean import (Calendar, _runs, by_series, clean_observ
                                         series_tails)
 from nightcast.tasks.forecast.evaluate import NETWORK
 from nightcast.tasks.data.features import FeatureEncoder, FeatureState, inverse_scale, scale_values, with_new_series
+from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.forecast.intervals import bounds
 from nightcast.tasks.forecast.predict import predict_seeds
 from nightcast.tasks.data.window import make_windows, min_history
@@ -156,6 +157,7 @@ def keep_for_scoring(observations: pl.DataFrame, since: dt.datetime) -> pl.DataF
     return pl.concat([last, observations.filter(pl.col("timestamp") >= since)]).sort("series_id", "timestamp")
 
 
+@on_small_pages  # one section: each step's freed temporaries serve the next (tasks/data/pages.py)
 def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
                   calendar: Calendar | None = None) -> ScorePart:
     """``forecast_from_bundle`` on some series: with ``calendar`` (from ``score_calendar`` on the whole

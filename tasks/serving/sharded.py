@@ -47,6 +47,7 @@ import polars as pl
 from nightcast.schemas.params import ColumnMap
 from nightcast.tasks.data.clean import Calendar, concat_by_series
 from nightcast.tasks.data.ingest import load_observations
+from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.forecast.intervals import widen
 from nightcast.tasks.ops.registry import Bundle, load_bundle
 from nightcast.tasks.serving.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
@@ -113,6 +114,7 @@ def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str]
     return valid, counts
 
 
+@on_small_pages
 def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str] | pl.Series,
                shard: tuple[int, int], since: dt.datetime | None, staged_key: str) -> ShardInput:
     """Read, validate and stage one shard's series.
@@ -151,6 +153,7 @@ class ShardRun:
     part: ScorePart
 
 
+@on_small_pages
 def read_and_score_shards(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap,
                           series: list[pl.Series], shards: list[tuple[int, int]], as_of: dt.date, calendar: Calendar,
                           staged_key: str) -> ShardRun:
@@ -208,6 +211,7 @@ def plan_calendar(bundle: Bundle, inputs: list[ShardInput], as_of: dt.date | Non
     return as_of, score_calendar(bundle, evidence.sort("series_id", "timestamp"), as_of)
 
 
+@on_small_pages
 def score_shard(store_url: str, model_name: str, version: str, staged_input: str, as_of: dt.date,
                 calendar: Calendar, staged_key: str) -> ScorePart:
     """Forecast one staged shard and write its part to ``staged_key``; the part comes back without its
