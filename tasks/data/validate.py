@@ -294,7 +294,18 @@ def _neighbours(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Series]:
 
 
 def _sorted_by(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
-    """The frame sorted by ``key``; as it is (no copy) when it already is, as most exports are."""
+    """The frame sorted by ``key`` (an id, then a time); as it is (no copy) when it already is, as most
+    exports are. Without nulls, the check reads the ids once (``is_sorted``) and compares ids only where
+    time moves back, which must be where the id changes: a row-by-row comparison of the ids (text) cost
+    ~0.45 s at 19 M rows, this ~0.06 s."""
+    ids, times = frame[key[0]], frame[key[1]]
+    if not ids.null_count() and not times.null_count():
+        if not ids.is_sorted():
+            return frame.sort(key)
+        t = times.to_physical().to_numpy()
+        back = np.flatnonzero(t[1:] < t[:-1])  # row back + 1 is before row back
+        in_order = not len(back) or bool((ids.gather(back + 1) != ids.gather(back)).all())
+        return frame if in_order else frame.sort(key)
     (a, a_prev), (b, b_prev) = (_neighbours(frame, c) for c in key)
     in_order = ((a > a_prev) | ((a == a_prev) & (b >= b_prev))).fill_null(False).all()  # nulls: sort
     return frame if in_order else frame.sort(key)
@@ -383,7 +394,8 @@ def validate_observations(raw: pl.DataFrame, max_bad_share: float = 0.05,
     if valid.height == 0:
         raise DataValidationError("no valid rows left after validation")
     lost = quarantine["series_id"].drop_nulls().unique()
-    lost = lost.filter(~lost.is_in(valid["series_id"].unique().implode())).sort()
+    if lost.len():  # the valid ids are read only when something was quarantined (0.19 s at 19 M rows)
+        lost = lost.filter(~lost.is_in(valid["series_id"].unique().implode())).sort()
     notes["series_every_row_quarantined_count"] = lost.len()
     notes["series_every_row_quarantined"] = lost.head(_LISTED).to_list()
     valid, categorical, numeric = _typed_covariates(valid)

@@ -139,3 +139,28 @@ def test_reading_since_a_time_pushes_the_predicate_into_the_parquet_scan(tmp_pat
     assert plan.count("Parquet SCAN") == 2 and "FILTER" not in plan, plan  # both predicates in the scans
     assert 'SELECTION: col("ts") >= 2026-01-02 12:00:00' in plan and 'SELECTION: col("ts") < 2026-01-02' in plan, plan
     assert "PROJECT 2/4 COLUMNS" in plan, plan  # the older rows: their id and timestamp, no other column
+
+
+def test_the_rows_since_a_time_keep_a_sorted_inputs_order(tmp_path):
+    """Each series' older-row stub lands right before its own rows: input sorted by series then time comes
+    back so (validation then keeps it as it is: no sort of the scoring span); input in another order loses
+    and repeats no row (validation sorts it)."""
+    import datetime as dt
+
+    from nightcast.tasks.data.ingest import load_observations
+    from nightcast.tasks.data.validate import validate_observations
+
+    stamps = [dt.datetime(2026, 1, 1) + dt.timedelta(hours=h) for h in range(48)]
+    frame = pl.DataFrame({"series_id": ["a"] * 48 + ["b"] * 10 + ["c"] * 48, "timestamp": stamps + stamps[:10] + stamps,
+                          "target": [float(i) for i in range(106)], "x": ["u"] * 106})
+    since = dt.datetime(2026, 1, 2, 12)
+    frame.write_parquet(tmp_path / "sorted.parquet", row_group_size=8)
+    got = load_observations(str(tmp_path / "sorted.parquet"), since=since)
+    assert got.select("series_id", "timestamp").equals(got.select("series_id", "timestamp").sort("series_id", "timestamp"))
+    assert got.height == 12 + 1 + 1 + 12 + 1  # a: 12 recent + stub; b: stub only; c: 12 recent + stub
+    checked = validate_observations(got)
+    assert checked.valid.select("series_id", "timestamp").equals(got.select("series_id", "timestamp"))
+    frame.sample(fraction=1.0, shuffle=True, seed=3).write_parquet(tmp_path / "shuffled.parquet", row_group_size=8)
+    mixed = load_observations(str(tmp_path / "shuffled.parquet"), since=since)
+    assert mixed.sort("series_id", "timestamp").equals(got)
+    assert validate_observations(mixed).valid.equals(checked.valid)

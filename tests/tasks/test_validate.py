@@ -124,3 +124,32 @@ def test_covariates_are_typed_as_the_model_was_trained_when_kinds_are_given():
     bad = raw.with_columns(pl.Series("temp", ["1.5", "warm", ""]))
     with pytest.raises(DataValidationError, match=r"column 'temp', rule numeric_as_trained: .* rows \[1\]: \['warm'\]"):
         validate_observations(bad, kinds={"temp": "numeric"})
+
+
+def test_the_order_check_agrees_with_the_row_by_row_rule():
+    """``_sorted_by`` keeps a frame as it is exactly when every row's (id, time) is at or after the previous
+    row's, and otherwise sorts it: 2,000 random small frames (ids out of order, times repeated or going back
+    inside a series, at a series boundary, null times)."""
+    import numpy as np
+
+    from nightcast.tasks.data.validate import _neighbours, _sorted_by
+
+    key = ["series_id", "timestamp"]
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n = int(rng.integers(0, 12))
+        ids, ts = rng.choice(["a", "b", "c", "aa"], n).tolist(), rng.integers(0, 4, n).tolist()
+        if rng.random() < 0.5:
+            rows = sorted(zip(ids, ts))
+            ids, ts = [r[0] for r in rows], [r[1] for r in rows]
+            if n > 1 and rng.random() < 0.3:
+                ts[int(rng.integers(0, n))] = int(rng.integers(0, 4))
+        if n and rng.random() < 0.1:
+            ts[int(rng.integers(0, n))] = None
+        frame = pl.DataFrame({"series_id": ids, "timestamp": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime("us"))},
+                             schema={"series_id": pl.String, "timestamp": pl.Datetime("us")})
+        (a, a_prev), (b, b_prev) = (_neighbours(frame, c) for c in key)
+        in_order = ((a > a_prev) | ((a == a_prev) & (b >= b_prev))).fill_null(False).all()
+        got = _sorted_by(frame, key)
+        assert (got is frame) == bool(in_order), frame
+        assert got.equals(frame if in_order else frame.sort(key))
