@@ -312,18 +312,22 @@ def _steps_from(t: np.ndarray, a: np.ndarray, calendar: Calendar) -> np.ndarray:
     return before[day_t - first] - before[day_a - first]
 
 
+def in_series_order(ids: pl.Series, times: pl.Series, repeats: bool = False) -> bool:
+    """Whether rows with these ids and times are sorted by id, then time (strictly, unless ``repeats``
+    allows a time again within a series). Reads the ids once (sorted ids: each series is one run, in id
+    order) and compares ids only where time does not move forward, which must be a series' first row
+    (a row-by-row comparison of text ids cost ~0.45 s at 19 M rows, this ~0.06 s). A null time: False."""
+    if times.null_count() or not ids.is_sorted():
+        return False
+    t = times.to_physical().to_numpy()
+    back = np.flatnonzero(t[1:] < t[:-1] if repeats else t[1:] <= t[:-1])  # row back + 1 is not after row back
+    return not len(back) or bool((ids.gather(back + 1) != ids.gather(back)).all())
+
+
 def by_series(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` sorted by series id, then time: itself, not a copy, when it already is (a sort would
-    gather every column of a catalogue-sized frame). The check reads the ids once (sorted ids: each
-    series is one run, in id order) and compares ids only where time does not move forward, which
-    must be a series' first row."""
-    ids = frame["series_id"]
-    if ids.is_sorted() and not frame["timestamp"].null_count():
-        t = frame["timestamp"].to_physical().to_numpy()
-        back = np.flatnonzero(t[1:] <= t[:-1])  # row back + 1 is not after row back
-        if not len(back) or bool((ids.gather(back + 1) != ids.gather(back)).all()):
-            return frame
-    return frame.sort("series_id", "timestamp")
+    """``frame`` sorted by series id, then time: itself, not a copy, when it already is
+    (``in_series_order``: a sort would gather every column of a catalogue-sized frame)."""
+    return frame if in_series_order(frame["series_id"], frame["timestamp"]) else frame.sort("series_id", "timestamp")
 
 
 def concat_by_series(frames: list[pl.DataFrame]) -> pl.DataFrame:

@@ -437,6 +437,7 @@ def test_a_section_overrides_the_dask_nannys_trim_threshold():
     which turns glibc's adaptive mmap threshold off: every temporary over 128 KiB is a fresh mapping, faulted
     in again. In a process started that way, a section (``mallopt`` at run time) still reuses a freed 64 MiB
     temporary's pages; outside one, each is faulted in afresh."""
+    import os
     import subprocess
     import sys
 
@@ -463,7 +464,7 @@ with pages.short_lived_arrays():
     inside = faults_to_fill()
 print(outside, inside)
 """
-    env = {**__import__("os").environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     outside, inside = map(int, out.stdout.split())
