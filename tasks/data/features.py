@@ -222,10 +222,40 @@ class FeatureEncoder:
     def height(self) -> int:
         return self.frame.height
 
-    def block(self, lo: int, hi: int) -> pl.DataFrame:
-        """The encoded columns (``columns``) of rows lo..hi-1 of ``frame``."""
-        state, sub = self.state, self.frame.slice(lo, hi - lo)
-        run = pl.Series(self._run[lo:hi])
+    def block(self, lo: int, hi: int, only: list[str] | None = None) -> pl.DataFrame:
+        """The encoded columns (``columns``, or those of ``only`` in their order) of rows lo..hi-1 of ``frame``."""
+        return self._encode(self.frame.slice(lo, hi - lo), pl.Series(self._run[lo:hi]), only)
+
+    def static_columns(self) -> list[str]:
+        """The encoded columns that hold one value per series: those of a past-only covariate (not a PCA input)
+        whose value never changes within any series (a null counts as a value). ``make_windows`` keeps these
+        once per series instead of once per row: a store's region one-hot over 2,000 hourly rows is 2,000
+        copies of one value. Needs the rows in series order. Reads each candidate column once."""
+        state = self.state
+        pca_inputs = set((state.pca or {}).get("inputs", []))
+        candidates = [c for c in state.past_covariates if c not in state.future_covariates
+                      and not {f"num__{c}"} & pca_inputs]
+        if not self.in_series_order or not candidates or self.frame.height < 2:
+            return []
+        out = []
+        for name in candidates:  # a handful of covariates, never rows
+            col = self.frame[name]
+            changes = np.flatnonzero(col.ne_missing(col.shift(1)).fill_null(True).to_numpy()[1:]) + 1
+            if (self._run[changes] != self._run[changes - 1]).all():  # a change only where a new series starts
+                out += _encoded(name, state)
+        return out
+
+    def static_block(self, columns: list[str]) -> np.ndarray:
+        """(series, len(columns)) float32: the ``static_columns`` of each series (its first row), in
+        ``frame``'s series order, encoded by the same rule as every row."""
+        firsts = pl.Series(self._firsts.astype(np.int64))
+        sub = self.frame[firsts]
+        out = self._encode(sub, pl.Series(self._run[self._firsts]), columns)
+        return out.to_numpy().astype(np.float32, copy=False).reshape(sub.height, len(columns))
+
+    def _encode(self, sub: pl.DataFrame, run: pl.Series, only: list[str] | None = None) -> pl.DataFrame:
+        state = self.state
+        want = None if only is None else set(only)
         exprs = [((pl.col("target") - self._centre.gather(run)) / self._scale.gather(run)).cast(pl.Float32).alias("y")]
         for name in [*state.past_covariates, *state.future_covariates]:
             if name in state.categories:
@@ -234,10 +264,16 @@ class FeatureEncoder:
             else:
                 c, s = state.numeric_stats[name]
                 exprs.append(((pl.col(name) - c) / s).fill_null(0.0).cast(pl.Float32).alias(f"num__{name}"))
+        pca = bool(state.pca) and (want is None or any(c.startswith("pca__") for c in want))
+        if want is not None:  # only what was asked for (and PCA's inputs when it was asked for)
+            keep = want | (set(state.pca["inputs"]) if pca else set())
+            exprs = [e for e in exprs if e.meta.output_name() in keep]
         local = pl.col("timestamp")
         if state.calendar and state.timezone != "UTC":  # naive UTC stamps, read on the local clock (DST included)
             local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
         for part in state.calendar:  # a part takes `period` values: look its sine and cosine up, one per row
+            if want is not None and not {f"cal__{part}_sin", f"cal__{part}_cos"} & want:
+                continue
             if self._utc and part in _UTC_PERIODS:
                 fn, period = _UTC_PERIODS[part]
                 at = fn(sub["timestamp"])  # a small-integer Series, computed once for both columns
@@ -248,11 +284,11 @@ class FeatureEncoder:
             exprs += [pl.lit(pl.Series(np.sin(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_sin"),
                       pl.lit(pl.Series(np.cos(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_cos")]
         out = sub.select(exprs)
-        if state.pca:
+        if pca:
             x = out.select(state.pca["inputs"]).to_numpy().astype(np.float64) - np.asarray(state.pca["mean"])
             z = x @ np.asarray(state.pca["components"]).T
             out = out.with_columns(pl.Series(f"pca__{i}", z[:, i], dtype=pl.Float32) for i in range(z.shape[1]))
-        return out
+        return out if only is None else out.select(only)
 
     def lag(self, y: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
         """Rows lo..hi-1 of the seasonal lag ``n`` of the scaled target ``y`` (all rows): the value ``n`` rows

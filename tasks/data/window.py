@@ -43,12 +43,19 @@ class WindowIndex:
     season: int = 1  # seasonal period in steps (the network's seasonal skip)
     past_columns: list[str] | None = None  # names of the past channels (target first)
     truth: np.ndarray | None = None  # (N,) float64: the raw observed value, NaN where none (filled steps)
+    static: np.ndarray | None = None  # (S, F_static) float32: past channels that hold one value per series
+    static_at: list[int] | None = None  # their positions among the past channels; ``past`` holds the others
 
     def __post_init__(self) -> None:
         if self.min_input is None:
             self.min_input = self.lookback
         if self.truth is None:
             self.truth = np.where(self.observed, self.target, np.nan)
+
+    @property
+    def n_past(self) -> int:
+        """Past channels a window has (``past``'s and the per-series ``static`` ones)."""
+        return self.past.shape[1] + len(self.static_at or [])
 
     def origin(self, starts: np.ndarray) -> np.ndarray:
         """Index of the last input step of each window."""
@@ -100,7 +107,7 @@ def min_history(lookback: int, season: int) -> int:
 def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], future_columns: list[str],
                  lookback: int, horizon: int, train_end: dt.datetime | None = None,
                  val_end: dt.datetime | None = None, stride: int = 1,
-                 min_input: int | None = None, season: int = 1) -> WindowIndex:
+                 min_input: int | None = None, season: int = 1, static: bool = True) -> WindowIndex:
     """Index every valid window and assign it to train / val / test by its target times.
 
     A window is identified by its start ``origin − lookback + 1``; with ``min_input`` below
@@ -113,7 +120,11 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
     ``frame`` holds the input columns, or is a ``FeatureEncoder`` over the clean frame: its encoded
     columns are then written straight into the stacked arrays a block of rows at a time, never held
     as frame columns too. When the future columns are the past columns' last ones (the calendar
-    parts alone, the default), ``future`` is a view of those columns of ``past``.
+    parts alone, the default), ``future`` is a view of those columns of ``past``. Past channels that
+    hold one value per series (``FeatureEncoder.static_columns``: a static covariate, one-hot or
+    scaled) are kept once per series (``WindowIndex.static``) and ``WindowDataset`` puts them in
+    their place in every window: the same inputs, without a row-sized copy of each (``static=False``
+    keeps every channel per row).
     """
     with short_lived_arrays():  # the index's temporaries on reused heap; the stacked arrays their own mappings
         encoder = frame if isinstance(frame, FeatureEncoder) else None
@@ -122,16 +133,20 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
                              "(built with in_series_order=True)")
         frame = encoder.frame if encoder is not None else by_series(frame)
         index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input)
+        fixed = set(encoder.static_columns()) & set(past_columns) if encoder is not None and static else set()
+        static_at = [j for j, c in enumerate(past_columns) if c in fixed]
+        per_row = [c for c in past_columns if c not in fixed]
         k = len(future_columns)
-        shared = bool(k) and list(past_columns[len(past_columns) - k:]) == list(future_columns)
-        lists = [list(past_columns)] if shared else [list(past_columns), list(future_columns)]
+        shared = bool(k) and per_row[len(per_row) - k:] == list(future_columns)
+        lists = [per_row] if shared else [per_row, list(future_columns)]
         with long_lived_arrays():  # only the arrays that outlive the call: their fill's temporaries stay on the heap
             arrays = [np.empty((frame.height, len(c)), np.float32) for c in lists]
+            per_series = encoder.static_block([past_columns[j] for j in static_at]) if static_at else None
         _fill_arrays(arrays, frame, lists, encoder)
         past = arrays[0]
-        future = past[:, len(past_columns) - k:] if shared else arrays[1]  # the same values: a view, not a copy
+        future = past[:, len(per_row) - k:] if shared else arrays[1]  # the same values: a view, not a copy
     return WindowIndex(past=past, future=future, lookback=lookback, horizon=horizon, season=season,
-                       past_columns=list(past_columns), **index)
+                       past_columns=list(past_columns), static=per_series, static_at=static_at or None, **index)
 
 
 def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datetime | None,
@@ -233,10 +248,11 @@ def _fill_arrays(arrays: list[np.ndarray], frame: pl.DataFrame, lists: list[list
             _fill(out, 0, frame, list(range(len(columns))), columns, block_values)
         return
     own = [[j for j, c in enumerate(columns) if c not in encoder.lag_columns] for columns in lists]
+    needed = list(dict.fromkeys(columns[j] for columns, js in zip(lists, own) for j in js))  # nothing else encoded
     if any(own):
         for lo in range(0, frame.height, ENCODE_ROWS):  # height / 2^18 trips
             hi = min(lo + ENCODE_ROWS, frame.height)
-            block = encoder.block(lo, hi)
+            block = encoder.block(lo, hi, needed)
             for out, columns, js in zip(arrays, lists, own):
                 if js:
                     names = [columns[j] for j in js]
@@ -335,9 +351,21 @@ class WindowDataset(Dataset):
         self.starts = torch.from_numpy(np.asarray(starts, dtype=np.int64))
         self.lookback, self.horizon = index.lookback, index.horizon
         self.mask = index.pad if mask is None else mask
+        self.series = torch.from_numpy(index.series)
         if self.mask:
-            self.series = torch.from_numpy(index.series)
             self.first = torch.from_numpy(index.offsets[:-1])
+        self.static = None if index.static is None else torch.from_numpy(index.static)
+        if self.static is not None:  # a window's channels in order, as runs from the per-row or per-series arrays
+            at = set(index.static_at or [])
+            self.runs: list[tuple[bool, int, int]] = []  # (per series?, first, end) columns of that array
+            took = {False: 0, True: 0}
+            for j in range(index.n_past):
+                fixed = j in at
+                if self.runs and self.runs[-1][0] == fixed:
+                    self.runs[-1] = (fixed, self.runs[-1][1], self.runs[-1][2] + 1)
+                else:
+                    self.runs.append((fixed, took[fixed], took[fixed] + 1))
+                took[fixed] += 1
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -347,12 +375,21 @@ class WindowDataset(Dataset):
         inp = s[:, None] + torch.arange(self.lookback)  # (B, L)
         out = s[:, None] + self.lookback + torch.arange(self.horizon)  # (B, H)
         if not self.mask:
-            return self.past[inp], self.future[out], self.y[out]
+            return self._past(inp, s), self.future[out], self.y[out]
         first = self.first[self.series[s + self.lookback - 1].long()]  # (B,) each window's series start
         real = inp >= first[:, None]  # (B, L)
-        past = self.past[inp.clamp_min(0)] * real[:, :, None]
+        past = self._past(inp.clamp_min(0), s) * real[:, :, None]
         past = torch.cat([past, real[:, :, None].to(past.dtype)], dim=2)  # (B, L, F_past + 1)
         return past, self.future[out], self.y[out]
+
+    def _past(self, inp: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """(B, L, F_past) the windows' past channels: the per-row ones gathered, the per-series ones put in
+        their place on every step."""
+        rows = self.past[inp]
+        if self.static is None:
+            return rows
+        fixed = self.static[self.series[s + self.lookback - 1].long()][:, None, :].expand(-1, inp.shape[1], -1)
+        return torch.cat([(fixed if per_series else rows)[:, :, a:b] for per_series, a, b in self.runs], dim=2)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         past, future, y = self.__getitems__([i])

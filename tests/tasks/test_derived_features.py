@@ -197,7 +197,7 @@ def test_windows_encoded_a_block_at_a_time_equal_the_transformed_frame(monkeypat
     encoder = FeatureEncoder(clean, state)
     calls = []
     block = encoder.block
-    monkeypatch.setattr(encoder, "block", lambda lo, hi: calls.append(lo) or block(lo, hi))
+    monkeypatch.setattr(encoder, "block", lambda lo, hi, *only: calls.append(lo) or block(lo, hi, *only))
     got = make_windows(encoder, state.past_columns, state.future_columns, 8, 3)
     assert calls == list(range(0, encoder.height, 7))  # each block encoded once, for past and future alike
     assert unknown == encoder.unknown == ["b"]
@@ -208,6 +208,62 @@ def test_windows_encoded_a_block_at_a_time_equal_the_transformed_frame(monkeypat
     assert (got.past[got.offsets[1]:got.offsets[1] + 5, lag] == 0).all()  # the second series' first rows
     shared = np.shares_memory(got.future, got.past)
     assert shared == (not future)  # calendar parts only: the past array's last columns, not a copy
+
+
+def _with_static(n: int = 50) -> pl.DataFrame:
+    """Four series: ``region`` and ``size`` fixed per series (one series without a region), ``promo`` changing
+    within series, ``tier`` fixed per series but a known-future input."""
+    rng = np.random.default_rng(5)
+    parts = []
+    for k, (sid, region) in enumerate([("a", "north"), ("b", "south"), ("c", None), ("d", "north")]):
+        stamps = pl.Series([dt.datetime(2024, 1, 1) + dt.timedelta(hours=i) for i in range(n - 7 * k)],
+                           dtype=pl.Datetime("us"))
+        m = len(stamps)
+        parts.append(pl.DataFrame({
+            "series_id": sid, "timestamp": stamps, "target": rng.normal(5 * (k + 1), 1, m),
+            "region": pl.Series([region] * m, dtype=pl.String), "size": float(k + 1) * 10,
+            "promo": rng.choice(["on", "off"], m), "tier": f"t{k % 2}",
+            "observed": True, "is_outlier": False, "in_long_gap": False}))
+    return pl.concat(parts)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_per_series_channels_are_kept_once_per_series_and_give_the_same_windows(pad):
+    """A covariate whose value never changes within a series (one-hot or scaled) is kept once per series, not
+    once per row, and every window ``WindowDataset`` gathers (masked or not, padded or not) holds exactly the
+    inputs it held with every channel per row. A covariate that changes within a series, or a known-future
+    one, stays per row."""
+    import torch
+
+    from nightcast.tasks.data.features import FeatureEncoder
+    from nightcast.tasks.data.window import WindowDataset, make_windows
+
+    clean = _with_static()
+    state = fit_features(clean, clean["timestamp"][30], "standard", ["size"], ["region", "promo", "tier"],
+                         None, ["tier"], calendar=["hour"], lags=[3])
+    encoder = FeatureEncoder(clean, state)
+    fixed = ["cat__region=north", "cat__region=south", "num__size"]
+    assert sorted(encoder.static_columns()) == fixed
+    kw = dict(min_input=4 if pad else None)
+    got = make_windows(encoder, state.past_columns, state.future_columns, 12, 3, **kw)
+    want = make_windows(FeatureEncoder(clean, state), state.past_columns, state.future_columns, 12, 3,
+                        static=False, **kw)
+    assert got.static_at == [state.past_columns.index(c) for c in fixed]
+    assert got.past.shape == (want.past.shape[0], want.past.shape[1] - 3) and got.static.shape == (4, 3)
+    assert got.n_past == want.n_past == len(state.past_columns)
+    assert np.array_equal(got.static[2, :2], [0, 0])  # no region: no category, as on every row before
+    assert np.array_equal(got.future, want.future) and np.array_equal(got.splits["all"], want.splits["all"])
+    starts = got.splits["all"]
+    assert (starts < got.offsets[got.series[got.origin(starts)]]).any() == pad  # padded windows are in the test
+    items = torch.arange(len(starts))
+    for mask in {pad, True}:  # an unpadded index is read with and without the mask channel
+        a = WindowDataset(got, starts, mask=mask).__getitems__(items)
+        b = WindowDataset(want, starts, mask=mask).__getitems__(items)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # one row of one series changes its region: that covariate is per row again
+    moved = clean.with_columns(pl.when((pl.col("series_id") == "d") & (pl.col("timestamp") == clean["timestamp"][10]))
+                               .then(pl.lit("south")).otherwise(pl.col("region")).alias("region"))
+    assert FeatureEncoder(moved, state).static_columns() == ["num__size"]
 
 
 def test_transform_features_keeps_the_row_order_without_lags():
