@@ -124,6 +124,13 @@ def calendar_columns(parts: list[str]) -> list[str]:
     return [f"cal__{p}_{f}" for p in parts for f in ("sin", "cos")]
 
 
+def calendar_table(part: str) -> np.ndarray:
+    """(period, 2) float32: a calendar part's sine and cosine for each of its values (0 .. period-1)."""
+    period = _PERIODS[part][1]
+    angle = np.arange(period, dtype=np.float64) * (2 * math.pi / period)
+    return np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
+
+
 @on_small_pages
 def fit_features(clean: pl.DataFrame, train_end: dt.datetime, scaler: str,
                  numeric: list[str], categorical: list[str],
@@ -239,8 +246,8 @@ class FeatureEncoder:
             return []
         out = []
         for name in candidates:  # a handful of covariates, never rows
-            col = self.frame[name]
-            changes = np.flatnonzero(col.ne_missing(col.shift(1)).fill_null(True).to_numpy()[1:]) + 1
+            col = self.frame[name]  # each row against the one before: two zero-copy slices, no shifted copy
+            changes = np.flatnonzero(col.slice(1).ne_missing(col.slice(0, col.len() - 1)).to_numpy()) + 1
             if (self._run[changes] != self._run[changes - 1]).all():  # a change only where a new series starts
                 out += _encoded(name, state)
         return out
@@ -268,27 +275,37 @@ class FeatureEncoder:
         if want is not None:  # only what was asked for (and PCA's inputs when it was asked for)
             keep = want | (set(state.pca["inputs"]) if pca else set())
             exprs = [e for e in exprs if e.meta.output_name() in keep]
-        local = pl.col("timestamp")
-        if state.calendar and state.timezone != "UTC":  # naive UTC stamps, read on the local clock (DST included)
-            local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(state.timezone)
+        local = self._local()
         for part in state.calendar:  # a part takes `period` values: look its sine and cosine up, one per row
             if want is not None and not {f"cal__{part}_sin", f"cal__{part}_cos"} & want:
                 continue
-            if self._utc and part in _UTC_PERIODS:
-                fn, period = _UTC_PERIODS[part]
-                at = fn(sub["timestamp"])  # a small-integer Series, computed once for both columns
-            else:
-                fn, period = _PERIODS[part]
-                at = fn(local)
-            angle = np.arange(period, dtype=np.float64) * (2 * math.pi / period)
-            exprs += [pl.lit(pl.Series(np.sin(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_sin"),
-                      pl.lit(pl.Series(np.cos(angle), dtype=pl.Float32)).gather(at).alias(f"cal__{part}_cos")]
+            at, table = self._part_codes(sub, part, local), calendar_table(part)
+            exprs += [pl.lit(pl.Series(table[:, 0])).gather(at).alias(f"cal__{part}_sin"),
+                      pl.lit(pl.Series(table[:, 1])).gather(at).alias(f"cal__{part}_cos")]
         out = sub.select(exprs)
         if pca:
             x = out.select(state.pca["inputs"]).to_numpy().astype(np.float64) - np.asarray(state.pca["mean"])
             z = x @ np.asarray(state.pca["components"]).T
             out = out.with_columns(pl.Series(f"pca__{i}", z[:, i], dtype=pl.Float32) for i in range(z.shape[1]))
         return out if only is None else out.select(only)
+
+    def calendar_codes(self, lo: int, hi: int) -> list[pl.Series]:
+        """Each calendar part's value (hour, weekday, month, day of year: 0 .. period-1) on rows lo..hi-1, the
+        codes ``calendar_table`` turns into the part's sine and cosine: ``make_windows`` keeps these
+        (2 bytes a row a part) instead of the two float32 channels."""
+        sub, local = self.frame.slice(lo, hi - lo), self._local()
+        return [self._part_codes(sub, part, local) for part in self.state.calendar]
+
+    def _local(self) -> pl.Expr:
+        local = pl.col("timestamp")
+        if self.state.calendar and self.state.timezone != "UTC":  # naive UTC stamps, read on the local clock (DST)
+            local = local.dt.replace_time_zone("UTC").dt.convert_time_zone(self.state.timezone)
+        return local
+
+    def _part_codes(self, sub: pl.DataFrame, part: str, local: pl.Expr) -> pl.Series:
+        if self._utc and part in _UTC_PERIODS:
+            return _UTC_PERIODS[part][0](sub["timestamp"])  # integer arithmetic on the µs
+        return sub.select(_PERIODS[part][0](local).cast(pl.Int16)).to_series()
 
     def lag(self, y: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
         """Rows lo..hi-1 of the seasonal lag ``n`` of the scaled target ``y`` (all rows): the value ``n`` rows

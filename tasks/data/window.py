@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nightcast.tasks.data.clean import by_series
-from nightcast.tasks.data.features import FeatureEncoder
+from nightcast.tasks.data.features import FeatureEncoder, calendar_columns, calendar_table
 from nightcast.tasks.data.pages import long_lived_arrays, short_lived_arrays
 
 
@@ -45,6 +45,10 @@ class WindowIndex:
     truth: np.ndarray | None = None  # (N,) float64: the raw observed value, NaN where none (filled steps)
     static: np.ndarray | None = None  # (S, F_static) float32: past channels that hold one value per series
     static_at: list[int] | None = None  # their positions among the past channels; ``past`` holds the others
+    codes: np.ndarray | None = None  # (N, parts) int16: each calendar part's value (hour, weekday, ...) per row
+    code_tables: list[np.ndarray] | None = None  # per part, (period, 2) float32: its sine and cosine by value
+    code_past_at: list[int] | None = None  # per part, where its (sine, cosine) pair sits among the past channels
+    code_future_at: list[int] | None = None  # ... and among the known-future channels
 
     def __post_init__(self) -> None:
         if self.min_input is None:
@@ -54,8 +58,13 @@ class WindowIndex:
 
     @property
     def n_past(self) -> int:
-        """Past channels a window has (``past``'s and the per-series ``static`` ones)."""
-        return self.past.shape[1] + len(self.static_at or [])
+        """Past channels a window has (``past``'s, the per-series ``static`` ones and the coded calendar's)."""
+        return self.past.shape[1] + len(self.static_at or []) + 2 * len(self.code_past_at or [])
+
+    @property
+    def n_future(self) -> int:
+        """Known-future channels a window has (``future``'s and the coded calendar's)."""
+        return self.future.shape[1] + 2 * len(self.code_future_at or [])
 
     def origin(self, starts: np.ndarray) -> np.ndarray:
         """Index of the last input step of each window."""
@@ -107,7 +116,7 @@ def min_history(lookback: int, season: int) -> int:
 def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], future_columns: list[str],
                  lookback: int, horizon: int, train_end: dt.datetime | None = None,
                  val_end: dt.datetime | None = None, stride: int = 1,
-                 min_input: int | None = None, season: int = 1, static: bool = True) -> WindowIndex:
+                 min_input: int | None = None, season: int = 1, compact: bool = True) -> WindowIndex:
     """Index every valid window and assign it to train / val / test by its target times.
 
     A window is identified by its start ``origin − lookback + 1``; with ``min_input`` below
@@ -120,11 +129,13 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
     ``frame`` holds the input columns, or is a ``FeatureEncoder`` over the clean frame: its encoded
     columns are then written straight into the stacked arrays a block of rows at a time, never held
     as frame columns too. When the future columns are the past columns' last ones (the calendar
-    parts alone, the default), ``future`` is a view of those columns of ``past``. Past channels that
-    hold one value per series (``FeatureEncoder.static_columns``: a static covariate, one-hot or
-    scaled) are kept once per series (``WindowIndex.static``) and ``WindowDataset`` puts them in
-    their place in every window: the same inputs, without a row-sized copy of each (``static=False``
-    keeps every channel per row).
+    parts alone, the default), ``future`` is a view of those columns of ``past``. With an encoder, two
+    kinds of channel are not stored per row: those that hold one value per series
+    (``FeatureEncoder.static_columns``: a static covariate, one-hot or scaled) are kept once per series
+    (``WindowIndex.static``), and each calendar part's sine and cosine as the part's value, 2 bytes a
+    row (``WindowIndex.codes``, looked up in ``code_tables``). ``WindowDataset`` puts both in their
+    place in every window it gathers: the same inputs, without their row-sized float copies
+    (``compact=False`` keeps every channel per row).
     """
     with short_lived_arrays():  # the index's temporaries on reused heap; the stacked arrays their own mappings
         encoder = frame if isinstance(frame, FeatureEncoder) else None
@@ -133,20 +144,31 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
                              "(built with in_series_order=True)")
         frame = encoder.frame if encoder is not None else by_series(frame)
         index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input)
-        fixed = set(encoder.static_columns()) & set(past_columns) if encoder is not None and static else set()
+        compact = compact and encoder is not None
+        fixed = set(encoder.static_columns()) & set(past_columns) if compact else set()
         static_at = [j for j, c in enumerate(past_columns) if c in fixed]
-        per_row = [c for c in past_columns if c not in fixed]
-        k = len(future_columns)
-        shared = bool(k) and per_row[len(per_row) - k:] == list(future_columns)
-        lists = [per_row] if shared else [per_row, list(future_columns)]
+        parts = [p for p in encoder.state.calendar if calendar_columns([p])[0] in past_columns] if compact else []
+        coded = set(calendar_columns(parts))
+        per_row = [c for c in past_columns if c not in fixed | coded]
+        fut_row = [c for c in future_columns if c not in coded]
+        k = len(fut_row)
+        shared = per_row[len(per_row) - k:] == fut_row
+        lists = [per_row] if shared else [per_row, fut_row]
         with long_lived_arrays():  # only the arrays that outlive the call: their fill's temporaries stay on the heap
             arrays = [np.empty((frame.height, len(c)), np.float32) for c in lists]
             per_series = encoder.static_block([past_columns[j] for j in static_at]) if static_at else None
+            codes = np.empty((frame.height, len(parts)), np.int16) if parts else None
         _fill_arrays(arrays, frame, lists, encoder)
+        if parts:
+            _fill_codes(codes, encoder)
         past = arrays[0]
         future = past[:, len(per_row) - k:] if shared else arrays[1]  # the same values: a view, not a copy
+        at = {c: j for j, c in enumerate(future_columns)}
     return WindowIndex(past=past, future=future, lookback=lookback, horizon=horizon, season=season,
-                       past_columns=list(past_columns), static=per_series, static_at=static_at or None, **index)
+                       past_columns=list(past_columns), static=per_series, static_at=static_at or None, codes=codes,
+                       code_tables=[calendar_table(p) for p in parts] or None,
+                       code_past_at=[past_columns.index(calendar_columns([p])[0]) for p in parts] or None,
+                       code_future_at=[at.get(calendar_columns([p])[0], -1) for p in parts] or None, **index)
 
 
 def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datetime | None,
@@ -268,6 +290,14 @@ def _fill_arrays(arrays: list[np.ndarray], frame: pl.DataFrame, lists: list[list
                 out[lo:hi, j] = encoder.lag(y, n, lo, hi)
 
 
+def _fill_codes(codes: np.ndarray, encoder: FeatureEncoder) -> None:
+    """Each calendar part's value on every row of ``encoder.frame``, ``ENCODE_ROWS`` rows at a time."""
+    for lo in range(0, encoder.height, ENCODE_ROWS):  # height / 2^18 trips
+        hi = min(lo + ENCODE_ROWS, encoder.height)
+        for j, part in enumerate(encoder.calendar_codes(lo, hi)):  # a handful of parts
+            codes[lo:hi, j] = part.to_numpy()
+
+
 def _fill(out: np.ndarray, row0: int, frame: pl.DataFrame, targets: list[int], names: list[str],
           block_values: int = 1 << 19) -> None:
     """Write the columns ``names`` of ``frame`` into ``out[row0:row0 + height, targets]`` as float32.
@@ -341,7 +371,8 @@ class WindowDataset(Dataset):
     """Batches gathered straight from the stacked arrays (no per-window copies kept).
 
     With ``index.pad`` (or ``mask=True``) the inputs get a last channel that is 1 on real
-    steps and 0 on left padding; padded steps read as 0.
+    steps and 0 on left padding; padded steps read as 0. Channels the index keeps per series
+    (``static``) or as calendar values (``codes``) are put in their place in each window.
     """
 
     def __init__(self, index: WindowIndex, starts: np.ndarray, mask: bool | None = None) -> None:
@@ -355,17 +386,11 @@ class WindowDataset(Dataset):
         if self.mask:
             self.first = torch.from_numpy(index.offsets[:-1])
         self.static = None if index.static is None else torch.from_numpy(index.static)
-        if self.static is not None:  # a window's channels in order, as runs from the per-row or per-series arrays
-            at = set(index.static_at or [])
-            self.runs: list[tuple[bool, int, int]] = []  # (per series?, first, end) columns of that array
-            took = {False: 0, True: 0}
-            for j in range(index.n_past):
-                fixed = j in at
-                if self.runs and self.runs[-1][0] == fixed:
-                    self.runs[-1] = (fixed, self.runs[-1][1], self.runs[-1][2] + 1)
-                else:
-                    self.runs.append((fixed, took[fixed], took[fixed] + 1))
-                took[fixed] += 1
+        self.codes = None if index.codes is None else torch.from_numpy(index.codes)
+        self.tables = [torch.from_numpy(t) for t in index.code_tables or []]
+        self.past_runs = _runs(index.n_past, index.static_at or [], index.code_past_at or [])
+        self.future_runs = _runs(index.n_future, [], index.code_future_at or [])
+        self.plain = self.static is None and self.codes is None  # every channel per row: a gather
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -374,26 +399,72 @@ class WindowDataset(Dataset):
         s = self.starts[items]
         inp = s[:, None] + torch.arange(self.lookback)  # (B, L)
         out = s[:, None] + self.lookback + torch.arange(self.horizon)  # (B, H)
+        if self.plain:
+            future = self.future[out]
+        else:
+            future = self._channels(self.future_runs, self.future, out, None)
         if not self.mask:
-            return self._past(inp, s), self.future[out], self.y[out]
+            past = self.past[inp] if self.plain else self._channels(self.past_runs, self.past, inp, s)
+            return past, future, self.y[out]
         first = self.first[self.series[s + self.lookback - 1].long()]  # (B,) each window's series start
         real = inp >= first[:, None]  # (B, L)
-        past = self._past(inp.clamp_min(0), s) * real[:, :, None]
+        inp = inp.clamp_min(0)
+        past = self.past[inp] if self.plain else self._channels(self.past_runs, self.past, inp, s)
+        past = past * real[:, :, None]
         past = torch.cat([past, real[:, :, None].to(past.dtype)], dim=2)  # (B, L, F_past + 1)
-        return past, self.future[out], self.y[out]
+        return past, future, self.y[out]
 
-    def _past(self, inp: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """(B, L, F_past) the windows' past channels: the per-row ones gathered, the per-series ones put in
-        their place on every step."""
-        rows = self.past[inp]
-        if self.static is None:
-            return rows
-        fixed = self.static[self.series[s + self.lookback - 1].long()][:, None, :].expand(-1, inp.shape[1], -1)
-        return torch.cat([(fixed if per_series else rows)[:, :, a:b] for per_series, a, b in self.runs], dim=2)
+    def _channels(self, runs: list[tuple[str, int, int]], rows: torch.Tensor, at: torch.Tensor,
+                  s: torch.Tensor | None) -> torch.Tensor:
+        """(B, steps, channels) of the windows at row indices ``at`` (B, steps): the per-row channels gathered,
+        the per-series ones put on every step, each calendar part looked up from its value, in channel order."""
+        got = rows[at] if any(kind == "row" for kind, _, _ in runs) else None
+        fixed = codes = None
+        pieces = []
+        for kind, a, b in runs:  # a handful of runs of channels
+            if kind == "row":
+                pieces.append(got[:, :, a:b])
+            elif kind == "static":
+                if fixed is None:
+                    fixed = self.static[self.series[s + self.lookback - 1].long()][:, None, :].expand(-1, at.shape[1], -1)
+                pieces.append(fixed[:, :, a:b])
+            else:  # a calendar part: its (sine, cosine) by its value on each step
+                if codes is None:
+                    codes = self.codes[at].long()
+                pieces.append(self.tables[a][codes[:, :, a]])
+        if not pieces:
+            return rows[at]
+        return torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         past, future, y = self.__getitems__([i])
         return past[0], future[0], y[0]
+
+
+def _runs(n: int, static_at: list[int], code_at: list[int]) -> list[tuple[str, int, int]]:
+    """A window's ``n`` channels in order as runs: ("row", a, b) columns a..b-1 of the per-row array,
+    ("static", a, b) of the per-series one, ("code", part, part + 1) a calendar part's (sine, cosine) pair."""
+    kind = ["row"] * n
+    for j in static_at:
+        kind[j] = "static"
+    pair = {j: p for p, j in enumerate(code_at) if j >= 0}
+    for j in pair:
+        kind[j] = kind[j + 1] = "code"
+    runs: list[tuple[str, int, int]] = []
+    took = {"row": 0, "static": 0}
+    j = 0
+    while j < n:
+        if kind[j] == "code":
+            runs.append(("code", pair[j], pair[j] + 1))
+            j += 2
+            continue
+        if runs and runs[-1][0] == kind[j]:
+            runs[-1] = (kind[j], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((kind[j], took[kind[j]], took[kind[j]] + 1))
+        took[kind[j]] += 1
+        j += 1
+    return runs
 
 
 def collate_batch(batch):  # noqa: ANN001, ANN201 - __getitems__ already returns a batch

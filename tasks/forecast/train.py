@@ -164,7 +164,7 @@ def network_args_for(index: WindowIndex, model_cfg: ModelConfig) -> dict:
     model = model_cfg.model_dump()
     if model["skip"] == "auto":
         model["skip"] = choose_skip(index)
-    return {"n_past": index.n_past + int(index.pad), "n_future": index.future.shape[1],
+    return {"n_past": index.n_past + int(index.pad), "n_future": index.n_future,
             "horizon": index.horizon, **model, "season": int(index.season), "mask": index.pad,
             "target_channels": [i for i, c in enumerate(cols) if c == "y" or c.startswith("lag__")]}
 

@@ -198,7 +198,7 @@ def test_windows_encoded_a_block_at_a_time_equal_the_transformed_frame(monkeypat
     calls = []
     block = encoder.block
     monkeypatch.setattr(encoder, "block", lambda lo, hi, *only: calls.append(lo) or block(lo, hi, *only))
-    got = make_windows(encoder, state.past_columns, state.future_columns, 8, 3)
+    got = make_windows(encoder, state.past_columns, state.future_columns, 8, 3, compact=False)
     assert calls == list(range(0, encoder.height, 7))  # each block encoded once, for past and future alike
     assert unknown == encoder.unknown == ["b"]
     assert got.past.shape == want.past.shape and got.series_ids == want.series_ids == ["a", "c"]
@@ -230,9 +230,10 @@ def _with_static(n: int = 50) -> pl.DataFrame:
 @pytest.mark.parametrize("pad", [False, True])
 def test_per_series_channels_are_kept_once_per_series_and_give_the_same_windows(pad):
     """A covariate whose value never changes within a series (one-hot or scaled) is kept once per series, not
-    once per row, and every window ``WindowDataset`` gathers (masked or not, padded or not) holds exactly the
-    inputs it held with every channel per row. A covariate that changes within a series, or a known-future
-    one, stays per row."""
+    once per row, and each calendar part as its value (2 bytes a row, not two float32 channels, in UTC or on a
+    local clock); every window ``WindowDataset`` gathers (masked or not, padded or not) holds exactly the
+    inputs, past and known-future, it held with every channel per row. A covariate that changes within a
+    series, or a known-future one, stays per row."""
     import torch
 
     from nightcast.tasks.data.features import FeatureEncoder
@@ -240,19 +241,23 @@ def test_per_series_channels_are_kept_once_per_series_and_give_the_same_windows(
 
     clean = _with_static()
     state = fit_features(clean, clean["timestamp"][30], "standard", ["size"], ["region", "promo", "tier"],
-                         None, ["tier"], calendar=["hour"], lags=[3])
+                         None, ["tier"], calendar=["hour", "dow"], lags=[3],
+                         timezone="America/New_York" if pad else "UTC")  # a local clock: polars' path
     encoder = FeatureEncoder(clean, state)
     fixed = ["cat__region=north", "cat__region=south", "num__size"]
     assert sorted(encoder.static_columns()) == fixed
     kw = dict(min_input=4 if pad else None)
     got = make_windows(encoder, state.past_columns, state.future_columns, 12, 3, **kw)
     want = make_windows(FeatureEncoder(clean, state), state.past_columns, state.future_columns, 12, 3,
-                        static=False, **kw)
+                        compact=False, **kw)
     assert got.static_at == [state.past_columns.index(c) for c in fixed]
-    assert got.past.shape == (want.past.shape[0], want.past.shape[1] - 3) and got.static.shape == (4, 3)
+    # per row: the target, promo's two, tier's two, the lag (region and size per series, the calendar as codes)
+    assert got.past.shape == (want.past.shape[0], want.past.shape[1] - 3 - 4) and got.static.shape == (4, 3)
+    assert got.codes.shape == (want.past.shape[0], 2) and got.codes.dtype == np.int16  # hour, weekday
     assert got.n_past == want.n_past == len(state.past_columns)
+    assert got.n_future == want.n_future == len(state.future_columns) and got.future.shape[1] == 2  # tier's
     assert np.array_equal(got.static[2, :2], [0, 0])  # no region: no category, as on every row before
-    assert np.array_equal(got.future, want.future) and np.array_equal(got.splits["all"], want.splits["all"])
+    assert np.array_equal(got.splits["all"], want.splits["all"])
     starts = got.splits["all"]
     assert (starts < got.offsets[got.series[got.origin(starts)]]).any() == pad  # padded windows are in the test
     items = torch.arange(len(starts))

@@ -79,8 +79,8 @@ def test_cleaning_and_the_window_arrays_run_without_the_huge_page_hint(sample_ra
     monkeypatch.setattr(window_mod, "_fill_arrays", spy_stack)
     prepared = prepare_training(validate_observations(sample_raw), RetrainParams(window=WindowConfig(horizon=24)))
     assert seen["outliers"] == [False]
-    assert seen["stack"] == [False]  # one fill: the future columns (calendar parts) are the past's last ones
-    assert np.shares_memory(prepared.index.future, prepared.index.past)
+    assert seen["stack"] == [False]  # one fill: the known-future channels (calendar parts) are coded, not stored
+    assert prepared.index.future.shape[1] == 0 and prepared.index.codes is not None
     assert pages.huge_page_hint() is True
     assert prepared.index.past.dtype == np.float32 and prepared.index.past.flags.c_contiguous
 
@@ -94,6 +94,7 @@ def test_same_windows_with_and_without_the_switch(sample_raw, monkeypatch):
     b = prepare_training(checked, params)
     assert a.clean.equals(b.clean)
     np.testing.assert_array_equal(a.index.past, b.index.past)
+    np.testing.assert_array_equal(a.index.codes, b.index.codes)
     for k in a.index.splits:
         np.testing.assert_array_equal(a.index.splits[k], b.index.splits[k])
 
