@@ -62,7 +62,7 @@ class CleanSeries(pa.DataFrameModel):
     observed: bool = pa.Field(nullable=False)
     is_outlier: bool = pa.Field(nullable=False)
     in_long_gap: bool = pa.Field(nullable=False)
-    raw: Optional[float] = pa.Field(nullable=True)  # the value as observed, before clipping or filling
+    raw: Optional[float] = pa.Field(nullable=True)  # the value as observed, before clipping or filling (NaN: none)
 
     @pa.check("target", name="finite")
     def target_finite(cls, data: pa.PolarsData) -> pl.LazyFrame:

@@ -619,17 +619,21 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
                    iqr_bounds: dict[str, list[float]] | None = None) -> pl.DataFrame:
     """Flag outliers (``is_outlier``) and clip them, or drop them to a gap.
 
-    ``raw`` keeps the value as observed (null where nothing was): forecasts learn from the
-    cleaned ``target``, every metric and interval residual is judged on ``raw``.
+    ``raw`` keeps the value as observed (NaN where nothing was, not null: a column without a null
+    mask is read as a numpy array without a copy, by the Hampel rule here and by every window index
+    as its truth): forecasts learn from the cleaned ``target``, every metric and interval residual is
+    judged on ``raw``.
 
     Each series' rows must be contiguous and in time order (as ``regularize``
     returns them).
     """
-    frame = frame.with_columns(pl.col("target").cast(pl.Float64).alias("raw"))  # the truth metrics are judged on
+    # the truth metrics are judged on
+    raw = frame["target"].cast(pl.Float64).fill_null(float("nan")).rechunk()  # one buffer: read in place
+    frame = frame.with_columns(raw.alias("raw"))
     if cfg.outliers == "none":
         return frame.with_columns(pl.lit(False).alias("is_outlier"))
     if cfg.outliers == "hampel":
-        y = frame["target"].cast(pl.Float64).to_numpy()
+        y = frame["raw"].to_numpy()  # the target as observed, NaN where missing
         s, starts, _ = _runs(frame["series_id"])
         flag, clipped = _trailing_hampel(y, s, starts, cfg.outlier_window or max(season_length, 7),
                                          cfg.outlier_threshold)
@@ -713,6 +717,9 @@ def clean_observations(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar
         clean = clean.filter(~pl.col("series_id").is_in(emptied))
     if clean.height == 0:
         raise ValueError(f"none of the {placing.height} series has an observed target to clean")
+    # the columns every window index reads as numpy arrays, each in one buffer: read in place, not copied
+    clean = clean.with_columns(clean[c].rechunk() for c in ("timestamp", "target", "observed", "raw")
+                               if clean[c].n_chunks() > 1)
     return clean, _report(clean, placing, emptied, cfg, calendar), iqr_bounds
 
 

@@ -180,55 +180,71 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
     codes = np.repeat(np.arange(len(ids), dtype=np.int32), counts)
     ts = frame["timestamp"].to_numpy()
     need = lookback if min_input is None else max(1, min(int(min_input), lookback))
-    origins, pos = _origins(offsets, need, horizon)
+    origins = _origins(offsets, need, horizon)
     if "in_long_gap" in frame.columns and frame["in_long_gap"].any():  # no real step of a window in a long gap
-        origins, pos = _outside_long_gaps(frame["in_long_gap"].to_numpy(), codes, counts, origins, pos,
-                                          need, lookback, horizon)
-    starts = origins - lookback + 1
+        origins = _outside_long_gaps(frame["in_long_gap"].to_numpy(), codes, offsets, origins, need, lookback,
+                                     horizon)
     short = [str(s) for s in ids[counts < need + horizon]]
     splits: dict[str, np.ndarray]
     if train_end is None:
+        starts = _to_starts(origins, lookback)
         splits = {"all": starts}
+    elif stride <= 1 and len(ts) and train_end == val_end and np.datetime64(train_end, "us") >= ts.max():
+        # a refit's cuts at the newest step: every window is a training window (no target times to gather)
+        starts = _to_starts(origins, lookback)
+        splits = {"train": starts, "val": starts[:0], "test": starts[:0]}
     else:
-        first_t, last_t = ts[origins + 1], ts[origins + horizon]
         te, ve = np.datetime64(train_end, "us"), np.datetime64(val_end, "us")
+        last_t = np.take(ts[horizon:], origins)  # each window's last target time (ts[origin + horizon])
         is_train = last_t <= te
-        if stride > 1:
-            is_train &= (pos - (need - 1)) % stride == 0
-        splits = {"train": starts[is_train],
-                  "val": starts[(first_t > te) & (last_t <= ve)],
-                  "test": starts[first_t > ve]}
+        in_val = ~is_train & (last_t <= ve)
+        del last_t
+        first_t = np.take(ts[1:], origins)  # its first target time
+        in_val &= first_t > te
+        in_test = first_t > ve
+        del first_t
+        if stride > 1:  # every stride-th origin of a series, from its first
+            is_train &= (origins - offsets[codes[origins]] - (need - 1)) % stride == 0
+        starts = _to_starts(origins, lookback)
+        splits = {"train": starts[is_train], "val": starts[in_val], "test": starts[in_test]}
+        del starts
     return dict(
         target=np.asarray(frame["target"].to_numpy(), dtype=np.float64),  # no copy of a Float64 column
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),
         series=codes, timestamps=ts, series_ids=[str(s) for s in ids], offsets=offsets,
         splits=splits, short_series=short, pad=min_input is not None, min_input=need,
-        truth=(frame["raw"].cast(pl.Float64).to_numpy() if "raw" in frame.columns else None),  # NaN where null
+        truth=(frame["raw"].cast(pl.Float64).to_numpy() if "raw" in frame.columns else None),  # NaN: none (no copy)
     )
 
 
-def _outside_long_gaps(gap: np.ndarray, codes: np.ndarray, counts: np.ndarray, origins: np.ndarray,
-                       pos: np.ndarray, need: int, lookback: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """The origins (and positions) whose window has no real step in a long gap (``gap``: each row's flag).
+def _to_starts(origins: np.ndarray, lookback: int) -> np.ndarray:
+    """Window starts from origins, in place: ``origins`` is not used after."""
+    origins -= lookback - 1
+    return origins
+
+
+def _outside_long_gaps(gap: np.ndarray, codes: np.ndarray, offsets: np.ndarray, origins: np.ndarray,
+                       need: int, lookback: int, horizon: int) -> np.ndarray:
+    """The origins whose window has no real step in a long gap (``gap``: each row's flag).
 
     A window's real steps lie inside its own series, so only the origins of series with a long gap are
     looked at (usually a few: 1 of 10,000 series in the scale bench's panel), and the gap rows before a
     step are counted by a binary search among the gap rows (no cumulative sum over every row)."""
     gap_rows = np.flatnonzero(gap)
     hit = np.unique(codes[gap_rows])  # the series with a long gap
-    per = _origins_per_series(counts, need, horizon)  # ``origins`` holds each series' origins in a run of these
+    per = _origins_per_series(np.diff(offsets), need, horizon)  # ``origins`` holds each series' origins in a run of these
     first = np.cumsum(per) - per
     n = per[hit]
     at = np.arange(int(n.sum()), dtype=np.int64)  # those series' origins, as positions into ``origins``
     at += np.repeat(first[hit] - (np.cumsum(n) - n), n)
-    o, p = origins[at], pos[at]
-    real_start = np.maximum(o - lookback + 1, o - p)  # a window's first real step: its series' start at the earliest
+    o = origins[at]
+    real_start = np.maximum(o - lookback + 1, offsets[codes[o]])  # a window's first real step: its series' start at the earliest
     bad = np.searchsorted(gap_rows, o + horizon + 1) != np.searchsorted(gap_rows, real_start)
     if not bad.any():
-        return origins, pos
+        return origins
     keep = np.ones(len(origins), bool)
     keep[at[bad]] = False
-    return origins[keep], pos[keep]
+    return origins[keep]
 
 
 def _origins_per_series(counts: np.ndarray, need: int, horizon: int) -> np.ndarray:
@@ -236,14 +252,22 @@ def _origins_per_series(counts: np.ndarray, need: int, horizon: int) -> np.ndarr
     return np.maximum(counts - (need - 1) - horizon, 0)
 
 
-def _origins(offsets: np.ndarray, need: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every row with ``need`` steps of its series up to it and a full horizon after, and its position in
-    its series: one range per series, built as concatenated ranges (memory: the origins, not every row)."""
+def _origins(offsets: np.ndarray, need: int, horizon: int) -> np.ndarray:
+    """Every row with ``need`` steps of its series up to it and a full horizon after: one range per series,
+    concatenated, as one running sum of steps that are 1 inside a range and jump where the next range
+    starts (memory: the origins alone, no row-sized temporaries)."""
     per = _origins_per_series(np.diff(offsets), need, horizon)
-    pos = np.arange(int(per.sum()), dtype=np.int64)
-    pos -= np.repeat(np.cumsum(per) - per, per)  # 0, 1, ... within each series' range
-    pos += need - 1
-    return pos + np.repeat(offsets[:-1], per), pos
+    has = np.flatnonzero(per)  # series with at least one origin
+    total = int(per.sum())
+    first = (np.cumsum(per) - per)[has]  # where each range starts
+    lengths = per[has]
+    origins = np.ones(total, np.int64)
+    if total:
+        start = offsets[:-1][has] + need - 1  # each range's first origin
+        origins[first[1:]] = start[1:] - (start[:-1] + lengths[:-1] - 1)
+        origins[0] = start[0]
+        np.cumsum(origins, out=origins)
+    return origins
 
 
 ENCODE_ROWS = 1 << 18

@@ -126,12 +126,71 @@ def test_long_gap_rule_equals_a_brute_force_check_on_random_panels(min_input):
         assert got.tolist() == want, (trial, lookback, horizon)
 
 
+@pytest.mark.parametrize("stride", [1, 3])
+def test_splits_equal_a_window_by_window_reference_on_random_panels(stride):
+    """Each window's split from its target times (train: last target by ``train_end``, every ``stride``-th
+    origin of a series from its first; validation: targets in (train_end, val_end]; test: after val_end),
+    checked window by window on ragged panels with long gaps, at random cuts and at a refit's cuts (both at
+    the newest step: every window a training window)."""
+    from nightcast.tasks.data.window import _index
+
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        parts = []
+        for k in range(int(rng.integers(1, 6))):
+            n = int(rng.integers(5, 40))
+            start = dt.datetime(2024, 1, 1) + dt.timedelta(hours=int(rng.integers(0, 10)))
+            parts.append(pl.DataFrame({"series_id": f"s{k}", "timestamp": [start + dt.timedelta(hours=i) for i in range(n)],
+                                       "target": rng.normal(size=n), "observed": True,
+                                       "in_long_gap": rng.random(n) < 0.05}))
+        frame = pl.concat(parts)
+        lookback, horizon = int(rng.integers(2, 8)), int(rng.integers(1, 4))
+        stamps = frame["timestamp"].unique().sort()
+        refit = trial % 3 == 0
+        te = stamps[-1] if refit else stamps[int(rng.integers(0, len(stamps)))]
+        ve = te if refit else stamps[int(rng.integers(stamps.to_list().index(te), len(stamps)))]
+        got = _index(frame, lookback, horizon, te, ve, stride, None)["splits"]
+        every = _index(frame, lookback, horizon, None, None, 1, None)["splits"]["all"]  # valid windows, all splits
+        ts = frame["timestamp"].to_list()
+        firsts = np.r_[0, np.cumsum([p.height for p in parts])]
+        want = {"train": [], "val": [], "test": []}
+        for start in every.tolist():  # the reference: window by window
+            origin = start + lookback - 1
+            first_row = firsts[np.searchsorted(firsts, origin, side="right") - 1]
+            first_t, last_t = ts[origin + 1], ts[origin + horizon]
+            if last_t <= te and (origin - first_row - (lookback - 1)) % stride == 0:
+                want["train"].append(start)
+            if te < first_t and last_t <= ve:
+                want["val"].append(start)
+            if first_t > ve:
+                want["test"].append(start)
+        assert {k: v.tolist() for k, v in got.items()} == want, (trial, lookback, horizon, stride)
+
+
 def test_prepare_training_on_the_sample(sample_raw):
     valid = validate_observations(sample_raw)
     prepared = prepare_training(valid, RetrainParams(data="-", window=WindowConfig(lookback=24, horizon=6)))
     assert prepared.calendar.frequency == "1h" and prepared.season_length == 24
     assert prepared.report.outliers > 0 and prepared.report.short_gaps_filled > 0
     assert prepared.state.past_columns[0] == "y"
+
+
+def test_the_refit_index_reads_the_clean_frame_in_place(sample_raw):
+    """The refit's windows cover the same clean rows as the frame it was cut from: its timestamps, target and
+    truth are the clean frame's own buffers (no row-sized copies beside the training index's), the truth is
+    NaN exactly where nothing was observed, and every window is a training window."""
+    from nightcast.tasks.data.prepare import prepare_refit
+
+    valid = validate_observations(sample_raw)
+    params = RetrainParams(data="-", window=WindowConfig(lookback=24, horizon=6))
+    prepared = prepare_training(valid, params)
+    refit = prepare_refit(prepared, valid, params)
+    clean, index = refit.clean, refit.index
+    assert clean["raw"].null_count() == 0 and clean["raw"].n_chunks() == 1
+    assert np.array_equal(np.isnan(clean["raw"].to_numpy()), ~clean["observed"].to_numpy())  # filled steps: NaN
+    for array, column in ((index.truth, "raw"), (index.target, "target"), (index.timestamps, "timestamp")):
+        assert np.shares_memory(array, clean[column].to_numpy()), column
+    assert len(index.splits["val"]) == len(index.splits["test"]) == 0 and len(index.splits["train"]) > 0
 
 
 def test_series_too_short_for_any_span_is_a_clear_error():
