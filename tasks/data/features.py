@@ -67,11 +67,12 @@ def _target_stats(frame: pl.DataFrame, scaler: str, keep: pl.Expr | None = None)
     is masked to null outside ``keep`` (the statistics skip nulls), and rows already grouped by series
     (the clean frame) are grouped as slices (polars' sorted fast path) instead of hashing every row's id."""
     y = pl.col("target") if keep is None else pl.when(keep).then(pl.col("target"))
-    cols = frame.select("series_id", y.alias("target"))
-    if cols["series_id"].is_sorted():
-        cols = cols.with_columns(cols["series_id"].set_sorted())
-    t = (cols.group_by("series_id").agg(*_stats(pl.col("target"), scaler), pl.col("target").count().alias("_n"))
-         .filter(pl.col("_n") > 0).drop("_n"))
+    ids = pl.col("series_id").set_sorted() if frame["series_id"].is_sorted() else pl.col("series_id")
+    # lazily: polars' eager group-by on a sorted id column of many chunks (a clean frame keeps its input's)
+    # took ~940 MiB and 1.2 s at 19 M rows, the same plan collected at once ~6 MiB and 0.4 s
+    t = (frame.lazy().select(ids, y.alias("target"))
+         .group_by("series_id").agg(*_stats(pl.col("target"), scaler), pl.col("target").count().alias("_n"))
+         .filter(pl.col("_n") > 0).drop("_n").collect())
     return {sid: [float(c), float(s) if s and s > _EPS else 1.0] for sid, c, s in t.iter_rows()}
 
 
