@@ -627,8 +627,7 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
     Each series' rows must be contiguous and in time order (as ``regularize``
     returns them).
     """
-    # the truth metrics are judged on
-    raw = frame["target"].cast(pl.Float64).fill_null(float("nan")).rechunk()  # one buffer: read in place
+    raw = frame["target"].cast(pl.Float64).fill_null(float("nan")).rechunk()  # the truth; one buffer: read in place
     frame = frame.with_columns(raw.alias("raw"))
     if cfg.outliers == "none":
         return frame.with_columns(pl.lit(False).alias("is_outlier"))

@@ -423,25 +423,22 @@ class WindowDataset(Dataset):
         s = self.starts[items]
         inp = s[:, None] + torch.arange(self.lookback)  # (B, L)
         out = s[:, None] + self.lookback + torch.arange(self.horizon)  # (B, H)
-        if self.plain:
-            future = self.future[out]
-        else:
-            future = self._channels(self.future_runs, self.future, out, None)
+        future = self._channels(self.future_runs, self.future, out, None)
         if not self.mask:
-            past = self.past[inp] if self.plain else self._channels(self.past_runs, self.past, inp, s)
-            return past, future, self.y[out]
+            return self._channels(self.past_runs, self.past, inp, s), future, self.y[out]
         first = self.first[self.series[s + self.lookback - 1].long()]  # (B,) each window's series start
         real = inp >= first[:, None]  # (B, L)
-        inp = inp.clamp_min(0)
-        past = self.past[inp] if self.plain else self._channels(self.past_runs, self.past, inp, s)
-        past = past * real[:, :, None]
+        past = self._channels(self.past_runs, self.past, inp.clamp_min(0), s) * real[:, :, None]
         past = torch.cat([past, real[:, :, None].to(past.dtype)], dim=2)  # (B, L, F_past + 1)
         return past, future, self.y[out]
 
     def _channels(self, runs: list[tuple[str, int, int]], rows: torch.Tensor, at: torch.Tensor,
                   s: torch.Tensor | None) -> torch.Tensor:
         """(B, steps, channels) of the windows at row indices ``at`` (B, steps): the per-row channels gathered,
-        the per-series ones put on every step, each calendar part looked up from its value, in channel order."""
+        the per-series ones put on every step, each calendar part looked up from its value, in channel order
+        (with every channel per row, ``plain``: the gather alone)."""
+        if self.plain:
+            return rows[at]
         got = rows[at] if any(kind == "row" for kind, _, _ in runs) else None
         fixed = codes = None
         pieces = []
