@@ -475,6 +475,16 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
     sharded on a Dask ``LocalCluster`` of 1, 2, ... worker processes (one thread each) on the
     shard layout; each Dask configuration runs twice and the second run counts (the first starts
     the workers' imports). Per-task seconds come from the Prefect API."""
+    from nightcast.flows.embedded import without_heartbeats
+
+    # as the CLI's embedded default runs them: no heartbeat thread, whose 1 s sleeps made each run's end
+    # wait for the next whole second (a flow that sleeps 0.3 s took 1.0 s; 1.3 s took 2.0 s), so every
+    # time below would land on whole seconds, the sharded and the unsharded alike
+    with without_heartbeats():
+        return _workers_runs(data, store, shards, counts)
+
+
+def _workers_runs(data: str, store: str, shards: int, counts: list[int]) -> dict:
     from distributed import Client, LocalCluster
 
     from nightcast.flows.runtime import task_runner
@@ -1005,8 +1015,10 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
     shard_line = (f"read-and-score-shards {_f(fused)} s in {len(tasks.get('read-and-score-shards', []))} task(s) of "
                   "consecutive shards (one pass: no input staged)"
                   if fused else f"read-shard {_f(read)} s, score-shard {_f(score)} s in {len(shard_tasks)} tasks")
+    plan = (f"list-series {_f(sum(tasks['list-series']))} s" if "list-series" in tasks
+            else "no list-series (planned from the layout's manifest)")
     lines += ["", "Per-task costs of the 1-worker run (Prefect API task run times): "
-              f"list-series {_f(sum(tasks.get('list-series', [0])))} s, {shard_line}, assemble-shards "
+              f"{plan}, {shard_line}, assemble-shards "
               f"{_f(sum(tasks.get('assemble-shards', [0])))} s, the rest of the flow (planning, calendar, "
               f"dispatch) {_f(other)} s; peak RSS of each worker process "
               f"{', '.join(_f(m, 0) + ' MiB' for m in w.get('worker_peak_mib_1', []))} (1 worker), "

@@ -249,7 +249,7 @@ def _pointed_at(url: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _without_heartbeats() -> Iterator[None]:
+def without_heartbeats() -> Iterator[None]:
     """Flow runs this process executes send no heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` unset),
     unless the user set that frequency (environment or profile). Runs that ``nightcast serve`` starts
     in child processes keep Prefect's default: None does not travel through their environment."""
@@ -295,7 +295,7 @@ def embedded_server(output: Path | None = None, meanwhile: Callable[[], None] | 
                         "(set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS to wait longer, "
                         "or PREFECT_API_URL to use a running server)", timeout)
     try:
-        with _pointed_at(server.api_url), _without_heartbeats():
+        with _pointed_at(server.api_url), without_heartbeats():
             try:
                 yield server.api_url
             finally:

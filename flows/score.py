@@ -19,7 +19,7 @@ from nightcast.tasks.ops.monitor import width_factors
 from nightcast.tasks.ops.registry import Bundle, load_champion
 from nightcast.tasks.serving.score import (ScoreError, ScorePart, covariate_kinds, forecast_from_bundle, scoring_span_start,
                          timestamps_zone, write_forecasts)
-from nightcast.tasks.serving.shard import plan_shards, task_groups
+from nightcast.tasks.serving.shard import ShardPlan, layout_plan, plan_shards, task_groups
 from nightcast.tasks.serving.sharded import (STAGING, ShardInput, ShardRun, assemble_shards, discard_staging, fixed_calendar,
                            merge_inputs, plan_calendar, read_and_score_shards, read_shard, run_of, score_shard,
                            staging_prefix, staging_run, sweep_staging)
@@ -125,8 +125,9 @@ def _still_running(staging: str) -> bool:
     return state is None or not state.is_final()
 
 
-def _plan(st: Store, data: str, columns: ColumnMap, n_shards: int) -> tuple[str, list[pl.Series], list[int]]:
-    """A new run's staging folder (after sweeping what killed runs left), and its shards from the series ids."""
+def _plan(st: Store, data: str, columns: ColumnMap, n_shards: int) -> tuple[str, ShardPlan]:
+    """A new run's staging folder (after sweeping what killed runs left), and its shards: from the layout's
+    manifest when ``nightcast partition`` wrote one (no id is read here), else from the series ids."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -137,14 +138,18 @@ def _plan(st: Store, data: str, columns: ColumnMap, n_shards: int) -> tuple[str,
     except Exception as exc:  # noqa: BLE001 - housekeeping: a failed sweep must not fail the run
         logger.warning("could not sweep old staging under %s: %s", st.uri(STAGING), exc)
     run = staging_run(str(flow_run.id or uuid.uuid4()))
-    ids = plan_step(data, columns)
-    # each shard's ids as one Series, not a list: Prefect walks every element of a list parameter when it
-    # submits a task (and again on the worker), ~0.2 s per 10,000-id shard in the flow's one thread
-    groups = [pl.Series(g, dtype=pl.String) for g in plan_shards(ids, n_shards, data)]
-    todo = [k for k, g in enumerate(groups) if len(g)]
-    logger.info("%d series in %d shards (%d empty); staging under %s", ids.height, n_shards,
-                n_shards - len(todo), st.uri(STAGING + run))
-    return run, groups, todo
+    plan = layout_plan(data, n_shards)
+    if plan is None:
+        ids = plan_step(data, columns)
+        # each shard's ids as one Series, not a list: Prefect walks every element of a list parameter when it
+        # submits a task (and again on the worker), ~0.2 s per 10,000-id shard in the flow's one thread
+        groups = [pl.Series(g, dtype=pl.String) for g in plan_shards(ids, n_shards, data)]
+        plan = ShardPlan(groups, [len(g) for g in groups], [k for k, g in enumerate(groups) if len(g)], ids.height,
+                         "ids")
+    logger.info("%d series in %d shards (%d empty; planned from %s); staging under %s", plan.series, n_shards,
+                n_shards - len(plan.todo), "the layout's manifest" if plan.source == "manifest" else "the ids",
+                st.uri(STAGING + run))
+    return run, plan
 
 
 def read_in_shards(st: Store, model_name: str, version: str, data: str, columns: ColumnMap, n_shards: int,
@@ -152,10 +157,10 @@ def read_in_shards(st: Store, model_name: str, version: str, data: str, columns:
     """Plan the shards from the series ids alone, then read, validate and stage every shard as a
     mapped task (a backfill scores the staged rows for many dates). Staging folders that killed runs
     left behind are swept first."""
-    run, groups, todo = _plan(st, data, columns, n_shards)
-    keys = [f"{staging_prefix(run)}input/{k:05d}.parquet" for k in todo]
+    run, plan = _plan(st, data, columns, n_shards)
+    keys = [f"{staging_prefix(run)}input/{k:05d}.parquet" for k in plan.todo]
     futures = read_step.map(unmapped(st.url), unmapped(model_name), unmapped(version), unmapped(data),
-                            unmapped(columns), [groups[k] for k in todo], [(k, n_shards) for k in todo],
+                            unmapped(columns), [plan.groups[k] for k in plan.todo], [(k, n_shards) for k in plan.todo],
                             unmapped(since), keys)
     wait(futures)
     try:
@@ -175,14 +180,15 @@ def score_one_pass(st: Store, bundle: Bundle, data: str, params: ScoreParams, as
     the sharded run when ``as_of`` and the calendar are known before any shard is read. None when
     ``as_of`` was the newest date read but no shard has a valid row on it (every row of that date
     quarantined): the staged run then finds the date."""
-    run, groups, todo = _plan(st, data, params.columns, params.shards)
-    tasks = [[todo[i] for i in g] for g in task_groups([len(groups[k]) for k in todo], worker_slots(),
+    run, plan = _plan(st, data, params.columns, params.shards)
+    todo = plan.todo
+    tasks = [[todo[i] for i in g] for g in task_groups([plan.sizes[k] for k in todo], worker_slots(),
                                                         Settings().shard_task_series)]
     get_run_logger().info("%d shard(s) scored by %d task(s)", len(todo), len(tasks))
     keys = [f"{staging_prefix(run)}parts/{as_of}/{t[0]:05d}-{t[-1]:05d}.parquet" for t in tasks]
     try:
         futures = one_pass_step.map(unmapped(st.url), unmapped(params.model_name), unmapped(bundle.version),
-                                    unmapped(data), unmapped(params.columns), [[groups[k] for k in t] for t in tasks],
+                                    unmapped(data), unmapped(params.columns), [[plan.groups[k] for k in t] for t in tasks],
                                     [[(k, params.shards) for k in t] for t in tasks], unmapped(as_of),
                                     unmapped(calendar), keys)
         wait(futures)

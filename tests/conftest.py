@@ -77,9 +77,9 @@ def prefect_harness():
     temporary server (``nightcast.flows.embedded``), it serves flow runs that send no heartbeats."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from nightcast.flows.embedded import _without_heartbeats
+    from nightcast.flows.embedded import without_heartbeats
 
-    with prefect_test_harness(server_startup_timeout=120), _without_heartbeats():
+    with prefect_test_harness(server_startup_timeout=120), without_heartbeats():
         yield
 
 

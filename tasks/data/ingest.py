@@ -71,14 +71,23 @@ SAMPLE_BUCKETS = 1000
 """Hash buckets a share of series is counted in (``sample_of``), when the input is not in the shard layout."""
 
 
-def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str], int, int]:
+def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str] | None, int, int]:
     """The series of a ``share`` of the input's series, and (kept, of) buckets: those whose bucket is below
     ``round(share * n)``, at least one. On the shard layout the bucket is the shard folder and ``n`` the
     layout's shard count (the sample is whole shards, and only their files are read); elsewhere the bucket
     is the stable hash (``nightcast.tasks.serving.shard.shard_of``) over ``SAMPLE_BUCKETS``. The same ids give
-    the same sample on every machine and run; a share that picks no series is an ``IngestError``."""
-    from nightcast.tasks.serving.shard import shard_of
+    the same sample on every machine and run; a share that picks no series is an ``IngestError``. On a
+    layout ``nightcast partition`` wrote, the ids are None: its manifest counts the series and no id is read
+    (the sampled folders are read whole)."""
+    from nightcast.tasks.serving.shard import layout_manifest, shard_of
 
+    per_shard = layout_manifest(uri)
+    if per_shard is not None:
+        n = len(per_shard)
+        k = max(1, round(share * n))
+        if not sum(per_shard[:k]):
+            _none_sampled(uri, share, sum(per_shard), k, n, True)
+        return None, k, n
     ids = load_series_ids(uri, columns)
     counts = ids["nshards"].unique().to_list() if "nshards" in ids.columns else [SAMPLE_BUCKETS]
     if len(counts) != 1:
@@ -90,11 +99,13 @@ def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str], in
     buckets = ids["shard"] if "shard" in ids.columns else shard_of(ids["series_id"], n)
     picked = ids["series_id"].filter(buckets < k).unique().sort().to_list()
     if not picked:
-        total = ids["series_id"].n_unique()
-        raise IngestError(f"a sample of {share:g} of the series of {uri} picks none of its {total} series ({k} of "
-                          f"{n} hash buckets{', whole shards' if 'shard' in ids.columns else ''}); give a larger "
-                          "share, or no sample")
+        _none_sampled(uri, share, ids["series_id"].n_unique(), k, n, "shard" in ids.columns)
     return picked, k, n
+
+
+def _none_sampled(uri: str, share: float, total: int, k: int, n: int, layout: bool) -> None:
+    raise IngestError(f"a sample of {share:g} of the series of {uri} picks none of its {total} series ({k} of "
+                      f"{n} hash buckets{', whole shards' if layout else ''}); give a larger share, or no sample")
 
 
 def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[str] | pl.Series | None = None,
@@ -135,6 +146,9 @@ def load_observations(uri: str, columns: ColumnMap = ColumnMap(), series: list[s
             scan = scan.filter((pl.col("nshards") == shard[1]) & (pl.col("shard") == shard[0]))
         if sampled is not None and layout:  # whole shards: the others' files are never opened
             scan = scan.filter((pl.col("nshards") == sampled[1]) & (pl.col("shard") < sampled[0]))
+        elif sampled is not None and series is None:  # a manifest beside files that are not the layout
+            raise IngestError(f"{uri} has a layout manifest but its files lack the nshards/shard folders: "
+                              "write it again with `nightcast partition`")
         if series is not None and columns.series_col in schema:
             scan = scan.filter(_only(schema, columns.series_col, series))
         scan = scan.drop(SHARD_COLUMNS) if layout else scan

@@ -9,8 +9,11 @@ cluster need not run the version the planner ran.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import itertools
+import json
 from pathlib import Path
 
 import polars as pl
@@ -46,18 +49,123 @@ def plan_shards(ids: pl.DataFrame, n_shards: int, uri: str = "the input") -> lis
     if "nshards" in ids.columns:
         counts = sorted(ids["nshards"].unique().to_list())
         if counts != [n_shards]:
-            raise ShardLayoutError(
-                f"{uri} is in the shard layout for {counts} shard(s), and this run asks for {n_shards}: run "
-                f"with --shards {counts[0]}, or write the layout again with `nightcast partition --shards {n_shards}`")
+            raise _other_count(uri, counts, n_shards)
         wrong = ids.with_columns(shards.cast(pl.Int64).alias("expected")).filter(pl.col("shard") != pl.col("expected"))
         if wrong.height:
-            sample = "; ".join(f"{r['series_id']!r} in shard={r['shard']}, belongs in shard={r['expected']}"
-                               for r in wrong.head(5).iter_rows(named=True))
-            raise ShardLayoutError(
-                f"{wrong.height} series of {uri} sit in another shard's folder than nightcast's hash puts them "
-                f"(was the layout written with another hash?): {sample}. Write it with `nightcast partition`, "
-                "or use the hash documented in tasks/serving/shard.py")
+            raise _misplaced(uri, wrong.height, wrong.select("series_id", "shard", "expected").head(5).rows())
     return _by_shard(ids["series_id"], shards, n_shards)
+
+
+LAYOUT_MANIFEST = "_nightcast_layout.json"
+"""What ``nightcast partition`` writes last at the layout's root: the shard count, the hash and each shard's
+series count, so that a sharded run plans from it instead of reading every id (``layout_plan``). Readers of
+the data ignore it (not a Parquet file)."""
+_HASH_NAME = "blake2b-64/nightcast-shard"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """Which shards a sharded run reads, and how big each is. ``groups[k]``: shard ``k``'s ids, or None when
+    the run reads the shard's folder whole (the layout's manifest planned it: each task checks that the ids
+    it read belong in its folder, ``check_shard``); ``sizes[k]``: its series count (the manifest's count at
+    partition time when ``groups`` is None: it sizes tasks only); ``todo``: the shards to read."""
+
+    groups: list[pl.Series | None]
+    sizes: list[int]
+    todo: list[int]
+    series: int
+    source: str  # "ids" (the id column was read) or "manifest"
+
+
+def _layout_root(uri: str) -> str | None:
+    """The layout's root when ``uri`` names a directory (local, or an s3:// prefix ending in ``/``)."""
+    if uri.startswith("s3://"):
+        return uri if uri.endswith("/") else None
+    return uri if Path(uri).expanduser().is_dir() else None
+
+
+def layout_manifest(uri: str) -> list[int] | None:
+    """Each shard's series count when ``nightcast partition`` wrote the layout at ``uri`` (its manifest),
+    else None (no manifest: another writer's layout, a file, CSV)."""
+    from nightcast.tasks.ops.storage import open_store
+
+    root = _layout_root(uri)
+    if root is None:
+        return None
+    store = open_store(root)
+    if not store.exists(LAYOUT_MANIFEST):
+        return None
+    try:
+        manifest = json.loads(store.read_bytes(LAYOUT_MANIFEST))
+        counts, series = int(manifest["nshards"]), [int(x) for x in manifest["series_per_shard"]]
+        if manifest["hash"] != _HASH_NAME or len(series) != counts:
+            raise ValueError(f"hash {manifest['hash']!r}, {len(series)} counts for {counts} shards")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ShardLayoutError(f"{store.uri(LAYOUT_MANIFEST)} is not a layout manifest this version reads ({exc}): "
+                               "write the layout again with `nightcast partition`, or delete the file to plan "
+                               "from the ids") from exc
+    return series
+
+
+def layout_plan(uri: str, n_shards: int) -> ShardPlan | None:
+    """The plan of a run with ``n_shards`` shards on a layout ``nightcast partition`` wrote, from its manifest
+    and a listing of its shard folders: no id is read in the flow's process. None when ``uri`` has no
+    manifest (another writer's layout, a file, CSV): the run then reads the id column (``plan_shards``).
+    Every shard folder that holds a file is read, even one the manifest counted empty (files may have
+    landed in it since); a layout written for another count is refused as ``plan_shards`` refuses it."""
+    from nightcast.tasks.ops.storage import open_store
+
+    series = layout_manifest(uri)
+    if series is None:
+        return None
+    counts = len(series)
+    if counts != n_shards:
+        raise _other_count(uri, [counts], n_shards)
+    present = {int(part[len("shard="):]) for key in open_store(_layout_root(uri)).list(f"nshards={n_shards}/")
+               for part in key.split("/")[1:2] if part.startswith("shard=") and part[len("shard="):].isdigit()}
+    todo = sorted(k for k in present if k < n_shards)
+    return ShardPlan([None] * n_shards, series, todo, sum(series), "manifest")
+
+
+def write_layout_manifest(out: str, n_shards: int, shards: pl.Series, rows: int) -> None:
+    """The manifest ``layout_plan`` reads, written last (one object: a layout without it is planned from
+    its ids)."""
+    from nightcast.tasks.ops.storage import open_store
+
+    per = shards.value_counts().sort("shard")
+    series = [0] * n_shards
+    for k, n in per.iter_rows():  # one row per non-empty shard: at most n_shards
+        series[int(k)] = int(n)
+    body = {"nshards": n_shards, "hash": _HASH_NAME, "series_per_shard": series, "series": int(shards.len()),
+            "rows": int(rows), "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    open_store(out).write_bytes(LAYOUT_MANIFEST, json.dumps(body).encode())
+
+
+def check_shard(ids: pl.Series, shard: tuple[int, int], uri: str = "the input") -> None:
+    """Raise ``ShardLayoutError`` when an id read from shard ``shard[0]``'s folder belongs in another
+    (``plan_shards``' check, made by the task that read the folder whole: each distinct id hashed once)."""
+    k, n = shard
+    ids = ids.cast(pl.String).unique()
+    expected = shard_of(ids, n)
+    wrong = ids.filter(expected != k)
+    if wrong.len():
+        raise _misplaced(uri, wrong.len(), list(zip(wrong.head(5).to_list(), [k] * 5,
+                                                    expected.filter(expected != k).head(5).to_list())))
+
+
+def _other_count(uri: str, counts: list[int], n_shards: int) -> ShardLayoutError:
+    return ShardLayoutError(
+        f"{uri} is in the shard layout for {counts} shard(s), and this run asks for {n_shards}: run with "
+        f"--shards {counts[0]}, or write the layout again with `nightcast partition --shards {n_shards}`")
+
+
+def _misplaced(uri: str, n: int, examples: list[tuple[str, int, int]]) -> ShardLayoutError:
+    """The error for ``n`` ids found in another shard's folder: (id, folder, where the hash puts it) examples."""
+    sample = "; ".join(f"{sid!r} in shard={k}, belongs in shard={e}" for sid, k, e in examples)
+    return ShardLayoutError(
+        f"{n} series of {uri} sit in another shard's folder than nightcast's hash puts them (was the layout "
+        f"written with another hash?): {sample}. Write it with `nightcast partition`, or use the hash "
+        "documented in tasks/serving/shard.py")
 
 
 def task_groups(sizes: list[int], slots: int, max_series: int) -> list[list[int]]:
@@ -149,4 +257,5 @@ def write_shard_layout(uri: str, out: str, n_shards: int, series_col: str = "ser
          .join(table.lazy(), on=key, how="left", maintain_order="left").drop(key)
          .sink_parquet(pl.PartitionBy(out.rstrip("/"), key=list(SHARD_COLUMNS), include_key=False),
                        mkdir=not remote, storage_options=storage_options() if remote else None))
+    write_layout_manifest(out, n_shards, shards, rows)
     return {"rows": rows, "series": ids.len(), "shards": shards.n_unique(), "out": out}

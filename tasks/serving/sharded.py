@@ -1,7 +1,9 @@
 """Sharded scoring: no process reads the whole catalogue.
 
-The plan runs in the flow's own process: the distinct series ids (a scan of the id column alone),
-split by ``nightcast.tasks.serving.shard``. Then, when ``as_of`` and the calendar are known before any shard is read
+The plan runs in the flow's own process: on a layout ``nightcast partition`` wrote, from its manifest and a
+listing of its shard folders (``nightcast.tasks.serving.shard.layout_plan``: no id is read; each task reads its
+folders whole and checks their ids); otherwise from the distinct series ids (a scan of the id column
+alone), split by ``nightcast.tasks.serving.shard``. Then, when ``as_of`` and the calendar are known before any shard is read
 (the model's calendar is regular, and ``as_of`` is given or read from the timestamp column's
 statistics), one pass per shard:
 
@@ -50,6 +52,7 @@ from nightcast.tasks.data.ingest import load_observations
 from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.forecast.intervals import widen
 from nightcast.tasks.ops.registry import Bundle, load_bundle
+from nightcast.tasks.serving.shard import check_shard
 from nightcast.tasks.serving.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
                          score_calendar, scoring_span_start, write_forecasts_sorted)
 from nightcast.tasks.ops.storage import Store, open_store
@@ -102,10 +105,13 @@ def worker_bundle(store_url: str, model_name: str, version: str) -> Bundle:
         return _cached_bundle(store_url, model_name, version)
 
 
-def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str] | pl.Series, shard: tuple[int, int],
+def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str] | pl.Series | None, shard: tuple[int, int],
                 since: dt.datetime | None) -> tuple[pl.DataFrame, ShardInput]:
-    """One shard's validated rows (from ``since`` on, and each series' last row before it), and its counts."""
+    """One shard's validated rows (from ``since`` on, and each series' last row before it), and its counts.
+    ``series`` None: the shard's folder of the layout, read whole (``layout_plan``), whose ids are checked here."""
     raw = load_observations(data, columns, series=series, shard=shard, since=since)
+    if series is None:
+        check_shard(raw["series_id"], shard, data)
     checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
                                     columns.timestamp_format, covariate_kinds(bundle))
     valid = checked.valid  # never empty: validation stops a shard with no valid row
@@ -115,7 +121,8 @@ def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str]
 
 
 @on_small_pages
-def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap, series: list[str] | pl.Series,
+def read_shard(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap,
+               series: list[str] | pl.Series | None,
                shard: tuple[int, int], since: dt.datetime | None, staged_key: str) -> ShardInput:
     """Read, validate and stage one shard's series.
 
@@ -155,9 +162,10 @@ class ShardRun:
 
 @on_small_pages
 def read_and_score_shards(store_url: str, model_name: str, version: str, data: str, columns: ColumnMap,
-                          series: list[pl.Series], shards: list[tuple[int, int]], as_of: dt.date, calendar: Calendar,
+                          series: list[pl.Series | None], shards: list[tuple[int, int]], as_of: dt.date, calendar: Calendar,
                           staged_key: str) -> ShardRun:
-    """Read and validate each of these shards (``series[i]`` are shard ``shards[i]``'s ids), forecast them
+    """Read and validate each of these shards (``series[i]`` are shard ``shards[i]``'s ids; None: its whole
+    folder of the layout), forecast them
     together and write their part once: what a run does when ``as_of`` and the calendar (``fixed_calendar``)
     are known before any shard is read. The rows never leave the worker; each shard reads only its own
     series from the scoring span of ``as_of`` on, and validation's share limit applies to each shard's own

@@ -63,16 +63,69 @@ def test_more_shards_than_series_still_equal(panel):
     assert read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single)
 
 
-def test_sharded_run_on_the_shard_layout_equals_the_plain_run(panel, tmp_path):
-    from nightcast.tasks.serving.shard import write_shard_layout
+def test_sharded_run_on_the_shard_layout_equals_the_plain_run(panel, tmp_path, monkeypatch):
+    """On a layout `nightcast partition` wrote, the flow plans from its manifest and reads no id (the id
+    scan is made to fail); without the manifest (another writer's layout) it plans from the ids. Both give
+    the plain run's forecasts."""
+    from nightcast.flows import score
+    from nightcast.tasks.serving.shard import LAYOUT_MANIFEST, write_shard_layout
 
     data, store, as_of, _ = panel
     score_flow(ScoreParams(data=data, as_of=as_of), store=store)
     single = read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
     write_shard_layout(data, str(tmp_path / "layout"), 3)
-    out = score_flow(ScoreParams(data=str(tmp_path / "layout"), as_of=as_of, shards=3), store=store)
+
+    def no_id_scan(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the planner read the id column")
+
+    with monkeypatch.context() as m:
+        m.setattr(score, "plan_step", no_id_scan)
+        out = score_flow(ScoreParams(data=str(tmp_path / "layout"), as_of=as_of, shards=3), store=store)
     assert read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single)
-    assert out["quarantined_rows"] >= 1
+    assert out["quarantined_rows"] >= 1 and out["series"] == single["series_id"].n_unique()
+    (tmp_path / "layout" / LAYOUT_MANIFEST).unlink()
+    calls = []
+    monkeypatch.setattr(score, "plan_step", lambda *a: calls.append(a) or score.load_series_ids(*a))
+    score_flow(ScoreParams(data=str(tmp_path / "layout"), as_of=as_of, shards=3), store=store)
+    assert calls and read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single)
+
+
+def test_a_layout_manifest_neither_loses_a_late_shard_nor_reads_a_misplaced_id(panel, tmp_path):
+    """The manifest only sizes the tasks: a series that lands later in a shard the manifest counted empty is
+    scored; one placed in another shard's folder than the hash puts it fails the run, naming it, before any
+    forecast is written (the task that read the folder checks its ids)."""
+    from nightcast.tasks.serving.shard import ShardLayoutError, layout_plan, shard_of, write_shard_layout
+
+    data, store, as_of, _ = panel
+    lay = tmp_path / "layout"
+    write_shard_layout(data, str(lay), 12)
+    plan = layout_plan(str(lay), 12)
+    empty = [k for k in range(12) if plan.sizes[k] == 0]
+    assert empty and plan.todo == [k for k in range(12) if plan.sizes[k]]  # 8 series in 12 shards
+    before = score_flow(ScoreParams(data=str(lay), as_of=as_of, shards=12), store=store)
+    raw = pl.read_parquet(data)
+    first = raw["series_id"].min()
+    late = next(f"late-{i}" for i in range(10_000) if shard_of(pl.Series([f"late-{i}"]), 12)[0] == empty[0])
+    (lay / "nshards=12" / f"shard={empty[0]}").mkdir(parents=True)
+    (raw.filter(pl.col("series_id") == first).with_columns(pl.lit(late).alias("series_id"))
+     .write_parquet(lay / "nshards=12" / f"shard={empty[0]}" / "landed-later.parquet"))
+    assert empty[0] in layout_plan(str(lay), 12).todo
+    out = score_flow(ScoreParams(data=str(lay), as_of=as_of, shards=12), store=store)
+    got = read_forecasts(open_store(store), "lstm", as_of)
+    assert late in got["series_id"].to_list() and out["series"] == before["series"] + 1
+    # a file of one shard moved into another's folder
+    src = next(k for k in range(12) if plan.sizes[k])
+    dst = next(k for k in range(12) if plan.sizes[k] and k != src)
+    moved = next((lay / "nshards=12" / f"shard={src}").glob("*.parquet"))
+    moved.rename(lay / "nshards=12" / f"shard={dst}" / "moved.parquet")
+    with pytest.raises(ShardLayoutError, match=rf"sit in another shard's folder.*in shard={dst}, belongs in shard={src}"):
+        score_flow(ScoreParams(data=str(lay), as_of=as_of, shards=12), store=store)
+    assert read_forecasts(open_store(store), "lstm", as_of).equals(got)  # the partition as it was
+    with pytest.raises(ShardLayoutError, match=r"for \[12\] shard\(s\), and this run asks for 5"):
+        layout_plan(str(lay), 5)
+    (lay / "_nightcast_layout.json").write_text("{}")
+    with pytest.raises(ShardLayoutError, match="is not a layout manifest this version reads"):
+        layout_plan(str(lay), 12)
 
 
 def test_sharded_backfill_equals_the_plain_backfill(panel, tmp_path):
@@ -92,7 +145,7 @@ def test_sharded_backfill_equals_the_plain_backfill(panel, tmp_path):
     assert open_store(store).list(STAGING) == []
 
 
-def test_shard_layout_and_sharded_score_on_s3(s3_env, sample_raw):
+def test_shard_layout_and_sharded_score_on_s3(s3_env, sample_raw, monkeypatch):
     """`nightcast partition` into a real S3 endpoint, then a sharded run reading the layout from S3 and
     writing to an S3 store: the same forecasts as an unsharded run on the original file."""
     import os
@@ -108,12 +161,17 @@ def test_shard_layout_and_sharded_score_on_s3(s3_env, sample_raw):
                            f"s3://{s3_env}/nightcast")
     assert main(["partition", "--data", data, "--out", layout, "--shards", "2"]) == 0
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="raw/by-shard/")["Contents"])
+    assert "raw/by-shard/_nightcast_layout.json" in keys  # the manifest the planner reads instead of the ids
+    keys.remove("raw/by-shard/_nightcast_layout.json")
     assert keys and all(k.startswith("raw/by-shard/nshards=2/shard=") for k in keys)
     assert main(["partition", "--data", data, "--out", layout, "--shards", "2"]) == 1  # never into old files
     retrain_flow(fast_params(data), store=store)
     as_of = sample_raw.select(pl.col("timestamp").str.to_datetime().max()).item().date()
     score_flow(ScoreParams(data=data, as_of=as_of), store=store)
     single = read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon")
+    from nightcast.flows import score
+
+    monkeypatch.setattr(score, "plan_step", lambda *a: pytest.fail("planned from the ids, not the S3 manifest"))
     out = score_flow(ScoreParams(data=layout, as_of=as_of, shards=2), store=store)
     assert read_forecasts(open_store(store), "lstm", as_of).sort("series_id", "horizon").equals(single)
     assert out["series"] == single["series_id"].n_unique() and open_store(store).list(STAGING) == []

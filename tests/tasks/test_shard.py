@@ -162,16 +162,23 @@ def test_a_sample_is_whole_shards_of_the_layout_and_the_same_hash_elsewhere(tmp_
     from nightcast.tasks.data.sample import make_sample
     from nightcast.tasks.serving.shard import shard_of, write_shard_layout
 
+    from nightcast.tasks.serving.shard import LAYOUT_MANIFEST
+
     raw = make_sample(n_series=40, days=5, seed=2)
     raw.write_csv(tmp_path / "obs.csv")
     write_shard_layout(str(tmp_path / "obs.csv"), str(tmp_path / "lay"), 10)
-    ids, k, n = ingest.sample_of(str(tmp_path / "lay"), ingest.ColumnMap(), 0.3)
-    assert (k, n) == (3, 10)
     shards = plan_shards(pl.DataFrame({"series_id": raw["series_id"]}), 10)
-    assert ids == sorted({*shards[0], *shards[1], *shards[2]})
+    ids = sorted({*shards[0], *shards[1], *shards[2]})
+    # the layout's manifest counts the series: no id is read, the sampled folders are read whole
+    assert ingest.sample_of(str(tmp_path / "lay"), ingest.ColumnMap(), 0.3) == (None, 3, 10)
+    from_manifest = ingest.load_observations(str(tmp_path / "lay"), sample=0.3)
+    (tmp_path / "lay" / LAYOUT_MANIFEST).unlink()  # another writer's layout: the ids are read
+    assert ingest.sample_of(str(tmp_path / "lay"), ingest.ColumnMap(), 0.3) == (ids, 3, 10)
     got = ingest.load_observations(str(tmp_path / "lay"), sample=0.3)
+    assert got.equals(from_manifest)
     expected = raw.filter(pl.col("series_id").is_in(ids))
     assert got.height == expected.height and sorted(got["series_id"].unique().to_list()) == ids
+    k, n = 3, 10
     monkeypatch.setattr(ingest, "sample_of", lambda *a: (ids, k, n))  # the id scan reads every shard's ids
     for f in (tmp_path / "lay").rglob("*.parquet"):
         if not any(f"shard={s}/" in str(f) for s in range(3)):
@@ -192,6 +199,21 @@ def test_a_sample_that_picks_no_series_is_refused_naming_the_share():
     with pytest.raises(IngestError, match=r"a sample of 0.2 of the series of sample:// picks none of its 5 series"):
         load_observations("sample://", sample=0.2)  # 5 series, none in the first 200 of 1,000 buckets
     assert load_observations("sample://", sample=0.3)["series_id"].n_unique() == 3
+
+
+def test_a_sample_that_picks_only_empty_shards_of_a_manifest_layout_is_refused(tmp_path):
+    """On a layout with a manifest the counts come from it (no id read): a share whose shards are all empty
+    is refused as on any input, naming the share, the total and the shards."""
+    from nightcast.tasks.data.ingest import IngestError, load_observations
+    from nightcast.tasks.data.sample import make_sample
+    from nightcast.tasks.serving.shard import write_shard_layout
+
+    raw = make_sample(n_series=3, days=5, seed=1)  # its series hash to shards 1, 3 and 9 of 10
+    raw.write_parquet(tmp_path / "obs.parquet")
+    write_shard_layout(str(tmp_path / "obs.parquet"), str(tmp_path / "lay"), 10)
+    with pytest.raises(IngestError, match=r"picks none of its 3 series \(1 of 10 hash buckets, whole shards\)"):
+        load_observations(str(tmp_path / "lay"), sample=0.1)
+    assert load_observations(str(tmp_path / "lay"), sample=0.2)["series_id"].n_unique() == 1
 
 
 def test_task_groups_take_consecutive_shards_one_task_per_slot_when_small():
