@@ -7,6 +7,7 @@ import errno
 import functools
 import re
 import socket
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -71,9 +72,23 @@ def task_runner(settings: Settings) -> Any:
     from prefect_dask import DaskTaskRunner
 
     if settings.dask_address == "local":
-        return DaskTaskRunner(cluster_kwargs={"n_workers": settings.dask_local_workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(settings.dask_local_workers))
     return DaskTaskRunner(address=settings.dask_address)
+
+
+def local_cluster_kwargs(n_workers: int) -> dict[str, Any]:
+    """A ``LocalCluster`` of ``n_workers`` processes of one thread each, each worker's polars pool sized to
+    its share of the cores (``POLARS_MAX_THREADS``, at least 1; polars reads it once, at import, so it is
+    set in the worker's environment before the process starts), as Dask itself sizes the OpenMP, MKL and
+    OpenBLAS pools of its workers: two workers on two cores then run one polars thread each instead of
+    two each. A ``POLARS_MAX_THREADS`` already set in this environment is kept (the workers inherit it)."""
+    from nightcast.models.classical import usable_cores
+
+    kwargs: dict[str, Any] = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                              "dashboard_address": None}
+    if "POLARS_MAX_THREADS" not in os.environ:
+        kwargs["env"] = {"POLARS_MAX_THREADS": str(max(1, usable_cores() // max(1, n_workers)))}
+    return kwargs
 
 
 def worker_slots() -> int:

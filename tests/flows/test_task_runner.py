@@ -34,3 +34,28 @@ def test_flows_pick_their_runner_when_a_run_starts_not_at_import(monkeypatch):
     for flow in (score_flow, backfill_flow):
         runner = flow.task_runner.duplicate()
         assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://10.0.0.7:8786"
+
+
+def _polars_threads() -> int:
+    import polars as pl
+
+    return pl.thread_pool_size()
+
+
+def test_local_cluster_workers_split_the_cores_between_their_polars_pools(monkeypatch):
+    """``NIGHTCAST_DASK_ADDRESS=local``: each worker process's polars pool is its share of the cores (as Dask
+    gives OpenMP/MKL one thread a worker), not every core in every worker; a value the user set is kept."""
+    from distributed import Client, LocalCluster
+
+    from nightcast.flows.runtime import local_cluster_kwargs
+    from nightcast.models.classical import usable_cores
+
+    monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
+    assert local_cluster_kwargs(2)["env"] == {"POLARS_MAX_THREADS": str(max(1, usable_cores() // 2))}
+    assert local_cluster_kwargs(1)["env"] == {"POLARS_MAX_THREADS": str(usable_cores())}
+    assert local_cluster_kwargs(64)["env"] == {"POLARS_MAX_THREADS": "1"}
+    with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
+        assert set(client.run(_polars_threads).values()) == {max(1, usable_cores() // 2)}
+    monkeypatch.setenv("POLARS_MAX_THREADS", "3")
+    assert "env" not in local_cluster_kwargs(2)
+    assert DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(2)).cluster_kwargs["n_workers"] == 2
