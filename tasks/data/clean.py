@@ -490,6 +490,11 @@ def regularize(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, i
 
 # --- outliers -------------------------------------------------------------------------------------
 
+def outlier_window(cfg: CleanConfig, season_length: int) -> int:
+    """The Hampel rule's trailing window: the configured one, else the season (at least 7 steps)."""
+    return cfg.outlier_window or max(season_length, 7)
+
+
 def _trailing_hampel(y: np.ndarray, s: np.ndarray, starts: np.ndarray, window: int, k: float,
                      chunk_values: int = _CHUNK_VALUES, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Trailing Hampel rule over stacked series: each value against the ``window`` values before it.
@@ -634,7 +639,7 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
     if cfg.outliers == "hampel":
         y = frame["raw"].to_numpy()  # the target as observed, NaN where missing
         s, starts, _ = _runs(frame["series_id"])
-        flag, clipped = _trailing_hampel(y, s, starts, cfg.outlier_window or max(season_length, 7),
+        flag, clipped = _trailing_hampel(y, s, starts, outlier_window(cfg, season_length),
                                          cfg.outlier_threshold)
         if cfg.outlier_action == "drop":
             clipped[flag] = np.nan

@@ -461,3 +461,53 @@ def test_placing_without_gathers_equals_placing_with_them():
         (pl.int_range(pl.len()) != 40).alias("observed"),
         pl.when(pl.int_range(pl.len()) == 40).then(pl.col("promo").shift(1)).otherwise(pl.col("promo")).alias("promo"))
     assert off == 0 and gathered.equals(expected)
+
+
+@pytest.mark.parametrize("frequency,outliers", [("1h", "hampel"), ("1mo", "hampel"), ("1h", "none")])
+def test_cleaning_from_the_scoring_span_gives_the_same_tail_as_cleaning_everything(frequency, outliers):
+    """Scoring cleans each series only from its last observed row at or before ``steps`` before its newest
+    (``cleaning_span``): the last ``keep`` cleaned steps equal those from cleaning the whole history, on
+    ragged series with short and long gaps (missing rows and null targets) and spikes placed around that
+    boundary (one the value a long gap carries forward), clipped by the Hampel rule or left, on an hourly and a
+    monthly grid. (Scoring cleans everything when outliers are dropped: a dropped row moves a gap's ends.)"""
+    from nightcast.tasks.data.clean import series_tails
+    from nightcast.tasks.serving.score import cleaning_span
+
+    rng = np.random.default_rng(7)
+    keep, window, max_gap = 30, 12, 3
+    steps = keep + window + max_gap
+    cfg = CleanConfig(max_gap=max_gap, outlier_window=window, outliers=outliers, outlier_action="clip")
+    frames = []
+    for i in range(80):
+        n = int(rng.integers(8, 140))
+        start = T0 + (dt.timedelta(hours=int(rng.integers(0, 50))) if frequency == "1h" else dt.timedelta(0))
+        stamps = pl.datetime_range(start, start + (dt.timedelta(hours=n - 1) if frequency == "1h"
+                                                   else dt.timedelta(days=31 * n)), frequency, eager=True,
+                                   time_unit="us").head(n)
+        y = 10 + np.sin(np.arange(len(stamps)) * 2 * np.pi / 12) + rng.normal(0, 0.1, len(stamps))
+        y[rng.random(len(stamps)) < 0.05] *= 8  # spikes
+        keep_row = np.ones(len(stamps), bool)
+        null = np.zeros(len(stamps), bool)
+        edge = len(stamps) - steps + int(rng.integers(-6, 7))  # gaps straddling the trim boundary, or near it
+        for lo, width in ((edge, int(rng.integers(1, max_gap + 1))), (edge - int(rng.integers(0, 20)),
+                                                                      int(rng.integers(max_gap + 1, 40)))):
+            lo = max(lo, 1)
+            if rng.random() < 0.5:  # a gap of null targets, or of missing rows
+                null[lo:lo + width] = True
+            else:
+                keep_row[lo:lo + width] = False
+        null[-1] = null[-1] and rng.random() < 0.5  # sometimes a blank last row
+        frames.append(_series(stamps.filter(pl.Series(keep_row)).to_list(),
+                              np.where(null, np.nan, y)[keep_row].tolist(), sid=f"s{i:03d}")
+                      .with_columns(pl.col("target").fill_nan(None)))
+    frame = pl.concat(frames).sort("series_id", "timestamp")
+    calendar = Calendar(frequency)
+    whole, _, _ = clean_observations(frame, cfg, calendar)
+    span = cleaning_span(frame, calendar, steps, window)
+    assert span.height < frame.height  # long series lose their older rows
+    part, _, _ = clean_observations(span, cfg, calendar)
+    a, b = series_tails(part, keep), series_tails(whole, keep)
+    if not a.equals(b):  # name the first series that differs
+        ids = a.join(b, on=["series_id", "timestamp"], how="full", suffix="_w").filter(
+            ~pl.col("target").eq_missing(pl.col("target_w")))
+        pytest.fail(f"tails differ:\n{ids.head(5)}")
