@@ -1057,7 +1057,7 @@ def scaling_rows(res: dict, args: argparse.Namespace) -> list[str]:
               f"{HORIZON}), in {-(-big // per_shard)} shards of {per_shard:,} series: the shards' tasks cost "
               f"{per_series * 1000:.2f} worker-seconds per 1,000 series as measured here (with {n // n_tasks:,} "
               f"series per task, so each task's fixed costs weigh more than they would), "
-              f"{per_series * big / 3600:.1f} worker-hours in all. The flow's own steps (id scan and assembly, "
+              f"{per_series * big / 3600:.1f} worker-hours in all. The flow's own steps ({'the id scan and ' if 'list-series' in tasks else ''}assembly, "
               f"scaled linearly from {n:,} series) and the orchestration of the {tasks_big} tasks a 1,000,000-series "
               f"run has ({kmax} workers, `NIGHTCAST_SHARD_TASK_SERIES` {Settings().shard_task_series:,}), each "
               f"counted at the {per_task:.2f} s the rest of this run's flow took over its {n_tasks} task(s) (an upper "
