@@ -486,9 +486,9 @@ def workers_worker(data: str, store: str, shards: int, counts: list[int]) -> dic
 
 
 def _workers_runs(data: str, store: str, shards: int, counts: list[int]) -> dict:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from nightcast.flows.runtime import local_cluster_kwargs, task_runner
+    from nightcast.flows.runtime import local_cluster, task_runner
     from nightcast.flows.score import score_flow
     from nightcast.schemas.params import ScoreParams, Settings
     from nightcast.tasks.serving.shard import write_shard_layout
@@ -512,7 +512,7 @@ def _workers_runs(data: str, store: str, shards: int, counts: list[int]) -> dict
     steps.out["flow_1proc"] = _fastest([steps.out.pop(f"flow_1proc_{r}") for r in range(2)])
     for k in counts:
         with steps.step(f"cluster_{k}"):
-            cluster = LocalCluster(**local_cluster_kwargs(k))  # as NIGHTCAST_DASK_ADDRESS=local starts it
+            cluster = local_cluster(n_workers=k)  # as NIGHTCAST_DASK_ADDRESS=local starts it
         if not steps.ok(f"cluster_{k}"):  # recorded: the table says why
             continue
         try:

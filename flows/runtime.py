@@ -72,23 +72,30 @@ def task_runner(settings: Settings) -> Any:
     from prefect_dask import DaskTaskRunner
 
     if settings.dask_address == "local":
-        return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(settings.dask_local_workers))
+        return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs={"n_workers": settings.dask_local_workers})
     return DaskTaskRunner(address=settings.dask_address)
 
 
-def local_cluster_kwargs(n_workers: int) -> dict[str, Any]:
+def local_cluster(n_workers: int = 1, **kwargs: Any) -> Any:
     """A ``LocalCluster`` of ``n_workers`` processes of one thread each, each worker's polars pool sized to
-    its share of the cores (``POLARS_MAX_THREADS``, at least 1; polars reads it once, at import, so it is
-    set in the worker's environment before the process starts), as Dask itself sizes the OpenMP, MKL and
-    OpenBLAS pools of its workers: two workers on two cores then run one polars thread each instead of
-    two each. A ``POLARS_MAX_THREADS`` already set in this environment is kept (the workers inherit it)."""
+    its share of the cores (``POLARS_MAX_THREADS`` = cores ÷ workers, at least 1), as Dask itself sizes the
+    OpenMP, MKL and OpenBLAS pools of its workers: two workers on two cores then run one polars thread each
+    instead of two each. The variable goes through ``distributed.nanny.pre-spawn-environ``, so it is in a
+    worker's environment before its Python starts (a nanny's ``env`` is applied after the spawned process
+    has re-imported the main module, which may already have sized polars' pool: under the ``nightcast``
+    command it had). A ``POLARS_MAX_THREADS`` already set here is kept (the workers inherit it). What
+    ``NIGHTCAST_DASK_ADDRESS=local`` starts (``task_runner``); ``kwargs`` go to ``LocalCluster``."""
+    import dask
+    from distributed import LocalCluster
+
     from nightcast.models.classical import usable_cores
 
-    kwargs: dict[str, Any] = {"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                              "dashboard_address": None}
+    kwargs = {"threads_per_worker": 1, "processes": True, "dashboard_address": None, **kwargs}
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     if "POLARS_MAX_THREADS" not in os.environ:
-        kwargs["env"] = {"POLARS_MAX_THREADS": str(max(1, usable_cores() // max(1, n_workers)))}
-    return kwargs
+        environ["POLARS_MAX_THREADS"] = str(max(1, usable_cores() // max(1, n_workers)))
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=n_workers, **kwargs)
 
 
 def worker_slots() -> int:

@@ -154,7 +154,7 @@ def _plan(st: Store, data: str, columns: ColumnMap, n_shards: int) -> tuple[str,
 
 def read_in_shards(st: Store, model_name: str, version: str, data: str, columns: ColumnMap, n_shards: int,
                    since: dt.datetime | None) -> ShardedInput:
-    """Plan the shards from the series ids alone, then read, validate and stage every shard as a
+    """Plan the shards (``_plan``: the layout's manifest, else the series ids), then read, validate and stage every shard as a
     mapped task (a backfill scores the staged rows for many dates). Staging folders that killed runs
     left behind are swept first."""
     run, plan = _plan(st, data, columns, n_shards)

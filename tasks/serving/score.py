@@ -12,7 +12,7 @@ import polars as pl
 
 from nightcast.schemas.frames import FORECASTS_LAYOUT, Forecasts
 from nightcast.schemas.params import CleanConfig
-from nightcast.tasks.data.clean import (Calendar, _in_series_order, _runs, by_series, outlier_window, clean_observations, decide_calendar,
+from nightcast.tasks.data.clean import (Calendar, _runs, by_series, outlier_window, clean_observations, decide_calendar,
                                         series_tails)
 from nightcast.tasks.forecast.evaluate import NETWORK
 from nightcast.tasks.data.features import FeatureEncoder, FeatureState, inverse_scale, scale_values, with_new_series
@@ -172,9 +172,8 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     none = pl.DataFrame(schema={"series_id": pl.String, "last_seen": pl.Datetime("us")})
     if history.height == 0:
         return ScorePart(None, report, none, None)
-    if clean_cfg.outliers == "none" or clean_cfg.outlier_action == "clip":  # no row dropped: clean only the span
-        history = cleaning_span(history, calendar, _span(bundle, as_of)[1], outlier_window(clean_cfg, season))
-    clean, _, _ = clean_observations(history, clean_cfg, calendar, iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
+    clean, _, _ = clean_observations(history, clean_cfg, calendar,
+                                     iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
     clean = series_tails(clean, keep)
     empty = history.select("series_id").unique().join(clean.select("series_id").unique(), on="series_id", how="anti")
     report.skipped.update(dict.fromkeys(empty["series_id"].to_list(), f"no observed target since {since}"))
@@ -261,38 +260,6 @@ def _recent(observations: pl.DataFrame, cutoff: dt.datetime, calendar: Calendar,
     return recent, sorted(gone.to_list()), since
 
 
-def cleaning_span(history: pl.DataFrame, calendar: Calendar, steps: int, window: int) -> pl.DataFrame:
-    """What cleaning needs of each series to clean its last steps as it would from its whole history, when
-    cleaning drops no row (outliers clipped, or none looked for): its rows from ``window`` calendar steps
-    before its last observed row at or before ``steps`` steps before its newest observed row. ``steps``
-    (``_span``'s) covers the last window's ``_keep`` steps, the outlier window before them and a short gap's
-    reach; the row at or before that bound is the value a long gap across it carries forward (or a short
-    gap's left neighbour), and ``window`` (the outlier rule's) the values that decide whether that row is
-    clipped. Older rows are not cleaned at all: ``_recent``'s span is twice ``steps`` before the cutoff for
-    every series, and a series that is up to date keeps about half of it. A series with no observed row in
-    ``history`` is kept whole (cleaning names it). Per-series maxima over the stacked rows (numpy), the
-    calendar steps taken once per series (polars). Tested against cleaning everything
-    (tests/tasks/test_clean_ragged.py)."""
-    frame, s, _, t = _in_series_order(history)
-    if not len(t):
-        return frame
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    observed = frame["target"].is_not_null().to_numpy()
-    none = np.iinfo(np.int64).min
-
-    def before(times: np.ndarray, n: int) -> np.ndarray:  # ``_steps_before`` of each series' time (none: none)
-        out = np.full(len(times), none)
-        has = times > none
-        out[has] = (pl.Series(times[has]).cast(frame["timestamp"].dtype).to_frame("t")
-                    .select(_steps_before_expr(pl.col("t"), calendar, n)).to_series().to_physical().to_numpy())
-        return out
-
-    bound = before(np.maximum.reduceat(np.where(observed, t, none), starts), steps)
-    since = before(np.maximum.reduceat(np.where(observed & (t <= bound[s]), t, none), starts), window)
-    keep = t >= since[s]
-    return frame if keep.all() else frame.filter(pl.Series(keep))
-
-
 def _step(calendar: Calendar) -> tuple[int, str]:
     """The calendar's step as (count, polars unit): "3mo" -> (3, "mo")."""
     m = re.fullmatch(r"(\d+)(\w+)", calendar.frequency)
@@ -303,14 +270,9 @@ def _step(calendar: Calendar) -> tuple[int, str]:
 
 def _steps_before(when: dt.datetime, calendar: Calendar, n: int) -> dt.datetime:
     """A time at least ``n`` calendar steps before ``when`` (business days count 7 for 5, plus holidays)."""
-    return pl.select(_steps_before_expr(pl.lit(when), calendar, n)).item()
-
-
-def _steps_before_expr(when: pl.Expr, calendar: Calendar, n: int) -> pl.Expr:
-    """``_steps_before`` of each value of ``when``."""
     k, unit = _step(calendar)
     n = n * 2 if calendar.kind == "business" else n
-    return when.dt.offset_by(f"-{n * k}{unit}")
+    return pl.Series([when]).dt.offset_by(f"-{n * k}{unit}").item()
 
 
 def _first(skipped: dict[str, str], n: int = 5) -> str:

@@ -121,10 +121,22 @@ def layout_plan(uri: str, n_shards: int) -> ShardPlan | None:
     counts = len(series)
     if counts != n_shards:
         raise _other_count(uri, [counts], n_shards)
-    present = {int(part[len("shard="):]) for key in open_store(_layout_root(uri)).list(f"nshards={n_shards}/")
-               for part in key.split("/")[1:2] if part.startswith("shard=") and part[len("shard="):].isdigit()}
-    todo = sorted(k for k in present if k < n_shards)
-    return ShardPlan([None] * n_shards, series, todo, sum(series), "manifest")
+    present: set[int] = set()
+    for key in open_store(_layout_root(uri)).list(""):
+        if not key.endswith(".parquet"):  # the manifest, folder markers, _SUCCESS: not data (as ingest reads it)
+            continue
+        parts = key.split("/")
+        count = parts[0].removeprefix("nshards=") if len(parts) > 2 else ""
+        shard = parts[1].removeprefix("shard=") if len(parts) > 2 else ""
+        if count != str(n_shards) or not shard.isdigit() or int(shard) >= n_shards:
+            raise ShardLayoutError(
+                f"{uri} holds {key!r}, outside the nshards={n_shards}/shard=0..{n_shards - 1}/ folders its manifest "
+                "describes: a run would not read it. Move it into its series' shard folder, or write the layout "
+                "again with `nightcast partition`")
+        present.add(int(shard))
+    if not present:
+        raise ShardLayoutError(f"{uri} has a layout manifest but no Parquet file in its shard folders")
+    return ShardPlan([None] * n_shards, series, sorted(present), sum(series), "manifest")
 
 
 def write_layout_manifest(out: str, n_shards: int, shards: pl.Series, rows: int) -> None:
@@ -145,7 +157,7 @@ def check_shard(ids: pl.Series, shard: tuple[int, int], uri: str = "the input") 
     """Raise ``ShardLayoutError`` when an id read from shard ``shard[0]``'s folder belongs in another
     (``plan_shards``' check, made by the task that read the folder whole: each distinct id hashed once)."""
     k, n = shard
-    ids = ids.cast(pl.String).unique()
+    ids = ids.cast(pl.String).drop_nulls().unique()  # a row without an id is validation's to quarantine
     expected = shard_of(ids, n)
     wrong = ids.filter(expected != k)
     if wrong.len():

@@ -37,8 +37,12 @@ def test_scale_bench_runs_from_one_command(tmp_path):
     # the data path and its floor: the fastest of two fresh processes each, every run's seconds shown
     assert table.count("fastest of 2 processes") == 2, table  # the floor row, and the data path's first row
     # the worker-scaling rows: one process, then Dask with 1 and 2 workers, and the estimate from them
-    for row in ("| score flow, 1 process, unsharded, one core (`NIGHTCAST_CLASSICAL_JOBS=1`, `NIGHTCAST_INFERENCE_THREADS=1`) |",
-                "| score flow, 1 process, unsharded, default (inference and statsforecast's fits on ", "| score flow on Dask, 1 worker(s), shard layout |",
+    # (every process of them on one core but the default one's)
+    assert "each process on one core: `POLARS_MAX_THREADS=1`" in table
+    for row in ("| score flow, 1 process, unsharded, one core (`NIGHTCAST_CLASSICAL_JOBS=1`, `NIGHTCAST_INFERENCE_THREADS=1`, "
+                "`POLARS_MAX_THREADS=1`) |",
+                "| score flow, 1 process, unsharded, default (polars, inference and statsforecast's fits on ",
+                "| score flow on Dask, 1 worker(s), shard layout |",
                 "| score flow on Dask, 2 worker(s), shard layout |", "**Estimate for 1,000,000 series**",
                 "- 60 min window: "):  # a worker count, or, extrapolated from 50 series on a slow hour, "steps alone take longer"
         assert row in table

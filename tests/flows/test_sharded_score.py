@@ -123,6 +123,15 @@ def test_a_layout_manifest_neither_loses_a_late_shard_nor_reads_a_misplaced_id(p
     assert read_forecasts(open_store(store), "lstm", as_of).equals(got)  # the partition as it was
     with pytest.raises(ShardLayoutError, match=r"for \[12\] shard\(s\), and this run asks for 5"):
         layout_plan(str(lay), 5)
+    (lay / "nshards=12" / f"shard={dst}" / "moved.parquet").rename(moved)  # back; only data files make a shard
+    (lay / "nshards=12" / f"shard={empty[1]}").mkdir()
+    (lay / "nshards=12" / f"shard={empty[1]}" / "_SUCCESS").write_text("")
+    assert empty[1] not in layout_plan(str(lay), 12).todo
+    stray = lay / "nshards=12" / "shard=12"  # a folder no run of 12 shards reads
+    stray.mkdir()
+    (lay / "nshards=12" / f"shard={empty[0]}" / "landed-later.parquet").rename(stray / "x.parquet")
+    with pytest.raises(ShardLayoutError, match=r"holds 'nshards=12/shard=12/x.parquet', outside the nshards=12/"):
+        layout_plan(str(lay), 12)
     (lay / "_nightcast_layout.json").write_text("{}")
     with pytest.raises(ShardLayoutError, match="is not a layout manifest this version reads"):
         layout_plan(str(lay), 12)

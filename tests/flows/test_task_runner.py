@@ -36,26 +36,41 @@ def test_flows_pick_their_runner_when_a_run_starts_not_at_import(monkeypatch):
         assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://10.0.0.7:8786"
 
 
-def _polars_threads() -> int:
-    import polars as pl
+_POOLS = """
+import nightcast.flows.cli  # noqa: F401 - the main module imports nightcast, as the `nightcast` command's does
+import polars as pl
+from distributed import Client
+from nightcast.flows.runtime import local_cluster
 
+def size():
+    import polars as pl
     return pl.thread_pool_size()
 
+if __name__ == "__main__":
+    pl.DataFrame({"a": [1, 2]}).sum()  # this process's own pool in use
+    with local_cluster(n_workers=2) as cluster, Client(cluster) as client:
+        print(sorted(set(client.run(size).values())), pl.thread_pool_size())
+"""
 
-def test_local_cluster_workers_split_the_cores_between_their_polars_pools(monkeypatch):
+
+def test_local_cluster_workers_split_the_cores_between_their_polars_pools(tmp_path, monkeypatch):
     """``NIGHTCAST_DASK_ADDRESS=local``: each worker process's polars pool is its share of the cores (as Dask
-    gives OpenMP/MKL one thread a worker), not every core in every worker; a value the user set is kept."""
-    from distributed import Client, LocalCluster
+    gives OpenMP/MKL one thread a worker), not every core in every worker, even when the main module imports
+    nightcast and polars (as the `nightcast` command's does) before the workers start; a value the user set
+    is kept. Real worker processes, started from a script."""
+    import subprocess
+    import sys
 
-    from nightcast.flows.runtime import local_cluster_kwargs
     from nightcast.models.classical import usable_cores
 
-    monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
-    assert local_cluster_kwargs(2)["env"] == {"POLARS_MAX_THREADS": str(max(1, usable_cores() // 2))}
-    assert local_cluster_kwargs(1)["env"] == {"POLARS_MAX_THREADS": str(usable_cores())}
-    assert local_cluster_kwargs(64)["env"] == {"POLARS_MAX_THREADS": "1"}
-    with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
-        assert set(client.run(_polars_threads).values()) == {max(1, usable_cores() // 2)}
-    monkeypatch.setenv("POLARS_MAX_THREADS", "3")
-    assert "env" not in local_cluster_kwargs(2)
-    assert DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(2)).cluster_kwargs["n_workers"] == 2
+    script = tmp_path / "pools.py"
+    script.write_text(_POOLS)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "POLARS_MAX_THREADS"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == [f"[{max(1, usable_cores() // 2)}]", str(usable_cores())], out.stdout
+    out = subprocess.run([sys.executable, str(script)], env={**env, "POLARS_MAX_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.split()[-2:] == ["[1]", "1"], out.stdout + out.stderr[-2000:]
+    local = task_runner(Settings(dask_address="local", dask_local_workers=2))
+    assert local.cluster_kwargs == {"n_workers": 2}

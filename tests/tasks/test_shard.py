@@ -271,3 +271,15 @@ def test_task_groups_hold_about_the_same_series():
     assert [sum(sizes[i] for i in g) for g in groups] == [2000, 2000]
     sizes = [450, 560, 500, 490]  # the first run to pass half would be 3 shards: the even cut is 2 and 2
     assert task_groups(sizes, 2, 20_000) == [[0, 1], [2, 3]]
+
+
+def test_a_task_checks_the_ids_it_read_against_its_folder_and_leaves_null_ids_to_validation():
+    from nightcast.tasks.serving.shard import ShardLayoutError, check_shard, shard_of
+
+    ids = pl.Series(["a", "b", "c", "d", None])
+    shards = shard_of(ids.drop_nulls(), 4).to_list()
+    mine = [i for i, k in zip("abcd", shards) if k == shards[0]]
+    check_shard(pl.Series([*mine, None, *mine]), (shards[0], 4), "lay")  # repeats and a null: fine
+    other = next(i for i, k in zip("abcd", shards) if k != shards[0])
+    with pytest.raises(ShardLayoutError, match=rf"1 series of lay .*'{other}' in shard={shards[0]}, belongs in"):
+        check_shard(pl.Series([*mine, other]), (shards[0], 4), "lay")
