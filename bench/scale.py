@@ -57,6 +57,7 @@ import time
 import traceback
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -505,11 +506,11 @@ def _workers_runs(data: str, store: str, shards: int, counts: list[int]) -> dict
     # Dask configuration's first run does
     with _env(NIGHTCAST_CLASSICAL_JOBS="1", NIGHTCAST_INFERENCE_THREADS="1"):
         score_flow(ScoreParams(data=data), store=store)
-    for r in range(2):  # the fastest of two timed runs: one run's time moves by several % on this machine
-        with _env(NIGHTCAST_CLASSICAL_JOBS="1", NIGHTCAST_INFERENCE_THREADS="1"), steps.step(f"flow_1proc_{r}"):
-            state = score_flow(ScoreParams(data=data), store=store, return_state=True)
-            steps.out["series"] = state.result()["series"]
-    steps.out["flow_1proc"] = _fastest([steps.out.pop(f"flow_1proc_{r}") for r in range(2)])
+    with _env(NIGHTCAST_CLASSICAL_JOBS="1", NIGHTCAST_INFERENCE_THREADS="1"):
+        state = _fastest_of_two(steps, "flow_1proc", lambda: score_flow(ScoreParams(data=data), store=store,
+                                                                        return_state=True))
+    if state is not None:
+        steps.out["series"] = state.result()["series"]
     for k in counts:
         with steps.step(f"cluster_{k}"):
             cluster = local_cluster(n_workers=k)  # as NIGHTCAST_DASK_ADDRESS=local starts it
@@ -519,21 +520,31 @@ def _workers_runs(data: str, store: str, shards: int, counts: list[int]) -> dict
             flow = score_flow.with_options(task_runner=task_runner(Settings(dask_address=cluster.scheduler_address)))
             with steps.step(f"warm_{k}"):
                 flow(ScoreParams(data=layout, shards=shards), store=store)
-            states = []
-            for r in range(2):  # the fastest of two timed runs, as the unsharded reference
-                with steps.step(f"dask_{k}_{r}"):
-                    states.append(flow(ScoreParams(data=layout, shards=shards), store=store, return_state=True))
-                    steps.out[f"series_{k}"] = states[-1].result()["series"]
-            runs = [steps.out.pop(f"dask_{k}_{r}") for r in range(2)]
-            steps.out[f"dask_{k}"] = _fastest(runs)
-            if steps.ok(f"dask_{k}"):
-                best = min(range(2), key=lambda r: runs[r]["seconds"])
-                steps.out[f"tasks_{k}"] = _task_seconds(states[best].state_details.flow_run_id)
+            state = _fastest_of_two(steps, f"dask_{k}", lambda: flow(ScoreParams(data=layout, shards=shards),
+                                                                      store=store, return_state=True))
+            if state is not None:
+                steps.out[f"series_{k}"] = state.result()["series"]
+                steps.out[f"tasks_{k}"] = _task_seconds(state.state_details.flow_run_id)
                 with Client(cluster) as client:  # each worker's peak RSS over both runs (MiB)
                     steps.out[f"worker_peak_mib_{k}"] = sorted(client.run(_peak_rss_mib).values())
         finally:
             cluster.close()
     return steps.out
+
+
+def _fastest_of_two(steps: _Steps, name: str, run: Callable[[], Any]) -> Any:
+    """``run()`` (a flow run returning its state) twice, timed as steps; ``steps.out[name]`` is the fastest
+    (``_fastest``: one run's time moves by several % on this machine), and its state is returned, or None
+    when either run failed (the step records why)."""
+    states = []
+    for r in range(2):
+        with steps.step(f"{name}_{r}"):
+            state = run()
+            state.result()  # a failed run raises here, inside its step
+            states.append(state)
+    runs = [steps.out.pop(f"{name}_{r}") for r in range(2)]
+    steps.out[name] = _fastest(runs)
+    return states[min(range(2), key=lambda r: runs[r]["seconds"])] if steps.ok(name) else None
 
 
 def _overall_mase(rows: list[dict]) -> dict[str, float]:

@@ -6,8 +6,8 @@ import datetime as dt
 import errno
 import functools
 import re
-import socket
 import os
+import socket
 import sys
 from typing import Any, Callable, TypeVar
 

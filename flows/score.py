@@ -144,10 +144,9 @@ def _plan(st: Store, data: str, columns: ColumnMap, n_shards: int) -> tuple[str,
         # each shard's ids as one Series, not a list: Prefect walks every element of a list parameter when it
         # submits a task (and again on the worker), ~0.2 s per 10,000-id shard in the flow's one thread
         groups = [pl.Series(g, dtype=pl.String) for g in plan_shards(ids, n_shards, data)]
-        plan = ShardPlan(groups, [len(g) for g in groups], [k for k, g in enumerate(groups) if len(g)], ids.height,
-                         "ids")
+        plan = ShardPlan(groups, [len(g) for g in groups], [k for k, g in enumerate(groups) if len(g)], ids.height)
     logger.info("%d series in %d shards (%d empty; planned from %s); staging under %s", plan.series, n_shards,
-                n_shards - len(plan.todo), "the layout's manifest" if plan.source == "manifest" else "the ids",
+                n_shards - len(plan.todo), "the layout's manifest" if plan.from_manifest else "the ids",
                 st.uri(STAGING + run))
     return run, plan
 

@@ -74,7 +74,11 @@ class ShardPlan:
     sizes: list[int]
     todo: list[int]
     series: int
-    source: str  # "ids" (the id column was read) or "manifest"
+
+    @property
+    def from_manifest(self) -> bool:
+        """Planned from the layout's manifest (no id was read), not from the ids."""
+        return all(g is None for g in self.groups)
 
 
 def _layout_root(uri: str) -> str | None:
@@ -111,8 +115,9 @@ def layout_plan(uri: str, n_shards: int) -> ShardPlan | None:
     """The plan of a run with ``n_shards`` shards on a layout ``nightcast partition`` wrote, from its manifest
     and a listing of its shard folders: no id is read in the flow's process. None when ``uri`` has no
     manifest (another writer's layout, a file, CSV): the run then reads the id column (``plan_shards``).
-    Every shard folder that holds a file is read, even one the manifest counted empty (files may have
-    landed in it since); a layout written for another count is refused as ``plan_shards`` refuses it."""
+    Every shard folder that holds a Parquet file is read, even one the manifest counted empty (files may have
+    landed in it since); a layout written for another count, or with Parquet files outside the folders its
+    manifest describes, is refused as ``plan_shards`` refuses ids in the wrong folder."""
     from nightcast.tasks.ops.storage import open_store
 
     series = layout_manifest(uri)
@@ -136,7 +141,7 @@ def layout_plan(uri: str, n_shards: int) -> ShardPlan | None:
         present.add(int(shard))
     if not present:
         raise ShardLayoutError(f"{uri} has a layout manifest but no Parquet file in its shard folders")
-    return ShardPlan([None] * n_shards, series, sorted(present), sum(series), "manifest")
+    return ShardPlan([None] * n_shards, series, sorted(present), sum(series))
 
 
 def write_layout_manifest(out: str, n_shards: int, shards: pl.Series, rows: int) -> None:

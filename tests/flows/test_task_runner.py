@@ -58,6 +58,7 @@ def test_local_cluster_workers_split_the_cores_between_their_polars_pools(tmp_pa
     gives OpenMP/MKL one thread a worker), not every core in every worker, even when the main module imports
     nightcast and polars (as the `nightcast` command's does) before the workers start; a value the user set
     is kept. Real worker processes, started from a script."""
+    import os
     import subprocess
     import sys
 
@@ -65,7 +66,7 @@ def test_local_cluster_workers_split_the_cores_between_their_polars_pools(tmp_pa
 
     script = tmp_path / "pools.py"
     script.write_text(_POOLS)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "POLARS_MAX_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == [f"[{max(1, usable_cores() // 2)}]", str(usable_cores())], out.stdout
