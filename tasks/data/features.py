@@ -192,6 +192,10 @@ class FeatureEncoder:
 
     ``frame`` is ``clean`` without the series ``state`` has no scaler for (``unknown``), sorted by series
     then time (itself when it already is; with ``in_series_order=False`` and no lags, in its own order).
+    With ``drop_unknown=False`` those series' rows stay in ``frame`` (their scaled target reads 0) and
+    whoever reads the rows leaves them out: ``make_windows`` gives them no window. ``frame`` is
+    then ``clean`` itself, so the window index reads its columns in place instead of copying every one of
+    them to drop a few late-born series.
     ``block(lo, hi)`` gives the encoded columns of rows lo..hi-1 (all of ``columns``: the scaled target
     ``y``, encoded covariates, calendar parts, PCA components), each row's own; seasonal lags read other
     rows and are ``lag_columns``, filled from ``y`` by whoever holds it (``transform_features`` as frame
@@ -199,14 +203,16 @@ class FeatureEncoder:
     transform. Memory: a per-series table and a row's run number, never a copy of the frame.
     """
 
-    def __init__(self, clean: pl.DataFrame, state: FeatureState, in_series_order: bool = True) -> None:
+    def __init__(self, clean: pl.DataFrame, state: FeatureState, in_series_order: bool = True,
+                 drop_unknown: bool = True) -> None:
         self.state = state
         runs = clean["series_id"].rle()  # one run per series when the rows are grouped by series
         self.unknown = sorted(set(runs.struct.field("value").unique().to_list()) - set(state.target_stats))
-        frame = _without(clean, self.unknown) if self.unknown else clean
+        self.kept_unknown = bool(self.unknown) and not drop_unknown  # rows of ``unknown`` series still in ``frame``
+        frame = _without(clean, self.unknown) if self.unknown and drop_unknown else clean
         self.in_series_order = bool(in_series_order or state.lags)  # lags read back within a series
         self.frame = by_series(frame) if self.in_series_order else frame
-        if self.unknown or self.frame is not frame:
+        if frame is not clean or self.frame is not frame:
             runs = self.frame["series_id"].rle()
         stats = pl.DataFrame({"series_id": list(state.target_stats),
                               "_c": [v[0] for v in state.target_stats.values()],
@@ -264,7 +270,10 @@ class FeatureEncoder:
     def _encode(self, sub: pl.DataFrame, run: pl.Series, only: list[str] | None = None) -> pl.DataFrame:
         state = self.state
         want = None if only is None else set(only)
-        exprs = [((pl.col("target") - self._centre.gather(run)) / self._scale.gather(run)).cast(pl.Float32).alias("y")]
+        y = ((pl.col("target") - self._centre.gather(run)) / self._scale.gather(run)).cast(pl.Float32)
+        if self.kept_unknown:  # a series without a scaler reads 0, as padding does: a padded window's mask
+            y = y.fill_null(0.0)  # multiplies the rows before its series by 0, and NaN * 0 is NaN
+        exprs = [y.alias("y")]
         for name in [*state.past_covariates, *state.future_covariates]:
             if name in state.categories:
                 exprs += [(pl.col(name) == v).fill_null(False).cast(pl.Float32).alias(f"cat__{name}={v}")

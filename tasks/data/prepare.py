@@ -89,7 +89,9 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     state = fit_features(clean, train_end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates, parts, f.seasonal_lags, f.pca_components,
                          f.timezone)
-    encoder = FeatureEncoder(clean, state)  # the inputs are encoded straight into the window arrays
+    # the inputs are encoded straight into the window arrays; series with no training data keep their rows
+    # (no window): the index reads the clean frame's columns in place
+    encoder = FeatureEncoder(clean, state, drop_unknown=False)
     no_training_data = encoder.unknown
     lookback = w.lookback or auto_lookback(season, w.horizon)
     index = make_windows(encoder, state.past_columns, state.future_columns, lookback, w.horizon,
@@ -107,7 +109,7 @@ def index_with_state(clean: pl.DataFrame, state: FeatureState, network_args: dic
     """Windows over an already-clean frame with someone else's fitted features (the champion's)."""
     season = int(network_args.get("season", 1))
     min_input = min_history(lookback, season) if network_args.get("mask") else None
-    return make_windows(FeatureEncoder(clean, state), state.past_columns, state.future_columns, lookback,
+    return make_windows(FeatureEncoder(clean, state, drop_unknown=False), state.past_columns, state.future_columns, lookback,
                         network_args["horizon"], train_end, val_end, min_input=min_input, season=season)
 
 
@@ -133,7 +135,7 @@ def prepare_refit(prepared: Prepared, valid: ValidationResult, params: RetrainPa
     state = fit_features(clean, end, params.clean.scaler, valid.numeric, valid.categorical,
                          w.past_covariates, w.future_covariates, prepared.state.calendar, f.seasonal_lags,
                          f.pca_components, f.timezone)
-    encoder = FeatureEncoder(clean, state)
+    encoder = FeatureEncoder(clean, state, drop_unknown=False)
     no_training_data = encoder.unknown
     lookback, season = prepared.index.lookback, prepared.season_length
     index = make_windows(encoder, state.past_columns, state.future_columns, lookback, w.horizon, end, end, w.stride,

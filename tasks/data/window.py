@@ -143,7 +143,8 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
             raise ValueError("make_windows needs a FeatureEncoder whose rows are in series order "
                              "(built with in_series_order=True)")
         frame = encoder.frame if encoder is not None else by_series(frame)
-        index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input)
+        skip = encoder.unknown if encoder is not None and encoder.kept_unknown else None
+        index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input, skip)
         compact = compact and encoder is not None
         fixed = set(encoder.static_columns()) & set(past_columns) if compact else set()
         static_at = [j for j, c in enumerate(past_columns) if c in fixed]
@@ -172,8 +173,9 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
 
 
 def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datetime | None,
-           val_end: dt.datetime | None, stride: int, min_input: int | None) -> dict:
-    """Everything of a ``WindowIndex`` but the stacked feature arrays (``make_windows``)."""
+           val_end: dt.datetime | None, stride: int, min_input: int | None, skip: list[str] | None = None) -> dict:
+    """Everything of a ``WindowIndex`` but the stacked feature arrays (``make_windows``). The series of
+    ``skip`` keep their rows (and a place among ``series_ids``) but get no window."""
     runs = frame["series_id"].rle()  # sorted: one run per series, in id order (no Python-object sort)
     ids, counts = runs.struct.field("value").to_numpy(), runs.struct.field("len").to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -184,6 +186,8 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
     if "in_long_gap" in frame.columns and frame["in_long_gap"].any():  # no real step of a window in a long gap
         origins = _outside_long_gaps(frame["in_long_gap"].to_numpy(), codes, offsets, origins, need, lookback,
                                      horizon)
+    if skip:  # after the long gaps: those count each series' origins from the whole ranges
+        origins = origins[~np.isin(ids, np.asarray(skip, dtype=ids.dtype))[codes[origins]]]
     short = [str(s) for s in ids[counts < need + horizon]]
     splits: dict[str, np.ndarray]
     if train_end is None:

@@ -241,6 +241,36 @@ def test_series_without_a_scaler_are_dropped_without_copying_the_catalogue(monke
     assert frame["target"].n_chunks() == 1
 
 
+def test_series_without_a_scaler_keep_their_rows_in_the_training_index_but_get_no_window():
+    """The training index keeps the rows of series without a scaler (late-born: no observation in the training
+    span) so that it reads the clean frame's columns in place; they get no window, and every window, its
+    inputs (padded ones too, whose padding reads the rows before their series) and its truth equal those of an
+    index built without those rows."""
+    from nightcast.tasks.data.features import FeatureEncoder
+
+    clean = _clean(40, sids=("a", "b", "c", "d", "e")).rechunk()
+    train_end, val_end = clean["timestamp"][29], clean["timestamp"][34]
+    state = fit_features(clean.filter(pl.col("series_id").is_in(["a", "c", "e"])), train_end, "standard", ["temp"],
+                         ["promo"], None, [])
+    args = (state.past_columns, state.future_columns, 12, 3, train_end, val_end)
+    kept = make_windows(FeatureEncoder(clean, state, drop_unknown=False), *args, min_input=4)
+    dropped = make_windows(FeatureEncoder(clean, state), *args, min_input=4)
+    assert kept.series_ids == ["a", "b", "c", "d", "e"] and dropped.series_ids == ["a", "c", "e"]
+    assert np.shares_memory(kept.target, clean["target"].to_numpy())  # no copy of the catalogue's columns
+    for split, starts in kept.splits.items():
+        assert set(kept.series_of(starts)) <= {"a", "c", "e"}, split
+        other = dropped.splits[split]
+        assert kept.series_of(starts).tolist() == dropped.series_of(other).tolist(), split
+        assert np.array_equal(kept.timestamps[kept.origin(starts)], dropped.timestamps[dropped.origin(other)])
+        assert np.array_equal(kept.truth[kept.target_index(starts)], dropped.truth[dropped.target_index(other)])
+        mine, theirs = WindowDataset(kept, starts), WindowDataset(dropped, other)
+        assert len(mine) > 0
+        for a, b in zip(mine.__getitems__(list(range(len(mine)))), theirs.__getitems__(list(range(len(theirs))))):
+            assert not a.isnan().any()  # the padding before "c" reads "b"'s rows: 0, never NaN
+            assert np.array_equal(a.numpy(), b.numpy()), split
+    assert (kept.past[kept.offsets[1]:kept.offsets[2], 0] == 0).all()  # "b" has no scaler: its target reads 0
+
+
 def test_scaling_is_per_series_whatever_the_row_order():
     """Each row gets its own series' centre and scale when the rows are grouped by series, and when they are
     interleaved (rows of a, b, a, b, ...): the scalers are joined per run of equal ids."""
