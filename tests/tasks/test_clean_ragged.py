@@ -461,3 +461,32 @@ def test_placing_without_gathers_equals_placing_with_them():
         (pl.int_range(pl.len()) != 40).alias("observed"),
         pl.when(pl.int_range(pl.len()) == 40).then(pl.col("promo").shift(1)).otherwise(pl.col("promo")).alias("promo"))
     assert off == 0 and gathered.equals(expected)
+
+
+@pytest.mark.parametrize("method", ["interpolate", "ffill"])
+@pytest.mark.parametrize("max_gap", [0, 1, 3, 12])
+def test_gap_fill_equals_polars_interpolate_bit_for_bit(method, max_gap):
+    """The fill computed on the missing steps alone gives polars' own values, to the last bit and the sign of
+    zero: a gap of up to ``max_gap`` steps is ``interpolate``d (or forward-filled), a longer one forward-filled
+    and flagged, each series on its own (the reference groups by series)."""
+    rng = np.random.default_rng(max_gap + 7)
+    frames = []
+    for i in range(80):
+        y = rng.normal(size=int(rng.integers(2, 300))) * 10.0 ** int(rng.integers(-3, 7))
+        y[rng.random(len(y)) < rng.uniform(0, 0.7)] = np.nan
+        for _ in range(int(rng.integers(0, 3))):  # long gaps
+            a = int(rng.integers(0, len(y)))
+            y[a:a + int(rng.integers(1, 30))] = np.nan
+        y[0], y[-1] = rng.normal(), -0.0 if i % 5 == 0 else rng.normal()
+        frames.append(_series(_hours(len(y)), y.tolist(), f"s{i:02d}").with_columns(pl.col("target").fill_nan(None)))
+    frame = pl.concat(frames)
+    got = fill_gaps(frame, max_gap, method)
+    missing = pl.col("target").is_null()
+    run = pl.struct(pl.col("series_id"), missing).rle_id()
+    short = missing & (run.rle().struct.field("len").gather(run) <= max_gap)
+    filled = pl.col("target").interpolate() if method == "interpolate" else pl.col("target").forward_fill()
+    want = frame.with_columns(pl.when(short).then(filled.over("series_id")).otherwise(pl.col("target"))
+                              .forward_fill().over("series_id").alias("target"), (missing & ~short).alias("in_long_gap"))
+    a, b = got["target"].to_numpy(), want["target"].to_numpy()
+    assert np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
+    assert got["in_long_gap"].equals(want["in_long_gap"]) and got["in_long_gap"].any() == (max_gap < 29)
