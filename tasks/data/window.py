@@ -49,6 +49,7 @@ class WindowIndex:
     code_tables: list[np.ndarray] | None = None  # per part, (period, 2) float32: its sine and cosine by value
     code_past_at: list[int] | None = None  # per part, where its (sine, cosine) pair sits among the past channels
     code_future_at: list[int] | None = None  # ... and among the known-future channels
+    unscaled: list[str] | None = None  # series held for their rows only (no scaler: no window), in ``series_ids``
 
     def __post_init__(self) -> None:
         if self.min_input is None:
@@ -169,7 +170,8 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
                        past_columns=list(past_columns), static=per_series, static_at=static_at or None, codes=codes,
                        code_tables=[calendar_table(p) for p in parts] or None,
                        code_past_at=[past_columns.index(calendar_columns([p])[0]) for p in parts] or None,
-                       code_future_at=[at.get(calendar_columns([p])[0], -1) for p in parts] or None, **index)
+                       code_future_at=[at.get(calendar_columns([p])[0], -1) for p in parts] or None,
+                       unscaled=list(skip) if skip else None, **index)
 
 
 def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datetime | None,
@@ -432,7 +434,8 @@ class WindowDataset(Dataset):
             return self._channels(self.past_runs, self.past, inp, s), future, self.y[out]
         first = self.first[self.series[s + self.lookback - 1].long()]  # (B,) each window's series start
         real = inp >= first[:, None]  # (B, L)
-        past = self._channels(self.past_runs, self.past, inp.clamp_min(0), s) * real[:, :, None]
+        # padding reads 0 whatever the rows before the series hold (a where, not a product: inf * 0 is NaN)
+        past = torch.where(real[:, :, None], self._channels(self.past_runs, self.past, inp.clamp_min(0), s), 0.0)
         past = torch.cat([past, real[:, :, None].to(past.dtype)], dim=2)  # (B, L, F_past + 1)
         return past, future, self.y[out]
 

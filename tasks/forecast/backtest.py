@@ -95,6 +95,8 @@ def run_backtest(index: WindowIndex, state: FeatureState, train_end: np.datetime
     codes = index.series[index.origin(val)]
     weights = fit_weights(cand_val, _truth(index, val), codes, index.series_ids, index.horizon, cfg.combine,
                           cfg.prior, cfg.power, cfg.trim)
+    if index.unscaled:  # held for their rows only (no scaler, no window): not listed, as if left out of the index
+        weights = weights.without(index.unscaled)
     cand_test = candidate_forecasts(index, state, test, test_scaled, season, cfg, classical)
     served_test = combine(cand_test, weights.rows(index.series_of(test)), cfg.combine)
     metrics = score_forecasts(index, test, {**cand_test, SERVED: served_test}, mase_scales(index, train_end, season))

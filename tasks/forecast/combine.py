@@ -21,6 +21,7 @@ arrays (``np.bincount`` per series), never a loop over series or windows.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,13 @@ class Weights:
                .fill_null(len(self.series_ids)).to_numpy())  # a join, not a loop over series
         per = np.vstack([self.per_series, self.pooled_weights()[None, :]])
         return per[pos]
+
+    def without(self, series: list[str]) -> Weights:
+        """These series left out of the per-series table: served, they get the pooled weights as every series
+        the backtest never listed does (the series a training index holds only for their rows)."""
+        keep = ~np.isin(np.asarray(self.series_ids, dtype=object), np.asarray(list(series), dtype=object))
+        return dataclasses.replace(self, series_ids=np.asarray(self.series_ids, dtype=object)[keep].tolist(),
+                                   per_series=self.per_series[keep], evidence=self.evidence[keep])
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "power": self.power, "trim": self.trim, "candidates": self.candidates,

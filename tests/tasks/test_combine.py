@@ -92,3 +92,22 @@ def test_trim_drops_a_candidate_far_worse_than_the_best_and_keeps_the_close_ones
     np.testing.assert_allclose(trimmed.per_series.sum(axis=1), 1.0)
     back = Weights.from_json(trimmed.to_json())
     assert back.trim == 1.5 and back.pooled_weights()[far] == 0
+
+
+@pytest.mark.parametrize("mode", ["weighted", "mean", "switch"])
+def test_series_held_only_for_their_rows_are_served_the_pooled_weights_in_every_mode(mode):
+    """A training index holds late-born series (no scaler) for their rows only: the backtest lists them with no
+    evidence, and ``without`` takes them out of the table, so that, served, they get the pooled weights as a
+    series the backtest never saw does (listed, ``mean`` would give them equal weights and ``switch`` one
+    candidate)."""
+    rng = np.random.default_rng(4)
+    truth, codes, cands = _panel(10, 3, 4, rng, {"seasonal_naive": 4.0, "lstm": 1.0, "naive": 6.0})
+    ids = [f"s{i}" for i in range(10)] + ["late"]
+    listed = fit_weights(cands, truth, codes, ids, 4, mode=mode)
+    w = listed.without(["late"])
+    assert w.series_ids == ids[:-1] and len(w.per_series) == len(w.evidence) == 10
+    np.testing.assert_array_equal(w.per_series, listed.per_series[:10])
+    np.testing.assert_array_equal(w.rows(np.array(["late"]))[0], listed.pooled_weights())
+    assert "late" not in w.to_json()["per_series"]
+    if mode != "weighted":
+        assert not np.allclose(listed.rows(np.array(["late"]))[0], listed.pooled_weights())

@@ -248,7 +248,9 @@ def test_series_without_a_scaler_keep_their_rows_in_the_training_index_but_get_n
     index built without those rows."""
     from nightcast.tasks.data.features import FeatureEncoder
 
-    clean = _clean(40, sids=("a", "b", "c", "d", "e")).rechunk()
+    clean = _clean(40, sids=("a", "b", "c", "d", "e"))
+    clean = clean.with_columns(pl.when(pl.col("series_id") == "b").then(np.inf).otherwise(pl.col("temp"))
+                               .alias("temp")).rechunk()  # a late-born series' covariate is not even finite
     train_end, val_end = clean["timestamp"][29], clean["timestamp"][34]
     state = fit_features(clean.filter(pl.col("series_id").is_in(["a", "c", "e"])), train_end, "standard", ["temp"],
                          ["promo"], None, [])
@@ -256,6 +258,7 @@ def test_series_without_a_scaler_keep_their_rows_in_the_training_index_but_get_n
     kept = make_windows(FeatureEncoder(clean, state, drop_unknown=False), *args, min_input=4)
     dropped = make_windows(FeatureEncoder(clean, state), *args, min_input=4)
     assert kept.series_ids == ["a", "b", "c", "d", "e"] and dropped.series_ids == ["a", "c", "e"]
+    assert kept.unscaled == ["b", "d"] and dropped.unscaled is None
     assert np.shares_memory(kept.target, clean["target"].to_numpy())  # no copy of the catalogue's columns
     for split, starts in kept.splits.items():
         assert set(kept.series_of(starts)) <= {"a", "c", "e"}, split
@@ -266,7 +269,7 @@ def test_series_without_a_scaler_keep_their_rows_in_the_training_index_but_get_n
         mine, theirs = WindowDataset(kept, starts), WindowDataset(dropped, other)
         assert len(mine) > 0
         for a, b in zip(mine.__getitems__(list(range(len(mine)))), theirs.__getitems__(list(range(len(theirs))))):
-            assert not a.isnan().any()  # the padding before "c" reads "b"'s rows: 0, never NaN
+            assert not a.isnan().any()  # the padding before "c" reads "b"'s rows (inf covariate): 0, never NaN
             assert np.array_equal(a.numpy(), b.numpy()), split
     assert (kept.past[kept.offsets[1]:kept.offsets[2], 0] == 0).all()  # "b" has no scaler: its target reads 0
 
