@@ -235,15 +235,18 @@ def _runs(ids: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
 
 
 def _first_last(mask: np.ndarray, s: np.ndarray, n_series: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per series, the first and last row where ``mask`` holds; -1 where it never does."""
-    rows = np.flatnonzero(mask)
-    of = s[rows]  # sorted, since the series are stacked in order
-    each = np.arange(n_series, dtype=of.dtype)  # of's own dtype: a mixed one would convert all of ``of``
-    lo = np.searchsorted(of, each, "left")
-    hi = np.searchsorted(of, each, "right")
-    has = hi > lo
+    """Per series, the first and last row where ``mask`` holds; -1 where it never does. From the running
+    count of marked rows (one pass, no list of the marked rows): a series' first marked row is where the
+    count first passes its value at the series' start, its last where the count reaches its value at the end."""
+    each = np.arange(n_series, dtype=s.dtype)  # s's own dtype: a mixed one would convert all of ``s``
+    lo, hi = np.searchsorted(s, each, "left"), np.searchsorted(s, each, "right")  # s is sorted: the series' rows
+    count = np.zeros(len(mask) + 1, np.int32 if len(mask) < 2**31 else np.int64)
+    np.cumsum(mask, out=count[1:])  # count[i]: marked rows before row i
+    before, upto = count[lo], count[hi]
+    has = upto > before
     first, last = np.full(n_series, -1, np.int64), np.full(n_series, -1, np.int64)
-    first[has], last[has] = rows[lo[has]], rows[hi[has] - 1]
+    first[has] = np.searchsorted(count, before[has] + 1, "left") - 1
+    last[has] = np.searchsorted(count, upto[has], "left") - 1
     return first, last
 
 
@@ -412,8 +415,11 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
     """
     f, s, names, t = _sorted(frame)
     obs = f["target"].is_not_null().to_numpy()
-    gs, gt, g, on = _on_grid(f, s, t, obs, calendar)
-    del t
+    step = _duration_us(calendar.frequency) if calendar.kind == "regular" else None
+    if step is not None:  # a fixed step: the grid is arithmetic, nothing to build to find the rows on it
+        on, gs = _on_fixed_grid(s, t, obs, step, names.len()), None
+    else:
+        gs, gt, g, on = _on_grid(f, s, t, obs, calendar)
     first, last = _first_last(on & obs, s, names.len())
     rows = np.arange(len(s), dtype=np.int32 if len(s) < 2**31 else np.int64)
     kept = on & (rows >= first[s]) & (rows <= last[s])
@@ -427,7 +433,12 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
         "trailing_blanks": np.bincount(s[trail], minlength=names.len()),
         "off_grid": np.bincount(s[off], minlength=names.len()), "empty": first < 0,
     })
-    del blank, lead, trail, off, on, obs
+    del blank, lead, trail, off
+    if gs is None:
+        if _whole(t, s, kept, step):  # the usual case: no step missing, the rows kept are the placed frame
+            return _assemble(f, names, s[kept], None, kept), placing
+        gs, gt, g, _ = _on_grid(f, s, t, obs, calendar)  # the same rows are on the grid: build it to fill the steps
+    del t, on, obs
     take = np.full(len(gt), -1, rows.dtype)  # the row on each grid step; -1: a missing step
     take[g[kept]] = rows[kept]
     del rows
@@ -443,11 +454,35 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
     return _assemble(f, names, gs, gt, take), placing
 
 
-def _assemble(f: pl.DataFrame, names: pl.Series, gs: np.ndarray, gt: np.ndarray,
+def _on_fixed_grid(s: np.ndarray, t: np.ndarray, obs: np.ndarray, step: int, n_series: int) -> np.ndarray:
+    """``_on_grid``'s ``on`` for a calendar of a fixed step (no business days, no months): a row is on its
+    series' grid when it lies between the series' first and last observation a whole number of steps after
+    the first (the grid's k-th step is first + k·step, so this is ``_on_grid``'s test without the grid)."""
+    first, last = _first_last(obs, s, n_series)
+    has = first >= 0
+    a, b = np.zeros(n_series, np.int64), np.full(n_series, -1, np.int64)  # no observation: an empty span
+    a[has], b[has] = t[first[has]], t[last[has]]
+    d = t - a[s]
+    on = d >= 0
+    on &= d <= (b - a)[s]
+    d %= step
+    on &= d == 0
+    return on
+
+
+def _whole(t: np.ndarray, s: np.ndarray, kept: np.ndarray, step: int) -> bool:
+    """Whether the rows ``kept`` (on the grid, from each series' first to its last observation on it) hold
+    every step of their series' grid once: each is one step after the row before it in its series."""
+    tk, sk = t[kept], s[kept]
+    return bool(((np.diff(tk) == step) | (np.diff(sk) != 0)).all())
+
+
+def _assemble(f: pl.DataFrame, names: pl.Series, gs: np.ndarray, gt: np.ndarray | None,
               take: np.ndarray) -> pl.DataFrame:
     """The grid (series number, µs) with the columns of row ``take`` of ``f`` (-1: a missing step).
 
-    With no missing step (the usual case) the placed frame is the rows kept, filtered in one pass.
+    With no missing step (the usual case) the placed frame is the rows kept, filtered in one pass (``gt``
+    is then not read: None when the grid was never built, and ``take`` may be the rows' mask instead).
     Covariates carry forward (then back) within a series: a missing step takes the row before it, which
     is the running maximum of ``take`` (each series' grid starts on one of its own rows, and rows
     only grow), so no fill runs over the rows; only a covariate that is itself null in the input is
@@ -455,9 +490,11 @@ def _assemble(f: pl.DataFrame, names: pl.Series, gs: np.ndarray, gt: np.ndarray,
     """
     data = [c for c in f.columns if c not in ("series_id", "timestamp")]
     covs = [c for c in data if c != "target"]
-    if not len(take) or take.min() >= 0:  # no missing step: the grid is the rows kept, in order (take grows)
+    keep = take if take.dtype == bool else None  # the rows kept, as a mask
+    if keep is None and (not len(take) or take.min() >= 0):  # no missing step: the rows kept, in order (take grows)
         keep = np.zeros(f.height, bool)
         keep[take] = True
+    if keep is not None:
         placed = f if keep.all() else f.filter(pl.Series(keep))  # one pass over the frame, no gathers
     else:
         idx = pl.Series(take)

@@ -490,3 +490,37 @@ def test_gap_fill_equals_polars_interpolate_bit_for_bit(method, max_gap):
     a, b = got["target"].to_numpy(), want["target"].to_numpy()
     assert np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
     assert got["in_long_gap"].equals(want["in_long_gap"]) and got["in_long_gap"].any() == (max_gap < 29)
+
+
+@pytest.mark.parametrize("freq,hours", [("1h", 1), ("2h", 2), ("1d", 24), ("1w", 168)])
+def test_a_fixed_step_places_rows_without_building_the_grid_as_the_grid_does(freq, hours, monkeypatch):
+    """For a fixed step the rows on each series' grid are found arithmetically (``_on_fixed_grid``) and, when no
+    step is missing (``_whole``), the rows kept are the placed frame: the same rows, and the same placed frame
+    and counts, as building the grid (``_on_grid``) gives, on ragged series with gaps, off-grid rows, repeated
+    stamps, blank edges and a series with nothing observed."""
+    import nightcast.tasks.data.clean as clean
+
+    rng = np.random.default_rng(hours)
+    real, told = clean._whole, []
+    monkeypatch.setattr(clean, "_whole", lambda *a: told.append(real(*a)) or told[-1])
+    for trial in range(40):
+        frames = []
+        for i in range(int(rng.integers(1, 10))):
+            n = int(rng.integers(1, 50))
+            k = np.arange(n) if rng.random() < 0.5 else np.sort(rng.choice(2 * n, n, replace=rng.random() < 0.2))
+            stamps = [T0 + dt.timedelta(hours=int(j) * hours, minutes=15 * (i % 3)) for j in k]
+            if rng.random() < 0.3:  # off-grid rows
+                stamps = [s + dt.timedelta(minutes=7) if rng.random() < 0.1 else s for s in stamps]
+            y = rng.normal(size=n)
+            y[rng.random(n) < (1.0 if i == 4 else rng.uniform(0, 0.5))] = np.nan  # series 4: nothing observed
+            frames.append(_series(stamps, y.tolist(), f"s{i}").with_columns(pl.col("target").fill_nan(None)))
+        f, s, names, t = clean._in_series_order(pl.concat(frames))
+        obs = f["target"].is_not_null().to_numpy()
+        on = clean._on_fixed_grid(s, t, obs, hours * 3_600_000_000, names.len())
+        assert np.array_equal(on, clean._on_grid(f, s, t, obs, Calendar(freq))[3]), trial
+        placed, placing = clean._place(f, Calendar(freq))
+        with monkeypatch.context() as m:  # the grid built whatever the rows: every step placed from it
+            m.setattr(clean, "_whole", lambda *a: False)
+            built, built_placing = clean._place(f, Calendar(freq))
+        assert placed.equals(built) and placing.equals(built_placing), trial
+    assert any(told) and not all(told)  # both: grids with no step missing, and grids with missing steps filled
