@@ -271,8 +271,8 @@ class FeatureEncoder:
         state = self.state
         want = None if only is None else set(only)
         y = ((pl.col("target") - self._centre.gather(run)) / self._scale.gather(run)).cast(pl.Float32)
-        if self.kept_unknown:  # a series without a scaler reads 0, as padding does: a padded window's mask
-            y = y.fill_null(0.0)  # multiplies the rows before its series by 0, and NaN * 0 is NaN
+        if self.kept_unknown:  # a series without a scaler reads 0, as padding does, not NaN: no window reads
+            y = y.fill_null(0.0)  # its rows, but they sit in the stacked arrays beside other series' rows
         exprs = [y.alias("y")]
         for name in [*state.past_covariates, *state.future_covariates]:
             if name in state.categories:
