@@ -62,9 +62,10 @@ class Weights:
     def without(self, series: list[str]) -> Weights:
         """These series left out of the per-series table: served, they get the pooled weights as every series
         the backtest never listed does (the series a training index holds only for their rows)."""
-        keep = ~np.isin(np.asarray(self.series_ids, dtype=object), np.asarray(list(series), dtype=object))
-        return dataclasses.replace(self, series_ids=np.asarray(self.series_ids, dtype=object)[keep].tolist(),
-                                   per_series=self.per_series[keep], evidence=self.evidence[keep])
+        ids = np.asarray(self.series_ids, dtype=object)
+        keep = ~np.isin(ids, np.asarray(list(series), dtype=object))
+        return dataclasses.replace(self, series_ids=ids[keep].tolist(), per_series=self.per_series[keep],
+                                   evidence=self.evidence[keep])
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "power": self.power, "trim": self.trim, "candidates": self.candidates,
