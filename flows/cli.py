@@ -101,6 +101,7 @@ def _retrain_flags(p: argparse.ArgumentParser) -> None:
     _add_training(p)
     _switch(p, "--no-tuned", RetrainParams, "use_tuned")
     _option(p, "--sample", RetrainParams, "sample", given_only=True)
+    _option(p, "--shards", RetrainParams, "shards")
 
 
 def _tune_flags(p: argparse.ArgumentParser) -> None:
@@ -231,6 +232,7 @@ def _retrain_params(args: argparse.Namespace, data: str | None) -> Any:
         serve=ServeConfig(seeds=args.seeds, combine=args.combine, classical=args.classical, refit=args.refit),
         use_tuned=getattr(args, "use_tuned", True),
         **({"sample": args.sample} if getattr(args, "sample", None) is not None else {}),
+        shards=getattr(args, "shards", 1),
     )
 
 

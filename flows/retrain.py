@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import io
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.futures import wait
 
 from nightcast.schemas.params import RetrainParams
 from nightcast.tasks.data.ingest import load_observations
-from nightcast.tasks.data.prepare import Prepared, fingerprint, prepare_training
+from nightcast.tasks.data.prepare import Cleaned, Prepared, fingerprint, prepare_training
+from nightcast.tasks.data.sharded import CleanedShards, agreed_kinds, clean_shards, decide_on_shard, gather
+from nightcast.tasks.serving.shard import plan_run
 from nightcast.tasks.data.validate import ValidationResult, validate_observations
 from nightcast.tasks.forecast.backtest import evaluate_candidates
 from nightcast.tasks.forecast.seeds import train_seeds
@@ -21,7 +24,8 @@ from nightcast.tasks.ops.publish import register_bundle, summary_rows
 from nightcast.tasks.ops.registry import Bundle, RegistryError, load_champion, new_version, read_champion
 from nightcast.tasks.ops.storage import Store, require_conditional_writes
 from nightcast.flows.report import publish_report
-from nightcast.flows.runtime import artifact_key, publish_markdown, start_run, step
+from nightcast.flows.runtime import SettingsTaskRunner, artifact_key, publish_markdown, start_run, step
+from nightcast.flows.score import plan_step
 
 ingest = step(load_observations, "ingest", io=True, timeout_s=3600)
 validate = step(validate_observations, "validate", timeout_s=3600)
@@ -78,6 +82,51 @@ def _register(store: Store, params: RetrainParams, checked: ValidationResult, pr
 
 
 save_quarantine = step(_save_quarantine, "save-quarantine", io=True)
+decide_step = step(decide_on_shard, "decide-calendar", io=True, timeout_s=3600)
+# mapped on the run's workers, where a Prefect timeout cannot interrupt them (as scoring's shard steps)
+clean_step = step(clean_shards, "clean-shards", io=True).with_options(task_run_name="clean-shards-{quarantine_key}")
+
+
+def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[ValidationResult, Cleaned, str]:
+    """Validate and clean the catalogue shard by shard on the run's workers (``nightcast.tasks.data.sharded``):
+    the calendar and season decided on the largest shard, then one task per shard (and again, for a shard
+    that typed a covariate as numbers which another shard reads as text); the flow's process receives each
+    shard's counts and its share of the training sample, never the catalogue."""
+    logger = get_run_logger()
+    plan = plan_run(params.data, params.shards, lambda: plan_step(params.data, params.columns))
+    first = max(plan.todo, key=lambda k: plan.sizes[k])
+    decided = decide_step(params.data, params.columns, plan.groups[first], (first, params.shards), params.clean,
+                          params.window.train_share)
+    logger.info("%d series in %d shards (%s); calendar %s, season %d, decided on shard %d; cleaning %d shard(s) "
+                "on the workers, training on %.3g of each shard's series", plan.series, params.shards,
+                "planned from the layout's manifest" if plan.from_manifest else "planned from the ids",
+                decided.calendar.frequency, decided.season_length, first, len(plan.todo), params.sample)
+
+    def clean(todo: list[int], kinds: dict[str, str] | None) -> list[CleanedShards]:
+        keys = [f"quarantine/{stamp}/{k:05d}.parquet" for k in todo]
+        futures = clean_step.map(unmapped(st.url), unmapped(params.data), unmapped(params.columns),
+                                 [[plan.groups[k]] for k in todo], [[(k, params.shards)] for k in todo],
+                                 unmapped(params.clean), unmapped(decided), unmapped(params.sample), keys,
+                                 unmapped(kinds))
+        wait(futures)
+        return [f.result() for f in futures]
+
+    parts = clean(plan.todo, None)
+    kinds = agreed_kinds([p.kinds for p in parts])
+    redo = [i for i, p in enumerate(parts) if p.kinds != kinds]
+    if redo:  # a covariate some shard read as numbers is text elsewhere: those shards are typed as the catalogue
+        logger.info("covariates typed %s across the catalogue; cleaning shard(s) %s again with these kinds",
+                    kinds, [plan.todo[i] for i in redo])
+        for i in redo:  # a shard cleaned again writes its quarantined rows again, if it has any left
+            st.delete(f"quarantine/{stamp}/{plan.todo[i]:05d}.parquet")
+        for i, part in zip(redo, clean([plan.todo[i] for i in redo], kinds)):
+            parts[i] = part
+    checked, cleaned, fp = gather(parts, decided, params.data)
+    cat = checked.catalogue
+    logger.info("cleaned %d valid rows of %d series in %d shards (%d quarantined); training sample: %d series, "
+                "%d rows", cat["rows"], cat["series"], len(plan.todo), cat["quarantined"],
+                cat["sample"]["series"], cat["sample"]["rows"])
+    return checked, cleaned, fp
 read_tuned = step(load_tuned, "read-tuned", io=True)
 current_champion = step(_current_champion, "load-champion", io=True)
 warm_start = step(_warm_start, "warm-start")
@@ -104,7 +153,7 @@ def publish_artifacts(params: RetrainParams, out: dict) -> None:
         {"Files": [f"`{uri}`" for uri in out["files"]]})
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, task_runner=SettingsTaskRunner())
 def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = None) -> dict:
     """Train a new model and promote it if it wins on the test span.
 
@@ -130,13 +179,21 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
                                   f"; kept the values this run was given: {kept}" if kept else "")
     started = dt.datetime.now(dt.timezone.utc)
     stamp = started.strftime("%Y%m%dT%H%M%S%fZ")
-    raw = ingest(params.data, params.columns, sample=params.sample)  # 1: every series (no id scan)
-    if params.sample < 1:
-        get_run_logger().info("training on a sample of %.3g of the series (stable hash): %d series read",
-                              params.sample, raw["series_id"].n_unique())
-    checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
-    quarantine = save_quarantine(st, checked, stamp)
-    prepared = prepare(checked, params)
+    fp = None
+    if params.shards > 1:  # the flow's process holds the training sample, never the catalogue
+        checked, cleaned, fp = clean_in_shards(st, params, stamp)
+        quarantine = st.uri(f"quarantine/{stamp}") + "/" if checked.n_quarantined else None  # a file per shard
+        prepared = prepare(checked, params, cleaned=cleaned)
+        del cleaned
+    else:
+        raw = ingest(params.data, params.columns, sample=params.sample)  # 1: every series (no id scan)
+        if params.sample < 1:
+            get_run_logger().info("training on a sample of %.3g of the series (stable hash): %d series read",
+                                  params.sample, raw["series_id"].n_unique())
+        checked = validate(raw, params.clean.max_bad_share, params.columns.timestamp_format)
+        del raw
+        quarantine = save_quarantine(st, checked, stamp)
+        prepared = prepare(checked, params)
     # the bundle records the lookback actually used (it may have been derived from the data)
     params = params.model_copy(update={"window": params.window.model_copy(update={"lookback": prepared.index.lookback})})
     champion, champion_error = current_champion(st, params.model_name)
@@ -146,7 +203,7 @@ def retrain_flow(params: RetrainParams = RetrainParams(), store: str | None = No
                     settings.progress, init_state=init_state)
     evaluation = evaluate(params, prepared, trained, champion, champion_error)
     served = refit(params, prepared, checked, trained, settings.progress, init_state)
-    fp = fingerprint(checked.valid)
+    fp = fp or fingerprint(checked.valid)  # a sharded run's: every shard's, computed on its worker
     version = new_version(fp, started)  # minted once: a retried register writes this same version
     registered = register(st, params, checked, prepared, trained, evaluation, version, fp, tuned, warm, served)
     out = {**registered, "store": st.url, "quarantine": quarantine, "quarantined_rows": checked.n_quarantined,

@@ -19,7 +19,7 @@ from nightcast.tasks.ops.monitor import width_factors
 from nightcast.tasks.ops.registry import Bundle, load_champion
 from nightcast.tasks.serving.score import (ScoreError, ScorePart, covariate_kinds, forecast_from_bundle, scoring_span_start,
                          timestamps_zone, write_forecasts)
-from nightcast.tasks.serving.shard import ShardPlan, layout_plan, plan_shards, task_groups
+from nightcast.tasks.serving.shard import ShardPlan, plan_run, task_groups
 from nightcast.tasks.serving.sharded import (STAGING, ShardInput, ShardRun, assemble_shards, discard_staging, fixed_calendar,
                            merge_inputs, plan_calendar, read_and_score_shards, read_shard, run_of, score_shard,
                            staging_prefix, staging_run, sweep_staging)
@@ -138,13 +138,7 @@ def _plan(st: Store, data: str, columns: ColumnMap, n_shards: int) -> tuple[str,
     except Exception as exc:  # noqa: BLE001 - housekeeping: a failed sweep must not fail the run
         logger.warning("could not sweep old staging under %s: %s", st.uri(STAGING), exc)
     run = staging_run(str(flow_run.id or uuid.uuid4()))
-    plan = layout_plan(data, n_shards)
-    if plan is None:
-        ids = plan_step(data, columns)
-        # each shard's ids as one Series, not a list: Prefect walks every element of a list parameter when it
-        # submits a task (and again on the worker), ~0.2 s per 10,000-id shard in the flow's one thread
-        groups = [pl.Series(g, dtype=pl.String) for g in plan_shards(ids, n_shards, data)]
-        plan = ShardPlan(groups, [len(g) for g in groups], [k for k, g in enumerate(groups) if len(g)], ids.height)
+    plan = plan_run(data, n_shards, lambda: plan_step(data, columns))
     logger.info("%d series in %d shards (%d empty; planned from %s); staging under %s", plan.series, n_shards,
                 n_shards - len(plan.todo), "the layout's manifest" if plan.from_manifest else "the ids",
                 st.uri(STAGING + run))

@@ -309,6 +309,19 @@ class RetrainParams(_Config):
                     "uses (on the layout: whole shards, only their files read); scoring still forecasts every "
                     "series, those outside the sample with scalers from their own history and the pooled "
                     "combination. For catalogues too big for one process; 1: every series")
+    shards: int = Field(
+        1, ge=1, le=4096,
+        description="validate and clean the catalogue in this many shards (stable hash of the id; on the layout "
+                    "`nightcast partition` wrote, its folders) as parallel tasks on the run's workers, so the "
+                    "flow's process never holds the whole catalogue: it trains, backtests and refits on the "
+                    "`sample` of every shard's series the tasks send back; 1: one process reads everything")
+
+    @model_validator(mode="after")
+    def _sharded_cleaning(self) -> RetrainParams:
+        if self.shards > 1 and self.clean.outliers == "iqr":
+            raise ValueError("shards > 1 cleans every shard before the training span is known; IQR outlier bounds "
+                             "are fitted on that span: use outliers 'hampel' (the default) or 'none', or shards 1")
+        return self
 
 
 class RunOnData(_Config):

@@ -262,8 +262,8 @@ def test_readme_links_into_docs_exist() -> None:
 
 @pytest.mark.parametrize(("block", "expected"), [
     ("```bash\nnightcast score --as-of 2026-10-12 --bogus 3\n```\n", ["has no flag '--bogus'"]),
-    ("```\n$ NIGHTCAST_STORE=/tmp/s nightcast retrain \\\n    --data x.csv --shards 4\n```\n",
-     ["'nightcast retrain' has no flag '--shards'"]),
+    ("```\n$ NIGHTCAST_STORE=/tmp/s nightcast retrain \\\n    --data x.csv --as-of 4\n```\n",
+     ["'nightcast retrain' has no flag '--as-of'"]),
     ("```console\n$ nightcast frobnicate\n```\n", ["unknown subcommand 'nightcast frobnicate'"]),
     ("```python\nnightcast score --bogus  # not shell: not checked\n```\n", []),
     ("Inline: `nightcast -v backfill --start 2026-09-01 --end 2026-09-30 --overwrite`.\n", []),

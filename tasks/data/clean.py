@@ -84,6 +84,33 @@ class CleanReport:
             out["by_series_listed"] = f"the {worst} of {len(self.by_series)} series cleaning touched most"
         return out
 
+    def listed(self, worst: int = _LISTED) -> CleanReport:
+        """This report with ``by_series`` cut to the ``worst`` series cleaning touched most (``to_json``'s
+        choice): what a shard sends back, so a sharded run's report never holds a count per series."""
+        kept = self.to_json(worst)
+        kept.pop("by_series_listed", None)
+        return CleanReport(**kept)
+
+    @classmethod
+    def merged(cls, parts: list[CleanReport], worst: int = _LISTED) -> CleanReport:
+        """One report of shards cleaned apart (no series in two of them): the counts add up, each list keeps
+        the ``worst`` series with the most (ties by id), ``by_series`` the ``worst`` cleaning touched most."""
+        def most(name: str) -> dict[str, int]:
+            every = [kv for p in parts for kv in getattr(p, name).items()]
+            return dict(sorted(every, key=lambda kv: (-kv[1], kv[0]))[:worst])
+
+        counts = ("series", "rows_on_grid", "off_grid_rows_dropped", "short_gaps_filled", "long_gap_steps",
+                  "outliers", "off_grid_series", "leading_blanks_dropped", "trailing_blanks_dropped",
+                  "empty_series_count")
+        first = parts[0] if parts else cls()
+        out = cls(**{name: sum(getattr(p, name) for p in parts) for name in counts},
+                  outlier_action=first.outlier_action, holidays=first.holidays,
+                  by_series={k: v for p in parts for k, v in p.by_series.items()},
+                  off_grid_by_series=most("off_grid_by_series"), leading_blank_series=most("leading_blank_series"),
+                  trailing_blank_series=most("trailing_blank_series"),
+                  empty_series=sorted(s for p in parts for s in p.empty_series)[:worst])
+        return out.listed(worst)
+
 
 def _duration_us(frequency: str) -> int | None:
     m = re.fullmatch(r"(\d+)(s|m|h|d|w)", frequency)

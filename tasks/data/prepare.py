@@ -37,6 +37,18 @@ class Prepared:
         return {"features": self.state.to_json(), "iqr_bounds": self.iqr_bounds}
 
 
+@dataclass
+class Cleaned:
+    """A catalogue cleaned elsewhere (``nightcast.tasks.data.sharded``: shard by shard on the run's workers):
+    the clean rows training reads, the report of everything cleaned, and the calendar and season it was cleaned
+    with. ``prepare_training`` then splits, fits and windows these rows without cleaning them again."""
+
+    clean: pl.DataFrame
+    report: CleanReport
+    calendar: Calendar
+    season_length: int
+
+
 class _Hasher(io.RawIOBase):
     """A write-only file that feeds SHA-256: the frame is hashed as it is serialised, never held twice."""
 
@@ -61,27 +73,22 @@ def fingerprint(frame: pl.DataFrame) -> str:
 
 @on_small_pages
 def prepare_training(valid: ValidationResult, params: RetrainParams,
-                     cuts: tuple[dt.datetime, dt.datetime] | None = None) -> Prepared:
+                     cuts: tuple[dt.datetime, dt.datetime] | None = None, cleaned: Cleaned | None = None) -> Prepared:
     """Clean, split in time, fit scalers/encoders on the training span, index the windows.
 
     ``cuts`` = (train_end, val_end) fixes the split (rolling-origin folds); by default
-    it comes from the validation and test fractions.
+    it comes from the validation and test fractions. ``cleaned``: rows already cleaned (a sharded
+    retrain's sample), split on their own grid; ``valid`` then gives only the covariates' kinds and notes.
     """
-    calendar = decide_calendar(valid.valid, params.clean)
     w = params.window
-    season = decide_season(valid.valid, params.clean, calendar, share=w.train_share)
-    cfg = params.clean.model_copy(update={"season_length": season})  # cleaning's windows see the same season
-    if cuts is not None:
-        train_end, val_end = cuts
-        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, train_end)
-    elif params.clean.outliers != "iqr":  # nothing in cleaning is fitted: clean once, split on its grid
-        clean, report, iqr = clean_observations(valid.valid, cfg, calendar)
-        train_end, val_end = split_times(clean, w.val_fraction, w.test_fraction, w.horizon)
-    else:  # IQR bounds are fitted on the training span: find it on the grid first
-        placed, _ = regularize(valid.valid, calendar)
-        train_end, val_end = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
-        del placed
-        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, train_end)
+    if cleaned is None:
+        cleaned, iqr, (train_end, val_end) = _clean_and_split(valid, params, cuts)
+    elif cuts is not None or params.clean.outliers == "iqr":
+        raise ValueError("rows cleaned elsewhere are split on their own grid: no fixed cuts, no IQR bounds "
+                         "(fitted on a training span that is not known while cleaning)")
+    else:
+        iqr, (train_end, val_end) = None, split_times(cleaned.clean, w.val_fraction, w.test_fraction, w.horizon)
+    clean, report, calendar, season = cleaned.clean, cleaned.report, cleaned.calendar, cleaned.season_length
     CleanSeries.validate(clean, lazy=True)
     report.validation = dict(valid.notes)  # one report of what was read, dropped and filled, for the manifest
     f = params.features
@@ -101,6 +108,26 @@ def prepare_training(valid: ValidationResult, params: RetrainParams,
     # Series with no observation in the training span have no scaler: not trainable either.
     index.short_series = sorted({*index.short_series, *no_training_data})
     return Prepared(clean, report, calendar, season, train_end, val_end, state, iqr, index)
+
+
+def _clean_and_split(valid: ValidationResult, params: RetrainParams, cuts: tuple[dt.datetime, dt.datetime] | None
+                     ) -> tuple[Cleaned, dict | None, tuple[dt.datetime, dt.datetime]]:
+    """Decide the calendar and season, clean, and find the split: the cleaned rows, the IQR bounds, the cuts."""
+    w = params.window
+    calendar = decide_calendar(valid.valid, params.clean)
+    season = decide_season(valid.valid, params.clean, calendar, share=w.train_share)
+    cfg = params.clean.model_copy(update={"season_length": season})  # cleaning's windows see the same season
+    if cuts is not None:
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, cuts[0])
+    elif params.clean.outliers != "iqr":  # nothing in cleaning is fitted: clean once, split on its grid
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar)
+        cuts = split_times(clean, w.val_fraction, w.test_fraction, w.horizon)
+    else:  # IQR bounds are fitted on the training span: find it on the grid first
+        placed, _ = regularize(valid.valid, calendar)
+        cuts = split_times(placed, w.val_fraction, w.test_fraction, w.horizon)
+        del placed
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, cuts[0])
+    return Cleaned(clean, report, calendar, season), iqr, cuts
 
 
 @on_small_pages

@@ -45,10 +45,29 @@ class ValidationResult:
     numeric: list[str]
     # what was read other than as written, and series that lost every row (see validate_observations)
     notes: dict = field(default_factory=dict)
+    # a sharded retrain (``nightcast.tasks.data.sharded``): ``valid`` holds the training sample only, the
+    # quarantined rows were written by the shards' tasks; this counts the whole catalogue (rows, series,
+    # quarantined, start, end, quarantine: the files written)
+    catalogue: dict | None = None
 
     @property
     def n_quarantined(self) -> int:
-        return self.quarantine.height
+        return self.catalogue["quarantined"] if self.catalogue is not None else self.quarantine.height
+
+
+def merge_notes(parts: list[dict]) -> dict:
+    """One set of validation notes from parts of the input validated apart (shards): counts add up, a flag is
+    the last part's, listed examples are joined up to 20 (the counts stay exact)."""
+    notes: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, bool) or key not in notes:
+                notes[key] = value if not isinstance(value, list) else list(value)
+            elif isinstance(value, (int, float)):
+                notes[key] += value
+            elif isinstance(value, list):
+                notes[key] = (notes[key] + value)[:_LISTED]
+    return notes
 
 
 # What software writes for a missing number (numpy/pandas "nan", R "NA", SQL/JSON "null", Python

@@ -65,6 +65,17 @@ def register_bundle(store: Store, params: RetrainParams, checked: ValidationResu
             "files": [store.uri(k) for k in store.list(prefix + "/")]}
 
 
+def data_summary(checked: ValidationResult) -> dict:
+    """The input's valid rows, series, quarantined rows and span: the whole catalogue's, from a sharded
+    retrain's counts (with the training sample's rows and series, and where the shards wrote their
+    quarantined rows), else from the valid rows themselves."""
+    if checked.catalogue is not None:
+        return dict(checked.catalogue)
+    return {"rows": checked.valid.height, "series": checked.valid["series_id"].n_unique(),
+            "quarantined": checked.n_quarantined, "start": str(checked.valid["timestamp"].min()),
+            "end": str(checked.valid["timestamp"].max())}
+
+
 def bundle_manifest(params: RetrainParams, checked: ValidationResult, prepared: Prepared, trained: list[TrainResult],
                     evaluation: dict, fp: str, tuned: dict | None, warm: dict | None, refit_info: dict) -> dict:
     """What the bundle records about its making: the data (fingerprint, span, counts), the spans and windows,
@@ -72,9 +83,7 @@ def bundle_manifest(params: RetrainParams, checked: ValidationResult, prepared: 
     first = trained[0]
     manifest = {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "seed": params.train.seed,
-        "data": {"uri": params.data, "fingerprint": fp, "rows": checked.valid.height,
-                 "series": checked.valid["series_id"].n_unique(), "quarantined": checked.n_quarantined,
-                 "start": str(checked.valid["timestamp"].min()), "end": str(checked.valid["timestamp"].max())},
+        "data": {"uri": params.data, "fingerprint": fp, **data_summary(checked)},
         "spans": {"train_end": str(prepared.train_end), "val_end": str(prepared.val_end)},
         "windows": {k: int(len(v)) for k, v in prepared.index.splits.items()},
         "cleaning": prepared.report.to_json(worst=20), "epochs": [t.epochs for t in trained],

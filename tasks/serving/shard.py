@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 
@@ -25,13 +26,18 @@ def _hash64(series_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(series_id.encode(), digest_size=8, key=_KEY).digest(), "big")
 
 
+def hash64s(ids: pl.Series) -> list[int]:
+    """The stable 64-bit hash of each id (text), in order: what shards and samples are cut by."""
+    return [_hash64(s) for s in ids.cast(pl.String).to_list()]
+
+
 def shard_of(series_ids: pl.Series, n_shards: int) -> pl.Series:
     """The shard (0 .. n_shards-1, UInt32) of every id; each distinct id is hashed once."""
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
     ids = series_ids.cast(pl.String)
     unique = ids.unique()
-    shards = pl.Series([_hash64(s) % n_shards for s in unique.to_list()], dtype=pl.UInt32)
+    shards = pl.Series([h % n_shards for h in hash64s(unique)], dtype=pl.UInt32)
     return ids.replace_strict(unique, shards, return_dtype=pl.UInt32).alias("shard")
 
 
@@ -183,6 +189,19 @@ def _misplaced(uri: str, n: int, examples: list[tuple[str, int, int]]) -> ShardL
         f"{n} series of {uri} sit in another shard's folder than nightcast's hash puts them (was the layout "
         f"written with another hash?): {sample}. Write it with `nightcast partition`, or use the hash "
         "documented in tasks/serving/shard.py")
+
+
+def plan_run(uri: str, n_shards: int, list_ids: Callable[[], pl.DataFrame]) -> ShardPlan:
+    """A sharded run's plan: from the layout's manifest when ``nightcast partition`` wrote one (no id is
+    read), else from the series ids ``list_ids`` reads (``load_series_ids``: a scan of the id column)."""
+    plan = layout_plan(uri, n_shards)
+    if plan is not None:
+        return plan
+    ids = list_ids()
+    # each shard's ids as one Series, not a list: Prefect walks every element of a list parameter when it
+    # submits a task (and again on the worker), ~0.2 s per 10,000-id shard in the flow's one thread
+    groups = [pl.Series(g, dtype=pl.String) for g in plan_shards(ids, n_shards, uri)]
+    return ShardPlan(groups, [len(g) for g in groups], [k for k, g in enumerate(groups) if len(g)], ids.height)
 
 
 def task_groups(sizes: list[int], slots: int, max_series: int) -> list[list[int]]:

@@ -56,7 +56,7 @@ from nightcast.tasks.serving.shard import check_shard
 from nightcast.tasks.serving.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
                          score_calendar, scoring_span_start, write_forecasts_sorted)
 from nightcast.tasks.ops.storage import Store, open_store
-from nightcast.tasks.data.validate import validate_observations
+from nightcast.tasks.data.validate import merge_notes, validate_observations
 
 STAGING = "staging/score/"
 LEGACY_STAGING = "forecasts/_staging/"
@@ -185,16 +185,7 @@ def read_and_score_shards(store_url: str, model_name: str, version: str, data: s
 
 def merge_inputs(inputs: list[ShardInput]) -> dict:
     """The whole run's input counts and notes from its shards' (counts add up, lists are joined)."""
-    notes: dict = {}
-    for shard in inputs:
-        for key, value in shard.notes.items():
-            if isinstance(value, bool) or key not in notes:
-                notes[key] = value if not isinstance(value, list) else list(value)
-            elif isinstance(value, (int, float)):
-                notes[key] += value
-            elif isinstance(value, list):
-                notes[key] = (notes[key] + value)[:20]  # the listed examples; the counts are exact
-    return {"n_quarantined": sum(s.n_quarantined for s in inputs), "notes": notes}
+    return {"n_quarantined": sum(s.n_quarantined for s in inputs), "notes": merge_notes([s.notes for s in inputs])}
 
 
 def plan_calendar(bundle: Bundle, inputs: list[ShardInput], as_of: dt.date | None) -> tuple[dt.date, Calendar]:

@@ -1,0 +1,191 @@
+"""Cleaning a catalogue shard by shard: a retrain whose flow process never holds the whole catalogue.
+
+``nightcast retrain --shards N`` plans the shards as sharded scoring does (the layout's manifest, else the
+ids: ``nightcast.tasks.serving.shard.plan_run``), decides the calendar and the season on the largest shard
+(``decide_on_shard``), then runs ``clean_shards`` as mapped tasks, one per shard, on the run's task runner
+(threads, or the Dask workers of ``NIGHTCAST_DASK_ADDRESS``). Each task reads its shard (on the layout: only
+its folder), validates and cleans it with the rules training uses, writes its quarantined rows to the store
+once, and sends back only what the run needs:
+
+- the counts, notes and cleaning report of everything it read (the report's lists cut to the series
+  cleaning touched most, ``CleanReport.listed``), the shard's data fingerprint, and how it typed each
+  covariate;
+- the valid and clean rows of the series in the training sample: ``sample`` of every shard's series,
+  picked by the stable hash's bits above the shard's (``in_sample``), so the sample is drawn from every
+  shard, the same series on every machine and run.
+
+A covariate is text when any shard reads text in it (as when the catalogue is validated whole): a shard
+that typed it as numbers is cleaned again with the catalogue's kinds (``agreed_kinds``; only then, and only
+those shards). The flow gathers the samples (``gather``) and trains, backtests and refits on them; scoring forecasts every
+series (those outside the sample with scalers from their own history and the pooled combination, as with
+``--sample``). Tasks take URLs and plain values, so they run unchanged on a thread or a Dask worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+
+import polars as pl
+
+from nightcast.schemas.params import CleanConfig, ColumnMap
+from nightcast.tasks.data.clean import Calendar, CleanReport, clean_observations, concat_by_series, decide_calendar, decide_season
+from nightcast.tasks.data.ingest import SAMPLE_BUCKETS, load_observations
+from nightcast.tasks.data.pages import on_small_pages
+from nightcast.tasks.data.prepare import Cleaned, fingerprint
+from nightcast.tasks.data.validate import ValidationResult, merge_notes, validate_observations
+from nightcast.tasks.ops.storage import open_store
+from nightcast.tasks.serving.shard import check_shard, hash64s
+
+
+class ShardedCleaningError(ValueError):
+    """Shards that cannot be trained on together (another calendar or covariate kinds), or no sampled series."""
+
+
+def in_sample(series_ids: pl.Series, n_shards: int, share: float) -> pl.Series:
+    """Whether each id is in the training sample: its stable hash (the one shards are cut by) divided by the
+    shard count, over ``SAMPLE_BUCKETS`` buckets, below ``round(share * SAMPLE_BUCKETS)`` (at least one). The
+    bits that pick the shard are divided out, so every shard gives about ``share`` of its series."""
+    keep = max(1, round(share * SAMPLE_BUCKETS))
+    ids = series_ids.cast(pl.String)
+    unique = ids.unique()
+    picked = pl.Series([(h // n_shards) % SAMPLE_BUCKETS < keep for h in hash64s(unique)], dtype=pl.Boolean)
+    return ids.replace_strict(unique, picked, return_dtype=pl.Boolean)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decided:
+    """What every shard is cleaned with, decided on one shard: the calendar and the season."""
+
+    calendar: Calendar
+    season_length: int
+
+
+def decide_on_shard(data: str, columns: ColumnMap, ids: pl.Series | None, shard: tuple[int, int],
+                    clean: CleanConfig, train_share: float) -> Decided:
+    """The calendar and the season, read from one shard (a share of the series picked by the hash): the rules
+    every shard is then cleaned with. A business-day calendar takes its holidays from
+    the whole catalogue, which no shard sees: it is refused (retrain without ``--shards``)."""
+    raw = load_observations(data, columns, series=ids, shard=shard)
+    if ids is None:
+        check_shard(raw["series_id"], shard, data)
+    checked = validate_observations(raw, clean.max_bad_share, columns.timestamp_format)
+    del raw
+    calendar = decide_calendar(checked.valid, clean)
+    if calendar.kind != "regular":
+        raise ShardedCleaningError(
+            f"a sharded retrain needs a regular calendar; shard {shard[0]} of {data} reads as a {calendar.kind}-day "
+            "calendar, whose holidays come from every series at once: retrain without --shards (or with --sample), "
+            "or pass --frequency and a regular calendar")
+    return Decided(calendar, decide_season(checked.valid, clean, calendar, share=train_share))
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanedShards:
+    """What one task cleaned: its shards' counts and notes, the report (lists cut), each shard's fingerprint,
+    where its quarantined rows went, and the training sample's valid and clean rows."""
+
+    shards: list[int]
+    rows: int  # rows read
+    exact_duplicates: int
+    quarantined: int
+    quarantine: str | None  # the store URI of this task's quarantined rows, None when there were none
+    notes: dict
+    valid_rows: int
+    series: int  # series with a valid row
+    first: dt.datetime
+    last: dt.datetime
+    fingerprints: dict[int, str]
+    kinds: dict[str, str]  # each covariate: "numeric" or "categorical", as these shards typed it
+    report: CleanReport
+    sample_valid: pl.DataFrame
+    sample_clean: pl.DataFrame
+
+
+@on_small_pages
+def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.Series | None],
+                 shards: list[tuple[int, int]], cfg: CleanConfig, decided: Decided, share: float,
+                 quarantine_key: str, kinds: dict[str, str] | None = None) -> CleanedShards:
+    """Read, validate and clean each of these shards (``series[i]`` are shard ``shards[i]``'s ids; None: its
+    whole folder of the layout, whose ids are checked) with ``decided``'s calendar and season and ``cfg``'s
+    rules, the covariates typed as ``kinds`` says (None: as their values read); write the quarantined rows once, under ``quarantine_key``; return the counts and the
+    sample's rows (``CleanedShards``). Validation's share limit applies to each shard's own rows."""
+    cfg = cfg.model_copy(update={"season_length": decided.season_length})
+    rows = duplicates = valid_rows = n_series = 0
+    quarantined, notes, reports, valids, cleans = [], [], [], [], []
+    fingerprints: dict[int, str] = {}
+    typed: dict[str, str] = {}
+    first = last = None
+    for ids, shard in zip(series, shards):  # a task's few shards, never its series
+        raw = load_observations(data, columns, series=ids, shard=shard)
+        if ids is None:
+            check_shard(raw["series_id"], shard, data)
+        checked = validate_observations(raw, cfg.max_bad_share, columns.timestamp_format, kinds)
+        del raw
+        valid = checked.valid
+        rows, duplicates, valid_rows = rows + checked.n_rows, duplicates + checked.exact_duplicates, valid_rows + valid.height
+        n_series += valid["series_id"].n_unique()
+        if checked.n_quarantined:
+            quarantined.append(checked.quarantine)
+        notes.append(checked.notes)
+        fingerprints[shard[0]] = fingerprint(valid)
+        typed = agreed_kinds([typed, {**dict.fromkeys(checked.numeric, "numeric"),
+                                      **dict.fromkeys(checked.categorical, "categorical")}])
+        span = valid.select(pl.col("timestamp").min().alias("a"), pl.col("timestamp").max().alias("b")).row(0)
+        first, last = min(first or span[0], span[0]), max(last or span[1], span[1])
+        clean, report, _ = clean_observations(valid, cfg, decided.calendar)
+        reports.append(report.listed())
+        valids.append(valid.filter(in_sample(valid["series_id"], shard[1], share)))
+        del valid, checked
+        cleans.append(clean.filter(in_sample(clean["series_id"], shard[1], share)))
+        del clean
+    uri = None
+    if quarantined:
+        buf = io.BytesIO()
+        pl.concat(quarantined, how="diagonal_relaxed").write_parquet(buf)
+        store = open_store(store_url)
+        store.write_bytes(quarantine_key, buf.getvalue())
+        uri = store.uri(quarantine_key)
+    return CleanedShards([s[0] for s in shards], rows, duplicates, sum(q.height for q in quarantined), uri,
+                         merge_notes(notes), valid_rows, n_series, first, last, fingerprints, typed,
+                         CleanReport.merged(reports), concat_by_series(valids), concat_by_series(cleans))
+
+
+def agreed_kinds(parts: list[dict[str, str]]) -> dict[str, str]:
+    """The catalogue's kind of each covariate from its shards' (validation's rule on the whole input): text
+    where any shard read text, else numbers."""
+    out: dict[str, str] = {}
+    for kinds in parts:
+        for name, kind in kinds.items():
+            out[name] = "categorical" if "categorical" in (kind, out.get(name)) else kind
+    return out
+
+
+def gather(parts: list[CleanedShards], decided: Decided, data: str) -> tuple[ValidationResult, Cleaned, str]:
+    """The run's input from its tasks' parts: a ``ValidationResult`` whose rows are the sample's (its
+    ``catalogue`` counts every shard), the sample cleaned (``Cleaned``: what training windows), and the
+    data fingerprint (SHA-256 of every shard's fingerprint, in shard order)."""
+    valid = concat_by_series([p.sample_valid for p in parts])
+    if valid.height == 0:
+        raise ShardedCleaningError(f"the training sample of {data} holds no series: give a larger --sample")
+    clean = concat_by_series([p.sample_clean for p in parts])
+    notes = merge_notes([p.notes for p in parts])
+    kinds = agreed_kinds([p.kinds for p in parts])
+    if any(p.kinds != kinds for p in parts):
+        raise ShardedCleaningError(f"shards {[p.shards for p in parts if p.kinds != kinds]} typed the covariates "
+                                   f"otherwise than the catalogue ({kinds}): clean them again with these kinds")
+    numeric = [c for c, k in kinds.items() if k == "numeric"]
+    categorical = [c for c, k in kinds.items() if k == "categorical"]
+    catalogue = {"rows": sum(p.valid_rows for p in parts), "series": sum(p.series for p in parts),
+                 "quarantined": sum(p.quarantined for p in parts),
+                 "start": str(min(p.first for p in parts)), "end": str(max(p.last for p in parts)),
+                 "quarantine": [p.quarantine for p in parts if p.quarantine],
+                 "sample": {"rows": valid.height, "series": valid["series_id"].n_unique()}}
+    checked = ValidationResult(valid, pl.DataFrame(), sum(p.rows for p in parts),
+                               sum(p.exact_duplicates for p in parts), categorical, numeric, notes, catalogue)
+    report = CleanReport.merged([p.report for p in parts])
+    shards = sorted(kv for p in parts for kv in p.fingerprints.items())
+    fp = hashlib.sha256(";".join(f"{k}:{h}" for k, h in shards).encode()).hexdigest()
+    return checked, Cleaned(clean, report, decided.calendar, decided.season_length), fp

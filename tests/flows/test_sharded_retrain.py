@@ -1,0 +1,136 @@
+"""A retrain that validates and cleans the catalogue shard by shard (``--shards``) trains on what the plain
+run trains on when the sample is every series, and otherwise on a hash sample drawn from every shard."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import polars as pl
+import pytest
+
+from nightcast.flows.retrain import retrain_flow
+from nightcast.schemas.params import CleanConfig, RetrainParams
+from nightcast.tasks.data.clean import CleanReport
+from nightcast.tasks.data.sample import make_sample
+from nightcast.tasks.data.sharded import ShardedCleaningError, agreed_kinds, decide_on_shard, in_sample
+from nightcast.tasks.ops.registry import load_champion
+from nightcast.tasks.ops.storage import open_store
+from nightcast.tasks.serving.shard import shard_of, write_shard_layout
+from tests.conftest import fast_params
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _panel(root, n_series: int = 8, seed: int = 5) -> tuple[str, pl.DataFrame]:
+    """The sample panel with one unreadable target (quarantined) and promo codes that are digits everywhere
+    but in one series: most shards read the column as numbers, the catalogue as text."""
+    raw = make_sample(n_series=n_series, days=14, seed=seed)
+    ids = sorted(raw["series_id"].unique().to_list())
+    raw = raw.with_columns(pl.when((pl.col("series_id") == ids[0]) & (pl.col("promo") == "on")).then(pl.lit("BOGO"))
+                           .when(pl.col("promo") == "on").then(pl.lit("1")).otherwise(pl.lit("0")).alias("promo"))
+    raw = raw.with_row_index().with_columns(
+        pl.when(pl.col("index") == 40).then(pl.lit("oops")).otherwise(pl.col("target")).alias("target")).drop("index")
+    data = root / "obs.parquet"
+    raw.sort("series_id").write_parquet(data)
+    return str(data), raw
+
+
+def _quarantined(store, out: dict) -> pl.DataFrame:
+    """Every quarantined row the run wrote (one file, or a folder of one file per shard), without the row
+    number (a shard numbers the rows it read)."""
+    st = open_store(store)
+    keys = [k for k in st.list("quarantine/") if k.endswith(".parquet")]
+    frames = [pl.read_parquet(st.read_bytes(k)) for k in keys]
+    return pl.concat(frames).drop("_row").sort(pl.all()) if frames else pl.DataFrame()
+
+
+def test_every_series_sampled_trains_what_the_plain_run_trains(tmp_path, caplog):
+    """shards=3, sample 1: the same clean rows, so the same windows, network, backtest, served choice and
+    cleaning report as the run that reads everything in one process; the quarantined rows are the same; the
+    covariate some shards read as numbers is text, as in the whole catalogue (those shards cleaned again)."""
+    data, _ = _panel(tmp_path)
+    plain = retrain_flow(fast_params(data), store=str(tmp_path / "plain"))
+    sharded = retrain_flow(fast_params(data, shards=3), store=str(tmp_path / "sharded"))
+    assert "cleaning shard(s) [" in caplog.text and "again with these kinds" in caplog.text
+    assert sharded["metrics"].equals(plain["metrics"])
+    assert sharded["served"] == plain["served"] and sharded["weights"] == plain["weights"]
+    assert sharded["cleaning"] == plain["cleaning"]
+    assert sharded["rows"] == plain["rows"] and sharded["quarantined_rows"] == plain["quarantined_rows"] >= 2
+    assert sharded["quarantine"].endswith("/")  # a folder: a file per shard that had bad rows
+    assert _quarantined(str(tmp_path / "sharded"), sharded).equals(_quarantined(str(tmp_path / "plain"), plain))
+    bundles = [load_champion(open_store(str(tmp_path / s)), "lstm") for s in ("plain", "sharded")]
+    assert [b.preprocessing["features"]["categories"].keys() for b in bundles] == [{"promo"}, {"promo"}]
+    data_p, data_s = (b.manifest["data"] for b in bundles)
+    assert {k: data_s[k] for k in ("rows", "series", "quarantined", "start", "end")} == {
+        k: data_p[k] for k in ("rows", "series", "quarantined", "start", "end")}
+    assert data_s["sample"] == {"rows": data_p["rows"], "series": data_p["series"]}
+    assert data_s["fingerprint"] != data_p["fingerprint"]  # the shards' fingerprints, hashed: its own definition
+    again = retrain_flow(fast_params(data, shards=3), store=str(tmp_path / "again"))
+    assert again["fingerprint"] == sharded["fingerprint"]
+
+
+def test_a_sample_draws_series_from_every_shard_and_the_bundle_counts_the_catalogue(tmp_path):
+    """On the layout `nightcast partition` wrote: 24 series in 3 shards, half of each shard's series trained on
+    (the same ones every run); the bundle's data counts every series read, and its own sample."""
+    data, raw = _panel(tmp_path, n_series=24, seed=2)
+    layout = str(tmp_path / "layout")
+    write_shard_layout(data, layout, 3)
+    out = retrain_flow(fast_params(layout, shards=3, sample=0.5), store=str(tmp_path / "s"))
+    bundle = load_champion(open_store(str(tmp_path / "s")), "lstm")
+    trained_on = set(bundle.preprocessing["features"]["target_stats"])
+    ids = raw["series_id"].unique()
+    expected = set(ids.filter(in_sample(ids, 3, 0.5)).to_list())
+    assert trained_on == expected and 6 <= len(expected) <= 18
+    assert set(shard_of(pl.Series(sorted(expected)), 3).to_list()) == {0, 1, 2}  # every shard gives series
+    d = bundle.manifest["data"]
+    assert d["series"] == 24 and d["sample"]["series"] == len(expected) and d["quarantined"] >= 1
+    assert out["rows"] == raw.height
+
+
+def test_in_sample_takes_a_share_of_every_shard_and_is_stable():
+    """200 shards, 10 %: series from every shard (the hash's low bits that pick a shard, read as the sample's
+    bucket too, would put the whole sample in shards 0-99)."""
+    ids = pl.Series([f"item-{i}" for i in range(40_000)])
+    picked = in_sample(ids, 200, 0.1)
+    assert picked.equals(in_sample(ids.reverse(), 200, 0.1).reverse())  # by id, not by position
+    per_shard = (pl.DataFrame({"shard": shard_of(ids, 200), "picked": picked})
+                 .group_by("shard").agg(pl.col("picked").sum()))
+    assert per_shard.height == 200 and (per_shard["picked"] >= 5).all()
+    assert 0.09 < picked.mean() < 0.11
+    assert in_sample(ids, 200, 1.0).all() and 0 < in_sample(ids, 200, 0.001).sum() < 100
+
+
+def test_kinds_text_wins():
+    assert agreed_kinds([{"a": "numeric", "b": "numeric"}, {"a": "categorical"}, {"c": "numeric"}]) == {
+        "a": "categorical", "b": "numeric", "c": "numeric"}
+
+
+def test_a_business_day_calendar_is_refused_with_the_way_out(tmp_path):
+    days = pl.date_range(dt.date(2024, 1, 1), dt.date(2024, 3, 1), "1d", eager=True)
+    days = days.filter(days.dt.weekday() <= 5)
+    frame = pl.DataFrame({"series_id": ["a"] * len(days) + ["b"] * len(days),
+                          "timestamp": pl.concat([days, days]).cast(pl.Datetime("us")),
+                          "target": [float(i) for i in range(2 * len(days))]})
+    path = tmp_path / "d.parquet"
+    frame.write_parquet(path)
+    with pytest.raises(ShardedCleaningError, match="regular calendar.*without --shards"):
+        decide_on_shard(str(path), RetrainParams().columns, None, (0, 1), CleanConfig(), 0.7)
+
+
+def test_iqr_outliers_cannot_be_sharded():
+    with pytest.raises(ValueError, match="IQR"):
+        RetrainParams(shards=2, clean=CleanConfig(outliers="iqr"))
+
+
+def test_merged_report_lists_the_worst_of_every_part():
+    parts = [CleanReport(series=2, outliers=3, off_grid_by_series={"a": 5, "b": 1}, empty_series=["x"],
+                         by_series={"a": {"outliers": 3}}),
+             CleanReport(series=1, outliers=1, off_grid_by_series={"c": 5, "d": 9}, empty_series=["w"],
+                         by_series={"c": {"outliers": 1}})]
+    merged = CleanReport.merged(parts, worst=2)
+    assert (merged.series, merged.outliers) == (3, 4)
+    assert merged.off_grid_by_series == {"d": 9, "a": 5}  # ties by id
+    assert merged.empty_series == ["w", "x"]
+    assert merged.by_series == {"a": {"outliers": 3}, "c": {"outliers": 1}}
+    assert json.dumps(merged.to_json())  # what the bundle records
