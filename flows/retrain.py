@@ -89,14 +89,14 @@ clean_step = step(clean_shards, "clean-shards", io=True).with_options(task_run_n
 
 def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[ValidationResult, Cleaned, str]:
     """Validate and clean the catalogue shard by shard on the run's workers (``nightcast.tasks.data.sharded``):
-    the calendar and season decided on the largest shard, then one task per shard (and again, for a shard
+    the calendar and season decided on the largest shard (by a worker too), then one task per shard (and again, for a shard
     that typed a covariate as numbers which another shard reads as text); the flow's process receives each
     shard's counts and its share of the training sample, never the catalogue."""
     logger = get_run_logger()
     plan = plan_run(params.data, params.shards, lambda: plan_step(params.data, params.columns))
     first = max(plan.todo, key=lambda k: plan.sizes[k])
-    decided = decide_step(params.data, params.columns, plan.groups[first], (first, params.shards), params.clean,
-                          params.window.train_share)
+    decided = decide_step.submit(params.data, params.columns, plan.groups[first], (first, params.shards),  # a worker's
+                                 params.clean, params.window.train_share).result()
     logger.info("%d series in %d shards (%s); calendar %s, season %d, decided on shard %d; cleaning %d shard(s) "
                 "on the workers, training on %.3g of each shard's series", plan.series, params.shards,
                 "planned from the layout's manifest" if plan.from_manifest else "planned from the ids",
@@ -123,9 +123,9 @@ def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[Valid
             parts[i] = part
     checked, cleaned, fp = gather(parts, decided, params.data)
     cat = checked.catalogue
-    logger.info("cleaned %d valid rows of %d series in %d shards (%d quarantined); training sample: %d series, "
-                "%d rows", cat["rows"], cat["series"], len(plan.todo), cat["quarantined"],
-                cat["sample"]["series"], cat["sample"]["rows"])
+    logger.info("cleaned %d valid rows of %d series in %d shards (%d quarantined) in %d process(es); training "
+                "sample: %d series, %d rows", cat["rows"], cat["series"], len(plan.todo), cat["quarantined"],
+                len(cat["cleaned_by"]), cat["sample"]["series"], cat["sample"]["rows"])
     return checked, cleaned, fp
 read_tuned = step(load_tuned, "read-tuned", io=True)
 current_champion = step(_current_champion, "load-champion", io=True)

@@ -27,17 +27,19 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
+import os
+import socket
 
 import polars as pl
 
 from nightcast.schemas.params import CleanConfig, ColumnMap
 from nightcast.tasks.data.clean import Calendar, CleanReport, clean_observations, concat_by_series, decide_calendar, decide_season
-from nightcast.tasks.data.ingest import SAMPLE_BUCKETS, load_observations
+from nightcast.tasks.data.ingest import SAMPLE_BUCKETS, IngestError, load_observations
 from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.data.prepare import Cleaned, fingerprint
-from nightcast.tasks.data.validate import ValidationResult, merge_notes, validate_observations
+from nightcast.tasks.data.validate import DataValidationError, ValidationResult, merge_notes, validate_observations
 from nightcast.tasks.ops.storage import open_store
-from nightcast.tasks.serving.shard import check_shard, hash64s
+from nightcast.tasks.serving.shard import ShardLayoutError, check_shard, hash64s
 
 
 class ShardedCleaningError(ValueError):
@@ -102,6 +104,7 @@ class CleanedShards:
     report: CleanReport
     sample_valid: pl.DataFrame
     sample_clean: pl.DataFrame
+    process: str = ""  # host/pid of the process that cleaned them (a Dask worker's, on a cluster)
 
 
 @on_small_pages
@@ -119,10 +122,13 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
     typed: dict[str, str] = {}
     first = last = None
     for ids, shard in zip(series, shards):  # a task's few shards, never its series
-        raw = load_observations(data, columns, series=ids, shard=shard)
-        if ids is None:
-            check_shard(raw["series_id"], shard, data)
-        checked = validate_observations(raw, cfg.max_bad_share, columns.timestamp_format, kinds)
+        try:
+            raw = load_observations(data, columns, series=ids, shard=shard)
+            if ids is None:
+                check_shard(raw["series_id"], shard, data)
+            checked = validate_observations(raw, cfg.max_bad_share, columns.timestamp_format, kinds)
+        except (IngestError, ShardLayoutError, DataValidationError) as exc:  # which shard, then what (rows, rules)
+            raise type(exc)(f"shard {shard[0]} of {shard[1]} of {data}: {exc}") from exc
         del raw
         valid = checked.valid
         rows, duplicates, valid_rows = rows + checked.n_rows, duplicates + checked.exact_duplicates, valid_rows + valid.height
@@ -150,7 +156,8 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
         uri = store.uri(quarantine_key)
     return CleanedShards([s[0] for s in shards], rows, duplicates, sum(q.height for q in quarantined), uri,
                          merge_notes(notes), valid_rows, n_series, first, last, fingerprints, typed,
-                         CleanReport.merged(reports), concat_by_series(valids), concat_by_series(cleans))
+                         CleanReport.merged(reports), concat_by_series(valids), concat_by_series(cleans),
+                         f"{socket.gethostname()}/{os.getpid()}")
 
 
 def agreed_kinds(parts: list[dict[str, str]]) -> dict[str, str]:
@@ -182,6 +189,7 @@ def gather(parts: list[CleanedShards], decided: Decided, data: str) -> tuple[Val
                  "quarantined": sum(p.quarantined for p in parts),
                  "start": str(min(p.first for p in parts)), "end": str(max(p.last for p in parts)),
                  "quarantine": [p.quarantine for p in parts if p.quarantine],
+                 "cleaned_by": sorted({p.process for p in parts}),
                  "sample": {"rows": valid.height, "series": valid["series_id"].n_unique()}}
     checked = ValidationResult(valid, pl.DataFrame(), sum(p.rows for p in parts),
                                sum(p.exact_duplicates for p in parts), categorical, numeric, notes, catalogue)

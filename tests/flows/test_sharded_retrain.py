@@ -134,3 +134,18 @@ def test_merged_report_lists_the_worst_of_every_part():
     assert merged.empty_series == ["w", "x"]
     assert merged.by_series == {"a": {"outliers": 3}, "c": {"outliers": 1}}
     assert json.dumps(merged.to_json())  # what the bundle records
+
+
+def test_a_shard_with_too_many_bad_rows_stops_the_run_naming_the_shard(tmp_path):
+    """Validation's share limit applies to each shard's own rows; the error says which shard, then which rows."""
+    data, raw = _panel(tmp_path)
+    layout = str(tmp_path / "layout")
+    bad = raw["series_id"].unique().sort()[3]
+    raw.with_columns(pl.when(pl.col("series_id") == bad).then(pl.lit("x")).otherwise(pl.col("target"))
+                     .alias("target")).write_parquet(data)
+    write_shard_layout(data, layout, 3)
+    shard = shard_of(pl.Series([bad]), 3)[0]
+    store = str(tmp_path / "s")
+    with pytest.raises(Exception, match=rf"shard {shard} of 3 of .*layout.*failed validation"):
+        retrain_flow(fast_params(layout, shards=3), store=store)
+    assert not open_store(store).exists("models/lstm/champion.json")

@@ -194,3 +194,38 @@ def test_sharded_backfill_on_dask_equals_single_process(trained, cluster, monkey
     for day, frame in expected.items():
         assert _partition(store, day).equals(frame), day
     assert open_store(store).list(STAGING) == []
+
+
+def test_sharded_retrain_cleans_on_the_workers_and_its_bundle_scores_every_series(trained, cluster, monkeypatch,
+                                                                                  tmp_path):
+    """``retrain --shards 4 --sample 0.25`` on the layout `nightcast partition` wrote, with the scheduler named
+    in the environment: every shard is validated and cleaned by a worker process (never the flow's), the
+    network trains on a quarter of every shard's series, the bundle counts the whole catalogue, and scoring
+    with it forecasts every series the single-process bundle forecasts."""
+    import socket
+
+    from nightcast.tasks.ops.registry import load_champion
+    from nightcast.tasks.serving.shard import write_shard_layout
+
+    data, _, single = trained
+    address, workers, _ = cluster
+    layout = str(tmp_path / "layout")
+    write_shard_layout(data, layout, 4)
+    store = str(tmp_path / "s")
+    monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", address)
+    state = retrain_flow(fast_params(layout, shards=4, sample=0.25,
+                                     train=TrainConfig(max_steps=60, batch_size=64, patience=2, early_stopping=True),
+                                     serve=ServeConfig(seeds=1, classical="none")), store=store, return_state=True)
+    state.result()
+    names = _task_names(state.state_details.flow_run_id)
+    assert len([n for n in names if n.startswith("clean-shards-")]) == 4, names
+    assert not any(n.startswith(("ingest", "validate")) for n in names), names  # the flow read no row itself
+    bundle = load_champion(open_store(store), "lstm")
+    data_section = bundle.manifest["data"]
+    assert data_section["series"] == N_SERIES and N_SERIES * 0.2 < data_section["sample"]["series"] < N_SERIES * 0.3
+    host = socket.gethostname()
+    assert set(data_section["cleaned_by"]) <= {f"{host}/{w.pid}" for w in workers}, data_section["cleaned_by"]
+    assert f"{host}/{os.getpid()}" not in data_section["cleaned_by"]
+    assert len(bundle.preprocessing["features"]["target_stats"]) == data_section["sample"]["series"]
+    scored = score_flow(ScoreParams(data=layout, shards=4), store=store)
+    assert (scored["series"], scored["skipped"]) == (single["series"], single["skipped"])
