@@ -760,8 +760,9 @@ class TreeSampler:
 
 def million_run(args: argparse.Namespace, tmp: Path, env: dict[str, str], api_url: str | None) -> dict:
     """A ragged 1,000,000-series panel end to end as a user runs it, each command's process tree sampled:
-    panel (streamed), ``nightcast partition``, ``nightcast retrain --sample``, ``nightcast score`` on a local
-    Dask cluster, and the forecasts counted."""
+    panel (streamed), ``nightcast partition``, ``nightcast retrain --shards --sample`` (every shard validated
+    and cleaned on the cluster, the network trained on a sample of every shard's series) and ``nightcast score``
+    on a local Dask cluster, and the forecasts counted."""
     import polars as pl
 
     n, t = args.million_series, args.million_steps
@@ -775,8 +776,9 @@ def million_run(args: argparse.Namespace, tmp: Path, env: dict[str, str], api_ur
         ("partition", [exe, "partition", "--data", str(data), "--out", str(layout), "--shards",
                        str(args.million_shards)], env),
         ("retrain", [exe, "retrain", "--data", str(layout), "--store", str(store), "--horizon", str(HORIZON),
-                     "--sample", str(args.million_sample), "--max-steps", str(args.score_train_steps), "--no-tuned",
-                     "--seeds", str(args.seeds), "--classical", args.classical], flow_env),
+                     "--shards", str(args.million_shards), "--sample", str(args.million_sample),
+                     "--max-steps", str(args.score_train_steps), "--no-tuned",
+                     "--seeds", str(args.seeds), "--classical", args.classical], {**flow_env, **dask}),
         ("score", [exe, "score", "--data", str(layout), "--store", str(store), "--shards", str(args.million_shards)],
          {**flow_env, **dask}),
     ]
@@ -796,6 +798,12 @@ def million_run(args: argparse.Namespace, tmp: Path, env: dict[str, str], api_ur
         print(f"    {secs:.0f} s, exit {code}, peaks {run['roles']}", flush=True)
         if code != 0:
             return res
+        if name == "retrain":
+            m = re.search(r"cleaned (\d+) valid rows of (\d+) series in (\d+) shards \((\d+) quarantined\) in (\d+) "
+                          r"process\(es\); training sample: (\d+) series, (\d+) rows", log.read_text(errors="replace"))
+            if m:
+                res["retrain_cleaned"] = dict(zip(("rows", "series", "shards", "quarantined", "processes",
+                                                   "sample_series", "sample_rows"), map(int, m.groups())))
         if name == "score":
             out = log.read_text(errors="replace")
             m = re.search(r"(\d+) rows, (\d+) series", out)
@@ -821,11 +829,12 @@ def million_table(res: dict, args: argparse.Namespace, started: dt.datetime, wal
         "",
         f"A ragged hourly panel of {res['series']:,} series x up to {res['steps']:,} steps"
         + (f" ({res['rows']:,} rows)" if "rows" in res else "")
-        + f", written to the shard layout ({args.million_shards} shards), retrained on a "
-        f"{args.million_sample:g} sample of the series (`--sample`: whole shards, {args.score_train_steps} optimiser "
-        f"steps, {args.seeds} seed(s), classical `{args.classical}`), and scored on a local Dask cluster of "
-        f"{args.million_workers} workers. Peak RSS: every process of each command's tree, sampled each second "
-        "(psutil); the largest per kind of process.",
+        + f", written to the shard layout ({args.million_shards} shards), retrained with every shard validated and "
+        f"cleaned on a local Dask cluster of {args.million_workers} workers and the network trained on a "
+        f"{args.million_sample:g} sample of every shard's series (`--shards {args.million_shards} --sample "
+        f"{args.million_sample:g}`, {args.score_train_steps} optimiser steps, {args.seeds} seed(s), classical "
+        f"`{args.classical}`), and scored on the same kind of cluster. Peak RSS: every process of each command's "
+        "tree, sampled each second (psutil); the largest per kind of process.",
         "",
         "| step | command | seconds | peak RSS by process (GiB) | ≤ 8 GiB each |",
         "|---|---|---|---|---|",
@@ -839,6 +848,12 @@ def million_table(res: dict, args: argparse.Namespace, started: dt.datetime, wal
                      f"{'yes' if ok else '**no**'} |")
     total = sum(r["seconds"] for r in res["runs"].values())
     lines += ["", f"All steps: {total / 60:.1f} min."]
+    if "retrain_cleaned" in res:
+        c = res["retrain_cleaned"]
+        lines += [f"Retrain: {c['rows']:,} valid rows of {c['series']:,} series validated and cleaned in "
+                  f"{c['shards']} shards by {c['processes']} worker process(es) ({c['quarantined']:,} quarantined); "
+                  f"the flow's process received the training sample only: {c['sample_series']:,} series, "
+                  f"{c['sample_rows']:,} rows."]
     if "forecast_series" in res:
         lines += [f"Series forecast: **{res['forecast_series']:,} of {res['panel_series']:,}**; the run named "
                   f"{res.get('skipped', 0):,} as not forecast (stale: the panel's early-ending series); "

@@ -132,7 +132,6 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
         del raw
         valid = checked.valid
         rows, duplicates, valid_rows = rows + checked.n_rows, duplicates + checked.exact_duplicates, valid_rows + valid.height
-        n_series += valid["series_id"].n_unique()
         if checked.n_quarantined:
             quarantined.append(checked.quarantine)
         notes.append(checked.notes)
@@ -143,9 +142,12 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
         first, last = min(first or span[0], span[0]), max(last or span[1], span[1])
         clean, report, _ = clean_observations(valid, cfg, decided.calendar)
         reports.append(report.listed())
-        valids.append(valid.filter(in_sample(valid["series_id"], shard[1], share)))
+        ids = valid["series_id"].unique()
+        n_series += ids.len()
+        picked = ids.filter(in_sample(ids, shard[1], share)).implode()  # each id hashed once
+        valids.append(valid.filter(pl.col("series_id").is_in(picked)))
         del valid, checked
-        cleans.append(clean.filter(in_sample(clean["series_id"], shard[1], share)))
+        cleans.append(clean.filter(pl.col("series_id").is_in(picked)))
         del clean
     uri = None
     if quarantined:
