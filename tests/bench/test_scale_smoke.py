@@ -64,3 +64,7 @@ def test_the_million_mode_runs_every_command_and_accounts_for_every_series(tmp_p
         assert step in table
     assert "--sample 0.5" in table and "Dask process (worker / nanny)" in table
     assert "of 600**" in table and "; 0 unaccounted." in table
+    # the retrain cleaned every shard on the cluster's workers; the flow's process got the sample
+    assert "valid rows of 600 series validated and cleaned in 4 shards by" in table, table
+    retrain = next(line for line in table.splitlines() if line.startswith("| retrain |"))
+    assert "--shards 4 --sample 0.5" in retrain and "Dask process (worker / nanny)" in retrain, retrain
