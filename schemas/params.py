@@ -471,6 +471,9 @@ class TuneParams(_Config):
         if bad:
             raise ValueError(f"unknown search-space field(s) {bad}; use dotted model / train / window / clean "
                              "fields such as 'model.hidden_size', 'train.learning_rate', 'window.lookback'")
+        if self.base.shards > 1:
+            raise ValueError("tune reads its folds in one process: base.shards must be 1 (tune on a --sample of the "
+                             "series; the tuned configuration then applies to a sharded retrain)")
         return self
 
 

@@ -113,8 +113,9 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
                  quarantine_key: str, kinds: dict[str, str] | None = None) -> CleanedShards:
     """Read, validate and clean each of these shards (``series[i]`` are shard ``shards[i]``'s ids; None: its
     whole folder of the layout, whose ids are checked) with ``decided``'s calendar and season and ``cfg``'s
-    rules, the covariates typed as ``kinds`` says (None: as their values read); write the quarantined rows once, under ``quarantine_key``; return the counts and the
-    sample's rows (``CleanedShards``). Validation's share limit applies to each shard's own rows."""
+    rules, the covariates typed as ``kinds`` says (None: as their values read); write the quarantined rows
+    once, under ``quarantine_key``; return the counts and the sample's rows (``CleanedShards``). Validation's
+    share limit applies to each shard's own rows."""
     cfg = cfg.model_copy(update={"season_length": decided.season_length})
     rows = duplicates = valid_rows = n_series = 0
     quarantined, notes, reports, valids, cleans = [], [], [], [], []
@@ -142,9 +143,9 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
         first, last = min(first or span[0], span[0]), max(last or span[1], span[1])
         clean, report, _ = clean_observations(valid, cfg, decided.calendar)
         reports.append(report.listed())
-        ids = valid["series_id"].unique()
-        n_series += ids.len()
-        picked = ids.filter(in_sample(ids, shard[1], share)).implode()  # each id hashed once
+        names = valid["series_id"].unique()
+        n_series += names.len()
+        picked = names.filter(in_sample(names, shard[1], share)).implode()  # each id hashed once
         valids.append(valid.filter(pl.col("series_id").is_in(picked)))
         del valid, checked
         cleans.append(clean.filter(pl.col("series_id").is_in(picked)))

@@ -149,3 +149,10 @@ def test_a_shard_with_too_many_bad_rows_stops_the_run_naming_the_shard(tmp_path)
     with pytest.raises(Exception, match=rf"shard {shard} of 3 of .*layout.*failed validation"):
         retrain_flow(fast_params(layout, shards=3), store=store)
     assert not open_store(store).exists("models/lstm/champion.json")
+
+
+def test_tune_refuses_a_sharded_base():
+    from nightcast.schemas.params import TuneParams
+
+    with pytest.raises(ValueError, match="base.shards must be 1"):
+        TuneParams(base=RetrainParams(shards=4))
