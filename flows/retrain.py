@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 
+import polars as pl
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
@@ -12,7 +13,7 @@ from prefect.futures import wait
 from nightcast.schemas.params import RetrainParams
 from nightcast.tasks.data.ingest import load_observations
 from nightcast.tasks.data.prepare import Cleaned, Prepared, fingerprint, prepare_training
-from nightcast.tasks.data.sharded import CleanedShards, agreed_kinds, clean_shards, decide_on_shard, gather
+from nightcast.tasks.data.sharded import CleanedShards, agreed_kinds, clean_shards, decide_on_shard, gather, retyped
 from nightcast.tasks.serving.shard import plan_run
 from nightcast.tasks.data.validate import ValidationResult, validate_observations
 from nightcast.tasks.forecast.backtest import evaluate_candidates
@@ -89,12 +90,16 @@ clean_step = step(clean_shards, "clean-shards", io=True).with_options(task_run_n
 
 def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[ValidationResult, Cleaned, str]:
     """Validate and clean the catalogue shard by shard on the run's workers (``nightcast.tasks.data.sharded``):
-    the calendar and season decided on the largest shard (by a worker too), then one task per shard (and again, for a shard
-    that typed a covariate as numbers which another shard reads as text); the flow's process receives each
-    shard's counts and its share of the training sample, never the catalogue."""
+    the calendar and season decided on the largest shard (by a worker too), then one task per shard (and
+    again, for a shard that typed a covariate as numbers which another shard reads as text); the flow's
+    process receives each shard's counts and its share of the training sample, never the catalogue. Planned
+    from the ids, the first shard also reads the rows that have no id, which validation quarantines."""
     logger = get_run_logger()
     plan = plan_run(params.data, params.shards, lambda: plan_step(params.data, params.columns))
     first = max(plan.todo, key=lambda k: plan.sizes[k])
+    groups = list(plan.groups)
+    if not plan.from_manifest:  # the planner's ids have no null: the first shard reads those rows too
+        groups[plan.todo[0]] = pl.concat([groups[plan.todo[0]], pl.Series([None], dtype=pl.String)])
     decided = decide_step.submit(params.data, params.columns, plan.groups[first], (first, params.shards),  # a worker's
                                  params.clean, params.window.train_share).result()
     logger.info("%d series in %d shards (%s); calendar %s, season %d, decided on shard %d; cleaning %d shard(s) "
@@ -105,16 +110,19 @@ def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[Valid
     def clean(todo: list[int], kinds: dict[str, str] | None) -> list[CleanedShards]:
         keys = [f"quarantine/{stamp}/{k:05d}.parquet" for k in todo]
         futures = clean_step.map(unmapped(st.url), unmapped(params.data), unmapped(params.columns),
-                                 [[plan.groups[k]] for k in todo], [[(k, params.shards)] for k in todo],
+                                 [[groups[k]] for k in todo], [[(k, params.shards)] for k in todo],
                                  unmapped(params.clean), unmapped(decided), unmapped(params.sample), keys,
                                  unmapped(kinds))
         wait(futures)
         return [f.result() for f in futures]
 
+    if params.sample >= 1:
+        logger.warning("--shards without --sample trains on every series: the flow's process receives the clean "
+                       "rows of the whole catalogue; give --sample SHARE for a catalogue too big for one process")
     parts = clean(plan.todo, None)
     kinds = agreed_kinds([p.kinds for p in parts])
-    redo = [i for i, p in enumerate(parts) if p.kinds != kinds]
-    if redo:  # a covariate some shard read as numbers is text elsewhere: those shards are typed as the catalogue
+    redo = [i for i, p in enumerate(parts) if retyped(p.kinds, kinds)]
+    if redo:  # a covariate some shard read otherwise than the catalogue (numbers, or blank): typed as the catalogue
         logger.info("covariates typed %s across the catalogue; cleaning shard(s) %s again with these kinds",
                     kinds, [plan.todo[i] for i in redo])
         for i in redo:  # a shard cleaned again writes its quarantined rows again, if it has any left
@@ -127,6 +135,8 @@ def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[Valid
                 "sample: %d series, %d rows", cat["rows"], cat["series"], len(plan.todo), cat["quarantined"],
                 len(cat["cleaned_by"]), cat["sample"]["series"], cat["sample"]["rows"])
     return checked, cleaned, fp
+
+
 read_tuned = step(load_tuned, "read-tuned", io=True)
 current_champion = step(_current_champion, "load-champion", io=True)
 warm_start = step(_warm_start, "warm-start")

@@ -64,11 +64,14 @@ def start_run(store: str | None, data: str | None = None) -> tuple[Settings, Sto
 
 
 def task_runner(settings: Settings) -> Any:
-    """Where a flow's tasks run: Prefect's thread pool in this process (the default), or a Dask
+    """Where a flow's tasks run: Prefect's thread pool in this process (the default; one thread per core, where
+    Prefect's own default has no limit and would run every mapped shard at once), or a Dask
     cluster when ``settings.dask_address`` names one (``local``: a LocalCluster of processes
     started for the run; else an existing scheduler's address, e.g. ``tcp://10.0.0.5:8786``)."""
-    if not settings.dask_address:
-        return ThreadPoolTaskRunner()
+    if not settings.dask_address:  # as many threads as cores: mapped shards run that many at a time, not all at once
+        from nightcast.models.classical import usable_cores
+
+        return ThreadPoolTaskRunner(max_workers=usable_cores())
     from prefect_dask import DaskTaskRunner
 
     if settings.dask_address == "local":

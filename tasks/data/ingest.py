@@ -269,10 +269,12 @@ def _is_layout(schema: pl.Schema, fmt: str) -> bool:
 
 def _only(schema: pl.Schema, column: str, series: list[str] | pl.Series) -> pl.Expr:
     """Rows of these series: a plain ``is_in`` on a text id column (Parquet statistics can prune on it);
-    other id types are compared as text, as validation reads them (no statistics pruning then)."""
-    if schema[column] == pl.String:
-        return pl.col(column).is_in(pl.Series(series, dtype=pl.String).implode())
-    return pl.col(column).cast(pl.String).is_in(pl.Series(series, dtype=pl.String).implode())
+    other id types are compared as text, as validation reads them (no statistics pruning then). A null
+    among ``series`` reads the rows that have no id (a sharded retrain's first shard takes them, so that
+    validation quarantines them as a whole read does)."""
+    ids = pl.Series(series, dtype=pl.String).implode()
+    col = pl.col(column) if schema[column] == pl.String else pl.col(column).cast(pl.String)
+    return col.is_in(ids, nulls_equal=True)
 
 
 _DUPLICATED = "_duplicated_"  # polars renames the second `x` of a CSV header to `x_duplicated_0`

@@ -70,11 +70,7 @@ def decide_on_shard(data: str, columns: ColumnMap, ids: pl.Series | None, shard:
     """The calendar and the season, read from one shard (a share of the series picked by the hash): the rules
     every shard is then cleaned with. A business-day calendar takes its holidays from
     the whole catalogue, which no shard sees: it is refused (retrain without ``--shards``)."""
-    raw = load_observations(data, columns, series=ids, shard=shard)
-    if ids is None:
-        check_shard(raw["series_id"], shard, data)
-    checked = validate_observations(raw, clean.max_bad_share, columns.timestamp_format)
-    del raw
+    checked = _read_shard(data, columns, ids, shard, clean.max_bad_share, None)
     calendar = decide_calendar(checked.valid, clean)
     if calendar.kind != "regular":
         raise ShardedCleaningError(
@@ -84,10 +80,31 @@ def decide_on_shard(data: str, columns: ColumnMap, ids: pl.Series | None, shard:
     return Decided(calendar, decide_season(checked.valid, clean, calendar, share=train_share))
 
 
+def _read_shard(data: str, columns: ColumnMap, ids: pl.Series | None, shard: tuple[int, int], max_bad_share: float,
+                kinds: dict[str, str] | None) -> ValidationResult:
+    """One shard read (its ids, or its folder of the layout, whose ids are checked) and validated; an error
+    names the shard first, then what validation found (rows, rules)."""
+    try:
+        raw = load_observations(data, columns, series=ids, shard=shard)
+        if ids is None:
+            check_shard(raw["series_id"], shard, data)
+        return validate_observations(raw, max_bad_share, columns.timestamp_format, kinds)
+    except (IngestError, ShardLayoutError, DataValidationError) as exc:
+        raise type(exc)(f"shard {shard[0]} of {shard[1]} of {data}: {exc}") from exc
+
+
+def _kinds(checked: ValidationResult) -> dict[str, str]:
+    """How validation typed each covariate; ``blank`` for one with no value in these rows (validation types
+    such a column as text, but it says nothing about the catalogue's values: it does not vote)."""
+    valid = checked.valid
+    return {**dict.fromkeys(checked.numeric, "numeric"),
+            **{c: "blank" if valid[c].null_count() == valid.height else "categorical" for c in checked.categorical}}
+
+
 @dataclasses.dataclass(frozen=True)
 class CleanedShards:
     """What one task cleaned: its shards' counts and notes, the report (lists cut), each shard's fingerprint,
-    where its quarantined rows went, and the training sample's valid and clean rows."""
+    where its quarantined rows went, and the training sample's clean rows (with its valid rows' counts)."""
 
     shards: list[int]
     rows: int  # rows read
@@ -100,10 +117,11 @@ class CleanedShards:
     first: dt.datetime
     last: dt.datetime
     fingerprints: dict[int, str]
-    kinds: dict[str, str]  # each covariate: "numeric" or "categorical", as these shards typed it
+    kinds: dict[str, str]  # each covariate: "numeric", "categorical" or "blank" (no value), as these shards read it
     report: CleanReport
-    sample_valid: pl.DataFrame
-    sample_clean: pl.DataFrame
+    sample_rows: int  # the sample's valid rows and series
+    sample_series: int
+    sample_clean: pl.DataFrame | None  # None: no series of these shards has an observed target
     process: str = ""  # host/pid of the process that cleaned them (a Dask worker's, on a cluster)
 
 
@@ -117,38 +135,40 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
     once, under ``quarantine_key``; return the counts and the sample's rows (``CleanedShards``). Validation's
     share limit applies to each shard's own rows."""
     cfg = cfg.model_copy(update={"season_length": decided.season_length})
-    rows = duplicates = valid_rows = n_series = 0
-    quarantined, notes, reports, valids, cleans = [], [], [], [], []
+    rows = duplicates = valid_rows = n_series = sample_rows = sample_series = 0
+    quarantined, notes, reports, cleans = [], [], [], []
     fingerprints: dict[int, str] = {}
     typed: dict[str, str] = {}
     first = last = None
     for ids, shard in zip(series, shards):  # a task's few shards, never its series
-        try:
-            raw = load_observations(data, columns, series=ids, shard=shard)
-            if ids is None:
-                check_shard(raw["series_id"], shard, data)
-            checked = validate_observations(raw, cfg.max_bad_share, columns.timestamp_format, kinds)
-        except (IngestError, ShardLayoutError, DataValidationError) as exc:  # which shard, then what (rows, rules)
-            raise type(exc)(f"shard {shard[0]} of {shard[1]} of {data}: {exc}") from exc
-        del raw
+        checked = _read_shard(data, columns, ids, shard, cfg.max_bad_share, kinds)
         valid = checked.valid
         rows, duplicates, valid_rows = rows + checked.n_rows, duplicates + checked.exact_duplicates, valid_rows + valid.height
         if checked.n_quarantined:
             quarantined.append(checked.quarantine)
         notes.append(checked.notes)
         fingerprints[shard[0]] = fingerprint(valid)
-        typed = agreed_kinds([typed, {**dict.fromkeys(checked.numeric, "numeric"),
-                                      **dict.fromkeys(checked.categorical, "categorical")}])
+        typed = _vote([typed, _kinds(checked) if kinds is None else {c: kinds.get(c, "categorical") for c in
+                                                                            (*checked.numeric, *checked.categorical)}])
         span = valid.select(pl.col("timestamp").min().alias("a"), pl.col("timestamp").max().alias("b")).row(0)
         first, last = min(first or span[0], span[0]), max(last or span[1], span[1])
-        clean, report, _ = clean_observations(valid, cfg, decided.calendar)
-        reports.append(report.listed())
         names = valid["series_id"].unique()
         n_series += names.len()
-        picked = names.filter(in_sample(names, shard[1], share)).implode()  # each id hashed once
-        valids.append(valid.filter(pl.col("series_id").is_in(picked)))
+        picked = names.filter(in_sample(names, shard[1], share))
+        kept = valid.filter(pl.col("series_id").is_in(picked.implode()))  # each id hashed once
+        sample_rows, sample_series = sample_rows + kept.height, sample_series + picked.len()
+        del kept
+        if valid["target"].null_count() == valid.height:  # no observed target in the shard: nothing to clean
+            reports.append(CleanReport(empty_series_count=names.len(), empty_series=names.sort().head(20).to_list(),
+                                       outlier_action=cfg.outlier_action))
+            continue
+        try:
+            clean, report, _ = clean_observations(valid, cfg, decided.calendar)
+        except ValueError as exc:  # every series of the shard emptied by the outlier rule
+            raise ShardedCleaningError(f"shard {shard[0]} of {shard[1]} of {data}: {exc}") from exc
+        reports.append(report.listed())
         del valid, checked
-        cleans.append(clean.filter(pl.col("series_id").is_in(picked)))
+        cleans.append(clean.filter(pl.col("series_id").is_in(picked.implode())))
         del clean
     uri = None
     if quarantined:
@@ -159,32 +179,46 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
         uri = store.uri(quarantine_key)
     return CleanedShards([s[0] for s in shards], rows, duplicates, sum(q.height for q in quarantined), uri,
                          merge_notes(notes), valid_rows, n_series, first, last, fingerprints, typed,
-                         CleanReport.merged(reports), concat_by_series(valids), concat_by_series(cleans),
+                         CleanReport.merged(reports), sample_rows, sample_series,
+                         concat_by_series(cleans) if cleans else None,
                          f"{socket.gethostname()}/{os.getpid()}")
+
+
+def retyped(kinds: dict[str, str], agreed: dict[str, str]) -> bool:
+    """Whether a shard that read its covariates as ``kinds`` must be cleaned again as the catalogue reads them
+    (``agreed``): a column it typed otherwise; one blank in it is already text, so only a numeric one is."""
+    return any(agreed.get(c) != k and not (k == "blank" and agreed.get(c) == "categorical") for c, k in kinds.items())
 
 
 def agreed_kinds(parts: list[dict[str, str]]) -> dict[str, str]:
     """The catalogue's kind of each covariate from its shards' (validation's rule on the whole input): text
-    where any shard read text, else numbers."""
+    where any shard read text, else numbers where any shard read numbers; a column blank in every shard
+    is text, as validation types a column with no value."""
+    return {name: "categorical" if kind == "blank" else kind for name, kind in _vote(parts).items()}
+
+
+def _vote(parts: list[dict[str, str]]) -> dict[str, str]:
+    """``agreed_kinds`` before its last rule: "blank" where every part is blank (what a task reports for its shards)."""
     out: dict[str, str] = {}
     for kinds in parts:
         for name, kind in kinds.items():
-            out[name] = "categorical" if "categorical" in (kind, out.get(name)) else kind
+            seen = {kind, out.get(name)}
+            out[name] = "categorical" if "categorical" in seen else "numeric" if "numeric" in seen else "blank"
     return out
 
 
 def gather(parts: list[CleanedShards], decided: Decided, data: str) -> tuple[ValidationResult, Cleaned, str]:
-    """The run's input from its tasks' parts: a ``ValidationResult`` whose rows are the sample's (its
-    ``catalogue`` counts every shard), the sample cleaned (``Cleaned``: what training windows), and the
-    data fingerprint (SHA-256 of every shard's fingerprint, in shard order)."""
-    valid = concat_by_series([p.sample_valid for p in parts])
-    if valid.height == 0:
+    """The run's input from its tasks' parts: a ``ValidationResult`` with no rows (they stayed on the workers;
+    its ``catalogue`` counts every shard, and the sample), the sample cleaned (``Cleaned``: what training
+    windows), and the data fingerprint (SHA-256 of every shard's fingerprint, in shard order)."""
+    cleaned = [p.sample_clean for p in parts if p.sample_clean is not None]
+    clean = concat_by_series(cleaned) if cleaned else None
+    if clean is None or clean.height == 0:
         raise ShardedCleaningError(f"the training sample of {data} holds no series: give a larger --sample")
-    clean = concat_by_series([p.sample_clean for p in parts])
     notes = merge_notes([p.notes for p in parts])
     kinds = agreed_kinds([p.kinds for p in parts])
-    if any(p.kinds != kinds for p in parts):
-        raise ShardedCleaningError(f"shards {[p.shards for p in parts if p.kinds != kinds]} typed the covariates "
+    if any(retyped(p.kinds, kinds) for p in parts):
+        raise ShardedCleaningError(f"shards {[p.shards for p in parts if retyped(p.kinds, kinds)]} typed the covariates "
                                    f"otherwise than the catalogue ({kinds}): clean them again with these kinds")
     numeric = [c for c, k in kinds.items() if k == "numeric"]
     categorical = [c for c, k in kinds.items() if k == "categorical"]
@@ -193,8 +227,8 @@ def gather(parts: list[CleanedShards], decided: Decided, data: str) -> tuple[Val
                  "start": str(min(p.first for p in parts)), "end": str(max(p.last for p in parts)),
                  "quarantine": [p.quarantine for p in parts if p.quarantine],
                  "cleaned_by": sorted({p.process for p in parts}),
-                 "sample": {"rows": valid.height, "series": valid["series_id"].n_unique()}}
-    checked = ValidationResult(valid, pl.DataFrame(), sum(p.rows for p in parts),
+                 "sample": {"rows": sum(p.sample_rows for p in parts), "series": sum(p.sample_series for p in parts)}}
+    checked = ValidationResult(pl.DataFrame(), pl.DataFrame(), sum(p.rows for p in parts),
                                sum(p.exact_duplicates for p in parts), categorical, numeric, notes, catalogue)
     report = CleanReport.merged([p.report for p in parts])
     shards = sorted(kv for p in parts for kv in p.fingerprints.items())

@@ -37,7 +37,7 @@ class DataValidationError(ValueError):
 
 @dataclass(frozen=True)
 class ValidationResult:
-    valid: pl.DataFrame  # series_id, timestamp, target, covariates; sorted
+    valid: pl.DataFrame  # series_id, timestamp, target, covariates; sorted (a sharded retrain's: empty)
     quarantine: pl.DataFrame  # the offending rows as read, plus _row and _rules
     n_rows: int
     exact_duplicates: int
@@ -45,9 +45,9 @@ class ValidationResult:
     numeric: list[str]
     # what was read other than as written, and series that lost every row (see validate_observations)
     notes: dict = field(default_factory=dict)
-    # a sharded retrain (``nightcast.tasks.data.sharded``): ``valid`` holds the training sample only, the
-    # quarantined rows were written by the shards' tasks; this counts the whole catalogue (rows, series,
-    # quarantined, start, end, quarantine: the files written)
+    # a sharded retrain (``nightcast.tasks.data.sharded``): the rows stayed on the workers (``valid`` and
+    # ``quarantine`` are empty; the shards' tasks wrote the quarantined rows); this counts the whole catalogue
+    # (rows, series, quarantined, start, end, quarantine: the files written, cleaned_by, sample)
     catalogue: dict | None = None
 
     @property

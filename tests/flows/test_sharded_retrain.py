@@ -22,15 +22,18 @@ from tests.conftest import fast_params
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def _panel(root, n_series: int = 8, seed: int = 5) -> tuple[str, pl.DataFrame]:
-    """The sample panel with one unreadable target (quarantined) and promo codes that are digits everywhere
-    but in one series: most shards read the column as numbers, the catalogue as text."""
+def _panel(root, n_series: int = 8, seed: int = 5, no_id: bool = True) -> tuple[str, pl.DataFrame]:
+    """The sample panel with one unreadable target (quarantined), two rows with no series id (``no_id``:
+    quarantined too; a shard layout cannot hold them) and promo codes that are digits everywhere but in one
+    series: most shards read the column as numbers, the catalogue as text."""
     raw = make_sample(n_series=n_series, days=14, seed=seed)
     ids = sorted(raw["series_id"].unique().to_list())
     raw = raw.with_columns(pl.when((pl.col("series_id") == ids[0]) & (pl.col("promo") == "on")).then(pl.lit("BOGO"))
                            .when(pl.col("promo") == "on").then(pl.lit("1")).otherwise(pl.lit("0")).alias("promo"))
     raw = raw.with_row_index().with_columns(
         pl.when(pl.col("index") == 40).then(pl.lit("oops")).otherwise(pl.col("target")).alias("target")).drop("index")
+    if no_id:
+        raw = pl.concat([raw, raw.head(2).with_columns(pl.lit(None, pl.String).alias("series_id"))])
     data = root / "obs.parquet"
     raw.sort("series_id").write_parquet(data)
     return str(data), raw
@@ -73,7 +76,7 @@ def test_every_series_sampled_trains_what_the_plain_run_trains(tmp_path, caplog)
 def test_a_sample_draws_series_from_every_shard_and_the_bundle_counts_the_catalogue(tmp_path):
     """On the layout `nightcast partition` wrote: 24 series in 3 shards, half of each shard's series trained on
     (the same ones every run); the bundle's data counts every series read, and its own sample."""
-    data, raw = _panel(tmp_path, n_series=24, seed=2)
+    data, raw = _panel(tmp_path, n_series=24, seed=2, no_id=False)
     layout = str(tmp_path / "layout")
     write_shard_layout(data, layout, 3)
     out = retrain_flow(fast_params(layout, shards=3, sample=0.5), store=str(tmp_path / "s"))
@@ -123,6 +126,44 @@ def test_iqr_outliers_cannot_be_sharded():
         RetrainParams(shards=2, clean=CleanConfig(outliers="iqr"))
 
 
+def test_odd_shards_train_what_the_plain_run_trains(tmp_path):
+    """One shard whose every temperature is blank (validation alone would type it as text there; the catalogue
+    reads numbers) and one whose every target is blank (nothing to clean: its series are listed empty), with
+    every series sampled: the same run as one process, and the decide step's shard named when it is bad."""
+    data, raw = _panel(tmp_path, n_series=12, seed=3)
+    raw = raw.filter(pl.col("series_id").is_not_null())
+    shard = shard_of(raw["series_id"], 3)
+    raw = raw.with_columns(pl.when(shard == 0).then(None).otherwise(pl.col("temperature")).alias("temperature"),
+                           pl.when(shard == 1).then(None).otherwise(pl.col("target")).alias("target"))
+    raw.write_parquet(data)
+    plain = retrain_flow(fast_params(data), store=str(tmp_path / "plain"))
+    sharded = retrain_flow(fast_params(data, shards=3), store=str(tmp_path / "sharded"))
+    assert sharded["metrics"].equals(plain["metrics"]) and sharded["cleaning"] == plain["cleaning"]
+    assert plain["cleaning"]["empty_series_count"] == int((shard == 1).sum() and raw.filter(shard == 1)["series_id"].n_unique())
+    bundles = [load_champion(open_store(str(tmp_path / s)), "lstm") for s in ("plain", "sharded")]
+    assert [set(b.preprocessing["features"]["numeric_stats"]) for b in bundles] == [{"temperature"}] * 2
+    raw.with_columns(pl.lit("x").alias("target")).write_parquet(data)  # every row bad: the first shard read fails
+    with pytest.raises(Exception, match=r"shard \d of 3 of .*failed validation"):
+        retrain_flow(fast_params(data, shards=3), store=str(tmp_path / "bad"))
+
+
+def test_merged_report_equals_the_whole_catalogues_report():
+    """40 series cleaned whole, and cleaned in 3 hash shards whose reports are cut to 20 series and merged:
+    the same report as the manifest records it (``to_json(worst=20)``: lists, ties, the listed note)."""
+    from nightcast.tasks.data.clean import Calendar, clean_observations
+    from nightcast.tasks.data.validate import validate_observations
+
+    raw = make_sample(n_series=40, days=10, seed=11)
+    valid = validate_observations(raw).valid
+    cfg, calendar = CleanConfig(season_length=24), Calendar("1h")
+    whole = clean_observations(valid, cfg, calendar)[1]
+    shard = shard_of(valid["series_id"], 3)
+    parts = [clean_observations(valid.filter(shard == k), cfg, calendar)[1].listed() for k in range(3)]
+    merged = CleanReport.merged(parts)
+    assert whole.series == 40 and merged.to_json(worst=20) == whole.to_json(worst=20)
+    assert "by_series_listed" in merged.to_json(worst=20)
+
+
 def test_merged_report_lists_the_worst_of_every_part():
     parts = [CleanReport(series=2, outliers=3, off_grid_by_series={"a": 5, "b": 1}, empty_series=["x"],
                          by_series={"a": {"outliers": 3}}),
@@ -138,7 +179,7 @@ def test_merged_report_lists_the_worst_of_every_part():
 
 def test_a_shard_with_too_many_bad_rows_stops_the_run_naming_the_shard(tmp_path):
     """Validation's share limit applies to each shard's own rows; the error says which shard, then which rows."""
-    data, raw = _panel(tmp_path)
+    data, raw = _panel(tmp_path, no_id=False)
     layout = str(tmp_path / "layout")
     bad = raw["series_id"].unique().sort()[3]
     raw.with_columns(pl.when(pl.col("series_id") == bad).then(pl.lit("x")).otherwise(pl.col("target"))

@@ -26,12 +26,13 @@ def test_flows_pick_their_runner_when_a_run_starts_not_at_import(monkeypatch):
     """A deployment's runs reach Dask by setting NIGHTCAST_DASK_ADDRESS on the worker: Prefect starts
     every run with ``task_runner.duplicate()``, which reads the settings then."""
     from nightcast.flows.backfill import backfill_flow
+    from nightcast.flows.retrain import retrain_flow
 
     monkeypatch.delenv("NIGHTCAST_DASK_ADDRESS", raising=False)
-    for flow in (score_flow, backfill_flow):
+    for flow in (score_flow, backfill_flow, retrain_flow):
         assert type(flow.task_runner.duplicate()) is ThreadPoolTaskRunner
     monkeypatch.setenv("NIGHTCAST_DASK_ADDRESS", "tcp://10.0.0.7:8786")
-    for flow in (score_flow, backfill_flow):
+    for flow in (score_flow, backfill_flow, retrain_flow):
         runner = flow.task_runner.duplicate()
         assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://10.0.0.7:8786"
 
@@ -75,3 +76,35 @@ def test_local_cluster_workers_split_the_cores_between_their_polars_pools(tmp_pa
     assert out.stdout.split()[-2:] == ["[1]", "1"], out.stdout + out.stderr[-2000:]
     local = task_runner(Settings(dask_address="local", dask_local_workers=2))
     assert local.cluster_kwargs == {"n_workers": 2}
+
+
+def test_the_thread_pool_runs_one_mapped_task_per_core_at_a_time(monkeypatch, prefect_harness):
+    """Prefect's own thread pool has no limit: 3 x cores mapped shards would all be read at once in the
+    flow's process. The settings' pool runs as many as there are cores."""
+    import threading
+    import time
+
+    from prefect import flow, task
+
+    from nightcast.flows.runtime import SettingsTaskRunner
+    from nightcast.models.classical import usable_cores
+
+    monkeypatch.delenv("NIGHTCAST_DASK_ADDRESS", raising=False)
+    lock, running, most = threading.Lock(), [0], [0]
+
+    @task
+    def shard(k: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return k
+
+    @flow(task_runner=SettingsTaskRunner())
+    def many() -> list[int]:
+        return [f.result() for f in shard.map(range(3 * usable_cores()))]
+
+    assert many() == list(range(3 * usable_cores()))
+    assert most[0] == usable_cores()
