@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 
-import polars as pl
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
@@ -93,13 +92,11 @@ def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[Valid
     the calendar and season decided on the largest shard (by a worker too), then one task per shard (and
     again, for a shard that typed a covariate as numbers which another shard reads as text); the flow's
     process receives each shard's counts and its share of the training sample, never the catalogue. Planned
-    from the ids, the first shard also reads the rows that have no id, which validation quarantines."""
+    from the ids, the first shard also reads the rows that have no id (``plan_run``), which validation
+    quarantines."""
     logger = get_run_logger()
     plan = plan_run(params.data, params.shards, lambda: plan_step(params.data, params.columns))
     first = max(plan.todo, key=lambda k: plan.sizes[k])
-    groups = list(plan.groups)
-    if not plan.from_manifest:  # the planner's ids have no null: the first shard reads those rows too
-        groups[plan.todo[0]] = pl.concat([groups[plan.todo[0]], pl.Series([None], dtype=pl.String)])
     decided = decide_step.submit(params.data, params.columns, plan.groups[first], (first, params.shards),  # a worker's
                                  params.clean, params.window.train_share).result()
     logger.info("%d series in %d shards (%s); calendar %s, season %d, decided on shard %d; cleaning %d shard(s) "
@@ -110,7 +107,7 @@ def clean_in_shards(st: Store, params: RetrainParams, stamp: str) -> tuple[Valid
     def clean(todo: list[int], kinds: dict[str, str] | None) -> list[CleanedShards]:
         keys = [f"quarantine/{stamp}/{k:05d}.parquet" for k in todo]
         futures = clean_step.map(unmapped(st.url), unmapped(params.data), unmapped(params.columns),
-                                 [[groups[k]] for k in todo], [[(k, params.shards)] for k in todo],
+                                 [[plan.groups[k]] for k in todo], [[(k, params.shards)] for k in todo],
                                  unmapped(params.clean), unmapped(decided), unmapped(params.sample), keys,
                                  unmapped(kinds))
         wait(futures)

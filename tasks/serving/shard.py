@@ -193,7 +193,9 @@ def _misplaced(uri: str, n: int, examples: list[tuple[str, int, int]]) -> ShardL
 
 def plan_run(uri: str, n_shards: int, list_ids: Callable[[], pl.DataFrame]) -> ShardPlan:
     """A sharded run's plan: from the layout's manifest when ``nightcast partition`` wrote one (no id is
-    read), else from the series ids ``list_ids`` reads (``load_series_ids``: a scan of the id column)."""
+    read), else from the series ids ``list_ids`` reads (``load_series_ids``: a scan of the id column). Planned
+    from the ids, the first shard to read also reads the rows that have no id (a null among its ids), which
+    its validation quarantines as a whole read does; a layout cannot hold such rows."""
     plan = layout_plan(uri, n_shards)
     if plan is not None:
         return plan
@@ -201,7 +203,11 @@ def plan_run(uri: str, n_shards: int, list_ids: Callable[[], pl.DataFrame]) -> S
     # each shard's ids as one Series, not a list: Prefect walks every element of a list parameter when it
     # submits a task (and again on the worker), ~0.2 s per 10,000-id shard in the flow's one thread
     groups = [pl.Series(g, dtype=pl.String) for g in plan_shards(ids, n_shards, uri)]
-    return ShardPlan(groups, [len(g) for g in groups], [k for k, g in enumerate(groups) if len(g)], ids.height)
+    todo = [k for k, g in enumerate(groups) if len(g)]
+    sizes = [len(g) for g in groups]
+    if todo:
+        groups[todo[0]] = pl.concat([groups[todo[0]], pl.Series([None], dtype=pl.String)])
+    return ShardPlan(groups, sizes, todo, ids.height)
 
 
 def task_groups(sizes: list[int], slots: int, max_series: int) -> list[list[int]]:

@@ -538,3 +538,17 @@ print(outside, inside)
     pages_of_64_mib = 64 * 2**20 // 4096
     assert outside > pages_of_64_mib / 2  # a fresh mapping each time
     assert inside < pages_of_64_mib / 10, (outside, inside)
+
+
+def test_rows_with_no_id_are_quarantined_by_a_sharded_run_too(panel, tmp_path):
+    """Planned from the ids (which have no null), the first shard also reads the rows that have no series
+    id: validation quarantines them, as the single-task run does, instead of no shard reading them."""
+    data, store, as_of, _ = panel
+    raw = pl.read_parquet(data)
+    nulls = tmp_path / "nulls.parquet"
+    pl.concat([raw, raw.head(2).with_columns(pl.lit(None, pl.String).alias("series_id"))]).write_parquet(nulls)
+    one = score_flow(ScoreParams(data=str(nulls), as_of=as_of), store=store)
+    many = score_flow(ScoreParams(data=str(nulls), as_of=as_of, shards=3), store=store)
+    base = score_flow(ScoreParams(data=data, as_of=as_of, shards=3), store=store)
+    assert many["quarantined_rows"] == one["quarantined_rows"] == base["quarantined_rows"] + 2
+    assert many["series"] == one["series"] == base["series"]
