@@ -10,13 +10,14 @@ once, and sends back only what the run needs:
 - the counts, notes and cleaning report of everything it read (the report's lists cut to the series
   cleaning touched most, ``CleanReport.listed``), the shard's data fingerprint, and how it typed each
   covariate;
-- the valid and clean rows of the series in the training sample: ``sample`` of every shard's series,
-  picked by the stable hash's bits above the shard's (``in_sample``), so the sample is drawn from every
-  shard, the same series on every machine and run.
+- the clean rows (and the valid rows' counts) of the series in the training sample: ``sample`` of every
+  shard's series, picked by the stable hash's bits above the shard's (``in_sample``), so the sample is drawn
+  from every shard, the same series on every machine and run.
 
-A covariate is text when any shard reads text in it (as when the catalogue is validated whole): a shard
-that typed it as numbers is cleaned again with the catalogue's kinds (``agreed_kinds``; only then, and only
-those shards). The flow gathers the samples (``gather``) and trains, backtests and refits on them; scoring forecasts every
+A covariate is text when any shard reads text in it, else numbers when any reads numbers (as when the
+catalogue is validated whole; a shard where it is blank does not vote): a shard that typed it otherwise is
+cleaned again with the catalogue's kinds (``agreed_kinds``, ``retyped``; only then, and only those shards).
+The flow gathers the samples (``gather``) and trains, backtests and refits on them; scoring forecasts every
 series (those outside the sample with scalers from their own history and the pooled combination, as with
 ``--sample``). Tasks take URLs and plain values, so they run unchanged on a thread or a Dask worker.
 """
