@@ -365,7 +365,16 @@ def in_series_order(ids: pl.Series, times: pl.Series, repeats: bool = False) -> 
 def by_series(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` sorted by series id, then time: itself, not a copy, when it already is
     (``in_series_order``: a sort would gather every column of a catalogue-sized frame)."""
-    return frame if in_series_order(frame["series_id"], frame["timestamp"]) else frame.sort("series_id", "timestamp")
+    if in_series_order(frame["series_id"], frame["timestamp"]):
+        return flag_sorted(frame, "series_id")
+    return frame.sort("series_id", "timestamp")
+
+
+def flag_sorted(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``frame`` with ``column`` marked as sorted (the caller checked it is; no copy): the next check of the
+    ids (``in_series_order``), and polars' own group-bys and joins on them, read the mark instead of every
+    id. Filters and column changes keep the mark; a sort by series sets it itself."""
+    return frame if frame[column].flags["SORTED_ASC"] else frame.with_columns(pl.col(column).set_sorted())
 
 
 def concat_by_series(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -582,7 +591,8 @@ def outlier_window(cfg: CleanConfig, season_length: int) -> int:
 
 
 def _trailing_hampel(y: np.ndarray, s: np.ndarray, starts: np.ndarray, window: int, k: float,
-                     chunk_values: int = _CHUNK_VALUES, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     chunk_values: int = _CHUNK_VALUES, threads: int | None = None,
+                     rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Trailing Hampel rule over stacked series: each value against the ``window`` values before it.
 
     ``s`` is each row's series number and ``starts`` each series' first row;
@@ -592,22 +602,26 @@ def _trailing_hampel(y: np.ndarray, s: np.ndarray, starts: np.ndarray, window: i
     a time (memory: one chunk × window per thread). The chunks run on ``threads``
     threads (default: polars' thread count, which ``POLARS_MAX_THREADS`` sets;
     numpy's sorts release the GIL), each on its own contiguous block of rows; every
-    row's result is its own, so the thread count never changes a value. Returns
-    the flags and ``y`` with the flagged values clipped to the bounds.
+    row's result is its own, so the thread count never changes a value. ``rows``
+    (sorted row numbers): only these rows are judged, the rest keep their value unflagged
+    (each row's result reads the raw values alone, so the judged rows get the same result as in a
+    whole pass). Returns the flags and ``y`` with the flagged values clipped to the bounds.
     """
     n = len(y)
     flag = np.zeros(n, bool)
     out = y.copy()
     if window < 3:  # a window needs 3 values: nothing can be flagged
         return flag, out
-    rows = max(1, chunk_values // window)
-    chunks = np.arange(0, n, rows)
+    m = n if rows is None else len(rows)
+    per = max(1, chunk_values // window)
+    chunks = np.arange(0, m, per)
     past = np.lib.stride_tricks.sliding_window_view(y, window) if n >= window else None  # row j: y[j:j+window]
 
     def block(los: np.ndarray) -> None:
-        buf = np.empty((min(rows, n), window))
+        buf = np.empty((min(per, m), window))
         for lo in los.tolist():  # chunks of this thread's block: a handful per thread, never per row
-            _hampel_rows(y, s, starts, past, window, k, lo, min(lo + rows, n), buf, flag, out)
+            at = slice(lo, min(lo + per, m)) if rows is None else rows[lo:lo + per]
+            _hampel_rows(y, s, starts, past, window, k, at, buf, flag, out)
 
     threads = max(1, min(threads or pl.thread_pool_size(), len(chunks)))
     if threads == 1:
@@ -621,23 +635,25 @@ def _trailing_hampel(y: np.ndarray, s: np.ndarray, starts: np.ndarray, window: i
 
 
 def _hampel_rows(y: np.ndarray, s: np.ndarray, starts: np.ndarray, past: np.ndarray | None, window: int, k: float,
-                 lo: int, hi: int, buf: np.ndarray, flag: np.ndarray, out: np.ndarray) -> None:
-    """``_trailing_hampel`` on rows lo..hi-1, in ``buf``: writes their flags and clipped values."""
-    w = buf[: hi - lo]  # (rows, window): the values before each row, oldest first
+                 at: slice | np.ndarray, buf: np.ndarray, flag: np.ndarray, out: np.ndarray) -> None:
+    """``_trailing_hampel`` on the rows ``at`` (a slice lo..hi, or sorted row numbers), in ``buf``: writes
+    their flags and clipped values."""
+    i = np.arange(at.start, at.stop) if isinstance(at, slice) else at
+    lo, hi = int(i[0]), int(i[-1]) + 1
+    w = buf[: len(i)]  # (rows, window): the values before each row, oldest first
     if lo >= window:
-        np.copyto(w, past[lo - window: hi - window])
+        np.copyto(w, past[lo - window: hi - window] if isinstance(at, slice) else past[i - window])
     else:
         padded = np.concatenate([np.full(window, np.nan), y[:hi]])
-        np.copyto(w, np.lib.stride_tricks.sliding_window_view(padded, window)[lo:hi])
-    i = np.arange(lo, hi)
-    first = np.maximum(i - window, starts[s[lo:hi]])  # the window's first row in the same series
+        np.copyto(w, np.lib.stride_tricks.sliding_window_view(padded, window)[i])
+    first = np.maximum(i - window, starts[s[at]])  # the window's first row in the same series
     near = np.flatnonzero(first > i - window)
     if near.size:
         w[near] = np.where(np.arange(window) >= (first - i + window)[near, None], w[near], np.nan)
     base = max(lo - window, 0)
     seen = np.concatenate([[0], np.cumsum(~np.isnan(y[base:hi]))])  # seen[j]: values in y[base:base+j]
     count = seen[i - base] - seen[first - base]
-    v = y[lo:hi]
+    v = y[at]
     w.sort(axis=1)  # NaN last: a row's ``count`` values come first
     # Per row: the median and two order statistics that bound the MAD from below (``_positions``).
     a = w[:, _positions(np.array([window]))[0]]  # full windows: the same four positions in every row
@@ -660,8 +676,8 @@ def _hampel_rows(y: np.ndarray, s: np.ndarray, starts: np.ndarray, past: np.ndar
     low, high = _band(m, 1.4826 * ((b[:, 0] + b[:, 1]) / 2), k)
     x = v[rows]
     f = (x < low) | (x > high)
-    flag[lo + rows[f]] = True
-    out[lo + rows[f]] = np.clip(x[f], low[f], high[f])
+    flag[i[rows[f]]] = True
+    out[i[rows[f]]] = np.clip(x[f], low[f], high[f])
 
 
 def _band(med: np.ndarray, mad: np.ndarray, k: float) -> tuple[np.ndarray, np.ndarray]:
@@ -707,7 +723,7 @@ def _row_bounds(ids: pl.Series, bounds: dict[str, list[float]]) -> tuple[pl.Seri
 
 
 def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
-                   iqr_bounds: dict[str, list[float]] | None = None) -> pl.DataFrame:
+                   iqr_bounds: dict[str, list[float]] | None = None, tail: int | None = None) -> pl.DataFrame:
     """Flag outliers (``is_outlier``) and clip them, or drop them to a gap.
 
     ``raw`` keeps the value as observed (NaN where nothing was, not null: a column without a null
@@ -716,7 +732,9 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
     judged on ``raw``.
 
     Each series' rows must be contiguous and in time order (as ``regularize``
-    returns them).
+    returns them). ``tail``: only the last ``tail`` rows of each series will be read once the gaps are
+    filled (scoring): the Hampel rule then judges only the rows those values depend on
+    (``_judged_rows``); the rest stay as observed, unflagged.
     """
     raw = frame["target"].cast(pl.Float64).fill_null(float("nan")).rechunk()  # the truth; one buffer: read in place
     frame = frame.with_columns(raw.alias("raw"))
@@ -725,8 +743,9 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
     if cfg.outliers == "hampel":
         y = frame["raw"].to_numpy()  # the target as observed, NaN where missing
         s, starts, _ = _runs(frame["series_id"])
+        rows = _judged_rows(y, starts, tail) if tail is not None and cfg.outlier_action == "clip" else None
         flag, clipped = _trailing_hampel(y, s, starts, outlier_window(cfg, season_length),
-                                         cfg.outlier_threshold)
+                                         cfg.outlier_threshold, rows=rows)
         if cfg.outlier_action == "drop":
             clipped[flag] = np.nan
         return frame.with_columns(pl.Series("target", clipped, nan_to_null=True), pl.Series("is_outlier", flag))
@@ -735,6 +754,21 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
     flag = y.is_not_null() & ((y < lo) | (y > hi))
     value = y.clip(lo, hi) if cfg.outlier_action == "clip" else None
     return frame.with_columns(pl.when(flag).then(value).otherwise(y).alias("target"), flag.alias("is_outlier"))
+
+
+def _judged_rows(y: np.ndarray, starts: np.ndarray, tail: int) -> np.ndarray:
+    """The rows the last ``tail`` filled values of each series depend on when outliers are clipped: the
+    tail, and before it back to the last observed value at or before the tail's first row (the value a gap
+    running into the tail is filled from). Clipping never makes a gap, so no other row counts; a dropped
+    outlier would (``treat_outliers`` then judges every row)."""
+    n = len(y)
+    ends = np.r_[starts[1:], n] - 1
+    first = np.maximum(starts, ends - tail + 1)
+    last_seen = np.where(np.isnan(y), -1, np.arange(n, dtype=np.int64))
+    np.maximum.accumulate(last_seen, out=last_seen)  # each row: the last observed row at or before it
+    since = np.maximum(last_seen[first], starts)
+    lengths = np.r_[starts[1:], n] - starts
+    return np.flatnonzero(np.arange(n, dtype=np.int64) >= np.repeat(since, lengths))
 
 
 # --- gaps -----------------------------------------------------------------------------------------
@@ -820,13 +854,35 @@ def clean_observations(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar
     as an outlier) is left out and named in the report; only when no series is
     left does this raise.
     """
+    clean, placing, emptied, iqr_bounds = _clean(valid, cfg, calendar, train_end, iqr_bounds)
+    # the columns every window index reads as numpy arrays, each in one buffer: read in place, not copied
+    clean = clean.with_columns(clean[c].rechunk() for c in ("timestamp", "target", "observed", "raw")
+                               if clean[c].n_chunks() > 1)
+    return clean, _report(clean, placing, emptied, cfg, calendar), iqr_bounds
+
+
+@on_small_pages
+def clean_tails(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, tail: int,
+                iqr_bounds: dict[str, list[float]] | None = None) -> pl.DataFrame:
+    """The last ``tail`` rows of each series, cleaned: ``series_tails(clean_observations(...)[0], tail)``, the
+    same values, for scoring. The outlier rule judges only the rows those values depend on, and no report is
+    made (its counts would need every row judged)."""
+    clean, _, _, _ = _clean(valid, cfg, calendar, None, iqr_bounds, tail)
+    return series_tails(clean, tail)
+
+
+def _clean(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, train_end: dt.datetime | None,
+           iqr_bounds: dict[str, list[float]] | None, tail: int | None = None,
+           ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], dict[str, list[float]] | None]:
+    """The cleaning itself (see ``clean_observations``): the clean frame, the placing counts, the series every
+    value of which was dropped, the IQR bounds."""
     season = cfg.season_length or season_length_for(calendar)
     placed, placing = _place(valid, calendar)
     if cfg.outliers == "iqr" and iqr_bounds is None:
         if train_end is None:
             raise ValueError("IQR bounds must be fitted on a training span or given")
         iqr_bounds = fit_iqr_bounds(placed, train_end, cfg.outlier_threshold)
-    treated = treat_outliers(placed, cfg, season, iqr_bounds)
+    treated = treat_outliers(placed, cfg, season, iqr_bounds, tail)
     del placed  # one full frame at a time: each step shares the columns it does not change
     clean = fill_gaps(treated, cfg.max_gap, cfg.fill)
     del treated
@@ -836,10 +892,7 @@ def clean_observations(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar
         clean = clean.filter(~pl.col("series_id").is_in(emptied))
     if clean.height == 0:
         raise ValueError(f"none of the {placing.height} series has an observed target to clean")
-    # the columns every window index reads as numpy arrays, each in one buffer: read in place, not copied
-    clean = clean.with_columns(clean[c].rechunk() for c in ("timestamp", "target", "observed", "raw")
-                               if clean[c].n_chunks() > 1)
-    return clean, _report(clean, placing, emptied, cfg, calendar), iqr_bounds
+    return clean, placing, emptied, iqr_bounds
 
 
 def _report(clean: pl.DataFrame, placing: pl.DataFrame, emptied: list[str], cfg: CleanConfig,

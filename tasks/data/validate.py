@@ -19,7 +19,7 @@ from pandera.api.polars.container import DataFrameSchema
 from pandera.errors import SchemaErrors
 
 from nightcast.schemas.frames import RawObservations
-from nightcast.tasks.data.clean import in_series_order
+from nightcast.tasks.data.clean import flag_sorted, in_series_order
 
 CORE = ("series_id", "timestamp", "target")
 _LISTED = 20  # series named in a note; the count covers all of them
@@ -319,7 +319,7 @@ def _sorted_by(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
     ``in_series_order``; with them, row by row (a null sorts)."""
     ids, times = frame[key[0]], frame[key[1]]
     if not ids.null_count() and not times.null_count():
-        return frame if in_series_order(ids, times, repeats=True) else frame.sort(key)
+        return flag_sorted(frame, key[0]) if in_series_order(ids, times, repeats=True) else frame.sort(key)
     (a, a_prev), (b, b_prev) = (_neighbours(frame, c) for c in key)
     in_order = ((a > a_prev) | ((a == a_prev) & (b >= b_prev))).fill_null(False).all()  # nulls: sort
     return frame if in_order else frame.sort(key)

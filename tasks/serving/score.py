@@ -6,13 +6,14 @@ import datetime as dt
 import io
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
 from nightcast.schemas.frames import FORECASTS_LAYOUT, Forecasts
 from nightcast.schemas.params import CleanConfig
-from nightcast.tasks.data.clean import (Calendar, _runs, by_series, outlier_window, clean_observations, decide_calendar,
+from nightcast.tasks.data.clean import (Calendar, _runs, by_series, outlier_window, clean_tails, decide_calendar,
                                         series_tails)
 from nightcast.tasks.forecast.evaluate import NETWORK
 from nightcast.tasks.data.features import FeatureEncoder, FeatureState, inverse_scale, scale_values, with_new_series
@@ -78,12 +79,21 @@ def score_calendar(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date) -
     Checks that the data covers ``as_of``. A sharded run decides it once, on the whole catalogue,
     so that every shard places its series on the same grid as a single-process run would.
     """
-    return _history(bundle, observations, as_of)[3]
+    return _history(bundle, observations, as_of).calendar
+
+
+class _History(NamedTuple):
+    rows: pl.DataFrame  # the recent history scoring cleans
+    present: pl.Series  # the series with a row in it
+    gone: list[str]  # the series with none (stale)
+    since: dt.datetime  # where that span starts
+    calendar: Calendar
 
 
 def _history(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
-             calendar: Calendar | None = None) -> tuple[pl.DataFrame, list[str], dt.datetime, Calendar]:
-    """The recent history scoring cleans, the stale series, where that span starts, and the calendar.
+             calendar: Calendar | None = None) -> _History:
+    """The recent history scoring cleans, the series in it, the stale series, where that span starts, and
+    the calendar.
 
     With no ``calendar`` this is a whole run: the data must cover ``as_of`` and hold recent rows.
     With one it is a shard, whose recent history may be empty.
@@ -94,12 +104,12 @@ def _history(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
         first, last = observations["timestamp"].min(), observations["timestamp"].max()
         if as_of < first.date() or as_of > last.date():
             raise ScoreError(f"unknown as_of {as_of}: the data covers {first.date()} to {last.date()}")
-    history, gone, since = _recent(observations, cutoff, trained, steps, strict=calendar is None)
+    history, present, gone, since = _recent(observations, cutoff, trained, steps, strict=calendar is None)
     if calendar is None:
         # Holidays are re-read from the data (new ones appear); frequency and kind are the model's.
         calendar = decide_calendar(history, clean_cfg.model_copy(update={"frequency": trained.frequency,
                                                                          "calendar": trained.kind}))
-    return history, gone, since, calendar
+    return _History(history, present, gone, since, calendar)
 
 
 def _clean_config(bundle: Bundle) -> tuple[CleanConfig, int]:
@@ -167,17 +177,16 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     lookback, horizon = cfg["params"]["window"]["lookback"], cfg["params"]["window"]["horizon"]
     state = FeatureState.from_json(bundle.preprocessing["features"])
     keep = _keep(lookback, season, state, bundle)
-    history, gone, since, calendar = _history(bundle, observations, as_of, calendar)
+    history, present, gone, since, calendar = _history(bundle, observations, as_of, calendar)
     report = ScoreReport(skipped={sid: f"stale: no observed target since {since}" for sid in gone})
     none = pl.DataFrame(schema={"series_id": pl.String, "last_seen": pl.Datetime("us")})
     if history.height == 0:
         return ScorePart(None, report, none, None)
-    clean, _, _ = clean_observations(history, clean_cfg, calendar,
-                                     iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
-    clean = series_tails(clean, keep)
-    empty = history.select("series_id").unique().join(clean.select("series_id").unique(), on="series_id", how="anti")
-    report.skipped.update(dict.fromkeys(empty["series_id"].to_list(), f"no observed target since {since}"))
+    clean = clean_tails(history, clean_cfg, calendar, keep, iqr_bounds=bundle.preprocessing.get("iqr_bounds"))
+    del history
     series = _series_status(clean, calendar, clean_cfg.max_gap, lookback, season)
+    empty = present.to_frame().join(series.select("series_id"), on="series_id", how="anti")  # cleaning left none
+    report.skipped.update(dict.fromkeys(empty["series_id"].to_list(), f"no observed target since {since}"))
     for r in series.filter(pl.col("skip").is_not_null()).select("series_id", "skip").iter_rows():
         report.skipped[r[0]] = r[1]
     live = series.filter(pl.col("skip").is_null())
@@ -186,9 +195,10 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
     state = with_new_series(state, clean)  # series the bundle never saw get scalers from their history here
     future = future_steps(live.select("series_id", "last_seen", "dom"), calendar, horizon)
     ids = live["series_id"].to_list()
+    if live.height < series.height:
+        clean = clean.filter(pl.col("series_id").is_in(live["series_id"].implode()))
     net = _network_forecasts(bundle, clean, live, future, observations, state, lookback, horizon)
-    candidates = _candidates(bundle, clean.filter(pl.col("series_id").is_in(live["series_id"].implode())),
-                             net, season, horizon)
+    candidates = _candidates(bundle, clean, net, season, horizon)
     out, methods = _serve(bundle, candidates, np.asarray(ids, dtype=str))
     conformal = bundle.preprocessing.get("conformal") or {}
     if bundle.preprocessing.get("combination") is None:  # bundles from before combinations: widths per method
@@ -247,9 +257,9 @@ def assemble_parts(parts: list[ScorePart], max_gap: int, calendar: Calendar, as_
 
 
 def _recent(observations: pl.DataFrame, cutoff: dt.datetime, calendar: Calendar,
-            steps: int, strict: bool = True) -> tuple[pl.DataFrame, list[str], dt.datetime]:
+            steps: int, strict: bool = True) -> tuple[pl.DataFrame, pl.Series, list[str], dt.datetime]:
     """The observations of the last ``2·steps`` calendar steps before ``cutoff`` (what cleaning and
-    the last window need), the series with none there (stale), and where that span starts."""
+    the last window need), the series with some there, those with none (stale), and where that span starts."""
     since = _steps_before(cutoff, calendar, 2 * steps)
     recent = observations.filter((pl.col("timestamp") < cutoff) & (pl.col("timestamp") >= since))
     if recent.height == 0 and strict:
@@ -257,7 +267,7 @@ def _recent(observations: pl.DataFrame, cutoff: dt.datetime, calendar: Calendar,
     last = (observations.lazy().filter(pl.col("timestamp") < cutoff)  # one grouped max, not two distinct-id passes
             .group_by("series_id").agg(pl.col("timestamp").max()).collect())
     gone = last.filter(pl.col("timestamp") < since)["series_id"]
-    return recent, sorted(gone.to_list()), since
+    return recent, last.filter(pl.col("timestamp") >= since)["series_id"], sorted(gone.to_list()), since
 
 
 def _step(calendar: Calendar) -> tuple[int, str]:
@@ -431,7 +441,7 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
                              f"{first['series_id']!r} at {first['timestamp']}; add those rows to the input")
     # the last window's steps and the lags they read: the rest of the cleaned tail is the classical fits'
     steps = lookback + max([0, *state.lags])
-    hist = series_tails(clean.filter(pl.col("series_id").is_in(ids)), steps)
+    hist = series_tails(clean if usable.height == n else clean.filter(pl.col("series_id").is_in(ids)), steps)
     rows = _then_future(hist, fut.drop("horizon").with_columns(
         pl.lit(None, dtype=pl.Float64).alias("target"), pl.lit(False).alias("observed"),
         pl.lit(False).alias("is_outlier"), pl.lit(False).alias("in_long_gap")), horizon)

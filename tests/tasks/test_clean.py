@@ -158,22 +158,34 @@ def test_the_cycle_is_read_on_the_oldest_share_only():
     assert decide_season(frame, CleanConfig(), Calendar("1y"), share=0.7) == 1
 
 
-def test_by_series_returns_a_sorted_frame_itself_and_sorts_the_rest():
-    """Catalogue-sized frames are sorted only when they are not already (a sort copies every column)."""
+def _sort_spy(monkeypatch) -> list:
+    """Records every ``DataFrame.sort`` (a sort copies every column; a frame kept as it is shares them)."""
+    sorts, real = [], pl.DataFrame.sort
+    monkeypatch.setattr(pl.DataFrame, "sort", lambda self, *a, **k: sorts.append(1) or real(self, *a, **k))
+    return sorts
+
+
+def test_by_series_returns_a_sorted_frame_itself_and_sorts_the_rest(monkeypatch):
+    """Catalogue-sized frames are sorted only when they are not already (a sort copies every column); a frame
+    found in order comes back as itself, its ids marked sorted, and is then not checked id by id again."""
     import datetime as dt
 
     from nightcast.tasks.data.clean import by_series
 
     t = [dt.datetime(2026, 1, 1, h) for h in range(3)]
     done = pl.DataFrame({"series_id": ["a"] * 3 + ["b"] * 3, "timestamp": t + t, "target": range(6)})
-    assert by_series(done) is done
+    sorts = _sort_spy(monkeypatch)
+    got = by_series(done)
+    assert not sorts and got.equals(done) and got["series_id"].flags["SORTED_ASC"]
+    assert by_series(got) is got
+    sorts.clear()
     shuffled = done.sample(fraction=1.0, shuffle=True, seed=3)
     assert by_series(shuffled).equals(done)
     interleaved = done.sort("timestamp")  # grouped by time, not by series
     assert by_series(interleaved).equals(done)
 
 
-def test_by_series_is_itself_exactly_when_the_rows_are_in_order_on_random_frames():
+def test_by_series_is_itself_exactly_when_the_rows_are_in_order_on_random_frames(monkeypatch):
     """The order check (sorted ids, ids compared only where time does not move forward) agrees with a full
     sort on frames with ids out of order, a series in two runs, repeated or backward times inside a series,
     and times that fall or rise across a series boundary; the series numbers of ``_runs`` match rle_id."""
@@ -182,6 +194,7 @@ def test_by_series_is_itself_exactly_when_the_rows_are_in_order_on_random_frames
     from nightcast.tasks.data.clean import _runs, by_series
 
     rng = np.random.default_rng(11)
+    sorts = _sort_spy(monkeypatch)
     for case in range(300):
         n = int(rng.integers(0, 12))
         ids = sorted(rng.choice(["a", "b", "c", "d"], n).tolist())
@@ -196,8 +209,9 @@ def test_by_series_is_itself_exactly_when_the_rows_are_in_order_on_random_frames
         sid, ts = pl.col("series_id"), pl.col("timestamp")
         ok = (sid > sid.shift()) | ((sid == sid.shift()) & (ts > ts.shift()))  # the next series, or later in time
         in_order = frame.height < 2 or frame.with_columns(ok=ok)["ok"].slice(1).all()
+        sorts.clear()
         got = by_series(frame)
-        assert (got is frame) == in_order, (case, frame)
+        assert (not sorts) == in_order, (case, frame)  # kept as it is exactly when in order
         assert got.equals(frame.sort("series_id", "timestamp", maintain_order=True)) or (
             not in_order and got.select("series_id", "timestamp").equals(
                 frame.sort("series_id", "timestamp").select("series_id", "timestamp")))

@@ -524,3 +524,52 @@ def test_a_fixed_step_places_rows_without_building_the_grid_as_the_grid_does(fre
             built, built_placing = clean._place(f, Calendar(freq))
         assert placed.equals(built) and placing.equals(built_placing), trial
     assert any(told) and not all(told)  # both: grids with no step missing, and grids with missing steps filled
+
+
+# --- scoring's tails: the outlier rule judges only the rows the tails depend on -------------------------
+
+@pytest.mark.parametrize("window", [3, 24])
+def test_hampel_on_chosen_rows_gives_those_rows_the_whole_pass_values(window):
+    frame, _ = _random_catalogue(seed=3)
+    s, starts, _ = _runs(frame["series_id"])
+    y = frame["target"].to_numpy()
+    whole_flag, whole = _trailing_hampel(y, s, starts, window, 2.0, 1 << 10)
+    rows = np.flatnonzero(np.random.default_rng(0).random(len(y)) < 0.3)  # rows under the window included
+    assert rows[0] < window
+    flag, clipped = _trailing_hampel(y, s, starts, window, 2.0, 1 << 10, threads=2, rows=rows)
+    assert np.array_equal(flag[rows], whole_flag[rows]) and whole_flag[rows].any()
+    assert np.array_equal(clipped[rows], whole[rows], equal_nan=True)
+    others = np.setdiff1d(np.arange(len(y)), rows)
+    assert not flag[others].any() and np.array_equal(clipped[others], y[others], equal_nan=True)
+
+
+def _gap_into_the_tail() -> pl.DataFrame:
+    """Series "a": a spike, then a long gap running into the last 10 rows; its fill is the spike's clipped value,
+    judged 14 rows before the tail. "b": random values with short gaps and spikes."""
+    a = _wave(60)
+    a[40] = 500.0  # the spike the long gap is filled from
+    stamps = _hours(60)
+    keep = [i for i in range(60) if not 41 <= i <= 53]  # 13 missing steps: a long gap, rows 41..53
+    rng = np.random.default_rng(1)
+    b = (10 + rng.normal(size=80)).tolist()
+    b[70], b[75] = 90.0, -60.0
+    b_keep = [i for i in range(80) if i not in (71, 72, 77)]
+    return pl.concat([_series([stamps[i] for i in keep], [a[i] for i in keep], "a"),
+                      _series([_hours(80)[i] for i in b_keep], [b[i] for i in b_keep], "b")])
+
+
+@pytest.mark.parametrize("fill", ["interpolate", "ffill"])
+@pytest.mark.parametrize("action", ["clip", "drop"])
+@pytest.mark.parametrize("tail", [1, 10, 30, 500])
+def test_clean_tails_equal_the_tails_of_the_whole_clean(fill, action, tail):
+    from nightcast.tasks.data.clean import clean_tails, series_tails
+
+    frame = pl.concat([_gap_into_the_tail(), _random_catalogue(seed=8)[0]])
+    cfg = CleanConfig(outlier_window=12, outlier_threshold=3.0, outlier_action=action, fill=fill, max_gap=3)
+    whole = series_tails(clean_observations(frame, cfg, Calendar("1h"))[0], tail)
+    got = clean_tails(frame, cfg, Calendar("1h"), tail)
+    assert got.equals(whole)
+    if tail == 10 and action == "clip":  # the tail of "a" is filled from the clipped spike, judged before the tail
+        a = _of(got, "a")
+        assert a["in_long_gap"].head(4).all() and a["target"].head(4).n_unique() == 1
+        assert 10 < a["target"][0] < 500

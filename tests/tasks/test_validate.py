@@ -126,7 +126,7 @@ def test_covariates_are_typed_as_the_model_was_trained_when_kinds_are_given():
         validate_observations(bad, kinds={"temp": "numeric"})
 
 
-def test_the_order_check_agrees_with_the_row_by_row_rule():
+def test_the_order_check_agrees_with_the_row_by_row_rule(monkeypatch):
     """``_sorted_by`` keeps a frame as it is exactly when every row's (id, time) is at or after the previous
     row's, and otherwise sorts it: 2,000 random small frames (ids out of order, times repeated or going back
     inside a series, at a series boundary, null times)."""
@@ -135,6 +135,8 @@ def test_the_order_check_agrees_with_the_row_by_row_rule():
     from nightcast.tasks.data.validate import _neighbours, _sorted_by
 
     key = ["series_id", "timestamp"]
+    sorts, real_sort = [], pl.DataFrame.sort
+    monkeypatch.setattr(pl.DataFrame, "sort", lambda self, *a, **k: sorts.append(1) or real_sort(self, *a, **k))
     rng = np.random.default_rng(0)
     for _ in range(2000):
         n = int(rng.integers(0, 12))
@@ -150,6 +152,25 @@ def test_the_order_check_agrees_with_the_row_by_row_rule():
                              schema={"series_id": pl.String, "timestamp": pl.Datetime("us")})
         (a, a_prev), (b, b_prev) = (_neighbours(frame, c) for c in key)
         in_order = ((a > a_prev) | ((a == a_prev) & (b >= b_prev))).fill_null(False).all()
+        sorts.clear()
         got = _sorted_by(frame, key)
-        assert (got is frame) == bool(in_order), frame
-        assert got.equals(frame if in_order else frame.sort(key))
+        assert (not sorts) == bool(in_order), frame  # sorted (a copy) exactly when out of order
+        assert got.equals(frame if in_order else real_sort(frame, key))
+        if n and in_order and not frame["timestamp"].null_count():  # checked in order: the ids carry the mark
+            assert got["series_id"].flags["SORTED_ASC"]
+
+
+def test_validated_rows_carry_the_sorted_mark_and_cleaning_reads_it():
+    """In-order input is kept as it is and its ids marked sorted; the next order checks read the mark (a frame
+    marked but out of order would be believed: the mark is set only after the check)."""
+    from nightcast.tasks.data.clean import by_series
+
+    raw = pl.concat([_raw(30, series_id=["b"] * 30), _raw(30)])  # ids out of order
+    out = validate_observations(raw)
+    assert out.valid["series_id"].flags["SORTED_ASC"] and out.valid["series_id"].to_list() == ["a"] * 30 + ["b"] * 30
+    ordered = validate_observations(_raw(30)).valid
+    assert ordered["series_id"].flags["SORTED_ASC"]
+    unmarked = pl.DataFrame({"series_id": ["b", "a"], "timestamp": [1, 2]},
+                            schema={"series_id": pl.String, "timestamp": pl.Datetime("us")})
+    got = by_series(unmarked)
+    assert got["series_id"].to_list() == ["a", "b"] and not unmarked["series_id"].flags["SORTED_ASC"]
