@@ -71,7 +71,7 @@ def decide_on_shard(data: str, columns: ColumnMap, ids: pl.Series | None, shard:
     """The calendar and the season, read from one shard (a share of the series picked by the hash): the rules
     every shard is then cleaned with. A business-day calendar takes its holidays from
     the whole catalogue, which no shard sees: it is refused (retrain without ``--shards``)."""
-    checked = _read_shard(data, columns, ids, shard, clean.max_bad_share, None)
+    checked = validated_shard(data, columns, ids, shard, clean.max_bad_share, None)
     calendar = decide_calendar(checked.valid, clean)
     if calendar.kind != "regular":
         raise ShardedCleaningError(
@@ -81,12 +81,14 @@ def decide_on_shard(data: str, columns: ColumnMap, ids: pl.Series | None, shard:
     return Decided(calendar, decide_season(checked.valid, clean, calendar, share=train_share))
 
 
-def _read_shard(data: str, columns: ColumnMap, ids: pl.Series | None, shard: tuple[int, int], max_bad_share: float,
-                kinds: dict[str, str] | None) -> ValidationResult:
-    """One shard read (its ids, or its folder of the layout, whose ids are checked) and validated; an error
-    names the shard first, then what validation found (rows, rules)."""
+def validated_shard(data: str, columns: ColumnMap, ids: pl.Series | list[str] | None, shard: tuple[int, int],
+                    max_bad_share: float, kinds: dict[str, str] | None,
+                    since: dt.datetime | None = None) -> ValidationResult:
+    """One shard read (its ``ids``, or its folder of the layout, whose ids are checked; with ``since``, only
+    its rows from then on and each series' last row before) and validated: the one read of a shard, for
+    retraining and scoring alike. An error names the shard first, then what validation found (rows, rules)."""
     try:
-        raw = load_observations(data, columns, series=ids, shard=shard)
+        raw = load_observations(data, columns, series=ids, shard=shard, since=since)
         if ids is None:
             check_shard(raw["series_id"], shard, data)
         return validate_observations(raw, max_bad_share, columns.timestamp_format, kinds)
@@ -142,7 +144,7 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
     typed: dict[str, str] = {}
     first = last = None
     for ids, shard in zip(series, shards):  # a task's few shards, never its series
-        checked = _read_shard(data, columns, ids, shard, cfg.max_bad_share, kinds)
+        checked = validated_shard(data, columns, ids, shard, cfg.max_bad_share, kinds)
         valid = checked.valid
         rows, duplicates, valid_rows = rows + checked.n_rows, duplicates + checked.exact_duplicates, valid_rows + valid.height
         if checked.n_quarantined:

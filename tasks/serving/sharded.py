@@ -48,15 +48,14 @@ import polars as pl
 
 from nightcast.schemas.params import ColumnMap
 from nightcast.tasks.data.clean import Calendar, concat_by_series
-from nightcast.tasks.data.ingest import load_observations
 from nightcast.tasks.data.pages import on_small_pages
+from nightcast.tasks.data.sharded import validated_shard
 from nightcast.tasks.forecast.intervals import widen
 from nightcast.tasks.ops.registry import Bundle, load_bundle
-from nightcast.tasks.serving.shard import check_shard
 from nightcast.tasks.serving.score import (ScorePart, assemble_parts, covariate_kinds, forecast_part, keep_for_scoring,
                          score_calendar, scoring_span_start, write_forecasts_sorted)
 from nightcast.tasks.ops.storage import Store, open_store
-from nightcast.tasks.data.validate import merge_notes, validate_observations
+from nightcast.tasks.data.validate import merge_notes
 
 STAGING = "staging/score/"
 LEGACY_STAGING = "forecasts/_staging/"
@@ -109,11 +108,8 @@ def _read_valid(bundle: Bundle, data: str, columns: ColumnMap, series: list[str]
                 since: dt.datetime | None) -> tuple[pl.DataFrame, ShardInput]:
     """One shard's validated rows (from ``since`` on, and each series' last row before it), and its counts.
     ``series`` None: the shard's folder of the layout, read whole (``layout_plan``), whose ids are checked here."""
-    raw = load_observations(data, columns, series=series, shard=shard, since=since)
-    if series is None:
-        check_shard(raw["series_id"], shard, data)
-    checked = validate_observations(raw, bundle.config["params"]["clean"]["max_bad_share"],
-                                    columns.timestamp_format, covariate_kinds(bundle))
+    checked = validated_shard(data, columns, series, shard, bundle.config["params"]["clean"]["max_bad_share"],
+                              covariate_kinds(bundle), since)
     valid = checked.valid  # never empty: validation stops a shard with no valid row
     counts = ShardInput("", checked.n_quarantined, checked.notes, valid["timestamp"].min(),
                         valid["timestamp"].max(), pl.DataFrame())

@@ -472,8 +472,8 @@ def test_every_scoring_step_runs_inside_one_heap_reuse_section(panel, monkeypatc
     (``nightcast.tasks.data.pages``), in the flow's threads and on Dask workers alike. Measured on a Dask worker
     at 10,000 x 2,000 (its nanny sets ``MALLOC_TRIM_THRESHOLD_``, so every big temporary was a fresh mapping):
     a 8-shard task 10.2-11.7 s before, 7.9-9.9 s after, interleaved."""
+    import nightcast.tasks.data.sharded as shard_reads
     import nightcast.tasks.serving.score as score_mod
-    import nightcast.tasks.serving.sharded as sharded_mod
     from nightcast.tasks.data import pages
 
     data, store, as_of, _ = panel
@@ -489,7 +489,7 @@ def test_every_scoring_step_runs_inside_one_heap_reuse_section(panel, monkeypatc
 
     for name in ("_network_forecasts", "_candidates", "series_tails"):
         spy(score_mod, name)
-    spy(sharded_mod, "validate_observations")
+    spy(shard_reads, "validate_observations")  # a shard's read (validated_shard)
     score_flow(ScoreParams(data=data, as_of=as_of), store=store)
     unsharded = {k: list(v) for k, v in seen.items()}
     seen.clear()
@@ -552,3 +552,20 @@ def test_rows_with_no_id_are_quarantined_by_a_sharded_run_too(panel, tmp_path):
     base = score_flow(ScoreParams(data=data, as_of=as_of, shards=3), store=store)
     assert many["quarantined_rows"] == one["quarantined_rows"] == base["quarantined_rows"] + 2
     assert many["series"] == one["series"] == base["series"]
+
+
+def test_a_shard_that_fails_validation_is_named_and_nothing_is_written(panel, tmp_path):
+    """Scoring reads a shard the way the sharded retrain does (``validated_shard``): a shard whose rows fail
+    validation stops the run with the shard's number first, and the date's forecasts stay as they were."""
+    from nightcast.tasks.serving.shard import shard_of
+
+    data, store, as_of, _ = panel
+    score_flow(ScoreParams(data=data, as_of=as_of), store=store)
+    before = read_forecasts(open_store(store), "lstm", as_of)
+    raw = pl.read_parquet(data)
+    bad = tmp_path / "bad.parquet"
+    raw.with_columns(pl.when(shard_of(raw["series_id"], 3) == 1).then(pl.lit("x")).otherwise(pl.col("target"))
+                     .alias("target")).write_parquet(bad)
+    with pytest.raises(Exception, match=r"shard 1 of 3 of .*bad\.parquet: .*failed validation"):
+        score_flow(ScoreParams(data=str(bad), as_of=as_of, shards=3), store=store)
+    assert read_forecasts(open_store(store), "lstm", as_of).equals(before)
