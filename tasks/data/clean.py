@@ -723,7 +723,8 @@ def _row_bounds(ids: pl.Series, bounds: dict[str, list[float]]) -> tuple[pl.Seri
 
 
 def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
-                   iqr_bounds: dict[str, list[float]] | None = None, tail: int | None = None) -> pl.DataFrame:
+                   iqr_bounds: dict[str, list[float]] | None = None, tail: int | None = None,
+                   runs: tuple[np.ndarray, np.ndarray, pl.Series] | None = None) -> pl.DataFrame:
     """Flag outliers (``is_outlier``) and clip them, or drop them to a gap.
 
     ``raw`` keeps the value as observed (NaN where nothing was, not null: a column without a null
@@ -734,7 +735,8 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
     Each series' rows must be contiguous and in time order (as ``regularize``
     returns them). ``tail``: only the last ``tail`` rows of each series will be read once the gaps are
     filled (scoring): the Hampel rule then judges only the rows those values depend on
-    (``_judged_rows``); the rest stay as observed, unflagged.
+    (``_judged_rows``); the rest stay as observed, unflagged. ``runs``: ``_runs`` of the frame's ids, when the
+    caller has them.
     """
     raw = frame["target"].cast(pl.Float64).fill_null(float("nan")).rechunk()  # the truth; one buffer: read in place
     frame = frame.with_columns(raw.alias("raw"))
@@ -742,7 +744,7 @@ def treat_outliers(frame: pl.DataFrame, cfg: CleanConfig, season_length: int,
         return frame.with_columns(pl.lit(False).alias("is_outlier"))
     if cfg.outliers == "hampel":
         y = frame["raw"].to_numpy()  # the target as observed, NaN where missing
-        s, starts, _ = _runs(frame["series_id"])
+        s, starts, _ = runs or _runs(frame["series_id"])
         rows = _judged_rows(y, starts, tail) if tail is not None and cfg.outlier_action == "clip" else None
         flag, clipped = _trailing_hampel(y, s, starts, outlier_window(cfg, season_length),
                                          cfg.outlier_threshold, rows=rows)
@@ -773,7 +775,7 @@ def _judged_rows(y: np.ndarray, starts: np.ndarray, tail: int) -> np.ndarray:
 
 # --- gaps -----------------------------------------------------------------------------------------
 
-def fill_gaps(frame: pl.DataFrame, max_gap: int, method: str) -> pl.DataFrame:
+def fill_gaps(frame: pl.DataFrame, max_gap: int, method: str, starts: np.ndarray | None = None) -> pl.DataFrame:
     """Fill gaps of up to ``max_gap`` steps; flag longer ones (``in_long_gap``).
 
     Long gaps are forward-filled only to keep arrays contiguous: windows that
@@ -783,14 +785,16 @@ def fill_gaps(frame: pl.DataFrame, max_gap: int, method: str) -> pl.DataFrame:
 
     When every series starts and ends on a value (always, unless outliers are dropped at a series'
     edge), each gap lies inside one series, between two values of it: the fills are then computed
-    for the missing steps alone (``_fill_inside``), without grouping 19 M rows by id.
+    for the missing steps alone (``_fill_inside``), without grouping 19 M rows by id. ``starts``: each
+    series' first row, when the caller has them.
     """
     missing = pl.col("target").is_null()
     filled = (pl.col("target").interpolate() if method == "interpolate" else pl.col("target").forward_fill())
     y = frame["target"]
     if not y.null_count():
         return frame.with_columns(pl.lit(False).alias("in_long_gap"))
-    _, starts, _ = _run_starts(frame["series_id"])
+    if starts is None:
+        _, starts, _ = _run_starts(frame["series_id"])
     edges = np.r_[starts, starts[1:] - 1, frame.height - 1]
     if not y.gather(edges).null_count() and y.dtype == pl.Float64:
         values, long_gap = _fill_inside(y, max_gap, method)
@@ -854,11 +858,11 @@ def clean_observations(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar
     as an outlier) is left out and named in the report; only when no series is
     left does this raise.
     """
-    clean, placing, emptied, iqr_bounds = _clean(valid, cfg, calendar, train_end, iqr_bounds)
+    clean, placing, emptied, iqr_bounds, runs = _clean(valid, cfg, calendar, train_end, iqr_bounds)
     # the columns every window index reads as numpy arrays, each in one buffer: read in place, not copied
     clean = clean.with_columns(clean[c].rechunk() for c in ("timestamp", "target", "observed", "raw")
                                if clean[c].n_chunks() > 1)
-    return clean, _report(clean, placing, emptied, cfg, calendar), iqr_bounds
+    return clean, _report(clean, placing, emptied, cfg, calendar, runs), iqr_bounds
 
 
 @on_small_pages
@@ -867,37 +871,40 @@ def clean_tails(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, tail:
     """The last ``tail`` rows of each series, cleaned: ``series_tails(clean_observations(...)[0], tail)``, the
     same values, for scoring. The outlier rule judges only the rows those values depend on, and no report is
     made (its counts would need every row judged)."""
-    clean, _, _, _ = _clean(valid, cfg, calendar, None, iqr_bounds, tail)
+    clean = _clean(valid, cfg, calendar, None, iqr_bounds, tail)[0]
     return series_tails(clean, tail)
 
 
 def _clean(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, train_end: dt.datetime | None,
            iqr_bounds: dict[str, list[float]] | None, tail: int | None = None,
-           ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], dict[str, list[float]] | None]:
+           ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], dict[str, list[float]] | None,
+                      tuple[np.ndarray, np.ndarray, pl.Series] | None]:
     """The cleaning itself (see ``clean_observations``): the clean frame, the placing counts, the series every
-    value of which was dropped, the IQR bounds."""
+    value of which was dropped, the IQR bounds, and ``_runs`` of the clean ids (None when series were dropped)."""
     season = cfg.season_length or season_length_for(calendar)
     placed, placing = _place(valid, calendar)
     if cfg.outliers == "iqr" and iqr_bounds is None:
         if train_end is None:
             raise ValueError("IQR bounds must be fitted on a training span or given")
         iqr_bounds = fit_iqr_bounds(placed, train_end, cfg.outlier_threshold)
-    treated = treat_outliers(placed, cfg, season, iqr_bounds, tail)
+    runs = _runs(placed["series_id"])  # once: the steps below keep the rows (one pass over the ids each, before)
+    treated = treat_outliers(placed, cfg, season, iqr_bounds, tail, runs)
     del placed  # one full frame at a time: each step shares the columns it does not change
-    clean = fill_gaps(treated, cfg.max_gap, cfg.fill)
+    clean = fill_gaps(treated, cfg.max_gap, cfg.fill, runs[1])
     del treated
     emptied: list[str] = []
     if clean["target"].null_count():  # only a series with every value dropped is still blank
         emptied = clean.filter(pl.col("target").is_null())["series_id"].unique().to_list()
         clean = clean.filter(~pl.col("series_id").is_in(emptied))
+        runs = None
     if clean.height == 0:
         raise ValueError(f"none of the {placing.height} series has an observed target to clean")
-    return clean, placing, emptied, iqr_bounds
+    return clean, placing, emptied, iqr_bounds, runs
 
 
 def _report(clean: pl.DataFrame, placing: pl.DataFrame, emptied: list[str], cfg: CleanConfig,
-            calendar: Calendar) -> CleanReport:
-    s, _, names = _runs(clean["series_id"])  # the clean frame is grouped by series: counts are bincounts
+            calendar: Calendar, runs: tuple[np.ndarray, np.ndarray, pl.Series] | None = None) -> CleanReport:
+    s, _, names = runs or _runs(clean["series_id"])  # the clean frame is grouped by series: counts are bincounts
     observed, gap = clean["observed"].to_numpy(), clean["in_long_gap"].to_numpy()
     per = (pl.DataFrame({"series_id": names, **{
         name: np.bincount(s[mask], minlength=names.len()) for name, mask in (
