@@ -67,19 +67,18 @@ SHARD_COLUMNS = ("nshards", "shard")
 nightcast's own, never covariates."""
 
 
-SAMPLE_BUCKETS = 1000
-"""Hash buckets a share of series is counted in (``sample_of``), when the input is not in the shard layout."""
 
 
 def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str] | None, int, int]:
     """The series of a ``share`` of the input's series, and (kept, of) buckets: those whose bucket is below
     ``round(share * n)``, at least one. On the shard layout the bucket is the shard folder and ``n`` the
     layout's shard count (the sample is whole shards, and only their files are read); elsewhere the bucket
-    is the stable hash (``nightcast.tasks.serving.shard.shard_of``) over ``SAMPLE_BUCKETS``. The same ids give
-    the same sample on every machine and run; a share that picks no series is an ``IngestError``. On a
+    is the stable hash's (``nightcast.tasks.serving.shard.sample_bucket_of``). The same ids give
+    the same sample on every machine and run (and the series a sharded retrain samples, ``in_sample``, whatever
+    its shard count); a share that picks no series is an ``IngestError``. On a
     layout ``nightcast partition`` wrote, the ids are None: its manifest counts the series and no id is read
     (the sampled folders are read whole)."""
-    from nightcast.tasks.serving.shard import layout_manifest, shard_of
+    from nightcast.tasks.serving.shard import SAMPLE_BUCKETS, layout_manifest, sample_bucket_of
 
     per_shard = layout_manifest(uri)
     if per_shard is not None:
@@ -96,7 +95,7 @@ def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str] | N
     n = int(counts[0])
     k = max(1, round(share * n))
     # on the layout, the folders decide (as the shard filter on the rows does); elsewhere the hash
-    buckets = ids["shard"] if "shard" in ids.columns else shard_of(ids["series_id"], n)
+    buckets = ids["shard"] if "shard" in ids.columns else sample_bucket_of(ids["series_id"])
     picked = ids["series_id"].filter(buckets < k).unique().sort().to_list()
     if not picked:
         _none_sampled(uri, share, ids["series_id"].n_unique(), k, n, "shard" in ids.columns)

@@ -11,8 +11,8 @@ once, and sends back only what the run needs:
   cleaning touched most, ``CleanReport.listed``), the shard's data fingerprint, and how it typed each
   covariate;
 - the clean rows (and the valid rows' counts) of the series in the training sample: ``sample`` of every
-  shard's series, picked by the stable hash's bits above the shard's (``in_sample``), so the sample is drawn
-  from every shard, the same series on every machine and run.
+  shard's series, picked by the stable hash's high bits (``in_sample``), so the sample is drawn from every
+  shard, the same series on every machine and run, whatever the shard count.
 
 A covariate is text when any shard reads text in it, else numbers when any reads numbers (as when the
 catalogue is validated whole; a shard where it is blank does not vote): a shard that typed it otherwise is
@@ -35,27 +35,24 @@ import polars as pl
 
 from nightcast.schemas.params import CleanConfig, ColumnMap
 from nightcast.tasks.data.clean import Calendar, CleanReport, clean_observations, concat_by_series, decide_calendar, decide_season
-from nightcast.tasks.data.ingest import SAMPLE_BUCKETS, IngestError, load_observations
+from nightcast.tasks.data.ingest import IngestError, load_observations
 from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.data.prepare import Cleaned, fingerprint
 from nightcast.tasks.data.validate import DataValidationError, ValidationResult, merge_notes, validate_observations
 from nightcast.tasks.ops.storage import open_store
-from nightcast.tasks.serving.shard import ShardLayoutError, check_shard, hash64s
+from nightcast.tasks.serving.shard import SAMPLE_BUCKETS, ShardLayoutError, check_shard, sample_bucket_of
 
 
 class ShardedCleaningError(ValueError):
     """Shards that cannot be trained on together (another calendar or covariate kinds), or no sampled series."""
 
 
-def in_sample(series_ids: pl.Series, n_shards: int, share: float) -> pl.Series:
-    """Whether each id is in the training sample: its stable hash (the one shards are cut by) divided by the
-    shard count, over ``SAMPLE_BUCKETS`` buckets, below ``round(share * SAMPLE_BUCKETS)`` (at least one). The
-    bits that pick the shard are divided out, so every shard gives about ``share`` of its series."""
-    keep = max(1, round(share * SAMPLE_BUCKETS))
-    ids = series_ids.cast(pl.String)
-    unique = ids.unique()
-    picked = pl.Series([(h // n_shards) % SAMPLE_BUCKETS < keep for h in hash64s(unique)], dtype=pl.Boolean)
-    return ids.replace_strict(unique, picked, return_dtype=pl.Boolean)
+def in_sample(series_ids: pl.Series, share: float) -> pl.Series:
+    """Whether each id is in the training sample: its bucket (``sample_bucket_of``, from the stable hash's bits
+    that do not pick the shard) below ``round(share * SAMPLE_BUCKETS)`` (at least one). Every shard gives about
+    ``share`` of its series, the shard count does not change which series, and a plain ``--sample`` of the
+    same share on input not in the shard layout picks the same ones."""
+    return sample_bucket_of(series_ids) < max(1, round(share * SAMPLE_BUCKETS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +154,7 @@ def clean_shards(store_url: str, data: str, columns: ColumnMap, series: list[pl.
         first, last = min(first or span[0], span[0]), max(last or span[1], span[1])
         names = valid["series_id"].unique()
         n_series += names.len()
-        picked = names.filter(in_sample(names, shard[1], share))
+        picked = names.filter(in_sample(names, share))
         kept = valid.filter(pl.col("series_id").is_in(picked.implode()))  # each id hashed once
         sample_rows, sample_series = sample_rows + kept.height, sample_series + picked.len()
         del kept

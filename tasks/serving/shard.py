@@ -41,6 +41,21 @@ def shard_of(series_ids: pl.Series, n_shards: int) -> pl.Series:
     return ids.replace_strict(unique, shards, return_dtype=pl.UInt32).alias("shard")
 
 
+SAMPLE_BUCKETS = 1000
+"""Buckets a share of series is counted in (``sample_bucket_of``), when the input is not in the shard layout."""
+
+
+def sample_bucket_of(series_ids: pl.Series) -> pl.Series:
+    """The sample bucket (0 .. SAMPLE_BUCKETS-1, UInt32) of every id: the stable hash's high 32 bits modulo
+    ``SAMPLE_BUCKETS``. A share of the series is the ids whose bucket is below ``round(share * SAMPLE_BUCKETS)``:
+    the same series whatever the shard count of the run, sharded or not, and about that share of every shard
+    (the shard is the whole hash modulo the shard count, which its high bits alone do not decide)."""
+    ids = series_ids.cast(pl.String)
+    unique = ids.unique()
+    buckets = pl.Series([(h >> 32) % SAMPLE_BUCKETS for h in hash64s(unique)], dtype=pl.UInt32)
+    return ids.replace_strict(unique, buckets, return_dtype=pl.UInt32).alias("bucket")
+
+
 class ShardLayoutError(ValueError):
     """Input in the shard layout that does not match the run: another shard count, or ids in the
     wrong folder (a layout written with another hash). Reading it as it is would lose series."""

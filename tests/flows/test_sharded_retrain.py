@@ -83,7 +83,7 @@ def test_a_sample_draws_series_from_every_shard_and_the_bundle_counts_the_catalo
     bundle = load_champion(open_store(str(tmp_path / "s")), "lstm")
     trained_on = set(bundle.preprocessing["features"]["target_stats"])
     ids = raw["series_id"].unique()
-    expected = set(ids.filter(in_sample(ids, 3, 0.5)).to_list())
+    expected = set(ids.filter(in_sample(ids, 0.5)).to_list())
     assert trained_on == expected and 6 <= len(expected) <= 18
     assert set(shard_of(pl.Series(sorted(expected)), 3).to_list()) == {0, 1, 2}  # every shard gives series
     d = bundle.manifest["data"]
@@ -92,16 +92,35 @@ def test_a_sample_draws_series_from_every_shard_and_the_bundle_counts_the_catalo
 
 
 def test_in_sample_takes_a_share_of_every_shard_and_is_stable():
-    """200 shards, 10 %: series from every shard (the hash's low bits that pick a shard, read as the sample's
-    bucket too, would put the whole sample in shards 0-99)."""
+    """10 %: series from every shard, for 3, 8 or 200 shards (the hash's low bits that pick a shard, read as
+    the sample's bucket too, would put the whole sample in shards 0-99 of 200), and the same series whatever
+    the shard count."""
     ids = pl.Series([f"item-{i}" for i in range(40_000)])
-    picked = in_sample(ids, 200, 0.1)
-    assert picked.equals(in_sample(ids.reverse(), 200, 0.1).reverse())  # by id, not by position
-    per_shard = (pl.DataFrame({"shard": shard_of(ids, 200), "picked": picked})
-                 .group_by("shard").agg(pl.col("picked").sum()))
-    assert per_shard.height == 200 and (per_shard["picked"] >= 5).all()
+    picked = in_sample(ids, 0.1)
+    assert picked.equals(in_sample(ids.reverse(), 0.1).reverse())  # by id, not by position
+    for n in (3, 8, 200):  # 13,333, 5,000 and 200 series a shard
+        per_shard = (pl.DataFrame({"shard": shard_of(ids, n), "picked": picked})
+                     .group_by("shard").agg(pl.col("picked").sum().alias("n"), pl.col("picked").mean().alias("share")))
+        assert per_shard.height == n, n
+        assert (per_shard["n"] >= 5).all() if n == 200 else per_shard["share"].is_between(0.09, 0.11).all(), n
     assert 0.09 < picked.mean() < 0.11
-    assert in_sample(ids, 200, 1.0).all() and 0 < in_sample(ids, 200, 0.001).sum() < 100
+    assert in_sample(ids, 1.0).all() and 0 < in_sample(ids, 0.001).sum() < 100
+
+
+def test_a_sharded_retrain_samples_the_series_a_plain_sample_reads(tmp_path):
+    """The same share picks the same series with --shards 2 or 5 and with a plain --sample (input not in the
+    shard layout): the training sample does not move with the shard count."""
+    from nightcast.schemas.params import ColumnMap
+    from nightcast.tasks.data.ingest import sample_of
+
+    data, raw = _panel(tmp_path, n_series=30, seed=2, no_id=False)
+    plain, _, _ = sample_of(data, ColumnMap(), 0.4)
+    trained = []
+    for shards in (2, 5):
+        retrain_flow(fast_params(data, shards=shards, sample=0.4), store=str(tmp_path / f"s{shards}"))
+        bundle = load_champion(open_store(str(tmp_path / f"s{shards}")), "lstm")
+        trained.append(sorted(bundle.preprocessing["features"]["target_stats"]))
+    assert trained[0] == trained[1] == sorted(plain) and 5 <= len(plain) <= 25
 
 
 def test_kinds_text_wins():

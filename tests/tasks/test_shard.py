@@ -160,7 +160,7 @@ def test_a_sample_is_whole_shards_of_the_layout_and_the_same_hash_elsewhere(tmp_
     over 1,000 buckets; every row of a sampled series, nothing of the rest, the same on every call."""
     from nightcast.tasks.data import ingest
     from nightcast.tasks.data.sample import make_sample
-    from nightcast.tasks.serving.shard import shard_of, write_shard_layout
+    from nightcast.tasks.serving.shard import sample_bucket_of, write_shard_layout
 
     from nightcast.tasks.serving.shard import LAYOUT_MANIFEST
 
@@ -187,7 +187,7 @@ def test_a_sample_is_whole_shards_of_the_layout_and_the_same_hash_elsewhere(tmp_
     monkeypatch.undo()
     csv = ingest.load_observations(str(tmp_path / "obs.csv"), sample=0.5)
     unique = raw["series_id"].unique()
-    want = sorted(unique.filter(shard_of(unique, ingest.SAMPLE_BUCKETS) < 500).to_list())
+    want = sorted(unique.filter(sample_bucket_of(unique) < 500).to_list())
     assert sorted(csv["series_id"].unique().to_list()) == want and 0 < len(want) < 40
     assert csv.height == raw.filter(pl.col("series_id").is_in(want)).height
     assert ingest.load_observations(str(tmp_path / "obs.csv"), sample=0.5).equals(csv)  # the same every call
@@ -196,9 +196,9 @@ def test_a_sample_is_whole_shards_of_the_layout_and_the_same_hash_elsewhere(tmp_
 def test_a_sample_that_picks_no_series_is_refused_naming_the_share():
     from nightcast.tasks.data.ingest import IngestError, load_observations
 
-    with pytest.raises(IngestError, match=r"a sample of 0.2 of the series of sample:// picks none of its 5 series"):
-        load_observations("sample://", sample=0.2)  # 5 series, none in the first 200 of 1,000 buckets
-    assert load_observations("sample://", sample=0.3)["series_id"].n_unique() == 3
+    with pytest.raises(IngestError, match=r"a sample of 0.15 of the series of sample:// picks none of its 5 series"):
+        load_observations("sample://", sample=0.15)  # 5 series, none in the first 150 of 1,000 buckets
+    assert load_observations("sample://", sample=0.5)["series_id"].n_unique() == 3
 
 
 def test_a_sample_that_picks_only_empty_shards_of_a_manifest_layout_is_refused(tmp_path):
