@@ -475,18 +475,27 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
         gs, gt, g, on = _on_grid(f, s, t, obs, calendar)
     first, last = _first_last(on & obs, s, names.len())
     rows = np.arange(len(s), dtype=np.int32 if len(s) < 2**31 else np.int64)
-    kept = on & (rows >= first[s]) & (rows <= last[s])
-    blank = (first >= 0)[s] & ~obs
-    lead = blank & (rows < first[s])
-    trail = blank & (rows > last[s])
-    off = (first >= 0)[s] & ~kept & ~lead & ~trail
+    fs = first.astype(rows.dtype)[s]  # each row's series' first and last kept row, gathered once each
+    kept = rows >= fs
+    del fs
+    ls = last.astype(rows.dtype)[s]
+    kept &= rows <= ls  # a series with nothing observed (first = last = -1) keeps no row
+    kept &= on
+    # every row of a series with an observation is kept, a blank before or after the span, or off the grid; the
+    # blank ones are few (a blank is an unobserved row, usually none): the lead/trail split reads only those
+    has = (first >= 0)[s]
+    blank = np.flatnonzero(has & ~obs)
+    lead, trail = blank[rows[blank] < first[s[blank]]], blank[rows[blank] > ls[blank]]
+    del ls
+    off = has & ~kept
+    off[lead], off[trail] = False, False
+    n = names.len()
     placing = pl.DataFrame({
-        "series_id": names, "rows": np.bincount(s, minlength=names.len()),
-        "leading_blanks": np.bincount(s[lead], minlength=names.len()),
-        "trailing_blanks": np.bincount(s[trail], minlength=names.len()),
-        "off_grid": np.bincount(s[off], minlength=names.len()), "empty": first < 0,
+        "series_id": names, "rows": np.bincount(s, minlength=n),
+        "leading_blanks": np.bincount(s[lead], minlength=n), "trailing_blanks": np.bincount(s[trail], minlength=n),
+        "off_grid": np.bincount(s[off], minlength=n), "empty": first < 0,
     })
-    del blank, lead, trail, off
+    del has, blank, lead, trail, off
     if gs is None:
         if _whole(t, s, kept, step):  # the usual case: no step missing, the rows kept are the placed frame
             return _kept_rows(f, s[kept], kept), placing
