@@ -371,10 +371,13 @@ def by_series(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def flag_sorted(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-    """``frame`` with ``column`` marked as sorted (the caller checked it is; no copy): the next check of the
-    ids (``in_series_order``), and polars' own group-bys and joins on them, read the mark instead of every
-    id. Filters and column changes keep the mark; a sort by series sets it itself."""
-    return frame if frame[column].flags["SORTED_ASC"] else frame.with_columns(pl.col(column).set_sorted())
+    """``frame`` itself, ``column`` marked as sorted (the caller checked it is; the mark is set in place, no copy,
+    nothing else changes): the next check of the ids (``in_series_order``), and polars' own group-bys and joins
+    on them, read the mark instead of every id. Filters and column changes keep the mark; a sort by series
+    sets it itself; operations that could break the order (concatenation, gathers) drop it."""
+    if not frame[column].flags["SORTED_ASC"]:
+        frame.replace_column(frame.get_column_index(column), frame[column].set_sorted())
+    return frame
 
 
 def concat_by_series(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -773,6 +776,8 @@ def _judged_rows(y: np.ndarray, starts: np.ndarray, tail: int) -> np.ndarray:
     running into the tail is filled from). Clipping never makes a gap, so no other row counts; a dropped
     outlier would (``treat_outliers`` then judges every row)."""
     n = len(y)
+    if tail < 1:  # no row is read
+        return np.zeros(0, np.int64)
     ends = np.r_[starts[1:], n] - 1
     first = np.maximum(starts, ends - tail + 1)
     last_seen = np.where(np.isnan(y), -1, np.arange(n, dtype=np.int64))

@@ -560,7 +560,7 @@ def _gap_into_the_tail() -> pl.DataFrame:
 
 @pytest.mark.parametrize("fill", ["interpolate", "ffill"])
 @pytest.mark.parametrize("action", ["clip", "drop"])
-@pytest.mark.parametrize("tail", [1, 10, 30, 500])
+@pytest.mark.parametrize("tail", [0, 1, 10, 30, 500])
 def test_clean_tails_equal_the_tails_of_the_whole_clean(fill, action, tail):
     from nightcast.tasks.data.clean import clean_tails, series_tails
 
