@@ -223,6 +223,7 @@ class FeatureEncoder:
                    .join(stats, on="series_id", how="left", maintain_order="left"))
         self._centre, self._scale = per_run["_c"], per_run["_s"]
         lengths = runs.struct.field("len").to_numpy()
+        self.runs = runs  # the rle of ``frame``'s ids (value, len): the window index reads it instead of its own
         self._run = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)  # each row's run number
         self._firsts = np.cumsum(lengths) - lengths  # each run's first row (a series' when in series order)
         self._utc = state.timezone == "UTC" and not self.frame["timestamp"].null_count()

@@ -145,7 +145,8 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
                              "(built with in_series_order=True)")
         frame = encoder.frame if encoder is not None else by_series(frame)
         skip = encoder.unknown if encoder is not None and encoder.kept_unknown else None
-        index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input, skip)
+        index = _index(frame, lookback, horizon, train_end, val_end, stride, min_input, skip,
+                       encoder.runs if encoder is not None else None)
         compact = compact and encoder is not None
         fixed = set(encoder.static_columns()) & set(past_columns) if compact else set()
         static_at = [j for j, c in enumerate(past_columns) if c in fixed]
@@ -175,10 +176,13 @@ def make_windows(frame: pl.DataFrame | FeatureEncoder, past_columns: list[str], 
 
 
 def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datetime | None,
-           val_end: dt.datetime | None, stride: int, min_input: int | None, skip: list[str] | None = None) -> dict:
+           val_end: dt.datetime | None, stride: int, min_input: int | None, skip: list[str] | None = None,
+           runs: pl.Series | None = None) -> dict:
     """Everything of a ``WindowIndex`` but the stacked feature arrays (``make_windows``). The series of
-    ``skip`` keep their rows (and a place among ``series_ids``) but get no window."""
-    runs = frame["series_id"].rle()  # sorted: one run per series, in id order (no Python-object sort)
+    ``skip`` keep their rows (and a place among ``series_ids``) but get no window. ``runs``: the ids' rle when
+    the caller has it (a ``FeatureEncoder`` over ``frame``)."""
+    if runs is None:
+        runs = frame["series_id"].rle()  # sorted: one run per series, in id order (no Python-object sort)
     ids, counts = runs.struct.field("value").to_numpy(), runs.struct.field("len").to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     codes = np.repeat(np.arange(len(ids), dtype=np.int32), counts)

@@ -307,3 +307,25 @@ def test_stacked_features_are_the_columns_in_order_whatever_the_block(block_valu
         assert got.dtype == np.float32 and got.flags.c_contiguous
         assert np.array_equal(got, want, equal_nan=True)
     assert _stack(frame, [], block_values=block_values).shape == (n, 0)
+
+
+def test_the_window_index_reads_the_encoders_runs_of_the_ids(monkeypatch):
+    """An index built over a ``FeatureEncoder`` takes the encoder's run lengths of the ids (a pass over every
+    id of a catalogue each, ~0.12 s at 19 M rows) and gives the index an index without them gives."""
+    from nightcast.tasks.data.features import FeatureEncoder
+
+    clean = _clean(40, sids=("a", "b", "c"))
+    train_end, val_end = clean["timestamp"][29], clean["timestamp"][34]
+    state = fit_features(clean, train_end, "standard", ["temp"], ["promo"], None, [])
+    args = (state.past_columns, state.future_columns, 12, 3, train_end, val_end)
+    encoder = FeatureEncoder(clean, state, drop_unknown=False)
+    passes, real = [], pl.Series.rle
+    monkeypatch.setattr(pl.Series, "rle", lambda self: passes.append(self.name) or real(self))
+    index = make_windows(encoder, *args, min_input=4)
+    assert "series_id" not in passes
+    monkeypatch.undo()
+    from nightcast.tasks.data.window import _index
+
+    plain = _index(clean, 12, 3, train_end, val_end, 1, 4)  # its own pass over the ids
+    assert index.series_ids == plain["series_ids"] and np.array_equal(index.offsets, plain["offsets"])
+    assert all(np.array_equal(index.splits[k], plain["splits"][k]) for k in plain["splits"]) and len(index.splits["train"])
