@@ -778,13 +778,12 @@ def _judged_rows(y: np.ndarray, starts: np.ndarray, tail: int) -> np.ndarray:
     n = len(y)
     if tail < 1:  # no row is read
         return np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], n] - 1
-    first = np.maximum(starts, ends - tail + 1)
+    stops = np.r_[starts[1:], n]  # each series' end (exclusive)
+    first = np.maximum(starts, stops - tail)
     last_seen = np.where(np.isnan(y), -1, np.arange(n, dtype=np.int64))
     np.maximum.accumulate(last_seen, out=last_seen)  # each row: the last observed row at or before it
     since = np.maximum(last_seen[first], starts)
-    lengths = np.r_[starts[1:], n] - starts
-    return np.flatnonzero(np.arange(n, dtype=np.int64) >= np.repeat(since, lengths))
+    return np.flatnonzero(np.arange(n, dtype=np.int64) >= np.repeat(since, stops - starts))
 
 
 # --- gaps -----------------------------------------------------------------------------------------

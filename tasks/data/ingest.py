@@ -67,23 +67,21 @@ SHARD_COLUMNS = ("nshards", "shard")
 nightcast's own, never covariates."""
 
 
-
-
 def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str] | None, int, int]:
     """The series of a ``share`` of the input's series, and (kept, of) buckets: those whose bucket is below
-    ``round(share * n)``, at least one. On the shard layout the bucket is the shard folder and ``n`` the
+    ``buckets_kept(share, n)``. On the shard layout the bucket is the shard folder and ``n`` the
     layout's shard count (the sample is whole shards, and only their files are read); elsewhere the bucket
     is the stable hash's (``nightcast.tasks.serving.shard.sample_bucket_of``). The same ids give
     the same sample on every machine and run (and the series a sharded retrain samples, ``in_sample``, whatever
     its shard count); a share that picks no series is an ``IngestError``. On a
     layout ``nightcast partition`` wrote, the ids are None: its manifest counts the series and no id is read
     (the sampled folders are read whole)."""
-    from nightcast.tasks.serving.shard import SAMPLE_BUCKETS, layout_manifest, sample_bucket_of
+    from nightcast.tasks.serving.shard import SAMPLE_BUCKETS, buckets_kept, layout_manifest, sample_bucket_of
 
     per_shard = layout_manifest(uri)
     if per_shard is not None:
         n = len(per_shard)
-        k = max(1, round(share * n))
+        k = buckets_kept(share, n)
         if not sum(per_shard[:k]):
             _none_sampled(uri, share, sum(per_shard), k, n, True)
         return None, k, n
@@ -93,7 +91,7 @@ def sample_of(uri: str, columns: ColumnMap, share: float) -> tuple[list[str] | N
         raise IngestError(f"{uri} mixes shard layouts for {sorted(counts)} shards; write it again with "
                           "`nightcast partition`")
     n = int(counts[0])
-    k = max(1, round(share * n))
+    k = buckets_kept(share, n)
     # on the layout, the folders decide (as the shard filter on the rows does); elsewhere the hash
     buckets = ids["shard"] if "shard" in ids.columns else sample_bucket_of(ids["series_id"])
     picked = ids["series_id"].filter(buckets < k).unique().sort().to_list()

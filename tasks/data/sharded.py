@@ -40,7 +40,7 @@ from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.data.prepare import Cleaned, fingerprint
 from nightcast.tasks.data.validate import DataValidationError, ValidationResult, merge_notes, validate_observations
 from nightcast.tasks.ops.storage import open_store
-from nightcast.tasks.serving.shard import SAMPLE_BUCKETS, ShardLayoutError, check_shard, sample_bucket_of
+from nightcast.tasks.serving.shard import ShardLayoutError, buckets_kept, check_shard, sample_bucket_of
 
 
 class ShardedCleaningError(ValueError):
@@ -49,10 +49,10 @@ class ShardedCleaningError(ValueError):
 
 def in_sample(series_ids: pl.Series, share: float) -> pl.Series:
     """Whether each id is in the training sample: its bucket (``sample_bucket_of``, from the stable hash's bits
-    that do not pick the shard) below ``round(share * SAMPLE_BUCKETS)`` (at least one). Every shard gives about
+    that do not pick the shard) below ``buckets_kept(share)``. Every shard gives about
     ``share`` of its series, the shard count does not change which series, and a plain ``--sample`` of the
     same share on input not in the shard layout picks the same ones."""
-    return sample_bucket_of(series_ids) < max(1, round(share * SAMPLE_BUCKETS))
+    return sample_bucket_of(series_ids) < buckets_kept(share)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,14 +31,19 @@ def hash64s(ids: pl.Series) -> list[int]:
     return [_hash64(s) for s in ids.cast(pl.String).to_list()]
 
 
+def _by_hash(series_ids: pl.Series, rule: Callable[[int], int], name: str) -> pl.Series:
+    """``rule`` of each id's stable hash (UInt32), every distinct id hashed once."""
+    ids = series_ids.cast(pl.String)
+    unique = ids.unique()
+    values = pl.Series([rule(h) for h in hash64s(unique)], dtype=pl.UInt32)
+    return ids.replace_strict(unique, values, return_dtype=pl.UInt32).alias(name)
+
+
 def shard_of(series_ids: pl.Series, n_shards: int) -> pl.Series:
     """The shard (0 .. n_shards-1, UInt32) of every id; each distinct id is hashed once."""
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    ids = series_ids.cast(pl.String)
-    unique = ids.unique()
-    shards = pl.Series([h % n_shards for h in hash64s(unique)], dtype=pl.UInt32)
-    return ids.replace_strict(unique, shards, return_dtype=pl.UInt32).alias("shard")
+    return _by_hash(series_ids, lambda h: h % n_shards, "shard")
 
 
 SAMPLE_BUCKETS = 1000
@@ -47,13 +52,16 @@ SAMPLE_BUCKETS = 1000
 
 def sample_bucket_of(series_ids: pl.Series) -> pl.Series:
     """The sample bucket (0 .. SAMPLE_BUCKETS-1, UInt32) of every id: the stable hash's high 32 bits modulo
-    ``SAMPLE_BUCKETS``. A share of the series is the ids whose bucket is below ``round(share * SAMPLE_BUCKETS)``:
+    ``SAMPLE_BUCKETS``. A share of the series is the ids whose bucket is below ``buckets_kept(share)``:
     the same series whatever the shard count of the run, sharded or not, and about that share of every shard
     (the shard is the whole hash modulo the shard count, which its high bits alone do not decide)."""
-    ids = series_ids.cast(pl.String)
-    unique = ids.unique()
-    buckets = pl.Series([(h >> 32) % SAMPLE_BUCKETS for h in hash64s(unique)], dtype=pl.UInt32)
-    return ids.replace_strict(unique, buckets, return_dtype=pl.UInt32).alias("bucket")
+    return _by_hash(series_ids, lambda h: (h >> 32) % SAMPLE_BUCKETS, "bucket")
+
+
+def buckets_kept(share: float, n: int = SAMPLE_BUCKETS) -> int:
+    """How many of ``n`` buckets (sample buckets, or a layout's shards) a ``share`` of the series keeps: the
+    first ``round(share * n)``, at least one."""
+    return max(1, round(share * n))
 
 
 class ShardLayoutError(ValueError):
