@@ -130,11 +130,10 @@ def _months_per_step(frequency: str) -> int | None:
 
 def infer_frequency(frame: pl.DataFrame) -> str:
     """The most common step between consecutive observations, as a polars duration."""
-    _, s, _, t = _in_series_order(frame.select(pl.col("series_id").cast(pl.String),
-                                               pl.col("timestamp").cast(pl.Datetime("us"))))
-    d = np.diff(t)
-    ok = np.diff(s) == 0
-    ok &= d > 0
+    f = by_series(frame.select(pl.col("series_id").cast(pl.String), pl.col("timestamp").cast(pl.Datetime("us"))))
+    d = np.diff(f["timestamp"].to_physical().to_numpy())
+    d[_run_starts(f["series_id"])[1][1:] - 1] = 0  # the steps from one series into the next do not count
+    ok = d > 0
     n = int(ok.sum())
     if n == 0:
         raise ValueError("cannot infer the frequency: no series has two observations; pass --frequency")
@@ -461,8 +460,10 @@ def _on_grid(f: pl.DataFrame, s: np.ndarray, t: np.ndarray, obs: np.ndarray,
     return gs, gt, g, on
 
 
-def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The placed frame, and per input series how many rows were dropped and why.
+def _place(frame: pl.DataFrame, calendar: Calendar,
+           ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[np.ndarray, np.ndarray, pl.Series] | None]:
+    """The placed frame, per input series how many rows were dropped and why, and ``_runs`` of the placed
+    ids when no step was missing (None: a step was filled, the caller reads them).
 
     A series runs from its first to its last observed (non-null) target on its
     own grid. Blank rows outside that span are leading / trailing blanks, other
@@ -472,18 +473,22 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
     f, s, names, t = _sorted(frame)
     obs = f["target"].is_not_null().to_numpy()
     step = _duration_us(calendar.frequency) if calendar.kind == "regular" else None
-    if step is not None:  # a fixed step: the grid is arithmetic, nothing to build to find the rows on it
+    regular = step is not None and _every_step(t, s, step)
+    if regular:  # the usual input: every row one step after the one before it in its series
+        on, gs = None, None  # every row between a series' first and last observation is on its grid
+    elif step is not None:  # a fixed step: the grid is arithmetic, nothing to build to find the rows on it
         on, gs = _on_fixed_grid(s, t, obs, step, names.len()), None
     else:
         gs, gt, g, on = _on_grid(f, s, t, obs, calendar)
-    first, last = _first_last(on & obs, s, names.len())
+    first, last = _first_last(obs if regular else on & obs, s, names.len())
     rows = np.arange(len(s), dtype=np.int32 if len(s) < 2**31 else np.int64)
     fs = first.astype(rows.dtype)[s]  # each row's series' first and last kept row, gathered once each
     kept = rows >= fs
     del fs
     ls = last.astype(rows.dtype)[s]
     kept &= rows <= ls  # a series with nothing observed (first = last = -1) keeps no row
-    kept &= on
+    if on is not None:
+        kept &= on
     # every row of a series with an observation is kept, a blank before or after the span, or off the grid; the
     # blank ones are few (a blank is an unobserved row, usually none): the lead/trail split reads only those
     has = (first >= 0)[s]
@@ -494,14 +499,15 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
     off[lead], off[trail] = False, False
     n = names.len()
     placing = pl.DataFrame({
-        "series_id": names, "rows": np.bincount(s, minlength=n),
+        "series_id": names, "rows": np.diff(np.searchsorted(s, np.arange(n + 1, dtype=s.dtype))),
         "leading_blanks": np.bincount(s[lead], minlength=n), "trailing_blanks": np.bincount(s[trail], minlength=n),
         "off_grid": np.bincount(s[off], minlength=n), "empty": first < 0,
     })
     del has, blank, lead, trail, off
     if gs is None:
-        if _whole(t, s, kept, step):  # the usual case: no step missing, the rows kept are the placed frame
-            return _kept_rows(f, s[kept], kept), placing
+        if regular or _whole(t, s, kept, step):  # no step missing: the rows kept are the placed frame
+            runs = _kept_runs(s, kept, names, first, last, contiguous=regular)
+            return _kept_rows(f, runs[0], kept), placing, runs
         gs, gt, g, _ = _on_grid(f, s, t, obs, calendar)  # the same rows are on the grid: build it to fill the steps
     del t, on, obs
     take = np.full(len(gt), -1, rows.dtype)  # the row on each grid step; -1: a missing step
@@ -516,7 +522,18 @@ def _place(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, pl.Da
         step = np.arange(len(gt))
         inside = (step >= cut_lo[gs]) & (step <= cut_hi[gs])
         gs, gt, take = gs[inside], gt[inside], take[inside]
-    return _assemble(f, names, gs, gt, take), placing
+    return _assemble(f, names, gs, gt, take), placing, None
+
+
+def _kept_runs(s: np.ndarray, kept: np.ndarray, names: pl.Series, first: np.ndarray, last: np.ndarray,
+               contiguous: bool) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+    """``_runs`` of the rows ``kept`` (each series' rows from its first to its last kept row ``first``,
+    ``last``; -1: none), from the counts instead of a pass over the kept ids. ``contiguous``: every row in
+    between is kept (then no pass over the rows at all)."""
+    has = first >= 0
+    lengths = (last - first + 1)[has] if contiguous else np.bincount(s[kept], minlength=len(first))[has]
+    numbers = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
+    return numbers, np.cumsum(lengths) - lengths, names if has.all() else names.filter(pl.Series(has))
 
 
 def _on_fixed_grid(s: np.ndarray, t: np.ndarray, obs: np.ndarray, step: int, n_series: int) -> np.ndarray:
@@ -530,6 +547,18 @@ def _on_fixed_grid(s: np.ndarray, t: np.ndarray, obs: np.ndarray, step: int, n_s
     d %= step
     on &= d == 0
     return on
+
+
+def _every_step(t: np.ndarray, s: np.ndarray, step: int) -> bool:
+    """Whether every row is one ``step`` after the row before it in its series (no step missing, none off the
+    grid, no time twice). Then each series' observed span is a run of its rows, all on its grid, so the
+    placed frame is the rows from each series' first to its last observation (``_place`` skips the grid test
+    and the completeness check: two passes over every row's time and series, and a modulus)."""
+    if len(t) < 2:
+        return True
+    ok = np.diff(t) == step
+    ok |= np.diff(s) != 0
+    return bool(ok.all())
 
 
 def _whole(t: np.ndarray, s: np.ndarray, kept: np.ndarray, step: int) -> bool:
@@ -591,7 +620,7 @@ def regularize(frame: pl.DataFrame, calendar: Calendar) -> tuple[pl.DataFrame, i
     that fell off their series' grid. Blank rows before the first / after the
     last observation, and series with no observation, are left out.
     """
-    placed, placing = _place(frame, calendar)
+    placed, placing, _ = _place(frame, calendar)
     return placed, int(placing["off_grid"].sum())
 
 
@@ -667,16 +696,16 @@ def _hampel_rows(y: np.ndarray, s: np.ndarray, starts: np.ndarray, past: np.ndar
     count = seen[i - base] - seen[first - base]
     v = y[at]
     w.sort(axis=1)  # NaN last: a row's ``count`` values come first
-    # Per row: the median and two order statistics that bound the MAD from below (``_positions``).
-    a = w[:, _positions(np.array([window]))[0]]  # full windows: the same four positions in every row
-    part = np.flatnonzero(count < window)  # windows with missing values (or cut by a series' start)
-    if part.size:
-        a[part] = np.take_along_axis(w[part], _positions(count[part]), axis=1)
-    med = (a[:, 0] + a[:, 1]) / 2
+    # Per row: the median and two order statistics that bound the MAD from below (``_positions``), each
+    # gathered from the flat buffer (a (rows, 4) fancy index, and a second one for the windows with
+    # missing values, cost twice as much).
+    flat, base = w.reshape(-1), np.arange(0, w.size, window)
+    mid_lo, mid_hi, p, q = (flat[base + j] for j in _positions(count))
+    med = (mid_lo + mid_hi) / 2
     # Only a value outside med ± k·(that floor) can be an outlier: only those rows need their MAD (a
     # second sort). On real data that is a few rows in a hundred.
     with np.errstate(invalid="ignore"):
-        low, high = _band(med, 1.4826 * np.minimum(med - a[:, 2], a[:, 3] - med), k)
+        low, high = _band(med, 1.4826 * np.minimum(med - p, q - med), k)
         rows = np.flatnonzero((count >= 3) & ((v < low) | (v > high)))  # a NaN value compares False
     if not rows.size:
         return
@@ -684,8 +713,9 @@ def _hampel_rows(y: np.ndarray, s: np.ndarray, starts: np.ndarray, past: np.ndar
     np.subtract(d, m[:, None], out=d)
     np.abs(d, out=d)
     d.sort(axis=1)  # NaN last again
-    b = np.take_along_axis(d, _positions(count[rows])[:, :2], axis=1)
-    low, high = _band(m, 1.4826 * ((b[:, 0] + b[:, 1]) / 2), k)
+    flat, base = d.reshape(-1), np.arange(0, d.size, window)
+    mid_lo, mid_hi = (flat[base + j] for j in _positions(count[rows])[:2])
+    low, high = _band(m, 1.4826 * ((mid_lo + mid_hi) / 2), k)
     x = v[rows]
     f = (x < low) | (x > high)
     flag[i[rows[f]]] = True
@@ -698,7 +728,7 @@ def _band(med: np.ndarray, mad: np.ndarray, k: float) -> tuple[np.ndarray, np.nd
     return med - k * mad, med + k * mad
 
 
-def _positions(count: np.ndarray) -> np.ndarray:
+def _positions(count: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For windows of ``count`` sorted values (NaN after them), four positions per window: the two middle
     ones (the median is their mean, as numpy's nanmedian computes it) and p < q whose values bound the
     MAD from below.
@@ -710,10 +740,9 @@ def _positions(count: np.ndarray) -> np.ndarray:
     it: x is itself one of the computed distances and rounding is monotone, so the band made from x
     lies inside the window's exact band.
     """
-    high = count // 2
-    span = (count + 1) // 2
-    p = (count - span) // 2
-    return np.stack([np.maximum(high - 1 + count % 2, 0), high, p, p + span], axis=1)
+    high, odd = count >> 1, count & 1  # n // 2 and n % 2: ceil(n/2) = high + odd, and n - ceil(n/2) = high
+    p = high >> 1  # (n - ceil(n/2)) // 2
+    return np.maximum(high - 1 + odd, 0), high, p, p + high + odd
 
 
 def fit_iqr_bounds(frame: pl.DataFrame, train_end: dt.datetime, k: float) -> dict[str, list[float]]:
@@ -895,12 +924,13 @@ def _clean(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, train_end:
     """The cleaning itself (see ``clean_observations``): the clean frame, the placing counts, the series every
     value of which was dropped, the IQR bounds, and ``_runs`` of the clean ids (None when series were dropped)."""
     season = cfg.season_length or season_length_for(calendar)
-    placed, placing = _place(valid, calendar)
+    placed, placing, runs = _place(valid, calendar)
     if cfg.outliers == "iqr" and iqr_bounds is None:
         if train_end is None:
             raise ValueError("IQR bounds must be fitted on a training span or given")
         iqr_bounds = fit_iqr_bounds(placed, train_end, cfg.outlier_threshold)
-    runs = _runs(placed["series_id"])  # once: the steps below keep the rows (one pass over the ids each, before)
+    if runs is None:  # once: the steps below keep the rows (one pass over the ids each, before)
+        runs = _runs(placed["series_id"])
     treated = treat_outliers(placed, cfg, season, iqr_bounds, tail, runs)
     del placed  # one full frame at a time: each step shares the columns it does not change
     clean = fill_gaps(treated, cfg.max_gap, cfg.fill, runs[1])

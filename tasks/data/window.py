@@ -193,7 +193,8 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
         origins = _outside_long_gaps(frame["in_long_gap"].to_numpy(), codes, offsets, origins, need, lookback,
                                      horizon)
     if skip:  # after the long gaps: those count each series' origins from the whole ranges
-        origins = origins[~np.isin(ids, np.asarray(skip, dtype=ids.dtype))[codes[origins]]]
+        per = np.diff(np.searchsorted(origins, offsets))  # origins are sorted: each series' origins are a run
+        origins = origins[np.repeat(~np.isin(ids, np.asarray(skip, dtype=ids.dtype)), per)]
     short = [str(s) for s in ids[counts < need + horizon]]
     splits: dict[str, np.ndarray]
     if train_end is None:

@@ -495,22 +495,30 @@ def test_gap_fill_equals_polars_interpolate_bit_for_bit(method, max_gap):
 @pytest.mark.parametrize("freq,hours", [("1h", 1), ("2h", 2), ("1d", 24), ("1w", 168)])
 def test_a_fixed_step_places_rows_without_building_the_grid_as_the_grid_does(freq, hours, monkeypatch):
     """For a fixed step the rows on each series' grid are found arithmetically (``_on_fixed_grid``) and, when no
-    step is missing (``_whole``), the rows kept are the placed frame: the same rows, and the same placed frame
-    and counts, as building the grid (``_on_grid``) gives, on ragged series with gaps, off-grid rows, repeated
-    stamps, blank edges and a series with nothing observed."""
+    step is missing (``_whole``), the rows kept are the placed frame; when every row is one step after the one
+    before it (``_every_step``) neither test runs: the same rows, and the same placed frame, counts and run
+    lengths of the placed ids, as building the grid (``_on_grid``) gives, on ragged series with gaps, off-grid
+    rows, repeated stamps, blank edges and a series with nothing observed."""
     import nightcast.tasks.data.clean as clean
 
     rng = np.random.default_rng(hours)
     real, told = clean._whole, []
     monkeypatch.setattr(clean, "_whole", lambda *a: told.append(real(*a)) or told[-1])
+    every, regular = clean._every_step, []
+    monkeypatch.setattr(clean, "_every_step", lambda *a: regular.append(every(*a)) or regular[-1])
     for trial in range(40):
         frames = []
         for i in range(int(rng.integers(1, 10))):
             n = int(rng.integers(1, 50))
-            k = np.arange(n) if rng.random() < 0.5 else np.sort(rng.choice(2 * n, n, replace=rng.random() < 0.2))
+            k = np.arange(n) if rng.random() < 0.7 else np.sort(rng.choice(2 * n, n, replace=rng.random() < 0.2))
             stamps = [T0 + dt.timedelta(hours=int(j) * hours, minutes=15 * (i % 3)) for j in k]
             if rng.random() < 0.3:  # off-grid rows
                 stamps = [s + dt.timedelta(minutes=7) if rng.random() < 0.1 else s for s in stamps]
+            if rng.random() < 0.3:  # off-grid rows between steps, every step still there
+                extra = sorted(rng.choice(n, min(n, int(rng.integers(1, 4))), replace=False).tolist(), reverse=True)
+                for j in extra:
+                    stamps.insert(j + 1, stamps[j] + dt.timedelta(minutes=7))
+                n = len(stamps)
             y = rng.normal(size=n)
             y[rng.random(n) < (1.0 if i == 4 else rng.uniform(0, 0.5))] = np.nan  # series 4: nothing observed
             frames.append(_series(stamps, y.tolist(), f"s{i}").with_columns(pl.col("target").fill_nan(None)))
@@ -518,12 +526,18 @@ def test_a_fixed_step_places_rows_without_building_the_grid_as_the_grid_does(fre
         obs = f["target"].is_not_null().to_numpy()
         on = clean._on_fixed_grid(s, t, obs, hours * 3_600_000_000, names.len())
         assert np.array_equal(on, clean._on_grid(f, s, t, obs, Calendar(freq))[3]), trial
-        placed, placing = clean._place(f, Calendar(freq))
+        placed, placing, runs = clean._place(f, Calendar(freq))
         with monkeypatch.context() as m:  # the grid built whatever the rows: every step placed from it
             m.setattr(clean, "_whole", lambda *a: False)
-            built, built_placing = clean._place(f, Calendar(freq))
+            m.setattr(clean, "_every_step", lambda *a: False)
+            built, built_placing, _ = clean._place(f, Calendar(freq))
         assert placed.equals(built) and placing.equals(built_placing), trial
+        if runs is not None:  # the run lengths _place derived from its counts: a pass over the placed ids'
+            want = clean._runs(placed["series_id"])
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(runs[:2], want[:2])), trial
+            assert runs[2].equals(want[2]) and runs[2].name == want[2].name, trial
     assert any(told) and not all(told)  # both: grids with no step missing, and grids with missing steps filled
+    assert any(regular) and not all(regular)  # inputs with every step in place, and others
 
 
 # --- scoring's tails: the outlier rule judges only the rows the tails depend on -------------------------

@@ -329,3 +329,34 @@ def test_the_window_index_reads_the_encoders_runs_of_the_ids(monkeypatch):
     plain = _index(clean, 12, 3, train_end, val_end, 1, 4)  # its own pass over the ids
     assert index.series_ids == plain["series_ids"] and np.array_equal(index.offsets, plain["offsets"])
     assert all(np.array_equal(index.splits[k], plain["splits"][k]) for k in plain["splits"]) and len(index.splits["train"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_skipped_series_lose_exactly_their_own_windows(seed):
+    """The series an index skips (no training data) lose their windows and no other series does: on ragged
+    series of different lengths, some with a long gap, every split equals the unskipped index's without the
+    skipped series' windows (each series' origins are one run of the sorted origins, cut out by its count)."""
+    from nightcast.tasks.data.window import _index
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k in range(12):
+        n = int(rng.integers(5, 60))
+        stamps = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=int(rng.integers(0, 20)) + i) for i in range(n)]
+        gap = np.zeros(n, bool)
+        if rng.random() < 0.3:
+            gap[n // 3: n // 3 + 3] = True
+        parts.append(pl.DataFrame({"series_id": f"s{k:02d}", "timestamp": pl.Series(stamps, dtype=pl.Datetime("us")),
+                                   "target": rng.normal(size=n), "observed": True, "in_long_gap": gap}))
+    clean = pl.concat(parts)
+    cut = sorted(clean["timestamp"].unique())
+    train_end, val_end = cut[len(cut) // 2], cut[3 * len(cut) // 4]
+    skip = sorted(rng.choice([f"s{k:02d}" for k in range(12)], 4, replace=False).tolist())
+    whole = _index(clean, 6, 3, train_end, val_end, 1, 4)
+    skipped = _index(clean, 6, 3, train_end, val_end, 1, 4, skip)
+    codes = whole["series"]
+    gone = np.isin(np.array(whole["series_ids"]), skip)
+    for split, starts in whole["splits"].items():
+        origins = starts + 5
+        assert np.array_equal(skipped["splits"][split], starts[~gone[codes[origins]]]), split
+    assert any(len(s) for s in skipped["splits"].values())
