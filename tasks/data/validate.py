@@ -333,7 +333,9 @@ def _duplicates(typed: pl.DataFrame, raw: pl.DataFrame, key: list[str]) -> tuple
     did not parse) is unknown, not equal to another: that row breaks its own rule, and only it.
     """
     (a, a_prev), (b, b_prev) = (_neighbours(typed, c) for c in key)
-    same = (a.eq(a_prev) & b.eq(b_prev)).fill_null(False)  # row i + 1 has row i's key
+    same = b.eq(b_prev).fill_null(False)  # row i + 1 has row i's time: the only rows whose ids need comparing
+    if same.any():
+        same &= a.eq(a_prev).fill_null(False)  # row i + 1 has row i's key
     if not same.any():
         return typed, 0, pl.DataFrame(schema=_CASES)
     no = pl.Series([False])
