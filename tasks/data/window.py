@@ -180,7 +180,12 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
            runs: pl.Series | None = None) -> dict:
     """Everything of a ``WindowIndex`` but the stacked feature arrays (``make_windows``). The series of
     ``skip`` keep their rows (and a place among ``series_ids``) but get no window. ``runs``: the ids' rle when
-    the caller has it (a ``FeatureEncoder`` over ``frame``)."""
+    the caller has it (a ``FeatureEncoder`` over ``frame``).
+
+    Each series' origins are one run of rows, and so are its windows of each split: a split is the rows
+    whose target times fall on one side of a cut, and a series' times only grow. So each split is built as
+    one range per series from where the cuts fall in that series (``_first_after``), never as every origin
+    with a mask and the target times of every window (three window-sized arrays, before)."""
     if runs is None:
         runs = frame["series_id"].rle()  # sorted: one run per series, in id order (no Python-object sort)
     ids, counts = runs.struct.field("value").to_numpy(), runs.struct.field("len").to_numpy().astype(np.int64)
@@ -188,37 +193,38 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
     codes = np.repeat(np.arange(len(ids), dtype=np.int32), counts)
     ts = frame["timestamp"].to_numpy()
     need = lookback if min_input is None else max(1, min(int(min_input), lookback))
-    origins = _origins(offsets, need, horizon)
-    if "in_long_gap" in frame.columns and frame["in_long_gap"].any():  # no real step of a window in a long gap
-        origins = _outside_long_gaps(frame["in_long_gap"].to_numpy(), codes, offsets, origins, need, lookback,
-                                     horizon)
-    if skip:  # after the long gaps: those count each series' origins from the whole ranges
-        per = np.diff(np.searchsorted(origins, offsets))  # origins are sorted: each series' origins are a run
-        origins = origins[np.repeat(~np.isin(ids, np.asarray(skip, dtype=ids.dtype)), per)]
+    first = offsets[:-1] + need - 1  # each series' first origin: ``need`` steps of it up to there
+    last = offsets[1:] - 1 - horizon  # its last: a full horizon after
+    if skip:
+        last[np.isin(ids, np.asarray(skip, dtype=ids.dtype))] = -1  # no origin at all
+    gaps = frame["in_long_gap"].to_numpy() if "in_long_gap" in frame.columns and frame["in_long_gap"].any() else None
+
+    def split(lo: np.ndarray, hi: np.ndarray, step: int = 1) -> np.ndarray:
+        """The window starts of origins lo, lo + step, ... up to hi in each series; none in a long gap."""
+        origins = _ranges(lo, np.where(hi >= lo, (hi - lo) // step + 1, 0), step)
+        if gaps is not None:  # no real step of a window in a long gap
+            origins = _outside_long_gaps(gaps, codes, offsets, origins, lookback, horizon)
+        origins -= lookback - 1  # in place: the origins are not used after
+        return origins
+
     short = [str(s) for s in ids[counts < need + horizon]]
     splits: dict[str, np.ndarray]
     if train_end is None:
-        starts = _to_starts(origins, lookback)
-        splits = {"all": starts}
+        splits = {"all": split(first, last)}
     elif stride <= 1 and len(ts) and train_end == val_end and np.datetime64(train_end, "us") >= ts.max():
-        # a refit's cuts at the newest step: every window is a training window (no target times to gather)
-        starts = _to_starts(origins, lookback)
+        # a refit's cuts at the newest step: every window is a training window
+        starts = split(first, last)
         splits = {"train": starts, "val": starts[:0], "test": starts[:0]}
     else:
-        te, ve = np.datetime64(train_end, "us"), np.datetime64(val_end, "us")
-        last_t = np.take(ts[horizon:], origins)  # each window's last target time (ts[origin + horizon])
-        is_train = last_t <= te
-        in_val = ~is_train & (last_t <= ve)
-        del last_t
-        first_t = np.take(ts[1:], origins)  # its first target time
-        in_val &= first_t > te
-        in_test = first_t > ve
-        del first_t
-        if stride > 1:  # every stride-th origin of a series, from its first
-            is_train &= (origins - offsets[codes[origins]] - (need - 1)) % stride == 0
-        starts = _to_starts(origins, lookback)
-        splits = {"train": starts[is_train], "val": starts[in_val], "test": starts[in_test]}
-        del starts
+        # each series' first row after each cut (its rows at or before a cut come first: its times only grow)
+        after_te, after_ve = (_first_after(ts, offsets, np.datetime64(cut, "us")) for cut in (train_end, val_end))
+        splits = {
+            # every target at or before train_end (every stride-th origin of a series, from its first)
+            "train": split(first, np.minimum(last, after_te - 1 - horizon), max(1, stride)),
+            # the first target after train_end, the last at or before val_end
+            "val": split(np.maximum(first, after_te - 1), np.minimum(last, after_ve - 1 - horizon)),
+            "test": split(np.maximum(first, after_ve - 1), last),  # the first target after val_end
+        }
     return dict(
         target=np.asarray(frame["target"].to_numpy(), dtype=np.float64),  # no copy of a Float64 column
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),
@@ -228,26 +234,47 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
     )
 
 
-def _to_starts(origins: np.ndarray, lookback: int) -> np.ndarray:
-    """Window starts from origins, in place: ``origins`` is not used after."""
-    origins -= lookback - 1
-    return origins
+def _first_after(ts: np.ndarray, offsets: np.ndarray, cut: np.datetime64) -> np.ndarray:
+    """Each series' first row with a time after ``cut`` (its end when none): a binary search in every series
+    at once, since a series' times only grow (log2 of the longest series' rows trips over arrays of one
+    value per series, never a pass over every row)."""
+    lo, hi = offsets[:-1].copy(), offsets[1:].copy()  # the answer lies in [lo, hi]
+    while (open_ := lo < hi).any():
+        mid = (lo + hi) // 2
+        right = open_ & (ts[np.minimum(mid, len(ts) - 1)] <= cut)  # row mid is at or before the cut
+        lo = np.where(right, mid + 1, lo)
+        hi = np.where(open_ & ~right, mid, hi)
+    return lo
+
+
+def _ranges(lo: np.ndarray, n: np.ndarray, step: int = 1) -> np.ndarray:
+    """lo[k], lo[k] + step, ..., n[k] values of each, concatenated (int64): one running sum of steps that are
+    ``step`` inside a range and jump where the next range starts (memory: the result alone)."""
+    has = np.flatnonzero(n > 0)
+    lo, n = lo[has], n[has]
+    total = int(n.sum())
+    out = np.full(total, step, np.int64)
+    if total:
+        out[(np.cumsum(n) - n)[1:]] = lo[1:] - (lo[:-1] + step * (n[:-1] - 1))
+        out[0] = lo[0]
+        np.cumsum(out, out=out)
+    return out
 
 
 def _outside_long_gaps(gap: np.ndarray, codes: np.ndarray, offsets: np.ndarray, origins: np.ndarray,
-                       need: int, lookback: int, horizon: int) -> np.ndarray:
-    """The origins whose window has no real step in a long gap (``gap``: each row's flag).
+                       lookback: int, horizon: int) -> np.ndarray:
+    """The origins (sorted) whose window has no real step in a long gap (``gap``: each row's flag).
 
     A window's real steps lie inside its own series, so only the origins of series with a long gap are
-    looked at (usually a few: 1 of 10,000 series in the scale bench's panel), and the gap rows before a
-    step are counted by a binary search among the gap rows (no cumulative sum over every row)."""
+    looked at (usually a few: 1 of 10,000 series in the scale bench's panel), found by a binary search
+    (a series' origins are one run of the sorted origins), and the gap rows before a step are counted by a
+    binary search among the gap rows (no cumulative sum over every row)."""
     gap_rows = np.flatnonzero(gap)
     hit = np.unique(codes[gap_rows])  # the series with a long gap
-    per = _origins_per_series(np.diff(offsets), need, horizon)  # ``origins`` holds each series' origins in a run of these
-    first = np.cumsum(per) - per
-    n = per[hit]
+    lo, hi = np.searchsorted(origins, offsets[hit]), np.searchsorted(origins, offsets[hit + 1])
+    n = hi - lo
     at = np.arange(int(n.sum()), dtype=np.int64)  # those series' origins, as positions into ``origins``
-    at += np.repeat(first[hit] - (np.cumsum(n) - n), n)
+    at += np.repeat(lo - (np.cumsum(n) - n), n)
     o = origins[at]
     real_start = np.maximum(o - lookback + 1, offsets[codes[o]])  # a window's first real step: its series' start at the earliest
     bad = np.searchsorted(gap_rows, o + horizon + 1) != np.searchsorted(gap_rows, real_start)
@@ -256,29 +283,6 @@ def _outside_long_gaps(gap: np.ndarray, codes: np.ndarray, offsets: np.ndarray, 
     keep = np.ones(len(origins), bool)
     keep[at[bad]] = False
     return origins[keep]
-
-
-def _origins_per_series(counts: np.ndarray, need: int, horizon: int) -> np.ndarray:
-    """How many origins each series of ``counts`` rows has: ``need`` steps up to one, a horizon after it."""
-    return np.maximum(counts - (need - 1) - horizon, 0)
-
-
-def _origins(offsets: np.ndarray, need: int, horizon: int) -> np.ndarray:
-    """Every row with ``need`` steps of its series up to it and a full horizon after: one range per series,
-    concatenated, as one running sum of steps that are 1 inside a range and jump where the next range
-    starts (memory: the origins alone, no row-sized temporaries)."""
-    per = _origins_per_series(np.diff(offsets), need, horizon)
-    has = np.flatnonzero(per)  # series with at least one origin
-    total = int(per.sum())
-    first = (np.cumsum(per) - per)[has]  # where each range starts
-    lengths = per[has]
-    origins = np.ones(total, np.int64)
-    if total:
-        start = offsets[:-1][has] + need - 1  # each range's first origin
-        origins[first[1:]] = start[1:] - (start[:-1] + lengths[:-1] - 1)
-        origins[0] = start[0]
-        np.cumsum(origins, out=origins)
-    return origins
 
 
 ENCODE_ROWS = 1 << 18

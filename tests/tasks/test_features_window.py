@@ -360,3 +360,61 @@ def test_skipped_series_lose_exactly_their_own_windows(seed):
         origins = starts + 5
         assert np.array_equal(skipped["splits"][split], starts[~gone[codes[origins]]]), split
     assert any(len(s) for s in skipped["splits"].values())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_splits_equal_the_per_window_definition(seed):
+    """The index builds each split as one range of origins per series; every split equals the definition
+    checked window by window: an origin with ``min_input`` steps of its series up to it and a full horizon
+    after, no real step in a long gap, not in a skipped series; train: its last target at or before
+    train_end (every stride-th origin of a series, from its first); validation: its first target after
+    train_end and its last at or before val_end; test: its first target after val_end. Ragged series that
+    start and end at different times, some too short, with long gaps, padded or not."""
+    from nightcast.tasks.data.window import _index
+
+    rng = np.random.default_rng(seed)
+    for trial in range(60):
+        parts = []
+        for k in range(int(rng.integers(1, 7))):
+            n, h0 = int(rng.integers(1, 40)), int(rng.integers(0, 15))
+            gap = np.zeros(n, bool)
+            if rng.random() < 0.3:
+                g0 = int(rng.integers(0, n))
+                gap[g0: g0 + int(rng.integers(1, 5))] = True
+            parts.append(pl.DataFrame({
+                "series_id": f"s{k}", "target": rng.normal(size=n), "observed": True, "in_long_gap": gap,
+                "timestamp": pl.Series([dt.datetime(2024, 1, 1) + dt.timedelta(hours=h0 + i) for i in range(n)],
+                                       dtype=pl.Datetime("us"))}))
+        clean = pl.concat(parts)
+        lookback, horizon = int(rng.integers(1, 8)), int(rng.integers(1, 5))
+        min_input = None if rng.random() < 0.4 else int(rng.integers(1, lookback + 1))
+        stride = int(rng.choice([1, 2, 3]))
+        ids = sorted(set(clean["series_id"]))
+        skip = sorted(set(rng.choice(ids, int(rng.integers(1, 3))).tolist())) if rng.random() < 0.4 else None
+        stamps = sorted(clean["timestamp"].unique())
+        i = int(rng.integers(0, len(stamps)))
+        train_end, val_end = (None, None) if rng.random() < 0.2 else (stamps[i], stamps[int(rng.integers(i, len(stamps)))])
+        got = _index(clean, lookback, horizon, train_end, val_end, stride, min_input, skip)["splits"]
+
+        need = lookback if min_input is None else min_input
+        want: dict[str, list[int]] = {"all": [], "train": [], "val": [], "test": []}
+        t, gap = clean["timestamp"].to_list(), clean["in_long_gap"].to_numpy()
+        row = 0
+        for part in parts:
+            n, name = part.height, part["series_id"][0]
+            for o in range(row + need - 1, row + n - horizon):  # each origin of this series
+                if name in (skip or []) or gap[max(o - lookback + 1, row): o + horizon + 1].any():
+                    continue
+                if train_end is None:
+                    want["all"].append(o)
+                elif t[o + horizon] <= train_end:
+                    if (o - (row + need - 1)) % stride == 0:
+                        want["train"].append(o)
+                elif t[o + 1] > train_end and t[o + horizon] <= val_end:
+                    want["val"].append(o)
+                if train_end is not None and t[o + 1] > val_end:
+                    want["test"].append(o)
+            row += n
+        assert set(got) == ({"all"} if train_end is None else {"train", "val", "test"}), trial
+        for split, starts in got.items():
+            assert starts.tolist() == [o - lookback + 1 for o in want[split]], (trial, split)
