@@ -463,7 +463,8 @@ def _on_grid(f: pl.DataFrame, s: np.ndarray, t: np.ndarray, obs: np.ndarray,
 def _place(frame: pl.DataFrame, calendar: Calendar,
            ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[np.ndarray, np.ndarray, pl.Series] | None]:
     """The placed frame, per input series how many rows were dropped and why, and ``_runs`` of the placed
-    ids when no step was missing (None: a step was filled, the caller reads them).
+    ids when they come from the counts (a fixed step with no step missing; None otherwise, as for month and
+    business-day calendars: the caller reads them).
 
     A series runs from its first to its last observed (non-null) target on its
     own grid. Blank rows outside that span are leading / trailing blanks, other
@@ -473,22 +474,20 @@ def _place(frame: pl.DataFrame, calendar: Calendar,
     f, s, names, t = _sorted(frame)
     obs = f["target"].is_not_null().to_numpy()
     step = _duration_us(calendar.frequency) if calendar.kind == "regular" else None
-    regular = step is not None and _every_step(t, s, step)
-    if regular:  # the usual input: every row one step after the one before it in its series
-        on, gs = None, None  # every row between a series' first and last observation is on its grid
-    elif step is not None:  # a fixed step: the grid is arithmetic, nothing to build to find the rows on it
+    if step is not None and _every_step(t, s, step):  # the usual input
+        return _place_every_step(f, s, names, obs)
+    if step is not None:  # a fixed step: the grid is arithmetic, nothing to build to find the rows on it
         on, gs = _on_fixed_grid(s, t, obs, step, names.len()), None
     else:
         gs, gt, g, on = _on_grid(f, s, t, obs, calendar)
-    first, last = _first_last(obs if regular else on & obs, s, names.len())
+    first, last = _first_last(on & obs, s, names.len())
     rows = np.arange(len(s), dtype=np.int32 if len(s) < 2**31 else np.int64)
     fs = first.astype(rows.dtype)[s]  # each row's series' first and last kept row, gathered once each
     kept = rows >= fs
     del fs
     ls = last.astype(rows.dtype)[s]
     kept &= rows <= ls  # a series with nothing observed (first = last = -1) keeps no row
-    if on is not None:
-        kept &= on
+    kept &= on
     # every row of a series with an observation is kept, a blank before or after the span, or off the grid; the
     # blank ones are few (a blank is an unobserved row, usually none): the lead/trail split reads only those
     has = (first >= 0)[s]
@@ -505,8 +504,8 @@ def _place(frame: pl.DataFrame, calendar: Calendar,
     })
     del has, blank, lead, trail, off
     if gs is None:
-        if regular or _whole(t, s, kept, step):  # no step missing: the rows kept are the placed frame
-            runs = _kept_runs(s, kept, names, first, last, contiguous=regular)
+        if _whole(t, s, kept, step):  # no step missing: the rows kept are the placed frame
+            runs = _kept_runs(s, kept, names, first, last)
             return _kept_rows(f, runs[0], kept), placing, runs
         gs, gt, g, _ = _on_grid(f, s, t, obs, calendar)  # the same rows are on the grid: build it to fill the steps
     del t, on, obs
@@ -525,11 +524,34 @@ def _place(frame: pl.DataFrame, calendar: Calendar,
     return _assemble(f, names, gs, gt, take), placing, None
 
 
+def _place_every_step(f: pl.DataFrame, s: np.ndarray, names: pl.Series, obs: np.ndarray,
+                      ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[np.ndarray, np.ndarray, pl.Series]]:
+    """``_place`` when every row is one step after the one before it in its series (``_every_step``): each
+    series' span from its first to its last observation is a run of its rows, all on its grid, and the rows
+    before and after it are blanks (unobserved by definition), none off the grid. So the placed frame is
+    those runs, and the counts come from each series' first and last observed row alone: no pass over the
+    rows but the mask of the kept ones (the grid test, its modulus, the completeness check and the gathers
+    of the general path skipped)."""
+    n = names.len()
+    bounds = np.searchsorted(s, np.arange(n + 1, dtype=s.dtype))  # series k: rows bounds[k] .. bounds[k + 1] - 1
+    lo, hi = bounds[:-1], bounds[1:]
+    first, last = _first_last(obs, s, n)
+    has = first >= 0  # a series with nothing observed is empty: none of its rows is a blank to count
+    lead, trail, span = np.where(has, first - lo, 0), np.where(has, hi - 1 - last, 0), np.where(has, last - first + 1, 0)
+    placing = pl.DataFrame({"series_id": names, "rows": hi - lo, "leading_blanks": lead, "trailing_blanks": trail,
+                            "off_grid": np.zeros(n, np.int64), "empty": ~has})
+    pieces = np.stack([np.where(has, lead, hi - lo), span, trail], axis=1).ravel()  # per series: dropped, kept, dropped
+    kept = np.repeat(np.tile(np.array([False, True, False]), n), pieces)
+    runs = _kept_runs(s, kept, names, first, last, contiguous=True)
+    return _kept_rows(f, runs[0], kept), placing, runs
+
+
 def _kept_runs(s: np.ndarray, kept: np.ndarray, names: pl.Series, first: np.ndarray, last: np.ndarray,
-               contiguous: bool) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+               contiguous: bool = False) -> tuple[np.ndarray, np.ndarray, pl.Series]:
     """``_runs`` of the rows ``kept`` (each series' rows from its first to its last kept row ``first``,
-    ``last``; -1: none), from the counts instead of a pass over the kept ids. ``contiguous``: every row in
-    between is kept (then no pass over the rows at all)."""
+    ``last``; -1: none), from per-series counts instead of a run-length pass over the kept text ids: a
+    count of the kept rows' series numbers, or, when every row in between is kept (``contiguous``), from
+    ``first`` and ``last`` alone (no pass over the rows at all)."""
     has = first >= 0
     lengths = (last - first + 1)[has] if contiguous else np.bincount(s[kept], minlength=len(first))[has]
     numbers = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)

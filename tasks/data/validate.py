@@ -333,8 +333,8 @@ def _duplicates(typed: pl.DataFrame, raw: pl.DataFrame, key: list[str]) -> tuple
     did not parse) is unknown, not equal to another: that row breaks its own rule, and only it.
     """
     (a, a_prev), (b, b_prev) = (_neighbours(typed, c) for c in key)
-    same = b.eq(b_prev).fill_null(False)  # row i + 1 has row i's time: the only rows whose ids need comparing
-    if same.any():
+    same = b.eq(b_prev).fill_null(False)  # row i + 1 has row i's time (a key repeats only where a time does)
+    if same.any():  # then the ids too (all rows: a masked comparison would cost as much)
         same &= a.eq(a_prev).fill_null(False)  # row i + 1 has row i's key
     if not same.any():
         return typed, 0, pl.DataFrame(schema=_CASES)

@@ -182,10 +182,11 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
     ``skip`` keep their rows (and a place among ``series_ids``) but get no window. ``runs``: the ids' rle when
     the caller has it (a ``FeatureEncoder`` over ``frame``).
 
-    Each series' origins are one run of rows, and so are its windows of each split: a split is the rows
-    whose target times fall on one side of a cut, and a series' times only grow. So each split is built as
-    one range per series from where the cuts fall in that series (``_first_after``), never as every origin
-    with a mask and the target times of every window (three window-sized arrays, before)."""
+    Each series' origins are one run of rows, and so are its windows of each split: a split is the origins
+    whose target times lie on one side of a cut, or between the two, and a series' times never go down
+    (the frame is in series order: ``make_windows`` sorts it, the encoder requires it). So each split is built
+    as one range per series from where the cuts fall in that series (``_first_after``), never as every
+    origin with a mask and the target times of every window (three window-sized arrays, before)."""
     if runs is None:
         runs = frame["series_id"].rle()  # sorted: one run per series, in id order (no Python-object sort)
     ids, counts = runs.struct.field("value").to_numpy(), runs.struct.field("len").to_numpy().astype(np.int64)
@@ -216,15 +217,20 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
         starts = split(first, last)
         splits = {"train": starts, "val": starts[:0], "test": starts[:0]}
     else:
-        # each series' first row after each cut (its rows at or before a cut come first: its times only grow)
-        after_te, after_ve = (_first_after(ts, offsets, np.datetime64(cut, "us")) for cut in (train_end, val_end))
-        splits = {
-            # every target at or before train_end (every stride-th origin of a series, from its first)
-            "train": split(first, np.minimum(last, after_te - 1 - horizon), max(1, stride)),
-            # the first target after train_end, the last at or before val_end
-            "val": split(np.maximum(first, after_te - 1), np.minimum(last, after_ve - 1 - horizon)),
-            "test": split(np.maximum(first, after_ve - 1), last),  # the first target after val_end
-        }
+        # each series' first row after each cut (its rows at or before a cut come first: its times never go down)
+        after_te = _first_after(ts, offsets, np.datetime64(train_end, "us"))
+        # every target at or before train_end (every stride-th origin of a series, from its first)
+        train = split(first, np.minimum(last, after_te - 1 - horizon), max(1, stride))
+        if val_end is None:  # no second cut: no window is after it, none between the two
+            splits = {"train": train, "val": train[:0], "test": train[:0]}
+        else:
+            after_ve = _first_after(ts, offsets, np.datetime64(val_end, "us"))
+            splits = {
+                "train": train,
+                # the first target after train_end, the last at or before val_end
+                "val": split(np.maximum(first, after_te - 1), np.minimum(last, after_ve - 1 - horizon)),
+                "test": split(np.maximum(first, after_ve - 1), last),  # the first target after val_end
+            }
     return dict(
         target=np.asarray(frame["target"].to_numpy(), dtype=np.float64),  # no copy of a Float64 column
         observed=frame["observed"].to_numpy() if "observed" in frame.columns else np.ones(frame.height, bool),
@@ -235,9 +241,10 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
 
 
 def _first_after(ts: np.ndarray, offsets: np.ndarray, cut: np.datetime64) -> np.ndarray:
-    """Each series' first row with a time after ``cut`` (its end when none): a binary search in every series
-    at once, since a series' times only grow (log2 of the longest series' rows trips over arrays of one
-    value per series, never a pass over every row)."""
+    """Each series' first row with a time after ``cut`` (one past its last row when none): a binary search in
+    every series at once, since a series' times never go down (log2 of the longest series' rows trips over
+    arrays of one value per series, never a pass over every row). ``cut`` must be a time (NaT compares
+    false: every series' first row)."""
     lo, hi = offsets[:-1].copy(), offsets[1:].copy()  # the answer lies in [lo, hi]
     while (open_ := lo < hi).any():
         mid = (lo + hi) // 2

@@ -540,6 +540,37 @@ def test_a_fixed_step_places_rows_without_building_the_grid_as_the_grid_does(fre
     assert any(regular) and not all(regular)  # inputs with every step in place, and others
 
 
+def test_every_step_in_place_places_as_the_grid_does_with_blanks_and_an_empty_series(monkeypatch):
+    """Input with every row one step after the one before it in its series (``_every_step``): blank rows
+    before and after each series' observations, a series with nothing observed among the others, a series of
+    one row, and a series without blanks; the placed frame, counts and run lengths equal those of building
+    the grid."""
+    import nightcast.tasks.data.clean as clean
+
+    nan = float("nan")
+    f = pl.concat([
+        _series(_hours(6), [nan, nan, 1.0, nan, 2.0, nan], "a"),
+        _series(_hours(4, T0 + dt.timedelta(hours=3)), [nan] * 4, "b"),  # nothing observed: empty, no blank counted
+        _series(_hours(1), [5.0], "c"),
+        _series(_hours(5, T0 + dt.timedelta(hours=1)), [1.0, 2.0, 3.0, 4.0, 5.0], "d"),
+        _series(_hours(3), [nan, 7.0, nan], "e"),
+    ]).with_columns(pl.col("target").fill_nan(None))
+    spy = []
+    real = clean._place_every_step
+    monkeypatch.setattr(clean, "_place_every_step", lambda *a: spy.append(1) or real(*a))
+    placed, placing, runs = clean._place(f, Calendar("1h"))
+    assert spy  # the fast path ran
+    with monkeypatch.context() as m:
+        m.setattr(clean, "_every_step", lambda *a: False)
+        m.setattr(clean, "_whole", lambda *a: False)
+        built, built_placing, _ = clean._place(f, Calendar("1h"))
+    assert placed.equals(built) and placing.equals(built_placing)
+    assert placing.select("series_id", "leading_blanks", "trailing_blanks", "empty").rows() == [
+        ("a", 2, 1, False), ("b", 0, 0, True), ("c", 0, 0, False), ("d", 0, 0, False), ("e", 1, 1, False)]
+    want = clean._runs(placed["series_id"])
+    assert all(np.array_equal(a, b) for a, b in zip(runs[:2], want[:2])) and runs[2].equals(want[2])
+
+
 # --- scoring's tails: the outlier rule judges only the rows the tails depend on -------------------------
 
 @pytest.mark.parametrize("window", [3, 24])

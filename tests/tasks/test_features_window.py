@@ -418,3 +418,13 @@ def test_window_splits_equal_the_per_window_definition(seed):
         assert set(got) == ({"all"} if train_end is None else {"train", "val", "test"}), trial
         for split, starts in got.items():
             assert starts.tolist() == [o - lookback + 1 for o in want[split]], (trial, split)
+
+
+def test_a_training_cut_without_a_validation_cut_gives_training_windows_only():
+    """``make_windows`` with ``train_end`` alone: the training windows, and no validation or test window (none
+    of the training windows leaks into the test split)."""
+    frame = pl.DataFrame({"series_id": "a", "timestamp": pl.datetime_range(dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 10),
+                                                                          "1d", eager=True).cast(pl.Datetime("us")),
+                          "target": np.arange(10.0)})
+    index = make_windows(frame, ["target"], [], 3, 2, train_end=dt.datetime(2024, 1, 6))
+    assert index.splits["train"].tolist() == [0, 1] and not len(index.splits["val"]) and not len(index.splits["test"])
