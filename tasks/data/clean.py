@@ -128,11 +128,15 @@ def _months_per_step(frequency: str) -> int | None:
     return int(m.group(1)) * _MONTHS[m.group(2)] if m else None
 
 
-def infer_frequency(frame: pl.DataFrame) -> str:
-    """The most common step between consecutive observations, as a polars duration."""
-    f = by_series(frame.select(pl.col("series_id").cast(pl.String), pl.col("timestamp").cast(pl.Datetime("us"))))
+def infer_frequency(frame: pl.DataFrame, runs: Runs | None = None) -> str:
+    """The most common step between consecutive observations, as a polars duration. ``runs``: ``_runs`` of
+    ``frame``'s ids when the caller has them (read only if the frame is in series order)."""
+    typed = frame.select(pl.col("series_id").cast(pl.String), pl.col("timestamp").cast(pl.Datetime("us")))
+    f = by_series(typed)
+    ok_runs = runs is not None and f is typed and runs[2].dtype == f["series_id"].dtype and len(runs[0]) == f.height
+    starts = runs[1] if ok_runs else _run_starts(f["series_id"])[1]
     d = np.diff(f["timestamp"].to_physical().to_numpy())
-    d[_run_starts(f["series_id"])[1][1:] - 1] = 0  # the steps from one series into the next do not count
+    d[starts[1:] - 1] = 0  # the steps from one series into the next do not count
     ok = d > 0
     n = int(ok.sum())
     if n == 0:
@@ -231,9 +235,9 @@ def decide_season(frame: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, sha
 
 
 @on_small_pages
-def decide_calendar(frame: pl.DataFrame, cfg: CleanConfig) -> Calendar:
-    """Frequency and calendar kind, from the config or the data."""
-    frequency = cfg.frequency or infer_frequency(frame)
+def decide_calendar(frame: pl.DataFrame, cfg: CleanConfig, runs: Runs | None = None) -> Calendar:
+    """Frequency and calendar kind, from the config or the data (``runs``: see ``infer_frequency``)."""
+    frequency = cfg.frequency or infer_frequency(frame, runs)
     kind = cfg.calendar
     if kind == "auto":  # trading-day data: daily with no weekend stamp (only daily data is read for them)
         weekend = frequency == "1d" and frame.select((pl.col("timestamp").dt.weekday() >= 6).any()).item()
@@ -253,12 +257,22 @@ def decide_calendar(frame: pl.DataFrame, cfg: CleanConfig) -> Calendar:
 # Rows are stacked series (sorted by id, then time); ``s`` is each row's series number. Row
 # arithmetic on these numpy columns replaces any loop over series.
 
-def _runs(ids: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+Runs = tuple[np.ndarray, np.ndarray, pl.Series]
+"""``_runs``' result: each row's series number, each series' first row and its id."""
+
+
+def _runs(ids: pl.Series) -> Runs:
     """For stacked series: each row's series number, each series' first row, and its id. From the run
     lengths (``rle``, 5x faster than ``rle_id`` on a catalogue's ids), the numbers spread by numpy."""
     lengths, starts, names = _run_starts(ids)
     numbers = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
     return numbers, starts, names
+
+
+def id_runs(ids: pl.Series) -> Runs:
+    """The run lengths of a frame's ids (``_runs``), for a caller that hands them to both ``decide_calendar`` and
+    ``clean_observations``: one pass over the ids instead of one in each."""
+    return _runs(ids)
 
 
 def _run_starts(ids: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
@@ -403,22 +417,26 @@ def series_tails(frame: pl.DataFrame, n: int) -> pl.DataFrame:
     return frame.filter(pl.Series(from_end <= n))
 
 
-def _sorted(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
+def _sorted(frame: pl.DataFrame, runs: Runs | None = None) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
     """Typed and sorted by series then time (validation hands it over sorted: then no copy).
 
-    Returns the frame, each row's series number, the series ids and the timestamps (µs).
+    Returns the frame, each row's series number, the series ids and the timestamps (µs). ``runs``: see
+    ``_in_series_order``.
     """
     return _in_series_order(frame.with_columns(pl.col("series_id").cast(pl.String),
                                                pl.col("timestamp").cast(pl.Datetime("us")),
-                                               pl.col("target").cast(pl.Float64)))
+                                               pl.col("target").cast(pl.Float64)), runs)
 
 
-def _in_series_order(f: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
+def _in_series_order(f: pl.DataFrame, runs: Runs | None = None) -> tuple[pl.DataFrame, np.ndarray, pl.Series, np.ndarray]:
     """``f`` sorted by series then time (itself when it already is), each row's series number, the series
-    ids and the timestamps (the physical integers)."""
-    f = by_series(f)
-    s, _, names = _runs(f["series_id"])
-    return f, s, names, f["timestamp"].to_physical().to_numpy()
+    ids and the timestamps (the physical integers). ``runs``: ``_runs`` of ``f``'s ids in its row order when
+    the caller has them; used only when ``f`` needed no sort (else the sorted rows' own are read)."""
+    g = by_series(f)
+    if runs is None or g is not f or runs[2].dtype != g["series_id"].dtype or len(runs[0]) != g.height:
+        runs = _runs(g["series_id"])
+    s, _, names = runs
+    return g, s, names, g["timestamp"].to_physical().to_numpy()
 
 
 def _observed_span(s: np.ndarray, t: np.ndarray, obs: np.ndarray,
@@ -460,8 +478,8 @@ def _on_grid(f: pl.DataFrame, s: np.ndarray, t: np.ndarray, obs: np.ndarray,
     return gs, gt, g, on
 
 
-def _place(frame: pl.DataFrame, calendar: Calendar,
-           ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[np.ndarray, np.ndarray, pl.Series] | None]:
+def _place(frame: pl.DataFrame, calendar: Calendar, runs: Runs | None = None,
+           ) -> tuple[pl.DataFrame, pl.DataFrame, Runs | None]:
     """The placed frame, per input series how many rows were dropped and why, and ``_runs`` of the placed
     ids when they come from the counts (a fixed step with no step missing; None otherwise, as for month and
     business-day calendars: the caller reads them).
@@ -469,9 +487,10 @@ def _place(frame: pl.DataFrame, calendar: Calendar,
     A series runs from its first to its last observed (non-null) target on its
     own grid. Blank rows outside that span are leading / trailing blanks, other
     rows that are not on the grid are off-grid, and a series with nothing
-    observed on its grid is empty and left out whole.
+    observed on its grid is empty and left out whole. ``runs``: ``_runs`` of ``frame``'s ids when the caller
+    has them (``_in_series_order``).
     """
-    f, s, names, t = _sorted(frame)
+    f, s, names, t = _sorted(frame, runs)
     obs = f["target"].is_not_null().to_numpy()
     step = _duration_us(calendar.frequency) if calendar.kind == "regular" else None
     if step is not None and _every_step(t, s, step):  # the usual input
@@ -914,15 +933,16 @@ def _fill_inside(y: pl.Series, max_gap: int, method: str) -> tuple[pl.Series, np
 @on_small_pages
 def clean_observations(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar,
                        train_end: dt.datetime | None = None,
-                       iqr_bounds: dict[str, list[float]] | None = None,
+                       iqr_bounds: dict[str, list[float]] | None = None, runs: Runs | None = None,
                        ) -> tuple[pl.DataFrame, CleanReport, dict[str, list[float]] | None]:
     """Grid → outliers → gaps. Returns the clean frame, a report, and the IQR bounds used.
 
     A series that cannot be cleaned (nothing observed, or every value dropped
     as an outlier) is left out and named in the report; only when no series is
-    left does this raise.
+    left does this raise. ``runs``: ``_runs`` of ``valid``'s ids when the caller has them (the calendar's
+    decision read them too), so placing does not read the ids again.
     """
-    clean, placing, emptied, iqr_bounds, runs = _clean(valid, cfg, calendar, train_end, iqr_bounds)
+    clean, placing, emptied, iqr_bounds, runs = _clean(valid, cfg, calendar, train_end, iqr_bounds, given=runs)
     # the columns every window index reads as numpy arrays, each in one buffer: read in place, not copied
     clean = clean.with_columns(clean[c].rechunk() for c in ("timestamp", "target", "observed", "raw")
                                if clean[c].n_chunks() > 1)
@@ -940,13 +960,13 @@ def clean_tails(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, tail:
 
 
 def _clean(valid: pl.DataFrame, cfg: CleanConfig, calendar: Calendar, train_end: dt.datetime | None,
-           iqr_bounds: dict[str, list[float]] | None, tail: int | None = None,
-           ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], dict[str, list[float]] | None,
-                      tuple[np.ndarray, np.ndarray, pl.Series] | None]:
+           iqr_bounds: dict[str, list[float]] | None, tail: int | None = None, given: Runs | None = None,
+           ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], dict[str, list[float]] | None, Runs | None]:
     """The cleaning itself (see ``clean_observations``): the clean frame, the placing counts, the series every
-    value of which was dropped, the IQR bounds, and ``_runs`` of the clean ids (None when series were dropped)."""
+    value of which was dropped, the IQR bounds, and ``_runs`` of the clean ids (None when series were dropped).
+    ``given``: ``_runs`` of ``valid``'s ids, when the caller has them."""
     season = cfg.season_length or season_length_for(calendar)
-    placed, placing, runs = _place(valid, calendar)
+    placed, placing, runs = _place(valid, calendar, given)
     if cfg.outliers == "iqr" and iqr_bounds is None:
         if train_end is None:
             raise ValueError("IQR bounds must be fitted on a training span or given")

@@ -13,7 +13,7 @@ import polars as pl
 from nightcast.schemas.frames import CleanSeries
 from nightcast.schemas.params import RetrainParams
 from nightcast.tasks.data.clean import (Calendar, CleanReport, by_series, calendar_parts_for, clean_observations, decide_calendar,
-                         decide_season, regularize)
+                         decide_season, id_runs, regularize)
 from nightcast.tasks.data.features import FeatureEncoder, FeatureState, fit_features
 from nightcast.tasks.data.pages import on_small_pages
 from nightcast.tasks.data.validate import ValidationResult
@@ -114,13 +114,14 @@ def _clean_and_split(valid: ValidationResult, params: RetrainParams, cuts: tuple
                      ) -> tuple[Cleaned, dict | None, tuple[dt.datetime, dt.datetime]]:
     """Decide the calendar and season, clean, and find the split: the cleaned rows, the IQR bounds, the cuts."""
     w = params.window
-    calendar = decide_calendar(valid.valid, params.clean)
+    runs = id_runs(valid.valid["series_id"])  # the validated ids' run lengths, read once for the calendar and placing
+    calendar = decide_calendar(valid.valid, params.clean, runs)
     season = decide_season(valid.valid, params.clean, calendar, share=w.train_share)
     cfg = params.clean.model_copy(update={"season_length": season})  # cleaning's windows see the same season
     if cuts is not None:
-        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, cuts[0])
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, cuts[0], runs=runs)
     elif params.clean.outliers != "iqr":  # nothing in cleaning is fitted: clean once, split on its grid
-        clean, report, iqr = clean_observations(valid.valid, cfg, calendar)
+        clean, report, iqr = clean_observations(valid.valid, cfg, calendar, runs=runs)
         cuts = split_times(clean, w.val_fraction, w.test_fraction, w.horizon)
     else:  # IQR bounds are fitted on the training span: find it on the grid first
         placed, _ = regularize(valid.valid, calendar)

@@ -571,6 +571,23 @@ def test_every_step_in_place_places_as_the_grid_does_with_blanks_and_an_empty_se
     assert all(np.array_equal(a, b) for a, b in zip(runs[:2], want[:2])) and runs[2].equals(want[2])
 
 
+def test_run_lengths_handed_to_placing_and_inference_are_used_only_for_rows_in_series_order():
+    """``_place`` and ``infer_frequency`` take the ids' run lengths from a caller only when the frame needs no
+    sort: handed the runs of a shuffled frame (which describe its shuffled rows), they read the sorted rows'
+    own and give what they give without them."""
+    import nightcast.tasks.data.clean as clean
+
+    nan = float("nan")
+    f = pl.concat([_series(_hours(6), [nan, 1.0, 2.0, nan, 3.0, 4.0], "a"),
+                   _series(_hours(5, T0 + dt.timedelta(hours=2)), [1.0, 2.0, 3.0, 4.0, nan], "b")]
+                  ).with_columns(pl.col("target").fill_nan(None))
+    for frame in (f, f.sample(fraction=1.0, shuffle=True, seed=1)):
+        runs = clean.id_runs(frame["series_id"])
+        got, want = clean._place(frame, Calendar("1h"), runs), clean._place(frame, Calendar("1h"))
+        assert got[0].equals(want[0]) and got[1].equals(want[1])
+        assert clean.infer_frequency(frame, runs) == clean.infer_frequency(frame) == "1h"
+
+
 # --- scoring's tails: the outlier rule judges only the rows the tails depend on -------------------------
 
 @pytest.mark.parametrize("window", [3, 24])
