@@ -133,8 +133,7 @@ def infer_frequency(frame: pl.DataFrame, runs: Runs | None = None) -> str:
     ``frame``'s ids when the caller has them (read only if the frame is in series order)."""
     typed = frame.select(pl.col("series_id").cast(pl.String), pl.col("timestamp").cast(pl.Datetime("us")))
     f = by_series(typed)
-    ok_runs = runs is not None and f is typed and runs[2].dtype == f["series_id"].dtype and len(runs[0]) == f.height
-    starts = runs[1] if ok_runs else _run_starts(f["series_id"])[1]
+    starts = runs[1] if _describes(runs, typed, f) else _run_starts(f["series_id"])[1]
     d = np.diff(f["timestamp"].to_physical().to_numpy())
     d[starts[1:] - 1] = 0  # the steps from one series into the next do not count
     ok = d > 0
@@ -269,6 +268,13 @@ def _runs(ids: pl.Series) -> Runs:
     return numbers, starts, names
 
 
+def _describes(runs: Runs | None, given: pl.DataFrame, ordered: pl.DataFrame) -> bool:
+    """Whether a caller's ``runs`` of ``given``'s ids describe ``ordered``, ``given`` put in series order: it is
+    ``given`` itself (no sort moved a row) and the runs match its rows and id type."""
+    return (runs is not None and ordered is given and len(runs[0]) == ordered.height
+            and runs[2].dtype == ordered["series_id"].dtype)
+
+
 def id_runs(ids: pl.Series) -> Runs:
     """The run lengths of a frame's ids (``_runs``), for a caller that hands them to both ``decide_calendar`` and
     ``clean_observations``: one pass over the ids instead of one in each."""
@@ -282,12 +288,18 @@ def _run_starts(ids: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
     return lengths, np.cumsum(lengths) - lengths, runs.struct.field("value").alias(ids.name)
 
 
+def _bounds(s: np.ndarray, n_series: int) -> np.ndarray:
+    """Where each series' rows start, and one past the last series' end: series k is rows bounds[k] ..
+    bounds[k + 1] - 1 (``s`` is sorted; a binary search per series, no pass over the rows)."""
+    return np.searchsorted(s, np.arange(n_series + 1, dtype=s.dtype))  # s's own dtype: a mixed one would convert all of ``s``
+
+
 def _first_last(mask: np.ndarray, s: np.ndarray, n_series: int) -> tuple[np.ndarray, np.ndarray]:
     """Per series, the first and last row where ``mask`` holds; -1 where it never does. From the running
     count of marked rows (one pass, no list of the marked rows): a series' first marked row is where the
     count first passes its value at the series' start, its last where the count reaches its value at the end."""
-    each = np.arange(n_series, dtype=s.dtype)  # s's own dtype: a mixed one would convert all of ``s``
-    lo, hi = np.searchsorted(s, each, "left"), np.searchsorted(s, each, "right")  # s is sorted: the series' rows
+    bounds = _bounds(s, n_series)
+    lo, hi = bounds[:-1], bounds[1:]
     count = np.zeros(len(mask) + 1, np.int32 if len(mask) < 2**31 else np.int64)
     np.cumsum(mask, out=count[1:])  # count[i]: marked rows before row i
     before, upto = count[lo], count[hi]
@@ -433,7 +445,7 @@ def _in_series_order(f: pl.DataFrame, runs: Runs | None = None) -> tuple[pl.Data
     ids and the timestamps (the physical integers). ``runs``: ``_runs`` of ``f``'s ids in its row order when
     the caller has them; used only when ``f`` needed no sort (else the sorted rows' own are read)."""
     g = by_series(f)
-    if runs is None or g is not f or runs[2].dtype != g["series_id"].dtype or len(runs[0]) != g.height:
+    if not _describes(runs, f, g):
         runs = _runs(g["series_id"])
     s, _, names = runs
     return g, s, names, g["timestamp"].to_physical().to_numpy()
@@ -517,14 +529,14 @@ def _place(frame: pl.DataFrame, calendar: Calendar, runs: Runs | None = None,
     off[lead], off[trail] = False, False
     n = names.len()
     placing = pl.DataFrame({
-        "series_id": names, "rows": np.diff(np.searchsorted(s, np.arange(n + 1, dtype=s.dtype))),
+        "series_id": names, "rows": np.diff(_bounds(s, n)),
         "leading_blanks": np.bincount(s[lead], minlength=n), "trailing_blanks": np.bincount(s[trail], minlength=n),
         "off_grid": np.bincount(s[off], minlength=n), "empty": first < 0,
     })
     del has, blank, lead, trail, off
     if gs is None:
         if _whole(t, s, kept, step):  # no step missing: the rows kept are the placed frame
-            runs = _kept_runs(s, kept, names, first, last)
+            runs = _kept_runs(np.bincount(s[kept], minlength=n), names)
             return _kept_rows(f, runs[0], kept), placing, runs
         gs, gt, g, _ = _on_grid(f, s, t, obs, calendar)  # the same rows are on the grid: build it to fill the steps
     del t, on, obs
@@ -552,7 +564,7 @@ def _place_every_step(f: pl.DataFrame, s: np.ndarray, names: pl.Series, obs: np.
     rows but the mask of the kept ones (the grid test, its modulus, the completeness check and the gathers
     of the general path skipped)."""
     n = names.len()
-    bounds = np.searchsorted(s, np.arange(n + 1, dtype=s.dtype))  # series k: rows bounds[k] .. bounds[k + 1] - 1
+    bounds = _bounds(s, n)
     lo, hi = bounds[:-1], bounds[1:]
     first, last = _first_last(obs, s, n)
     has = first >= 0  # a series with nothing observed is empty: none of its rows is a blank to count
@@ -561,18 +573,15 @@ def _place_every_step(f: pl.DataFrame, s: np.ndarray, names: pl.Series, obs: np.
                             "off_grid": np.zeros(n, np.int64), "empty": ~has})
     pieces = np.stack([np.where(has, lead, hi - lo), span, trail], axis=1).ravel()  # per series: dropped, kept, dropped
     kept = np.repeat(np.tile(np.array([False, True, False]), n), pieces)
-    runs = _kept_runs(s, kept, names, first, last, contiguous=True)
+    runs = _kept_runs(span, names)
     return _kept_rows(f, runs[0], kept), placing, runs
 
 
-def _kept_runs(s: np.ndarray, kept: np.ndarray, names: pl.Series, first: np.ndarray, last: np.ndarray,
-               contiguous: bool = False) -> tuple[np.ndarray, np.ndarray, pl.Series]:
-    """``_runs`` of the rows ``kept`` (each series' rows from its first to its last kept row ``first``,
-    ``last``; -1: none), from per-series counts instead of a run-length pass over the kept text ids: a
-    count of the kept rows' series numbers, or, when every row in between is kept (``contiguous``), from
-    ``first`` and ``last`` alone (no pass over the rows at all)."""
-    has = first >= 0
-    lengths = (last - first + 1)[has] if contiguous else np.bincount(s[kept], minlength=len(first))[has]
+def _kept_runs(counts: np.ndarray, names: pl.Series) -> Runs:
+    """``_runs`` of the rows kept in series order, from each input series' count of kept rows (``names``: the
+    input series' ids) instead of a run-length pass over the kept text ids; a series with none is gone."""
+    has = counts > 0
+    lengths = counts[has]
     numbers = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
     return numbers, np.cumsum(lengths) - lengths, names if has.all() else names.filter(pl.Series(has))
 

@@ -198,7 +198,8 @@ def _index(frame: pl.DataFrame, lookback: int, horizon: int, train_end: dt.datet
     last = offsets[1:] - 1 - horizon  # its last: a full horizon after
     if skip:
         last[np.isin(ids, np.asarray(skip, dtype=ids.dtype))] = -1  # no origin at all
-    gaps = frame["in_long_gap"].to_numpy() if "in_long_gap" in frame.columns and frame["in_long_gap"].any() else None
+    gaps = (np.flatnonzero(frame["in_long_gap"].to_numpy())  # the rows in a long gap: read once for every split
+            if "in_long_gap" in frame.columns and frame["in_long_gap"].any() else None)
 
     def split(lo: np.ndarray, hi: np.ndarray, step: int = 1) -> np.ndarray:
         """The window starts of origins lo, lo + step, ... up to hi in each series; none in a long gap."""
@@ -268,15 +269,14 @@ def _ranges(lo: np.ndarray, n: np.ndarray, step: int = 1) -> np.ndarray:
     return out
 
 
-def _outside_long_gaps(gap: np.ndarray, codes: np.ndarray, offsets: np.ndarray, origins: np.ndarray,
+def _outside_long_gaps(gap_rows: np.ndarray, codes: np.ndarray, offsets: np.ndarray, origins: np.ndarray,
                        lookback: int, horizon: int) -> np.ndarray:
-    """The origins (sorted) whose window has no real step in a long gap (``gap``: each row's flag).
+    """The origins (sorted) whose window has no real step in a long gap (``gap_rows``: the rows in one, sorted).
 
     A window's real steps lie inside its own series, so only the origins of series with a long gap are
     looked at (usually a few: 1 of 10,000 series in the scale bench's panel), found by a binary search
     (a series' origins are one run of the sorted origins), and the gap rows before a step are counted by a
     binary search among the gap rows (no cumulative sum over every row)."""
-    gap_rows = np.flatnonzero(gap)
     hit = np.unique(codes[gap_rows])  # the series with a long gap
     lo, hi = np.searchsorted(origins, offsets[hit]), np.searchsorted(origins, offsets[hit + 1])
     n = hi - lo
