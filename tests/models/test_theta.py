@@ -81,6 +81,9 @@ def test_ragged_histories_in_any_order_get_each_its_own_fit(monkeypatch):
     np.testing.assert_array_equal(together, alone)
     monkeypatch.setattr(theta_module, "_CHUNK_VALUES", 3 * 90)  # a few histories per pass
     np.testing.assert_array_equal(theta_forecasts(values, lengths, 6, 4), together)
+    monkeypatch.setattr(theta_module, "_CHUNK_VALUES", 1 << 21)
+    monkeypatch.setattr(theta_module, "_STM_VALUES", 2 * 90)  # smoothing fits of two histories in one pass
+    np.testing.assert_array_equal(theta_forecasts(values, lengths, 6, 4), together)
     np.testing.assert_allclose(together, _statsforecast(histories, 6, 4), rtol=0.05)
 
 

@@ -418,6 +418,24 @@ def test_the_cleaning_report_lists_the_series_cleaning_touched_most_as_before():
     assert by[top[0][0]]["filled"] != 99 and report.validation == {"notes": [1, 2]}  # a copy, not the report's own
 
 
+def test_the_cleaning_report_names_the_series_cleaning_touched_most():
+    """``by_series`` holds the 20 series with the most cleaned steps (most first, catalogue order on a tie):
+    series ``sNN`` has NN filled steps, so the 20 highest are listed, and the counts still cover every series."""
+    frames = []
+    for i in range(30):
+        values = _wave(60)
+        for j in range(i % 25):  # i % 25 single-step gaps (0..24, then 0..4 again: ties)
+            values[2 + 2 * j] = None
+        frames.append(_series(_hours(60), values, f"s{i:02d}"))
+    clean, report, _ = clean_observations(pl.concat(frames), CleanConfig(outliers="none", max_gap=1), Calendar("1h"))
+    filled = {f"s{i:02d}": i % 25 for i in range(30)}
+    want = sorted(filled, key=lambda sid: -filled[sid])[:20]  # stable: catalogue order on a tie
+    assert list(report.by_series) == want
+    assert all(report.by_series[sid]["filled"] == filled[sid] for sid in want)
+    assert report.short_gaps_filled == sum(filled.values()) and report.series == 30
+    assert report.to_json(worst=20)["by_series"] == report.by_series
+
+
 # --- gaps and placement on the stacked frame ------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["interpolate", "ffill"])

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from nightcast.schemas.params import RetrainParams, WindowConfig
-from nightcast.tasks.data.features import fit_features, inverse_scale, transform_features
+from nightcast.tasks.data.features import fit_features, inverse_scale, scale_values, transform_features, with_new_series
 from nightcast.tasks.data.prepare import prepare_training
 from nightcast.tasks.data.validate import validate_observations
 from nightcast.tasks.data.window import WindowDataset, WindowError, _stack, make_windows, split_times
@@ -43,6 +43,28 @@ def test_inverse_scale_roundtrip(scaler):
     frame, _ = transform_features(clean, state)
     back = inverse_scale(frame["y"].to_numpy()[:, None].astype(float), frame["series_id"].to_list(), state)
     np.testing.assert_allclose(back[:, 0], clean["target"].to_numpy(), rtol=1e-5, atol=1e-3)
+
+
+def test_row_scalers_follow_the_state_they_are_read_from():
+    """Row lookups read the state's scalers through one frame built per dict: rows in any order and with
+    repeats get their own series' centre and scale, a state with series added reads the new ones (no stale
+    frame), an id without a scaler is a KeyError naming it, and the saved state is the plain dict."""
+    clean = _clean(sids=("a", "b"))
+    state = fit_features(clean, clean["timestamp"][59], "standard", [], [], [], [])
+    ids = np.array(["b", "a", "b", "b", "a"])
+    values = np.arange(5.0)[:, None]
+    want = np.array([[(v - state.target_stats[i][0]) / state.target_stats[i][1]] for v, i in zip(range(5), ids)])
+    np.testing.assert_array_equal(scale_values(values, ids, state), want)
+    np.testing.assert_array_equal(inverse_scale(want, pl.Series(ids), state), values)
+    assert state.has_scaler(["a", "zz", "b"]).tolist() == [True, False, True]
+    with pytest.raises(KeyError, match="zz"):
+        inverse_scale(values[:2], ["a", "zz"], state)
+    wider = with_new_series(state, _clean(sids=("zz",)))
+    assert wider.target_stats["zz"][0] == pytest.approx(49.5)  # its own history's mean (0..99)
+    assert inverse_scale(np.zeros((1, 1)), ["zz"], wider)[0, 0] == pytest.approx(49.5)
+    assert not state.has_scaler(["zz"])[0]  # the state read first keeps its own scalers
+    assert set(wider.to_json()) == set(state.to_json()) and "_stats" not in wider.to_json()
+    assert wider.to_json()["target_stats"] == wider.target_stats
 
 
 def test_splits_are_strictly_time_ordered():
