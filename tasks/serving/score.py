@@ -206,12 +206,13 @@ def forecast_part(bundle: Bundle, observations: pl.DataFrame, as_of: dt.date,
         lower, upper = _intervals(out, methods, widths, state, ids)
     else:
         lower, upper = _combined_intervals(out, conformal.get("half_widths"), state, ids)
+    each = pl.Series(np.repeat(np.arange(len(ids), dtype=np.int64), horizon))  # each forecast row's series
     frame = pl.DataFrame({
-        "series_id": np.repeat(ids, horizon),
+        "series_id": live["series_id"].cast(pl.String).gather(each),  # gathers: no text array per row
         "timestamp": future.sort("series_id", "horizon")["timestamp"],
         "horizon": np.tile(np.arange(1, horizon + 1, dtype=np.int32), len(ids)),
         "forecast": out.ravel(), "lower": lower.ravel(), "upper": upper.ravel(),
-        "method": np.repeat(methods, horizon),
+        "method": pl.Series(methods, dtype=pl.String).gather(each),
         "model": bundle.name, "model_version": bundle.version, "as_of": as_of,
     }).with_columns(pl.col("horizon").cast(pl.Int32), pl.col("as_of").cast(pl.Date),
                     pl.col("lower", "upper").fill_nan(None))
