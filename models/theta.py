@@ -180,7 +180,7 @@ def _objective(steps: np.ndarray, start: np.ndarray, a: np.ndarray, b: np.ndarra
     qi = q.copy()  # q^i, from i = 1
     s_rq = np.zeros_like(alphas)
     s_rr = np.zeros_like(alphas)
-    r = np.empty_like(alphas)
+    r, tmp = np.empty(alphas.shape), np.empty(alphas.shape)  # every product lands in these: no array per step
     first, last_start = int(start.min()), int(start.max())
     for col in range(1, width):
         value = steps[col][:, None]
@@ -189,12 +189,12 @@ def _objective(steps: np.ndarray, start: np.ndarray, a: np.ndarray, b: np.ndarra
         if col >= first + _BURN:
             np.subtract(value, c1, out=r)
             r -= smooth
-            r -= c2 * qi
-            np.add(s_rr, r * r, out=s_rr, where=counted)
+            r -= np.multiply(c2, qi, out=tmp)
+            np.add(s_rr, np.multiply(r, r, out=tmp), out=s_rr, where=counted)
             r *= qi
             np.add(s_rq, r, out=s_rq, where=counted)
         smooth *= q
-        smooth += alphas * value
+        smooth += np.multiply(alphas, value, out=tmp)
         np.multiply(qi, q, out=qi, where=True if col >= last_start + 1 else (col - start >= 1)[:, None])
     q2 = q * q
     n = (width - start)[:, None]
