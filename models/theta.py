@@ -47,8 +47,9 @@ def theta_forecasts(values: np.ndarray, lengths: np.ndarray, horizon: int, seaso
     finite, get NaN rows.
 
     The seasonal test and decomposition run on the histories of each length together (a handful of
-    array passes per distinct length); the smoothing then runs once over all of them, right-aligned
-    (``_stm``), so ragged histories cost one pass over the longest, not one per length."""
+    array passes per distinct length); the smoothing then runs over all of them right-aligned (``_stm``), so
+    ragged histories cost one pass over the longest, not one per length, in blocks of ``_STM_VALUES`` values
+    (a block's arrays stay in cache; every row's arithmetic is its own, so the blocks never change a value)."""
     with np.errstate(all="ignore"):  # a degenerate history (inf, overflow, a zero index) gives a NaN row, not warnings
         return _theta_forecasts(np.asarray(values, dtype=np.float64), np.asarray(lengths, dtype=np.int64),
                                 horizon, int(season))
