@@ -34,7 +34,7 @@ _EPS = 1e-8
 @dataclass
 class FeatureState:
     scaler: str
-    target_stats: dict[str, list[float]]  # series_id -> [center, scale]
+    target_stats: dict[str, list[float]]  # series_id -> [center, scale]; replaced, never changed in place (stats_frame)
     numeric_stats: dict[str, list[float]]  # covariate -> [center, scale]
     categories: dict[str, list[str]]  # covariate -> categories seen in training
     past_covariates: list[str]
@@ -54,7 +54,9 @@ class FeatureState:
     def stats_frame(self) -> pl.DataFrame:
         """``target_stats`` as (series_id, center, scale), one row per series: what row lookups join on (a join of
         a frame of ids costs a hash per id; a dict lookup per id, or ``np.unique`` of text ids, cost ~0.1 s per
-        call at 100,000 series, and scoring made several). Built on the first call for this dict, then reused."""
+        call at 100,000 series, and scoring made several). Built on the first call for this dict, then reused: a
+        new dict (``dataclasses.replace``, as ``with_new_series`` does) gets a new frame; a dict changed in place
+        keeps the old one unless its length changed, so ``target_stats`` is never changed in place."""
         d = self.target_stats
         if self._stats is None or self._stats[0] is not d or self._stats[1] != len(d):
             values = np.array(list(d.values()), dtype=np.float64).reshape(-1, 2)

@@ -434,6 +434,8 @@ def test_the_cleaning_report_names_the_series_cleaning_touched_most():
     assert all(report.by_series[sid]["filled"] == filled[sid] for sid in want)
     assert report.short_gaps_filled == sum(filled.values()) and report.series == 30
     assert report.to_json(worst=20)["by_series"] == report.by_series
+    few = clean_observations(pl.concat(frames[:3][::-1]), CleanConfig(outliers="none", max_gap=1), Calendar("1h"))[1]
+    assert list(few.by_series) == ["s00", "s01", "s02"]  # 20 or fewer: every series, in catalogue order, as before
 
 
 # --- gaps and placement on the stacked frame ------------------------------------------------------
