@@ -556,7 +556,7 @@ def _place(frame: pl.DataFrame, calendar: Calendar, runs: Runs | None = None,
 
 
 def _place_every_step(f: pl.DataFrame, s: np.ndarray, names: pl.Series, obs: np.ndarray,
-                      ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[np.ndarray, np.ndarray, pl.Series]]:
+                      ) -> tuple[pl.DataFrame, pl.DataFrame, Runs]:
     """``_place`` when every row is one step after the one before it in its series (``_every_step``): each
     series' span from its first to its last observation is a run of its rows, all on its grid, and the rows
     before and after it are blanks (unobserved by definition), none off the grid. So the placed frame is

@@ -65,9 +65,13 @@ class FeatureState:
             self._stats = (d, len(d), frame)
         return self._stats[2]
 
+    def scaled(self, column: str = "series_id") -> pl.Expr:
+        """Whether each row's id in ``column`` has a target scaler: the one test every filter on it uses."""
+        return pl.col(column).is_in(self.stats_frame()["series_id"].implode())
+
     def has_scaler(self, series_ids) -> np.ndarray:  # noqa: ANN001 - ids: a Series, array or list
         """Whether each of ``series_ids`` has a target scaler (bool array, in order)."""
-        return _ids(series_ids).is_in(self.stats_frame()["series_id"].implode()).to_numpy()
+        return _ids(series_ids).to_frame("series_id").select(self.scaled()).to_series().to_numpy()
 
     @classmethod
     def from_json(cls, d: dict) -> FeatureState:
@@ -105,8 +109,7 @@ def with_new_series(state: FeatureState, clean: pl.DataFrame) -> FeatureState:
     their observed values in ``clean`` (at scoring: the recent history each series keeps, up to the origin): a series that
     appeared after training, or one outside the sample a catalogue-scale retrain trained on, is forecast by
     the global network too. Known series keep their fitted scalers; nothing is refit."""
-    known = state.stats_frame()["series_id"].implode()
-    new = clean.filter(pl.col("observed") & ~pl.col("series_id").is_in(known))
+    new = clean.filter(pl.col("observed") & ~state.scaled())
     if new.height == 0:
         return state
     return dataclasses.replace(state, target_stats={**state.target_stats, **_target_stats(new, state.scaler)})
@@ -231,21 +234,18 @@ class FeatureEncoder:
                  drop_unknown: bool = True) -> None:
         self.state = state
         runs = clean["series_id"].rle()  # one run per series when the rows are grouped by series
-        stats = state.stats_frame()
-        seen = runs.struct.field("value").cast(pl.String)
-        self.unknown = sorted(seen.filter(~seen.is_in(stats["series_id"].implode())).unique().to_list())
+        seen = runs.struct.field("value").cast(pl.String).to_frame("series_id")
+        self.unknown = sorted(seen.filter(~state.scaled())["series_id"].unique().to_list())
         self.kept_unknown = bool(self.unknown) and not drop_unknown  # rows of ``unknown`` series still in ``frame``
         frame = _without(clean, self.unknown) if self.unknown and drop_unknown else clean
         self.in_series_order = bool(in_series_order or state.lags)  # lags read back within a series
         self.frame = by_series(frame) if self.in_series_order else frame
         if frame is not clean or self.frame is not frame:
             runs = self.frame["series_id"].rle()
-        stats = stats.rename({"center": "_c", "scale": "_s"})
         # each row's centre and scale: a join of one row per run of equal ids, gathered by each row's run
         # number (a join of the whole frame would gather every column, a join of the id column hash every row)
-        per_run = (runs.struct.field("value").alias("series_id").to_frame()
-                   .join(stats, on="series_id", how="left", maintain_order="left"))
-        self._centre, self._scale = per_run["_c"], per_run["_s"]
+        per_run = _scalers_of(runs.struct.field("value"), state)
+        self._centre, self._scale = per_run["center"], per_run["scale"]
         lengths = runs.struct.field("len").to_numpy()
         self.runs = runs  # the rle of ``frame``'s ids (value, len): the window index reads it instead of its own
         self._run = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)  # each row's run number
@@ -373,11 +373,17 @@ def _ids(series_ids) -> pl.Series:  # noqa: ANN001 - a Series, array or list of 
     return pl.Series(a.astype(str) if a.size else [], dtype=pl.String)
 
 
+def _scalers_of(ids: pl.Series, state: FeatureState) -> pl.DataFrame:
+    """(series_id, center, scale) for each of ``ids``, in order: one join with the state's ``stats_frame``
+    (null where an id has no scaler)."""
+    return ids.cast(pl.String).alias("series_id").to_frame().join(state.stats_frame(), on="series_id", how="left",
+                                                                   maintain_order="left")
+
+
 def _row_stats(series_ids, state: FeatureState):  # noqa: ANN001, ANN202 - numpy arrays
-    """(center, scale) columns for rows labelled ``series_ids``: one join of the ids with the state's
-    ``stats_frame``. A KeyError names an id with no scaler."""
-    rows = (_ids(series_ids).alias("series_id").to_frame()
-            .join(state.stats_frame(), on="series_id", how="left", maintain_order="left"))
+    """(center, scale) columns for rows labelled ``series_ids`` (``_scalers_of``). A KeyError names an id with
+    no scaler."""
+    rows = _scalers_of(_ids(series_ids), state)
     if rows["center"].null_count():
         raise KeyError(rows.filter(pl.col("center").is_null())["series_id"][0])
     return rows["center"].to_numpy()[:, None], rows["scale"].to_numpy()[:, None]

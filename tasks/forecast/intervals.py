@@ -96,7 +96,7 @@ def recalibrate(points: pl.DataFrame, half_widths: list[float], state: FeatureSt
     is shrunk toward 1 on the log scale by ``n / (n + PRIOR_POINTS)``; under ``MIN_POINTS`` it is 1.
     """
     horizon = len(half_widths)
-    known = points.filter(pl.col("series_id").is_in(state.stats_frame()["series_id"].implode()), pl.col("actual").is_not_null(),
+    known = points.filter(state.scaled(), pl.col("actual").is_not_null(),
                           pl.col("horizon").is_between(1, horizon))
     ids = known["series_id"].to_numpy().astype(str)
     pair = known.select("actual", "forecast").to_numpy().astype(np.float64)  # (n, 2): rows scale per series

@@ -425,7 +425,7 @@ def _network_forecasts(bundle: Bundle, clean: pl.DataFrame, live: pl.DataFrame, 
     n = live.height
     values = np.full((n, horizon), np.nan)
     need = min_history(lookback, int(args.get("season", 1))) if args.get("mask") else lookback
-    usable = live.filter(pl.col("series_id").is_in(state.stats_frame()["series_id"].implode()) & (pl.col("rows") >= need)
+    usable = live.filter(state.scaled() & (pl.col("rows") >= need)
                          & ~pl.col("gap_in_window"))
     if usable.height == 0:
         return values, np.zeros(n, bool)
